@@ -1,0 +1,92 @@
+// The validated configuration the proxy runs on. Names and meanings follow
+// PgBouncer's where the concept exists; durations are in seconds (floats allowed),
+// as in pgbouncer.ini. The loader (load.ts) turns YAML into this and nothing else
+// reads YAML.
+
+export type PoolMode = 'session' | 'transaction' | 'statement';
+export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
+export type BypassMode = 'auto' | 'on' | 'off';
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+export interface ListenConfig {
+  host: string; // '' or omitted: no TCP listener
+  port: number;
+  unix_socket_dir?: string; // socket file is <dir>/.s.PGSQL.<port>
+}
+
+export interface DatabaseConfig {
+  name: string; // the name clients connect to
+  host: string; // host name, IP, or a directory for a unix socket
+  port: number;
+  dbname: string; // the real database name on the server
+  user?: string; // fixed server user: every client of this db uses it
+  password?: string; // password for the fixed user
+  pool_size?: number;
+  min_pool_size?: number;
+  reserve_pool_size?: number;
+  pool_mode?: PoolMode;
+  max_db_connections?: number;
+  client_encoding?: string;
+  datestyle?: string;
+  timezone?: string;
+  application_name?: string;
+}
+
+export interface UserConfig {
+  name: string;
+  // Plain text, a SCRAM verifier "SCRAM-SHA-256$<iter>:<salt>$<stored>:<server>",
+  // or an md5 hash "md5<32 hex>" (md5(password || username)).
+  password?: string;
+  pool_mode?: PoolMode;
+  pool_size?: number;
+  max_user_connections?: number;
+}
+
+export interface Config {
+  listen: ListenConfig;
+  databases: Map<string, DatabaseConfig>;
+  users: Map<string, UserConfig>;
+  pool_mode: PoolMode;
+  default_pool_size: number;
+  min_pool_size: number;
+  reserve_pool_size: number;
+  reserve_pool_timeout: number;
+  max_client_conn: number;
+  max_db_connections: number; // 0 = unlimited
+  max_user_connections: number; // 0 = unlimited
+  server_reset_query: string;
+  server_reset_query_always: boolean;
+  server_check_query: string;
+  server_check_delay: number;
+  query_wait_timeout: number; // 0 = wait forever
+  query_timeout: number;
+  client_idle_timeout: number;
+  client_login_timeout: number;
+  idle_transaction_timeout: number;
+  server_idle_timeout: number;
+  server_lifetime: number;
+  server_connect_timeout: number;
+  server_login_retry: number;
+  shutdown_timeout: number; // SIGTERM: how long clients get to finish
+  auth_type: AuthType;
+  admin_users: string[];
+  stats_users: string[];
+  bypass: BypassMode;
+  log_level: LogLevel;
+  // Where the keys were found, for messages that name a key and its line.
+  source: { file: string; lines: Map<string, number> };
+}
+
+export class ConfigError extends Error {
+  constructor(
+    message: string,
+    readonly file: string,
+    readonly key?: string,
+    readonly line?: number,
+  ) {
+    super(
+      `${file}${line !== undefined ? `:${line}` : ''}: ${key !== undefined ? `${key}: ` : ''}${message}`,
+    );
+    this.name = 'ConfigError';
+  }
+}
