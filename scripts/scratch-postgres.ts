@@ -1,0 +1,170 @@
+// A throw-away PostgreSQL cluster on a free port: initdb, SCRAM auth, started and
+// stopped by the caller. Used by the tests, the demo and the benchmark, so each
+// starts from a known server without touching the machine's own clusters.
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const PG_BIN_CANDIDATES = ['/usr/lib/postgresql/15/bin', '/usr/lib/postgresql/16/bin', '/usr/local/bin'];
+
+export function pgBinDir(): string {
+  for (const d of PG_BIN_CANDIDATES) if (fs.existsSync(path.join(d, 'initdb'))) return d;
+  throw new Error('PostgreSQL server binaries (initdb) not found; run scripts/bootstrap');
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface ScratchOptions {
+  port?: number;
+  superuser?: string;
+  password?: string;
+  // Extra postgresql.conf lines (e.g. tuning for benchmarks).
+  settings?: Record<string, string | number>;
+  // Authentication for TCP connections in pg_hba.conf.
+  hbaMethod?: 'scram-sha-256' | 'md5' | 'trust';
+  log?: (line: string) => void;
+}
+
+// PostgreSQL refuses to run as root: run its programs as the 'postgres' OS user then.
+function asPgUser(cmd: string, args: string[]): [string, string[]] {
+  if (process.getuid && process.getuid() === 0) return ['runuser', ['-u', 'postgres', '--', cmd, ...args]];
+  return [cmd, args];
+}
+
+export class ScratchPostgres {
+  readonly dir: string;
+  readonly port: number;
+  readonly superuser: string;
+  readonly password: string;
+  private started = false;
+
+  private constructor(dir: string, port: number, superuser: string, password: string) {
+    this.dir = dir;
+    this.port = port;
+    this.superuser = superuser;
+    this.password = password;
+  }
+
+  get dataDir(): string {
+    return path.join(this.dir, 'data');
+  }
+  get socketDir(): string {
+    return this.dir;
+  }
+  get logFile(): string {
+    return path.join(this.dir, 'postgres.log');
+  }
+
+  static async create(opts: ScratchOptions = {}): Promise<ScratchPostgres> {
+    const port = opts.port ?? (await freePort());
+    const superuser = opts.superuser ?? 'postgres';
+    const password = opts.password ?? 'postgres';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-pg-'));
+    fs.chmodSync(dir, 0o755);
+    const pg = new ScratchPostgres(dir, port, superuser, password);
+    const bin = pgBinDir();
+    const pwfile = path.join(dir, 'pwfile');
+    fs.writeFileSync(pwfile, password + '\n');
+    if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
+    const [c, a] = asPgUser(path.join(bin, 'initdb'), [
+      '-D', pg.dataDir, '-U', superuser, '--pwfile', pwfile, '-A', 'scram-sha-256',
+      '-E', 'UTF8', '--locale=C', '--no-sync',
+    ]);
+    execFileSync(c, a, { stdio: 'pipe' });
+    const hba = opts.hbaMethod ?? 'scram-sha-256';
+    fs.writeFileSync(
+      path.join(pg.dataDir, 'pg_hba.conf'),
+      `local all all trust\nhost all all 127.0.0.1/32 ${hba}\nhost all all ::1/128 ${hba}\n`,
+    );
+    const settings: Record<string, string | number> = {
+      port,
+      listen_addresses: "'127.0.0.1'",
+      unix_socket_directories: `'${dir}'`,
+      max_connections: 1200,
+      password_encryption: "'scram-sha-256'",
+      fsync: 'off',
+      synchronous_commit: 'off',
+      full_page_writes: 'off',
+      shared_buffers: "'256MB'",
+      log_min_messages: 'warning',
+      ...opts.settings,
+    };
+    fs.appendFileSync(
+      path.join(pg.dataDir, 'postgresql.conf'),
+      '\n' + Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n',
+    );
+    if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
+    await pg.start();
+    return pg;
+  }
+
+  private pgCtl(args: string[]): void {
+    const [c, a] = asPgUser(path.join(pgBinDir(), 'pg_ctl'), ['-D', this.dataDir, ...args]);
+    execFileSync(c, a, { stdio: 'pipe' });
+  }
+
+  async start(): Promise<void> {
+    this.pgCtl(['-l', this.logFile, '-w', '-t', '60', 'start']);
+    this.started = true;
+  }
+
+  // mode: 'fast' rolls back and disconnects clients; 'immediate' is a crash stop.
+  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    if (!this.started) return;
+    this.pgCtl(['-m', mode, '-w', '-t', '60', 'stop']);
+    this.started = false;
+  }
+
+  async restart(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    await this.stop(mode);
+    await this.start();
+  }
+
+  // Runs SQL as the superuser through psql over the unix socket; returns stdout.
+  psql(sql: string, db = 'postgres'): string {
+    return execFileSync(
+      'psql',
+      ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', this.socketDir, '-p', String(this.port), '-U', this.superuser, '-d', db, '-c', sql],
+      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
+    ).trim();
+  }
+
+  // Creates a login role with a SCRAM password and a database it owns.
+  createUserAndDb(user: string, password: string, db = user): void {
+    this.psql(`CREATE ROLE "${user}" LOGIN PASSWORD '${password.replace(/'/g, "''")}'`);
+    this.psql(`CREATE DATABASE "${db}" OWNER "${user}"`);
+  }
+
+  async destroy(): Promise<void> {
+    try {
+      await this.stop('immediate');
+    } catch {
+      /* already down */
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  // Spawns a long-running client program (pgbench etc.) as a child, resolving with its output.
+  static run(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const p = spawn(cmd, args, { env: { ...process.env, ...env } });
+      let stdout = '';
+      let stderr = '';
+      p.stdout.on('data', (d) => (stdout += d));
+      p.stderr.on('data', (d) => (stderr += d));
+      p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    });
+  }
+}
