@@ -1,0 +1,58 @@
+// What kind of secret a user has, and which method authenticates a client with it,
+// following PostgreSQL: an md5 method with a SCRAM verifier stored does SCRAM; a SCRAM
+// method with only an md5 hash stored cannot work.
+
+import type { AuthType } from '../config/types';
+import { createHash, createHmac, pbkdf2Sync, timingSafeEqual } from 'crypto';
+import { isMd5Hash, md5PasswordHash } from './md5';
+import { constantTimeEqual, parseScramVerifier, saslprep } from './scram';
+
+export type SecretKind = 'scram' | 'md5' | 'plain';
+export type AuthMethod = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
+
+export function classifySecret(secret: string): SecretKind {
+  if (secret.startsWith('SCRAM-SHA-256$')) return 'scram';
+  if (isMd5Hash(secret)) return 'md5';
+  return 'plain';
+}
+
+/**
+ * The method to run for a client given the configured auth_type and the user's stored
+ * secret, or an explanation of why no method can work (configuration error).
+ */
+export function chooseAuthMethod(
+  authType: AuthType,
+  secret: string | undefined,
+): { method: AuthMethod } | { error: string } {
+  if (authType === 'trust') return { method: 'trust' };
+  if (secret === undefined) return { error: 'the user has no password configured' };
+  const kind = classifySecret(secret);
+  switch (authType) {
+    case 'scram-sha-256':
+      if (kind === 'md5') return { error: 'the stored password is an md5 hash, which cannot do SCRAM-SHA-256' };
+      return { method: 'scram-sha-256' };
+    case 'md5':
+      return { method: kind === 'scram' ? 'scram-sha-256' : 'md5' };
+    case 'plain':
+      // Like PostgreSQL's "password" method: a cleartext reply can be checked against any kind.
+      return { method: 'plain' };
+  }
+}
+
+/** Check a cleartext password (auth_type plain) against any stored secret, in constant time. */
+export function verifyPlainPassword(stored: string, user: string, given: string): boolean {
+  const kind = classifySecret(stored);
+  if (kind === 'md5') {
+    return constantTimeEqual(Buffer.from(md5PasswordHash(user, given)), Buffer.from(stored));
+  }
+  if (kind === 'scram') {
+    const v = parseScramVerifier(stored);
+    const salted = pbkdf2Sync(Buffer.from(saslprep(given), 'utf8'), v.salt, v.iterations, 32, 'sha256');
+    const storedKey = createHash('sha256').update(createHmac('sha256', salted).update('Client Key').digest()).digest();
+    return timingSafeEqual(storedKey, v.storedKey);
+  }
+  // Compare digests so the comparison does not leak the length of the stored password.
+  const a = createHash('sha256').update(given, 'utf8').digest();
+  const b = createHash('sha256').update(stored, 'utf8').digest();
+  return timingSafeEqual(a, b);
+}
