@@ -1,0 +1,192 @@
+// One scratch PostgreSQL per test file, with the application role and database the
+// proxy serves, plus the config and client helpers most tests share.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Client, ClientConfig } from 'pg';
+import { freePort, ScratchPostgres } from '../../scripts/scratch-postgres';
+import { TeardownHost } from './proxy';
+
+export { freePort, ScratchPostgres };
+
+export const APP_USER = 'app';
+export const APP_PASSWORD = 'app-pw';
+export const APP_DB = 'app';
+
+export interface Cluster {
+  pg: ScratchPostgres;
+  user: string;
+  password: string;
+  db: string;
+  // Runs SQL as the superuser on the app database (directly, not through the proxy).
+  sql(query: string, db?: string): string;
+}
+
+export async function startCluster(t: TeardownHost, opts: Parameters<typeof ScratchPostgres.create>[0] = {}): Promise<Cluster> {
+  const pg = await ScratchPostgres.create(opts);
+  t.teardown(() => pg.destroy());
+  pg.createUserAndDb(APP_USER, APP_PASSWORD, APP_DB);
+  return {
+    pg,
+    user: APP_USER,
+    password: APP_PASSWORD,
+    db: APP_DB,
+    sql: (q, db = APP_DB) => pg.psql(q, db),
+  };
+}
+
+// A proxy config for the cluster: database "app" -> the app database, user app.
+// Overrides are merged at the top level.
+export async function proxyConfig(c: Cluster, overrides: Record<string, unknown> = {}): Promise<Record<string, any>> {
+  return {
+    listen: { host: '127.0.0.1', port: await freePort() },
+    pool_mode: 'transaction',
+    default_pool_size: 4,
+    max_client_conn: 200,
+    auth_type: 'scram-sha-256',
+    bypass: 'off',
+    databases: { [c.db]: { host: '127.0.0.1', port: c.pg.port, dbname: c.db } },
+    users: { [c.user]: { password: c.password } },
+    ...overrides,
+  };
+}
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+// A connected node-postgres client through the proxy, ended at teardown.
+// Unexpected connection errors are recorded in client.errors instead of crashing the test.
+export async function pgClient(
+  t: TeardownHost,
+  ep: Endpoint,
+  cfg: Partial<ClientConfig> = {},
+): Promise<Client & { errors: Error[] }> {
+  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 10000, ...cfg }) as Client & { errors: Error[] };
+  c.errors = [];
+  c.on('error', (e) => c.errors.push(e));
+  t.teardown(() => c.end().catch(() => undefined));
+  await c.connect();
+  return c;
+}
+
+// Connects, expecting failure; returns the error (with .code when the proxy sent one).
+export async function pgConnectError(ep: Endpoint, cfg: Partial<ClientConfig> = {}): Promise<Error & { code?: string }> {
+  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 10000, ...cfg });
+  c.on('error', () => undefined);
+  try {
+    await c.connect();
+  } catch (e) {
+    await c.end().catch(() => undefined);
+    return e as Error & { code?: string };
+  }
+  await c.end().catch(() => undefined);
+  throw new Error('connection unexpectedly succeeded');
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// Polls fn until it returns a truthy value, or throws with the last value after timeoutMs.
+export async function waitUntil<T>(fn: () => T | Promise<T>, timeoutMs = 10000, what = 'condition', everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  let lastErr: unknown;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      lastErr = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms (last: ${JSON.stringify(last)}${lastErr ? `, error: ${String(lastErr)}` : ''})`);
+    await sleep(everyMs);
+  }
+}
+
+// Rejects if p does not settle within ms: a hang is a failure, never a wait forever.
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms (hang)`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+// Runs a client program (psql, pgbench, python3, java) to completion, killed after timeoutMs.
+export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { env: { ...process.env, ...opts.env }, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    const timer = setTimeout(() => {
+      stderr += `\n[killed after ${opts.timeoutMs} ms]`;
+      p.kill('SIGKILL');
+    }, opts.timeoutMs ?? 60000);
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+    if (opts.input !== undefined) p.stdin.end(opts.input);
+    else p.stdin.end();
+  });
+}
+
+// libpq environment for psql/pgbench through the proxy.
+export function libpqEnv(ep: Endpoint, db = APP_DB, user = APP_USER, password = APP_PASSWORD): NodeJS.ProcessEnv {
+  return { PGHOST: ep.host, PGPORT: String(ep.port), PGUSER: user, PGPASSWORD: password, PGDATABASE: db, PGSSLMODE: 'disable', PGCONNECT_TIMEOUT: '10' };
+}
+
+// psql -X -A -t through the proxy; returns trimmed stdout, throws with stderr on failure.
+export async function psqlVia(ep: Endpoint, sql: string, opts: { db?: string; user?: string; password?: string; timeoutMs?: number } = {}): Promise<string> {
+  const r = await run('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+    env: libpqEnv(ep, opts.db, opts.user, opts.password),
+    timeoutMs: opts.timeoutMs ?? 30000,
+  });
+  if (r.code !== 0) throw new Error(`psql failed (${r.code}): ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+// A python3 that has psycopg2 (Debian's python3-psycopg2 lives in /usr/bin/python3).
+export function pythonWithPsycopg2(): string {
+  for (const p of ['/usr/bin/python3', 'python3']) {
+    try {
+      require('node:child_process').execFileSync(p, ['-c', 'import psycopg2'], { stdio: 'ignore' });
+      return p;
+    } catch {
+      /* try next */
+    }
+  }
+  throw new Error('no python3 with psycopg2 (apt-get install python3-psycopg2)');
+}
+
+export const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
+export const JDBC_JAR = '/usr/share/java/postgresql.jar';
+export function haveJava(): boolean {
+  return fs.existsSync(JDBC_JAR);
+}
+
+// Server connections of a role as PostgreSQL sees them (excludes the caller's own backend).
+export function backendCount(c: Cluster, user = APP_USER, where = 'true'): number {
+  return Number(c.pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${user}' AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (${where})`));
+}

@@ -1,0 +1,177 @@
+// Runs the real proxy (node dist/src/cli.js) as a child process for a test.
+import { spawn, ChildProcess, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import YAML from 'yaml';
+
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+export const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
+
+// The subset of tap's Test the helpers use.
+export interface TeardownHost {
+  teardown(fn: () => unknown): void;
+}
+
+export interface ProxyOptions {
+  logLevel?: 'error' | 'warn' | 'info' | 'debug';
+  // How long to wait for "listening on" (ms).
+  startTimeoutMs?: number;
+  extraArgs?: string[];
+  // Signal used to kill the proxy at teardown if it still runs.
+  killSignal?: NodeJS.Signals;
+}
+
+export interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface ProxyHandle {
+  host: string;
+  port: number;
+  configFile: string;
+  proc: ChildProcess;
+  logs(): string;
+  // Rewrites the config file and sends SIGHUP; waits until the proxy logs something
+  // about the reload (or a short grace period passes).
+  reload(newConfig: object | string): Promise<void>;
+  // Sends a signal and waits for the exit (SIGKILL after timeoutMs).
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<ExitStatus>;
+  waitExit(timeoutMs?: number): Promise<ExitStatus | undefined>;
+  // Resolves once a log line matches re (after `from` characters of log), or rejects.
+  waitForLog(re: RegExp, timeoutMs?: number, from?: number): Promise<string>;
+  exited(): ExitStatus | undefined;
+}
+
+export function configText(config: object | string): string {
+  return typeof config === 'string' ? config : YAML.stringify(config);
+}
+
+export function writeConfig(config: object | string, dir?: string): string {
+  const d = dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
+  const file = path.join(d, 'pgsplice.yaml');
+  fs.writeFileSync(file, configText(config));
+  return file;
+}
+
+export function requireCli(): void {
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} does not exist: build first (npx tsc -p tsconfig.json)`);
+}
+
+// Runs the CLI to completion (check, --version, --help ...).
+export function runCli(args: string[], timeoutMs = 20000): { code: number | null; stdout: string; stderr: string } {
+  requireCli();
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: timeoutMs });
+  return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+export async function startProxy(t: TeardownHost, config: object | string, opts: ProxyOptions = {}): Promise<ProxyHandle> {
+  requireCli();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
+  const configFile = writeConfig(config, dir);
+  const args = [CLI, '--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
+  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  let exit: ExitStatus | undefined;
+  const waiters = new Set<() => void>();
+  const wake = () => {
+    for (const w of [...waiters]) w();
+  };
+  proc.stdout!.on('data', (d) => {
+    log += d;
+    wake();
+  });
+  proc.stderr!.on('data', (d) => {
+    log += d;
+    wake();
+  });
+  const exitPromise = new Promise<ExitStatus>((resolve) => {
+    proc.on('exit', (code, signal) => {
+      exit = { code, signal };
+      wake();
+      resolve(exit);
+    });
+  });
+
+  const waitForLog = (re: RegExp, timeoutMs = 5000, from = 0): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const lines = log.slice(from).split('\n');
+        const hit = lines.find((l) => re.test(l));
+        if (hit !== undefined) {
+          done();
+          resolve(hit);
+        } else if (exit) {
+          done();
+          reject(new Error(`proxy exited (${JSON.stringify(exit)}) before logging ${re}; log:\n${log.slice(-4000)}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`proxy did not log ${re} within ${timeoutMs} ms; log:\n${log.slice(-4000)}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+
+  const waitExit = async (timeoutMs = 10000): Promise<ExitStatus | undefined> => {
+    if (exit) return exit;
+    return Promise.race([exitPromise, new Promise<undefined>((r) => setTimeout(() => r(undefined), timeoutMs))]);
+  };
+
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10000): Promise<ExitStatus> => {
+    if (exit) return exit;
+    proc.kill(signal);
+    const st = await waitExit(timeoutMs);
+    if (st) return st;
+    proc.kill('SIGKILL');
+    return exitPromise;
+  };
+
+  t.teardown(async () => {
+    if (!exit) {
+      proc.kill(opts.killSignal ?? 'SIGKILL');
+      await waitExit(5000);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const listenLine = await waitForLog(/listening on/, opts.startTimeoutMs ?? 15000);
+  const cfgObj: any = typeof config === 'string' ? YAML.parse(config) : config;
+  let host: string = cfgObj?.listen?.host ?? '127.0.0.1';
+  let port: number = Number(cfgObj?.listen?.port);
+  if (!port) {
+    const m = /listening on (\[[^\]]+\]|[^\s:]+):(\d+)/.exec(listenLine);
+    if (!m) throw new Error(`cannot read the port from: ${listenLine}`);
+    host = m[1].replace(/^\[|\]$/g, '');
+    port = Number(m[2]);
+  }
+
+  return {
+    host,
+    port,
+    configFile,
+    proc,
+    logs: () => log,
+    exited: () => exit,
+    waitForLog,
+    waitExit,
+    stop,
+    reload: async (newConfig) => {
+      fs.writeFileSync(configFile, configText(newConfig));
+      const from = log.length;
+      proc.kill('SIGHUP');
+      try {
+        await waitForLog(/reload/i, 3000, from);
+      } catch {
+        /* the proxy may log nothing recognisable; give it a moment */
+      }
+      await new Promise((r) => setTimeout(r, 300));
+    },
+  };
+}
