@@ -242,6 +242,18 @@ export class ScramServerSession {
     if (!isPrintableNonce(this.serverNoncePart)) throw new Error('SCRAM: server nonce must be printable ASCII without commas');
   }
 
+  /** Does a cleartext password match a stored SCRAM verifier? (auth_type plain against a verifier) */
+  static passwordMatchesVerifier(password: string, verifier: string): boolean {
+    let v: ScramVerifier;
+    try {
+      v = parseScramVerifier(verifier);
+    } catch {
+      return false;
+    }
+    const { storedKey } = keysFromSalted(saltedPassword(password, v.salt, v.iterations));
+    return timingSafeEqual(storedKey, v.storedKey);
+  }
+
   /** The mechanisms to list in AuthenticationSASL. */
   static mechanisms(): string[] {
     return [SCRAM_MECHANISM];

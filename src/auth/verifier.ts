@@ -3,9 +3,9 @@
 // method with only an md5 hash stored cannot work.
 
 import type { AuthType } from '../config/types';
-import { createHash, createHmac, pbkdf2Sync, timingSafeEqual } from 'crypto';
+import { createHash, timingSafeEqual } from 'crypto';
 import { isMd5Hash, md5PasswordHash } from './md5';
-import { constantTimeEqual, parseScramVerifier, saslprep } from './scram';
+import { constantTimeEqual, ScramServerSession } from './scram';
 
 export type SecretKind = 'scram' | 'md5' | 'plain';
 export type AuthMethod = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
@@ -46,10 +46,7 @@ export function verifyPlainPassword(stored: string, user: string, given: string)
     return constantTimeEqual(Buffer.from(md5PasswordHash(user, given)), Buffer.from(stored));
   }
   if (kind === 'scram') {
-    const v = parseScramVerifier(stored);
-    const salted = pbkdf2Sync(Buffer.from(saslprep(given), 'utf8'), v.salt, v.iterations, 32, 'sha256');
-    const storedKey = createHash('sha256').update(createHmac('sha256', salted).update('Client Key').digest()).digest();
-    return timingSafeEqual(storedKey, v.storedKey);
+    return ScramServerSession.passwordMatchesVerifier(given, stored);
   }
   // Compare digests so the comparison does not leak the length of the stored password.
   const a = createHash('sha256').update(given, 'utf8').digest();

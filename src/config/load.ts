@@ -1,0 +1,538 @@
+// YAML -> Config. The only module that reads YAML.
+//
+// Every key is checked against a schema; an unknown key, a wrong type or a bad value is a
+// ConfigError naming the key path (e.g. "databases.bench.hots") and its line, with a
+// "did you mean" suggestion when a known key is close. Key names and defaults follow
+// PgBouncer (pgbouncer.ini) where the concept exists.
+
+import { readFileSync } from 'fs';
+import {
+  Alias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  type Document,
+  type Node as YamlNode,
+  type Pair,
+} from 'yaml';
+import { parseScramVerifier } from '../auth/scram';
+import {
+  ConfigError,
+  type AuthType,
+  type BypassMode,
+  type Config,
+  type DatabaseConfig,
+  type ListenConfig,
+  type LogLevel,
+  type PoolMode,
+  type UserConfig,
+} from './types';
+
+// ---------------------------------------------------------------------------------
+// Schema
+
+type Kind =
+  | { t: 'string'; nonEmpty?: boolean }
+  | { t: 'int'; min: number; max?: number }
+  | { t: 'duration' }
+  | { t: 'bool' }
+  | { t: 'enum'; values: readonly string[] }
+  | { t: 'list' };
+
+export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement'];
+export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust'];
+export const BYPASS_MODES: readonly BypassMode[] = ['auto', 'on', 'off'];
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+
+const str: Kind = { t: 'string' };
+const nonEmptyStr: Kind = { t: 'string', nonEmpty: true };
+const size0: Kind = { t: 'int', min: 0 };
+const size1: Kind = { t: 'int', min: 1 };
+const port: Kind = { t: 'int', min: 1, max: 65535 };
+const duration: Kind = { t: 'duration' };
+const poolMode: Kind = { t: 'enum', values: POOL_MODES };
+
+type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source'>;
+
+/** Top-level scalar settings, their kinds and PgBouncer's defaults, in SHOW CONFIG order. */
+const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
+  pool_mode: { kind: poolMode, def: 'session' },
+  default_pool_size: { kind: size1, def: 20 },
+  min_pool_size: { kind: size0, def: 0 },
+  reserve_pool_size: { kind: size0, def: 0 },
+  reserve_pool_timeout: { kind: duration, def: 5 },
+  max_client_conn: { kind: size1, def: 100 },
+  max_db_connections: { kind: size0, def: 0 },
+  max_user_connections: { kind: size0, def: 0 },
+  server_reset_query: { kind: str, def: 'DISCARD ALL' },
+  server_reset_query_always: { kind: { t: 'bool' }, def: false },
+  server_check_query: { kind: str, def: 'select 1' },
+  server_check_delay: { kind: duration, def: 30 },
+  query_wait_timeout: { kind: duration, def: 120 },
+  query_timeout: { kind: duration, def: 0 },
+  client_idle_timeout: { kind: duration, def: 0 },
+  client_login_timeout: { kind: duration, def: 60 },
+  idle_transaction_timeout: { kind: duration, def: 0 },
+  server_idle_timeout: { kind: duration, def: 600 },
+  server_lifetime: { kind: duration, def: 3600 },
+  server_connect_timeout: { kind: duration, def: 15 },
+  server_login_retry: { kind: duration, def: 15 },
+  shutdown_timeout: { kind: duration, def: 30 },
+  auth_type: { kind: { t: 'enum', values: AUTH_TYPES }, def: 'scram-sha-256' },
+  admin_users: { kind: { t: 'list' }, def: [] },
+  stats_users: { kind: { t: 'list' }, def: [] },
+  bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
+  log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
+};
+
+/** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
+export function defaultSettings(): Settings {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(SETTINGS)) out[k] = Array.isArray(v.def) ? [...v.def] : v.def;
+  return out as unknown as Settings;
+}
+
+const LISTEN_KEYS: Record<keyof ListenConfig, Kind> = {
+  host: str, // '' = no TCP listener
+  port,
+  unix_socket_dir: str,
+};
+
+const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
+  host: nonEmptyStr,
+  port,
+  dbname: nonEmptyStr,
+  user: nonEmptyStr,
+  password: str,
+  pool_size: size1,
+  min_pool_size: size0,
+  reserve_pool_size: size0,
+  pool_mode: poolMode,
+  max_db_connections: size0,
+  client_encoding: nonEmptyStr,
+  datestyle: nonEmptyStr,
+  timezone: nonEmptyStr,
+  application_name: str,
+};
+
+const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
+  password: str,
+  pool_mode: poolMode,
+  pool_size: size1,
+  max_user_connections: size0,
+};
+
+const TOP_KEYS = ['listen', 'databases', 'users', ...Object.keys(SETTINGS)];
+
+// pgbouncer.ini names that live elsewhere here: point the user at the right place.
+const MOVED: Record<string, string> = {
+  listen_addr: 'listen.host',
+  listen_port: 'listen.port',
+  unix_socket_dir: 'listen.unix_socket_dir',
+  pool_size: 'default_pool_size (or databases.<name>.pool_size)',
+  auth_file: 'users.<name>.password',
+};
+
+/** Database names the admin console answers to; a real database may not use them. */
+export const ADMIN_DATABASE_NAMES: readonly string[] = ['pgsplice', 'pgbouncer'];
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+function levenshtein(a: string, b: string): number {
+  const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = dp[0]!;
+    dp[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = dp[j]!;
+      dp[j] = Math.min(dp[j]! + 1, dp[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return dp[b.length]!;
+}
+
+function suggest(key: string, known: readonly string[]): string | undefined {
+  const k = key.toLowerCase();
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const c of known) {
+    const d = levenshtein(k, c);
+    if (d < bestD) {
+      best = c;
+      bestD = d;
+    }
+  }
+  if (best !== undefined && bestD <= 2) return best;
+  // A key that contains a known one or vice versa (e.g. "max_client_connections").
+  let contained: string | undefined;
+  for (const c of known) {
+    if (c.length >= 4 && k.length >= 4 && (k.includes(c) || c.includes(k))) {
+      if (!contained || c.length > contained.length) contained = c;
+    }
+  }
+  if (contained) return contained;
+  if (best !== undefined && bestD <= Math.floor(k.length / 4)) return best;
+  return undefined;
+}
+
+const DURATION_RE = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*$/;
+const DURATION_UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, min: 60, h: 3600, d: 86400 };
+
+/** Seconds from a number of seconds or a string like "500ms", "30s", "5m", "1h"; undefined if invalid. */
+export function parseDuration(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) && v >= 0 ? v : undefined;
+  if (typeof v !== 'string') return undefined;
+  const m = DURATION_RE.exec(v);
+  if (!m) return undefined;
+  return Number(m[1]) * DURATION_UNITS[m[2] ?? 's']!;
+}
+
+function describeValue(v: unknown): string {
+  if (v === null || v === undefined) return 'nothing (null)';
+  if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return `${typeof v} ${String(v)}`;
+}
+
+// ---------------------------------------------------------------------------------
+// The walk
+
+class Loader {
+  readonly lines = new Map<string, number>();
+
+  constructor(
+    readonly file: string,
+    readonly doc: Document,
+    readonly lc: LineCounter,
+  ) {}
+
+  lineOf(node: unknown, fallback?: number): number | undefined {
+    const r = (node as { range?: [number, number, number] } | null)?.range;
+    return r ? this.lc.linePos(r[0]).line : fallback;
+  }
+
+  fail(path: string | undefined, line: number | undefined, message: string): never {
+    throw new ConfigError(message, this.file, path, line);
+  }
+
+  resolve(node: unknown): unknown {
+    let n = node;
+    for (let i = 0; i < 100 && n instanceof Alias; i++) n = n.resolve(this.doc);
+    return n;
+  }
+
+  /** The pairs of a mapping node, as [name, key line, value node], recording lines; rejects non-maps. */
+  entries(node: unknown, path: string, line: number | undefined): Array<[string, number | undefined, unknown, Pair]> {
+    const n = this.resolve(node);
+    if (!isMap(n)) this.fail(path, line ?? this.lineOf(n), `expected a mapping (key: value ...), got ${describeValue(this.plain(n))}`);
+    const out: Array<[string, number | undefined, unknown, Pair]> = [];
+    for (const pair of n.items) {
+      const keyNode = this.resolve(pair.key);
+      const kline = this.lineOf(keyNode, this.lineOf(pair.value, line));
+      if (!isScalar(keyNode)) this.fail(path, kline, 'a key must be a plain name, not a list or mapping');
+      const name = keyNode.value === null || keyNode.value === undefined ? '' : String(keyNode.value);
+      const full = path ? `${path}.${name}` : name;
+      if (name === '<<') this.fail(full, kline, 'YAML merge keys (<<) are not supported; write the keys out');
+      this.lines.set(full, kline ?? 0);
+      out.push([name, kline, pair.value, pair]);
+    }
+    return out;
+  }
+
+  plain(node: unknown): unknown {
+    const n = this.resolve(node);
+    if (n === null || n === undefined) return null;
+    if (isScalar(n)) return n.value;
+    if (isSeq(n)) return [];
+    if (isMap(n)) return {};
+    return null;
+  }
+
+  unknownKey(path: string, name: string, line: number | undefined, known: readonly string[]): never {
+    const hint = suggest(name, known);
+    let msg = 'unknown key';
+    if (path === '' && MOVED[name]) msg += ` (in pgsplice this is ${MOVED[name]})`;
+    else if (hint) msg += ` (did you mean "${hint}"?)`;
+    else msg += `; known keys here: ${known.join(', ')}`;
+    this.fail(path ? `${path}.${name}` : name, line, msg);
+  }
+
+  value(kind: Kind, node: unknown, path: string, line: number | undefined): unknown {
+    const n = this.resolve(node);
+    if (kind.t === 'list') {
+      if (isSeq(n)) {
+        return n.items.map((it, i) => {
+          const v = this.plain(it);
+          if (typeof v !== 'string' || v === '') {
+            this.fail(`${path}[${i}]`, this.lineOf(it, line), `expected a non-empty name, got ${describeValue(v)}`);
+          }
+          return v;
+        });
+      }
+      const v = this.plain(n);
+      if (typeof v === 'string') {
+        return v
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s !== '');
+      }
+      if (v === null) return [];
+      this.fail(path, line, `expected a list of names (or "a, b"), got ${describeValue(v)}`);
+    }
+    if (!isScalar(n) && n !== null && n !== undefined) {
+      this.fail(path, line, `expected a single value, got ${describeValue(this.plain(n))}`);
+    }
+    const v = this.plain(n);
+    switch (kind.t) {
+      case 'string':
+        if (typeof v !== 'string') {
+          const quote = typeof v === 'number' || typeof v === 'boolean' ? ' (quote it to make it a string)' : '';
+          this.fail(path, line, `expected a string, got ${describeValue(v)}${quote}`);
+        }
+        if (kind.nonEmpty && v.trim() === '') this.fail(path, line, 'must not be empty');
+        return v;
+      case 'int': {
+        if (typeof v !== 'number' || !Number.isInteger(v)) {
+          this.fail(path, line, `expected a whole number, got ${describeValue(v)}`);
+        }
+        if (kind.max !== undefined && (v < kind.min || v > kind.max)) {
+          this.fail(path, line, `${v} is out of range; must be ${kind.min}..${kind.max}`);
+        }
+        if (v < kind.min) this.fail(path, line, `${v} is too small; must be >= ${kind.min}`);
+        return v;
+      }
+      case 'duration': {
+        const d = parseDuration(v);
+        if (d === undefined) {
+          this.fail(
+            path,
+            line,
+            `expected a duration: seconds (e.g. 30 or 0.5) or a string like "500ms", "30s", "5m", "1h"; got ${describeValue(v)}` +
+              (typeof v === 'number' && v < 0 ? ' (must not be negative)' : ''),
+          );
+        }
+        return d;
+      }
+      case 'bool': {
+        if (typeof v === 'boolean') return v;
+        if (typeof v === 'number' && (v === 0 || v === 1)) return v === 1;
+        if (typeof v === 'string') {
+          const s = v.toLowerCase();
+          if (['true', 'on', 'yes', '1'].includes(s)) return true;
+          if (['false', 'off', 'no', '0'].includes(s)) return false;
+        }
+        this.fail(path, line, `expected true or false, got ${describeValue(v)}`);
+      }
+      case 'enum': {
+        let s = v;
+        // YAML 1.1 readers (or %YAML 1.1 files) turn on/off into booleans.
+        if (typeof s === 'boolean' && kind.values.includes('on')) s = s ? 'on' : 'off';
+        if (typeof s !== 'string' || !kind.values.includes(s)) {
+          this.fail(path, line, `bad value ${typeof s === 'string' ? JSON.stringify(s) : describeValue(s)}; allowed: ${kind.values.join(', ')}`);
+        }
+        return s;
+      }
+    }
+  }
+
+  /** Fill obj from a mapping against a key schema. */
+  section<T extends object>(node: unknown, path: string, line: number | undefined, schema: Record<string, Kind>, obj: T): T {
+    const n = this.resolve(node);
+    if (n === null || n === undefined || (isScalar(n) && n.value === null)) return obj; // "name:" with nothing = all defaults
+    const known = Object.keys(schema);
+    for (const [name, kline, vnode] of this.entries(n, path, line)) {
+      const kind = schema[name];
+      if (!kind) this.unknownKey(path, name, kline, known);
+      (obj as Record<string, unknown>)[name] = this.value(kind, vnode, `${path}.${name}`, kline);
+    }
+    return obj;
+  }
+
+  load(): Config {
+    const root = this.doc.contents;
+    if (root === null || (isScalar(root) && root.value === null)) {
+      this.fail('databases', 1, 'the file is empty; at least a "databases:" section is required');
+    }
+    const settings = defaultSettings() as unknown as Record<string, unknown>;
+    let listen: ListenConfig = { host: '127.0.0.1', port: 6432 };
+    const databases = new Map<string, DatabaseConfig>();
+    const users = new Map<string, UserConfig>();
+    let sawDatabases = false;
+
+    for (const [name, kline, vnode] of this.entries(root, '', 1)) {
+      if (name === 'listen') {
+        listen = this.section(vnode, 'listen', kline, LISTEN_KEYS, { host: '127.0.0.1', port: 6432 } as ListenConfig);
+      } else if (name === 'databases') {
+        sawDatabases = true;
+        for (const [db, dline, dnode] of this.entries(vnode, 'databases', kline)) {
+          const path = `databases.${db}`;
+          if (db.trim() === '') this.fail(path, dline, 'a database name must not be empty');
+          if (ADMIN_DATABASE_NAMES.includes(db)) {
+            this.fail(path, dline, `"${db}" is reserved for the admin console`);
+          }
+          const entry = this.section(dnode, path, dline, DATABASE_KEYS, {
+            name: db,
+            host: '127.0.0.1',
+            port: 5432,
+            dbname: '',
+          } as DatabaseConfig);
+          // "*" is the fallback: without an explicit dbname it connects to the name the client asked for.
+          if (entry.dbname === '' && db !== '*') entry.dbname = db;
+          databases.set(db, entry);
+        }
+      } else if (name === 'users') {
+        for (const [user, uline, unode] of this.entries(vnode, 'users', kline)) {
+          const path = `users.${user}`;
+          if (user.trim() === '') this.fail(path, uline, 'a user name must not be empty');
+          users.set(user, this.section(unode, path, uline, USER_KEYS, { name: user } as UserConfig));
+        }
+      } else if (name in SETTINGS) {
+        settings[name] = this.value(SETTINGS[name as keyof Settings].kind, vnode, name, kline);
+      } else {
+        this.unknownKey('', name, kline, TOP_KEYS);
+      }
+    }
+
+    const cfg = {
+      listen,
+      databases,
+      users,
+      ...(settings as unknown as Settings),
+      source: { file: this.file, lines: this.lines },
+    } as Config;
+    this.crossCheck(cfg, sawDatabases);
+    return cfg;
+  }
+
+  crossCheck(cfg: Config, sawDatabases: boolean): void {
+    const L = (k: string) => this.lines.get(k);
+    if (!sawDatabases) this.fail('databases', undefined, 'required: the databases clients may connect to');
+    if (cfg.databases.size === 0) this.fail('databases', L('databases'), 'at least one database is required');
+    if (cfg.listen.host === '' && !cfg.listen.unix_socket_dir) {
+      this.fail('listen', L('listen.host'), 'nothing to listen on: set listen.host or listen.unix_socket_dir');
+    }
+    if (cfg.default_pool_size < cfg.min_pool_size) {
+      const k = this.lines.has('min_pool_size') ? 'min_pool_size' : 'default_pool_size';
+      this.fail(k, L(k), `default_pool_size (${cfg.default_pool_size}) must be >= min_pool_size (${cfg.min_pool_size})`);
+    }
+    for (const db of cfg.databases.values()) {
+      const size = db.pool_size ?? cfg.default_pool_size;
+      const min = db.min_pool_size ?? cfg.min_pool_size;
+      if (size < min) {
+        const p = `databases.${db.name}`;
+        const k = this.lines.has(`${p}.min_pool_size`) ? `${p}.min_pool_size` : this.lines.has(`${p}.pool_size`) ? `${p}.pool_size` : p;
+        this.fail(k, L(k), `pool_size (${size}) must be >= min_pool_size (${min})`);
+      }
+      if (db.password !== undefined && db.user === undefined) {
+        this.fail(`databases.${db.name}.password`, L(`databases.${db.name}.password`), 'a password needs a user (the fixed server user it belongs to)');
+      }
+    }
+    for (const u of cfg.users.values()) {
+      const pw = u.password;
+      if (pw === undefined) continue;
+      const k = `users.${u.name}.password`;
+      if (pw.startsWith('SCRAM-SHA-256$')) {
+        try {
+          parseScramVerifier(pw);
+        } catch (e) {
+          this.fail(k, L(k), (e as Error).message);
+        }
+      } else if (/^md5[0-9a-f]{32}$/.test(pw) && cfg.auth_type === 'scram-sha-256') {
+        this.fail(
+          k,
+          L(k),
+          'is an md5 hash, which cannot authenticate clients with auth_type scram-sha-256; give the plain password or a SCRAM verifier, or set auth_type: md5',
+        );
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// API
+
+/** Best-effort key path of a "key:" line, from indentation (for YAML syntax errors). */
+function keyPathAtLine(text: string, line: number): string | undefined {
+  const lines = text.split('\n');
+  const keyRe = /^(\s*)(?:-\s+)?(["']?)([^\s"':#{}[\],][^"':#{}[\],]*?)\2\s*:(?:\s|$)/;
+  const m = keyRe.exec(lines[line - 1] ?? '');
+  if (!m) return undefined;
+  const path = [m[3]!];
+  let indent = m[1]!.length;
+  for (let i = line - 2; i >= 0 && indent > 0; i--) {
+    const pm = keyRe.exec(lines[i]!);
+    if (pm && pm[1]!.length < indent) {
+      path.unshift(pm[3]!);
+      indent = pm[1]!.length;
+    }
+  }
+  return path.join('.');
+}
+
+/** Parse and validate config text; file is used in messages only. Throws ConfigError. */
+export function parseConfig(text: string, file: string): Config {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const line = lc.linePos(e.pos[0]).line;
+    const msg = e.message.split('\n')[0]!;
+    throw new ConfigError(`YAML syntax error: ${msg}`, file, keyPathAtLine(text, line), line);
+  }
+  return new Loader(file, doc, lc).load();
+}
+
+/** Read and parse a config file. Throws ConfigError (also when the file cannot be read). */
+export function loadConfigFile(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`cannot read the config file: ${(e as Error).message}`, path);
+  }
+  return parseConfig(text, path);
+}
+
+/**
+ * The database entry for a name a client asked for: its own entry, else the "*" fallback
+ * with name and (unless the fallback fixes one) dbname set to the requested name.
+ */
+export function resolveDatabase(config: Config, name: string): DatabaseConfig | undefined {
+  const own = config.databases.get(name);
+  if (own) return own;
+  const star = config.databases.get('*');
+  if (!star) return undefined;
+  return { ...star, name, dbname: star.dbname === '' ? name : star.dbname };
+}
+
+function show(v: unknown): string {
+  if (Array.isArray(v)) return v.join(',');
+  if (v === undefined) return '';
+  return String(v);
+}
+
+/** [key, value] pairs for SHOW CONFIG: listen.* then the top-level settings. No secrets. */
+export function describeConfig(config: Config): Array<[string, string]> {
+  const out: Array<[string, string]> = [
+    ['listen.host', show(config.listen.host)],
+    ['listen.port', show(config.listen.port)],
+    ['listen.unix_socket_dir', show(config.listen.unix_socket_dir)],
+  ];
+  for (const k of Object.keys(SETTINGS) as Array<keyof Settings>) out.push([k, show(config[k])]);
+  return out;
+}
+
+/** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP). */
+export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'bypass'];
+
+/** Which restart-only keys differ between two configs (a RELOAD applies the rest and reports these). */
+export function changesNeedingRestart(before: Config, after: Config): string[] {
+  const get = (c: Config, k: string): unknown =>
+    k.startsWith('listen.') ? c.listen[k.slice(7) as keyof ListenConfig] : (c as unknown as Record<string, unknown>)[k];
+  return RESTART_KEYS.filter((k) => get(before, k) !== get(after, k));
+}
