@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// pgsplice command line: run the proxy, check a config, read the counters.
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { loadConfigFile } from './config/load';
+import { ConfigError, LogLevel } from './config/types';
+import { log, setLogLevel } from './log';
+import { Proxy } from './proxy';
+
+const VERSION: string = require('../../package.json').version;
+
+async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
+  let config;
+  try {
+    config = loadConfigFile(configPath);
+  } catch (e) {
+    process.stderr.write(`pgsplice: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  setLogLevel(logLevel ?? config.log_level);
+  const proxy = new Proxy(config);
+  try {
+    await proxy.listen();
+  } catch (e) {
+    log.error((e as Error).message);
+    process.exit(1);
+  }
+  log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
+
+  process.on('SIGHUP', () => {
+    try {
+      proxy.reload(loadConfigFile(configPath));
+    } catch (e) {
+      log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`);
+    }
+  });
+  process.on('SIGTERM', () => {
+    log.info('SIGTERM: graceful shutdown');
+    proxy.shutdownGraceful().then(() => setTimeout(() => process.exit(0), 100));
+  });
+  process.on('SIGINT', () => {
+    log.info('SIGINT: fast shutdown');
+    proxy.shutdownFast();
+    setTimeout(() => process.exit(0), 100);
+  });
+}
+
+void yargs(hideBin(process.argv))
+  .scriptName('pgsplice')
+  .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config')
+  .option('config', { alias: 'c', type: 'string', describe: 'YAML config file', default: 'pgsplice.yaml' })
+  .option('log-level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'overrides log_level' })
+  .command(
+    ['run', '$0'],
+    'run the proxy',
+    () => {},
+    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined),
+  )
+  .command(
+    'check',
+    'validate a config file and exit',
+    () => {},
+    (argv) => {
+      try {
+        loadConfigFile(argv.config as string);
+        process.stdout.write('config ok\n');
+      } catch (e) {
+        process.stderr.write(`pgsplice: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
+        process.exit(2);
+      }
+    },
+  )
+  .version(VERSION)
+  .help()
+  .strict()
+  .parse();

@@ -1,0 +1,528 @@
+// One client of the proxy: startup, authentication, then its requests, carried to
+// a pooled server either by user space (here) or by the kernel path (the bypass
+// controller moves it there and back at safe points).
+import * as net from 'node:net';
+import * as crypto from 'node:crypto';
+import {
+  CANCEL_REQUEST_CODE, Frontend, GSSENC_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE, SqlState, TxStatus,
+} from './protocol/constants';
+import { MessageFramer, printable } from './protocol/framer';
+import {
+  BodyReader, ErrorFields, ProtocolError, authenticationCleartext, authenticationMd5, authenticationOk,
+  authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, errorResponse,
+  negotiateProtocolVersion, parameterStatus, readyForQuery,
+} from './protocol/messages';
+import { StreamScanner, captureSet } from './protocol/stream-scanner';
+import { TransactionTracker } from './transaction-tracker';
+import { ServerConnection, ServerPeer } from './server-connection';
+import { Pool, PoolError } from './pool';
+import { TRACKED_PARAMETERS, canonicalName, isReported, recordApplied, settingsSql, startupSettings } from './session-parameters';
+import { AuthProtocolError, ScramServerSession } from './auth/scram';
+import { chooseAuthMethod, verifyPlainPassword } from './auth/verifier';
+import { verifyMd5Response } from './auth/md5';
+import type { AuthType, Config } from './config/types';
+import { log } from './log';
+
+export enum ClientState {
+  Startup = 'startup',
+  Auth = 'auth',
+  Login = 'login', // authenticated, learning the pool's server parameters
+  Idle = 'idle', // between transactions, no server
+  Waiting = 'waiting', // has a request, waits for a server
+  Active = 'active', // linked to a server in user space
+  Kernel = 'kernel', // the kernel path carries its data
+  Closed = 'closed',
+}
+
+// What a client needs from the proxy around it (the Pooler).
+export interface ClientHost {
+  readonly config: Config;
+  resolvePool(database: string, user: string): Pool; // throws PoolError (3D000, ...)
+  userSecret(user: string): string | undefined;
+  isAdminDatabase(database: string): boolean;
+  startAdmin(client: ClientConnection): void;
+  cancel(pid: number, key: number): void;
+  clientLoggedIn(client: ClientConnection): void;
+  clientClosed(client: ClientConnection): void;
+  // The kernel path's chance to take an idle client; false keeps it in user space.
+  offerToKernel?(client: ClientConnection): boolean;
+}
+
+let nextClientId = 1;
+const CLIENT_CAPTURE = captureSet('');
+const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much ahead of its server
+
+export class ClientConnection implements ServerPeer {
+  readonly id = nextClientId++;
+  state = ClientState.Startup;
+  user = '';
+  database = '';
+  appName = '';
+  readonly settings = new Map<string, string>(); // tracked and startup settings
+  readonly cancelPid: number;
+  readonly cancelKey: number;
+  pool: Pool | null = null;
+  server: ServerConnection | null = null;
+  readonly tracker = new TransactionTracker();
+  readonly connectedAt = Date.now();
+  bytesRead = 0n; // since the socket was registered with the kernel path
+  stats = { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n };
+  private framer = new MessageFramer();
+  private scanner = new StreamScanner(CLIENT_CAPTURE);
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private scram: ScramServerSession | null = null;
+  private authMethod: AuthType = 'trust';
+  private md5Salt: Buffer | null = null;
+  private terminated = false;
+  private loginTimer: NodeJS.Timeout | null = null;
+  private startup = new Map<string, string>();
+  // When set, the admin console consumes this client's messages instead of a pool.
+  adminHandler: ((type: number, body: Buffer) => void) | null = null;
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly host: ClientHost,
+  ) {
+    this.cancelPid = crypto.randomInt(1, 0x7fffffff);
+    this.cancelKey = crypto.randomInt(-0x80000000, 0x7fffffff);
+    socket.setNoDelay(true);
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('error', (e) => this.close(`socket error: ${e.message}`));
+    socket.on('close', () => this.close('client closed the connection'));
+    const lt = host.config.client_login_timeout;
+    if (lt > 0) {
+      this.loginTimer = setTimeout(() => this.fatal({ code: SqlState.ProtocolViolation, message: 'client_login_timeout' }), lt * 1000);
+      this.loginTimer.unref();
+    }
+  }
+
+  get label(): string {
+    const who = this.user ? `${this.user}@${this.database}` : 'unauthenticated';
+    return `C-${this.id} ${who} ${this.socket.remoteAddress ?? 'unix'}:${this.socket.remotePort ?? ''}`;
+  }
+
+  get addr(): string {
+    return this.socket.remoteAddress ?? 'unix';
+  }
+
+  // ---- input ----
+
+  private onData(chunk: Buffer): void {
+    this.bytesRead += BigInt(chunk.length);
+    this.stats.bytesIn += BigInt(chunk.length);
+    try {
+      switch (this.state) {
+        case ClientState.Startup:
+        case ClientState.Auth:
+          this.framer.push(chunk);
+          this.drainLogin();
+          return;
+        case ClientState.Login:
+          this.framer.push(chunk); // kept until login completes
+          return;
+        case ClientState.Closed:
+          return;
+        default:
+          if (this.adminHandler) {
+            this.framer.push(chunk);
+            for (let m = this.framer.next(); m; m = this.framer.next()) {
+              if (m.type === Frontend.Terminate) return this.close('client sent Terminate');
+              this.adminHandler(m.type, m.body);
+            }
+            return;
+          }
+          this.onRequestBytes(chunk);
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError || e instanceof AuthProtocolError) this.fatal({ code: SqlState.ProtocolViolation, message: `protocol violation: ${e.message}` });
+      else {
+        log.error(`${this.label} internal error: ${(e as Error).stack}`);
+        this.fatal({ code: SqlState.InternalError, message: 'internal error in pgsplice' });
+      }
+    }
+  }
+
+  private drainLogin(): void {
+    while (this.state === ClientState.Startup || this.state === ClientState.Auth) {
+      if (this.state === ClientState.Startup) {
+        const pkt = this.framer.nextStartup();
+        if (!pkt) return;
+        this.onStartupPacket(pkt);
+      } else {
+        const m = this.framer.next();
+        if (!m) return;
+        if (m.type === Frontend.Terminate) return this.close('client sent Terminate during login');
+        if (m.type !== Frontend.Password) throw new ProtocolError(`expected password message, got "${printable(m.type)}"`);
+        this.onPassword(m.body);
+      }
+    }
+  }
+
+  private onStartupPacket(pkt: Buffer): void {
+    const code = pkt.readInt32BE(0);
+    if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
+      if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
+      if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
+      this.socket.write('N');
+      return;
+    }
+    if (code === CANCEL_REQUEST_CODE) {
+      if (pkt.length !== 12) throw new ProtocolError('invalid cancel request length');
+      this.host.cancel(pkt.readInt32BE(4), pkt.readInt32BE(8));
+      this.close('cancel request handled', true);
+      return;
+    }
+    const major = code >>> 16;
+    const minor = code & 0xffff;
+    if (major !== 3) {
+      this.fatal({
+        code: SqlState.FeatureNotSupported,
+        message: `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`,
+      });
+      return;
+    }
+    const r = new BodyReader(pkt.subarray(4));
+    const unrecognized: string[] = [];
+    for (;;) {
+      const k = r.cstring();
+      if (k === '') break;
+      const v = r.cstring();
+      if (k.startsWith('_pq_.')) unrecognized.push(k);
+      else this.startup.set(k, v);
+    }
+    this.user = this.startup.get('user') ?? '';
+    this.database = this.startup.get('database') || this.user;
+    if (!this.user) return this.fatal({ code: SqlState.InvalidAuthorization, message: 'no PostgreSQL user name specified in startup packet' });
+    if (this.startup.has('replication') && this.startup.get('replication') !== 'false') {
+      return this.fatal({ code: SqlState.FeatureNotSupported, message: 'replication connections are not supported by pgsplice' });
+    }
+    if (code !== PROTOCOL_3_0 || unrecognized.length) this.socket.write(negotiateProtocolVersion(0, unrecognized));
+
+    const admin = this.host.isAdminDatabase(this.database);
+    if (!admin) {
+      try {
+        this.pool = this.host.resolvePool(this.database, this.user);
+      } catch (e) {
+        if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
+        throw e;
+      }
+    }
+    this.beginAuth();
+  }
+
+  private beginAuth(): void {
+    this.state = ClientState.Auth;
+    const secret = this.host.userSecret(this.user);
+    const choice = chooseAuthMethod(this.host.config.auth_type, secret);
+    // No usable secret: still run the configured exchange, so a missing user is not revealed.
+    const method = 'method' in choice ? choice.method : this.host.config.auth_type;
+    if ('error' in choice && secret !== undefined) log.warn(`user "${this.user}": ${choice.error}`);
+    this.authMethod = method;
+    switch (method) {
+      case 'trust':
+        if (secret === undefined && !this.pool?.target.password) return this.authFailed();
+        return this.authenticated();
+      case 'plain':
+        this.socket.write(authenticationCleartext());
+        return;
+      case 'md5':
+        this.md5Salt = crypto.randomBytes(4);
+        this.socket.write(authenticationMd5(this.md5Salt));
+        return;
+      case 'scram-sha-256':
+        // An unknown user still gets a full exchange, so its absence is not revealed.
+        this.scram = new ScramServerSession('method' in choice && secret !== undefined ? secret : crypto.randomBytes(16).toString('hex'));
+        this.socket.write(authenticationSasl(['SCRAM-SHA-256']));
+        return;
+    }
+  }
+
+  private onPassword(body: Buffer): void {
+    const secret = this.host.userSecret(this.user);
+    switch (this.authMethod) {
+      case 'plain': {
+        const pw = new BodyReader(body).cstring();
+        if (secret === undefined || !verifyPlainPassword(secret, this.user, pw)) return this.authFailed();
+        return this.authenticated();
+      }
+      case 'md5': {
+        const resp = new BodyReader(body).cstring();
+        if (secret === undefined || !verifyMd5Response(secret, this.user, this.md5Salt!, resp)) return this.authFailed();
+        return this.authenticated();
+      }
+      case 'scram-sha-256': {
+        const scram = this.scram!;
+        if (!this.saslStarted) {
+          const r = new BodyReader(body);
+          const mech = r.cstring();
+          if (mech !== 'SCRAM-SHA-256') throw new ProtocolError(`unsupported SASL mechanism "${mech}"`);
+          const len = r.int32();
+          const data = len < 0 ? Buffer.alloc(0) : r.bytes(len);
+          this.saslStarted = true;
+          this.socket.write(authenticationSaslContinue(scram.handleClientFirst(data)));
+          return;
+        }
+        const res = scram.handleClientFinal(body);
+        if (!res.ok || secret === undefined || 'error' in choiceFor(this.host.config.auth_type, secret)) return this.authFailed();
+        this.socket.write(authenticationSaslFinal(res.serverFinal));
+        return this.authenticated();
+      }
+      default:
+        throw new ProtocolError('unexpected password message');
+    }
+  }
+  private saslStarted = false;
+
+  private authFailed(): void {
+    const kind = this.authMethod === 'trust' ? 'authentication' : 'password authentication';
+    this.fatal({ code: SqlState.InvalidPassword, message: `${kind} failed for user "${this.user}"` });
+  }
+
+  private authenticated(): void {
+    this.state = ClientState.Login;
+    this.scram = null;
+    if (this.host.isAdminDatabase(this.database)) {
+      this.finishLogin(new Map([['server_version', '15.0'], ['client_encoding', 'UTF8'], ['server_encoding', 'UTF8'],
+        ['DateStyle', 'ISO, MDY'], ['standard_conforming_strings', 'on'], ['integer_datetimes', 'on']]));
+      this.host.startAdmin(this);
+      return;
+    }
+    const pool = this.pool!;
+    if (pool.serverParams) return this.finishLogin(pool.serverParams);
+    // The first client of a pool waits for a server to learn what to report.
+    pool.acquire().then(
+      (server) => {
+        pool.release(server);
+        if (this.state === ClientState.Login) this.finishLogin(pool.serverParams ?? server.params);
+      },
+      (e: Error) => this.fatal({ code: e instanceof PoolError ? e.code : SqlState.ConnectionFailure, message: e.message }),
+    );
+  }
+
+  private finishLogin(serverParams: Map<string, string>): void {
+    if (this.state !== ClientState.Login) return;
+    if (this.loginTimer) clearTimeout(this.loginTimer);
+    for (const k of TRACKED_PARAMETERS) {
+      const v = serverParams.get(k);
+      if (v !== undefined) this.settings.set(k, v);
+    }
+    for (const [k, v] of startupSettings(this.startup)) this.settings.set(k, v);
+    this.appName = this.settings.get('application_name') ?? '';
+    const out: Buffer[] = [authenticationOk()];
+    const reported = new Map(serverParams);
+    for (const [k, v] of this.settings) if (isReported(k)) reported.set(k, v);
+    for (const [k, v] of reported) out.push(parameterStatus(k, v));
+    out.push(backendKeyData(this.cancelPid, this.cancelKey), readyForQuery('I'));
+    this.state = ClientState.Idle;
+    this.host.clientLoggedIn(this);
+    log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
+    // The kernel path sees every byte after registration, so register before the client can answer.
+    const toKernel = this.host.offerToKernel?.(this) ?? false;
+    this.socket.write(Buffer.concat(out));
+    const early = this.framer.takeRest();
+    if (early.length && !toKernel) this.onRequestBytes(early);
+  }
+
+  // ---- data phase in user space ----
+
+  private onRequestBytes(chunk: Buffer): void {
+    if (this.state === ClientState.Kernel) this.state = ClientState.Idle; // the kernel passed it up
+    let cut = -1;
+    this.scanner.scan(chunk, (m) => {
+      if (cut >= 0) return;
+      if (m.type === Frontend.Terminate) {
+        cut = Math.max(m.start, 0);
+        return;
+      }
+      this.tracker.onClientMessage(m.type);
+      if (m.type === Frontend.Query || m.type === Frontend.Sync || m.type === Frontend.FunctionCall) this.stats.queries++;
+    });
+    if (!this.scanner.atBoundary && cut < 0) this.tracker.onClientPartial(this.scanner.currentType);
+    const data = cut >= 0 ? chunk.subarray(0, cut) : chunk;
+    if (data.length) this.forward(data);
+    if (cut >= 0) {
+      this.terminated = true;
+      if (!this.server) this.close('client sent Terminate');
+      // else: close once the server has answered what came before the Terminate
+      else if (this.tracker.idle) this.close('client sent Terminate');
+    }
+  }
+
+  private forward(data: Buffer): void {
+    if (this.server && this.state === ClientState.Active) {
+      if (!this.server.write(data)) this.throttle(this.server.socket);
+      return;
+    }
+    this.pending.push(data);
+    this.pendingBytes += data.length;
+    if (this.pendingBytes > MAX_PENDING_BYTES) this.socket.pause();
+    if (this.state === ClientState.Idle) this.requestServer();
+  }
+
+  // Pauses reading this client until the server socket drains (TCP back-pressure).
+  private throttle(to: net.Socket): void {
+    this.socket.pause();
+    to.once('drain', () => {
+      if (this.state !== ClientState.Closed) this.socket.resume();
+    });
+  }
+
+  private requestServer(): void {
+    const pool = this.pool!;
+    this.state = ClientState.Waiting;
+    pool.acquire().then(
+      (server) => {
+        if (this.state !== ClientState.Waiting) return pool.release(server);
+        this.attach(server);
+      },
+      (e: Error) => {
+        if (this.state !== ClientState.Waiting) return;
+        const code = e instanceof PoolError ? e.code : SqlState.ConnectionFailure;
+        this.fatal({ code, message: e.message });
+      },
+    );
+  }
+
+  private attach(server: ServerConnection): void {
+    const sql = settingsSql(this.settings, server);
+    if (sql) {
+      server.runInternal(sql).then(
+        () => {
+          recordApplied(this.settings, server);
+          this.attach(server);
+        },
+        (e: Error) => {
+          log.warn(`${this.label} could not apply settings on ${server.label}: ${e.message}`);
+          this.pool!.release(server);
+          this.fatal({ code: (e as { code?: string }).code ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${e.message}` });
+        },
+      );
+      return;
+    }
+    if (this.state !== ClientState.Waiting) return this.pool!.release(server);
+    this.server = server;
+    this.state = ClientState.Active;
+    server.link(this);
+    const pending = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.socket.resume();
+    for (const p of pending) if (!server.write(p)) this.throttle(server.socket);
+  }
+
+  onServerData(chunk: Buffer, server: ServerConnection): void {
+    this.stats.bytesOut += BigInt(chunk.length);
+    if (this.socket.destroyed) return;
+    if (!this.socket.write(chunk)) {
+      server.socket.pause();
+      this.socket.once('drain', () => server.socket.resume());
+    }
+  }
+
+  onServerReady(status: TxStatus, server: ServerConnection): void {
+    this.tracker.onReadyForQuery(status);
+    if (!this.tracker.idle) return;
+    this.stats.xacts++;
+    if (this.terminated) return this.close('client sent Terminate');
+    if (this.pool!.settings.mode === 'session') return;
+    this.detach(server);
+  }
+
+  onServerParameter(name: string, value: string): void {
+    const k = canonicalName(name);
+    if (this.settings.has(k) || isReported(k)) this.settings.set(k, value);
+    if (k === 'application_name') this.appName = value;
+  }
+
+  onServerLost(server: ServerConnection, reason: string): void {
+    if (this.server !== server) return;
+    this.server = null;
+    this.fatal({ code: SqlState.ConnectionFailure, message: `server connection lost: ${reason}` });
+  }
+
+  // Gives the server back at a transaction end; the client stays, idle.
+  private detach(server: ServerConnection): void {
+    this.server = null;
+    this.state = ClientState.Idle;
+    server.unlink();
+    if (this.host.config.server_reset_query_always && this.host.config.server_reset_query) {
+      this.resetAndRelease(server);
+    } else this.pool!.release(server);
+    if (this.pending.length) this.requestServer();
+    else this.host.offerToKernel?.(this);
+  }
+
+  private resetAndRelease(server: ServerConnection): void {
+    const pool = this.pool!;
+    server.runInternal(this.host.config.server_reset_query).then(
+      () => {
+        server.applied.clear();
+        pool.release(server);
+      },
+      (e: Error) => server.close(`server_reset_query failed: ${e.message}`),
+    );
+  }
+
+  // ---- errors and shutdown ----
+
+  sendError(f: ErrorFields): void {
+    if (!this.socket.destroyed) this.socket.write(errorResponse(f));
+  }
+
+  // Sends a FATAL error and closes: logs one line.
+  fatal(f: ErrorFields): void {
+    if (this.state === ClientState.Closed) return;
+    log.info(`${this.label} closing: ${f.code} ${f.message}`);
+    this.sendError({ severity: 'FATAL', ...f });
+    this.close(f.message, true);
+  }
+
+  close(reason: string, quiet = false): void {
+    if (this.state === ClientState.Closed) return;
+    const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth;
+    this.state = ClientState.Closed;
+    if (this.loginTimer) clearTimeout(this.loginTimer);
+    if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);
+    const server = this.server;
+    this.server = null;
+    if (server) this.leaveServer(server);
+    this.pending = [];
+    if (!this.socket.destroyed) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+    this.host.clientClosed(this);
+  }
+
+  // The client is gone: its server is rolled back and reset, or closed (invariant 3).
+  leaveServer(server: ServerConnection): void {
+    server.unlink();
+    const pool = this.pool!;
+    const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
+    if (!quiet || !server.isUsable) {
+      server.close('client left while a request was in progress');
+      return;
+    }
+    const steps: string[] = [];
+    if (this.tracker.status !== 'I') steps.push('ROLLBACK');
+    const cfg = this.host.config;
+    if (pool.settings.mode === 'session' || cfg.server_reset_query_always) {
+      if (cfg.server_reset_query) steps.push(cfg.server_reset_query);
+    }
+    if (steps.length === 0) return pool.release(server);
+    server.runInternal(steps.join('; ')).then(
+      () => {
+        if (steps.length > 1 || steps[0] !== 'ROLLBACK') server.applied.clear();
+        pool.release(server);
+      },
+      (e: Error) => server.close(`reset after client left failed: ${e.message}`),
+    );
+  }
+
+  get idleSeconds(): number {
+    return 0;
+  }
+}
+
+const choiceFor = chooseAuthMethod;

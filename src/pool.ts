@@ -1,0 +1,295 @@
+// A pool of server connections for one (database, user): idle servers, clients
+// waiting in FIFO order, sizing (pool, min, reserve), and the server lifetimes.
+import { ServerConnection, ServerError, ServerState, ServerTarget } from './server-connection';
+import type { PoolMode } from './config/types';
+import { log } from './log';
+
+export interface PoolSettings {
+  mode: PoolMode;
+  size: number;
+  minSize: number;
+  reserveSize: number;
+  reserveTimeout: number; // s
+  queryWaitTimeout: number; // s, 0 = forever
+  serverIdleTimeout: number; // s, 0 = never
+  serverLifetime: number; // s, 0 = never
+  resetQuery: string;
+  resetQueryAlways: boolean;
+  checkQuery: string;
+  checkDelay: number; // s
+}
+
+// Counts server connections per database across its pools (max_db_connections).
+export interface ConnectionBudget {
+  canOpen(pool: Pool): boolean;
+  opened(pool: Pool): void;
+  closed(pool: Pool): void;
+  freed(pool: Pool): void; // a slot was freed: another pool may now open a server
+}
+
+export class PoolError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+    this.name = 'PoolError';
+  }
+}
+
+interface Waiter {
+  resolve: (s: ServerConnection) => void;
+  reject: (e: Error) => void;
+  since: number;
+  timer: NodeJS.Timeout | null;
+}
+
+// A hook that gives the kernel path a say over idle servers (bypass controller).
+export interface IdleServerHost {
+  // Takes a server idle in the kernel for a user-space client, or null.
+  takeIdle(pool: Pool): ServerConnection | null;
+  // Offers an idle server to the kernel; true if the kernel now owns it.
+  offerIdle(pool: Pool, server: ServerConnection): boolean;
+}
+
+let nextPoolId = 1;
+
+export class Pool {
+  readonly id = nextPoolId++;
+  readonly servers = new Set<ServerConnection>();
+  private idle: ServerConnection[] = [];
+  private waiters: Waiter[] = [];
+  private connecting = 0;
+  serverParams: Map<string, string> | null = null;
+  kernelHost: IdleServerHost | null = null;
+  paused = false;
+  lastConnectError: ServerError | null = null;
+  // Stats (SHOW POOLS / STATS).
+  stats = { waitedMicros: 0n, served: 0n, xacts: 0n, maxWaitMs: 0 };
+
+  constructor(
+    readonly database: string,
+    readonly user: string,
+    public target: ServerTarget,
+    public settings: PoolSettings,
+    private readonly budget: ConnectionBudget,
+  ) {}
+
+  get label(): string {
+    return `${this.user}@${this.database}`;
+  }
+  get idleCount(): number {
+    return this.idle.length;
+  }
+  get waitingCount(): number {
+    return this.waiters.length;
+  }
+  get connectingCount(): number {
+    return this.connecting;
+  }
+  get activeCount(): number {
+    let n = 0;
+    for (const s of this.servers) if (s.state === ServerState.Active || s.state === ServerState.Internal) n++;
+    return n;
+  }
+
+  // Resolves with a server for the caller, in FIFO order with other waiters.
+  acquire(): Promise<ServerConnection> {
+    if (!this.paused && this.waiters.length === 0) {
+      const s = this.takeIdle();
+      if (s) return Promise.resolve(s);
+    }
+    return new Promise((resolve, reject) => {
+      const w: Waiter = { resolve, reject, since: Date.now(), timer: null };
+      const t = this.settings.queryWaitTimeout;
+      if (t > 0) {
+        w.timer = setTimeout(() => {
+          this.dropWaiter(w);
+          reject(new PoolError('query_wait_timeout', '08P01'));
+        }, t * 1000);
+      }
+      this.waiters.push(w);
+      this.onWaitersChanged();
+      this.grow();
+    });
+  }
+
+  // A clean, idle server comes back from a client.
+  release(server: ServerConnection): void {
+    server.unlink();
+    if (!server.isUsable) return;
+    if (this.expired(server)) {
+      server.close('server_lifetime reached');
+      return;
+    }
+    server.state = ServerState.Idle;
+    server.lastUsed = Date.now();
+    this.handOut(server);
+  }
+
+  // A server that is idle (login done, reset done) is given to a waiter or parked.
+  private handOut(server: ServerConnection): void {
+    if (!this.paused) {
+      const w = this.waiters.shift();
+      if (w) {
+        this.onWaitersChanged();
+        this.giveToWaiter(w, server);
+        return;
+      }
+    }
+    if (this.kernelHost && this.kernelHost.offerIdle(this, server)) return;
+    this.idle.push(server);
+  }
+
+  // Called by the kernel host when a server it owned is usable by user space again.
+  serverAvailable(server: ServerConnection): void {
+    this.handOut(server);
+  }
+
+  private giveToWaiter(w: Waiter, server: ServerConnection): void {
+    if (w.timer) clearTimeout(w.timer);
+    const waited = Date.now() - w.since;
+    this.stats.waitedMicros += BigInt(waited * 1000);
+    if (waited > this.stats.maxWaitMs) this.stats.maxWaitMs = waited;
+    this.stats.served++;
+    w.resolve(server);
+  }
+
+  private takeIdle(): ServerConnection | null {
+    while (this.idle.length) {
+      const s = this.idle.pop()!; // LIFO: the warmest server
+      if (s.isUsable && s.state === ServerState.Idle) return s;
+    }
+    return this.kernelHost ? this.kernelHost.takeIdle(this) : null;
+  }
+
+  private dropWaiter(w: Waiter): void {
+    const i = this.waiters.indexOf(w);
+    if (i >= 0) this.waiters.splice(i, 1);
+    this.onWaitersChanged();
+  }
+
+  onWaitersChanged: () => void = () => {};
+
+  // Wakes waiters when a server may be had (e.g. the kernel released one).
+  serviceWaiters(): void {
+    while (this.waiters.length && !this.paused) {
+      const s = this.takeIdle();
+      if (!s) break;
+      const w = this.waiters.shift()!;
+      this.giveToWaiter(w, s);
+    }
+    this.onWaitersChanged();
+    this.grow();
+  }
+
+  private get total(): number {
+    return this.servers.size;
+  }
+
+  // Opens servers for waiters (up to the pool size, then the reserve) and up to min_pool_size.
+  grow(): void {
+    const s = this.settings;
+    const oldestWait = this.waiters.length ? Date.now() - this.waiters[0].since : 0;
+    const limit = s.size + (oldestWait >= s.reserveTimeout * 1000 ? s.reserveSize : 0);
+    const wanted = Math.max(this.waiters.length - this.connecting, s.minSize - this.total);
+    for (let i = 0; i < wanted && this.total < limit && this.budget.canOpen(this); i++) this.openServer();
+    if (this.waiters.length && this.total >= s.size && s.reserveSize > 0 && !this.reserveTimer) {
+      this.reserveTimer = setTimeout(() => {
+        this.reserveTimer = null;
+        this.grow();
+      }, s.reserveTimeout * 1000);
+      this.reserveTimer.unref();
+    }
+  }
+  private reserveTimer: NodeJS.Timeout | null = null;
+
+  private openServer(): void {
+    const server = new ServerConnection(this.target);
+    this.servers.add(server);
+    this.connecting++;
+    this.budget.opened(this);
+    server.once('close', () => {
+      this.servers.delete(server);
+      const i = this.idle.indexOf(server);
+      if (i >= 0) this.idle.splice(i, 1);
+      this.budget.closed(this);
+      this.emitChanged();
+    });
+    server.connect().then(
+      () => {
+        this.connecting--;
+        this.lastConnectError = null;
+        if (!this.serverParams) this.serverParams = new Map(server.params);
+        log.info(`${server.label} new server connection (pool ${this.label}, ${this.servers.size} servers)`);
+        this.handOut(server);
+      },
+      (e: ServerError) => {
+        this.connecting--;
+        this.lastConnectError = e;
+        log.warn(`pool ${this.label}: ${e.message}`);
+        // With no logged-in server left, nobody will come back to serve the waiters: tell them now.
+        const alive = [...this.servers].some((x) => x.isUsable && x.state !== ServerState.Connecting);
+        if (!alive && this.connecting === 0) this.failWaiters(e);
+      },
+    );
+  }
+
+  private failWaiters(e: ServerError): void {
+    const ws = this.waiters;
+    this.waiters = [];
+    this.onWaitersChanged();
+    for (const w of ws) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(new PoolError(e.message, e.fields.C ?? '08006'));
+    }
+  }
+
+  private expired(s: ServerConnection): boolean {
+    return this.settings.serverLifetime > 0 && Date.now() - s.createdAt > this.settings.serverLifetime * 1000;
+  }
+
+  private emitChanged(): void {
+    // A server went away: keep min_pool_size and any waiters served.
+    if (this.waiters.length || this.servers.size < this.settings.minSize) setImmediate(() => this.grow());
+    this.budget.freed(this);
+  }
+
+  // Periodic upkeep: idle timeout, lifetime, min_pool_size.
+  janitor(): void {
+    const now = Date.now();
+    const s = this.settings;
+    const keep: ServerConnection[] = [];
+    for (const srv of this.idle) {
+      if (!srv.isUsable) continue;
+      const idleTooLong = s.serverIdleTimeout > 0 && now - srv.lastUsed > s.serverIdleTimeout * 1000 && this.servers.size > s.minSize;
+      if (idleTooLong) srv.close('server_idle_timeout');
+      else if (this.expired(srv)) srv.close('server_lifetime reached');
+      else keep.push(srv);
+    }
+    this.idle = keep;
+    if (this.waiters.length) {
+      const oldest = now - this.waiters[0].since;
+      if (oldest >= s.reserveTimeout * 1000) this.grow();
+    }
+    if (this.servers.size < s.minSize && !this.lastConnectError) this.grow();
+  }
+
+  // Closes idle servers now and the others when they come back (RECONNECT, reload).
+  closeIdle(reason: string): void {
+    for (const s of this.idle.splice(0)) s.close(reason);
+  }
+
+  closeAll(reason: string): void {
+    this.failWaiters(new ServerError(reason, { C: '57P01' }));
+    for (const s of [...this.servers]) s.close(reason, false);
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+    this.serviceWaiters();
+  }
+}

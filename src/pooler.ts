@@ -1,0 +1,228 @@
+// The proxy's registry: clients, pools per (database, user), cancel keys, limits,
+// and applying a new configuration on reload.
+import * as net from 'node:net';
+import { ClientConnection, ClientHost, ClientState } from './client-connection';
+import { ConnectionBudget, Pool, PoolError, PoolSettings } from './pool';
+import type { ServerTarget } from './server-connection';
+import { cancelRequest } from './protocol/messages';
+import { SqlState } from './protocol/constants';
+import type { Config, DatabaseConfig } from './config/types';
+import { log } from './log';
+
+export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
+
+export interface PoolerHooks {
+  startAdmin(client: ClientConnection): void;
+  offerToKernel?(client: ClientConnection): boolean;
+  cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
+  poolCreated?(pool: Pool): void;
+  clientClosed?(client: ClientConnection): void;
+}
+
+export class Pooler implements ClientHost, ConnectionBudget {
+  readonly clients = new Set<ClientConnection>();
+  readonly pools = new Map<string, Pool>();
+  private byCancelKey = new Map<string, ClientConnection>();
+  private dbConnections = new Map<string, number>();
+  private janitorTimer: NodeJS.Timeout;
+  hooks: PoolerHooks = { startAdmin: (c) => c.fatal({ code: SqlState.FeatureNotSupported, message: 'admin console not available' }) };
+  accepting = true;
+
+  constructor(public config: Config) {
+    this.janitorTimer = setInterval(() => this.janitor(), 1000);
+    this.janitorTimer.unref();
+  }
+
+  // ---- ClientHost ----
+
+  isAdminDatabase(database: string): boolean {
+    return ADMIN_DATABASES.has(database);
+  }
+
+  startAdmin(client: ClientConnection): void {
+    this.hooks.startAdmin(client);
+  }
+
+  offerToKernel(client: ClientConnection): boolean {
+    return this.hooks.offerToKernel ? this.hooks.offerToKernel(client) : false;
+  }
+
+  userSecret(user: string): string | undefined {
+    const u = this.config.users.get(user);
+    if (u?.password !== undefined) return u.password;
+    return undefined;
+  }
+
+  private databaseConfig(name: string): DatabaseConfig | undefined {
+    const db = this.config.databases.get(name);
+    if (db) return db;
+    const star = this.config.databases.get('*');
+    return star ? { ...star, name, dbname: name } : undefined;
+  }
+
+  resolvePool(database: string, user: string): Pool {
+    const db = this.databaseConfig(database);
+    if (!db) throw new PoolError(`no such database: ${database}`, SqlState.InvalidCatalogName);
+    const serverUser = db.user ?? user;
+    const key = `${database}\0${serverUser}`;
+    let pool = this.pools.get(key);
+    if (!pool) {
+      pool = new Pool(database, serverUser, this.target(db, user), this.poolSettings(db, serverUser), this);
+      this.pools.set(key, pool);
+      log.info(`pool ${pool.label} created (mode ${pool.settings.mode}, size ${pool.settings.size})`);
+      this.hooks.poolCreated?.(pool);
+      pool.grow();
+    }
+    return pool;
+  }
+
+  private target(db: DatabaseConfig, user: string): ServerTarget {
+    const serverUser = db.user ?? user;
+    let password = db.user ? db.password : undefined;
+    if (password === undefined) {
+      const secret = this.config.users.get(serverUser)?.password;
+      // A SCRAM verifier cannot log in to a server; plain and md5 forms can.
+      if (secret !== undefined && !secret.startsWith('SCRAM-SHA-256$')) password = secret;
+    }
+    const startupParams: Record<string, string> = {};
+    if (db.client_encoding) startupParams.client_encoding = db.client_encoding;
+    if (db.datestyle) startupParams.datestyle = db.datestyle;
+    if (db.timezone) startupParams.timezone = db.timezone;
+    if (db.application_name) startupParams.application_name = db.application_name;
+    return {
+      host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, startupParams,
+      connectTimeout: this.config.server_connect_timeout,
+    };
+  }
+
+  private poolSettings(db: DatabaseConfig, user: string): PoolSettings {
+    const c = this.config;
+    const u = c.users.get(user);
+    return {
+      mode: u?.pool_mode ?? db.pool_mode ?? c.pool_mode,
+      size: db.pool_size ?? u?.pool_size ?? c.default_pool_size,
+      minSize: db.min_pool_size ?? c.min_pool_size,
+      reserveSize: db.reserve_pool_size ?? c.reserve_pool_size,
+      reserveTimeout: c.reserve_pool_timeout,
+      queryWaitTimeout: c.query_wait_timeout,
+      serverIdleTimeout: c.server_idle_timeout,
+      serverLifetime: c.server_lifetime,
+      resetQuery: c.server_reset_query,
+      resetQueryAlways: c.server_reset_query_always,
+      checkQuery: c.server_check_query,
+      checkDelay: c.server_check_delay,
+    };
+  }
+
+  cancel(pid: number, key: number): void {
+    const client = this.byCancelKey.get(`${pid}:${key}`);
+    if (!client) {
+      log.info(`cancel request with an unknown key ignored`);
+      return;
+    }
+    const target = this.hooks.cancelTarget?.(client) ?? this.userSpaceCancelTarget(client);
+    if (!target) {
+      log.info(`${client.label} cancel request: no query running`);
+      return;
+    }
+    log.info(`${client.label} cancel request forwarded to backend ${target.pid}`);
+    const sock = target.host.startsWith('/')
+      ? net.connect(`${target.host}/.s.PGSQL.${target.port}`)
+      : net.connect({ host: target.host, port: target.port });
+    sock.on('connect', () => sock.end(cancelRequest(target.pid, target.key)));
+    sock.on('error', (e) => log.warn(`cancel request to server failed: ${e.message}`));
+    sock.setTimeout(5000, () => sock.destroy());
+  }
+
+  private userSpaceCancelTarget(client: ClientConnection) {
+    const s = client.server;
+    if (!s || !s.backendPid) return null;
+    return { host: s.target.host, port: s.target.port, pid: s.backendPid, key: s.backendKey };
+  }
+
+  clientLoggedIn(client: ClientConnection): void {
+    this.byCancelKey.set(`${client.cancelPid}:${client.cancelKey}`, client);
+  }
+
+  clientClosed(client: ClientConnection): void {
+    this.clients.delete(client);
+    this.byCancelKey.delete(`${client.cancelPid}:${client.cancelKey}`);
+    this.hooks.clientClosed?.(client);
+  }
+
+  // ---- accepting ----
+
+  accept(socket: net.Socket): void {
+    if (!this.accepting) {
+      socket.on('error', () => {});
+      const c = new ClientConnection(socket, this);
+      c.fatal({ code: SqlState.CannotConnectNow, message: 'pgsplice is shutting down' });
+      return;
+    }
+    const c = new ClientConnection(socket, this);
+    if (this.clients.size >= this.config.max_client_conn) {
+      c.fatal({ code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` });
+      return;
+    }
+    this.clients.add(c);
+  }
+
+  // ---- ConnectionBudget (max_db_connections) ----
+
+  canOpen(pool: Pool): boolean {
+    const db = this.databaseConfig(pool.database);
+    const max = db?.max_db_connections ?? this.config.max_db_connections;
+    return max <= 0 || (this.dbConnections.get(pool.database) ?? 0) < max;
+  }
+  opened(pool: Pool): void {
+    this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 0) + 1);
+  }
+  closed(pool: Pool): void {
+    this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 1) - 1);
+  }
+  freed(pool: Pool): void {
+    for (const p of this.pools.values()) if (p !== pool && p.database === pool.database && p.waitingCount) p.grow();
+  }
+
+  // ---- upkeep, reload, shutdown ----
+
+  private janitor(): void {
+    for (const p of this.pools.values()) p.janitor();
+  }
+
+  // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.
+  reload(next: Config): string[] {
+    const needRestart: string[] = [];
+    const prev = this.config;
+    if (prev.listen.host !== next.listen.host || prev.listen.port !== next.listen.port || prev.listen.unix_socket_dir !== next.listen.unix_socket_dir) {
+      needRestart.push('listen');
+    }
+    if (prev.bypass !== next.bypass) needRestart.push('bypass');
+    this.config = next;
+    for (const [key, pool] of this.pools) {
+      const db = this.databaseConfig(pool.database);
+      if (!db) {
+        log.info(`pool ${pool.label}: database removed from config; closing idle servers`);
+        pool.closeIdle('database removed');
+        continue;
+      }
+      const user = key.split('\0')[1];
+      const before = JSON.stringify(pool.target);
+      pool.settings = this.poolSettings(db, user);
+      pool.target = this.target(db, user);
+      if (JSON.stringify(pool.target) !== before) pool.closeIdle('server settings changed on reload');
+      pool.grow();
+    }
+    return needRestart;
+  }
+
+  get activeClients(): ClientConnection[] {
+    return [...this.clients].filter((c) => c.state === ClientState.Active || c.state === ClientState.Waiting);
+  }
+
+  close(): void {
+    clearInterval(this.janitorTimer);
+    for (const c of [...this.clients]) c.fatal({ code: SqlState.AdminShutdown, message: 'pgsplice is shutting down' });
+    for (const p of this.pools.values()) p.closeAll('pgsplice is shutting down');
+  }
+}

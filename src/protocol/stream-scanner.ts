@@ -1,0 +1,89 @@
+// Walks message headers in a byte stream that arrives in arbitrary chunks, without
+// assembling message bodies (a DataRow may be a gigabyte). Only the bodies of the
+// message types the caller asks for are collected. The kernel verdict program does
+// the same walk (ebpf/parse.h); both are tested against test/fixtures/framing-cases.json.
+import { MAX_MESSAGE_LENGTH } from './constants';
+import { ProtocolError } from './messages';
+import { printable } from './framer';
+
+export interface ScannedMessage {
+  type: number;
+  length: number; // the length field: body + 4
+  body?: Buffer; // only for the types asked for
+  start: number; // offset in the current chunk where the message began (negative: an earlier chunk)
+  end: number; // offset in the current chunk just past the message
+}
+
+export class StreamScanner {
+  private header = Buffer.alloc(5);
+  private headerLen = 0;
+  private type = 0;
+  private length = 0;
+  private remaining = 0; // body bytes still to come
+  private collecting: Buffer[] | null = null;
+  private startBase = 0; // chunk-relative start of the current message
+
+  // capture[type] = true: collect that type's body (keep these small: Z, S, E, ...).
+  constructor(
+    private readonly capture: Uint8Array,
+    private readonly maxLength = MAX_MESSAGE_LENGTH,
+  ) {}
+
+  // True when the stream is at a message boundary.
+  get atBoundary(): boolean {
+    return this.headerLen === 0 && this.remaining === 0;
+  }
+
+  // Type of the message in progress (valid when !atBoundary and the header is complete).
+  get currentType(): number {
+    return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header[0] : 0;
+  }
+
+  // Calls onMessage for every message that completes inside chunk, in order.
+  scan(chunk: Buffer, onMessage: (m: ScannedMessage) => void): void {
+    let pos = 0;
+    const n = chunk.length;
+    while (pos < n) {
+      if (this.remaining === 0 && this.headerLen < 5) {
+        if (this.headerLen === 0) this.startBase = pos;
+        const take = Math.min(5 - this.headerLen, n - pos);
+        chunk.copy(this.header, this.headerLen, pos, pos + take);
+        this.headerLen += take;
+        pos += take;
+        if (this.headerLen < 5) break;
+        this.type = this.header[0];
+        this.length = this.header.readInt32BE(1);
+        if (this.length < 4 || this.length > this.maxLength) {
+          throw new ProtocolError(`invalid message length ${this.length} for message type "${printable(this.type)}"`);
+        }
+        this.remaining = this.length - 4;
+        this.collecting = this.capture[this.type] ? [] : null;
+        if (this.remaining === 0) {
+          this.finish(pos, onMessage);
+          continue;
+        }
+      }
+      const take = Math.min(this.remaining, n - pos);
+      if (this.collecting) this.collecting.push(chunk.subarray(pos, pos + take));
+      this.remaining -= take;
+      pos += take;
+      if (this.remaining === 0) this.finish(pos, onMessage);
+    }
+    // A message still open continues in the next chunk: make its start relative to it.
+    if (!this.atBoundary) this.startBase -= n;
+  }
+
+  private finish(end: number, onMessage: (m: ScannedMessage) => void): void {
+    const parts = this.collecting;
+    const body = parts ? (parts.length === 1 ? parts[0] : Buffer.concat(parts)) : undefined;
+    this.headerLen = 0;
+    this.collecting = null;
+    onMessage({ type: this.type, length: this.length, body, start: this.startBase, end });
+  }
+}
+
+export function captureSet(types: string): Uint8Array {
+  const set = new Uint8Array(256);
+  for (const ch of types) set[ch.charCodeAt(0)] = 1;
+  return set;
+}

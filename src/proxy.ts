@@ -1,0 +1,83 @@
+// The running proxy: listeners, the pooler, reload and the two kinds of shutdown.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Pooler } from './pooler';
+import type { Config } from './config/types';
+import { log } from './log';
+
+export class Proxy {
+  readonly pooler: Pooler;
+  private servers: net.Server[] = [];
+  private stopping = false;
+
+  constructor(public config: Config) {
+    this.pooler = new Pooler(config);
+  }
+
+  async listen(): Promise<void> {
+    const { host, port, unix_socket_dir } = this.config.listen;
+    if (host) {
+      for (const h of host.split(',').map((s) => s.trim()).filter(Boolean)) {
+        await this.listenOn({ host: h === '*' ? '0.0.0.0' : h, port }, `${h}:${port}`);
+      }
+    }
+    if (unix_socket_dir) {
+      const file = path.join(unix_socket_dir, `.s.PGSQL.${port}`);
+      try {
+        fs.unlinkSync(file); // a stale socket of a previous run
+      } catch {
+        /* none */
+      }
+      await this.listenOn({ path: file }, file);
+      fs.chmodSync(file, 0o777);
+    }
+  }
+
+  private listenOn(opts: net.ListenOptions, label: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const srv = net.createServer({ noDelay: true }, (sock) => this.pooler.accept(sock));
+      srv.maxConnections = Math.max(this.config.max_client_conn + 100, 1000);
+      srv.once('error', (e) => reject(new Error(`cannot listen on ${label}: ${e.message}`)));
+      srv.listen({ ...opts, backlog: 4096 }, () => {
+        srv.removeAllListeners('error');
+        srv.on('error', (e) => log.error(`listener ${label}: ${e.message}`));
+        log.info(`listening on ${label}`);
+        this.servers.push(srv);
+        resolve();
+      });
+    });
+  }
+
+  reload(next: Config): void {
+    const needRestart = this.pooler.reload(next);
+    this.config = next;
+    log.info(`configuration reloaded${needRestart.length ? `; these keys need a restart to change: ${needRestart.join(', ')}` : ''}`);
+  }
+
+  private stopListening(): void {
+    for (const s of this.servers) s.close();
+    this.servers = [];
+    this.pooler.accepting = false;
+  }
+
+  // SIGTERM: stop accepting, let clients finish their transactions (bounded), then stop.
+  async shutdownGraceful(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.stopListening();
+    const deadline = Date.now() + this.config.shutdown_timeout * 1000;
+    log.info(`shutting down: waiting up to ${this.config.shutdown_timeout}s for ${this.pooler.activeClients.length} clients in transactions`);
+    while (Date.now() < deadline && this.pooler.activeClients.length > 0) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    this.pooler.close();
+  }
+
+  // SIGINT: close everything now.
+  shutdownFast(): void {
+    this.stopping = true;
+    this.stopListening();
+    this.pooler.close();
+  }
+}

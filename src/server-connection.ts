@@ -1,0 +1,286 @@
+// One pooled connection to PostgreSQL: login, the parameters it reports, the
+// queries the proxy runs on it itself, and forwarding its bytes to the client it
+// serves while user space carries the data path.
+import * as net from 'node:net';
+import { EventEmitter } from 'node:events';
+import { AuthCode, Backend, TxStatus } from './protocol/constants';
+import { MessageFramer, printable } from './protocol/framer';
+import {
+  BodyReader, ProtocolError, parseErrorFields, parseParameterStatus, passwordMessage, query,
+  saslInitialResponse, saslResponse, startupMessage, terminate,
+} from './protocol/messages';
+import { StreamScanner, captureSet } from './protocol/stream-scanner';
+import { ScramClientSession } from './auth/scram';
+import { md5Response } from './auth/md5';
+import { log } from './log';
+
+export enum ServerState {
+  Connecting = 'connecting',
+  Login = 'login',
+  Idle = 'idle', // in its pool, owned by user space
+  Active = 'active', // linked to a client, user space forwards
+  Internal = 'internal', // running a query of the proxy's own (SET, reset, check)
+  Kernel = 'kernel', // owned by the kernel path (idle there or bound to a client)
+  Closed = 'closed',
+}
+
+export interface ServerTarget {
+  host: string; // a directory means a unix socket
+  port: number;
+  dbname: string;
+  user: string;
+  password?: string;
+  startupParams?: Record<string, string>;
+  connectTimeout: number; // seconds
+}
+
+// The side of a client that a linked server talks to.
+export interface ServerPeer {
+  onServerData(chunk: Buffer, server: ServerConnection): void;
+  onServerReady(status: TxStatus, server: ServerConnection): void;
+  onServerParameter(name: string, value: string): void;
+  onServerLost(server: ServerConnection, reason: string): void;
+}
+
+export class ServerError extends Error {
+  constructor(
+    message: string,
+    readonly fields: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'ServerError';
+  }
+  get code(): string {
+    return this.fields.C ?? '08006';
+  }
+}
+
+let nextServerId = 1;
+const DATA_CAPTURE = captureSet('ZSE');
+
+export class ServerConnection extends EventEmitter {
+  readonly id = nextServerId++;
+  state = ServerState.Connecting;
+  readonly params = new Map<string, string>();
+  readonly applied = new Map<string, string>(); // non-reported settings the proxy SET on it
+  backendPid = 0;
+  backendKey = 0;
+  readonly createdAt = Date.now();
+  lastUsed = Date.now();
+  socket!: net.Socket;
+  peer: ServerPeer | null = null;
+  bytesRead = 0n; // since the socket was registered with the kernel path
+  private framer = new MessageFramer();
+  private scanner = new StreamScanner(DATA_CAPTURE);
+  private internal: { resolve: () => void; reject: (e: Error) => void; error?: ServerError } | null = null;
+
+  constructor(readonly target: ServerTarget) {
+    super();
+  }
+
+  get label(): string {
+    return `S-${this.id} ${this.target.user}@${this.target.dbname}`;
+  }
+
+  // Connects and logs in; resolves when the server is ready for queries.
+  connect(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const t = this.target;
+      const sock = t.host.startsWith('/')
+        ? net.connect(`${t.host}/.s.PGSQL.${t.port}`)
+        : net.connect({ host: t.host, port: t.port });
+      this.socket = sock;
+      sock.setNoDelay(true);
+      let settled = false;
+      const fail = (e: Error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.close(e.message);
+        reject(e);
+      };
+      const timer = setTimeout(
+        () => fail(new ServerError(`server_connect_timeout: no login within ${t.connectTimeout}s`)),
+        t.connectTimeout * 1000,
+      );
+      sock.on('error', (e) => {
+        if (!settled) fail(new ServerError(`cannot connect to server ${t.host}:${t.port}: ${e.message}`));
+        else this.close(`socket error: ${e.message}`);
+      });
+      sock.on('close', () => {
+        if (!settled) fail(new ServerError(`server ${t.host}:${t.port} closed the connection during login`));
+        else this.close('server closed the connection');
+      });
+      sock.on('connect', () => {
+        this.state = ServerState.Login;
+        sock.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
+      });
+      let scram: ScramClientSession | null = null;
+      const onLoginData = (chunk: Buffer) => {
+        this.framer.push(chunk);
+        try {
+          for (let m = this.framer.next(); m; m = this.framer.next()) {
+            switch (m.type) {
+              case Backend.Authentication: {
+                const r = new BodyReader(m.body);
+                const code = r.int32();
+                if (code === AuthCode.Ok) break;
+                if (t.password === undefined) throw new ServerError(`server asks for a password for user "${t.user}" and none is configured`);
+                if (code === AuthCode.CleartextPassword) sock.write(passwordMessage(t.password));
+                else if (code === AuthCode.MD5Password) sock.write(passwordMessage(md5Response(t.user, t.password, r.bytes(4))));
+                else if (code === AuthCode.SASL) {
+                  const mechs: string[] = [];
+                  for (let s = r.cstring(); s !== ''; s = r.cstring()) mechs.push(s);
+                  if (!mechs.includes('SCRAM-SHA-256')) throw new ServerError(`server offers no supported SASL mechanism (${mechs.join(', ')})`);
+                  scram = new ScramClientSession(t.user, t.password);
+                  sock.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
+                } else if (code === AuthCode.SASLContinue) {
+                  if (!scram) throw new ProtocolError('SASLContinue without SASL');
+                  sock.write(saslResponse(scram.handleServerFirst(r.rest())));
+                } else if (code === AuthCode.SASLFinal) {
+                  if (!scram) throw new ProtocolError('SASLFinal without SASL');
+                  scram.verifyServerFinal(r.rest());
+                } else throw new ServerError(`server asks for unsupported authentication method ${code}`);
+                break;
+              }
+              case Backend.ParameterStatus: {
+                const [k, v] = parseParameterStatus(m.body);
+                this.params.set(k, v);
+                break;
+              }
+              case Backend.BackendKeyData: {
+                const r = new BodyReader(m.body);
+                this.backendPid = r.int32();
+                this.backendKey = r.int32();
+                break;
+              }
+              case Backend.ErrorResponse: {
+                const f = parseErrorFields(m.body);
+                throw new ServerError(`server login failed: ${f.M ?? 'unknown error'}`, f);
+              }
+              case Backend.NoticeResponse:
+              case Backend.NegotiateProtocolVersion:
+                break;
+              case Backend.ReadyForQuery: {
+                settled = true;
+                clearTimeout(timer);
+                sock.off('data', onLoginData);
+                this.state = ServerState.Idle;
+                const rest = this.framer.takeRest();
+                sock.on('data', (d: Buffer) => this.onData(d));
+                if (rest.length) this.onData(rest);
+                log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
+                resolve();
+                return;
+              }
+              default:
+                throw new ProtocolError(`unexpected message "${printable(m.type)}" during server login`);
+            }
+          }
+        } catch (e) {
+          fail(e instanceof Error ? e : new Error(String(e)));
+        }
+      };
+      sock.on('data', onLoginData);
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    this.bytesRead += BigInt(chunk.length);
+    this.lastUsed = Date.now();
+    const peer = this.state === ServerState.Active ? this.peer : null;
+    const ready: TxStatus[] = [];
+    try {
+      this.scanner.scan(chunk, (m) => {
+        if (m.type === Backend.ReadyForQuery) {
+          if (this.internal) this.finishInternal();
+          else if (peer) ready.push(String.fromCharCode(m.body![0]) as TxStatus);
+        } else if (m.type === Backend.ParameterStatus) {
+          const [k, v] = parseParameterStatus(m.body!);
+          this.params.set(k, v);
+          if (peer) peer.onServerParameter(k, v);
+        } else if (m.type === Backend.ErrorResponse) {
+          const f = parseErrorFields(m.body!);
+          if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
+          else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);
+        } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.NotificationResponse) {
+          throw new ProtocolError(`idle server sent unexpected message "${printable(m.type)}"`);
+        }
+      });
+    } catch (e) {
+      this.close(`protocol error from server: ${(e as Error).message}`);
+      return;
+    }
+    if (!peer) return;
+    // Forward first: a ReadyForQuery may release this server to another client.
+    peer.onServerData(chunk, this);
+    for (const status of ready) if (this.peer === peer) peer.onServerReady(status, this);
+  }
+
+  // Links this server to a client for user-space forwarding.
+  link(peer: ServerPeer): void {
+    this.peer = peer;
+    this.state = ServerState.Active;
+  }
+
+  unlink(): void {
+    this.peer = null;
+    if (this.state === ServerState.Active) this.state = ServerState.Idle;
+  }
+
+  // Runs SQL of the proxy's own and swallows its results. Rejects with the server's error.
+  runInternal(sql: string): Promise<void> {
+    if (this.state === ServerState.Closed) return Promise.reject(new ServerError('server connection is closed'));
+    const prev = this.state;
+    this.state = ServerState.Internal;
+    return new Promise<void>((resolve, reject) => {
+      this.internal = {
+        resolve: () => {
+          this.state = prev === ServerState.Active ? ServerState.Active : ServerState.Idle;
+          resolve();
+        },
+        reject,
+      };
+      this.socket.write(query(sql));
+    });
+  }
+
+  private finishInternal(): void {
+    const job = this.internal!;
+    this.internal = null;
+    if (job.error) {
+      this.state = ServerState.Idle;
+      job.reject(job.error);
+    } else job.resolve();
+  }
+
+  // Bytes from the client this server serves.
+  write(chunk: Buffer): boolean {
+    return this.socket.write(chunk);
+  }
+
+  get isUsable(): boolean {
+    return this.state !== ServerState.Closed && !this.socket.destroyed;
+  }
+
+  close(reason: string, graceful = true): void {
+    if (this.state === ServerState.Closed) return;
+    const was = this.state;
+    this.state = ServerState.Closed;
+    if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
+    if (this.socket && !this.socket.destroyed) {
+      if (graceful && this.socket.writable) this.socket.end(terminate());
+      else this.socket.destroy();
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+    if (this.internal) {
+      const job = this.internal;
+      this.internal = null;
+      job.reject(new ServerError(`server connection lost: ${reason}`));
+    }
+    const peer = this.peer;
+    this.peer = null;
+    if (peer) peer.onServerLost(this, reason);
+    this.emit('close', reason);
+  }
+}
