@@ -56,9 +56,9 @@ t.test('startup and authentication', async (t) => {
         users: {
           app: { password: 'app-pw' },
           verifier_user: { password: scramVerifier('v-secret') },
-          md5_user: { password: md5Hash('md5_user', 'm-secret') },
         },
       });
+      // A stored md5 hash cannot answer SCRAM and a verifier cannot answer md5: one proxy each.
       const proxy = await startProxy(t, { ...cfg, auth_type: 'scram-sha-256' });
       const pg = await pgClient(t, proxy, { user: 'verifier_user', password: 'v-secret', database: 'appfixed' });
       t.same((await pg.query('SELECT current_user AS u')).rows, [{ u: 'app' }], 'verifier user logs in, served by the fixed server user');
@@ -66,7 +66,8 @@ t.test('startup and authentication', async (t) => {
       t.equal(bad.code, '28P01', 'wrong password against a verifier -> 28P01');
       await proxy.stop('SIGINT');
 
-      const proxyMd5 = await startProxy(t, { ...cfg, listen: { host: '127.0.0.1', port: await freePort() }, auth_type: 'md5' });
+      const md5Users = { app: { password: 'app-pw' }, md5_user: { password: md5Hash('md5_user', 'm-secret') } };
+      const proxyMd5 = await startProxy(t, { ...cfg, users: md5Users, listen: { host: '127.0.0.1', port: await freePort() }, auth_type: 'md5' });
       const pgm = await pgClient(t, proxyMd5, { user: 'md5_user', password: 'm-secret', database: 'appfixed' });
       t.same((await pgm.query('SELECT 7 AS n')).rows, [{ n: 7 }], 'md5-hash user logs in with md5');
       const badm = await pgConnectError(proxyMd5, { user: 'md5_user', password: 'nope', database: 'appfixed' });
