@@ -46,6 +46,8 @@ export interface ClientHost {
   clientClosed(client: ClientConnection): void;
   // The kernel path's chance to take an idle client; false keeps it in user space.
   offerToKernel?(client: ClientConnection): boolean;
+  // The kernel passed this client's bytes up: it is served here from now on.
+  leftKernel?(client: ClientConnection): void;
 }
 
 let nextClientId = 1;
@@ -77,6 +79,8 @@ export class ClientConnection implements ServerPeer {
   private terminated = false;
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
+  // Set while the client's settings are being learned after it changed them in the kernel path.
+  settingsReady: Promise<void> | null = null;
   // When set, the admin console consumes this client's messages instead of a pool.
   adminHandler: ((type: number, body: Buffer) => void) | null = null;
 
@@ -327,7 +331,10 @@ export class ClientConnection implements ServerPeer {
   // ---- data phase in user space ----
 
   private onRequestBytes(chunk: Buffer): void {
-    if (this.state === ClientState.Kernel) this.state = ClientState.Idle; // the kernel passed it up
+    if (this.state === ClientState.Kernel) {
+      this.state = ClientState.Idle; // the kernel passed it up
+      this.host.leftKernel?.(this);
+    }
     let cut = -1;
     this.scanner.scan(chunk, (m) => {
       if (cut >= 0) return;
@@ -385,6 +392,14 @@ export class ClientConnection implements ServerPeer {
   }
 
   private attach(server: ServerConnection): void {
+    if (this.settingsReady) {
+      const ready = this.settingsReady;
+      ready.then(() => {
+        if (this.settingsReady === ready) this.settingsReady = null;
+        this.attach(server);
+      });
+      return;
+    }
     const sql = settingsSql(this.settings, server);
     if (sql) {
       server.runInternal(sql).then(
@@ -520,8 +535,9 @@ export class ClientConnection implements ServerPeer {
     );
   }
 
-  get idleSeconds(): number {
-    return 0;
+  // Nothing of this client is held in user space or in flight to a server.
+  get quiet(): boolean {
+    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server;
   }
 }
 

@@ -14,6 +14,7 @@ export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 export interface PoolerHooks {
   startAdmin(client: ClientConnection): void;
   offerToKernel?(client: ClientConnection): boolean;
+  leftKernel?(client: ClientConnection): void;
   cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
   poolCreated?(pool: Pool): void;
   clientClosed?(client: ClientConnection): void;
@@ -45,6 +46,10 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   offerToKernel(client: ClientConnection): boolean {
     return this.hooks.offerToKernel ? this.hooks.offerToKernel(client) : false;
+  }
+
+  leftKernel(client: ClientConnection): void {
+    this.hooks.leftKernel?.(client);
   }
 
   userSecret(user: string): string | undefined {

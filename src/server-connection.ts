@@ -57,6 +57,19 @@ export class ServerError extends Error {
 
 let nextServerId = 1;
 const DATA_CAPTURE = captureSet('ZSE');
+const INTERNAL_CAPTURE = captureSet('ZSED');
+
+function parseDataRow(body: Buffer): string[] {
+  const r = new BodyReader(body);
+  const n = body.readInt16BE(0);
+  r.pos = 2;
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = r.int32();
+    out.push(len < 0 ? '' : r.bytes(len).toString('utf8'));
+  }
+  return out;
+}
 
 export class ServerConnection extends EventEmitter {
   readonly id = nextServerId++;
@@ -72,6 +85,9 @@ export class ServerConnection extends EventEmitter {
   bytesRead = 0n; // since the socket was registered with the kernel path
   private framer = new MessageFramer();
   private scanner = new StreamScanner(DATA_CAPTURE);
+  // Set by the bypass controller: called when the kernel hands this server's bytes to user space.
+  kernelPassed: (() => void) | null = null;
+  private rows: string[][] | null = null;
   private internal: { resolve: () => void; reject: (e: Error) => void; error?: ServerError } | null = null;
 
   constructor(readonly target: ServerTarget) {
@@ -188,6 +204,7 @@ export class ServerConnection extends EventEmitter {
   private onData(chunk: Buffer): void {
     this.bytesRead += BigInt(chunk.length);
     this.lastUsed = Date.now();
+    if (this.state === ServerState.Kernel) this.kernelPassed?.();
     const peer = this.state === ServerState.Active ? this.peer : null;
     const ready: TxStatus[] = [];
     try {
@@ -199,11 +216,13 @@ export class ServerConnection extends EventEmitter {
           const [k, v] = parseParameterStatus(m.body!);
           this.params.set(k, v);
           if (peer) peer.onServerParameter(k, v);
+        } else if (m.type === Backend.DataRow && this.internal && this.rows) {
+          this.rows.push(parseDataRow(m.body!));
         } else if (m.type === Backend.ErrorResponse) {
           const f = parseErrorFields(m.body!);
           if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
           else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);
-        } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.NotificationResponse) {
+        } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.DataRow && m.type !== Backend.NotificationResponse) {
           throw new ProtocolError(`idle server sent unexpected message "${printable(m.type)}"`);
         }
       });
@@ -243,6 +262,19 @@ export class ServerConnection extends EventEmitter {
       };
       this.socket.write(query(sql));
     });
+  }
+
+  // Runs a query of the proxy's own and resolves with its first row, as text.
+  async queryValues(sql: string): Promise<string[]> {
+    this.rows = [];
+    this.scanner.capture = INTERNAL_CAPTURE; // at a boundary: the server is quiet
+    try {
+      await this.runInternal(sql);
+      return this.rows[0] ?? [];
+    } finally {
+      this.rows = null;
+      this.scanner.capture = DATA_CAPTURE;
+    }
   }
 
   private finishInternal(): void {

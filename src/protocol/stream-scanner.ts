@@ -25,7 +25,7 @@ export class StreamScanner {
 
   // capture[type] = true: collect that type's body (keep these small: Z, S, E, ...).
   constructor(
-    private readonly capture: Uint8Array,
+    public capture: Uint8Array, // may be swapped at a message boundary
     private readonly maxLength = MAX_MESSAGE_LENGTH,
   ) {}
 
