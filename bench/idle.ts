@@ -1,0 +1,87 @@
+// The idle-connections run: open N clients through a proxy, each doing a real
+// startup and SCRAM login (the `pg` package), keep them idle, and measure how long
+// opening them took and how much the proxy's resident memory grew per client.
+import { Client } from 'pg';
+import { rssKiB } from './proc';
+
+export interface IdleResult {
+  clients_requested: number;
+  clients_opened: number;
+  open_seconds: number;
+  opens_per_second: number;
+  rss_before_kib: number | null;
+  rss_after_kib: number | null;
+  bytes_per_client: number | null;
+  error: string | null;
+}
+
+export async function idleRun(o: {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  db: string;
+  clients: number;
+  proxyPid: number | null;
+  concurrency?: number;
+  log?: (s: string) => void;
+}): Promise<IdleResult> {
+  const open: Client[] = [];
+  const connectOne = async (): Promise<void> => {
+    const c = new Client({ host: o.host, port: o.port, user: o.user, password: o.password, database: o.db, connectionTimeoutMillis: 30_000 });
+    c.on('error', () => undefined); // an idle client dropped by the proxy must not crash the run
+    await c.connect();
+    open.push(c);
+  };
+  let error: string | null = null;
+  try {
+    // Warm up the proxy (first pool, allocator arenas) before the baseline.
+    await connectOne();
+    await open[0].query('SELECT 1');
+  } catch (e) {
+    return { clients_requested: o.clients, clients_opened: 0, open_seconds: 0, opens_per_second: 0, rss_before_kib: null, rss_after_kib: null, bytes_per_client: null, error: String((e as Error).message) };
+  }
+  const warm = open.length;
+  await new Promise((r) => setTimeout(r, 300));
+  const before = o.proxyPid ? rssKiB(o.proxyPid) : null;
+  const t0 = process.hrtime.bigint();
+  let next = 0;
+  const worker = async () => {
+    while (next < o.clients && !error) {
+      next++;
+      try {
+        await connectOne();
+      } catch (e) {
+        error = `after ${open.length - warm} clients: ${(e as Error).message}`;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.concurrency ?? 64 }, worker));
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = o.proxyPid ? rssKiB(o.proxyPid) : null;
+  const opened = open.length - warm;
+  // Prove the clients are alive: one round trip on a few of them.
+  try {
+    await Promise.all(open.slice(-5).map((c) => c.query('SELECT 1')));
+  } catch (e) {
+    error ??= `idle clients not usable: ${(e as Error).message}`;
+  }
+  o.log?.(`idle: ${opened} clients in ${seconds.toFixed(1)} s`);
+  await Promise.all(open.map((c) => c.end().catch(() => undefined)));
+  return {
+    clients_requested: o.clients,
+    clients_opened: opened,
+    open_seconds: round(seconds, 3),
+    opens_per_second: round(opened / seconds, 1),
+    rss_before_kib: before,
+    rss_after_kib: after,
+    bytes_per_client: before !== null && after !== null && opened > 0 ? round(((after - before) * 1024) / opened, 0) : null,
+    error,
+  };
+}
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}

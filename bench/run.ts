@@ -1,0 +1,376 @@
+// npm run bench [-- --quick] : YCSB through pgbench against PostgreSQL directly,
+// PgBouncer, and pgsplice with the kernel path off and on, interleaved over rounds;
+// writes bench/results/<timestamp>.{json,md,svg} and latest.{md,svg}.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
+import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
+import { idleRun } from './idle';
+import { median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
+import { CpuSnapshot, peakRssKiB, postmasterPid, snapshot } from './proc';
+import { evaluateGoals, markdownReport, svgChart } from './report';
+import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
+import {
+  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, parseExtraTarget, pgbouncerVersion, startPgbouncer, startPgsplice,
+} from './targets';
+
+const REPO = path.resolve(__dirname, '..', '..');
+
+// PostgreSQL tuned for measuring proxy overhead: everything in memory, no durability.
+export const PG_BENCH_SETTINGS: Record<string, string | number> = {
+  max_connections: 1200,
+  shared_buffers: "'512MB'",
+  fsync: 'off',
+  synchronous_commit: 'off',
+  full_page_writes: 'off',
+  max_wal_size: "'8GB'",
+  checkpoint_timeout: "'1h'",
+  jit: 'off',
+  autovacuum_naptime: "'10min'",
+  log_min_messages: 'warning',
+};
+
+function list(s: string): string[] {
+  return s.split(',').map((x) => x.trim()).filter(Boolean);
+}
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .scriptName('npm run bench --')
+    .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on).')
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, C and A, extended, 64 clients, 2 rounds' })
+    .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
+    .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3; quick 2)' })
+    .option('duration', { type: 'number', describe: 'seconds per pgbench run, >= 3 (default 4)' })
+    .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
+    .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c,a)` })
+    .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default simple,extended; quick extended)' })
+    .option('targets', { type: 'string', default: BUILTIN_TARGETS.join(','), describe: 'built-in targets to run' })
+    .option('extra', { type: 'string', array: true, default: [] as string[], describe: 'another pooler: host:port:label[:pid] (routes database/user of the backend)' })
+    .option('pg-url', { type: 'string', describe: 'reuse this PostgreSQL (postgres://user:pw@host:port/db) instead of a scratch one' })
+    .option('pool-size', { type: 'number', default: 16 })
+    .option('threads', { type: 'number', default: 2, describe: 'pgbench -j' })
+    .option('storm', { type: 'boolean', default: true, describe: 'run the connection storm (pgbench -C); --no-storm skips it' })
+    .option('storm-clients', { type: 'number', default: 16 })
+    .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick 3)' })
+    .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
+    .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
+    .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results'), describe: 'directory for the results' })
+    .option('keep-tmp', { type: 'boolean', default: false })
+    .strict()
+    .help()
+    .parse();
+
+  const quick = argv.quick;
+  const rows = argv.rows ?? (quick ? 10_000 : 100_000);
+  const rounds = argv.rounds ?? (quick ? 2 : 3);
+  const duration = Math.max(3, argv.duration ?? 4);
+  const clients = list(argv.clients ?? (quick ? '64' : '16,64,256')).map(Number);
+  const workloads = list(argv.workloads ?? (quick ? 'c,a' : 'a,b,c,rmw'));
+  const modes = list(argv.modes ?? (quick ? 'extended' : 'simple,extended'));
+  const wanted = list(argv.targets);
+  const stormDuration = Math.max(3, argv['storm-duration'] ?? (quick ? 3 : 4));
+  const idleClients = argv['idle-clients'] ?? (quick ? 2000 : 10_000);
+  const poolSize = argv['pool-size'];
+  for (const w of workloads) if (!WORKLOADS[w]) throw new Error(`unknown workload '${w}'`);
+  for (const t of wanted) if (!BUILTIN_TARGETS.includes(t as TargetKind)) throw new Error(`unknown target '${t}' (use --extra for others)`);
+  for (const m of modes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`unknown mode '${m}'`);
+
+  const startedAt = new Date();
+  const log = (s: string) => process.stdout.write(s + '\n');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-bench-'));
+  fs.chmodSync(tmp, 0o755);
+  const running: RunningTarget[] = [];
+  let scratch: ScratchPostgres | null = null;
+  let cleaning: Promise<void> | null = null;
+  const cleanup = () =>
+    (cleaning ??= (async () => {
+      for (const t of running) await t.stop().catch(() => undefined);
+      if (scratch) await scratch.destroy().catch(() => undefined);
+      if (!argv['keep-tmp']) fs.rmSync(tmp, { recursive: true, force: true });
+    })());
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      log(`\n${sig}: stopping everything`);
+      void cleanup().then(() => process.exit(130));
+    });
+  }
+
+  try {
+    // --- PostgreSQL ---
+    let backend: Backend;
+    let pmPid: number | null = null;
+    let psql: (sql: string) => string;
+    if (argv['pg-url']) {
+      const u = new URL(argv['pg-url']);
+      backend = {
+        host: u.hostname || '127.0.0.1', port: Number(u.port || 5432), user: decodeURIComponent(u.username || 'postgres'),
+        password: decodeURIComponent(u.password), db: decodeURIComponent(u.pathname.replace(/^\//, '') || 'postgres'),
+      };
+      psql = (sql) => execFileSync('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', backend.host, '-p', String(backend.port), '-U', backend.user, '-d', backend.db, '-c', sql], {
+        encoding: 'utf8', env: { ...process.env, PGPASSWORD: backend.password }, stdio: ['ignore', 'pipe', 'pipe'],
+      }).trim();
+      try {
+        pmPid = postmasterPid(psql('SHOW data_directory'));
+      } catch {
+        pmPid = null;
+      }
+      log(`PostgreSQL: reusing ${backend.host}:${backend.port}/${backend.db}${pmPid ? ` (postmaster ${pmPid})` : ' (its CPU is not measured: data_directory not readable)'}`);
+    } else {
+      log('PostgreSQL: starting a scratch cluster');
+      scratch = await ScratchPostgres.create({ settings: PG_BENCH_SETTINGS });
+      scratch.createUserAndDb('bench', 'bench', 'bench');
+      backend = { host: '127.0.0.1', port: scratch.port, user: 'bench', password: 'bench', db: 'bench' };
+      const s = scratch;
+      psql = (sql) => s.psql(sql, 'bench');
+      pmPid = postmasterPid(scratch.dataDir);
+    }
+    const pgVersion = psql('SELECT version()').split(' on ')[0];
+    let have = -1;
+    try {
+      have = Number(psql('SELECT count(*) FROM usertable'));
+    } catch {
+      /* no table */
+    }
+    if (have !== rows) {
+      log(`YCSB usertable: loading ${rows} rows`);
+      const t0 = Date.now();
+      for (const st of setupStatements(rows)) psql(st);
+      if (scratch) psql('ALTER TABLE usertable OWNER TO bench');
+      log(`  loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    } else log(`YCSB usertable: ${rows} rows present`);
+
+    // --- targets ---
+    const targetRecords: TargetRecord[] = [];
+    const maxClientConn = Math.max(5000, idleClients + Math.max(...clients, argv['storm-clients']) + 500);
+    for (const kind of wanted as TargetKind[]) {
+      try {
+        let t: RunningTarget;
+        if (kind === 'direct') t = directTarget(backend);
+        else if (kind === 'pgbouncer') t = await startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn });
+        else t = await startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
+        running.push(t);
+        targetRecords.push({ label: t.label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null });
+        log(`target ${t.label}: ${t.host}:${t.port}${t.pid ? ` pid ${t.pid}` : ''}${t.note ? ` (${t.note})` : ''}`);
+      } catch (e) {
+        const reason = (e as Error).message;
+        targetRecords.push({ label: kind, kind, status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null });
+        log(`target ${kind}: FAILED: ${reason}`);
+      }
+    }
+    for (const spec of argv.extra) {
+      const t = parseExtraTarget(spec);
+      running.push(t);
+      targetRecords.push({ label: t.label, kind: 'extra', status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: null, peak_rss_kib: null });
+    }
+
+    // --- the matrix, interleaved ---
+    type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number };
+    const cells: Cell[] = [];
+    for (const workload of workloads) for (const mode of modes) for (const c of clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration });
+    if (argv.storm) {
+      const stormMode = modes.includes('extended') ? 'extended' : modes[0];
+      cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, duration: stormDuration });
+    }
+    const scriptDirs = new Map<string, string[]>();
+    for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
+    const totalRuns = cells.length * running.length * rounds;
+    const estimate = rounds * running.length * cells.reduce((s, c) => s + c.duration + 1.5, 0);
+    log(`\n${cells.length} cells x ${running.length} targets x ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
+
+    let runNo = 0;
+    const runs: RunRecord[] = [];
+    const measure = async (t: RunningTarget, c: Cell, round: number, warmup = false): Promise<RunRecord> => {
+      const logDir = path.join(tmp, `run-${++runNo}`);
+      let pgbenchPid: number | null = null;
+      let first: CpuSnapshot | null = null;
+      let last: CpuSnapshot | null = null;
+      const run = await runPgbench({
+        host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
+        scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
+        threads: argv.threads, durationS: warmup ? 3 : c.duration, connectPerTx: c.connectPerTx, logDir,
+        onStart: (pid) => (pgbenchPid = pid),
+        onProgress: () => {
+          const s = snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid });
+          if (!first) first = s;
+          else last = s;
+        },
+      });
+      const sm = run.summary;
+      const f = first as CpuSnapshot | null;
+      const l = last as CpuSnapshot | null;
+      let windowS: number | null = null;
+      let windowTx: number | null = null;
+      let p50: number | null = null;
+      let p99: number | null = null;
+      const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, machine: null };
+      const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, machine: null };
+      if (f && l && run.logFiles.length) {
+        const tx = readTxLogs(run.logFiles, f.atMs, l.atMs);
+        windowS = (l.atMs - f.atMs) / 1000;
+        windowTx = tx.count;
+        p50 = (percentile(tx.latenciesUs, 50) ?? NaN) / 1000;
+        p99 = (percentile(tx.latenciesUs, 99) ?? NaN) / 1000;
+        const d = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.max(0, b - a));
+        cpuS.machine = l.machine.busy - f.machine.busy;
+        cpuS.proxy = d(f.proxy, l.proxy);
+        cpuS.postgres = d(f.postgres, l.postgres);
+        cpuS.pgbench = d(f.pgbench, l.pgbench);
+        for (const k of Object.keys(cpuS) as Array<keyof CpuPerTx>) {
+          const v = cpuS[k];
+          perTx[k] = v !== null && tx.count > 0 ? r1((v * 1e6) / tx.count) : null;
+          cpuS[k] = v === null ? null : r3(v);
+        }
+      }
+      if (!argv['keep-tmp']) fs.rmSync(logDir, { recursive: true, force: true });
+      const problems: string[] = [];
+      if (run.code !== 0) problems.push(`pgbench exit code ${run.code}`);
+      if (sm.aborted) problems.push('run aborted');
+      if (sm.errors.length) problems.push(sm.errors.slice(0, 3).join('; '));
+      if (!sm.tps) problems.push('no tps reported');
+      if (windowTx === null) problems.push('no measurement window (fewer than 2 progress reports)');
+      const ok = run.code === 0 && !sm.aborted && !!sm.tps && windowTx !== null && windowTx > 0;
+      return {
+        target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, ok,
+        error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label} log: ${t.logTail().slice(-400)}]` : ''),
+        tps: sm.tps === null ? null : r1(sm.tps), transactions: sm.transactions, failed: sm.failed, latency_avg_ms: sm.latencyAvgMs,
+        window_s: windowS === null ? null : r3(windowS), window_transactions: windowTx,
+        window_tps: windowS && windowTx !== null ? r1(windowTx / windowS) : null,
+        latency_p50_ms: p50 === null || Number.isNaN(p50) ? null : r3(p50), latency_p99_ms: p99 === null || Number.isNaN(p99) ? null : r3(p99),
+        cpu_s: cpuS, cpu_us_per_tx: perTx, proxy_peak_rss_kib: t.pid ? peakRssKiB(t.pid) : null,
+      };
+    };
+
+    // Warm up every target once (pools filled, caches hot); not recorded.
+    const warmCell = cells.find((c) => !c.connectPerTx) ?? cells[0];
+    for (const t of running) {
+      const w = await measure(t, { ...warmCell, clients: Math.max(...clients) }, 0, true);
+      log(`warm-up ${t.label}: ${w.ok ? `${Math.round(w.tps ?? 0)} tps` : `FAILED: ${w.error}`}`);
+    }
+    const dead = new Set<string>();
+    let done = 0;
+    for (let round = 1; round <= rounds; round++) {
+      const order = running.slice((round - 1) % running.length).concat(running.slice(0, (round - 1) % running.length));
+      for (const c of cells) {
+        for (const t of order) {
+          done++;
+          if (dead.has(t.label)) continue;
+          const rec = await measure(t, c, round);
+          runs.push(rec);
+          const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients}c${c.connectPerTx ? ' -C' : ''}`;
+          log(`[${done}/${totalRuns}] r${round} ${name.padEnd(20)} ${t.label.padEnd(13)} ` +
+            (rec.ok
+              ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} µs/tx` +
+                (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '')
+              : `FAILED: ${rec.error}`));
+          // A proxy that died takes no more runs.
+          if (!rec.ok && t.pid) {
+            try {
+              process.kill(t.pid, 0);
+            } catch {
+              dead.add(t.label);
+              const tr = targetRecords.find((x) => x.label === t.label)!;
+              tr.status = 'failed';
+              tr.reason = `died during the run: ${rec.error}`;
+            }
+          }
+        }
+      }
+    }
+    for (const tr of targetRecords) {
+      const t = running.find((x) => x.label === tr.label);
+      const peaks = runs.filter((r) => r.target === tr.label && r.proxy_peak_rss_kib !== null).map((r) => r.proxy_peak_rss_kib!);
+      tr.peak_rss_kib = t?.pid ? peakRssKiB(t.pid) ?? (peaks.length ? Math.max(...peaks) : null) : null;
+    }
+
+    // --- medians per cell ---
+    const summaries: CellSummary[] = [];
+    for (const c of cells) {
+      for (const t of running) {
+        const rs = runs.filter((r) => r.ok && r.target === t.label && r.workload === c.workload && r.mode === c.mode && r.clients === c.clients && r.connect_per_tx === c.connectPerTx);
+        const all = runs.filter((r) => r.target === t.label && r.workload === c.workload && r.mode === c.mode && r.clients === c.clients && r.connect_per_tx === c.connectPerTx);
+        if (all.length === 0) continue;
+        const med = (f: (r: RunRecord) => number | null) => {
+          const m = median(rs.map(f).filter((x): x is number => x !== null));
+          return m === null ? null : r3(m);
+        };
+        summaries.push({
+          target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, connect_per_tx: c.connectPerTx, rounds_ok: rs.length,
+          tps: med((r) => r.tps), latency_p50_ms: med((r) => r.latency_p50_ms), latency_p99_ms: med((r) => r.latency_p99_ms),
+          cpu_us_per_tx: {
+            proxy: med((r) => r.cpu_us_per_tx.proxy), postgres: med((r) => r.cpu_us_per_tx.postgres),
+            pgbench: med((r) => r.cpu_us_per_tx.pgbench), machine: med((r) => r.cpu_us_per_tx.machine),
+          },
+          proxy_attributable_us_per_tx: null,
+        });
+      }
+    }
+    for (const s of summaries) {
+      const d = summaries.find((x) => x.target === 'direct' && x.workload === s.workload && x.mode === s.mode && x.clients === s.clients && x.connect_per_tx === s.connect_per_tx);
+      if (d?.cpu_us_per_tx.machine != null && s.cpu_us_per_tx.machine != null) s.proxy_attributable_us_per_tx = r1(s.cpu_us_per_tx.machine - d.cpu_us_per_tx.machine);
+    }
+
+    // --- idle connections ---
+    const idle: BenchResult['idle'] = [];
+    if (argv.idle) {
+      for (const t of running) {
+        if (t.kind === 'direct' || dead.has(t.label)) continue;
+        log(`idle: opening ${idleClients} clients to ${t.label}`);
+        const r = await idleRun({ host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db, clients: idleClients, proxyPid: t.pid });
+        idle.push({ target: t.label, ...r });
+        log(`  ${t.label}: ${r.clients_opened} opened in ${r.open_seconds} s, ${r.bytes_per_client ?? '?'} B/client${r.error ? `, error: ${r.error}` : ''}`);
+      }
+    }
+
+    const cpus = os.cpus();
+    const result: BenchResult = {
+      schema: SCHEMA_ID,
+      started_at: startedAt.toISOString(),
+      finished_at: new Date().toISOString(),
+      command: `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
+      machine: {
+        hostname: os.hostname(), kernel: os.release(), cpus: cpus.length, cpu_model: cpus[0]?.model.trim() ?? 'unknown',
+        mem_gib: Math.round(os.totalmem() / 2 ** 30), node: process.version, pgbench: await pgbenchVersion(), pgbouncer: pgbouncerVersion(), postgres: pgVersion,
+      },
+      options: {
+        quick, rows, rounds, duration_s: duration, clients, workloads, modes, pool_size: poolSize, targets: running.map((t) => t.label).concat(targetRecords.filter((t) => t.status === 'failed' && !running.find((r) => r.label === t.label)).map((t) => t.label)),
+        zipf_theta: ZIPF_THETA, storm_clients: argv['storm-clients'], storm_duration_s: stormDuration, idle_clients: argv.idle ? idleClients : 0, pg_reused: !!argv['pg-url'],
+      },
+      targets: targetRecords, runs, cells: summaries, idle, goals: [],
+    };
+    result.goals = evaluateGoals(result);
+    const problems = validateResult(result);
+    if (problems.length) log(`warning: the result does not match its schema: ${problems.slice(0, 5).join('; ')}`);
+
+    fs.mkdirSync(argv.out, { recursive: true });
+    const stamp = startedAt.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+    const base = path.join(argv.out, stamp);
+    fs.writeFileSync(`${base}.json`, JSON.stringify(result, null, 1) + '\n');
+    const svg = svgChart(result);
+    fs.writeFileSync(`${base}.svg`, svg);
+    fs.writeFileSync(`${base}.md`, markdownReport(result, `${stamp}.svg`));
+    fs.writeFileSync(path.join(argv.out, 'latest.svg'), svg);
+    fs.writeFileSync(path.join(argv.out, 'latest.md'), markdownReport(result, 'latest.svg'));
+    log('\n' + markdownReport(result));
+    log(`results: ${base}.json, .md, .svg (and latest.md, latest.svg)`);
+  } finally {
+    await cleanup();
+  }
+}
+
+const r1 = (x: number) => Math.round(x * 10) / 10;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+if (require.main === module) {
+  main().then(
+    () => process.exit(0),
+    (e) => {
+      console.error(`bench: ${(e as Error).stack ?? e}`);
+      process.exit(1);
+    },
+  );
+}

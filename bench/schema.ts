@@ -1,0 +1,180 @@
+// The result file bench/results/<timestamp>.json: its types and a dependency-free
+// validator. bench/README.md documents the same schema; keep them in step.
+import type { IdleResult } from './idle';
+
+export const SCHEMA_ID = 'pgsplice-bench/1';
+
+export interface CpuPerTx {
+  // CPU microseconds per transaction, by whom. null when not measurable
+  // (no proxy process for direct; an extra target without a pid).
+  proxy: number | null;
+  postgres: number | null;
+  pgbench: number | null;
+  machine: number | null;
+}
+
+export interface RunRecord {
+  target: string;
+  workload: string;
+  mode: string;
+  clients: number;
+  round: number;
+  connect_per_tx: boolean; // pgbench -C (the connection storm)
+  ok: boolean;
+  error: string | null;
+  tps: number | null; // pgbench's figure for the whole run
+  transactions: number; // pgbench's count for the whole run
+  failed: number;
+  latency_avg_ms: number | null;
+  window_s: number | null; // the measured steady-state window
+  window_transactions: number | null;
+  window_tps: number | null;
+  latency_p50_ms: number | null; // from the per-transaction log, window only
+  latency_p99_ms: number | null;
+  cpu_s: CpuPerTx; // CPU seconds in the window (same keys, seconds)
+  cpu_us_per_tx: CpuPerTx;
+  proxy_peak_rss_kib: number | null;
+}
+
+export interface CellSummary {
+  target: string;
+  workload: string;
+  mode: string;
+  clients: number;
+  connect_per_tx: boolean;
+  rounds_ok: number;
+  tps: number | null; // median over rounds
+  latency_p50_ms: number | null;
+  latency_p99_ms: number | null;
+  cpu_us_per_tx: CpuPerTx; // medians
+  // machine CPU per transaction minus direct PostgreSQL's in the same cell
+  proxy_attributable_us_per_tx: number | null;
+}
+
+export interface TargetRecord {
+  label: string;
+  kind: string;
+  status: 'ok' | 'failed';
+  reason: string | null;
+  host: string | null;
+  port: number | null;
+  pid: number | null;
+  note: string | null;
+  peak_rss_kib: number | null;
+}
+
+export interface IdleRecord extends IdleResult {
+  target: string;
+}
+
+export interface GoalRecord {
+  id: string;
+  description: string;
+  threshold: string;
+  measured: number | null;
+  met: boolean | null; // null: could not be measured
+  detail: string;
+}
+
+export interface BenchResult {
+  schema: typeof SCHEMA_ID;
+  started_at: string;
+  finished_at: string;
+  command: string;
+  machine: {
+    hostname: string;
+    kernel: string;
+    cpus: number;
+    cpu_model: string;
+    mem_gib: number;
+    node: string;
+    pgbench: string | null;
+    pgbouncer: string | null;
+    postgres: string | null;
+  };
+  options: {
+    quick: boolean;
+    rows: number;
+    rounds: number;
+    duration_s: number;
+    clients: number[];
+    workloads: string[];
+    modes: string[];
+    pool_size: number;
+    targets: string[];
+    zipf_theta: number;
+    storm_clients: number;
+    storm_duration_s: number;
+    idle_clients: number;
+    pg_reused: boolean;
+  };
+  targets: TargetRecord[];
+  runs: RunRecord[];
+  cells: CellSummary[];
+  idle: IdleRecord[];
+  goals: GoalRecord[];
+}
+
+type Check = (v: unknown, at: string, errs: string[]) => void;
+const isNum = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+const num: Check = (v, at, e) => void (isNum(v) || e.push(`${at}: expected a number`));
+const numOrNull: Check = (v, at, e) => void (v === null || isNum(v) || e.push(`${at}: expected a number or null`));
+const str: Check = (v, at, e) => void (typeof v === 'string' || e.push(`${at}: expected a string`));
+const strOrNull: Check = (v, at, e) => void (v === null || typeof v === 'string' || e.push(`${at}: expected a string or null`));
+const bool: Check = (v, at, e) => void (typeof v === 'boolean' || e.push(`${at}: expected a boolean`));
+const boolOrNull: Check = (v, at, e) => void (v === null || typeof v === 'boolean' || e.push(`${at}: expected a boolean or null`));
+const oneOf = (...vals: unknown[]): Check => (v, at, e) => void (vals.includes(v) || e.push(`${at}: expected one of ${vals.join(', ')}`));
+const arrayOf = (c: Check): Check => (v, at, e) => {
+  if (!Array.isArray(v)) return void e.push(`${at}: expected an array`);
+  v.forEach((x, i) => c(x, `${at}[${i}]`, e));
+};
+const obj = (shape: Record<string, Check>): Check => (v, at, e) => {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return void e.push(`${at}: expected an object`);
+  const o = v as Record<string, unknown>;
+  for (const [k, c] of Object.entries(shape)) {
+    if (!(k in o)) e.push(`${at}.${k}: missing`);
+    else c(o[k], `${at}.${k}`, e);
+  }
+};
+
+const cpu = obj({ proxy: numOrNull, postgres: numOrNull, pgbench: numOrNull, machine: numOrNull });
+
+const resultCheck = obj({
+  schema: oneOf(SCHEMA_ID),
+  started_at: str,
+  finished_at: str,
+  command: str,
+  machine: obj({ hostname: str, kernel: str, cpus: num, cpu_model: str, mem_gib: num, node: str, pgbench: strOrNull, pgbouncer: strOrNull, postgres: strOrNull }),
+  options: obj({
+    quick: bool, rows: num, rounds: num, duration_s: num, clients: arrayOf(num), workloads: arrayOf(str), modes: arrayOf(str),
+    pool_size: num, targets: arrayOf(str), zipf_theta: num, storm_clients: num, storm_duration_s: num, idle_clients: num, pg_reused: bool,
+  }),
+  targets: arrayOf(obj({ label: str, kind: str, status: oneOf('ok', 'failed'), reason: strOrNull, host: strOrNull, port: numOrNull, pid: numOrNull, note: strOrNull, peak_rss_kib: numOrNull })),
+  runs: arrayOf(obj({
+    target: str, workload: str, mode: str, clients: num, round: num, connect_per_tx: bool, ok: bool, error: strOrNull,
+    tps: numOrNull, transactions: num, failed: num, latency_avg_ms: numOrNull, window_s: numOrNull, window_transactions: numOrNull,
+    window_tps: numOrNull, latency_p50_ms: numOrNull, latency_p99_ms: numOrNull, cpu_s: cpu, cpu_us_per_tx: cpu, proxy_peak_rss_kib: numOrNull,
+  })),
+  cells: arrayOf(obj({
+    target: str, workload: str, mode: str, clients: num, connect_per_tx: bool, rounds_ok: num, tps: numOrNull,
+    latency_p50_ms: numOrNull, latency_p99_ms: numOrNull, cpu_us_per_tx: cpu, proxy_attributable_us_per_tx: numOrNull,
+  })),
+  idle: arrayOf(obj({
+    target: str, clients_requested: num, clients_opened: num, open_seconds: num, opens_per_second: num,
+    rss_before_kib: numOrNull, rss_after_kib: numOrNull, bytes_per_client: numOrNull, error: strOrNull,
+  })),
+  goals: arrayOf(obj({ id: str, description: str, threshold: str, measured: numOrNull, met: boolOrNull, detail: str })),
+});
+
+// Returns the list of problems; empty when the value is a valid result.
+export function validateResult(v: unknown): string[] {
+  const errs: string[] = [];
+  resultCheck(v, '$', errs);
+  if (errs.length === 0) {
+    const r = v as BenchResult;
+    const labels = new Set(r.targets.map((t) => t.label));
+    for (const [i, run] of r.runs.entries()) if (!labels.has(run.target)) errs.push(`$.runs[${i}].target: '${run.target}' is not in $.targets`);
+    for (const [i, c] of r.cells.entries()) if (!labels.has(c.target)) errs.push(`$.cells[${i}].target: '${c.target}' is not in $.targets`);
+  }
+  return errs;
+}

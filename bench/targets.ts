@@ -1,0 +1,276 @@
+// The things a benchmark run drives: PostgreSQL directly, PgBouncer, pgsplice with
+// the kernel path off and on, and extra poolers given on the command line.
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'extra';
+export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on'];
+
+export interface Backend {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  db: string;
+}
+
+export interface RunningTarget {
+  label: string;
+  kind: TargetKind;
+  host: string;
+  port: number;
+  pid: number | null; // the proxy process, for CPU and memory; null for direct
+  note: string | null; // e.g. what the proxy said about its data path
+  stop(): Promise<void>;
+  logTail(): string;
+  output(): string; // everything the process printed so far (bounded)
+}
+
+export class TargetStartError extends Error {}
+
+const PGBOUNCER_CANDIDATES = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer', '/usr/local/bin/pgbouncer'];
+export function pgbouncerBinary(): string | null {
+  return PGBOUNCER_CANDIDATES.find((p) => fs.existsSync(p)) ?? null;
+}
+
+export function pgbouncerVersion(): string | null {
+  const bin = pgbouncerBinary();
+  if (!bin) return null;
+  try {
+    return execFileSync(bin, ['--version'], { encoding: 'utf8' }).split('\n')[0].trim();
+  } catch {
+    return null;
+  }
+}
+
+export function canConnect(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// Runs a server program and waits until it accepts TCP connections on port (or
+// prints readyLine). Fails with the output's tail if it exits or times out.
+async function startServer(opts: {
+  label: string;
+  cmd: string;
+  args: string[];
+  host: string;
+  port: number;
+  readyLine?: RegExp;
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}): Promise<{ child: ChildProcess; output: () => string }> {
+  let out = '';
+  const child = spawn(opts.cmd, opts.args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env }, cwd: opts.cwd });
+  const keep = (d: Buffer) => {
+    out += d.toString();
+    if (out.length > 200_000) out = out.slice(-100_000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  let exited: string | null = null;
+  child.on('exit', (code, sig) => (exited = `exited with ${sig ?? code}`));
+  child.on('error', (e) => (exited = `could not start: ${e.message}`));
+  const deadline = Date.now() + (opts.timeoutMs ?? 20_000);
+  for (;;) {
+    if (exited) throw new TargetStartError(`${opts.label} ${exited}: ${tail(out)}`);
+    if (opts.readyLine?.test(out) || (await canConnect(opts.host, opts.port))) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new TargetStartError(`${opts.label} not ready after ${(opts.timeoutMs ?? 20_000) / 1000} s: ${tail(out)}`);
+    }
+    await sleep(100);
+  }
+  // The port may be announced a moment before it accepts; wait for it.
+  while (!(await canConnect(opts.host, opts.port))) {
+    if (exited) throw new TargetStartError(`${opts.label} ${exited}: ${tail(out)}`);
+    if (Date.now() > deadline) throw new TargetStartError(`${opts.label} printed ready but does not accept connections`);
+    await sleep(100);
+  }
+  return { child, output: () => out };
+}
+
+export function tail(s: string, lines = 8): string {
+  return s.trim().split('\n').slice(-lines).join(' | ').slice(0, 2000);
+}
+
+function stopChild(child: ChildProcess, signal: NodeJS.Signals, graceMs = 5000): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    child.kill(signal);
+  });
+}
+
+export function directTarget(b: Backend): RunningTarget {
+  return {
+    label: 'direct', kind: 'direct', host: b.host, port: b.port, pid: null, note: null,
+    stop: async () => undefined, logTail: () => '', output: () => '',
+  };
+}
+
+// host:port:label[:pid]
+export function parseExtraTarget(spec: string): RunningTarget {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+):([^:]+)(?::(\d+))?$/.exec(spec.trim());
+  if (!m) throw new Error(`--extra '${spec}': expected host:port:label[:pid]`);
+  return {
+    label: m[3], kind: 'extra', host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]),
+    pid: m[4] ? Number(m[4]) : null, note: null, stop: async () => undefined, logTail: () => '', output: () => '',
+  };
+}
+
+// Builds the pgbouncer.ini the benchmark uses; exported for the test and the docs.
+export function pgbouncerIni(o: { dir: string; port: number; backend: Backend; poolSize: number; maxClientConn: number }): string {
+  return `;; written by pgsplice bench/targets.ts
+[databases]
+${o.backend.db} = host=${o.backend.host} port=${o.backend.port} dbname=${o.backend.db}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${o.port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = ${path.join(o.dir, 'userlist.txt')}
+pool_mode = transaction
+default_pool_size = ${o.poolSize}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = ${o.maxClientConn}
+max_db_connections = 0
+ignore_startup_parameters = extra_float_digits,options
+logfile = ${path.join(o.dir, 'pgbouncer.log')}
+pidfile = ${path.join(o.dir, 'pgbouncer.pid')}
+log_connections = 0
+log_disconnections = 0
+log_pooler_errors = 1
+stats_period = 3600
+`;
+}
+
+export async function startPgbouncer(o: {
+  dir: string;
+  port: number;
+  backend: Backend;
+  poolSize: number;
+  maxClientConn: number;
+}): Promise<RunningTarget> {
+  const bin = pgbouncerBinary();
+  if (!bin) throw new TargetStartError('pgbouncer is not installed (apt-get install pgbouncer)');
+  fs.mkdirSync(o.dir, { recursive: true });
+  const ini = path.join(o.dir, 'pgbouncer.ini');
+  fs.writeFileSync(ini, pgbouncerIni(o));
+  // A plain-text password lets PgBouncer do SCRAM both with clients and with PostgreSQL.
+  fs.writeFileSync(path.join(o.dir, 'userlist.txt'), `"${o.backend.user}" "${o.backend.password}"\n`);
+  // PgBouncer refuses to run as root: run it as the postgres user, reading files it owns.
+  const root = process.getuid?.() === 0;
+  if (root) execFileSync('chown', ['-R', 'postgres:postgres', o.dir]);
+  const exec = root ? `exec setpriv --reuid=postgres --regid=postgres --init-groups ${bin} ${ini}` : `exec ${bin} ${ini}`;
+  const { child, output } = await startServer({
+    label: 'pgbouncer', cmd: 'bash', args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; ${exec}`],
+    host: '127.0.0.1', port: o.port,
+  });
+  const logTail = () => {
+    let log = output();
+    try {
+      log += fs.readFileSync(path.join(o.dir, 'pgbouncer.log'), 'utf8');
+    } catch {
+      /* none yet */
+    }
+    return tail(log, 20);
+  };
+  return {
+    label: 'pgbouncer', kind: 'pgbouncer', host: '127.0.0.1', port: o.port, pid: child.pid ?? null, note: null,
+    stop: () => stopChild(child, 'SIGINT'), logTail, output,
+  };
+}
+
+function fdLimit(clients: number): number {
+  return Math.max(4096, clients * 2 + 1024);
+}
+
+export function pgspliceYaml(o: { port: number; backend: Backend; poolSize: number; maxClientConn: number; bypass: 'on' | 'off' | 'auto' }): string {
+  const q = (s: string) => JSON.stringify(s);
+  return `# written by pgsplice bench/targets.ts
+listen: { host: 127.0.0.1, port: ${o.port} }
+pool_mode: transaction
+default_pool_size: ${o.poolSize}
+max_client_conn: ${o.maxClientConn}
+bypass: ${o.bypass}
+databases:
+  ${o.backend.db}: { host: ${o.backend.host}, port: ${o.backend.port}, dbname: ${q(o.backend.db)} }
+users:
+  ${o.backend.user}: { password: ${q(o.backend.password)} }
+`;
+}
+
+export const PGSPLICE_CLI = path.resolve(__dirname, '..', 'src', 'cli.js'); // dist/src/cli.js
+
+// Lines in which the proxy says the kernel path is not in use.
+const KERNEL_PATH_UNAVAILABLE = /(fall(ing)?\s*back|falls back|kernel path (is )?(unavailable|disabled|not available)|user[- ]space only|cannot load|could not (load|attach)|failed to (load|attach))/i;
+
+export async function startPgsplice(o: {
+  dir: string;
+  port: number;
+  backend: Backend;
+  poolSize: number;
+  maxClientConn: number;
+  bypass: 'on' | 'off' | 'auto';
+  label?: string;
+  logLevel?: string;
+  extraNodeArgs?: string[];
+}): Promise<RunningTarget> {
+  const label = o.label ?? `pgsplice-${o.bypass}`;
+  if (!fs.existsSync(PGSPLICE_CLI)) throw new TargetStartError(`${label}: ${PGSPLICE_CLI} does not exist (proxy not built)`);
+  fs.mkdirSync(o.dir, { recursive: true });
+  const cfg = path.join(o.dir, `${label}.yaml`);
+  fs.writeFileSync(cfg, pgspliceYaml(o));
+  const nodeArgs = [...(o.extraNodeArgs ?? []), PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
+  const { child, output } = await startServer({
+    label, cmd: 'bash',
+    args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
+    host: '127.0.0.1', port: o.port, readyLine: /listening on \S+:\d+/,
+  });
+  await sleep(300); // let start-up warnings (kernel path) arrive
+  const said = output().split('\n').filter((l) => KERNEL_PATH_UNAVAILABLE.test(l));
+  if (o.bypass === 'on' && said.length > 0) {
+    await stopChild(child, 'SIGINT');
+    throw new TargetStartError(`${label}: kernel path not in use: ${said[0].trim().slice(0, 300)}`);
+  }
+  return {
+    label, kind: o.bypass === 'on' ? 'pgsplice-on' : 'pgsplice-off', host: '127.0.0.1', port: o.port,
+    pid: child.pid ?? null, note: said.length ? said[0].trim().slice(0, 300) : null,
+    stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output,
+  };
+}
+
+// Asks a pgsplice process for its counters line (SIGUSR1 -> a line on stderr).
+// Returns the new output lines, or null if the process said nothing.
+export async function pgspliceCounters(t: RunningTarget, waitMs = 300): Promise<string | null> {
+  if (!t.pid || !t.kind.startsWith('pgsplice')) return null;
+  const before = t.output().length;
+  try {
+    process.kill(t.pid, 'SIGUSR1');
+  } catch {
+    return null;
+  }
+  await sleep(waitMs);
+  const added = t.output().slice(before).trim();
+  return added || null;
+}
