@@ -26,6 +26,7 @@ import {
   type DatabaseConfig,
   type ListenConfig,
   type LogLevel,
+  type MetricsConfig,
   type PoolMode,
   type UserConfig,
 } from './types';
@@ -54,7 +55,7 @@ const port: Kind = { t: 'int', min: 1, max: 65535 };
 const duration: Kind = { t: 'duration' };
 const poolMode: Kind = { t: 'enum', values: POOL_MODES };
 
-type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source'>;
+type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics'>;
 
 /** Top-level scalar settings, their kinds and PgBouncer's defaults, in SHOW CONFIG order. */
 const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
@@ -124,7 +125,9 @@ const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
   max_user_connections: size0,
 };
 
-const TOP_KEYS = ['listen', 'databases', 'users', ...Object.keys(SETTINGS)];
+const METRICS_KEYS: Record<keyof MetricsConfig, Kind> = { host: nonEmptyStr, port };
+
+const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', ...Object.keys(SETTINGS)];
 
 // pgbouncer.ini names that live elsewhere here: point the user at the right place.
 const MOVED: Record<string, string> = {
@@ -363,6 +366,7 @@ class Loader {
     const databases = new Map<string, DatabaseConfig>();
     const users = new Map<string, UserConfig>();
     let sawDatabases = false;
+    let metrics: MetricsConfig | undefined;
 
     for (const [name, kline, vnode] of this.entries(root, '', 1)) {
       if (name === 'listen') {
@@ -391,6 +395,8 @@ class Loader {
           if (user.trim() === '') this.fail(path, uline, 'a user name must not be empty');
           users.set(user, this.section(unode, path, uline, USER_KEYS, { name: user } as UserConfig));
         }
+      } else if (name === 'metrics') {
+        metrics = this.section(vnode, 'metrics', kline, METRICS_KEYS, { host: '127.0.0.1', port: 9127 } as MetricsConfig);
       } else if (name in SETTINGS) {
         settings[name] = this.value(SETTINGS[name as keyof Settings].kind, vnode, name, kline);
       } else {
@@ -403,6 +409,7 @@ class Loader {
       databases,
       users,
       ...(settings as unknown as Settings),
+      ...(metrics ? { metrics } : {}),
       source: { file: this.file, lines: this.lines },
     } as Config;
     this.crossCheck(cfg, sawDatabases);
@@ -525,6 +532,26 @@ export function describeConfig(config: Config): Array<[string, string]> {
   ];
   for (const k of Object.keys(SETTINGS) as Array<keyof Settings>) out.push([k, show(config[k])]);
   return out;
+}
+
+/**
+ * A copy of config with one top-level setting changed (the admin console's SET), validated
+ * as the loader validates it (value kind, then the cross-checks). text is YAML for the value.
+ * Throws ConfigError.
+ */
+export function applySetting(config: Config, key: string, text: string): Config {
+  if (!Object.prototype.hasOwnProperty.call(SETTINGS, key)) {
+    const hint = suggest(key, Object.keys(SETTINGS));
+    throw new ConfigError(`unknown setting${hint ? ` (did you mean "${hint}"?)` : ''}`, 'SET', key);
+  }
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false });
+  if (doc.errors.length > 0) throw new ConfigError(`bad value: ${doc.errors[0]!.message.split('\n')[0]}`, 'SET', key);
+  const loader = new Loader('SET', doc, lc);
+  const value = loader.value(SETTINGS[key as keyof Settings].kind, doc.contents, key, undefined);
+  const next = { ...config, [key]: value } as Config;
+  loader.crossCheck(next, true);
+  return next;
 }
 
 /** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP). */

@@ -14,6 +14,12 @@ export interface ListenConfig {
   unix_socket_dir?: string; // socket file is <dir>/.s.PGSQL.<port>
 }
 
+// Prometheus endpoint (GET /metrics); absent = off.
+export interface MetricsConfig {
+  host: string;
+  port: number;
+}
+
 export interface DatabaseConfig {
   name: string; // the name clients connect to
   host: string; // host name, IP, or a directory for a unix socket
@@ -73,6 +79,7 @@ export interface Config {
   stats_users: string[];
   bypass: BypassMode;
   log_level: LogLevel;
+  metrics?: MetricsConfig;
   // Where the keys were found, for messages that name a key and its line.
   source: { file: string; lines: Map<string, number> };
 }
