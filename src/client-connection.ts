@@ -22,6 +22,7 @@ import { chooseAuthMethod, verifyPlainPassword } from './auth/verifier';
 import { verifyMd5Response } from './auth/md5';
 import type { AuthType, Config } from './config/types';
 import { log } from './log';
+import { ClientTiming, countError } from './metrics/stats';
 
 export enum ClientState {
   Startup = 'startup',
@@ -69,6 +70,7 @@ export class ClientConnection implements ServerPeer {
   readonly connectedAt = Date.now();
   bytesRead = 0n; // since the socket was registered with the kernel path
   stats = { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n };
+  readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
   private framer = new MessageFramer();
   private scanner = new StreamScanner(CLIENT_CAPTURE);
   private pending: Buffer[] = [];
@@ -79,6 +81,7 @@ export class ClientConnection implements ServerPeer {
   private terminated = false;
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
+  private encryptionAnswered = new Set<number>();
   // Set while the client's settings are being learned after it changed them in the kernel path.
   settingsReady: Promise<void> | null = null;
   // When set, the admin console consumes this client's messages instead of a pool.
@@ -165,8 +168,9 @@ export class ClientConnection implements ServerPeer {
 
   private onStartupPacket(pkt: Buffer): void {
     const code = pkt.readInt32BE(0);
-    if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
+    if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !this.encryptionAnswered.has(code)) {
       if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
+      this.encryptionAnswered.add(code); // a repeated request is a bad startup packet, as in PostgreSQL
       if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
       this.socket.write('N');
       return;
@@ -343,7 +347,10 @@ export class ClientConnection implements ServerPeer {
         return;
       }
       this.tracker.onClientMessage(m.type);
-      if (m.type === Frontend.Query || m.type === Frontend.Sync || m.type === Frontend.FunctionCall) this.stats.queries++;
+      if (m.type === Frontend.Query || m.type === Frontend.Sync || m.type === Frontend.FunctionCall) {
+        this.stats.queries++;
+        this.timing.request();
+      }
     });
     if (!this.scanner.atBoundary && cut < 0) this.tracker.onClientPartial(this.scanner.currentType);
     const data = cut >= 0 ? chunk.subarray(0, cut) : chunk;
@@ -378,6 +385,7 @@ export class ClientConnection implements ServerPeer {
   private requestServer(): void {
     const pool = this.pool!;
     this.state = ClientState.Waiting;
+    this.timing.waiting(pool);
     pool.acquire().then(
       (server) => {
         if (this.state !== ClientState.Waiting) return pool.release(server);
@@ -418,6 +426,7 @@ export class ClientConnection implements ServerPeer {
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
     this.server = server;
     this.state = ClientState.Active;
+    this.timing.attached();
     server.link(this);
     const pending = this.pending;
     this.pending = [];
@@ -437,6 +446,7 @@ export class ClientConnection implements ServerPeer {
 
   onServerReady(status: TxStatus, server: ServerConnection): void {
     this.tracker.onReadyForQuery(status);
+    this.timing.ready(this.tracker.outstanding, status);
     if (!this.tracker.idle) return;
     this.stats.xacts++;
     if (this.terminated) return this.close('client sent Terminate');
@@ -482,6 +492,7 @@ export class ClientConnection implements ServerPeer {
   // ---- errors and shutdown ----
 
   sendError(f: ErrorFields): void {
+    countError('proxy', f.code);
     if (!this.socket.destroyed) this.socket.write(errorResponse(f));
   }
 
