@@ -8,6 +8,7 @@ import { cancelRequest } from './protocol/messages';
 import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
 import { log } from './log';
+import { countLogin, retireClient } from './metrics/stats';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 
@@ -147,10 +148,12 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   clientLoggedIn(client: ClientConnection): void {
     this.byCancelKey.set(`${client.cancelPid}:${client.cancelKey}`, client);
+    countLogin(client);
   }
 
   clientClosed(client: ClientConnection): void {
     this.clients.delete(client);
+    retireClient(client); // keep its counters in its pool's totals
     this.byCancelKey.delete(`${client.cancelPid}:${client.cancelKey}`);
     this.hooks.clientClosed?.(client);
   }

@@ -13,6 +13,7 @@ import { StreamScanner, captureSet } from './protocol/stream-scanner';
 import { ScramClientSession } from './auth/scram';
 import { md5Response } from './auth/md5';
 import { log } from './log';
+import { countError } from './metrics/stats';
 
 export enum ServerState {
   Connecting = 'connecting',
@@ -220,6 +221,7 @@ export class ServerConnection extends EventEmitter {
           this.rows.push(parseDataRow(m.body!));
         } else if (m.type === Backend.ErrorResponse) {
           const f = parseErrorFields(m.body!);
+          if (peer) countError('server', f.C);
           if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
           else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);
         } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.DataRow && m.type !== Backend.NotificationResponse) {
