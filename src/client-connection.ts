@@ -68,6 +68,8 @@ export class ClientConnection implements ServerPeer {
   server: ServerConnection | null = null;
   readonly tracker = new TransactionTracker();
   readonly connectedAt = Date.now();
+  lastActivity = Date.now(); // last byte from the client or its server (user space only)
+  requestSince = 0; // when the oldest outstanding request was sent, 0 = none
   bytesRead = 0n; // since the socket was registered with the kernel path
   stats = { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n };
   readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
@@ -116,6 +118,7 @@ export class ClientConnection implements ServerPeer {
   // ---- input ----
 
   private onData(chunk: Buffer): void {
+    this.lastActivity = Date.now();
     this.bytesRead += BigInt(chunk.length);
     this.stats.bytesIn += BigInt(chunk.length);
     try {
@@ -346,6 +349,7 @@ export class ClientConnection implements ServerPeer {
         cut = Math.max(m.start, 0);
         return;
       }
+      if (this.tracker.outstanding === 0 && this.requestSince === 0) this.requestSince = Date.now();
       this.tracker.onClientMessage(m.type);
       if (m.type === Frontend.Query || m.type === Frontend.Sync || m.type === Frontend.FunctionCall) {
         this.stats.queries++;
@@ -436,6 +440,7 @@ export class ClientConnection implements ServerPeer {
   }
 
   onServerData(chunk: Buffer, server: ServerConnection): void {
+    this.lastActivity = Date.now();
     this.stats.bytesOut += BigInt(chunk.length);
     if (this.socket.destroyed) return;
     if (!this.socket.write(chunk)) {
@@ -544,6 +549,24 @@ export class ClientConnection implements ServerPeer {
       },
       (e: Error) => server.close(`reset after client left failed: ${e.message}`),
     );
+  }
+
+  // Applies client_idle_timeout, idle_transaction_timeout and query_timeout (user-space path;
+  // the bypass controller applies them to clients in the kernel).
+  checkTimeouts(now: number): void {
+    const c = this.host.config;
+    if (c.query_timeout > 0 && this.requestSince && now - this.requestSince > c.query_timeout * 1000) {
+      this.host.cancel(this.cancelPid, this.cancelKey); // stop the query on the server, not just the client
+      return this.fatal({ code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' });
+    }
+    const idleFor = now - this.lastActivity;
+    if (c.idle_transaction_timeout > 0 && this.server && this.tracker.outstanding === 0 && this.tracker.status !== 'I'
+        && idleFor > c.idle_transaction_timeout * 1000) {
+      return this.fatal({ code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' });
+    }
+    if (c.client_idle_timeout > 0 && this.state === ClientState.Idle && idleFor > c.client_idle_timeout * 1000) {
+      return this.fatal({ code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long' });
+    }
   }
 
   // Nothing of this client is held in user space or in flight to a server.

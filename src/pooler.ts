@@ -196,6 +196,8 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   private janitor(): void {
     for (const p of this.pools.values()) p.janitor();
+    const now = Date.now();
+    for (const c of this.clients) c.checkTimeouts(now);
   }
 
   // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.

@@ -73,5 +73,7 @@ export const SqlState = {
   AdminShutdown: '57P01',
   CannotConnectNow: '57P03',
   QueryCanceled: '57014',
+  IdleInTransactionTimeout: '25P03',
+  IdleSessionTimeout: '57P05',
   InternalError: 'XX000',
 } as const;
