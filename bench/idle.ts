@@ -11,8 +11,24 @@ export interface IdleResult {
   opens_per_second: number;
   rss_before_kib: number | null;
   rss_after_kib: number | null;
+  // Slope of a least-squares line through (clients open, proxy RSS) samples taken
+  // while opening: robust against a garbage collection shrinking the RSS once.
   bytes_per_client: number | null;
   error: string | null;
+}
+
+export function slope(points: Array<[number, number]>): number | null {
+  if (points.length < 3) return null;
+  const n = points.length;
+  const mx = points.reduce((s, p) => s + p[0], 0) / n;
+  const my = points.reduce((s, p) => s + p[1], 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (const [x, y] of points) {
+    sxy += (x - mx) * (y - my);
+    sxx += (x - mx) ** 2;
+  }
+  return sxx === 0 ? null : sxy / sxx;
 }
 
 export async function idleRun(o: {
@@ -35,9 +51,12 @@ export async function idleRun(o: {
   };
   let error: string | null = null;
   try {
-    // Warm up the proxy (first pool, allocator arenas) before the baseline.
+    // Warm up the proxy (first pool, allocator arenas, JIT) before the baseline.
     await connectOne();
     await open[0].query('SELECT 1');
+    const warmN = Math.min(200, Math.ceil(o.clients / 10));
+    for (let i = 0; i < warmN; i += 20) await Promise.all(Array.from({ length: Math.min(20, warmN - i) }, connectOne));
+    await Promise.all(open.splice(1).map((c) => c.end().catch(() => undefined)));
   } catch (e) {
     return { clients_requested: o.clients, clients_opened: 0, open_seconds: 0, opens_per_second: 0, rss_before_kib: null, rss_after_kib: null, bytes_per_client: null, error: String((e as Error).message) };
   }
@@ -46,6 +65,10 @@ export async function idleRun(o: {
   const before = o.proxyPid ? rssKiB(o.proxyPid) : null;
   const t0 = process.hrtime.bigint();
   let next = 0;
+  const samples: Array<[number, number]> = [];
+  if (before !== null) samples.push([0, before * 1024]);
+  const step = Math.max(1, Math.floor(o.clients / 20));
+  let nextSample = step;
   const worker = async () => {
     while (next < o.clients && !error) {
       next++;
@@ -54,6 +77,11 @@ export async function idleRun(o: {
       } catch (e) {
         error = `after ${open.length - warm} clients: ${(e as Error).message}`;
       }
+      if (o.proxyPid && open.length - warm >= nextSample) {
+        nextSample += step;
+        const r = rssKiB(o.proxyPid);
+        if (r !== null) samples.push([open.length - warm, r * 1024]);
+      }
     }
   };
   await Promise.all(Array.from({ length: o.concurrency ?? 64 }, worker));
@@ -61,6 +89,8 @@ export async function idleRun(o: {
   await new Promise((r) => setTimeout(r, 1000));
   const after = o.proxyPid ? rssKiB(o.proxyPid) : null;
   const opened = open.length - warm;
+  if (after !== null) samples.push([opened, after * 1024]);
+  const perClient = slope(samples);
   // Prove the clients are alive: one round trip on a few of them.
   try {
     await Promise.all(open.slice(-5).map((c) => c.query('SELECT 1')));
@@ -76,7 +106,7 @@ export async function idleRun(o: {
     opens_per_second: round(opened / seconds, 1),
     rss_before_kib: before,
     rss_after_kib: after,
-    bytes_per_client: before !== null && after !== null && opened > 0 ? round(((after - before) * 1024) / opened, 0) : null,
+    bytes_per_client: perClient === null ? null : round(perClient, 0),
     error,
   };
 }

@@ -59,6 +59,7 @@ async function main(): Promise<void> {
     .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick 3)' })
     .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
     .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
+    .option('quiet-wait', { type: 'number', default: 10, describe: 'seconds to wait for other load on the machine to stop before starting' })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results'), describe: 'directory for the results' })
     .option('keep-tmp', { type: 'boolean', default: false })
     .strict()
@@ -130,6 +131,12 @@ async function main(): Promise<void> {
       pmPid = postmasterPid(scratch.dataDir);
     }
     const pgVersion = psql('SELECT version()').split(' on ')[0];
+    let verifier: string | null = null;
+    try {
+      verifier = (scratch ? scratch.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${backend.user.replace(/'/g, "''")}'`) : psql(`SELECT rolpassword FROM pg_authid WHERE rolname = current_user`)) || null;
+    } catch {
+      verifier = null; // not a superuser: PgBouncer gets the plain-text password
+    }
     let have = -1;
     try {
       have = Number(psql('SELECT count(*) FROM usertable'));
@@ -151,7 +158,7 @@ async function main(): Promise<void> {
       try {
         let t: RunningTarget;
         if (kind === 'direct') t = directTarget(backend);
-        else if (kind === 'pgbouncer') t = await startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn });
+        else if (kind === 'pgbouncer') t = await startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn, scramVerifier: verifier });
         else t = await startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
         running.push(t);
         targetRecords.push({ label: t.label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null });
@@ -245,6 +252,19 @@ async function main(): Promise<void> {
       };
     };
 
+    // What the machine does without us (other users' work shows up in machine CPU):
+    // wait a little for it to go quiet, then record it.
+    const busyOver = async (ms: number) => {
+      const a = snapshot({});
+      await new Promise((r) => setTimeout(r, ms));
+      const b = snapshot({});
+      return r3((b.machine.busy - a.machine.busy) / ((b.atMs - a.atMs) / 1000));
+    };
+    let backgroundCores = await busyOver(1000);
+    const quietUntil = Date.now() + argv['quiet-wait'] * 1000;
+    while (backgroundCores > 0.25 && Date.now() < quietUntil) backgroundCores = await busyOver(1000);
+    log(`background load before the runs: ${backgroundCores} busy CPUs${backgroundCores > 0.25 ? ' (the machine is not idle: machine CPU figures include that work)' : ''}`);
+
     // Warm up every target once (pools filled, caches hot); not recorded.
     const warmCell = cells.find((c) => !c.connectPerTx) ?? cells[0];
     for (const t of running) {
@@ -334,7 +354,7 @@ async function main(): Promise<void> {
       command: `npm run bench${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
       machine: {
         hostname: os.hostname(), kernel: os.release(), cpus: cpus.length, cpu_model: cpus[0]?.model.trim() ?? 'unknown',
-        mem_gib: Math.round(os.totalmem() / 2 ** 30), node: process.version, pgbench: await pgbenchVersion(), pgbouncer: pgbouncerVersion(), postgres: pgVersion,
+        mem_gib: Math.round(os.totalmem() / 2 ** 30), node: process.version, background_busy_cpus: backgroundCores, pgbench: await pgbenchVersion(), pgbouncer: pgbouncerVersion(), postgres: pgVersion,
       },
       options: {
         quick, rows, rounds, duration_s: duration, clients, workloads, modes, pool_size: poolSize, targets: running.map((t) => t.label).concat(targetRecords.filter((t) => t.status === 'failed' && !running.find((r) => r.label === t.label)).map((t) => t.label)),

@@ -88,6 +88,7 @@ export interface BenchResult {
     cpu_model: string;
     mem_gib: number;
     node: string;
+    background_busy_cpus: number; // CPUs busy with other work during 2 s before the runs
     pgbench: string | null;
     pgbouncer: string | null;
     postgres: string | null;
@@ -144,7 +145,7 @@ const resultCheck = obj({
   started_at: str,
   finished_at: str,
   command: str,
-  machine: obj({ hostname: str, kernel: str, cpus: num, cpu_model: str, mem_gib: num, node: str, pgbench: strOrNull, pgbouncer: strOrNull, postgres: strOrNull }),
+  machine: obj({ hostname: str, kernel: str, cpus: num, cpu_model: str, mem_gib: num, node: str, background_busy_cpus: num, pgbench: strOrNull, pgbouncer: strOrNull, postgres: strOrNull }),
   options: obj({
     quick: bool, rows: num, rounds: num, duration_s: num, clients: arrayOf(num), workloads: arrayOf(str), modes: arrayOf(str),
     pool_size: num, targets: arrayOf(str), zipf_theta: num, storm_clients: num, storm_duration_s: num, idle_clients: num, pg_reused: bool,

@@ -170,14 +170,18 @@ export async function startPgbouncer(o: {
   backend: Backend;
   poolSize: number;
   maxClientConn: number;
+  // The user's SCRAM verifier from pg_authid: PgBouncer then checks client logins
+  // without PBKDF2 and logs into PostgreSQL with the client's proof (its fastest
+  // SCRAM set-up). Without it, the plain-text password is used.
+  scramVerifier?: string | null;
 }): Promise<RunningTarget> {
   const bin = pgbouncerBinary();
   if (!bin) throw new TargetStartError('pgbouncer is not installed (apt-get install pgbouncer)');
   fs.mkdirSync(o.dir, { recursive: true });
   const ini = path.join(o.dir, 'pgbouncer.ini');
   fs.writeFileSync(ini, pgbouncerIni(o));
-  // A plain-text password lets PgBouncer do SCRAM both with clients and with PostgreSQL.
-  fs.writeFileSync(path.join(o.dir, 'userlist.txt'), `"${o.backend.user}" "${o.backend.password}"\n`);
+  const secret = o.scramVerifier?.startsWith('SCRAM-SHA-256$') ? o.scramVerifier : o.backend.password;
+  fs.writeFileSync(path.join(o.dir, 'userlist.txt'), `"${o.backend.user}" "${secret.replace(/"/g, '""')}"\n`);
   // PgBouncer refuses to run as root: run it as the postgres user, reading files it owns.
   const root = process.getuid?.() === 0;
   if (root) execFileSync('chown', ['-R', 'postgres:postgres', o.dir]);
