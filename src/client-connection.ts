@@ -294,9 +294,9 @@ export class ClientConnection implements ServerPeer {
     this.state = ClientState.Login;
     this.scram = null;
     if (this.host.isAdminDatabase(this.database)) {
+      this.host.startAdmin(this); // refuses (28000) before AuthenticationOk, as PgBouncer does
       this.finishLogin(new Map([['server_version', '15.0'], ['client_encoding', 'UTF8'], ['server_encoding', 'UTF8'],
         ['DateStyle', 'ISO, MDY'], ['standard_conforming_strings', 'on'], ['integer_datetimes', 'on']]));
-      this.host.startAdmin(this);
       return;
     }
     const pool = this.pool!;

@@ -118,6 +118,7 @@ export class Pool {
   release(server: ServerConnection): void {
     server.unlink();
     if (!server.isUsable) return;
+    if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
     if (this.expired(server)) {
       server.close('server_lifetime reached');
       return;

@@ -5,14 +5,22 @@ import * as path from 'node:path';
 import { Pooler } from './pooler';
 import type { Config } from './config/types';
 import { log } from './log';
+import { ProxyControl, startAdminConsole } from './admin/console';
+import { proxyControl } from './admin/control';
+import { MetricsServer, startMetrics } from './metrics/prometheus';
 
 export class Proxy {
   readonly pooler: Pooler;
   private servers: net.Server[] = [];
   private stopping = false;
+  // Admin console and metrics; the bypass controller replaces control.bypassInfo / bypassCounters.
+  readonly control: ProxyControl;
+  private metrics: MetricsServer | null = null;
 
   constructor(public config: Config) {
     this.pooler = new Pooler(config);
+    this.control = proxyControl(this);
+    this.pooler.hooks.startAdmin = (c) => startAdminConsole(c, this.pooler, this.control);
   }
 
   async listen(): Promise<void> {
@@ -32,6 +40,7 @@ export class Proxy {
       await this.listenOn({ path: file }, file);
       fs.chmodSync(file, 0o777);
     }
+    if (this.config.metrics) this.metrics = await startMetrics(this.config.metrics, this.pooler, this.control);
   }
 
   private listenOn(opts: net.ListenOptions, label: string): Promise<void> {
@@ -59,6 +68,7 @@ export class Proxy {
     for (const s of this.servers) s.close();
     this.servers = [];
     this.pooler.accepting = false;
+    this.metrics?.close();
   }
 
   // SIGTERM: stop accepting, let clients finish their transactions (bounded), then stop.

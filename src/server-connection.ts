@@ -84,6 +84,7 @@ export class ServerConnection extends EventEmitter {
   socket!: net.Socket;
   peer: ServerPeer | null = null;
   bytesRead = 0n; // since the socket was registered with the kernel path
+  closeNeeded = false; // RECONNECT: close instead of returning to the pool
   private framer = new MessageFramer();
   private scanner = new StreamScanner(DATA_CAPTURE);
   // Set by the bypass controller: called when the kernel hands this server's bytes to user space.

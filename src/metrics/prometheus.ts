@@ -1,0 +1,212 @@
+// Prometheus endpoint (prom-client) on its own address: GET /metrics. Pool gauges and
+// traffic counters are computed from the pooler's state at scrape time (the same numbers
+// as SHOW POOLS / SHOW STATS); wait, query and transaction histograms are observed live;
+// the kernel path's counters come from ProxyControl.bypassCounters().
+import * as http from 'node:http';
+import { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Pooler } from '../pooler';
+import type { Pool } from '../pool';
+import type { MetricsConfig } from '../config/types';
+import type { ProxyControl } from '../admin/console';
+import { VERSION, poolCounts } from '../admin/console';
+import { poolTotals, statsEvents } from './stats';
+import { log } from '../log';
+
+const TIME_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export class MetricsServer {
+  readonly registry = new Registry();
+  private server: http.Server | null = null;
+  private kernel = new Map<string, Counter>();
+  private stopped = false;
+
+  constructor(
+    private readonly pooler: Pooler,
+    private readonly control: ProxyControl,
+  ) {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'pgsplice_process_' });
+    const pooler_ = pooler;
+    const pl = ['database', 'user'];
+
+    new Gauge({
+      name: 'pgsplice_info', help: 'pgsplice version (always 1)', labelNames: ['version'], registers: [r],
+      collect() {
+        this.set({ version: VERSION }, 1);
+      },
+    });
+    new Gauge({
+      name: 'pgsplice_pool_clients', help: 'Clients of a pool by state (active: logged in, not waiting; waiting: waiting for a server)',
+      labelNames: [...pl, 'state'], registers: [r],
+      collect() {
+        this.reset();
+        for (const [p, n] of poolCounts(pooler_)) {
+          this.set({ database: p.database, user: p.user, state: 'active' }, n.clActive);
+          this.set({ database: p.database, user: p.user, state: 'waiting' }, n.clWaiting);
+        }
+      },
+    });
+    new Gauge({
+      name: 'pgsplice_pool_servers', help: 'Server connections of a pool by state (active, idle, used: being reset/checked, login)',
+      labelNames: [...pl, 'state'], registers: [r],
+      collect() {
+        this.reset();
+        for (const [p, n] of poolCounts(pooler_)) {
+          const l = { database: p.database, user: p.user };
+          this.set({ ...l, state: 'active' }, n.svActive);
+          this.set({ ...l, state: 'idle' }, n.svIdle);
+          this.set({ ...l, state: 'used' }, n.svUsed);
+          this.set({ ...l, state: 'login' }, n.svLogin);
+        }
+      },
+    });
+    new Gauge({
+      name: 'pgsplice_pool_max_wait_seconds', help: 'How long the oldest waiting client of a pool has waited', labelNames: pl, registers: [r],
+      collect() {
+        this.reset();
+        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.maxWaitUs / 1e6);
+      },
+    });
+    new Gauge({
+      name: 'pgsplice_pool_paused', help: '1 when the pool is paused (PAUSE)', labelNames: pl, registers: [r],
+      collect() {
+        this.reset();
+        for (const p of pooler_.pools.values()) this.set({ database: p.database, user: p.user }, p.paused ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'pgsplice_client_connections', help: 'Client connections open now (all states, admin console included)', registers: [r],
+      collect() {
+        this.set(pooler_.clients.size);
+      },
+    });
+
+    // Counters computed from totals (retired + live clients) at scrape time.
+    const totalsCounter = (name: string, help: string, pick: (t: ReturnType<typeof poolTotals> extends Map<Pool, infer T> ? T : never) => number) =>
+      new Counter({
+        name, help, labelNames: pl, registers: [r],
+        collect() {
+          this.reset();
+          for (const [p, t] of poolTotals(pooler_)) this.inc({ database: p.database, user: p.user }, pick(t));
+        },
+      });
+    totalsCounter('pgsplice_transactions_total', 'Transactions completed (user-space path)', (t) => Number(t.xacts));
+    totalsCounter('pgsplice_queries_total', 'Queries (Query, Sync, FunctionCall) sent by clients (user-space path)', (t) => Number(t.queries));
+    totalsCounter('pgsplice_client_received_bytes_total', 'Bytes received from clients (user-space path)', (t) => Number(t.bytesIn));
+    totalsCounter('pgsplice_client_sent_bytes_total', 'Bytes sent to clients (user-space path)', (t) => Number(t.bytesOut));
+    totalsCounter('pgsplice_transaction_time_seconds_total', 'Time spent in transactions while linked to a server', (t) => t.xactUs / 1e6);
+    totalsCounter('pgsplice_query_time_seconds_total', 'Time spent in queries while linked to a server', (t) => t.queryUs / 1e6);
+    totalsCounter('pgsplice_client_wait_time_seconds_total', 'Time clients spent waiting for a server', (t) => t.waitUs / 1e6);
+
+    new Counter({
+      name: 'pgsplice_client_logins_total', help: 'Successful client logins by database', labelNames: ['database'], registers: [r],
+      collect() {
+        this.reset();
+        for (const [db, n] of statsEvents.loginsByDb) this.inc({ database: db }, n);
+      },
+    });
+    new Counter({
+      name: 'pgsplice_errors_total', help: 'ErrorResponses sent to clients, by origin (server, proxy) and SQLSTATE', labelNames: ['source', 'sqlstate'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [k, n] of statsEvents.errors) {
+          const [source, sqlstate] = k.split('\0');
+          this.inc({ source, sqlstate }, n);
+        }
+      },
+    });
+
+    const wait = new Histogram({
+      name: 'pgsplice_client_wait_duration_seconds', help: 'Time a client waited for a server, per wait', labelNames: ['database'],
+      buckets: TIME_BUCKETS, registers: [r],
+    });
+    const xact = new Histogram({
+      name: 'pgsplice_transaction_duration_seconds', help: 'Transaction time on a server, per transaction', labelNames: ['database'],
+      buckets: TIME_BUCKETS, registers: [r],
+    });
+    const query = new Histogram({
+      name: 'pgsplice_query_duration_seconds', help: 'Query time on a server, per query', labelNames: ['database'],
+      buckets: TIME_BUCKETS, registers: [r],
+    });
+    statsEvents.sink = {
+      wait: (p, us) => wait.observe({ database: p?.database ?? '' }, us / 1e6),
+      xact: (p, us) => xact.observe({ database: p?.database ?? '' }, us / 1e6),
+      query: (p, us) => query.observe({ database: p?.database ?? '' }, us / 1e6),
+    };
+  }
+
+  // Kernel path counters: pgsplice_kernel_<name>_total, created as names appear.
+  private updateKernel(): void {
+    let counters: Record<string, number | bigint>;
+    try {
+      counters = this.control.bypassCounters();
+    } catch (e) {
+      log.warn(`metrics: kernel counters unavailable: ${(e as Error).message}`);
+      return;
+    }
+    for (const [raw, v] of Object.entries(counters)) {
+      const name = `pgsplice_kernel_${raw.replace(/[^a-zA-Z0-9_]/g, '_').replace(/_total$/, '')}_total`;
+      let c = this.kernel.get(name);
+      if (!c) {
+        c = new Counter({ name, help: `Kernel path counter ${raw}`, registers: [this.registry] });
+        this.kernel.set(name, c);
+      }
+      c.reset();
+      c.inc(Number(v));
+    }
+  }
+
+  async text(): Promise<string> {
+    this.updateKernel();
+    return this.registry.metrics();
+  }
+
+  listen(cfg: MetricsConfig): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const srv = http.createServer((req, res) => {
+        const url = (req.url ?? '/').split('?')[0];
+        if (req.method !== 'GET' && req.method !== 'HEAD') {
+          res.writeHead(405, { Allow: 'GET' }).end();
+          return;
+        }
+        if (url === '/metrics') {
+          this.text().then(
+            (body) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(body),
+            (e: Error) => res.writeHead(500, { 'Content-Type': 'text/plain' }).end(`metrics failed: ${e.message}\n`),
+          );
+          return;
+        }
+        if (url === '/') {
+          res.writeHead(200, { 'Content-Type': 'text/plain' }).end('pgsplice: metrics at /metrics\n');
+          return;
+        }
+        res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+      });
+      srv.once('error', (e) => reject(new Error(`cannot listen on metrics ${cfg.host}:${cfg.port}: ${e.message}`)));
+      srv.listen(cfg.port, cfg.host, () => {
+        srv.removeAllListeners('error');
+        srv.on('error', (e) => log.error(`metrics listener: ${e.message}`));
+        this.server = srv;
+        const a = srv.address() as AddressInfo;
+        log.info(`metrics on http://${cfg.host}:${a.port}/metrics`);
+        resolve();
+      });
+    });
+  }
+
+  close(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    statsEvents.sink = null;
+    this.server?.close();
+    this.server?.closeAllConnections?.();
+  }
+}
+
+export async function startMetrics(cfg: MetricsConfig, pooler: Pooler, control: ProxyControl): Promise<MetricsServer> {
+  const m = new MetricsServer(pooler, control);
+  await m.listen(cfg);
+  return m;
+}
