@@ -56,14 +56,17 @@ export interface Endpoint {
   port: number;
 }
 
+// node-postgres keeps the BackendKeyData on the client; its typings do not say so.
+export type PgTestClient = Client & { errors: Error[]; processID: number | null; secretKey: number | null };
+
 // A connected node-postgres client through the proxy, ended at teardown.
 // Unexpected connection errors are recorded in client.errors instead of crashing the test.
 export async function pgClient(
   t: TeardownHost,
   ep: Endpoint,
   cfg: Partial<ClientConfig> = {},
-): Promise<Client & { errors: Error[] }> {
-  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 10000, ...cfg }) as Client & { errors: Error[] };
+): Promise<PgTestClient> {
+  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 10000, ...cfg }) as PgTestClient;
   c.errors = [];
   c.on('error', (e) => c.errors.push(e));
   t.teardown(() => c.end().catch(() => undefined));
