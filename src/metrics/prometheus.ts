@@ -26,7 +26,7 @@ export class MetricsServer {
     private readonly control: ProxyControl,
   ) {
     const r = this.registry;
-    collectDefaultMetrics({ register: r, prefix: 'pgsplice_process_' });
+    collectDefaultMetrics({ register: r }); // process_* and nodejs_*, as prom-client names them
     const pooler_ = pooler;
     const pl = ['database', 'user'];
 
