@@ -417,6 +417,11 @@ export class ClientConnection implements ServerPeer {
       server.runInternal(sql).then(
         () => {
           recordApplied(this.settings, server);
+          // The server reports the normalized form ('ISO' becomes 'ISO, MDY'): adopt it.
+          for (const k of this.settings.keys()) {
+            const v = server.params.get(k);
+            if (isReported(k) && v !== undefined) this.settings.set(k, v);
+          }
           this.attach(server);
         },
         (e: Error) => {
