@@ -1,0 +1,449 @@
+// Thin, generic libbpf binding for pgsplice. Policy lives in ebpf/ and src/bypass/.
+#include <napi.h>
+#include <uv.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <string.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+std::string g_log;  // libbpf messages of the current load (verifier log on failure)
+
+int LogPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  char buf[4096];
+  int n = vsnprintf(buf, sizeof(buf), fmt, args);
+  if (n > 0) g_log.append(buf, n < (int)sizeof(buf) ? n : (int)sizeof(buf) - 1);
+  if (g_log.size() > (1 << 20)) g_log.erase(0, g_log.size() - (1 << 20));
+  return 0;
+}
+
+std::string Errno(const std::string& what, int err) {
+  if (err < 0) err = -err;
+  return what + ": " + strerror(err) + " (errno " + std::to_string(err) + ")";
+}
+
+// Keep the end of the libbpf/verifier log: that is where the rejected instruction is.
+std::string LogTail(size_t max = 3000) {
+  if (g_log.size() <= max) return g_log;
+  return "..." + g_log.substr(g_log.size() - max);
+}
+
+class Obj;
+
+struct RingSub {
+  Obj* owner = nullptr;
+  struct ring_buffer* rb = nullptr;
+  uv_poll_t* poll = nullptr;
+  Napi::FunctionReference cb;
+  std::vector<std::vector<uint8_t>> pending;
+};
+
+class Obj : public Napi::ObjectWrap<Obj> {
+ public:
+  static Napi::FunctionReference* ctor;
+
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "BpfObject",
+                       {
+                           InstanceMethod("attachSockmapVerdict", &Obj::AttachSockmapVerdict),
+                           InstanceMethod("mapUpdate", &Obj::MapUpdate),
+                           InstanceMethod("mapLookup", &Obj::MapLookup),
+                           InstanceMethod("mapLookupPercpu", &Obj::MapLookupPercpu),
+                           InstanceMethod("mapDelete", &Obj::MapDelete),
+                           InstanceMethod("mapPush", &Obj::MapPush),
+                           InstanceMethod("mapPop", &Obj::MapPop),
+                           InstanceMethod("mapInfo", &Obj::MapInfo),
+                           InstanceMethod("createInnerMap", &Obj::CreateInnerMap),
+                           InstanceMethod("progTestRun", &Obj::ProgTestRun),
+                           InstanceMethod("onEvents", &Obj::OnEvents),
+                           InstanceMethod("close", &Obj::Close),
+                       });
+  }
+
+  explicit Obj(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Obj>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString())
+      throw Napi::TypeError::New(env, "load(objPath: string)");
+    std::string path = info[0].As<Napi::String>();
+    g_log.clear();
+    libbpf_set_print(LogPrint);
+    obj_ = bpf_object__open_file(path.c_str(), nullptr);
+    int err = libbpf_get_error(obj_);
+    if (err) {
+      obj_ = nullptr;
+      throw Napi::Error::New(env, Errno("bpf_object__open_file(" + path + ")", err) + "\n" + LogTail());
+    }
+    err = bpf_object__load(obj_);
+    if (err) {
+      std::string msg = Errno("bpf_object__load(" + path + ")", err) + "\n" + LogTail();
+      bpf_object__close(obj_);
+      obj_ = nullptr;
+      throw Napi::Error::New(env, msg);
+    }
+  }
+
+  ~Obj() override { Release(); }
+
+ private:
+  struct bpf_object* obj_ = nullptr;
+  std::vector<int> links_;
+  std::vector<int> inner_fds_;
+  std::vector<RingSub*> subs_;
+
+  void Release() {
+    for (RingSub* s : subs_) {
+      s->owner = nullptr;
+      s->cb.Reset();
+      if (s->poll) {
+        uv_poll_stop(s->poll);
+        uv_close(reinterpret_cast<uv_handle_t*>(s->poll), [](uv_handle_t* h) {
+          RingSub* sub = static_cast<RingSub*>(h->data);
+          if (sub->rb) ring_buffer__free(sub->rb);
+          delete reinterpret_cast<uv_poll_t*>(h);
+          delete sub;
+        });
+      } else {
+        if (s->rb) ring_buffer__free(s->rb);
+        delete s;
+      }
+    }
+    subs_.clear();
+    for (int fd : links_) close(fd);
+    links_.clear();
+    for (int fd : inner_fds_) close(fd);
+    inner_fds_.clear();
+    if (obj_) bpf_object__close(obj_);
+    obj_ = nullptr;
+  }
+
+  void Check(Napi::Env env) {
+    if (!obj_) throw Napi::Error::New(env, "bpf object is closed");
+  }
+
+  struct bpf_map* Map(const Napi::CallbackInfo& info, size_t i) {
+    Check(info.Env());
+    if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "map name expected");
+    std::string name = info[i].As<Napi::String>();
+    struct bpf_map* m = bpf_object__find_map_by_name(obj_, name.c_str());
+    if (!m) throw Napi::Error::New(info.Env(), "no map named " + name);
+    return m;
+  }
+
+  static Napi::Buffer<uint8_t> Buf(const Napi::CallbackInfo& info, size_t i, size_t want, const char* what) {
+    if (info.Length() <= i || !info[i].IsBuffer())
+      throw Napi::TypeError::New(info.Env(), std::string(what) + ": Buffer expected");
+    auto b = info[i].As<Napi::Buffer<uint8_t>>();
+    if (want && b.Length() != want)
+      throw Napi::RangeError::New(info.Env(), std::string(what) + ": expected " + std::to_string(want) +
+                                                  " bytes, got " + std::to_string(b.Length()));
+    return b;
+  }
+
+  // attachSockmapVerdict(progName, mapName): libbpf 1.1 has no attach helper for this.
+  Napi::Value AttachSockmapVerdict(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Check(env);
+    std::string pname = info[0].As<Napi::String>();
+    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
+    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_map* m = Map(info, 1);
+    int fd = bpf_link_create(bpf_program__fd(p), bpf_map__fd(m), BPF_SK_SKB_VERDICT, nullptr);
+    if (fd < 0) throw Napi::Error::New(env, Errno("bpf_link_create(" + pname + ", BPF_SK_SKB_VERDICT)", errno));
+    links_.push_back(fd);
+    return Napi::Number::New(env, fd);
+  }
+
+  Napi::Value MapUpdate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto k = Buf(info, 1, bpf_map__key_size(m), "key");
+    auto v = Buf(info, 2, bpf_map__value_size(m), "value");
+    uint64_t flags = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : 0;
+    if (bpf_map_update_elem(bpf_map__fd(m), k.Data(), v.Data(), flags))
+      throw Napi::Error::New(env, Errno(std::string("update ") + bpf_map__name(m), errno));
+    return env.Undefined();
+  }
+
+  Napi::Value MapLookup(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto k = Buf(info, 1, bpf_map__key_size(m), "key");
+    uint64_t flags = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int64Value() : 0;
+    auto out = Napi::Buffer<uint8_t>::New(env, bpf_map__value_size(m));
+    if (bpf_map_lookup_elem_flags(bpf_map__fd(m), k.Data(), out.Data(), flags)) {
+      if (errno == ENOENT) return env.Null();
+      throw Napi::Error::New(env, Errno(std::string("lookup ") + bpf_map__name(m), errno));
+    }
+    return out;
+  }
+
+  // Per-CPU maps: one Buffer per possible CPU.
+  Napi::Value MapLookupPercpu(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto k = Buf(info, 1, bpf_map__key_size(m), "key");
+    int ncpu = libbpf_num_possible_cpus();
+    if (ncpu <= 0) throw Napi::Error::New(env, Errno("libbpf_num_possible_cpus", ncpu));
+    size_t vs = (bpf_map__value_size(m) + 7) & ~7u;
+    std::vector<uint8_t> raw(vs * ncpu);
+    if (bpf_map_lookup_elem(bpf_map__fd(m), k.Data(), raw.data())) {
+      if (errno == ENOENT) return env.Null();
+      throw Napi::Error::New(env, Errno(std::string("lookup ") + bpf_map__name(m), errno));
+    }
+    auto arr = Napi::Array::New(env, ncpu);
+    for (int i = 0; i < ncpu; i++)
+      arr.Set(i, Napi::Buffer<uint8_t>::Copy(env, raw.data() + i * vs, bpf_map__value_size(m)));
+    return arr;
+  }
+
+  Napi::Value MapDelete(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto k = Buf(info, 1, bpf_map__key_size(m), "key");
+    if (bpf_map_delete_elem(bpf_map__fd(m), k.Data())) {
+      if (errno == ENOENT) return Napi::Boolean::New(env, false);
+      throw Napi::Error::New(env, Errno(std::string("delete ") + bpf_map__name(m), errno));
+    }
+    return Napi::Boolean::New(env, true);
+  }
+
+  Napi::Value MapPush(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto v = Buf(info, 1, bpf_map__value_size(m), "value");
+    if (bpf_map_update_elem(bpf_map__fd(m), nullptr, v.Data(), 0))
+      throw Napi::Error::New(env, Errno(std::string("push ") + bpf_map__name(m), errno));
+    return env.Undefined();
+  }
+
+  Napi::Value MapPop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto out = Napi::Buffer<uint8_t>::New(env, bpf_map__value_size(m));
+    if (bpf_map_lookup_and_delete_elem(bpf_map__fd(m), nullptr, out.Data())) {
+      if (errno == ENOENT) return env.Null();
+      throw Napi::Error::New(env, Errno(std::string("pop ") + bpf_map__name(m), errno));
+    }
+    return out;
+  }
+
+  Napi::Value MapInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    auto o = Napi::Object::New(env);
+    o.Set("fd", bpf_map__fd(m));
+    o.Set("type", (int)bpf_map__type(m));
+    o.Set("keySize", bpf_map__key_size(m));
+    o.Set("valueSize", bpf_map__value_size(m));
+    o.Set("maxEntries", bpf_map__max_entries(m));
+    return o;
+  }
+
+  // createInnerMap(outerName, key, type, keySize, valueSize, maxEntries): creates a map
+  // and stores it at outer[key] (ARRAY_OF_MAPS). The object keeps the fd until close().
+  Napi::Value CreateInnerMap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* outer = Map(info, 0);
+    auto k = Buf(info, 1, bpf_map__key_size(outer), "key");
+    int type = info[2].As<Napi::Number>().Int32Value();
+    uint32_t ks = info[3].As<Napi::Number>().Uint32Value();
+    uint32_t vs = info[4].As<Napi::Number>().Uint32Value();
+    uint32_t max = info[5].As<Napi::Number>().Uint32Value();
+    int fd = bpf_map_create((enum bpf_map_type)type, "pgs_inner", ks, vs, max, nullptr);
+    if (fd < 0) throw Napi::Error::New(env, Errno("bpf_map_create", errno));
+    uint32_t v = fd;
+    if (bpf_map_update_elem(bpf_map__fd(outer), k.Data(), &v, 0)) {
+      int e = errno;
+      close(fd);
+      throw Napi::Error::New(env, Errno(std::string("update ") + bpf_map__name(outer), e));
+    }
+    inner_fds_.push_back(fd);
+    return Napi::Number::New(env, fd);
+  }
+
+  // progTestRun(progName, dataIn|null, ctxIn|null) -> {retval, dataOut, ctxOut, duration}
+  // For BPF_PROG_TYPE_SYSCALL the kernel writes the context back into ctx_in.
+  Napi::Value ProgTestRun(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Check(env);
+    std::string pname = info[0].As<Napi::String>();
+    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
+    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    std::vector<uint8_t> din, dout, cin, cout;
+    if (info.Length() > 1 && info[1].IsBuffer()) {
+      auto b = info[1].As<Napi::Buffer<uint8_t>>();
+      din.assign(b.Data(), b.Data() + b.Length());
+      dout.resize(b.Length() + 512);
+    }
+    if (info.Length() > 2 && info[2].IsBuffer()) {
+      auto b = info[2].As<Napi::Buffer<uint8_t>>();
+      cin.assign(b.Data(), b.Data() + b.Length());
+      cout.resize(b.Length());
+    }
+    bool syscall = bpf_program__type(p) == BPF_PROG_TYPE_SYSCALL;
+    LIBBPF_OPTS(bpf_test_run_opts, o);
+    if (!din.empty()) {
+      o.data_in = din.data();
+      o.data_size_in = din.size();
+      o.data_out = dout.data();
+      o.data_size_out = dout.size();
+    }
+    if (!cin.empty()) {
+      o.ctx_in = cin.data();
+      o.ctx_size_in = cin.size();
+      if (!syscall) {
+        o.ctx_out = cout.data();
+        o.ctx_size_out = cout.size();
+      }
+    }
+    if (bpf_prog_test_run_opts(bpf_program__fd(p), &o))
+      throw Napi::Error::New(env, Errno("BPF_PROG_TEST_RUN(" + pname + ")", errno));
+    auto r = Napi::Object::New(env);
+    r.Set("retval", Napi::Number::New(env, o.retval));
+    r.Set("duration", Napi::Number::New(env, o.duration));
+    r.Set("dataOut", din.empty() ? env.Null()
+                                 : (Napi::Value)Napi::Buffer<uint8_t>::Copy(env, dout.data(), o.data_size_out));
+    if (cin.empty())
+      r.Set("ctxOut", env.Null());
+    else if (syscall)
+      r.Set("ctxOut", Napi::Buffer<uint8_t>::Copy(env, cin.data(), cin.size()));
+    else
+      r.Set("ctxOut", Napi::Buffer<uint8_t>::Copy(env, cout.data(), o.ctx_size_out));
+    return r;
+  }
+
+  static int OnRecord(void* ctx, void* data, size_t size) {
+    RingSub* s = static_cast<RingSub*>(ctx);
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    s->pending.emplace_back(p, p + size);
+    return 0;
+  }
+
+  static void OnPoll(uv_poll_t* h, int status, int events) {
+    RingSub* s = static_cast<RingSub*>(h->data);
+    if (!s->owner || !s->rb) return;
+    ring_buffer__consume(s->rb);
+    if (s->pending.empty() || s->cb.IsEmpty()) {
+      s->pending.clear();
+      return;
+    }
+    Napi::Env env = s->cb.Env();
+    Napi::HandleScope scope(env);
+    std::vector<std::vector<uint8_t>> batch;
+    batch.swap(s->pending);
+    for (auto& rec : batch) {
+      if (!s->owner) break;  // the callback closed the object
+      try {
+        s->cb.Call({Napi::Buffer<uint8_t>::Copy(env, rec.data(), rec.size())});
+      } catch (const Napi::Error& e) {
+        e.ThrowAsJavaScriptException();
+        return;
+      }
+    }
+  }
+
+  // onEvents(mapName, cb): a RINGBUF consumer woken by libuv (no polling).
+  Napi::Value OnEvents(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "callback expected");
+    RingSub* s = new RingSub();
+    s->owner = this;
+    s->rb = ring_buffer__new(bpf_map__fd(m), &Obj::OnRecord, s, nullptr);
+    if (!s->rb) {
+      int e = errno;
+      delete s;
+      throw Napi::Error::New(env, Errno("ring_buffer__new", e));
+    }
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    s->poll = new uv_poll_t();
+    s->poll->data = s;
+    int rc = uv_poll_init(loop, s->poll, ring_buffer__epoll_fd(s->rb));
+    if (rc == 0) rc = uv_poll_start(s->poll, UV_READABLE, &Obj::OnPoll);
+    if (rc) {
+      ring_buffer__free(s->rb);
+      delete s->poll;
+      delete s;
+      throw Napi::Error::New(env, std::string("uv_poll: ") + uv_strerror(rc));
+    }
+    // do not keep the process alive just for events
+    uv_unref(reinterpret_cast<uv_handle_t*>(s->poll));
+    s->cb = Napi::Persistent(info[1].As<Napi::Function>());
+    subs_.push_back(s);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Release();
+    return info.Env().Undefined();
+  }
+};
+
+Napi::FunctionReference* Obj::ctor = nullptr;
+
+Napi::Value Load(const Napi::CallbackInfo& info) {
+  return Obj::ctor->New({info[0]});
+}
+
+// socketCookie(fd) -> bigint (SO_COOKIE), the key the verdict sees for a socket.
+Napi::Value SocketCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint64_t cookie = 0;
+  socklen_t len = sizeof(cookie);
+  if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len))
+    throw Napi::Error::New(env, Errno("getsockopt(SO_COOKIE)", errno));
+  return Napi::BigInt::New(env, cookie);
+}
+
+// tcpBytesWritten(fd) -> bigint: bytes this TCP socket has taken from writers so far
+// (peer-acked + still queued), the in-flight bound's baseline for user-space writes.
+Napi::Value TcpBytesWritten(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  // glibc's struct tcp_info lacks tcpi_bytes_acked and clashes with linux/tcp.h:
+  // read the kernel struct raw; the field sits at offset 120 (uapi, stable).
+  uint8_t ti[256];
+  socklen_t len = sizeof(ti);
+  memset(ti, 0, sizeof(ti));
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len))
+    throw Napi::Error::New(env, Errno("getsockopt(TCP_INFO)", errno));
+  if (len < 128) throw Napi::Error::New(env, "TCP_INFO too short for tcpi_bytes_acked");
+  uint64_t acked;
+  memcpy(&acked, ti + 120, sizeof(acked));
+  int outq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq)) throw Napi::Error::New(env, Errno("ioctl(SIOCOUTQ)", errno));
+  return Napi::BigInt::New(env, acked + (uint64_t)outq);
+}
+
+Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), libbpf_version_string());
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function f = Obj::Init(env);
+  Obj::ctor = new Napi::FunctionReference(Napi::Persistent(f));
+  exports.Set("BpfObject", f);
+  exports.Set("load", Napi::Function::New(env, Load));
+  exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
+  exports.Set("tcpBytesWritten", Napi::Function::New(env, TcpBytesWritten));
+  exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(pgsplice, Init)

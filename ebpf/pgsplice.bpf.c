@@ -1,0 +1,606 @@
+// SPDX-License-Identifier: GPL-2.0
+/* pgsplice kernel path: sk_skb verdict (both roles), syscall control program, tc framing
+ * test wrapper. docs/kernel-path.md explains the state machine and the races. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "pgsplice.h"
+#include "maps.h"
+#include "parse.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* CO-RE view of the one tcp_sock field the in-flight bound needs. */
+struct tcp_sock {
+	__u64 bytes_acked;
+} __attribute__((preserve_access_index));
+
+#define MODE(w) ((__u32)((w) >> PGS_MODE_SHIFT))
+#define MKWORD(m, n) (((__u64)(m) << PGS_MODE_SHIFT) | ((n) & PGS_COUNT_MASK))
+#define CAS(p, o, n) (__sync_val_compare_and_swap((p), (o), (n)) == (o))
+
+static __always_inline void stat_add(__u32 idx, __u64 v)
+{
+	__u64 *p = bpf_map_lookup_elem(&stats, &idx);
+
+	if (p)
+		*p += v; /* per-CPU: no atomics needed */
+}
+
+static __always_inline void emit(__u32 type, __u32 a, __u32 b)
+{
+	struct pgs_event ev = { .type = type, .a = a, .b = b };
+
+	bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+}
+
+static __always_inline void idle_count_add(__u32 pool, __s64 d)
+{
+	struct pgs_pool *p = bpf_map_lookup_elem(&pools, &pool);
+
+	if (p)
+		__sync_fetch_and_add(&p->idle_count, d);
+}
+
+/* USER mode: add len to the passed counter, but only while the mode stays USER. */
+static __always_inline int pass_counted(struct pgs_conn *c, __u32 len)
+{
+	for (int i = 0; i < 16; i++) {
+		__u64 w = *(volatile __u64 *)&c->word;
+
+		if (MODE(w) != PGS_USER)
+			return 0;
+		if (CAS(&c->word, w, MKWORD(PGS_USER, w + len)))
+			return 1;
+	}
+	return 0;
+}
+
+/* Any mode -> USER with this skb counted as passed. Caller holds c->lock, so no
+ * non-USER transition races; a USER-mode count from another path is still a CAS. */
+static __always_inline void to_user_locked(struct pgs_conn *c, __u32 len)
+{
+	__u64 w = c->word;
+
+	__sync_val_compare_and_swap(&c->word, w, MKWORD(PGS_USER, w + len));
+}
+
+/* Push an IDLE server on its pool's stack. If the stack is full the server would be
+ * lost to everyone: give it back to user space instead. */
+static __always_inline int push_idle(struct pgs_conn *s, __u32 sid)
+{
+	__u32 pool = s->pool_id;
+	void *stack = bpf_map_lookup_elem(&idle, &pool);
+	int back = 0;
+
+	if (stack && bpf_map_push_elem(stack, &sid, 0) == 0) {
+		idle_count_add(pool, 1);
+		return 1;
+	}
+	bpf_spin_lock(&s->lock);
+	if (MODE(s->word) == PGS_IDLE)
+		back = CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+	bpf_spin_unlock(&s->lock);
+	stat_add(PGS_ST_FB_PUSH_FAILED, 1);
+	if (back)
+		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_PUSH_FAILED);
+	return 0;
+}
+
+/* Pop an idle server of pool and CAS it IDLE -> BOUND to cid. Entries may be stale
+ * (the server left IDLE since it was pushed): the word decides. */
+static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
+{
+	void *stack = bpf_map_lookup_elem(&idle, &pool);
+
+	if (!stack)
+		return 0;
+	for (int i = 0; i < 8; i++) {
+		__u32 sid = 0;
+		struct pgs_conn *s;
+		int ok = 0;
+
+		if (bpf_map_pop_elem(stack, &sid))
+			return 0;
+		idle_count_add(pool, -1);
+		s = bpf_map_lookup_elem(&conns, &sid);
+		if (s && s->role == PGS_ROLE_SERVER && s->pool_id == pool) {
+			bpf_spin_lock(&s->lock);
+			if (MODE(s->word) == PGS_IDLE) {
+				ok = CAS(&s->word, s->word, MKWORD(PGS_BOUND, s->word));
+				if (ok)
+					s->peer = cid;
+			}
+			bpf_spin_unlock(&s->lock);
+		}
+		if (ok) {
+			stat_add(PGS_ST_BINDS, 1);
+			return sid;
+		}
+		stat_add(PGS_ST_STALE_IDLE, 1);
+	}
+	return 0;
+}
+
+/* Undo a bind that the client could not commit (it left KERNEL meanwhile). */
+static __always_inline void unbind_to_idle(__u32 sid, __u32 cid)
+{
+	struct pgs_conn *s = bpf_map_lookup_elem(&conns, &sid);
+	int ok = 0;
+
+	if (!s)
+		return;
+	bpf_spin_lock(&s->lock);
+	if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+		ok = CAS(&s->word, s->word, MKWORD(PGS_IDLE, s->word));
+		if (ok)
+			s->peer = 0;
+	}
+	bpf_spin_unlock(&s->lock);
+	if (ok)
+		push_idle(s, sid);
+}
+
+static __always_inline int in_socks(__u32 id)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&socks, &id);
+
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Client KERNEL -> USER (or count if already USER) and pass this skb. */
+static __always_inline int client_fallback(struct pgs_conn *c, __u32 len, __u32 reason)
+{
+	bpf_spin_lock(&c->lock);
+	to_user_locked(c, len);
+	bpf_spin_unlock(&c->lock);
+	stat_add(reason, 1);
+	stat_add(PGS_ST_PASSED_SKBS, 1);
+	stat_add(PGS_ST_PASSED_BYTES, len);
+	return SK_PASS;
+}
+
+enum { R_OK = 0, R_MODE = 1, R_PEER = 2 };
+
+static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, struct pgs_conn *c)
+{
+	__u32 len = skb->len;
+	struct pgs_fctx fc;
+	__u32 sid, tail, nsfq;
+	int fresh = 0, res = R_OK;
+
+	if (MODE(c->word) == PGS_USER && pass_counted(c, len)) {
+		stat_add(PGS_ST_PASSED_SKBS, 1);
+		stat_add(PGS_ST_PASSED_BYTES, len);
+		return SK_PASS;
+	}
+	pgs_frame_skb(&fc, skb, &c->frame, 0, PGS_ROLE_CLIENT);
+	if (fc.error)
+		return client_fallback(c, len, PGS_ST_FB_FRAME_ERROR);
+	if (fc.first_type == 'X')
+		return client_fallback(c, len, PGS_ST_FB_TERMINATE);
+	nsfq = fc.n_sync + fc.n_query + fc.n_func;
+
+	sid = *(volatile __u32 *)&c->peer;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		fresh = 0;
+		if (!sid) {
+			sid = bind_idle(c->pool_id, cid);
+			if (!sid)
+				return client_fallback(c, len, PGS_ST_FB_NO_IDLE_SERVER);
+			fresh = 1;
+		}
+		/* Reserve: make the server's verdict see this skb's Syncs and tail before
+		 * it can decide to release at a ReadyForQuery. */
+		bpf_spin_lock(&c->lock);
+		tail = pgs_tail_open(&fc, c->tail_open);
+		if (MODE(c->word) != PGS_KERNEL) {
+			res = R_MODE;
+			to_user_locked(c, len);
+		} else if (c->peer != (fresh ? 0 : sid)) {
+			res = R_PEER; /* released by the server verdict since we looked */
+		} else {
+			res = R_OK;
+			if (fresh) {
+				c->peer = sid;
+				c->outstanding = 0;
+				c->flags &= ~PGS_F_PARAMS_CHANGED;
+			}
+			c->outstanding += nsfq;
+			c->tail_open = tail;
+			c->frame = fc.f;
+		}
+		bpf_spin_unlock(&c->lock);
+		if (res == R_OK)
+			break;
+		if (fresh)
+			unbind_to_idle(sid, cid);
+		if (res == R_MODE) {
+			stat_add(PGS_ST_PASSED_SKBS, 1);
+			stat_add(PGS_ST_PASSED_BYTES, len);
+			return SK_PASS;
+		}
+		sid = 0;
+	}
+	if (res != R_OK)
+		return client_fallback(c, len, PGS_ST_FB_UNHANDLED);
+	if (!in_socks(sid))
+		return client_fallback(c, len, PGS_ST_FB_TARGET_MISSING);
+	stat_add(PGS_ST_CLIENT_BYTES, len);
+	stat_add(PGS_ST_CLIENT_MSGS, fc.n_msgs);
+	return bpf_sk_redirect_hash(skb, &socks, &sid, 0);
+}
+
+/* Bytes redirected to client cid that its peer has not acked yet, or 0 if unknown. */
+static __always_inline __u64 client_inflight(__u32 cid, struct pgs_conn *c)
+{
+	struct bpf_sock *sk = bpf_map_lookup_elem(&socks, &cid);
+	struct tcp_sock *tp;
+	__u64 acked = 0, red;
+
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		acked = BPF_CORE_READ(tp, bytes_acked);
+	bpf_sk_release(sk);
+	if (!tp)
+		return 0;
+	red = c->redirected + c->acked_base;
+	return red > acked ? red - acked : 0;
+}
+
+static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, struct pgs_conn *s)
+{
+	__u32 len = skb->len;
+	struct pgs_fctx fc;
+	struct pgs_conn *c;
+	struct pgs_pool *pool;
+	__u32 cid = 0, pool_id = s->pool_id, mode;
+	int ok = 0, action = 0;
+
+	mode = MODE(s->word);
+	if (mode == PGS_USER && pass_counted(s, len))
+		goto passed;
+	if (mode != PGS_BOUND) {
+		/* IDLE: unsolicited bytes (NOTIFY, FATAL...): user space takes the server,
+		 * unless a client bound it since we looked; then they are the client's. */
+		bpf_spin_lock(&s->lock);
+		mode = MODE(s->word);
+		if (mode != PGS_BOUND)
+			to_user_locked(s, len);
+		bpf_spin_unlock(&s->lock);
+		if (mode == PGS_IDLE) {
+			stat_add(PGS_ST_FB_SERVER_ASYNC, 1);
+			emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_SERVER_ASYNC);
+		}
+		if (mode != PGS_BOUND)
+			goto passed;
+	}
+
+	pgs_frame_skb(&fc, skb, &s->frame, 0, PGS_ROLE_SERVER);
+	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
+	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
+	bpf_spin_lock(&s->lock);
+	if (MODE(s->word) == PGS_BOUND && !fc.error) {
+		cid = s->peer;
+		s->frame = fc.f;
+		ok = 1;
+	}
+	bpf_spin_unlock(&s->lock);
+	if (!ok) {
+		if (fc.error)
+			stat_add(PGS_ST_FB_FRAME_ERROR, 1);
+		goto to_user;
+	}
+
+	c = bpf_map_lookup_elem(&conns, &cid);
+	if (!c) {
+		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
+		return SK_DROP;
+	}
+	pool = bpf_map_lookup_elem(&pools, &pool_id);
+	if (fc.n_param || fc.n_z) {
+		int txn = pool && pool->mode == PGS_POOL_TRANSACTION;
+
+		bpf_spin_lock(&c->lock);
+		if (c->peer == sid) {
+			if (fc.n_param)
+				c->flags |= PGS_F_PARAMS_CHANGED;
+			if (fc.n_z) {
+				c->outstanding = c->outstanding > fc.n_z ? c->outstanding - fc.n_z : 0;
+				if (txn && c->outstanding == 0 && fc.last_z == 'I' && !c->tail_open) {
+					c->peer = 0;
+					if (c->flags & PGS_F_PARAMS_CHANGED) {
+						c->flags &= ~PGS_F_PARAMS_CHANGED;
+						if (MODE(c->word) == PGS_KERNEL)
+							CAS(&c->word, c->word, MKWORD(PGS_USER, c->word));
+						action = 2;
+					} else {
+						action = 1;
+					}
+				}
+			}
+		}
+		bpf_spin_unlock(&c->lock);
+	}
+	if (action) {
+		ok = 0;
+		bpf_spin_lock(&s->lock);
+		if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+			ok = CAS(&s->word, s->word, MKWORD(action == 1 ? PGS_IDLE : PGS_USER, s->word));
+			if (ok)
+				s->peer = 0;
+		}
+		bpf_spin_unlock(&s->lock);
+		if (ok && action == 1) {
+			stat_add(PGS_ST_TRANSACTIONS, 1);
+			if (push_idle(s, sid) && pool && pool->waiters)
+				emit(PGS_EV_SERVER_RELEASED, pool_id, sid);
+		} else if (ok) {
+			stat_add(PGS_ST_FB_PARAMS_CHANGED, 1);
+			emit(PGS_EV_PARAMS_CHANGED, cid, sid);
+		}
+	}
+	if (!in_socks(cid)) {
+		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
+		return SK_DROP; /* the client is gone: nobody is owed these bytes */
+	}
+	if (pool && pool->inflight_limit && !action &&
+	    client_inflight(cid, c) + len > pool->inflight_limit) {
+		/* Hand the pair to user space, which forwards with TCP back-pressure once
+		 * the kernel-queued bytes are acked (docs/kernel-path.md, bounded memory). */
+		ok = 0;
+		bpf_spin_lock(&c->lock);
+		if (c->peer == sid) {
+			c->flags |= PGS_F_SLOW;
+			if (MODE(c->word) == PGS_KERNEL)
+				CAS(&c->word, c->word, MKWORD(PGS_USER, c->word));
+			ok = 1;
+		}
+		bpf_spin_unlock(&c->lock);
+		if (ok) {
+			ok = 0;
+			bpf_spin_lock(&s->lock);
+			if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+				ok = 1;
+				to_user_locked(s, len);
+			}
+			bpf_spin_unlock(&s->lock);
+			if (ok) {
+				stat_add(PGS_ST_FB_INFLIGHT_LIMIT, 1);
+				emit(PGS_EV_INFLIGHT_LIMIT, cid, sid);
+				goto passed;
+			}
+		}
+	}
+	__sync_fetch_and_add(&c->redirected, len);
+	stat_add(PGS_ST_SERVER_BYTES, len);
+	stat_add(PGS_ST_SERVER_MSGS, fc.n_msgs);
+	return bpf_sk_redirect_hash(skb, &socks, &cid, 0);
+
+to_user:
+	/* Lost framing, or the mode changed while we framed (TAKE_BOUND -> USER, or an
+	 * undone bind -> IDLE): user space takes this skb. The peer stays set so that
+	 * TAKE_BOUND(client) still hands the server over. */
+	bpf_spin_lock(&s->lock);
+	mode = MODE(s->word);
+	to_user_locked(s, len);
+	bpf_spin_unlock(&s->lock);
+	if (mode == PGS_IDLE) {
+		stat_add(PGS_ST_FB_SERVER_ASYNC, 1);
+		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_SERVER_ASYNC);
+	} else if (mode == PGS_BOUND) {
+		stat_add(PGS_ST_FB_UNHANDLED, 1);
+		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_UNHANDLED);
+	}
+passed:
+	stat_add(PGS_ST_PASSED_SKBS, 1);
+	stat_add(PGS_ST_PASSED_BYTES, len);
+	return SK_PASS;
+}
+
+SEC("sk_skb")
+int pgs_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	__u32 *idp = bpf_map_lookup_elem(&sock_ids, &cookie);
+	struct pgs_conn *c;
+	__u32 id;
+
+	if (!idp)
+		goto unknown;
+	id = *idp;
+	c = bpf_map_lookup_elem(&conns, &id);
+	if (!c)
+		goto unknown;
+	if (c->role == PGS_ROLE_CLIENT)
+		return client_verdict(skb, id, c);
+	return server_verdict(skb, id, c);
+unknown:
+	stat_add(PGS_ST_FB_UNHANDLED, 1);
+	return SK_PASS;
+}
+
+/* ---- control operations, run by user space through BPF_PROG_TEST_RUN ---- */
+
+static __always_inline void ctl_read(struct pgs_ctl *a, struct pgs_conn *c)
+{
+	bpf_spin_lock(&c->lock);
+	a->word = c->word;
+	a->peer = c->peer;
+	a->outstanding = c->outstanding;
+	a->tail_open = c->tail_open;
+	a->flags = c->flags;
+	a->frame = c->frame;
+	bpf_spin_unlock(&c->lock);
+	a->role = c->role;
+	a->pool_id = c->pool_id;
+	a->redirected = c->redirected;
+}
+
+static __always_inline int ctl_pop_idle(struct pgs_ctl *a)
+{
+	__u32 pool = a->pool;
+	void *stack = bpf_map_lookup_elem(&idle, &pool);
+
+	if (!stack)
+		return 0;
+	for (int i = 0; i < 64; i++) {
+		__u32 sid = 0;
+		struct pgs_conn *s;
+		int ok = 0;
+
+		if (bpf_map_pop_elem(stack, &sid))
+			return 0;
+		idle_count_add(pool, -1);
+		s = bpf_map_lookup_elem(&conns, &sid);
+		if (!s || s->role != PGS_ROLE_SERVER || s->pool_id != pool)
+			continue;
+		bpf_spin_lock(&s->lock);
+		if (MODE(s->word) == PGS_IDLE)
+			ok = CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+		bpf_spin_unlock(&s->lock);
+		if (ok)
+			return sid;
+	}
+	return 0;
+}
+
+SEC("syscall")
+int pgs_ctl(struct pgs_ctl *a)
+{
+	__u32 id = a->id;
+	struct pgs_conn *c, *s;
+	__u64 w;
+	int ok = 0;
+
+	if (a->op == PGS_OP_POP_IDLE) {
+		a->ret = ctl_pop_idle(a);
+		return 0;
+	}
+	c = bpf_map_lookup_elem(&conns, &id);
+	if (!c) {
+		a->ret = -2; /* ENOENT */
+		return 0;
+	}
+	switch (a->op) {
+	case PGS_OP_CLIENT_TO_KERNEL:
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		bpf_spin_lock(&c->lock);
+		w = c->word;
+		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
+			/* still USER: the verdict does not touch frame/pair fields now */
+			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			c->outstanding = 0;
+			c->tail_open = 0;
+			c->flags = 0;
+			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
+		}
+		bpf_spin_unlock(&c->lock);
+		break;
+	case PGS_OP_CLIENT_TO_USER:
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		bpf_spin_lock(&c->lock);
+		w = c->word;
+		if (c->peer == 0)
+			ok = MODE(w) == PGS_USER || CAS(&c->word, w, MKWORD(PGS_USER, w));
+		bpf_spin_unlock(&c->lock);
+		break;
+	case PGS_OP_SERVER_TO_IDLE:
+		if (c->role != PGS_ROLE_SERVER)
+			break;
+		bpf_spin_lock(&c->lock);
+		w = c->word;
+		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
+			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			ok = CAS(&c->word, w, MKWORD(PGS_IDLE, w));
+		}
+		bpf_spin_unlock(&c->lock);
+		if (ok)
+			ok = push_idle(c, id);
+		break;
+	case PGS_OP_TAKE_BOUND: {
+		__u32 sid;
+
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		bpf_spin_lock(&c->lock);
+		w = c->word;
+		if (MODE(w) == PGS_KERNEL)
+			CAS(&c->word, w, MKWORD(PGS_USER, w));
+		sid = c->peer;
+		c->peer = 0;
+		bpf_spin_unlock(&c->lock);
+		if (!sid)
+			break;
+		s = bpf_map_lookup_elem(&conns, &sid);
+		if (!s)
+			break;
+		bpf_spin_lock(&s->lock);
+		/* USER with our peer: the verdict handed it over (lost framing, in-flight limit) */
+		if (s->peer == id && MODE(s->word) != PGS_IDLE) {
+			ok = MODE(s->word) == PGS_USER ||
+			     CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+			if (ok)
+				s->peer = 0;
+		}
+		bpf_spin_unlock(&s->lock);
+		if (ok)
+			ok = sid;
+		break;
+	}
+	case PGS_OP_READ:
+		ok = 1;
+		break;
+	default:
+		a->ret = -22; /* EINVAL */
+		return 0;
+	}
+	ctl_read(a, c);
+	a->ret = ok;
+	return 0;
+}
+
+/* ---- framing test wrapper (BPF_PROG_TEST_RUN can't run sk_skb) ---- */
+
+SEC("tc")
+int pgs_frame_test(struct __sk_buff *skb)
+{
+	__u32 k = 0;
+	struct pgs_frame_test *t = bpf_map_lookup_elem(&frame_test, &k);
+	struct pgs_fctx fc;
+
+	if (!t)
+		return TC_ACT_SHOT;
+	/* a constant role per copy: an unknown role doubles the verifier's paths */
+	if (t->role == PGS_ROLE_SERVER)
+		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_SERVER);
+	else
+		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_CLIENT);
+	/* append this chunk's statuses (at most its last 8) in arrival order */
+	for (int i = 7; i >= 0; i--) {
+		__u32 at = t->n_z + fc.n_z - 1 - i;
+
+		if ((__u32)i >= fc.n_z || at >= sizeof(t->z_status))
+			continue;
+		t->z_status[at & 63] = (__u8)(fc.zbits >> (8 * i));
+	}
+	t->frame = fc.f;
+	t->n_sync += fc.n_sync;
+	t->n_query += fc.n_query;
+	t->n_func += fc.n_func;
+	t->n_z += fc.n_z;
+	t->n_param += fc.n_param;
+	t->n_msgs += fc.n_msgs;
+	t->n_term += fc.n_term;
+	t->errors += fc.error;
+	t->last_tail = pgs_tail_open(&fc, t->last_tail);
+	return TC_ACT_OK;
+}

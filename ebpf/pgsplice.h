@@ -1,0 +1,153 @@
+/* Structs and enums shared by the BPF programs and user space.
+ * src/bypass/kernel-abi.ts mirrors this file byte for byte: change both together. */
+#ifndef PGSPLICE_H
+#define PGSPLICE_H
+
+#ifndef __BPF__
+#include <linux/types.h>
+#endif
+
+#define PGS_MAX_CONNS 65536
+#define PGS_MAX_POOLS 256
+#define PGS_IDLE_MAX 4096 /* entries per pool idle stack */
+
+/* conn.word: high 16 bits mode, low 48 bits bytes passed to user space. */
+#define PGS_MODE_SHIFT 48
+#define PGS_COUNT_MASK ((1ULL << PGS_MODE_SHIFT) - 1)
+
+enum pgs_mode {
+	PGS_USER = 0,
+	PGS_KERNEL = 1, /* client */
+	PGS_IDLE = 1,   /* server */
+	PGS_BOUND = 2,  /* server */
+};
+
+enum pgs_role {
+	PGS_ROLE_CLIENT = 1,
+	PGS_ROLE_SERVER = 2,
+};
+
+enum pgs_conn_flags {
+	PGS_F_PARAMS_CHANGED = 1, /* client: its server sent ParameterStatus while bound */
+	PGS_F_FRAME_ERROR = 2,    /* framing saw an impossible length */
+	PGS_F_SLOW = 4,           /* client: handed to user space by the in-flight limit */
+};
+
+/* Framing state of one direction, owned by the socket's own verdict. */
+struct pgs_frame {
+	__u32 remaining;  /* body bytes left in the current message */
+	__u8 cur_type;    /* type of the message whose body is being consumed */
+	__u8 hdr_len;     /* bytes of a split header held in hdr */
+	__u8 hdr[6];      /* type, 4-byte big-endian length, Z status */
+};
+
+struct pgs_conn {
+	__u64 word;
+	struct bpf_spin_lock lock; /* guards peer, outstanding, tail_open, flags */
+	__u32 peer;
+	__u32 outstanding;
+	__u32 tail_open;
+	__u32 flags;
+	__u32 pool_id;
+	__u32 role;
+	struct pgs_frame frame;
+	__u64 redirected; /* bytes redirected INTO this socket's egress by the kernel */
+	__u64 acked_base; /* tcp bytes_acked of this socket at registration */
+};
+
+struct pgs_pool {
+	__u32 mode; /* enum pgs_pool_mode */
+	__u32 waiters;
+	__u64 inflight_limit; /* 0 = unlimited; bytes redirected to a client not yet acked */
+	__s64 idle_count;     /* best effort: pushes minus pops */
+};
+
+enum pgs_pool_mode {
+	PGS_POOL_SESSION = 0,
+	PGS_POOL_TRANSACTION = 1,
+};
+
+/* Per-CPU counters (index into the stats array). */
+enum pgs_stat {
+	PGS_ST_TRANSACTIONS = 0,
+	PGS_ST_CLIENT_BYTES,
+	PGS_ST_CLIENT_MSGS,
+	PGS_ST_SERVER_BYTES,
+	PGS_ST_SERVER_MSGS,
+	PGS_ST_PASSED_SKBS,
+	PGS_ST_PASSED_BYTES,
+	PGS_ST_BINDS,
+	PGS_ST_DROPPED_CLIENT_GONE,
+	PGS_ST_STALE_IDLE,
+	PGS_ST_FB_NO_IDLE_SERVER,
+	PGS_ST_FB_TARGET_MISSING,
+	PGS_ST_FB_TERMINATE,
+	PGS_ST_FB_SERVER_ASYNC,
+	PGS_ST_FB_PARAMS_CHANGED,
+	PGS_ST_FB_LOOP_LIMIT,
+	PGS_ST_FB_UNHANDLED,
+	PGS_ST_FB_INFLIGHT_LIMIT,
+	PGS_ST_FB_FRAME_ERROR,
+	PGS_ST_FB_PUSH_FAILED,
+	PGS_ST__MAX,
+};
+
+enum pgs_event_type {
+	PGS_EV_PARAMS_CHANGED = 1,  /* a = client, b = server */
+	PGS_EV_SERVER_RELEASED = 2, /* a = pool, b = server */
+	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server */
+	PGS_EV_SERVER_TO_USER = 4,  /* a = server, b = reason (stat index) */
+};
+
+struct pgs_event {
+	__u32 type;
+	__u32 a;
+	__u32 b;
+	__u32 c;
+};
+
+/* Control operations run through BPF_PROG_TEST_RUN on the syscall program. */
+enum pgs_op {
+	PGS_OP_CLIENT_TO_KERNEL = 1, /* id, expected -> ret 1/0 */
+	PGS_OP_CLIENT_TO_USER = 2,   /* id */
+	PGS_OP_SERVER_TO_IDLE = 3,   /* id, expected */
+	PGS_OP_POP_IDLE = 4,         /* pool -> ret server id or 0 */
+	PGS_OP_TAKE_BOUND = 5,       /* id (client) -> ret server id or 0 */
+	PGS_OP_READ = 6,             /* id -> fields below */
+};
+
+struct pgs_ctl {
+	__u32 op;
+	__u32 id;
+	__u32 pool;
+	__s32 ret; /* 1/0 for CAS ops, id for pops, -errno on bad input */
+	__u64 expected;
+	/* READ results (also filled by the other ops on success) */
+	__u64 word;
+	__u32 peer;
+	__u32 outstanding;
+	__u32 tail_open;
+	__u32 flags;
+	__u32 role;
+	__u32 pool_id;
+	struct pgs_frame frame;
+	__u64 redirected;
+};
+
+/* Result of framing one buffer (also the tc test wrapper's output). */
+struct pgs_frame_test {
+	struct pgs_frame frame; /* carried across chunks */
+	__u32 role;
+	__u32 n_sync;
+	__u32 n_query;
+	__u32 n_func;
+	__u32 n_z;
+	__u32 n_param;
+	__u32 n_msgs;   /* completed messages */
+	__u32 n_term;
+	__u32 errors;
+	__u32 last_tail; /* tail_open after the last chunk */
+	__u8 z_status[64]; /* first 64 Z statuses */
+};
+
+#endif
