@@ -11,6 +11,8 @@ export const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
 // The subset of tap's Test the helpers use.
 export interface TeardownHost {
   teardown(fn: () => unknown): void;
+  passing?(): boolean;
+  comment?(...args: unknown[]): void;
 }
 
 export interface ProxyOptions {
@@ -134,6 +136,8 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   };
 
   t.teardown(async () => {
+    // A failed test shows the end of the proxy's log: what the proxy's engineer needs.
+    if (t.passing && !t.passing() && t.comment) t.comment(`proxy log (last 3000 chars):\n${log.slice(-3000)}`);
     if (!exit) {
       proc.kill(opts.killSignal ?? 'SIGKILL');
       await waitExit(5000);
