@@ -19,6 +19,10 @@ export const statsEvents = {
   logins: 0,
   loginsByDb: new Map<string, number>(),
   errors: new Map<string, number>(), // "source\0sqlstate" -> count
+  // Traffic the kernel path carried, per pool (cumulative since start-up), added to the
+  // user-space totals in SHOW STATS/TOTALS and the Prometheus traffic counters. The bypass
+  // controller sets it; time fields are µs.
+  kernelTotals: null as null | (() => Map<Pool, Partial<Totals>>),
 };
 
 // A client logged in (to a pool or the admin console).
@@ -152,6 +156,13 @@ export function poolTotals(host: StatsHost): Map<Pool, Totals> {
     if (!c.pool) continue;
     const t = out.get(c.pool);
     if (t) addClient(t, c);
+  }
+  const kernel = statsEvents.kernelTotals?.();
+  if (kernel) {
+    for (const [p, k] of kernel) {
+      const t = out.get(p);
+      if (t) addTotals(t, { ...zeroTotals(), ...k });
+    }
   }
   return out;
 }
