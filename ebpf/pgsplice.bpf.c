@@ -500,6 +500,8 @@ int pgs_ctl(struct pgs_ctl *a)
 			c->outstanding = 0;
 			c->tail_open = 0;
 			c->flags = 0;
+			if (a->written)
+				c->acked_base = a->written - c->redirected;
 			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
 		}
 		bpf_spin_unlock(&c->lock);

@@ -132,6 +132,9 @@ struct pgs_ctl {
 	__u32 pool_id;
 	struct pgs_frame frame;
 	__u64 redirected;
+	/* CLIENT_TO_KERNEL in: bytes user space has written to the socket so far (0 = keep);
+	 * the in-flight bound counts kernel-redirected bytes beyond that */
+	__u64 written;
 };
 
 /* Result of framing one buffer (also the tc test wrapper's output). */

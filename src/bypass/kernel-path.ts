@@ -1,0 +1,407 @@
+// KernelPath: the one TypeScript module that loads the pgsplice addon. It registers
+// sockets in the sockhash, runs the control operations (each one atomic transition in
+// the kernel, see docs/kernel-path.md) and reads counters and events.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as abi from './kernel-abi';
+
+export type FallbackReason =
+  | 'no_idle_server'
+  | 'target_missing'
+  | 'terminate'
+  | 'server_async'
+  | 'params_changed'
+  | 'loop_limit'
+  | 'unhandled'
+  | string;
+
+export interface KernelCounters {
+  transactions: bigint;
+  clientBytes: bigint;
+  serverBytes: bigint;
+  passedSkbs: bigint;
+  fallbacks: Record<string, bigint>;
+  [k: string]: unknown;
+}
+
+export type KernelEvent =
+  | { type: 'params_changed'; client: number; server: number }
+  | { type: 'server_released'; pool: number; server?: number }
+  // the in-flight bound handed the pair to user space: takeBound(client) returns the
+  // server; write to the client only once its kernel-queued bytes are acked
+  | { type: 'inflight_limit'; client: number; server: number }
+  // the kernel gave a server back to user space (unsolicited bytes while idle, lost
+  // framing, full idle stack); its bytes now arrive on its socket
+  | { type: 'server_to_user'; server: number; reason: FallbackReason };
+
+export interface ConnRead {
+  mode: number;
+  passed: bigint;
+  peer: number;
+  outstanding: number;
+  flags: number;
+  tailOpen: number;
+  role: 'client' | 'server';
+  poolId: number;
+  /** framing position of the bytes the kernel has seen: after a hand-over mid-message,
+   * the next `frame.remaining` bytes are the rest of a message of type `frame.curType`,
+   * or, if `frame.hdrLen` > 0, the socket's next bytes complete the header `frame.hdr` */
+  frame: abi.Frame;
+  redirected: bigint;
+}
+
+export interface FrameRun {
+  syncs: number;
+  queries: number;
+  functionCalls: number;
+  readyForQuery: number;
+  zStatuses: string;
+  parameterStatus: number;
+  messages: number;
+  terminates: number;
+  errors: number;
+  tailOpen: boolean;
+  frame: abi.Frame;
+}
+
+interface BpfObject {
+  attachSockmapVerdict(prog: string, map: string): number;
+  mapUpdate(map: string, key: Buffer, value: Buffer, flags?: number): void;
+  mapLookup(map: string, key: Buffer, flags?: number): Buffer | null;
+  mapLookupPercpu(map: string, key: Buffer): Buffer[] | null;
+  mapDelete(map: string, key: Buffer): boolean;
+  mapPush(map: string, value: Buffer): void;
+  mapPop(map: string): Buffer | null;
+  mapInfo(map: string): { fd: number; type: number; keySize: number; valueSize: number; maxEntries: number };
+  createInnerMap(outer: string, key: Buffer, type: number, keySize: number, valueSize: number, maxEntries: number): number;
+  progTestRun(prog: string, data: Buffer | null, ctx: Buffer | null): { retval: number; dataOut: Buffer | null; ctxOut: Buffer | null; duration: number };
+  onEvents(map: string, cb: (b: Buffer) => void): void;
+  close(): void;
+}
+
+interface Addon {
+  load(objPath: string): BpfObject;
+  socketCookie(fd: number): bigint;
+  tcpBytesWritten(fd: number): bigint;
+  libbpfVersion(): string;
+}
+
+const ADDON_REL = path.join('addon', 'build', 'Release', 'pgsplice.node');
+const OBJ_REL = path.join('ebpf', 'pgsplice.bpf.o');
+
+// Works from src/bypass (ts) and dist/src/bypass (compiled): walk up to the repo root.
+function findUp(rel: string): string | null {
+  let dir = __dirname;
+  for (let i = 0; i < 6; i++) {
+    const p = path.join(dir, rel);
+    if (fs.existsSync(p)) return p;
+    const up = path.dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  return null;
+}
+
+let addonCache: Addon | null = null;
+function loadAddon(): Addon {
+  if (addonCache) return addonCache;
+  const p = process.env.PGSPLICE_ADDON ?? findUp(ADDON_REL);
+  if (!p) throw new Error(`kernel path unavailable: addon not built (${ADDON_REL} not found; run scripts/bootstrap)`);
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    addonCache = require(p) as Addon;
+  } catch (e) {
+    throw new Error(`kernel path unavailable: cannot load addon ${p}: ${(e as Error).message}`);
+  }
+  return addonCache;
+}
+
+const FIELD_ROLE = { [abi.Role.CLIENT]: 'client', [abi.Role.SERVER]: 'server' } as const;
+
+interface Reg {
+  fd: number;
+  cookie: bigint;
+  role: number;
+}
+
+export class KernelPath {
+  private readonly listeners: Array<(e: KernelEvent) => void> = [];
+  private readonly regs = new Map<number, Reg>();
+  private readonly stacks = new Set<number>();
+  private closed = false;
+
+  private constructor(
+    private readonly addon: Addon,
+    private readonly obj: BpfObject,
+  ) {}
+
+  /** Load the BPF object and attach the verdict. Throws an Error saying why not. */
+  static open(opts: { objPath?: string } = {}): KernelPath {
+    const addon = loadAddon();
+    const objPath = opts.objPath ?? process.env.PGSPLICE_BPF_OBJ ?? findUp(OBJ_REL);
+    if (!objPath || !fs.existsSync(objPath))
+      throw new Error(`kernel path unavailable: BPF object not built (${OBJ_REL}; run scripts/bootstrap)`);
+    let obj: BpfObject;
+    try {
+      obj = addon.load(objPath);
+    } catch (e) {
+      const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
+      const hint = /Operation not permitted|EPERM/.test((e as Error).message)
+        ? ` (needs CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; uid ${uid})`
+        : '';
+      throw new Error(`kernel path unavailable: ${(e as Error).message}${hint}`);
+    }
+    try {
+      obj.attachSockmapVerdict('pgs_verdict', 'socks');
+    } catch (e) {
+      obj.close();
+      throw new Error(`kernel path unavailable: ${(e as Error).message}`);
+    }
+    const kp = new KernelPath(addon, obj);
+    obj.onEvents('events', (b) => kp.dispatch(b));
+    return kp;
+  }
+
+  private check(): void {
+    if (this.closed) throw new Error('KernelPath is closed');
+  }
+
+  private ctl(a: abi.CtlArgs): abi.CtlResult {
+    this.check();
+    const r = this.obj.progTestRun('pgs_ctl', null, abi.encodeCtl(a));
+    if (!r.ctxOut) throw new Error('pgs_ctl returned no context');
+    return abi.decodeCtl(r.ctxOut);
+  }
+
+  private poolEntry(poolId: number): { mode: number; waiters: boolean; inflightLimit: bigint; idleCount: bigint } {
+    const b = this.obj.mapLookup('pools', abi.u32(poolId));
+    return b ? abi.decodePool(b) : { mode: abi.PoolMode.SESSION, waiters: false, inflightLimit: 0n, idleCount: 0n };
+  }
+
+  private checkPool(poolId: number): void {
+    if (!Number.isInteger(poolId) || poolId < 0 || poolId >= abi.MAX_POOLS)
+      throw new RangeError(`pool id ${poolId} out of range 0..${abi.MAX_POOLS - 1}`);
+  }
+
+  /** inflightLimit: bytes redirected to a client and not yet acked above which the
+   * kernel hands the pair to user space (0/undefined = unbounded). */
+  configurePool(poolId: number, opts: { mode: 'session' | 'transaction'; maxIdle: number; inflightLimit?: number }): void {
+    this.check();
+    this.checkPool(poolId);
+    if (opts.maxIdle > abi.IDLE_MAX) throw new RangeError(`maxIdle ${opts.maxIdle} > ${abi.IDLE_MAX} (idle stack size)`);
+    if (!this.stacks.has(poolId)) {
+      this.obj.createInnerMap('idle', abi.u32(poolId), abi.BPF_MAP_TYPE_STACK, 0, 4, abi.IDLE_MAX);
+      this.stacks.add(poolId);
+    }
+    const cur = this.poolEntry(poolId);
+    this.obj.mapUpdate(
+      'pools',
+      abi.u32(poolId),
+      abi.encodePool({
+        mode: opts.mode === 'transaction' ? abi.PoolMode.TRANSACTION : abi.PoolMode.SESSION,
+        waiters: cur.waiters,
+        inflightLimit: BigInt(opts.inflightLimit ?? 0),
+        idleCount: cur.idleCount,
+      }),
+    );
+  }
+
+  /** While set, the kernel emits server_released after each release in this pool. */
+  setPoolWaiters(poolId: number, waiting: boolean): void {
+    this.check();
+    this.checkPool(poolId);
+    const cur = this.poolEntry(poolId);
+    if (cur.waiters === waiting) return;
+    // read-modify-write: only idle_count (best effort) can lose a concurrent update
+    this.obj.mapUpdate('pools', abi.u32(poolId), abi.encodePool({ ...cur, waiters: waiting }));
+  }
+
+  private register(id: number, fd: number, poolId: number, role: number): void {
+    this.check();
+    this.checkPool(poolId);
+    if (!Number.isInteger(id) || id <= 0 || id > 0xffffffff) throw new RangeError(`conn id ${id} must be 1..2^32-1`);
+    if (this.regs.has(id)) throw new Error(`conn id ${id} already registered`);
+    const cookie = this.addon.socketCookie(fd);
+    const ackedBase = role === abi.Role.CLIENT ? this.addon.tcpBytesWritten(fd) : 0n;
+    // state first, socket last: the verdict never sees a socket without its state
+    this.obj.mapUpdate('conns', abi.u32(id), abi.encodeConn({ role, poolId, ackedBase }));
+    this.obj.mapUpdate('sock_ids', abi.u64(cookie), abi.u32(id));
+    try {
+      this.obj.mapUpdate('socks', abi.u32(id), abi.u32(fd));
+    } catch (e) {
+      this.obj.mapDelete('sock_ids', abi.u64(cookie));
+      this.obj.mapDelete('conns', abi.u32(id));
+      throw e;
+    }
+    this.regs.set(id, { fd, cookie, role });
+  }
+
+  /** Mode USER, counters 0. Drain the socket (read to EAGAIN) before: bytes already
+   * queued when a socket is inserted are not seen by the verdict. */
+  registerClient(id: number, fd: number, poolId: number): void {
+    this.register(id, fd, poolId, abi.Role.CLIENT);
+  }
+
+  registerServer(id: number, fd: number, poolId: number): void {
+    this.register(id, fd, poolId, abi.Role.SERVER);
+  }
+
+  /** Remove from socks, then the cookie and state (idempotent). Read the socket until
+   * EAGAIN first: passed data parked in its queue is lost on removal. */
+  unregister(id: number): void {
+    if (this.closed) return;
+    const reg = this.regs.get(id);
+    this.obj.mapDelete('socks', abi.u32(id));
+    if (reg) this.obj.mapDelete('sock_ids', abi.u64(reg.cookie));
+    this.obj.mapDelete('conns', abi.u32(id));
+    this.regs.delete(id);
+  }
+
+  /** USER|n -> KERNEL|n with n = bytes Node has read from the socket since registration.
+   * False if the kernel passed bytes Node has not read yet (read them, retry), or the
+   * client is still bound (takeBound first). Call at a message boundary, with nothing
+   * left to write to the client (the in-flight bound takes its baseline here). */
+  clientToKernel(id: number, bytesReadSinceRegister: bigint): boolean {
+    const reg = this.regs.get(id);
+    const written = reg ? this.addon.tcpBytesWritten(reg.fd) : 0n;
+    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written }).ret === 1;
+  }
+
+  /** KERNEL -> USER, only while unbound (true if the client is now USER and unbound). */
+  clientToUser(id: number): boolean {
+    return this.ctl({ op: abi.Op.CLIENT_TO_USER, id }).ret === 1;
+  }
+
+  /** USER|n -> IDLE|n and push on its pool's idle stack (configurePool first). */
+  serverToIdle(id: number, bytesReadSinceRegister: bigint): boolean {
+    return this.ctl({ op: abi.Op.SERVER_TO_IDLE, id, expected: bytesReadSinceRegister }).ret === 1;
+  }
+
+  /** Take an idle server of the pool out of the kernel (IDLE -> USER); 0 if none. */
+  popIdle(poolId: number): number {
+    this.checkPool(poolId);
+    return Math.max(0, this.ctl({ op: abi.Op.POP_IDLE, pool: poolId }).ret);
+  }
+
+  /** Client died/timed out/handed over: unbind it and take its server (BOUND -> USER).
+   * The client is USER afterwards. Returns the server id or 0. A client skb already in
+   * its verdict may still reach the server: treat the server as dirty. */
+  takeBound(clientId: number): number {
+    const r = this.ctl({ op: abi.Op.TAKE_BOUND, id: clientId });
+    return r.ret > 0 ? r.ret >>> 0 : 0;
+  }
+
+  read(id: number): ConnRead | null {
+    const r = this.ctl({ op: abi.Op.READ, id });
+    if (r.ret !== 1) return null;
+    return {
+      mode: abi.modeOf(r.word),
+      passed: abi.countOf(r.word),
+      peer: r.peer,
+      outstanding: r.outstanding,
+      flags: r.flags,
+      tailOpen: r.tailOpen,
+      role: FIELD_ROLE[r.role as 1 | 2] ?? 'client',
+      poolId: r.poolId,
+      frame: r.frame,
+      redirected: r.redirected,
+    };
+  }
+
+  private stat(i: number): bigint {
+    const per = this.obj.mapLookupPercpu('stats', abi.u32(i));
+    let sum = 0n;
+    for (const b of per ?? []) sum += b.readBigUInt64LE(0);
+    return sum;
+  }
+
+  counters(): KernelCounters {
+    this.check();
+    const v: bigint[] = [];
+    for (let i = 0; i < abi.STAT_COUNT; i++) v.push(this.stat(i));
+    const fallbacks: Record<string, bigint> = {};
+    for (const [idx, name] of Object.entries(abi.FALLBACK_NAMES)) fallbacks[name] = v[Number(idx)];
+    return {
+      transactions: v[abi.Stat.TRANSACTIONS],
+      clientBytes: v[abi.Stat.CLIENT_BYTES],
+      clientMessages: v[abi.Stat.CLIENT_MSGS],
+      serverBytes: v[abi.Stat.SERVER_BYTES],
+      serverMessages: v[abi.Stat.SERVER_MSGS],
+      passedSkbs: v[abi.Stat.PASSED_SKBS],
+      passedBytes: v[abi.Stat.PASSED_BYTES],
+      binds: v[abi.Stat.BINDS],
+      droppedClientGone: v[abi.Stat.DROPPED_CLIENT_GONE],
+      staleIdle: v[abi.Stat.STALE_IDLE],
+      fallbacks,
+    };
+  }
+
+  /** Best effort (pushes minus pops, stale entries included). */
+  idleCount(poolId: number): number {
+    this.check();
+    this.checkPool(poolId);
+    return Math.max(0, Number(this.poolEntry(poolId).idleCount));
+  }
+
+  onEvent(cb: (e: KernelEvent) => void): void {
+    this.listeners.push(cb);
+  }
+
+  private dispatch(b: Buffer): void {
+    const r = abi.decodeEvent(b);
+    let e: KernelEvent | null = null;
+    switch (r.type) {
+      case abi.EventType.PARAMS_CHANGED:
+        e = { type: 'params_changed', client: r.a, server: r.b };
+        break;
+      case abi.EventType.SERVER_RELEASED:
+        e = { type: 'server_released', pool: r.a, server: r.b };
+        break;
+      case abi.EventType.INFLIGHT_LIMIT:
+        e = { type: 'inflight_limit', client: r.a, server: r.b };
+        break;
+      case abi.EventType.SERVER_TO_USER:
+        e = { type: 'server_to_user', server: r.a, reason: abi.FALLBACK_NAMES[r.b] ?? 'unhandled' };
+        break;
+    }
+    if (!e) return;
+    for (const cb of this.listeners) cb(e);
+  }
+
+  /** Test helper: run chunks through the tc framing wrapper (same code as the verdict),
+   * framing state carried across chunks. At most 8 'Z' per chunk are listed. */
+  frameChunks(role: 'client' | 'server', chunks: Buffer[]): FrameRun {
+    this.check();
+    const k = abi.u32(0);
+    this.obj.mapUpdate('frame_test', k, abi.encodeFrameTest(role === 'client' ? abi.Role.CLIENT : abi.Role.SERVER));
+    const eth = Buffer.alloc(14);
+    eth.writeUInt16BE(0x88b5, 12); // local experimental ethertype: no L3 parsing
+    for (const c of chunks) this.obj.progTestRun('pgs_frame_test', Buffer.concat([eth, c]), null);
+    const t = abi.decodeFrameTest(this.obj.mapLookup('frame_test', k)!);
+    return {
+      syncs: t.nSync,
+      queries: t.nQuery,
+      functionCalls: t.nFunc,
+      readyForQuery: t.nZ,
+      zStatuses: t.zStatus,
+      parameterStatus: t.nParam,
+      messages: t.nMsgs,
+      terminates: t.nTerm,
+      errors: t.errors,
+      tailOpen: t.lastTail !== 0,
+      frame: t.frame,
+    };
+  }
+
+  /** Sizes of the loaded maps' values, for ABI checks in tests. */
+  mapValueSize(name: string): number {
+    return this.obj.mapInfo(name).valueSize;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.obj.close();
+    this.regs.clear();
+  }
+}
