@@ -186,6 +186,12 @@ t.test('admin console', async (t) => {
       }
       const totals = Object.fromEntries((await adminRows(proxy, 'SHOW TOTALS')).map((r) => [r.name, num(r.value)]));
       t.ok(totals.total_query_count >= num(after.total_query_count), 'TOTALS sums the databases');
+      // What prometheus-community/pgbouncer_exporter reads.
+      const st = (await adminRows(proxy, 'SHOW STATS_TOTALS;')).find((r) => r.database === 'app')!;
+      t.same(Object.keys(st), ['database', 'xact_count', 'query_count', 'bytes_received', 'bytes_sent', 'xact_time', 'query_time', 'wait_time']);
+      t.ok(num(st.query_count) >= num(after.total_query_count));
+      const sa = (await adminRows(proxy, 'SHOW STATS_AVERAGES;')).find((r) => r.database === 'app')!;
+      t.ok(/^\d+$/.test(sa.xact_count), 'STATS_AVERAGES has numbers');
     });
 
     t.test(`PAUSE waits for the running transaction, holds new ones until RESUME ${B}`, async (t) => {

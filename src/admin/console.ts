@@ -48,7 +48,7 @@ export const VERSION: string = (() => {
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW STATS|TOTALS|LISTS|STATE|BYPASS',
+  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE|BYPASS',
   'SET key = arg',
   'RELOAD',
   'PAUSE [<db>]',
@@ -379,6 +379,10 @@ class AdminSession {
         return this.showStats();
       case 'TOTALS':
         return this.showTotals();
+      case 'STATS_TOTALS':
+        return this.showStatsTotals(false);
+      case 'STATS_AVERAGES':
+        return this.showStatsTotals(true);
       case 'CLIENTS':
         return this.showClients();
       case 'SERVERS':
@@ -435,6 +439,23 @@ class AdminSession {
       const a = avg.averages(db);
       rs.add([db, t.xacts, t.queries, t.bytesIn, t.bytesOut, Math.floor(t.xactUs), Math.floor(t.queryUs), Math.floor(t.waitUs),
         a.xactsPerSec, a.queriesPerSec, a.recvPerSec, a.sentPerSec, a.xactUs, a.queryUs, a.waitUs]);
+    }
+    return rs.toBuffer();
+  }
+
+  // SHOW STATS_TOTALS / STATS_AVERAGES: the two halves of SHOW STATS, unprefixed column names.
+  private showStatsTotals(averages: boolean): Buffer {
+    const rs = new ResultSet(
+      columns('database', 'xact_count:int8', 'query_count:int8', 'bytes_received:int8', 'bytes_sent:int8', 'xact_time:int8', 'query_time:int8', 'wait_time:int8'),
+    );
+    const avg = averager(this.pooler);
+    for (const [db, t] of databaseTotals(this.pooler)) {
+      if (averages) {
+        const a = avg.averages(db);
+        rs.add([db, a.xactsPerSec, a.queriesPerSec, a.recvPerSec, a.sentPerSec, a.xactUs, a.queryUs, a.waitUs]);
+      } else {
+        rs.add([db, t.xacts, t.queries, t.bytesIn, t.bytesOut, Math.floor(t.xactUs), Math.floor(t.queryUs), Math.floor(t.waitUs)]);
+      }
     }
     return rs.toBuffer();
   }
