@@ -90,6 +90,7 @@ t.test('admin console', async (t) => {
       t.equal(lists.users, 3);
       const by = Object.fromEntries((await adminRows(proxy, 'SHOW BYPASS')).map((r) => [r.key, r.value]));
       t.ok('loaded' in by, 'SHOW BYPASS has loaded');
+      for (const k of ['clients_user', 'clients_kernel', 'servers_user', 'servers_kernel', 'transactions_total']) t.match(by[k], /^\d+$/, `SHOW BYPASS ${k}`);
       if (bypass === 'off') {
         t.equal(by.loaded, 'no');
         t.match(by.reason, /bypass: off/);

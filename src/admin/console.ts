@@ -397,17 +397,49 @@ class AdminSession {
         return this.showLists();
       case 'STATE':
         return this.showState();
-      case 'BYPASS': {
-        const rs = new ResultSet(columns('key', 'value'));
-        for (const [k, v] of this.control.bypassInfo()) rs.add([k, v]);
-        return rs.toBuffer();
-      }
+      case 'BYPASS':
+        return this.showBypass();
       default: {
         const fake = FAKE_PARAMS[what.toLowerCase()];
         if (fake !== undefined) return new ResultSet(columns(what.toLowerCase())).add([fake]).toBuffer();
         throw new AdminError(`invalid command 'SHOW ${what}', use SHOW HELP;`);
       }
     }
+  }
+
+  // The controller's rows (loaded, reason, ...), then connections and traffic by path.
+  private showBypass(): Buffer {
+    const rs = new ResultSet(columns('key', 'value'));
+    for (const [k, v] of this.control.bypassInfo()) rs.add([k, v]);
+    let clUser = 0;
+    let clKernel = 0;
+    for (const c of this.pooler.clients) {
+      if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth) continue;
+      if (c.state === ClientState.Kernel) clKernel++;
+      else clUser++;
+    }
+    let svUser = 0;
+    let svKernel = 0;
+    for (const p of this.pooler.pools.values()) {
+      for (const s of p.servers) {
+        if (s.state === ServerState.Closed) continue;
+        if (s.state === ServerState.Kernel) svKernel++;
+        else svUser++;
+      }
+    }
+    const t: Totals = zeroTotals();
+    for (const d of databaseTotals(this.pooler).values()) addTotals(t, d);
+    rs.add(['clients_user', String(clUser)]).add(['clients_kernel', String(clKernel)]);
+    rs.add(['servers_user', String(svUser)]).add(['servers_kernel', String(svKernel)]);
+    rs.add(['transactions_total', String(t.xacts)]).add(['bytes_received_total', String(t.bytesIn)]).add(['bytes_sent_total', String(t.bytesOut)]);
+    let counters: Record<string, number | bigint> = {};
+    try {
+      counters = this.control.bypassCounters();
+    } catch (e) {
+      rs.add(['kernel_counters_error', (e as Error).message]);
+    }
+    for (const [k, v] of Object.entries(counters)) rs.add([`kernel_${k}`, String(v)]);
+    return rs.toBuffer();
   }
 
   private showPools(): Buffer {
