@@ -18,7 +18,15 @@ struct tcp_sock {
 
 #define MODE(w) ((__u32)((w) >> PGS_MODE_SHIFT))
 #define MKWORD(m, n) (((__u64)(m) << PGS_MODE_SHIFT) | ((n) & PGS_COUNT_MASK))
-#define CAS(p, o, n) (__sync_val_compare_and_swap((p), (o), (n)) == (o))
+#define CAS(p, o, n) ({ __u64 __o = (o); __sync_val_compare_and_swap((p), __o, (n)) == __o; })
+
+/* Change the mode, keep the count: one snapshot of the word, one CAS. */
+static __always_inline int set_mode(__u64 *p, __u32 mode)
+{
+	__u64 w = *(volatile __u64 *)p;
+
+	return __sync_val_compare_and_swap(p, w, MKWORD(mode, w)) == w;
+}
 
 static __always_inline void stat_add(__u32 idx, __u64 v)
 {
@@ -80,7 +88,7 @@ static __always_inline int push_idle(struct pgs_conn *s, __u32 sid)
 	}
 	bpf_spin_lock(&s->lock);
 	if (MODE(s->word) == PGS_IDLE)
-		back = CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+		back = set_mode(&s->word, PGS_USER);
 	bpf_spin_unlock(&s->lock);
 	stat_add(PGS_ST_FB_PUSH_FAILED, 1);
 	if (back)
@@ -108,7 +116,7 @@ static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
 		if (s && s->role == PGS_ROLE_SERVER && s->pool_id == pool) {
 			bpf_spin_lock(&s->lock);
 			if (MODE(s->word) == PGS_IDLE) {
-				ok = CAS(&s->word, s->word, MKWORD(PGS_BOUND, s->word));
+				ok = set_mode(&s->word, PGS_BOUND);
 				if (ok)
 					s->peer = cid;
 			}
@@ -133,7 +141,7 @@ static __always_inline void unbind_to_idle(__u32 sid, __u32 cid)
 		return;
 	bpf_spin_lock(&s->lock);
 	if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
-		ok = CAS(&s->word, s->word, MKWORD(PGS_IDLE, s->word));
+		ok = set_mode(&s->word, PGS_IDLE);
 		if (ok)
 			s->peer = 0;
 	}
@@ -318,7 +326,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 					if (c->flags & PGS_F_PARAMS_CHANGED) {
 						c->flags &= ~PGS_F_PARAMS_CHANGED;
 						if (MODE(c->word) == PGS_KERNEL)
-							CAS(&c->word, c->word, MKWORD(PGS_USER, c->word));
+							set_mode(&c->word, PGS_USER);
 						action = 2;
 					} else {
 						action = 1;
@@ -332,7 +340,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		ok = 0;
 		bpf_spin_lock(&s->lock);
 		if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
-			ok = CAS(&s->word, s->word, MKWORD(action == 1 ? PGS_IDLE : PGS_USER, s->word));
+			ok = set_mode(&s->word, action == 1 ? PGS_IDLE : PGS_USER);
 			if (ok)
 				s->peer = 0;
 		}
@@ -359,7 +367,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		if (c->peer == sid) {
 			c->flags |= PGS_F_SLOW;
 			if (MODE(c->word) == PGS_KERNEL)
-				CAS(&c->word, c->word, MKWORD(PGS_USER, c->word));
+				set_mode(&c->word, PGS_USER);
 			ok = 1;
 		}
 		bpf_spin_unlock(&c->lock);
@@ -463,7 +471,7 @@ static __always_inline int ctl_pop_idle(struct pgs_ctl *a)
 			continue;
 		bpf_spin_lock(&s->lock);
 		if (MODE(s->word) == PGS_IDLE)
-			ok = CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+			ok = set_mode(&s->word, PGS_USER);
 		bpf_spin_unlock(&s->lock);
 		if (ok)
 			return sid;
@@ -549,7 +557,7 @@ int pgs_ctl(struct pgs_ctl *a)
 		/* USER with our peer: the verdict handed it over (lost framing, in-flight limit) */
 		if (s->peer == id && MODE(s->word) != PGS_IDLE) {
 			ok = MODE(s->word) == PGS_USER ||
-			     CAS(&s->word, s->word, MKWORD(PGS_USER, s->word));
+			     set_mode(&s->word, PGS_USER);
 			if (ok)
 				s->peer = 0;
 		}

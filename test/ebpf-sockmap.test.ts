@@ -1,0 +1,315 @@
+// The kernel path over real loopback TCP sockets: a "client application" talks to the
+// proxy's client socket, a "PostgreSQL" end talks to the proxy's server socket, and the
+// two proxy-side sockets are registered in the sockhash through KernelPath. Bytes are
+// PostgreSQL-shaped (this is socket plumbing, not a PostgreSQL test).
+// Needs root: a KernelPath that can't open fails the test with the reason.
+import t from 'tap';
+import * as net from 'net';
+import { KernelPath } from '../src/bypass/kernel-path';
+import { Mode } from '../src/bypass/kernel-abi';
+
+const msg = (type: string, body: Buffer | string = ''): Buffer => {
+  const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
+  const h = Buffer.alloc(5);
+  h.write(type, 0, 'latin1');
+  h.writeUInt32BE(4 + b.length, 1);
+  return Buffer.concat([h, b]);
+};
+const Q = (sql: string) => msg('Q', sql + '\0');
+const Z = (st: string) => msg('Z', st);
+const C = (tag: string) => msg('C', tag + '\0');
+const S = () => msg('S');
+const PS = (k: string, v: string) => msg('S', `${k}\0${v}\0`);
+
+class Sink {
+  chunks: Buffer[] = [];
+  constructor(readonly sock: net.Socket) {
+    sock.on('data', (d) => this.chunks.push(d));
+    sock.on('error', () => undefined);
+  }
+  get bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+  get length(): number {
+    return this.chunks.reduce((n, c) => n + c.length, 0);
+  }
+  take(): Buffer {
+    const b = this.bytes;
+    this.chunks = [];
+    return b;
+  }
+}
+
+async function until(cond: () => boolean, what: string, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+const settle = (ms = 50) => new Promise((r) => setTimeout(r, ms));
+
+/** A connected loopback pair: [outer end, proxy-side end]. */
+async function pair(): Promise<[net.Socket, net.Socket]> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => srv.once('connection', r));
+  const outer = net.connect(port, '127.0.0.1');
+  await new Promise<void>((r) => outer.once('connect', () => r()));
+  const inner = await accepted;
+  srv.close();
+  return [outer, inner];
+}
+const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
+
+let kp: KernelPath | null = null;
+try {
+  kp = KernelPath.open();
+} catch (e) {
+  t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
+}
+
+let nextId = 1000;
+interface Rig {
+  app: Sink; // client application end
+  cpx: Sink; // proxy-side client socket (registered)
+  pg: Sink; // "PostgreSQL" end
+  spx: Sink; // proxy-side server socket (registered)
+  cid: number;
+  sid: number;
+  pool: number;
+  close(): void;
+}
+
+async function rig(k: KernelPath, mode: 'transaction' | 'session' = 'transaction', inflightLimit = 0): Promise<Rig> {
+  const pool = nextId % 200;
+  k.configurePool(pool, { mode, maxIdle: 16, inflightLimit });
+  const [app, cpx] = await pair();
+  const [pg, spx] = await pair();
+  for (const s of [app, cpx, pg, spx]) s.setNoDelay(true);
+  const cid = nextId++;
+  const sid = nextId++;
+  k.registerClient(cid, fdOf(cpx), pool);
+  k.registerServer(sid, fdOf(spx), pool);
+  const r: Rig = {
+    app: new Sink(app),
+    cpx: new Sink(cpx),
+    pg: new Sink(pg),
+    spx: new Sink(spx),
+    cid,
+    sid,
+    pool,
+    close() {
+      k.unregister(cid);
+      k.unregister(sid);
+      for (const s of [app, cpx, pg, spx]) s.destroy();
+    },
+  };
+  return r;
+}
+
+if (kp) {
+  const k = kp;
+  t.teardown(() => k.close());
+
+  t.test('transaction: bound at Query, kept at Z T, released at Z I', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n), 'server USER -> IDLE');
+    t.equal(k.read(r.sid)!.mode, Mode.IDLE);
+    t.ok(k.clientToKernel(r.cid, 0n), 'client USER -> KERNEL');
+
+    const q1 = Q('begin; select 1');
+    r.app.sock.write(q1);
+    await until(() => r.pg.length >= q1.length, 'query at the server');
+    t.same(r.pg.take(), q1, 'query redirected to the server socket');
+    t.same(k.read(r.cid)!.peer, r.sid, 'client bound');
+    t.equal(k.read(r.sid)!.mode, Mode.BOUND);
+    t.equal(k.read(r.cid)!.outstanding, 1);
+
+    const resp1 = Buffer.concat([C('SELECT 1'), Z('T')]);
+    r.pg.sock.write(resp1);
+    await until(() => r.app.length >= resp1.length, 'response at the client');
+    t.same(r.app.take(), resp1);
+    t.equal(k.read(r.sid)!.mode, Mode.BOUND, 'not released at Z T');
+    t.equal(k.read(r.cid)!.peer, r.sid);
+
+    const q2 = Q('commit');
+    r.app.sock.write(q2);
+    await until(() => r.pg.length >= q2.length, 'commit at the server');
+    t.same(r.pg.take(), q2);
+    const resp2 = Buffer.concat([C('COMMIT'), Z('I')]);
+    r.pg.sock.write(resp2);
+    await until(() => r.app.length >= resp2.length, 'commit response');
+    t.same(r.app.take(), resp2);
+    t.equal(k.read(r.sid)!.mode, Mode.IDLE, 'released at Z I');
+    t.equal(k.read(r.cid)!.peer, 0, 'client unbound');
+    t.equal(k.read(r.cid)!.mode, Mode.KERNEL, 'client stays in the kernel');
+    const after = k.counters();
+    t.equal(after.transactions - before.transactions, 1n, 'one transaction counted');
+    t.ok(after.clientBytes - before.clientBytes >= BigInt(q1.length + q2.length));
+    t.equal(r.cpx.length + r.spx.length, 0, 'proxy-side sockets read nothing');
+  });
+
+  t.test('pipelining: two Queries, one Z I does not release', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const qq = Buffer.concat([Q('select 1'), Q('select 2')]);
+    r.app.sock.write(qq);
+    await until(() => r.pg.length >= qq.length, 'both queries');
+    t.equal(k.read(r.cid)!.outstanding, 2);
+    r.pg.sock.write(Buffer.concat([C('SELECT 1'), Z('I')]));
+    await until(() => r.app.length >= 14, 'first response');
+    await settle();
+    t.equal(k.read(r.sid)!.mode, Mode.BOUND, 'still bound with one Query outstanding');
+    t.equal(k.read(r.cid)!.outstanding, 1);
+    r.pg.sock.write(Buffer.concat([C('SELECT 1'), Z('I')]));
+    await until(() => k.read(r.sid)!.mode === Mode.IDLE, 'release after the second Z');
+    t.equal(k.read(r.cid)!.peer, 0);
+    t.equal(r.cpx.length + r.spx.length, 0, 'proxy-side sockets read nothing');
+  });
+
+  t.test('a Query sent without its Sync keeps the server (tail open)', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const batch = Buffer.concat([Q('select 1'), msg('P', '\0select 2\0\0\0')]); // Parse after the Query, no Sync yet
+    r.app.sock.write(batch);
+    await until(() => r.pg.length >= batch.length, 'batch');
+    r.pg.sock.write(Buffer.concat([C('SELECT 1'), Z('I')]));
+    await until(() => r.app.length >= 14, 'response');
+    await settle();
+    t.equal(k.read(r.sid)!.mode, Mode.BOUND, 'not released: the next message went to this server');
+    r.app.sock.write(S());
+    await until(() => r.pg.length >= batch.length + 5, 'sync to the same server');
+    r.pg.sock.write(Z('I'));
+    await until(() => k.read(r.sid)!.mode === Mode.IDLE, 'release after the Sync is answered');
+  });
+
+  t.test('no idle server: the client falls back to user space', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const q = Q('select 1');
+    r.app.sock.write(q);
+    await until(() => r.cpx.length >= q.length, 'query at the proxy-side client socket');
+    t.same(r.cpx.bytes, q, 'bytes reach user space in order');
+    t.equal(r.pg.length, 0, 'nothing reached the server');
+    const st = k.read(r.cid)!;
+    t.equal(st.mode, Mode.USER);
+    t.equal(st.passed, BigInt(q.length), 'passed bytes counted');
+    const after = k.counters();
+    t.equal(after.fallbacks.no_idle_server - before.fallbacks.no_idle_server, 1n, 'counted as no_idle_server');
+    // CAS fails while Node has not accounted for the passed bytes
+    t.notOk(k.clientToKernel(r.cid, 0n), 'clientToKernel refuses with unread passed bytes');
+    t.ok(k.clientToKernel(r.cid, BigInt(r.cpx.length)), 'and succeeds once they are read');
+    // a later skb in USER mode is counted too
+    t.ok(k.clientToUser(r.cid), 'back to user (unbound)');
+    r.app.sock.write(q);
+    await until(() => r.cpx.length >= 2 * q.length, 'second query in user space');
+    t.equal(k.read(r.cid)!.passed, BigInt(2 * q.length));
+  });
+
+  t.test('popIdle takes a server out of the kernel; stale entries are skipped', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.idleCount(r.pool) >= 1);
+    t.equal(k.popIdle(r.pool), r.sid);
+    t.equal(k.read(r.sid)!.mode, Mode.USER);
+    t.equal(k.popIdle(r.pool), 0, 'empty');
+    t.notOk(k.serverToIdle(r.sid, 5n), 'wrong byte count refused');
+    t.ok(k.serverToIdle(r.sid, 0n));
+    // server sends unsolicited bytes while idle: user space takes it, stack entry goes stale
+    const n = msg('A', Buffer.concat([Buffer.from([0, 0, 0, 1]), Buffer.from('ch\0hi\0')]));
+    const events: unknown[] = [];
+    k.onEvent((e) => events.push(e));
+    r.pg.sock.write(n);
+    await until(() => r.spx.length >= n.length, 'async bytes at the proxy-side server socket');
+    t.equal(k.read(r.sid)!.mode, Mode.USER, 'server_async: server back in user space');
+    t.equal(k.read(r.sid)!.passed, BigInt(n.length));
+    await until(() => events.some((e) => (e as { type: string }).type === 'server_to_user'), 'server_to_user event');
+    t.equal(k.popIdle(r.pool), 0, 'stale entry skipped');
+  });
+
+  t.test('ParameterStatus while bound hands both to user space at Z I', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const events: Array<{ type: string; client?: number; server?: number }> = [];
+    k.onEvent((e) => events.push(e));
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q("set timezone = 'UTC'"));
+    await until(() => r.pg.length > 0, 'set at the server');
+    const resp = Buffer.concat([C('SET'), PS('TimeZone', 'UTC'), Z('I')]);
+    r.pg.sock.write(resp);
+    await until(() => r.app.length >= resp.length, 'response');
+    t.same(r.app.take(), resp, 'response still delivered to the client');
+    await until(() => events.some((e) => e.type === 'params_changed'), 'params_changed event');
+    t.same(
+      events.find((e) => e.type === 'params_changed'),
+      { type: 'params_changed', client: r.cid, server: r.sid },
+    );
+    t.equal(k.read(r.cid)!.mode, Mode.USER);
+    t.equal(k.read(r.cid)!.peer, 0);
+    t.equal(k.read(r.sid)!.mode, Mode.USER);
+  });
+
+  t.test('Terminate while unbound goes to user space', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(msg('X'));
+    await until(() => r.cpx.length >= 5, 'terminate at the proxy');
+    t.equal(k.counters().fallbacks.terminate - before.fallbacks.terminate, 1n);
+    t.equal(k.read(r.cid)!.mode, Mode.USER);
+  });
+
+  t.test('takeBound hands a bound server to user space', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q('begin'));
+    await until(() => r.pg.length > 0, 'begin at the server');
+    r.pg.sock.write(msg('D', Buffer.alloc(20)).subarray(0, 9)); // half a DataRow
+    await until(() => r.app.length >= 9, 'partial row at the client');
+    t.equal(k.takeBound(r.cid), r.sid);
+    const s = k.read(r.sid)!;
+    t.equal(s.mode, Mode.USER);
+    t.equal(s.peer, 0);
+    t.equal(s.frame.curType, 'D'.charCodeAt(0), 'framing position tells user space where it is');
+    t.equal(s.frame.remaining, 20 - 4, 'rest of the DataRow body still to come');
+    t.equal(k.read(r.cid)!.mode, Mode.USER);
+    t.equal(k.takeBound(r.cid), 0, 'idempotent');
+    r.pg.sock.write(Buffer.alloc(16));
+    await until(() => r.spx.length >= 16, 'the rest now arrives in user space');
+  });
+
+  t.test('many messages in big skbs are all framed', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const n = 13000;
+    const syncs = Buffer.concat(Array.from({ length: n }, () => S()));
+    r.app.sock.write(syncs);
+    await until(() => r.pg.length >= syncs.length, 'all syncs at the server');
+    t.equal(k.read(r.cid)!.outstanding, n, 'every Sync counted');
+    // one write of many tiny messages from the server
+    const rows = Buffer.concat(Array.from({ length: 20000 }, () => msg('D', Buffer.from([0, 0]))));
+    r.pg.sock.write(rows);
+    await until(() => r.app.length >= rows.length, 'rows at the client');
+    const s = k.read(r.sid)!;
+    t.equal(s.frame.remaining + s.frame.hdrLen, 0, 'server framing ends on a boundary');
+    t.equal(k.counters().fallbacks.frame_error, 0n);
+    t.equal(r.cpx.length + r.spx.length, 0);
+  });
+}
