@@ -225,7 +225,8 @@ export class Pool {
         log.info(`${server.label} new server connection (pool ${this.label}, ${this.servers.size} servers)`);
         this.handOut(server);
       },
-      (e: ServerError) => {
+      (err: Error) => {
+        const e = err instanceof ServerError ? err : new ServerError(`server login failed: ${err.message}`);
         this.connecting--;
         this.lastConnectError = e;
         log.warn(`pool ${this.label}: ${e.message}`);
@@ -242,7 +243,7 @@ export class Pool {
     this.onWaitersChanged();
     for (const w of ws) {
       if (w.timer) clearTimeout(w.timer);
-      w.reject(new PoolError(e.message, e.fields.C ?? '08006'));
+      w.reject(new PoolError(e.message, e.fields?.C ?? '08006'));
     }
   }
 
@@ -261,7 +262,7 @@ export class Pool {
     const now = Date.now();
     const s = this.settings;
     const keep: ServerConnection[] = [];
-    for (const srv of this.idle) {
+    for (const srv of [...this.idle]) { // close() removes from this.idle
       if (!srv.isUsable) continue;
       const idleTooLong = s.serverIdleTimeout > 0 && now - srv.lastUsed > s.serverIdleTimeout * 1000 && this.servers.size > s.minSize;
       if (idleTooLong) srv.close('server_idle_timeout');
