@@ -103,6 +103,7 @@ export function processCpuSeconds(pid: number): number | null {
 export interface MachineCpu {
   busy: number; // seconds, summed over CPUs: user nice system irq softirq steal
   total: number; // busy + idle + iowait
+  irq: number; // irq + softirq seconds (not charged to any process with IRQ time accounting)
 }
 
 export function machineCpu(): MachineCpu {
@@ -115,7 +116,7 @@ export function parseMachineCpuLine(line: string): MachineCpu {
   const [user, nice, system, idle, iowait, irq, softirq, steal] = f.map((x) => x || 0);
   // guest and guest_nice are already counted in user and nice.
   const busy = user + nice + system + irq + softirq + steal;
-  return { busy: busy / clockTicks(), total: (busy + idle + iowait) / clockTicks() };
+  return { busy: busy / clockTicks(), total: (busy + idle + iowait) / clockTicks(), irq: (irq + softirq) / clockTicks() };
 }
 
 function statusKiB(pid: number, key: string): number | null {
@@ -154,12 +155,21 @@ export interface CpuSnapshot {
   proxy: number | null;
   postgres: number | null;
   pgbench: number | null;
+  kernelThreads: number; // all kernel threads (children of kthreadd): kworkers, ksoftirqd, ...
+}
+
+// CPU seconds of all kernel threads. The sockmap path's redirects run in kworkers.
+export function kernelThreadsCpuSeconds(table: ProcTable): number {
+  let ticks = 0;
+  for (const k of table.get(2) ?? []) ticks += k.utime + k.stime;
+  return ticks / clockTicks();
 }
 
 export function snapshot(pids: { proxy?: number | null; postgres?: number | null; pgbench?: number | null }): CpuSnapshot {
-  const table = pids.proxy || pids.postgres ? readProcTable() : new Map();
+  const table = readProcTable();
   return {
     atMs: Date.now(),
+    kernelThreads: kernelThreadsCpuSeconds(table),
     machine: machineCpu(),
     proxy: pids.proxy ? treeCpuSeconds(pids.proxy, table) : null,
     postgres: pids.postgres ? treeCpuSeconds(pids.postgres, table) : null,

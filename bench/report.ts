@@ -37,13 +37,26 @@ export function evaluateGoals(r: BenchResult): GoalRecord[] {
     c ? `${t} has no successful run` : r.targets.find((x) => x.label === t)?.reason ?? `no ${t} run on YCSB C / 64 clients / extended`;
   const tps = (x: number) => `${Math.round(x)} tps`;
   const us = (x: number) => `${x.toFixed(1)} µs/tx`;
+  // The issue defines proxy-attributable CPU from machine CPU. When other work was
+  // running on the machine, machine CPU carries it; then judge on `ours` (proxy +
+  // PostgreSQL + pgbench + kernel threads and irq time) and say so.
+  const busy = r.machine.background_busy_cpus > 0.25;
+  const cpuGoal = (): GoalRecord => {
+    const pick = (c: CellSummary | undefined) => (busy ? c?.proxy_attributable_ours_us_per_tx : c?.proxy_attributable_us_per_tx);
+    const g = ratioGoal('on-cpu-vs-pgbouncer', 'bypass: on proxy-attributable CPU/tx <= 1/3 of PgBouncer\'s', pick(on), pick(pgb), '<=', 1 / 3, us,
+      pick(on) == null ? why('pgsplice-on', on) : why('pgbouncer', pgb));
+    const other = (c: CellSummary | undefined) => (busy ? c?.proxy_attributable_us_per_tx : c?.proxy_attributable_ours_us_per_tx);
+    g.detail += busy
+      ? ` [basis: ours, the machine was busy with other work (${r.machine.background_busy_cpus} CPUs); machine basis: ${f1(other(on))} vs ${f1(other(pgb))} µs/tx]`
+      : ` [basis: machine CPU; ours basis: ${f1(other(on))} vs ${f1(other(pgb))} µs/tx]`;
+    return g;
+  };
   const goals: GoalRecord[] = [
     ratioGoal('on-vs-pgbouncer-tps', 'bypass: on throughput >= 1.4x PgBouncer', on?.tps, pgb?.tps, '>=', 1.4, tps,
       !on?.tps ? why('pgsplice-on', on) : why('pgbouncer', pgb)),
     ratioGoal('on-vs-direct-tps', 'bypass: on throughput >= 0.95x direct PostgreSQL', on?.tps, direct?.tps, '>=', 0.95, tps,
       !on?.tps ? why('pgsplice-on', on) : why('direct', direct)),
-    ratioGoal('on-cpu-vs-pgbouncer', 'bypass: on proxy-attributable CPU/tx <= 1/3 of PgBouncer\'s', on?.proxy_attributable_us_per_tx,
-      pgb?.proxy_attributable_us_per_tx, '<=', 1 / 3, us, !on?.proxy_attributable_us_per_tx ? why('pgsplice-on', on) : why('pgbouncer', pgb)),
+    cpuGoal(),
     ratioGoal('off-vs-pgbouncer-tps', 'bypass: off throughput >= PgBouncer', off?.tps, pgb?.tps, '>=', 1.0, tps,
       !off?.tps ? why('pgsplice-off', off) : why('pgbouncer', pgb)),
   ];
@@ -74,7 +87,7 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   L.push(`# pgsplice benchmark, ${r.started_at.slice(0, 16).replace('T', ' ')} UTC`, '');
   L.push(`Command: \`${r.command}\`  `);
   L.push(`Machine: ${r.machine.cpus} CPU (${r.machine.cpu_model}), ${r.machine.mem_gib} GiB, Linux ${r.machine.kernel}, ${r.machine.postgres ?? 'PostgreSQL ?'}, ${r.machine.pgbouncer ?? 'no PgBouncer'}, Node ${r.machine.node}; background load before the runs: ${r.machine.background_busy_cpus} busy CPUs  `);
-  L.push(`YCSB usertable ${o.rows.toLocaleString('en-US')} rows, zipfian θ=${o.zipf_theta}; pool size ${o.pool_size}; ${o.rounds} interleaved round(s) of ${o.duration_s} s per cell; medians shown. CPU is µs per transaction over the steady-state window (machine = all non-idle CPU time in /proc/stat, kernel workers included; proxy-attr. = machine minus direct PostgreSQL's in the same cell).`, '');
+  L.push(`YCSB usertable ${o.rows.toLocaleString('en-US')} rows, zipfian θ=${o.zipf_theta}; pool size ${o.pool_size}; ${o.rounds} interleaved round(s) of ${o.duration_s} s per cell; medians shown. CPU is µs per transaction over the steady-state window: machine = all non-idle CPU time in /proc/stat (kernel workers included, and anything else running); ours = proxy + PostgreSQL + pgbench + kernel (kernel threads and irq/softirq time); proxy-attr. = that figure minus direct PostgreSQL's in the same cell.`, '');
   if (svgName) L.push(`![throughput and CPU per transaction](${svgName})`, '');
   L.push('## Goals (issue 4: YCSB C, 64 clients, pool 16, extended protocol)', '');
   L.push('| goal | result |', '|---|---|');
@@ -92,19 +105,19 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   const runCells = r.cells.filter((c) => !c.connect_per_tx);
   if (runCells.length) {
     L.push('## Throughput, latency, CPU per transaction', '');
-    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | proxy µs/tx | postgres µs/tx | pgbench µs/tx | proxy-attr. µs/tx | peak RSS MiB | rounds |');
-    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | proxy-attr. (machine) | proxy-attr. (ours) | peak RSS MiB | rounds |');
+    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     for (const c of runCells) {
       const rss = r.targets.find((t) => t.label === c.target)?.peak_rss_kib;
-      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${f0(c.tps)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.proxy_attributable_us_per_tx)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
+      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${f0(c.tps)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f1(c.proxy_attributable_us_per_tx)} | ${f1(c.proxy_attributable_ours_us_per_tx)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
     }
     L.push('');
   }
   const storm = r.cells.filter((c) => c.connect_per_tx);
   if (storm.length) {
     L.push(`## Connection storm (pgbench -C: a new connection with SCRAM login per transaction, YCSB C read, ${o.storm_clients} clients)`, '');
-    L.push('| mode | target | tps | p50 ms | p99 ms | machine µs/tx | proxy µs/tx | postgres µs/tx | pgbench µs/tx |', '|---|---|---:|---:|---:|---:|---:|---:|---:|');
-    for (const c of storm) L.push(`| ${c.mode} | ${c.target} | ${f0(c.tps)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} |`);
+    L.push('| mode | target | connections/s | p50 ms | p99 ms | machine µs/conn | ours µs/conn | proxy | postgres | pgbench | kernel |', '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const c of storm) L.push(`| ${c.mode} | ${c.target} | ${f0(c.tps)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f0(c.cpu_us_per_tx.machine)} | ${f0(c.cpu_us_per_tx.ours)} | ${f0(c.cpu_us_per_tx.proxy)} | ${f0(c.cpu_us_per_tx.postgres)} | ${f0(c.cpu_us_per_tx.pgbench)} | ${f0(c.cpu_us_per_tx.kernel)} |`);
     L.push('');
   }
   if (r.idle.length) {
@@ -149,8 +162,8 @@ export function svgChart(r: BenchResult): string {
   }
   const bw = 16, gap = 22, left = 70, right = 20, panelH = 220, top = 70;
   const groupW = targets.length * bw + gap;
-  const width = Math.max(640, left + right + groups.length * groupW);
-  const height = top + panelH * 2 + 140;
+  const width = Math.max(left + right + targets.length * 130 + 20 + 5 * 115, left + right + groups.length * groupW);
+  const height = top + panelH * 2 + 60 + 40 + r.goals.length * 15 + 10;
   const maxTps = niceMax(Math.max(0, ...cells.map((c) => c.tps ?? 0)));
   const maxCpu = niceMax(Math.max(0, ...cells.map((c) => c.cpu_us_per_tx.machine ?? 0)));
   const out: string[] = [];
@@ -161,12 +174,13 @@ export function svgChart(r: BenchResult): string {
     const x = left + i * 130;
     out.push(`<rect x="${x}" y="32" width="12" height="12" fill="${color(t)}"/><text x="${x + 16}" y="42">${esc(t)}</text>`);
   });
-  const stackKeys: Array<{ k: 'proxy' | 'postgres' | 'pgbench' | 'other'; op: number; name: string }> = [
-    { k: 'proxy', op: 1, name: 'proxy process' }, { k: 'postgres', op: 0.6, name: 'PostgreSQL' },
-    { k: 'pgbench', op: 0.35, name: 'pgbench' }, { k: 'other', op: 0.15, name: 'rest (kernel workers, softirq, other)' },
+  const stackKeys: Array<{ k: 'proxy' | 'postgres' | 'pgbench' | 'kernel' | 'other'; op: number; name: string }> = [
+    { k: 'proxy', op: 1, name: 'proxy' }, { k: 'postgres', op: 0.65, name: 'PostgreSQL' },
+    { k: 'pgbench', op: 0.4, name: 'pgbench' }, { k: 'kernel', op: 0.22, name: 'kernel threads+irq' },
+    { k: 'other', op: 0.08, name: 'other' },
   ];
   stackKeys.forEach((s, i) => {
-    const x = left + targets.length * 130 + 20 + i * 150;
+    const x = left + targets.length * 130 + 20 + i * 115;
     out.push(`<rect x="${x}" y="32" width="12" height="12" fill="#374151" fill-opacity="${s.op}"/><text x="${x + 16}" y="42">${esc(s.name)}</text>`);
   });
   out.push(`<text x="${left + targets.length * 130 + 20}" y="58" fill="#555">(shading in the CPU panel)</text>`);
@@ -190,18 +204,18 @@ export function svgChart(r: BenchResult): string {
       const t = targets[ti];
       if (c.tps != null) {
         const h = (c.tps / maxTps) * panelH;
-        out.push(`<rect x="${x}" y="${y1 + panelH - h}" width="${bw - 2}" height="${h}" fill="${color(t)}"><title>${esc(`${t} ${g.label}: ${Math.round(c.tps)} tps, p50 ${f2(c.latency_p50_ms)} ms, p99 ${f2(c.latency_p99_ms)} ms`)}</title></rect>`);
+        out.push(`<rect x="${x}" y="${(y1 + panelH - h).toFixed(1)}" width="${bw - 2}" height="${h.toFixed(1)}" fill="${color(t)}"><title>${esc(`${t} ${g.label}: ${Math.round(c.tps)} tps, p50 ${f2(c.latency_p50_ms)} ms, p99 ${f2(c.latency_p99_ms)} ms`)}</title></rect>`);
       }
       const m = c.cpu_us_per_tx.machine;
       if (m != null) {
-        const parts = { proxy: c.cpu_us_per_tx.proxy ?? 0, postgres: c.cpu_us_per_tx.postgres ?? 0, pgbench: c.cpu_us_per_tx.pgbench ?? 0, other: 0 };
-        parts.other = Math.max(0, m - parts.proxy - parts.postgres - parts.pgbench);
+        const parts = { proxy: c.cpu_us_per_tx.proxy ?? 0, postgres: c.cpu_us_per_tx.postgres ?? 0, pgbench: c.cpu_us_per_tx.pgbench ?? 0, kernel: c.cpu_us_per_tx.kernel ?? 0, other: 0 };
+        parts.other = Math.max(0, m - parts.proxy - parts.postgres - parts.pgbench - parts.kernel);
         let y = y2 + panelH;
         for (const s of stackKeys) {
           const h = (parts[s.k] / maxCpu) * panelH;
           if (h <= 0) continue;
           y -= h;
-          out.push(`<rect x="${x}" y="${y}" width="${bw - 2}" height="${h}" fill="${color(t)}" fill-opacity="${s.op}"><title>${esc(`${t} ${g.label}: ${s.name} ${parts[s.k].toFixed(1)} µs/tx of ${m.toFixed(1)}`)}</title></rect>`);
+          out.push(`<rect x="${x}" y="${y.toFixed(1)}" width="${bw - 2}" height="${h.toFixed(1)}" fill="${color(t)}" fill-opacity="${s.op}"><title>${esc(`${t} ${g.label}: ${s.name} ${parts[s.k].toFixed(1)} µs/tx of ${m.toFixed(1)}`)}</title></rect>`);
         }
       }
     });

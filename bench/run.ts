@@ -15,7 +15,7 @@ import { CpuSnapshot, peakRssKiB, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
 import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
 import {
-  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, parseExtraTarget, pgbouncerVersion, startPgbouncer, startPgsplice,
+  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
 } from './targets';
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -42,12 +42,12 @@ async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName('npm run bench --')
     .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on).')
-    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, C and A, extended, 64 clients, 2 rounds' })
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, YCSB C, extended, 64 clients, 3 rounds, 2000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
-    .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3; quick 2)' })
+    .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3)' })
     .option('duration', { type: 'number', describe: 'seconds per pgbench run, >= 3 (default 4)' })
     .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
-    .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c,a)` })
+    .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c)` })
     .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default simple,extended; quick extended)' })
     .option('targets', { type: 'string', default: BUILTIN_TARGETS.join(','), describe: 'built-in targets to run' })
     .option('extra', { type: 'string', array: true, default: [] as string[], describe: 'another pooler: host:port:label[:pid] (routes database/user of the backend)' })
@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick 3)' })
     .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
     .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
-    .option('quiet-wait', { type: 'number', default: 10, describe: 'seconds to wait for other load on the machine to stop before starting' })
+    .option('quiet-wait', { type: 'number', describe: 'seconds to wait for other load on the machine to stop before starting (default 20; quick 3)' })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results'), describe: 'directory for the results' })
     .option('keep-tmp', { type: 'boolean', default: false })
     .strict()
@@ -68,10 +68,10 @@ async function main(): Promise<void> {
 
   const quick = argv.quick;
   const rows = argv.rows ?? (quick ? 10_000 : 100_000);
-  const rounds = argv.rounds ?? (quick ? 2 : 3);
+  const rounds = argv.rounds ?? 3;
   const duration = Math.max(3, argv.duration ?? 4);
   const clients = list(argv.clients ?? (quick ? '64' : '16,64,256')).map(Number);
-  const workloads = list(argv.workloads ?? (quick ? 'c,a' : 'a,b,c,rmw'));
+  const workloads = list(argv.workloads ?? (quick ? 'c' : 'a,b,c,rmw'));
   const modes = list(argv.modes ?? (quick ? 'extended' : 'simple,extended'));
   const wanted = list(argv.targets);
   const stormDuration = Math.max(3, argv['storm-duration'] ?? (quick ? 3 : 4));
@@ -161,18 +161,18 @@ async function main(): Promise<void> {
         else if (kind === 'pgbouncer') t = await startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn, scramVerifier: verifier });
         else t = await startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
         running.push(t);
-        targetRecords.push({ label: t.label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null });
+        targetRecords.push({ label: t.label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null, bypass_after: null });
         log(`target ${t.label}: ${t.host}:${t.port}${t.pid ? ` pid ${t.pid}` : ''}${t.note ? ` (${t.note})` : ''}`);
       } catch (e) {
         const reason = (e as Error).message;
-        targetRecords.push({ label: kind, kind, status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null });
+        targetRecords.push({ label: kind, kind, status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
         log(`target ${kind}: FAILED: ${reason}`);
       }
     }
     for (const spec of argv.extra) {
       const t = parseExtraTarget(spec);
       running.push(t);
-      targetRecords.push({ label: t.label, kind: 'extra', status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: null, peak_rss_kib: null });
+      targetRecords.push({ label: t.label, kind: 'extra', status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: null, peak_rss_kib: null, bypass_after: null });
     }
 
     // --- the matrix, interleaved ---
@@ -199,7 +199,7 @@ async function main(): Promise<void> {
       const run = await runPgbench({
         host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
         scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
-        threads: argv.threads, durationS: warmup ? 3 : c.duration, connectPerTx: c.connectPerTx, logDir,
+        threads: argv.threads, durationS: warmup ? 2 : c.duration, connectPerTx: c.connectPerTx, logDir,
         onStart: (pid) => (pgbenchPid = pid),
         onProgress: () => {
           const s = snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid });
@@ -214,8 +214,8 @@ async function main(): Promise<void> {
       let windowTx: number | null = null;
       let p50: number | null = null;
       let p99: number | null = null;
-      const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, machine: null };
-      const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, machine: null };
+      const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
+      const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       if (f && l && run.logFiles.length) {
         const tx = readTxLogs(run.logFiles, f.atMs, l.atMs);
         windowS = (l.atMs - f.atMs) / 1000;
@@ -227,6 +227,8 @@ async function main(): Promise<void> {
         cpuS.proxy = d(f.proxy, l.proxy);
         cpuS.postgres = d(f.postgres, l.postgres);
         cpuS.pgbench = d(f.pgbench, l.pgbench);
+        cpuS.kernel = Math.max(0, l.kernelThreads - f.kernelThreads) + Math.max(0, l.machine.irq - f.machine.irq);
+        cpuS.ours = (cpuS.proxy ?? 0) + (cpuS.postgres ?? 0) + (cpuS.pgbench ?? 0) + cpuS.kernel;
         for (const k of Object.keys(cpuS) as Array<keyof CpuPerTx>) {
           const v = cpuS[k];
           perTx[k] = v !== null && tx.count > 0 ? r1((v * 1e6) / tx.count) : null;
@@ -261,7 +263,7 @@ async function main(): Promise<void> {
       return r3((b.machine.busy - a.machine.busy) / ((b.atMs - a.atMs) / 1000));
     };
     let backgroundCores = await busyOver(1000);
-    const quietUntil = Date.now() + argv['quiet-wait'] * 1000;
+    const quietUntil = Date.now() + (argv['quiet-wait'] ?? (quick ? 3 : 20)) * 1000;
     while (backgroundCores > 0.25 && Date.now() < quietUntil) backgroundCores = await busyOver(1000);
     log(`background load before the runs: ${backgroundCores} busy CPUs${backgroundCores > 0.25 ? ' (the machine is not idle: machine CPU figures include that work)' : ''}`);
 
@@ -269,7 +271,7 @@ async function main(): Promise<void> {
     const warmCell = cells.find((c) => !c.connectPerTx) ?? cells[0];
     for (const t of running) {
       const w = await measure(t, { ...warmCell, clients: Math.max(...clients) }, 0, true);
-      log(`warm-up ${t.label}: ${w.ok ? `${Math.round(w.tps ?? 0)} tps` : `FAILED: ${w.error}`}`);
+      log(`warm-up ${t.label}: ${w.tps ? `${Math.round(w.tps)} tps` : `FAILED: ${w.error}`}`);
     }
     const dead = new Set<string>();
     let done = 0;
@@ -284,7 +286,7 @@ async function main(): Promise<void> {
           const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients}c${c.connectPerTx ? ' -C' : ''}`;
           log(`[${done}/${totalRuns}] r${round} ${name.padEnd(20)} ${t.label.padEnd(13)} ` +
             (rec.ok
-              ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} µs/tx` +
+              ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} ours ${rec.cpu_us_per_tx.ours} µs/tx` +
                 (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '')
               : `FAILED: ${rec.error}`));
           // A proxy that died takes no more runs.
@@ -305,6 +307,14 @@ async function main(): Promise<void> {
       const t = running.find((x) => x.label === tr.label);
       const peaks = runs.filter((r) => r.target === tr.label && r.proxy_peak_rss_kib !== null).map((r) => r.proxy_peak_rss_kib!);
       tr.peak_rss_kib = t?.pid ? peakRssKiB(t.pid) ?? (peaks.length ? Math.max(...peaks) : null) : null;
+      if (t && t.kind.startsWith('pgsplice') && !dead.has(t.label)) {
+        try {
+          tr.bypass_after = await pgspliceBypassInfo({ host: t.host, port: t.port, user: backend.user, password: backend.password });
+          log(`${t.label} SHOW BYPASS: ${Object.entries(tr.bypass_after).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+        } catch (e) {
+          tr.note = `${tr.note ? tr.note + '; ' : ''}SHOW BYPASS failed: ${(e as Error).message}`;
+        }
+      }
     }
 
     // --- medians per cell ---
@@ -323,15 +333,18 @@ async function main(): Promise<void> {
           tps: med((r) => r.tps), latency_p50_ms: med((r) => r.latency_p50_ms), latency_p99_ms: med((r) => r.latency_p99_ms),
           cpu_us_per_tx: {
             proxy: med((r) => r.cpu_us_per_tx.proxy), postgres: med((r) => r.cpu_us_per_tx.postgres),
-            pgbench: med((r) => r.cpu_us_per_tx.pgbench), machine: med((r) => r.cpu_us_per_tx.machine),
+            pgbench: med((r) => r.cpu_us_per_tx.pgbench), kernel: med((r) => r.cpu_us_per_tx.kernel),
+            ours: med((r) => r.cpu_us_per_tx.ours), machine: med((r) => r.cpu_us_per_tx.machine),
           },
           proxy_attributable_us_per_tx: null,
+          proxy_attributable_ours_us_per_tx: null,
         });
       }
     }
     for (const s of summaries) {
       const d = summaries.find((x) => x.target === 'direct' && x.workload === s.workload && x.mode === s.mode && x.clients === s.clients && x.connect_per_tx === s.connect_per_tx);
       if (d?.cpu_us_per_tx.machine != null && s.cpu_us_per_tx.machine != null) s.proxy_attributable_us_per_tx = r1(s.cpu_us_per_tx.machine - d.cpu_us_per_tx.machine);
+      if (d?.cpu_us_per_tx.ours != null && s.cpu_us_per_tx.ours != null) s.proxy_attributable_ours_us_per_tx = r1(s.cpu_us_per_tx.ours - d.cpu_us_per_tx.ours);
     }
 
     // --- idle connections ---

@@ -10,7 +10,9 @@ export interface CpuPerTx {
   proxy: number | null;
   postgres: number | null;
   pgbench: number | null;
-  machine: number | null;
+  kernel: number | null; // kernel threads (kworkers, ksoftirqd) + irq/softirq time
+  ours: number | null; // proxy + postgres + pgbench + kernel: machine CPU without other users' work
+  machine: number | null; // all non-idle CPU time of the machine (/proc/stat)
 }
 
 export interface RunRecord {
@@ -49,6 +51,8 @@ export interface CellSummary {
   cpu_us_per_tx: CpuPerTx; // medians
   // machine CPU per transaction minus direct PostgreSQL's in the same cell
   proxy_attributable_us_per_tx: number | null;
+  // the same from `ours` (immune to other work on the machine)
+  proxy_attributable_ours_us_per_tx: number | null;
 }
 
 export interface TargetRecord {
@@ -61,6 +65,8 @@ export interface TargetRecord {
   pid: number | null;
   note: string | null;
   peak_rss_kib: number | null;
+  // pgsplice only: SHOW BYPASS at the end of the runs (which path carried the load)
+  bypass_after: Record<string, string> | null;
 }
 
 export interface IdleRecord extends IdleResult {
@@ -138,7 +144,12 @@ const obj = (shape: Record<string, Check>): Check => (v, at, e) => {
   }
 };
 
-const cpu = obj({ proxy: numOrNull, postgres: numOrNull, pgbench: numOrNull, machine: numOrNull });
+const strMapOrNull: Check = (v, at, e) => {
+  if (v === null) return;
+  if (typeof v !== 'object' || Array.isArray(v)) return void e.push(`${at}: expected an object of strings or null`);
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) if (typeof x !== 'string') e.push(`${at}.${k}: expected a string`);
+};
+const cpu = obj({ proxy: numOrNull, postgres: numOrNull, pgbench: numOrNull, kernel: numOrNull, ours: numOrNull, machine: numOrNull });
 
 const resultCheck = obj({
   schema: oneOf(SCHEMA_ID),
@@ -150,7 +161,7 @@ const resultCheck = obj({
     quick: bool, rows: num, rounds: num, duration_s: num, clients: arrayOf(num), workloads: arrayOf(str), modes: arrayOf(str),
     pool_size: num, targets: arrayOf(str), zipf_theta: num, storm_clients: num, storm_duration_s: num, idle_clients: num, pg_reused: bool,
   }),
-  targets: arrayOf(obj({ label: str, kind: str, status: oneOf('ok', 'failed'), reason: strOrNull, host: strOrNull, port: numOrNull, pid: numOrNull, note: strOrNull, peak_rss_kib: numOrNull })),
+  targets: arrayOf(obj({ label: str, kind: str, status: oneOf('ok', 'failed'), reason: strOrNull, host: strOrNull, port: numOrNull, pid: numOrNull, note: strOrNull, peak_rss_kib: numOrNull, bypass_after: strMapOrNull })),
   runs: arrayOf(obj({
     target: str, workload: str, mode: str, clients: num, round: num, connect_per_tx: bool, ok: bool, error: strOrNull,
     tps: numOrNull, transactions: num, failed: num, latency_avg_ms: numOrNull, window_s: numOrNull, window_transactions: numOrNull,
@@ -158,7 +169,7 @@ const resultCheck = obj({
   })),
   cells: arrayOf(obj({
     target: str, workload: str, mode: str, clients: num, connect_per_tx: bool, rounds_ok: num, tps: numOrNull,
-    latency_p50_ms: numOrNull, latency_p99_ms: numOrNull, cpu_us_per_tx: cpu, proxy_attributable_us_per_tx: numOrNull,
+    latency_p50_ms: numOrNull, latency_p99_ms: numOrNull, cpu_us_per_tx: cpu, proxy_attributable_us_per_tx: numOrNull, proxy_attributable_ours_us_per_tx: numOrNull,
   })),
   idle: arrayOf(obj({
     target: str, clients_requested: num, clients_opened: num, open_seconds: num, opens_per_second: num,

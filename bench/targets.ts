@@ -4,6 +4,7 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { Client } from 'pg';
 
 export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'extra';
 export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on'];
@@ -217,6 +218,7 @@ pool_mode: transaction
 default_pool_size: ${o.poolSize}
 max_client_conn: ${o.maxClientConn}
 bypass: ${o.bypass}
+admin_users: [${o.backend.user}]
 databases:
   ${o.backend.db}: { host: ${o.backend.host}, port: ${o.backend.port}, dbname: ${q(o.backend.db)} }
 users:
@@ -253,13 +255,26 @@ export async function startPgsplice(o: {
   });
   await sleep(300); // let start-up warnings (kernel path) arrive
   const said = output().split('\n').filter((l) => KERNEL_PATH_UNAVAILABLE.test(l));
-  if (o.bypass === 'on' && said.length > 0) {
-    await stopChild(child, 'SIGINT');
-    throw new TargetStartError(`${label}: kernel path not in use: ${said[0].trim().slice(0, 300)}`);
+  // The admin console says whether the kernel path is loaded, and why not.
+  let info: Record<string, string> | null = null;
+  let infoError: string | null = null;
+  try {
+    info = await pgspliceBypassInfo({ host: '127.0.0.1', port: o.port, user: o.backend.user, password: o.backend.password });
+  } catch (e) {
+    infoError = (e as Error).message;
+  }
+  if (o.bypass === 'on') {
+    const notLoaded = info && !/^(yes|true|on|1)$/i.test(info.loaded ?? '');
+    if (notLoaded || said.length > 0) {
+      await stopChild(child, 'SIGINT');
+      const why = notLoaded ? `SHOW BYPASS: loaded=${info!.loaded ?? '?'}, reason: ${info!.reason ?? '?'}` : said[0].trim().slice(0, 300);
+      throw new TargetStartError(`${label}: kernel path not in use (${why})`);
+    }
   }
   return {
     label, kind: o.bypass === 'on' ? 'pgsplice-on' : 'pgsplice-off', host: '127.0.0.1', port: o.port,
-    pid: child.pid ?? null, note: said.length ? said[0].trim().slice(0, 300) : null,
+    pid: child.pid ?? null,
+    note: said.length ? said[0].trim().slice(0, 300) : infoError ? `SHOW BYPASS failed: ${infoError.slice(0, 200)}` : info ? `SHOW BYPASS: loaded=${info.loaded ?? '?'}${info.reason ? `, reason: ${info.reason}` : ''}` : null,
     stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output,
   };
 }
@@ -277,4 +292,23 @@ export async function pgspliceCounters(t: RunningTarget, waitMs = 300): Promise<
   await sleep(waitMs);
   const added = t.output().slice(before).trim();
   return added || null;
+}
+
+// SHOW BYPASS on pgsplice's admin console (database "pgsplice"): key/value rows
+// (loaded, reason, mode, clients_kernel, clients_user, transactions_total, kernel_*).
+export async function pgspliceBypassInfo(o: { host: string; port: number; user: string; password: string }): Promise<Record<string, string>> {
+  const c = new Client({ host: o.host, port: o.port, user: o.user, password: o.password, database: 'pgsplice', connectionTimeoutMillis: 5000 });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    const r = await c.query('SHOW BYPASS');
+    const out: Record<string, string> = {};
+    for (const row of r.rows as Array<Record<string, unknown>>) {
+      const vals = Object.values(row);
+      if (vals.length >= 2) out[String(vals[0])] = String(vals[1]);
+    }
+    return out;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
 }
