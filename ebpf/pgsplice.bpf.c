@@ -36,6 +36,13 @@ static __always_inline void stat_add(__u32 idx, __u64 v)
 		*p += v; /* per-CPU: no atomics needed */
 }
 
+static __always_inline void emit3(__u32 type, __u32 a, __u32 b, __u32 c)
+{
+	struct pgs_event ev = { .type = type, .a = a, .b = b, .c = c };
+
+	bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+}
+
 static __always_inline void emit(__u32 type, __u32 a, __u32 b)
 {
 	struct pgs_event ev = { .type = type, .a = a, .b = b };
@@ -269,6 +276,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	struct pgs_conn *c;
 	struct pgs_pool *pool;
 	__u32 cid = 0, pool_id = s->pool_id, mode;
+	__u64 inflight = 0, limit = ~0ULL;
 	int ok = 0, action = 0;
 
 	mode = MODE(s->word);
@@ -312,6 +320,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		return SK_DROP;
 	}
 	pool = bpf_map_lookup_elem(&pools, &pool_id);
+	if (pool && pool->inflight_limit)
+		limit = pool->inflight_limit;
 	if (fc.n_param || fc.n_z) {
 		int txn = pool && pool->mode == PGS_POOL_TRANSACTION;
 
@@ -358,8 +368,9 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
 		return SK_DROP; /* the client is gone: nobody is owed these bytes */
 	}
-	if (pool && pool->inflight_limit && !action &&
-	    client_inflight(cid, c) + len > pool->inflight_limit) {
+	if (pool && pool->inflight_limit && !action)
+		inflight = client_inflight(cid, c);
+	if (inflight + len > limit) {
 		/* Hand the pair to user space, which forwards with TCP back-pressure once
 		 * the kernel-queued bytes are acked (docs/kernel-path.md, bounded memory). */
 		ok = 0;
@@ -381,7 +392,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 			bpf_spin_unlock(&s->lock);
 			if (ok) {
 				stat_add(PGS_ST_FB_INFLIGHT_LIMIT, 1);
-				emit(PGS_EV_INFLIGHT_LIMIT, cid, sid);
+				emit3(PGS_EV_INFLIGHT_LIMIT, cid, sid, inflight > 0xffffffff ? 0xffffffff : inflight);
 				goto passed;
 			}
 		}

@@ -95,7 +95,7 @@ enum pgs_stat {
 enum pgs_event_type {
 	PGS_EV_PARAMS_CHANGED = 1,  /* a = client, b = server */
 	PGS_EV_SERVER_RELEASED = 2, /* a = pool, b = server */
-	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server */
+	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server, c = bytes in flight (capped) */
 	PGS_EV_SERVER_TO_USER = 4,  /* a = server, b = reason (stat index) */
 };
 

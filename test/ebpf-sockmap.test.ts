@@ -312,4 +312,76 @@ if (kp) {
     t.equal(k.counters().fallbacks.frame_error, 0n);
     t.equal(r.cpx.length + r.spx.length, 0);
   });
+
+  t.test('in-flight bound: a client that does not read gets the pair handed to user space', async (t) => {
+    const limit = 256 * 1024;
+    const r = await rig(k, 'transaction', limit);
+    t.teardown(() => r.close());
+    const events: Array<{ type: string; client?: number; server?: number }> = [];
+    k.onEvent((e) => events.push(e));
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q('select big'));
+    await until(() => r.pg.length > 0, 'query at the server');
+    r.app.sock.pause(); // the client application stops reading
+    const row = msg('D', Buffer.alloc(8192 - 5, 0x61));
+    const total = 2048; // 16 MiB of DataRows
+    let written = 0;
+    const writeMore = () => {
+      while (written < total) {
+        written++;
+        if (!r.pg.sock.write(row)) return r.pg.sock.once('drain', writeMore);
+      }
+    };
+    writeMore();
+    await until(() => events.some((e) => e.type === 'inflight_limit'), 'inflight_limit event', 10000);
+    const ev = events.find((e) => e.type === 'inflight_limit')!;
+    t.same({ ...ev, inflight: undefined }, { type: 'inflight_limit', client: r.cid, server: r.sid, inflight: undefined });
+    t.comment(`in flight at hand-over: ${(ev as { inflight?: number }).inflight}`);
+    const c = k.read(r.cid)!;
+    t.equal(c.mode, Mode.USER, 'client handed to user space');
+    t.ok(c.flags & 4, 'SLOW flag set');
+    t.equal(k.takeBound(r.cid), r.sid, 'takeBound returns the server');
+    await until(() => r.spx.length > 0, 'server bytes now reach user space');
+    const redirected = Number(c.redirected);
+    t.ok(redirected < total * row.length, `kernel redirected ${redirected} of ${total * row.length} bytes`);
+    // Everything the kernel redirected reaches the client, in order, once it reads again.
+    r.app.sock.resume();
+    await until(() => r.app.length >= redirected, 'kernel-queued bytes at the client', 10000);
+    const got = r.app.take();
+    t.equal(got.length, redirected, 'no more than what was redirected');
+    const stream = Buffer.concat([r.pg.bytes.length ? Buffer.alloc(0) : Buffer.alloc(0), ...Array.from({ length: Math.ceil(redirected / row.length) }, () => row)]);
+    t.ok(got.equals(stream.subarray(0, redirected)), 'the redirected bytes are the stream prefix');
+    // user space got the rest, starting right after the redirected prefix
+    await until(() => r.spx.length + redirected >= total * row.length, 'rest of the stream in user space', 10000);
+    const rest = r.spx.bytes;
+    const full = Buffer.concat(Array.from({ length: total }, () => row));
+    t.ok(rest.equals(full.subarray(redirected)), 'user space gets exactly the suffix');
+  });
+
+  t.test('in-flight bound: acked bytes are subtracted (paced producer, reading client)', async (t) => {
+    // A redirect never slows its producer: a server that writes faster than the kernel's
+    // redirect worker sends piles bytes up even for a client that reads, and the bound
+    // then hands over too (docs/kernel-path.md). Paced writes show the acks are counted.
+    const limit = 256 * 1024;
+    const r = await rig(k, 'transaction', limit);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q('select big'));
+    await until(() => r.pg.length > 0, 'query at the server');
+    const row = msg('D', Buffer.alloc(8192 - 5, 0x62));
+    const total = 256; // 2 MiB, 8 times the bound
+    for (let i = 0; i < total; i++) {
+      r.pg.sock.write(row);
+      if (i % 4 === 3) await settle(2);
+    }
+    r.pg.sock.write(Buffer.concat([C('SELECT 256'), Z('I')]));
+    await until(() => r.app.length >= total * row.length + 22 || r.spx.length > 0, 'whole response at the client', 20000);
+    t.equal(k.counters().fallbacks.inflight_limit - before.fallbacks.inflight_limit, 0n, 'never limited');
+    t.equal(r.spx.length, 0, 'all through the kernel');
+    t.equal(r.app.length, total * row.length + 22);
+    await until(() => k.read(r.sid)!.mode === Mode.IDLE, 'released at the end');
+  });
 }

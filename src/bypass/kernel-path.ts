@@ -29,7 +29,7 @@ export type KernelEvent =
   | { type: 'server_released'; pool: number; server?: number }
   // the in-flight bound handed the pair to user space: takeBound(client) returns the
   // server; write to the client only once its kernel-queued bytes are acked
-  | { type: 'inflight_limit'; client: number; server: number }
+  | { type: 'inflight_limit'; client: number; server: number; inflight?: number }
   // the kernel gave a server back to user space (unsolicited bytes while idle, lost
   // framing, full idle stack); its bytes now arrive on its socket
   | { type: 'server_to_user'; server: number; reason: FallbackReason };
@@ -358,7 +358,7 @@ export class KernelPath {
         e = { type: 'server_released', pool: r.a, server: r.b };
         break;
       case abi.EventType.INFLIGHT_LIMIT:
-        e = { type: 'inflight_limit', client: r.a, server: r.b };
+        e = { type: 'inflight_limit', client: r.a, server: r.b, inflight: r.c };
         break;
       case abi.EventType.SERVER_TO_USER:
         e = { type: 'server_to_user', server: r.a, reason: abi.FALLBACK_NAMES[r.b] ?? 'unhandled' };
