@@ -334,7 +334,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 				if (txn && c->outstanding == 0 && fc.last_z == 'I' && !c->tail_open) {
 					c->peer = 0;
 					if (c->flags & PGS_F_PARAMS_CHANGED) {
-						c->flags &= ~PGS_F_PARAMS_CHANGED;
+						/* flag stays set: read() tells Node why the client
+						 * left even before the ring-buffer event arrives */
 						if (MODE(c->word) == PGS_KERNEL)
 							set_mode(&c->word, PGS_USER);
 						action = 2;

@@ -258,7 +258,11 @@ if (kp) {
     );
     t.equal(k.read(r.cid)!.mode, Mode.USER);
     t.equal(k.read(r.cid)!.peer, 0);
+    t.ok(k.read(r.cid)!.flags & 1, 'PARAMS_CHANGED flag readable by user space');
     t.equal(k.read(r.sid)!.mode, Mode.USER);
+    t.equal(k.read(r.sid)!.frame.remaining + k.read(r.sid)!.frame.hdrLen, 0, 'server handed over on a message boundary');
+    t.ok(k.clientToKernel(r.cid, 0n), 'client can go back to the kernel (flag reset)');
+    t.equal(k.read(r.cid)!.flags, 0);
   });
 
   t.test('Terminate while unbound goes to user space', async (t) => {
