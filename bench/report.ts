@@ -160,9 +160,11 @@ export function svgChart(r: BenchResult): string {
       });
     }
   }
-  const bw = 16, gap = 22, left = 70, right = 20, panelH = 220, top = 70;
-  const groupW = targets.length * bw + gap;
-  const width = Math.max(left + right + targets.length * 130 + 20 + 5 * 115, left + right + groups.length * groupW);
+  const gap = 22, left = 70, right = 20, panelH = 220, top = 70;
+  const legendW = left + right + targets.length * 130 + 20 + 5 * 130;
+  const width = Math.max(1000, legendW, left + right + groups.length * (targets.length * 16 + gap));
+  const groupW = (width - left - right) / Math.max(1, groups.length);
+  const bw = Math.max(8, Math.min(56, Math.floor((groupW - gap) / Math.max(1, targets.length))));
   const height = top + panelH * 2 + 60 + 40 + r.goals.length * 15 + 10;
   const maxTps = niceMax(Math.max(0, ...cells.map((c) => c.tps ?? 0)));
   const maxCpu = niceMax(Math.max(0, ...cells.map((c) => c.cpu_us_per_tx.machine ?? 0)));
@@ -180,7 +182,7 @@ export function svgChart(r: BenchResult): string {
     { k: 'other', op: 0.08, name: 'other' },
   ];
   stackKeys.forEach((s, i) => {
-    const x = left + targets.length * 130 + 20 + i * 115;
+    const x = left + targets.length * 130 + 20 + i * 130;
     out.push(`<rect x="${x}" y="32" width="12" height="12" fill="#374151" fill-opacity="${s.op}"/><text x="${x + 16}" y="42">${esc(s.name)}</text>`);
   });
   out.push(`<text x="${left + targets.length * 130 + 20}" y="58" fill="#555">(shading in the CPU panel)</text>`);
@@ -205,6 +207,7 @@ export function svgChart(r: BenchResult): string {
       if (c.tps != null) {
         const h = (c.tps / maxTps) * panelH;
         out.push(`<rect x="${x}" y="${(y1 + panelH - h).toFixed(1)}" width="${bw - 2}" height="${h.toFixed(1)}" fill="${color(t)}"><title>${esc(`${t} ${g.label}: ${Math.round(c.tps)} tps, p50 ${f2(c.latency_p50_ms)} ms, p99 ${f2(c.latency_p99_ms)} ms`)}</title></rect>`);
+        if (bw >= 30) out.push(`<text x="${x + (bw - 2) / 2}" y="${(y1 + panelH - h - 4).toFixed(1)}" text-anchor="middle" font-size="10">${c.tps >= 10000 ? `${(c.tps / 1000).toFixed(1)}k` : Math.round(c.tps)}</text>`);
       }
       const m = c.cpu_us_per_tx.machine;
       if (m != null) {
@@ -217,14 +220,17 @@ export function svgChart(r: BenchResult): string {
           y -= h;
           out.push(`<rect x="${x}" y="${y.toFixed(1)}" width="${bw - 2}" height="${h.toFixed(1)}" fill="${color(t)}" fill-opacity="${s.op}"><title>${esc(`${t} ${g.label}: ${s.name} ${parts[s.k].toFixed(1)} µs/tx of ${m.toFixed(1)}`)}</title></rect>`);
         }
+        if (bw >= 30) out.push(`<text x="${x + (bw - 2) / 2}" y="${(y - 4).toFixed(1)}" text-anchor="middle" font-size="10">${Math.round(m)}</text>`);
       }
     });
-    const lx = gx + (targets.length * bw) / 2;
+    const lx = gx + (targets.length * bw) / 2 - 1;
     for (const y of [y1 + panelH + 14, y2 + panelH + 14]) out.push(`<text x="${lx}" y="${y}" text-anchor="middle" font-size="10">${esc(g.label)}</text>`);
   });
   let gy = y2 + panelH + 40;
   for (const g of r.goals) {
-    out.push(`<text x="${left}" y="${gy}" fill="${g.met === null ? '#6b7280' : g.met ? '#047857' : '#b91c1c'}">${esc(`${g.met === null ? '○' : g.met ? '✔' : '✘'} ${g.description}: ${g.detail}`)}</text>`);
+    const line = `${g.met === null ? '○' : g.met ? '✔' : '✘'} ${g.description}: ${g.detail}`;
+    const maxChars = Math.floor((width - left - right) / 6);
+    out.push(`<text x="${left}" y="${gy}" fill="${g.met === null ? '#6b7280' : g.met ? '#047857' : '#b91c1c'}">${esc(line.length > maxChars ? line.slice(0, maxChars - 1) + '…' : line)}</text>`);
     gy += 15;
   }
   out.push('</svg>');
