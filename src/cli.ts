@@ -18,8 +18,9 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     process.exit(2);
   }
   setLogLevel(logLevel ?? config.log_level);
-  const proxy = new Proxy(config);
+  let proxy: Proxy;
   try {
+    proxy = new Proxy(config);
     await proxy.listen();
   } catch (e) {
     log.error((e as Error).message);
@@ -38,6 +39,7 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     log.info('SIGTERM: graceful shutdown');
     proxy.shutdownGraceful().then(() => setTimeout(() => process.exit(0), 100));
   });
+  process.on('SIGUSR1', () => log.info(proxy.statsLine()));
   process.on('SIGINT', () => {
     log.info('SIGINT: fast shutdown');
     proxy.shutdownFast();

@@ -47,7 +47,7 @@ interface Waiter {
 // A hook that gives the kernel path a say over idle servers (bypass controller).
 export interface IdleServerHost {
   // Takes a server idle in the kernel for a user-space client, or null.
-  takeIdle(pool: Pool): ServerConnection | null;
+  takeIdle(pool: Pool, hint?: unknown): ServerConnection | null;
   // Offers an idle server to the kernel; true if the kernel now owns it.
   offerIdle(pool: Pool, server: ServerConnection): boolean;
 }
@@ -94,9 +94,10 @@ export class Pool {
   }
 
   // Resolves with a server for the caller, in FIFO order with other waiters.
-  acquire(): Promise<ServerConnection> {
+  // hint: the client asking (lets the kernel host prefer a server with its settings).
+  acquire(hint?: unknown): Promise<ServerConnection> {
     if (!this.paused && this.waiters.length === 0) {
-      const s = this.takeIdle();
+      const s = this.takeIdle(hint);
       if (s) return Promise.resolve(s);
     }
     return new Promise((resolve, reject) => {
@@ -156,12 +157,12 @@ export class Pool {
     w.resolve(server);
   }
 
-  private takeIdle(): ServerConnection | null {
+  private takeIdle(hint?: unknown): ServerConnection | null {
     while (this.idle.length) {
       const s = this.idle.pop()!; // LIFO: the warmest server
       if (s.isUsable && s.state === ServerState.Idle) return s;
     }
-    return this.kernelHost ? this.kernelHost.takeIdle(this) : null;
+    return this.kernelHost ? this.kernelHost.takeIdle(this, hint) : null;
   }
 
   private dropWaiter(w: Waiter): void {

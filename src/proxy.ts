@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Pooler } from './pooler';
+import { BypassController } from './bypass/controller';
 import type { Config } from './config/types';
 import { log } from './log';
 import { ProxyControl, startAdminConsole } from './admin/console';
@@ -11,6 +12,7 @@ import { MetricsServer, startMetrics } from './metrics/prometheus';
 
 export class Proxy {
   readonly pooler: Pooler;
+  readonly bypass: BypassController;
   private servers: net.Server[] = [];
   private stopping = false;
   // Admin console and metrics; the bypass controller replaces control.bypassInfo / bypassCounters.
@@ -21,6 +23,27 @@ export class Proxy {
     this.pooler = new Pooler(config);
     this.control = proxyControl(this);
     this.pooler.hooks.startAdmin = (c) => startAdminConsole(c, this.pooler, this.control);
+    this.bypass = new BypassController(config.bypass, this.pooler); // throws for 'on' without a kernel path
+    const hooks = this.pooler.hooks;
+    const poolCreated = hooks.poolCreated;
+    hooks.poolCreated = (pool) => {
+      this.bypass.poolCreated(pool);
+      poolCreated?.(pool);
+    };
+    hooks.offerToKernel = (client) => this.bypass.offerClient(client);
+    hooks.leftKernel = (client) => this.bypass.leftKernel(client);
+    hooks.clientClosed = (client) => this.bypass.clientClosed(client);
+    hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
+    this.control.bypassInfo = () => this.bypass.info();
+    this.control.bypassCounters = () => this.bypass.flatCounters();
+  }
+
+  // One line with what each data path carried (SIGUSR1).
+  statsLine(): string {
+    let xacts = 0n;
+    for (const p of this.pooler.pools.values()) xacts += p.stats.xacts;
+    const rows = this.bypass.info().map(([k, v]) => `${k}=${/\s/.test(v) ? JSON.stringify(v) : v}`);
+    return `stats: clients=${this.pooler.clients.size} pools=${this.pooler.pools.size} user_xacts=${xacts} ${rows.join(' ')}`;
   }
 
   async listen(): Promise<void> {
@@ -82,6 +105,7 @@ export class Proxy {
       await new Promise((r) => setTimeout(r, 50));
     }
     this.pooler.close();
+    this.bypass.close();
   }
 
   // SIGINT: close everything now.
@@ -89,5 +113,6 @@ export class Proxy {
     this.stopping = true;
     this.stopListening();
     this.pooler.close();
+    this.bypass.close();
   }
 }

@@ -1,0 +1,390 @@
+// The bypass controller: the one module that moves connections between the user
+// space data path and the kernel path (src/bypass/kernel-path.ts wraps the addon).
+// Every ownership change it makes is one compare-and-swap in the kernel's state
+// word for that socket (docs/kernel-path.md); this file decides *when*.
+import type { BypassMode } from '../config/types';
+import { ClientConnection, ClientState } from '../client-connection';
+import { ServerConnection, ServerState } from '../server-connection';
+import type { IdleServerHost, Pool } from '../pool';
+import type { Pooler } from '../pooler';
+import { TRACKED_PARAMETERS } from '../session-parameters';
+import { SqlState } from '../protocol/constants';
+import { log } from '../log';
+import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
+
+export interface BypassStatus {
+  mode: BypassMode;
+  loaded: boolean;
+  reason: string;
+}
+
+// User-space side counters, for comparison with the kernel's.
+export interface UserPathCounters {
+  clientsToKernel: number;
+  clientsFromKernel: number;
+  serversToKernel: number;
+  serversFromKernel: number;
+  paramsChanged: number;
+  kernelServerLost: number;
+}
+
+const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
+const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
+// Kernel conn ids: clients use their id, servers a disjoint range.
+const skid = (s: ServerConnection): number => 0x40000000 + s.id;
+
+// A stable name for a set of session settings.
+export function signature(settings: Map<string, string>): string {
+  return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+}
+
+// The settings a server has now: the tracked reported ones and what the proxy SET on it.
+function serverSignature(server: ServerConnection): string {
+  const m = new Map<string, string>();
+  for (const k of TRACKED_PARAMETERS) {
+    const v = server.params.get(k);
+    if (v !== undefined) m.set(k, v);
+  }
+  for (const [k, v] of server.applied) m.set(k, v);
+  return signature(m);
+}
+
+const fdOf = (sock: unknown): number | null => {
+  const h = (sock as { _handle?: { fd?: number } })._handle;
+  return h && typeof h.fd === 'number' && h.fd >= 0 ? h.fd : null;
+};
+
+export class BypassController implements IdleServerHost {
+  private kernel: KernelPathType | null = null;
+  readonly status: BypassStatus;
+  private clients = new Map<number, ClientConnection>(); // registered with the kernel, by kernel id
+  private servers = new Map<number, ServerConnection>(); // by kernel id
+  private kpools = new Map<Pool, Map<string, number>>(); // settings signature -> kernel pool id
+  private kidPool = new Map<number, Pool>();
+  private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
+  private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
+  readonly counters: UserPathCounters = {
+    clientsToKernel: 0, clientsFromKernel: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+  };
+
+  // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
+  constructor(
+    mode: BypassMode,
+    private readonly pooler: Pooler,
+  ) {
+    this.status = { mode, loaded: false, reason: 'bypass: off' };
+    if (mode === 'off') return;
+    try {
+      // Loaded lazily so 'off' never needs the addon or root.
+      const { KernelPath } = require('./kernel-path') as typeof import('./kernel-path');
+      this.kernel = KernelPath.open();
+      this.kernel.onEvent((e) => this.onKernelEvent(e));
+      this.status.loaded = true;
+      this.status.reason = 'loaded';
+      log.info('kernel path loaded: steady-state traffic bypasses user space');
+    } catch (e) {
+      const why = (e as Error).message.split('\n')[0];
+      this.status.reason = why;
+      if (mode === 'on') throw new Error(`bypass: on, but the kernel path cannot be used: ${why}`);
+      log.warn(`kernel path unavailable, serving in user space: ${why}`);
+    }
+  }
+
+  get active(): boolean {
+    return this.kernel !== null;
+  }
+
+  // ---- pools ----
+  // A Pool's servers and clients are split in the kernel by their session settings: one
+  // kernel pool (idle stack) per distinct set, so a kernel-bound pair always agrees on
+  // TimeZone, application_name, ... without user space re-applying anything.
+
+  poolCreated(pool: Pool): void {
+    if (!this.kernel || pool.settings.mode === 'statement') return;
+    pool.kernelHost = this;
+    this.kpools.set(pool, new Map());
+    pool.onWaitersChanged = () => {
+      for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, pool.waitingCount > 0);
+    };
+  }
+
+  // The kernel pool for this Pool and settings, created on first use; null when none can be had.
+  private kidFor(pool: Pool, signature: string): number | null {
+    const bySig = this.kpools.get(pool);
+    if (!bySig) return null;
+    const known = bySig.get(signature);
+    if (known !== undefined) return known;
+    if (bySig.size >= MAX_SETTINGS_PER_POOL || this.freeKids.length === 0) return null;
+    const kid = this.freeKids.shift()!;
+    this.kernel!.configurePool(kid, { mode: pool.settings.mode === 'session' ? 'session' : 'transaction', maxIdle: 4096 });
+    this.kernel!.setPoolWaiters(kid, pool.waitingCount > 0);
+    bySig.set(signature, kid);
+    this.kidPool.set(kid, pool);
+    return kid;
+  }
+
+  // (Re-)registers a quiet socket so that the kernel files it under kid.
+  private home(conn: ServerConnection | ClientConnection, kid: number): boolean {
+    const k = this.kernel!;
+    const cur = this.kidOf.get(conn);
+    if (cur === kid) return true;
+    const fd = fdOf(conn.socket);
+    if (fd === null) return false;
+    const isServer = conn instanceof ServerConnection;
+    const id = isServer ? skid(conn) : conn.id;
+    if (cur !== undefined) k.unregister(id); // quiet: nothing is parked in its queue
+    if (isServer) k.registerServer(id, fd, kid);
+    else k.registerClient(id, fd, kid);
+    conn.bytesRead = 0n;
+    this.kidOf.set(conn, kid);
+    return true;
+  }
+
+  // IdleServerHost: a server idle in user space goes to the kernel's idle stack.
+  offerIdle(pool: Pool, server: ServerConnection): boolean {
+    const k = this.kernel;
+    if (!k || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    const kid = this.kidFor(pool, serverSignature(server));
+    if (kid === null) return false;
+    if (!this.servers.has(skid(server))) {
+      this.servers.set(skid(server), server);
+      server.once('close', () => this.serverClosed(server));
+      server.kernelPassed = () => this.serverPassed(server);
+    }
+    if (!this.home(server, kid)) return false;
+    if (!k.serverToIdle(skid(server), server.bytesRead)) return false;
+    server.state = ServerState.Kernel;
+    this.counters.serversToKernel++;
+    return true;
+  }
+
+  // IdleServerHost: a user-space client takes a server idle in the kernel, preferring
+  // one whose settings are already the client's.
+  takeIdle(pool: Pool, hint?: unknown): ServerConnection | null {
+    const k = this.kernel;
+    const bySig = this.kpools.get(pool);
+    if (!k || !bySig) return null;
+    const kids = [...bySig.entries()];
+    if (hint instanceof ClientConnection) {
+      const want = signature(hint.settings);
+      kids.sort((a, b) => (a[0] === want ? -1 : b[0] === want ? 1 : 0));
+    }
+    for (const [, kid] of kids) {
+      for (;;) {
+        const id = k.popIdle(kid);
+        if (id === 0) break;
+        const server = this.servers.get(id);
+        if (!server || !server.isUsable) continue;
+        server.state = ServerState.Idle;
+        this.counters.serversFromKernel++;
+        return server;
+      }
+    }
+    return null;
+  }
+
+  // ---- clients ----
+
+  // Moves an idle client to the kernel path when that is safe; false keeps it in user space.
+  offerClient(client: ClientConnection): boolean {
+    const k = this.kernel;
+    const pool = client.pool;
+    if (!k || !pool || !this.kpools.has(pool) || client.adminHandler) return false;
+    if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady) return false;
+    if (client.socket.writableLength > 0) {
+      // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
+      client.socket.once('drain', () => this.offerClient(client));
+      return false;
+    }
+    const kid = this.kidFor(pool, signature(client.settings));
+    if (kid === null) return false;
+    if (!this.clients.has(client.id)) this.clients.set(client.id, client);
+    if (!this.home(client, kid)) return false;
+    if (!k.clientToKernel(client.id, client.bytesRead)) return false; // passed bytes still unread: retried later
+    client.state = ClientState.Kernel;
+    this.counters.clientsToKernel++;
+    return true;
+  }
+
+  // A client left: whatever server the kernel had bound to it is taken back and made clean.
+  clientClosed(client: ClientConnection): void {
+    const k = this.kernel;
+    if (!k || !this.clients.has(client.id)) return;
+    this.clients.delete(client.id);
+    const before = k.read(client.id);
+    const serverId = k.takeBound(client.id);
+    k.unregister(client.id);
+    if (!serverId) return;
+    const server = this.servers.get(serverId);
+    if (!server) return;
+    server.state = ServerState.Idle;
+    this.counters.serversFromKernel++;
+    const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
+    if (!quiet || !server.isUsable) {
+      server.close('client left while its request was in progress in the kernel');
+      return;
+    }
+    const pool = client.pool!;
+    const reset = ['ROLLBACK'];
+    if (pool.settings.mode === 'session' && this.pooler.config.server_reset_query) reset.push(this.pooler.config.server_reset_query);
+    server.runInternal(reset.join('; ')).then(
+      () => {
+        server.applied.clear();
+        pool.release(server);
+      },
+      (e: Error) => server.close(`reset after client left failed: ${e.message}`),
+    );
+  }
+
+  // Where a cancel for this client must go: the server the kernel bound it to, if any.
+  cancelTarget(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null {
+    if (!this.kernel || client.state !== ClientState.Kernel) return null;
+    const st = this.kernel.read(client.id);
+    const server = st && st.peer ? this.servers.get(st.peer) : undefined;
+    if (!server) return null;
+    return { host: server.target.host, port: server.target.port, pid: server.backendPid, key: server.backendKey };
+  }
+
+  // ---- servers ----
+
+  // The kernel passed bytes of a server it owned (async message on an idle server).
+  private serverPassed(server: ServerConnection): void {
+    this.counters.serversFromKernel++;
+    server.state = ServerState.Idle;
+    const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
+    // After this chunk is handled (a notice is fine, anything else closes it), it is idle again.
+    setImmediate(() => {
+      if (server.isUsable && server.state === ServerState.Idle && pool) pool.serverAvailable(server);
+    });
+  }
+
+  private serverClosed(server: ServerConnection): void {
+    const k = this.kernel;
+    this.servers.delete(skid(server));
+    if (!k) return;
+    const st = k.read(skid(server));
+    k.unregister(skid(server));
+    // A server that dies bound to a client in the kernel takes that client's transaction with it.
+    if (st && st.peer) {
+      const client = this.clients.get(st.peer);
+      if (client && client.state === ClientState.Kernel) {
+        this.counters.kernelServerLost++;
+        client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' });
+      }
+    }
+  }
+
+  // Settings refreshes in progress, by client id (see leftKernel).
+  private refreshes = new Map<number, { promise: Promise<void>; resolve: () => void }>();
+
+  private refreshFor(clientId: number) {
+    let r = this.refreshes.get(clientId);
+    if (!r) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((res) => (resolve = res));
+      r = { promise, resolve };
+      this.refreshes.set(clientId, r);
+      // The event is normally handled within a loop turn; never hold a client on a lost one.
+      setTimeout(() => this.finishRefresh(clientId), 2000).unref();
+    }
+    return r;
+  }
+
+  private finishRefresh(clientId: number): void {
+    const r = this.refreshes.get(clientId);
+    if (!r) return;
+    this.refreshes.delete(clientId);
+    r.resolve();
+  }
+
+  // The kernel passed a client's bytes up. If it did so because the client changed a
+  // tracked setting, its next server must wait until the new values are known.
+  leftKernel(client: ClientConnection): void {
+    this.counters.clientsFromKernel++;
+    const st = this.kernel?.read(client.id);
+    if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG)) {
+      client.settingsReady = this.refreshFor(client.id).promise;
+    }
+  }
+
+  private onKernelEvent(e: KernelEvent): void {
+    if (e.type === 'server_released') {
+      this.kidPool.get(e.pool)?.serviceWaiters();
+    } else if (e.type === 'params_changed') {
+      this.counters.paramsChanged++;
+      const client = this.clients.get(e.client);
+      const server = this.servers.get(e.server);
+      this.refreshFor(e.client);
+      if (!server) return this.finishRefresh(e.client);
+      server.state = ServerState.Idle;
+      const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
+      // Learn the client's new values from the server it set them on, then clean the server.
+      server.queryValues(`SELECT ${TRACKED_PARAMETERS.map((p) => `current_setting('${p}')`).join(', ')}`).then(
+        (values) => {
+          if (client && client.state !== ClientState.Closed) {
+            TRACKED_PARAMETERS.forEach((p, i) => client.settings.set(p, values[i]));
+            client.appName = client.settings.get('application_name') ?? '';
+          }
+          this.finishRefresh(e.client);
+          if (pool) pool.release(server);
+        },
+        (err: Error) => {
+          this.finishRefresh(e.client);
+          server.close(`reading parameters after a SET failed: ${err.message}`);
+        },
+      );
+    }
+  }
+
+  kernelCounters(): KernelCounters | null {
+    return this.kernel ? this.kernel.counters() : null;
+  }
+
+  idleInKernel(pool: Pool): number {
+    let n = 0;
+    for (const kid of this.kpools.get(pool)?.values() ?? []) n += this.kernel?.idleCount(kid) ?? 0;
+    return n;
+  }
+
+  // Kernel and user-space counters by name, for Prometheus.
+  flatCounters(): Record<string, number | bigint> {
+    const out: Record<string, number | bigint> = {};
+    for (const [k, v] of Object.entries(this.counters)) out[`user_${k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())}`] = v;
+    const kc = this.kernelCounters();
+    if (kc) {
+      out.transactions = kc.transactions;
+      out.client_bytes = kc.clientBytes;
+      out.server_bytes = kc.serverBytes;
+      out.passed_skbs = kc.passedSkbs;
+      for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
+    }
+    return out;
+  }
+
+  // Rows for SHOW BYPASS and the SIGUSR1 line.
+  info(): Array<[string, string]> {
+    const rows: Array<[string, string]> = [
+      ['mode', this.status.mode],
+      ['loaded', this.status.loaded ? 'yes' : 'no'],
+      ['reason', this.status.reason],
+    ];
+    let clientsInKernel = 0;
+    for (const c of this.clients.values()) if (c.state === ClientState.Kernel) clientsInKernel++;
+    let serversInKernel = 0;
+    for (const s of this.servers.values()) if (s.state === ServerState.Kernel) serversInKernel++;
+    rows.push(['clients_in_kernel', String(clientsInKernel)], ['servers_in_kernel', String(serversInKernel)]);
+    for (const [k, v] of Object.entries(this.counters)) rows.push([`user_${k}`, String(v)]);
+    const kc = this.kernelCounters();
+    if (kc) {
+      rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],
+        ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)]);
+      for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
+    }
+    return rows;
+  }
+
+  close(): void {
+    this.kernel?.close();
+    this.kernel = null;
+  }
+}
