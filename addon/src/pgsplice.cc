@@ -344,11 +344,13 @@ class Obj : public Napi::ObjectWrap<Obj> {
     std::vector<std::vector<uint8_t>> batch;
     batch.swap(s->pending);
     for (auto& rec : batch) {
-      if (!s->owner) break;  // the callback closed the object
+      if (!s->owner || s->cb.IsEmpty()) break;  // the callback closed the object
+      // MakeCallback: runs microtasks after the call, like any libuv-driven callback;
+      // a throw becomes process 'uncaughtException' instead of vanishing.
       try {
-        s->cb.Call({Napi::Buffer<uint8_t>::Copy(env, rec.data(), rec.size())});
+        s->cb.MakeCallback(env.Global(), {Napi::Buffer<uint8_t>::Copy(env, rec.data(), rec.size())});
       } catch (const Napi::Error& e) {
-        e.ThrowAsJavaScriptException();
+        napi_fatal_exception(env, e.Value());
         return;
       }
     }
