@@ -388,4 +388,52 @@ if (kp) {
     t.equal(r.app.length, total * row.length + 22);
     await until(() => k.read(r.sid)!.mode === Mode.IDLE, 'released at the end');
   });
+
+  t.test('session pool: bound at the first Query, kept across Z I', async (t) => {
+    const r = await rig(k, 'session');
+    t.teardown(() => r.close());
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    for (let i = 0; i < 3; i++) {
+      r.app.sock.write(Q(`select ${i}`));
+      await until(() => r.pg.length > 0, 'query');
+      r.pg.take();
+      r.pg.sock.write(Buffer.concat([C('SELECT 1'), Z('I')]));
+      await until(() => r.app.length >= 20, 'response');
+      r.app.take();
+      t.equal(k.read(r.sid)!.mode, Mode.BOUND, `still bound after transaction ${i}`);
+    }
+    t.notOk(k.clientToUser(r.cid), 'clientToUser refuses while bound');
+    t.equal(k.takeBound(r.cid), r.sid);
+    t.ok(k.clientToUser(r.cid), 'unbound now');
+  });
+
+  t.test('bound server gone: the client falls back (target_missing)', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q('begin'));
+    await until(() => r.pg.length > 0, 'begin');
+    r.pg.sock.write(Buffer.concat([C('BEGIN'), Z('T')]));
+    await until(() => r.app.length >= 16, 'response');
+    k.unregister(r.sid);
+    k.unregister(r.sid); // idempotent
+    t.equal(k.read(r.sid), null);
+    const q = Q('select 1');
+    r.app.sock.write(q);
+    await until(() => r.cpx.length >= q.length, 'query passed to user space');
+    t.equal(k.counters().fallbacks.target_missing - before.fallbacks.target_missing, 1n);
+    t.equal(k.read(r.cid)!.mode, Mode.USER);
+    t.equal(k.read(r.cid)!.peer, r.sid, 'still names the dead server for user space');
+  });
+
+  t.test('bad arguments', async (t) => {
+    t.throws(() => k.registerClient(0, 1, 1), /1\.\.2\^32-1/);
+    t.throws(() => k.configurePool(1000, { mode: 'session', maxIdle: 1 }), RangeError);
+    t.equal(k.read(424242), null);
+    t.notOk(k.clientToKernel(424242, 0n));
+    t.equal(k.popIdle(249), 0, 'unconfigured pool: none');
+  });
 }
