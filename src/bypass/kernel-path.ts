@@ -146,10 +146,12 @@ export class KernelPath {
       obj = addon.load(objPath);
     } catch (e) {
       const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
-      const hint = /Operation not permitted|EPERM/.test((e as Error).message)
+      const [first, ...log] = (e as Error).message.split('\n');
+      const hint = /Operation not permitted|EPERM/.test(first)
         ? ` (needs CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON; uid ${uid})`
         : '';
-      throw new Error(`kernel path unavailable: ${(e as Error).message}${hint}`);
+      // first line says why (callers log it); the libbpf/verifier log tail follows
+      throw new Error([`kernel path unavailable: ${first}${hint}`, ...log].join('\n'));
     }
     try {
       obj.attachSockmapVerdict('pgs_verdict', 'socks');
