@@ -99,6 +99,12 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
     for (const t of failed) L.push(`- **${t.label}**: ${t.reason}`);
     L.push('');
   }
+  const paths = r.targets.filter((t) => t.bypass_after);
+  if (paths.length) {
+    L.push('## Which data path carried the load (SHOW BYPASS after the runs)', '');
+    for (const t of paths) L.push(`- **${t.label}**: ${dataPathSummary(t.bypass_after!)}`);
+    L.push('');
+  }
   const notes = r.targets.filter((t) => t.note);
   for (const t of notes) L.push(`- ${t.label} said: ${t.note}`);
   if (notes.length) L.push('');
@@ -235,4 +241,21 @@ export function svgChart(r: BenchResult): string {
   }
   out.push('</svg>');
   return out.join('\n') + '\n';
+}
+
+// One sentence from pgsplice's SHOW BYPASS rows: kernel share and the main fallbacks.
+export function dataPathSummary(b: Record<string, string>): string {
+  const n = (k: string) => Number(b[k] ?? 0) || 0;
+  const total = n('transactions_total');
+  if (!/^(yes|true|on|1)$/i.test(b.loaded ?? '')) return `kernel path not loaded (${b.reason ?? '?'}); all ${total.toLocaleString('en-US')} transactions in user space`;
+  const kTx = n('kernel_transactions');
+  const fallbacks = Object.entries(b)
+    .filter(([k, v]) => /^(kernel_)?fallback_/.test(k) && Number(v) > 0 && !(k.startsWith('fallback_') && `kernel_${k}` in b))
+    .map(([k, v]) => [k.replace(/^kernel_/, '').replace(/^fallback_/, ''), Number(v)] as [string, number])
+    .sort((a, c) => c[1] - a[1]);
+  const seen = new Set<string>();
+  const fb = fallbacks.filter(([k]) => (seen.has(k) ? false : (seen.add(k), true))).slice(0, 4);
+  return `kernel path loaded; the kernel carried ${kTx.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} transactions` +
+    (total > 0 ? ` (${((kTx / total) * 100).toFixed(1)}%)` : '') +
+    (fb.length ? `; hand-backs to user space: ${fb.map(([k, v]) => `${k} ${v.toLocaleString('en-US')}`).join(', ')}` : '');
 }

@@ -11,7 +11,7 @@ import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
 import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
 import { idleRun } from './idle';
 import { median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
-import { CpuSnapshot, peakRssKiB, postmasterPid, snapshot } from './proc';
+import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
 import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
 import {
@@ -48,6 +48,7 @@ async function main(): Promise<void> {
     .option('duration', { type: 'number', describe: 'seconds per pgbench run, >= 3 (default 4)' })
     .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
     .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c)` })
+    .option('clients-simple', { type: 'string', describe: "client counts for the simple protocol ('all' = --clients; default 64, so the client sweep runs on the extended protocol the goals use)" })
     .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default simple,extended; quick extended)' })
     .option('targets', { type: 'string', default: BUILTIN_TARGETS.join(','), describe: 'built-in targets to run' })
     .option('extra', { type: 'string', array: true, default: [] as string[], describe: 'another pooler: host:port:label[:pid] (routes database/user of the backend)' })
@@ -154,12 +155,16 @@ async function main(): Promise<void> {
     // --- targets ---
     const targetRecords: TargetRecord[] = [];
     const maxClientConn = Math.max(5000, idleClients + Math.max(...clients, argv['storm-clients']) + 500);
+    const starters = new Map<string, () => Promise<RunningTarget>>();
     for (const kind of wanted as TargetKind[]) {
       try {
-        let t: RunningTarget;
-        if (kind === 'direct') t = directTarget(backend);
-        else if (kind === 'pgbouncer') t = await startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn, scramVerifier: verifier });
-        else t = await startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
+        const start = async (): Promise<RunningTarget> => {
+          if (kind === 'direct') return directTarget(backend);
+          if (kind === 'pgbouncer') return startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn, scramVerifier: verifier });
+          return startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
+        };
+        const t = await start();
+        starters.set(t.label, start);
         running.push(t);
         targetRecords.push({ label: t.label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null, bypass_after: null });
         log(`target ${t.label}: ${t.host}:${t.port}${t.pid ? ` pid ${t.pid}` : ''}${t.note ? ` (${t.note})` : ''}`);
@@ -178,7 +183,14 @@ async function main(): Promise<void> {
     // --- the matrix, interleaved ---
     type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number };
     const cells: Cell[] = [];
-    for (const workload of workloads) for (const mode of modes) for (const c of clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration });
+    // The client sweep runs on every protocol in --modes except simple, which runs at
+    // --clients-simple (default: 64, or the first count) unless that says 'all'.
+    let simpleClients: number[] = clients;
+    if (argv['clients-simple'] && argv['clients-simple'] !== 'all') simpleClients = list(argv['clients-simple']).map(Number);
+    else if (!argv['clients-simple'] && !quick) simpleClients = clients.includes(64) ? [64] : [clients[0]];
+    for (const workload of workloads) {
+      for (const mode of modes) for (const c of mode === 'simple' ? simpleClients : clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration });
+    }
     if (argv.storm) {
       const stormMode = modes.includes('extended') ? 'extended' : modes[0];
       cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, duration: stormDuration });
@@ -245,7 +257,7 @@ async function main(): Promise<void> {
       const ok = run.code === 0 && !sm.aborted && !!sm.tps && windowTx !== null && windowTx > 0;
       return {
         target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, ok,
-        error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label} log: ${t.logTail().slice(-400)}]` : ''),
+        error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label}${t.exitInfo() ? ` ${t.exitInfo()}` : ''} log: ${t.logTail().slice(-400)}]` : ''),
         tps: sm.tps === null ? null : r1(sm.tps), transactions: sm.transactions, failed: sm.failed, latency_avg_ms: sm.latencyAvgMs,
         window_s: windowS === null ? null : r3(windowS), window_transactions: windowTx,
         window_tps: windowS && windowTx !== null ? r1(windowTx / windowS) : null,
@@ -274,13 +286,49 @@ async function main(): Promise<void> {
       log(`warm-up ${t.label}: ${w.tps ? `${Math.round(w.tps)} tps` : `FAILED: ${w.error}`}`);
     }
     const dead = new Set<string>();
+    // A proxy found stopped before a run (on a shared machine, something outside
+    // may stop it) is started again, at most 3 times, and the result says so.
+    const restarts = new Map<string, string[]>();
+    const ensureAlive = async (label: string): Promise<RunningTarget | null> => {
+      const i = running.findIndex((x) => x.label === label);
+      const t = running[i];
+      if (!t.pid || pidAlive(t.pid)) return t;
+      const why = t.exitInfo() ?? 'not running';
+      const list = restarts.get(label) ?? [];
+      restarts.set(label, list);
+      const tr = targetRecords.find((x) => x.label === label)!;
+      if (list.length >= 3 || !starters.has(label)) {
+        dead.add(label);
+        tr.status = 'failed';
+        tr.reason = `stopped during the runs (${why}); restarted ${list.length} time(s)`;
+        return null;
+      }
+      list.push(why);
+      log(`${label} ${why}; starting it again`);
+      try {
+        const n = await starters.get(label)!();
+        running[i] = n;
+        tr.pid = n.pid;
+        tr.port = n.port;
+        tr.note = `${tr.note ? tr.note + '; ' : ''}restarted after: ${why}`;
+        return n;
+      } catch (e) {
+        dead.add(label);
+        tr.status = 'failed';
+        tr.reason = `stopped during the runs (${why}) and could not be restarted: ${(e as Error).message}`;
+        return null;
+      }
+    };
     let done = 0;
     for (let round = 1; round <= rounds; round++) {
-      const order = running.slice((round - 1) % running.length).concat(running.slice(0, (round - 1) % running.length));
+      const labels = running.map((x) => x.label);
+      const order = labels.slice((round - 1) % labels.length).concat(labels.slice(0, (round - 1) % labels.length));
       for (const c of cells) {
-        for (const t of order) {
+        for (const label of order) {
           done++;
-          if (dead.has(t.label)) continue;
+          if (dead.has(label)) continue;
+          const t = await ensureAlive(label);
+          if (!t) continue;
           const rec = await measure(t, c, round);
           runs.push(rec);
           const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients}c${c.connectPerTx ? ' -C' : ''}`;
@@ -289,17 +337,6 @@ async function main(): Promise<void> {
               ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} ours ${rec.cpu_us_per_tx.ours} µs/tx` +
                 (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '')
               : `FAILED: ${rec.error}`));
-          // A proxy that died takes no more runs.
-          if (!rec.ok && t.pid) {
-            try {
-              process.kill(t.pid, 0);
-            } catch {
-              dead.add(t.label);
-              const tr = targetRecords.find((x) => x.label === t.label)!;
-              tr.status = 'failed';
-              tr.reason = `died during the run: ${rec.error}`;
-            }
-          }
         }
       }
     }
@@ -350,8 +387,10 @@ async function main(): Promise<void> {
     // --- idle connections ---
     const idle: BenchResult['idle'] = [];
     if (argv.idle) {
-      for (const t of running) {
-        if (t.kind === 'direct' || dead.has(t.label)) continue;
+      for (const label of running.map((x) => x.label)) {
+        if (dead.has(label)) continue;
+        const t = await ensureAlive(label);
+        if (!t || t.kind === 'direct') continue;
         log(`idle: opening ${idleClients} clients to ${t.label}`);
         const r = await idleRun({ host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db, clients: idleClients, proxyPid: t.pid });
         idle.push({ target: t.label, ...r });

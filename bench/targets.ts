@@ -27,6 +27,7 @@ export interface RunningTarget {
   stop(): Promise<void>;
   logTail(): string;
   output(): string; // everything the process printed so far (bounded)
+  exitInfo(): string | null; // 'exited with code N' / 'exited with SIGNAL' once it has exited
 }
 
 export class TargetStartError extends Error {}
@@ -73,7 +74,7 @@ async function startServer(opts: {
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
   cwd?: string;
-}): Promise<{ child: ChildProcess; output: () => string }> {
+}): Promise<{ child: ChildProcess; output: () => string; exitInfo: () => string | null }> {
   let out = '';
   const child = spawn(opts.cmd, opts.args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env }, cwd: opts.cwd });
   const keep = (d: Buffer) => {
@@ -83,7 +84,7 @@ async function startServer(opts: {
   child.stdout!.on('data', keep);
   child.stderr!.on('data', keep);
   let exited: string | null = null;
-  child.on('exit', (code, sig) => (exited = `exited with ${sig ?? code}`));
+  child.on('exit', (code, sig) => (exited = `exited with ${sig ?? `code ${code}`} at ${new Date().toISOString()}`));
   child.on('error', (e) => (exited = `could not start: ${e.message}`));
   const deadline = Date.now() + (opts.timeoutMs ?? 20_000);
   for (;;) {
@@ -101,7 +102,7 @@ async function startServer(opts: {
     if (Date.now() > deadline) throw new TargetStartError(`${opts.label} printed ready but does not accept connections`);
     await sleep(100);
   }
-  return { child, output: () => out };
+  return { child, output: () => out, exitInfo: () => exited };
 }
 
 export function tail(s: string, lines = 8): string {
@@ -123,7 +124,7 @@ function stopChild(child: ChildProcess, signal: NodeJS.Signals, graceMs = 5000):
 export function directTarget(b: Backend): RunningTarget {
   return {
     label: 'direct', kind: 'direct', host: b.host, port: b.port, pid: null, note: null,
-    stop: async () => undefined, logTail: () => '', output: () => '',
+    stop: async () => undefined, logTail: () => '', output: () => '', exitInfo: () => null,
   };
 }
 
@@ -133,7 +134,7 @@ export function parseExtraTarget(spec: string): RunningTarget {
   if (!m) throw new Error(`--extra '${spec}': expected host:port:label[:pid]`);
   return {
     label: m[3], kind: 'extra', host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]),
-    pid: m[4] ? Number(m[4]) : null, note: null, stop: async () => undefined, logTail: () => '', output: () => '',
+    pid: m[4] ? Number(m[4]) : null, note: null, stop: async () => undefined, logTail: () => '', output: () => '', exitInfo: () => null,
   };
 }
 
@@ -187,7 +188,7 @@ export async function startPgbouncer(o: {
   const root = process.getuid?.() === 0;
   if (root) execFileSync('chown', ['-R', 'postgres:postgres', o.dir]);
   const exec = root ? `exec setpriv --reuid=postgres --regid=postgres --init-groups ${bin} ${ini}` : `exec ${bin} ${ini}`;
-  const { child, output } = await startServer({
+  const { child, output, exitInfo } = await startServer({
     label: 'pgbouncer', cmd: 'bash', args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; ${exec}`],
     host: '127.0.0.1', port: o.port,
   });
@@ -202,7 +203,7 @@ export async function startPgbouncer(o: {
   };
   return {
     label: 'pgbouncer', kind: 'pgbouncer', host: '127.0.0.1', port: o.port, pid: child.pid ?? null, note: null,
-    stop: () => stopChild(child, 'SIGINT'), logTail, output,
+    stop: () => stopChild(child, 'SIGINT'), logTail, output, exitInfo,
   };
 }
 
@@ -248,7 +249,7 @@ export async function startPgsplice(o: {
   const cfg = path.join(o.dir, `${label}.yaml`);
   fs.writeFileSync(cfg, pgspliceYaml(o));
   const nodeArgs = [...(o.extraNodeArgs ?? []), PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
-  const { child, output } = await startServer({
+  const { child, output, exitInfo } = await startServer({
     label, cmd: 'bash',
     args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
     host: '127.0.0.1', port: o.port, readyLine: /listening on \S+:\d+/,
@@ -275,7 +276,7 @@ export async function startPgsplice(o: {
     label, kind: o.bypass === 'on' ? 'pgsplice-on' : 'pgsplice-off', host: '127.0.0.1', port: o.port,
     pid: child.pid ?? null,
     note: said.length ? said[0].trim().slice(0, 300) : infoError ? `SHOW BYPASS failed: ${infoError.slice(0, 200)}` : info ? `SHOW BYPASS: loaded=${info.loaded ?? '?'}${info.reason ? `, reason: ${info.reason}` : ''}` : null,
-    stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output,
+    stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output, exitInfo,
   };
 }
 
