@@ -185,8 +185,10 @@ export class KernelPath {
       throw new RangeError(`pool id ${poolId} out of range 0..${abi.MAX_POOLS - 1}`);
   }
 
-  /** inflightLimit: bytes redirected to a client and not yet acked above which the
-   * kernel hands the pair to user space (0/undefined = unbounded). */
+  /** Creates the pool's idle stack (4096 entries; maxIdle must not exceed it and is not
+   * otherwise enforced in the kernel). inflightLimit: bytes redirected to a client and not
+   * yet acked above which the kernel hands the pair to user space (event inflight_limit;
+   * 0/undefined = unbounded). */
   configurePool(poolId: number, opts: { mode: 'session' | 'transaction'; maxIdle: number; inflightLimit?: number }): void {
     this.check();
     this.checkPool(poolId);
