@@ -308,11 +308,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		ok = 1;
 	}
 	bpf_spin_unlock(&s->lock);
-	if (!ok) {
-		if (fc.error)
-			stat_add(PGS_ST_FB_FRAME_ERROR, 1);
+	if (!ok)
 		goto to_user;
-	}
 
 	c = bpf_map_lookup_elem(&conns, &cid);
 	if (!c) {
@@ -415,8 +412,9 @@ to_user:
 		stat_add(PGS_ST_FB_SERVER_ASYNC, 1);
 		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_SERVER_ASYNC);
 	} else if (mode == PGS_BOUND) {
-		stat_add(PGS_ST_FB_UNHANDLED, 1);
-		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_UNHANDLED);
+		/* only lost framing leaves BOUND here (a mode change can't go to BOUND) */
+		stat_add(PGS_ST_FB_FRAME_ERROR, 1);
+		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_FRAME_ERROR);
 	}
 passed:
 	stat_add(PGS_ST_PASSED_SKBS, 1);
