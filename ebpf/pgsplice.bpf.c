@@ -302,10 +302,15 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
 	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
 	bpf_spin_lock(&s->lock);
-	if (MODE(s->word) == PGS_BOUND && !fc.error) {
+	mode = MODE(s->word);
+	if (mode == PGS_BOUND && !fc.error) {
 		cid = s->peer;
 		s->frame = fc.f;
 		ok = 1;
+	} else {
+		/* Count it in this same section: user space must not be able to flip the
+		 * server on (serverToIdle) before this skb is counted as passed. */
+		to_user_locked(s, len);
 	}
 	bpf_spin_unlock(&s->lock);
 	if (!ok)
@@ -402,12 +407,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 
 to_user:
 	/* Lost framing, or the mode changed while we framed (TAKE_BOUND -> USER, or an
-	 * undone bind -> IDLE): user space takes this skb. The peer stays set so that
-	 * TAKE_BOUND(client) still hands the server over. */
-	bpf_spin_lock(&s->lock);
-	mode = MODE(s->word);
-	to_user_locked(s, len);
-	bpf_spin_unlock(&s->lock);
+	 * undone bind -> IDLE): user space took this skb above. The peer stays set so
+	 * that TAKE_BOUND(client) still hands the server over. */
 	if (mode == PGS_IDLE) {
 		stat_add(PGS_ST_FB_SERVER_ASYNC, 1);
 		emit(PGS_EV_SERVER_TO_USER, sid, PGS_ST_FB_SERVER_ASYNC);
