@@ -70,7 +70,8 @@ function has(s: Scrape, name: string): boolean {
 }
 
 async function scrape(url: string): Promise<Scrape> {
-  const res = await fetch(url);
+  // One retry: a kept-alive connection may be closed by the server (keepAliveTimeout) just as fetch reuses it.
+  const res = await fetch(url).catch(() => fetch(url));
   if (res.status !== 200) throw new Error(`GET ${url}: ${res.status}`);
   if (!/^text\/plain/.test(res.headers.get('content-type') ?? '')) throw new Error(`content-type ${res.headers.get('content-type')}`);
   return parseExposition(await res.text());

@@ -330,8 +330,8 @@ class AdminSession {
 
   private reconnect(db?: string): void {
     for (const p of this.poolsOf(db)) {
-      for (const s of p.servers) {
-        if (serverStateName(s) === 'idle' && s.state === ServerState.Idle) s.close('RECONNECT');
+      for (const s of [...p.servers]) {
+        if (s.state === ServerState.Idle) s.close('RECONNECT');
         else s.closeNeeded = true;
       }
       p.closeIdle('RECONNECT');
