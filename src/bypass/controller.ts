@@ -321,6 +321,8 @@ export class BypassController implements IdleServerHost {
       // Learn the client's new values from the server it set them on, then clean the server.
       server.queryValues(`SELECT ${TRACKED_PARAMETERS.map((p) => `current_setting('${p}')`).join(', ')}`).then(
         (values) => {
+          // The ParameterStatus went straight to the client: the server's own record is stale too.
+          TRACKED_PARAMETERS.forEach((p, i) => server.params.set(p, values[i]));
           if (client && client.state !== ClientState.Closed) {
             TRACKED_PARAMETERS.forEach((p, i) => client.settings.set(p, values[i]));
             client.appName = client.settings.get('application_name') ?? '';
