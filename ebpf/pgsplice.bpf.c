@@ -577,6 +577,81 @@ int pgs_ctl(struct pgs_ctl *a)
 			ok = sid;
 		break;
 	}
+	case PGS_OP_BIND: {
+		/* User space got sid for this client's waiting request: the kernel carries
+		 * the response and releases sid at its ReadyForQuery. Server first: it is
+		 * quiet (nothing unread) and nothing has been written to it yet. The client
+		 * stays USER until CLIENT_TO_KERNEL_BOUND: bytes it sends meanwhile reach
+		 * user space, which writes them to sid after ADD, so none can overtake. */
+		__u32 sid = a->sid;
+		int bound = 0;
+
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		s = bpf_map_lookup_elem(&conns, &sid);
+		if (!s || s->role != PGS_ROLE_SERVER)
+			break;
+		bpf_spin_lock(&s->lock);
+		w = s->word;
+		if (w == MKWORD(PGS_USER, a->expected) && s->peer == 0) {
+			__builtin_memset(&s->frame, 0, sizeof(s->frame));
+			bound = CAS(&s->word, w, MKWORD(PGS_BOUND, w));
+			if (bound)
+				s->peer = id;
+		}
+		bpf_spin_unlock(&s->lock);
+		if (!bound)
+			break;
+		bpf_spin_lock(&c->lock);
+		if (MODE(c->word) == PGS_USER && c->peer == 0) {
+			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			c->peer = sid;
+			c->outstanding = a->out_in;
+			c->tail_open = a->tail_in;
+			c->flags = 0;
+			if (a->written)
+				c->acked_base = a->written - c->redirected;
+			ok = 1;
+		}
+		bpf_spin_unlock(&c->lock);
+		if (!ok) {
+			bpf_spin_lock(&s->lock);
+			if (MODE(s->word) == PGS_BOUND && s->peer == id) {
+				set_mode(&s->word, PGS_USER);
+				s->peer = 0;
+			}
+			bpf_spin_unlock(&s->lock);
+		}
+		break;
+	}
+	case PGS_OP_ADD:
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		bpf_spin_lock(&c->lock);
+		if (c->peer == a->sid && a->sid) {
+			c->outstanding += a->out_in;
+			c->tail_open = a->tail_in;
+			ok = 1;
+		}
+		bpf_spin_unlock(&c->lock);
+		break;
+	case PGS_OP_CLIENT_TO_KERNEL_BOUND:
+		if (c->role != PGS_ROLE_CLIENT)
+			break;
+		bpf_spin_lock(&c->lock);
+		w = c->word;
+		if (w == MKWORD(PGS_USER, a->expected)) {
+			/* user space is at a message boundary of the client stream */
+			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			if (c->peer == 0) {
+				c->outstanding = 0;
+				c->tail_open = 0;
+				c->flags = 0;
+			}
+			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
+		}
+		bpf_spin_unlock(&c->lock);
+		break;
 	case PGS_OP_READ:
 		ok = 1;
 		break;

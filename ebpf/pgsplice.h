@@ -114,6 +114,10 @@ enum pgs_op {
 	PGS_OP_POP_IDLE = 4,         /* pool -> ret server id or 0 */
 	PGS_OP_TAKE_BOUND = 5,       /* id (client) -> ret server id or 0 */
 	PGS_OP_READ = 6,             /* id -> fields below */
+	PGS_OP_BIND = 7,             /* id (client), sid, expected = server's passed count,
+				      * out_in, tail_in: user space wrote a request to sid */
+	PGS_OP_ADD = 8,              /* id, sid, out_in (delta), tail_in: more of it written */
+	PGS_OP_CLIENT_TO_KERNEL_BOUND = 9, /* id, expected: flip keeping the binding */
 };
 
 struct pgs_ctl {
@@ -135,6 +139,11 @@ struct pgs_ctl {
 	/* CLIENT_TO_KERNEL in: bytes user space has written to the socket so far (0 = keep);
 	 * the in-flight bound counts kernel-redirected bytes beyond that */
 	__u64 written;
+	/* BIND / ADD in */
+	__u32 sid;
+	__u32 out_in;
+	__u32 tail_in;
+	__u32 pad_in;
 };
 
 /* Result of framing one buffer (also the tc test wrapper's output). */

@@ -49,6 +49,12 @@ export interface ClientHost {
   offerToKernel?(client: ClientConnection): boolean;
   // The kernel passed this client's bytes up: it is served here from now on.
   leftKernel?(client: ClientConnection): void;
+  // Hands a waiting request and the server it got to the kernel path (the kernel carries
+  // the response); false keeps them in user space.
+  bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  // More bytes of a client whose server is bound in the kernel: true if they were sent
+  // on to it, false if the kernel released it meanwhile (the bytes start a new request).
+  feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
 }
 
 let nextClientId = 1;
@@ -84,6 +90,8 @@ export class ClientConnection implements ServerPeer {
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
   private encryptionAnswered = new Set<number>();
+  // The server the kernel has bound to this client while its own bytes still reach user space.
+  kernelServer: ServerConnection | null = null;
   // Set while the client's settings are being learned after it changed them in the kernel path.
   settingsReady: Promise<void> | null = null;
   // When set, the admin console consumes this client's messages instead of a pool.
@@ -358,6 +366,10 @@ export class ClientConnection implements ServerPeer {
     });
     if (!this.scanner.atBoundary && cut < 0) this.tracker.onClientPartial(this.scanner.currentType);
     const data = cut >= 0 ? chunk.subarray(0, cut) : chunk;
+    if (this.kernelServer && data.length) {
+      if (this.host.feedKernelBound?.(this, data)) return;
+      this.kernelServer = null; // released by the kernel: these bytes are a new request
+    }
     if (data.length) this.forward(data);
     if (cut >= 0) {
       this.terminated = true;
@@ -433,6 +445,17 @@ export class ClientConnection implements ServerPeer {
       return;
     }
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
+    if (this.host.bindInKernel && this.scanner.atBoundary) {
+      const request = this.pending;
+      this.pending = [];
+      if (this.host.bindInKernel(this, server, request)) {
+        this.pendingBytes = 0;
+        this.state = ClientState.Kernel; // the kernel carries this transaction
+        this.socket.resume();
+        return;
+      }
+      this.pending = request;
+    }
     this.server = server;
     this.state = ClientState.Active;
     this.timing.attached();
@@ -574,9 +597,15 @@ export class ClientConnection implements ServerPeer {
     }
   }
 
+  // As quiet, but for a request of its own that the kernel is carrying (bound there).
+  get quietExceptKernelServer(): boolean {
+    return this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.pending.length === 0 && this.scanner.atBoundary
+      && this.framer.buffered === 0 && !this.server;
+  }
+
   // Nothing of this client is held in user space or in flight to a server.
   get quiet(): boolean {
-    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server;
+    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server && !this.kernelServer;
   }
 }
 

@@ -3,7 +3,7 @@
 import * as net from 'node:net';
 import { ClientConnection, ClientHost, ClientState } from './client-connection';
 import { ConnectionBudget, Pool, PoolError, PoolSettings } from './pool';
-import type { ServerTarget } from './server-connection';
+import type { ServerConnection, ServerTarget } from './server-connection';
 import { cancelRequest } from './protocol/messages';
 import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
@@ -16,6 +16,8 @@ export interface PoolerHooks {
   startAdmin(client: ClientConnection): void;
   offerToKernel?(client: ClientConnection): boolean;
   leftKernel?(client: ClientConnection): void;
+  bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
   cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
   poolCreated?(pool: Pool): void;
   clientClosed?(client: ClientConnection): void;
@@ -51,6 +53,14 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   leftKernel(client: ClientConnection): void {
     this.hooks.leftKernel?.(client);
+  }
+
+  bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
+    return this.hooks.bindInKernel ? this.hooks.bindInKernel(client, server, request) : false;
+  }
+
+  feedKernelBound(client: ClientConnection, data: Buffer): boolean {
+    return this.hooks.feedKernelBound ? this.hooks.feedKernelBound(client, data) : false;
   }
 
   userSecret(user: string): string | undefined {

@@ -32,6 +32,8 @@ export class Proxy {
     };
     hooks.offerToKernel = (client) => this.bypass.offerClient(client);
     hooks.leftKernel = (client) => this.bypass.leftKernel(client);
+    hooks.bindInKernel = (client, server, request) => this.bypass.bindInKernel(client, server, request);
+    hooks.feedKernelBound = (client, data) => this.bypass.feedKernelBound(client, data);
     hooks.clientClosed = (client) => this.bypass.clientClosed(client);
     hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
     this.control.bypassInfo = () => this.bypass.info();

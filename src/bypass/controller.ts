@@ -22,6 +22,7 @@ export interface BypassStatus {
 export interface UserPathCounters {
   clientsToKernel: number;
   clientsFromKernel: number;
+  bindsFromUser: number;
   serversToKernel: number;
   serversFromKernel: number;
   paramsChanged: number;
@@ -64,7 +65,7 @@ export class BypassController implements IdleServerHost {
   private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
   readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
   };
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
@@ -206,6 +207,56 @@ export class BypassController implements IdleServerHost {
     return true;
   }
 
+  // A waiting request got server: instead of forwarding the transaction in user space,
+  // bind the pair in the kernel, write the request, and let the kernel carry the response
+  // and release the server at its ReadyForQuery (docs/kernel-path.md, "bind from user space").
+  bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
+    const k = this.kernel;
+    const pool = client.pool;
+    if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
+    const kid = this.kidFor(pool, signature(client.settings));
+    if (kid === null || serverSignature(server) !== signature(client.settings)) return false;
+    if (!this.clients.has(client.id)) this.clients.set(client.id, client);
+    if (!this.servers.has(skid(server))) {
+      this.servers.set(skid(server), server);
+      server.once('close', () => this.serverClosed(server));
+      server.kernelPassed = () => this.serverPassed(server);
+    }
+    if (!this.home(server, kid) || !this.home(client, kid)) return false;
+    const t = client.tracker;
+    if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen)) return false;
+    server.state = ServerState.Kernel;
+    t.reset(); // the kernel counts this transaction now
+    for (const b of request) server.socket.write(b);
+    client.kernelServer = server;
+    this.counters.bindsFromUser++;
+    this.tryFlipBound(client);
+    return true;
+  }
+
+  // Bytes of a client bound in the kernel but still in user space: count, then write them.
+  feedKernelBound(client: ClientConnection, data: Buffer): boolean {
+    const k = this.kernel;
+    const server = client.kernelServer;
+    if (!k || !server || !server.isUsable) return false;
+    const t = client.tracker;
+    if (!k.addOutstanding(client.id, skid(server), t.outstanding, t.tailOpen)) return false;
+    t.reset();
+    server.socket.write(data);
+    this.tryFlipBound(client);
+    return true;
+  }
+
+  private tryFlipBound(client: ClientConnection): void {
+    if (!client.quietExceptKernelServer) return;
+    if (this.kernel!.clientToKernelBound(client.id, client.bytesRead)) {
+      client.kernelServer = null;
+      this.counters.clientsToKernel++;
+    }
+    // else: its next bytes are already on their way to user space; they come through feedKernelBound
+  }
+
   // A client left: whatever server the kernel had bound to it is taken back and made clean.
   clientClosed(client: ClientConnection): void {
     const k = this.kernel;
@@ -302,6 +353,7 @@ export class BypassController implements IdleServerHost {
   leftKernel(client: ClientConnection): void {
     this.counters.clientsFromKernel++;
     const st = this.kernel?.read(client.id);
+    if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
     if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG)) {
       client.settingsReady = this.refreshFor(client.id).promise;
     }

@@ -58,6 +58,9 @@ export const Op = {
   POP_IDLE: 4,
   TAKE_BOUND: 5,
   READ: 6,
+  BIND: 7,
+  ADD: 8,
+  CLIENT_TO_KERNEL_BOUND: 9,
 } as const;
 
 export const MAX_CONNS = 65536;
@@ -65,7 +68,7 @@ export const MAX_POOLS = 256;
 export const IDLE_MAX = 4096;
 export const BPF_MAP_TYPE_STACK = 23;
 
-export const SIZEOF = { frame: 12, conn: 64, pool: 24, event: 16, ctl: 88, frameTest: 116 } as const;
+export const SIZEOF = { frame: 12, conn: 64, pool: 24, event: 16, ctl: 104, frameTest: 116 } as const;
 
 export function modeOf(word: bigint): number {
   return Number(word >> MODE_SHIFT);
@@ -167,6 +170,9 @@ export interface CtlArgs {
   pool?: number;
   expected?: bigint;
   written?: bigint;
+  sid?: number;
+  outIn?: number;
+  tailIn?: number;
 }
 
 export interface CtlResult {
@@ -189,6 +195,9 @@ export function encodeCtl(a: CtlArgs): Buffer {
   b.writeUInt32LE((a.pool ?? 0) >>> 0, 8);
   b.writeBigUInt64LE(a.expected ?? 0n, 16);
   b.writeBigUInt64LE(a.written ?? 0n, 80);
+  b.writeUInt32LE((a.sid ?? 0) >>> 0, 88);
+  b.writeUInt32LE((a.outIn ?? 0) >>> 0, 92);
+  b.writeUInt32LE((a.tailIn ?? 0) >>> 0, 96);
   return b;
 }
 

@@ -295,6 +295,27 @@ export class KernelPath {
     return r.ret > 0 ? r.ret >>> 0 : 0;
   }
 
+  /** User space has a complete request of client id for server sid (USER, quiet, nothing
+   * written to it yet): bind them so the kernel carries the response and releases sid at
+   * its ReadyForQuery. serverBytesRead: bytes Node read from sid since registration.
+   * Then write the request to sid and call clientToKernelBound. */
+  bind(id: number, sid: number, serverBytesRead: bigint, outstanding: number, tailOpen: boolean): boolean {
+    const reg = this.regs.get(id);
+    const written = reg ? this.addon.tcpBytesWritten(reg.fd) : 0n;
+    return this.ctl({ op: abi.Op.BIND, id, sid, expected: serverBytesRead, outIn: outstanding, tailIn: tailOpen ? 1 : 0, written }).ret === 1;
+  }
+
+  /** More request bytes of a bound client are about to be written to sid by user space:
+   * count them first. False if the kernel released sid meanwhile (a new transaction). */
+  addOutstanding(id: number, sid: number, delta: number, tailOpen: boolean): boolean {
+    return this.ctl({ op: abi.Op.ADD, id, sid, outIn: delta, tailIn: tailOpen ? 1 : 0 }).ret === 1;
+  }
+
+  /** USER|n -> KERNEL|n keeping a binding made by bind() (or none). */
+  clientToKernelBound(id: number, bytesReadSinceRegister: bigint): boolean {
+    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL_BOUND, id, expected: bytesReadSinceRegister }).ret === 1;
+  }
+
   read(id: number): ConnRead | null {
     const r = this.ctl({ op: abi.Op.READ, id });
     if (r.ret !== 1) return null;
