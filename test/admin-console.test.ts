@@ -70,6 +70,10 @@ t.test('admin console', async (t) => {
     const port = (await proxyConfig(c)).listen.port as number;
     const cfg = baseConfig(c, port, bypass);
     const proxy = await startProxy(t, cfg, { logLevel: 'info' });
+    t.afterEach(async (t) => {
+      const st = proxy.exited();
+      if (st && !/SHUTDOWN/.test(t.name)) t.comment(`proxy exited ${JSON.stringify(st)}; log tail:\n${proxy.logs().slice(-3000)}`);
+    });
 
     t.test(`SHOW VERSION, HELP, CONFIG, LISTS, USERS, BYPASS ${B}`, async (t) => {
       const v = await adminRows(proxy, 'show version');
@@ -201,11 +205,13 @@ t.test('admin console', async (t) => {
       await a.query('BEGIN');
       await a.query('SELECT 1');
       let paused = false;
+      const from = proxy.logs().length;
       const pause = adminRun(proxy, 'PAUSE app').then((r) => {
         paused = true;
         return r;
       });
-      await sleep(500);
+      await proxy.waitForLog(/PAUSE app: waiting/, 10000, from); // the command reached the proxy
+      await sleep(400);
       t.notOk(paused, 'PAUSE does not return while a transaction runs');
       await a.query('COMMIT');
       const pr = await pause;
