@@ -22,7 +22,7 @@ export class MetricsServer {
   private stopped = false;
 
   constructor(
-    private readonly pooler: Pooler,
+    pooler: Pooler,
     private readonly control: ProxyControl,
   ) {
     const r = this.registry;
