@@ -80,12 +80,16 @@ export function parsePgbenchOutput(text: string): PgbenchSummary {
 export interface TxLogStats {
   count: number;
   latenciesUs: Float64Array; // sorted ascending
+  // When every client had finished its first transaction (all connected and running),
+  // over the whole log (not only the window); null for an empty log.
+  allClientsStartedMs: number | null;
 }
 
 // Reads the per-transaction logs, keeping transactions that completed in (fromMs, toMs].
 export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity): TxLogStats {
   let lat = new Float64Array(1 << 16);
   let n = 0;
+  const firstEnd = new Map<string, number>();
   for (const f of files) {
     const text = fs.readFileSync(f, 'utf8');
     let pos = 0;
@@ -99,6 +103,8 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
       if (parts.length < 6) continue;
       const latency = Number(parts[2]);
       const endMs = Number(parts[4]) * 1000 + Number(parts[5]) / 1000;
+      const prev = firstEnd.get(parts[0]);
+      if (prev === undefined || endMs < prev) firstEnd.set(parts[0], endMs);
       if (!Number.isFinite(latency) || endMs <= fromMs || endMs > toMs) continue;
       if (n === lat.length) {
         const bigger = new Float64Array(lat.length * 2);
@@ -109,7 +115,7 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
     }
   }
   const out = lat.slice(0, n).sort();
-  return { count: n, latenciesUs: out };
+  return { count: n, latenciesUs: out, allClientsStartedMs: firstEnd.size ? Math.max(...firstEnd.values()) : null };
 }
 
 // Nearest-rank percentile of sorted values; p in [0, 100].

@@ -72,13 +72,38 @@ export function readProcTable(): ProcTable {
   return byParent;
 }
 
-// CPU seconds of a process, its live descendants, and the children it has already
-// reaped (cutime/cstime). Differences of two readings give the CPU used in between,
-// including that of children that started or exited in between (PostgreSQL backends).
+// CPU seconds a live process has run, all its threads, from /proc/<pid>/task/*/schedstat
+// (nanoseconds on CPU, exact). /proc/<pid>/stat's utime+stime is not used for live
+// processes: with tick-based accounting it lags by up to seconds for processes that run
+// in short bursts (PostgreSQL backends: 0.9 s of schedstat time with 1 tick of stat time
+// was measured here), and catches up later.
+export function runtimeSeconds(pid: number): number | null {
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return null;
+  }
+  let ns = 0;
+  for (const t of tasks) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]) || 0;
+    } catch {
+      /* thread gone */
+    }
+  }
+  return ns / 1e9;
+}
+
+// CPU seconds of a process, its live descendants, and the children already reaped
+// (cutime/cstime, whose total is exact once a child has exited). Differences of two
+// readings give the CPU used in between, including that of children that started or
+// exited in between (PostgreSQL backends).
 export function treeCpuSeconds(rootPid: number, table: ProcTable = readProcTable()): number | null {
   const root = readProcStat(rootPid);
-  if (!root) return null;
-  let ticks = root.utime + root.stime + root.cutime + root.cstime;
+  const rootRun = runtimeSeconds(rootPid);
+  if (!root || rootRun === null) return null;
+  let seconds = rootRun + (root.cutime + root.cstime) / clockTicks();
   const stack = [rootPid];
   const seen = new Set<number>([rootPid]);
   while (stack.length) {
@@ -87,17 +112,16 @@ export function treeCpuSeconds(rootPid: number, table: ProcTable = readProcTable
       if (seen.has(c.pid)) continue;
       seen.add(c.pid);
       // A live child's own time; its reaped children are in its cutime.
-      ticks += c.utime + c.stime + c.cutime + c.cstime;
+      seconds += (runtimeSeconds(c.pid) ?? (c.utime + c.stime) / clockTicks()) + (c.cutime + c.cstime) / clockTicks();
       stack.push(c.pid);
     }
   }
-  return ticks / clockTicks();
+  return seconds;
 }
 
 // CPU seconds of one process (all threads), without children.
 export function processCpuSeconds(pid: number): number | null {
-  const st = readProcStat(pid);
-  return st ? (st.utime + st.stime) / clockTicks() : null;
+  return runtimeSeconds(pid);
 }
 
 export interface MachineCpu {
@@ -160,9 +184,9 @@ export interface CpuSnapshot {
 
 // CPU seconds of all kernel threads. The sockmap path's redirects run in kworkers.
 export function kernelThreadsCpuSeconds(table: ProcTable): number {
-  let ticks = 0;
-  for (const k of table.get(2) ?? []) ticks += k.utime + k.stime;
-  return ticks / clockTicks();
+  let seconds = 0;
+  for (const k of table.get(2) ?? []) seconds += runtimeSeconds(k.pid) ?? (k.utime + k.stime) / clockTicks();
+  return seconds;
 }
 
 export function snapshot(pids: { proxy?: number | null; postgres?: number | null; pgbench?: number | null }): CpuSnapshot {

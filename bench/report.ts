@@ -87,7 +87,7 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   L.push(`# pgsplice benchmark, ${r.started_at.slice(0, 16).replace('T', ' ')} UTC`, '');
   L.push(`Command: \`${r.command}\`  `);
   L.push(`Machine: ${r.machine.cpus} CPU (${r.machine.cpu_model}), ${r.machine.mem_gib} GiB, Linux ${r.machine.kernel}, ${r.machine.postgres ?? 'PostgreSQL ?'}, ${r.machine.pgbouncer ?? 'no PgBouncer'}, Node ${r.machine.node}; background load before the runs: ${r.machine.background_busy_cpus} busy CPUs  `);
-  L.push(`YCSB usertable ${o.rows.toLocaleString('en-US')} rows, zipfian θ=${o.zipf_theta}; pool size ${o.pool_size}; ${o.rounds} interleaved round(s) of ${o.duration_s} s per cell; medians shown. CPU is µs per transaction over the steady-state window: machine = all non-idle CPU time in /proc/stat (kernel workers included, and anything else running); ours = proxy + PostgreSQL + pgbench + kernel (kernel threads and irq/softirq time); proxy-attr. = that figure minus direct PostgreSQL's in the same cell.`, '');
+  L.push(`YCSB usertable ${o.rows.toLocaleString('en-US')} rows, zipfian θ=${o.zipf_theta}; pool size ${o.pool_size}; ${o.rounds} interleaved round(s) of ${o.duration_s} s per cell; medians shown. CPU is µs per transaction over the steady-state window: machine = all non-idle CPU time in /proc/stat (kernel workers included, and anything else running); ours = proxy + PostgreSQL + pgbench + kernel threads (kworkers, ksoftirqd; with this kernel's tick-based accounting irq/softirq time is already charged to the running task); proxy-attr. = that figure minus direct PostgreSQL's in the same cell.`, '');
   if (svgName) L.push(`![throughput and CPU per transaction](${svgName})`, '');
   L.push('## Goals (issue 4: YCSB C, 64 clients, pool 16, extended protocol)', '');
   L.push('| goal | result |', '|---|---|');
@@ -184,7 +184,7 @@ export function svgChart(r: BenchResult): string {
   });
   const stackKeys: Array<{ k: 'proxy' | 'postgres' | 'pgbench' | 'kernel' | 'other'; op: number; name: string }> = [
     { k: 'proxy', op: 1, name: 'proxy' }, { k: 'postgres', op: 0.65, name: 'PostgreSQL' },
-    { k: 'pgbench', op: 0.4, name: 'pgbench' }, { k: 'kernel', op: 0.22, name: 'kernel threads+irq' },
+    { k: 'pgbench', op: 0.4, name: 'pgbench' }, { k: 'kernel', op: 0.22, name: 'kernel threads' },
     { k: 'other', op: 0.08, name: 'other' },
   ];
   stackKeys.forEach((s, i) => {

@@ -45,7 +45,7 @@ async function main(): Promise<void> {
     .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, YCSB C, extended, 64 clients, 3 rounds, 2000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
     .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3)' })
-    .option('duration', { type: 'number', describe: 'seconds per pgbench run, >= 3 (default 4)' })
+    .option('duration', { type: 'number', describe: 'seconds of load per pgbench run, >= 3 (default 4); each run gets 1 s more per 64 clients for connecting' })
     .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
     .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c)` })
     .option('clients-simple', { type: 'string', describe: "client counts for the simple protocol ('all' = --clients; default 64, so the client sweep runs on the extended protocol the goals use)" })
@@ -95,8 +95,10 @@ async function main(): Promise<void> {
       if (scratch) await scratch.destroy().catch(() => undefined);
       if (!argv['keep-tmp']) fs.rmSync(tmp, { recursive: true, force: true });
     })());
+  let aborting = false;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
+      aborting = true;
       log(`\n${sig}: stopping everything`);
       void cleanup().then(() => process.exit(130));
     });
@@ -198,7 +200,7 @@ async function main(): Promise<void> {
     const scriptDirs = new Map<string, string[]>();
     for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
     const totalRuns = cells.length * running.length * rounds;
-    const estimate = rounds * running.length * cells.reduce((s, c) => s + c.duration + 1.5, 0);
+    const estimate = rounds * running.length * cells.reduce((s, c) => s + c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5, 0);
     log(`\n${cells.length} cells x ${running.length} targets x ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
 
     let runNo = 0;
@@ -206,29 +208,37 @@ async function main(): Promise<void> {
     const measure = async (t: RunningTarget, c: Cell, round: number, warmup = false): Promise<RunRecord> => {
       const logDir = path.join(tmp, `run-${++runNo}`);
       let pgbenchPid: number | null = null;
-      let first: CpuSnapshot | null = null;
-      let last: CpuSnapshot | null = null;
+      const snaps: CpuSnapshot[] = [];
+      // pgbench's -T clock includes connecting its clients (a SCRAM login each, ~20 ms of
+      // client CPU here), so runs get an allowance for that.
+      const runSeconds = warmup ? 2 : c.connectPerTx ? c.duration : c.duration + Math.ceil(c.clients / 64);
       const run = await runPgbench({
         host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
         scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
-        threads: argv.threads, durationS: warmup ? 2 : c.duration, connectPerTx: c.connectPerTx, logDir,
+        threads: argv.threads, durationS: runSeconds, connectPerTx: c.connectPerTx, logDir,
         onStart: (pid) => (pgbenchPid = pid),
-        onProgress: () => {
-          const s = snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid });
-          if (!first) first = s;
-          else last = s;
+        // Counters are read at each progress line (every second) up to second T-1: at the
+        // end pgbench disconnects, and exiting backends' CPU (exit work included) lands in
+        // the postmaster's cutime as they are reaped.
+        onProgress: (_at, line) => {
+          const sec = Number(/^progress: ([\d.]+) s/.exec(line)?.[1] ?? NaN);
+          if (warmup || !(sec < runSeconds - 0.5)) return;
+          snaps.push(snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid }));
         },
       });
       const sm = run.summary;
-      const f = first as CpuSnapshot | null;
-      const l = last as CpuSnapshot | null;
       let windowS: number | null = null;
       let windowTx: number | null = null;
       let p50: number | null = null;
       let p99: number | null = null;
       const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
-      if (f && l && run.logFiles.length) {
+      // The window starts at the first reading after every client ran a transaction
+      // (all connected: steady state) and ends at the last reading.
+      const started = run.logFiles.length ? readTxLogs(run.logFiles, Infinity, Infinity).allClientsStartedMs : null;
+      const f = snaps.find((x) => started !== null && x.atMs >= started) ?? null;
+      const l = snaps.length ? snaps[snaps.length - 1] : null;
+      if (f && l && l !== f && l.atMs - f.atMs >= 900) {
         const tx = readTxLogs(run.logFiles, f.atMs, l.atMs);
         windowS = (l.atMs - f.atMs) / 1000;
         windowTx = tx.count;
@@ -239,7 +249,9 @@ async function main(): Promise<void> {
         cpuS.proxy = d(f.proxy, l.proxy);
         cpuS.postgres = d(f.postgres, l.postgres);
         cpuS.pgbench = d(f.pgbench, l.pgbench);
-        cpuS.kernel = Math.max(0, l.kernelThreads - f.kernelThreads) + Math.max(0, l.machine.irq - f.machine.irq);
+        // irq/softirq time is not added: with tick-based accounting (no IRQ_TIME_ACCOUNTING)
+        // it is already charged to whichever task was running.
+        cpuS.kernel = Math.max(0, l.kernelThreads - f.kernelThreads);
         cpuS.ours = (cpuS.proxy ?? 0) + (cpuS.postgres ?? 0) + (cpuS.pgbench ?? 0) + cpuS.kernel;
         for (const k of Object.keys(cpuS) as Array<keyof CpuPerTx>) {
           const v = cpuS[k];
@@ -253,8 +265,8 @@ async function main(): Promise<void> {
       if (sm.aborted) problems.push('run aborted');
       if (sm.errors.length) problems.push(sm.errors.slice(0, 3).join('; '));
       if (!sm.tps) problems.push('no tps reported');
-      if (windowTx === null) problems.push('no measurement window (fewer than 2 progress reports)');
-      const ok = run.code === 0 && !sm.aborted && !!sm.tps && windowTx !== null && windowTx > 0;
+      if (windowTx === null && !warmup) problems.push(`no steady-state window of 1 s or more (clients all running after ${started === null ? '?' : ((started - (snaps[0]?.atMs ?? started)) / 1000).toFixed(1) + ' s past the first progress report'}; raise --duration)`);
+      const ok = run.code === 0 && !sm.aborted && !!sm.tps && (warmup || (windowTx !== null && windowTx > 0));
       return {
         target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, ok,
         error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label}${t.exitInfo() ? ` ${t.exitInfo()}` : ''} log: ${t.logTail().slice(-400)}]` : ''),
@@ -326,6 +338,7 @@ async function main(): Promise<void> {
       for (const c of cells) {
         for (const label of order) {
           done++;
+          if (aborting) return;
           if (dead.has(label)) continue;
           const t = await ensureAlive(label);
           if (!t) continue;

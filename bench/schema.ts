@@ -10,7 +10,7 @@ export interface CpuPerTx {
   proxy: number | null;
   postgres: number | null;
   pgbench: number | null;
-  kernel: number | null; // kernel threads (kworkers, ksoftirqd) + irq/softirq time
+  kernel: number | null; // kernel threads (kworkers, ksoftirqd)
   ours: number | null; // proxy + postgres + pgbench + kernel: machine CPU without other users' work
   machine: number | null; // all non-idle CPU time of the machine (/proc/stat)
 }

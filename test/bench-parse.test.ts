@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import t from 'tap';
 import { slope } from '../bench/idle';
 import { median, parsePgbenchOutput, percentile, readTxLogs } from '../bench/pgbench';
-import { parseMachineCpuLine, parseProcStat } from '../bench/proc';
+import { parseMachineCpuLine, parseProcStat, runtimeSeconds, treeCpuSeconds } from '../bench/proc';
 import { evaluateGoals, markdownReport, svgChart } from '../bench/report';
 import { BenchResult, validateResult } from '../bench/schema';
 import { parseExtraTarget, pgbouncerIni, pgspliceYaml } from '../bench/targets';
@@ -87,6 +87,15 @@ t.test('/proc parsing', async (t) => {
   t.equal(m.irq, (5 + 20) / 100);
   t.equal(slope([[0, 100], [10, 200], [20, 300]]), 10);
   t.equal(slope([[0, 1]]), null);
+  // Live CPU comes from schedstat: this process has used some, and it only grows.
+  const a = runtimeSeconds(process.pid)!;
+  let x = 0;
+  for (let i = 0; i < 2e6; i++) x += Math.sqrt(i);
+  t.ok(x > 0);
+  const b = runtimeSeconds(process.pid)!;
+  t.ok(a > 0 && b > a, `runtime grows (${a} -> ${b})`);
+  t.ok(treeCpuSeconds(process.pid)! >= b);
+  t.equal(runtimeSeconds(2 ** 22 + 12345), null, 'no such process');
 });
 
 t.test('target specs and generated pooler configs', async (t) => {
