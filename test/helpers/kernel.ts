@@ -1,0 +1,140 @@
+// Helpers of the kernel-path end-to-end tests (test/kernel-*.test.ts): a config with an
+// admin user, the proxy's counters (SIGUSR1 line and SHOW BYPASS / POOLS / CLIENTS), the
+// proxy's RSS, pgbench output, and the failure log the lead reads.
+import * as fs from 'node:fs';
+import { Cluster, proxyConfig, run, libpqEnv, sleep } from './cluster';
+import type { ProxyHandle } from './proxy';
+
+export const ADMIN = { user: 'kadmin', password: 'kadmin-pw' };
+export const FAILURES_FILE = '/tmp/pgsplice-kernel-failures.md';
+
+// The modes every kernel-*.test.ts runs in: the same assertions on results in both,
+// counter assertions only for 'on'. PGSPLICE_KERNEL_TEST_MODES narrows it for debugging.
+export const KERNEL_TEST_MODES: string[] = (process.env.PGSPLICE_KERNEL_TEST_MODES ?? 'off,on')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+
+// proxyConfig plus the admin console user (not a PostgreSQL role: the proxy authenticates it).
+export async function kernelConfig(c: Cluster, bypass: string, overrides: Record<string, unknown> = {}): Promise<Record<string, any>> {
+  const base = await proxyConfig(c, { bypass, admin_users: [ADMIN.user] });
+  const users = { ...(base.users as object), [ADMIN.user]: { password: ADMIN.password }, ...((overrides.users as object) ?? {}) };
+  return { ...base, ...overrides, users, admin_users: [ADMIN.user] };
+}
+
+export type Row = Record<string, string>;
+
+// psql against the admin console; rows as objects keyed by column name.
+export async function adminRows(proxy: ProxyHandle, sql: string, timeoutMs = 20000): Promise<Row[]> {
+  const r = await run('psql', ['-X', '-q', '-A', '-F', '|', '-P', 'footer=off', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+    env: libpqEnv(proxy, 'pgsplice', ADMIN.user, ADMIN.password),
+    timeoutMs,
+  });
+  if (r.code !== 0) throw new Error(`psql ${sql} failed (${r.code}): ${r.stderr.trim()}`);
+  const lines = r.stdout.split('\n').filter((l) => l !== '');
+  if (lines.length === 0) return [];
+  const cols = lines[0].split('|');
+  return lines.slice(1).map((l) => {
+    const cells = l.split('|');
+    return Object.fromEntries(cols.map((col, i) => [col, cells[i] ?? '']));
+  });
+}
+
+// SHOW BYPASS as key -> value.
+export async function showBypass(proxy: ProxyHandle): Promise<Record<string, string>> {
+  return Object.fromEntries((await adminRows(proxy, 'SHOW BYPASS')).map((r) => [r.key, r.value]));
+}
+
+// Parses "stats: a=1 b=2 reason=\"x y\"" into a record (numbers stay strings).
+export function parseStatsLine(line: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const body = line.slice(line.indexOf('stats:') + 6);
+  const re = /([A-Za-z_][\w]*)=("(?:[^"\\]|\\.)*"|\S*)/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(body))) out[m[1]] = m[2].startsWith('"') ? JSON.parse(m[2]) : m[2];
+  return out;
+}
+
+// Sends SIGUSR1 and returns the counters line the proxy logs for it.
+export async function statsLine(proxy: ProxyHandle, timeoutMs = 5000): Promise<Record<string, string>> {
+  const from = proxy.logs().length;
+  proxy.proc.kill('SIGUSR1');
+  const line = await proxy.waitForLog(/stats: /, timeoutMs, from);
+  return parseStatsLine(line);
+}
+
+export const num = (s: string | undefined): number => (s === undefined || s === '' ? NaN : Number(s));
+
+// Resident set size of a process in kB (/proc/<pid>/status VmRSS).
+export function rssKb(pid: number): number {
+  const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(s);
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
+}
+
+// Memory charged to TCP sockets machine-wide (/proc/net/sockstat "TCP: ... mem N", pages)
+// in kB; the kernel path's redirected-but-unsent bytes show here, not in the proxy's RSS.
+export function tcpMemKb(): number {
+  const s = fs.readFileSync('/proc/net/sockstat', 'utf8');
+  const m = /^TCP:.*\bmem (\d+)/m.exec(s);
+  return m ? (Number(m[1]) * 4096) / 1024 : NaN;
+}
+
+// /proc/meminfo field in kB (MemAvailable, Slab, ...).
+export function meminfoKb(field: string): number {
+  const s = fs.readFileSync('/proc/meminfo', 'utf8');
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(s);
+  return m ? Number(m[1]) : NaN;
+}
+
+// pgbench's summary counts.
+export function pgbenchCounts(out: string): { processed: number; failed: number } {
+  const p = /number of transactions actually processed: (\d+)/.exec(out);
+  const f = /number of failed transactions: (\d+)/.exec(out);
+  return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
+}
+
+// One line per failure the proxy is to blame for, for the lead:
+// "- <test>: <observation> | log: <excerpt>". The test still fails.
+export function recordFailure(test: string, observation: string, logExcerpt = ''): void {
+  const flat = (s: string) => s.replace(/\s+/g, ' ').trim();
+  const line = `- ${new Date().toISOString()} ${flat(test)}: ${flat(observation)}${logExcerpt ? ` | log: ${flat(logExcerpt).slice(-600)}` : ''}\n`;
+  try {
+    fs.appendFileSync(FAILURES_FILE, line);
+  } catch {
+    /* the report is best effort */
+  }
+}
+
+// The log lines worth quoting: warnings, errors, kernel events, the last stats line.
+export function logExcerpt(proxy: ProxyHandle, max = 600): string {
+  const lines = proxy.logs().split('\n').filter((l) => /warn|error|fatal|kernel|fallback|inflight|lost|stats:/i.test(l));
+  return lines.slice(-6).join(' / ').slice(-max);
+}
+
+// Waits until the admin console says every server of the app pool is idle (user space or kernel)
+// and none is active, nothing waits. Returns the last SHOW POOLS row.
+export async function poolsQuiet(proxy: ProxyHandle, db = 'app', timeoutMs = 15000): Promise<Row> {
+  const deadline = Date.now() + timeoutMs;
+  let last: Row = {};
+  for (;;) {
+    const rows = await adminRows(proxy, 'SHOW POOLS');
+    last = rows.find((r) => r.database === db) ?? {};
+    if (num(last.sv_active) === 0 && num(last.cl_waiting) === 0 && num(last.cl_active) >= 0) return last;
+    if (Date.now() > deadline) return last;
+    await sleep(200);
+  }
+}
+
+// A deterministic PRNG (mulberry32) so a failing random split can be replayed from its seed.
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
