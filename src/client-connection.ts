@@ -339,6 +339,7 @@ export class ClientConnection implements ServerPeer {
     // The kernel path sees every byte after registration, so register before the client can answer.
     const toKernel = this.host.offerToKernel?.(this) ?? false;
     this.socket.write(Buffer.concat(out));
+    if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
     const early = this.framer.takeRest();
     if (early.length && !toKernel) this.onRequestBytes(early);
   }

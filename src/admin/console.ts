@@ -15,7 +15,7 @@ import { ConfigError } from '../config/types';
 import { RESTART_KEYS, applySetting, defaultSettings, describeConfig } from '../config/load';
 import { Cell, ResultSet, columns, commandComplete, emptyQueryResponse, error, notice, ready } from './result-set';
 import { Command, CommandSyntaxError, parseCommand, splitStatements } from './parse';
-import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../metrics/stats';
+import { StatsAverager, Totals, addTotals, databaseTotals, statsEvents, zeroTotals } from '../metrics/stats';
 import { log } from '../log';
 
 // What the console needs from the running proxy (src/admin/control.ts builds it).
@@ -97,6 +97,8 @@ export function clientStateName(c: ClientConnection): string {
       return 'waiting';
     case ClientState.Login:
       return 'login';
+    case ClientState.Kernel:
+      return statsEvents.kernelClientBound?.(c) ? 'active' : 'idle';
     default:
       return 'idle'; // idle, or in the kernel path between its transactions
   }
@@ -110,8 +112,9 @@ export function serverStateName(s: ServerConnection): 'active' | 'idle' | 'used'
     case ServerState.Internal:
       return s.peer ? 'active' : 'used';
     case ServerState.Idle:
-    case ServerState.Kernel: // owned by the kernel path: SHOW BYPASS has its split
       return 'idle';
+    case ServerState.Kernel: // owned by the kernel path: bound to a client, or idle there
+      return statsEvents.kernelServerBound?.(s) ? 'active' : 'idle';
     case ServerState.Connecting:
     case ServerState.Login:
       return 'new';

@@ -3,6 +3,7 @@
 // when a client closes its counters are folded into its pool's retired totals, so
 // per-pool and per-database totals are: retired + the live clients of the pool.
 import type { ClientConnection } from '../client-connection';
+import type { ServerConnection } from '../server-connection';
 import type { Pool } from '../pool';
 
 const nowUs = (): number => performance.now() * 1000;
@@ -23,6 +24,11 @@ export const statsEvents = {
   // user-space totals in SHOW STATS/TOTALS and the Prometheus traffic counters. The bypass
   // controller sets it; time fields are µs.
   kernelTotals: null as null | (() => Map<Pool, Partial<Totals>>),
+  // Whether a server owned by the kernel path is bound to a client now (SHOW POOLS sv_active,
+  // SHOW SERVERS state, PAUSE's wait); unset: kernel-owned servers count as idle.
+  kernelServerBound: null as null | ((server: ServerConnection) => boolean),
+  // Whether a client carried by the kernel path is inside a transaction now (SHOW CLIENTS state).
+  kernelClientBound: null as null | ((client: ClientConnection) => boolean),
 };
 
 // A client logged in (to a pool or the admin console).
