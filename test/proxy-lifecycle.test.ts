@@ -202,7 +202,7 @@ users:
     });
 
     t.test(`SIGTERM drains: a transaction can finish, then exit 0 ${B}`, async (t) => {
-      c.pg.psql(`CREATE TABLE IF NOT EXISTS drain (v text); ALTER TABLE drain OWNER TO app;`, 'app');
+      c.pg.psql(`CREATE TABLE IF NOT EXISTS drain (v text); ALTER TABLE drain OWNER TO app; DELETE FROM drain;`, 'app');
       const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 20 }));
       const idle = await pgClient(t, proxy);
       await idle.query('SELECT 1');

@@ -61,8 +61,8 @@ t.test('transaction pooling with real clients', async (t) => {
       const r = await run('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1'], {
         env: libpqEnv(proxy),
         input: `BEGIN;
-INSERT INTO items(v) VALUES ('psql-1');
-SELECT count(*) FROM items WHERE v = 'psql-1';
+INSERT INTO items(v) VALUES ('psql-1-${bypass}');
+SELECT count(*) FROM items WHERE v = 'psql-1-${bypass}';
 SELECT txid_current() = txid_current();
 COMMIT;
 SELECT 'done';
@@ -71,7 +71,7 @@ SELECT 'done';
       });
       t.equal(r.code, 0, `psql script (${r.stderr})`);
       t.same(r.stdout.trim().split('\n'), ['1', 't', 'done'], 'script output');
-      t.equal(c.sql(`SELECT count(*) FROM items WHERE v = 'psql-1'`), '1', 'the row is committed');
+      t.equal(c.sql(`SELECT count(*) FROM items WHERE v = 'psql-1-${bypass}'`), '1', 'the row is committed');
     });
 
     t.test(`node-postgres: simple and extended queries, transactions ${B}`, async (t) => {
@@ -79,12 +79,12 @@ SELECT 'done';
       t.same((await pg.query('SELECT $1::int + $2::int AS s, $3::text AS t', [40, 2, 'ünïcode'])).rows, [{ s: 42, t: 'ünïcode' }], 'extended query with parameters');
       t.same((await pg.query("SELECT 'a' AS x UNION ALL SELECT 'b'")).rows, [{ x: 'a' }, { x: 'b' }], 'simple query, two rows');
       await pg.query('BEGIN');
-      await pg.query("INSERT INTO items(v) VALUES ('pg-1')");
+      await pg.query(`INSERT INTO items(v) VALUES ('pg-1-${bypass}')`);
       const pid1 = (await pg.query('SELECT pg_backend_pid() AS p')).rows[0].p;
       const pid2 = (await pg.query('SELECT pg_backend_pid() AS p')).rows[0].p;
       t.equal(pid1, pid2, 'one server for the whole transaction');
       await pg.query('COMMIT');
-      t.equal(c.sql(`SELECT count(*) FROM items WHERE v = 'pg-1'`), '1', 'committed');
+      t.equal(c.sql(`SELECT count(*) FROM items WHERE v = 'pg-1-${bypass}'`), '1', 'committed');
       await pg.query('BEGIN');
       await pg.query("INSERT INTO items(v) VALUES ('pg-rolled-back')");
       await pg.query('ROLLBACK');
@@ -258,15 +258,15 @@ SELECT 'done';
     });
 
     t.test(`COPY in and out ${B}`, async (t) => {
-      const lines = Array.from({ length: 5000 }, (_, i) => `psql-copy-${i}`);
+      const lines = Array.from({ length: 5000 }, (_, i) => `psql-copy-${bypass}-${i}`);
       const r = await run('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1'], {
         env: libpqEnv(proxy),
-        input: `COPY items(v) FROM STDIN;\n${lines.join('\n')}\n\\.\nSELECT count(*) FROM items WHERE v LIKE 'psql-copy-%';\n`,
+        input: `COPY items(v) FROM STDIN;\n${lines.join('\n')}\n\\.\nSELECT count(*) FROM items WHERE v LIKE 'psql-copy-${bypass}-%';\n`,
         timeoutMs: 30000,
       });
       t.equal(r.code, 0, `COPY FROM STDIN through psql (${r.stderr})`);
       t.equal(r.stdout.trim(), '5000', 'all rows arrived');
-      const out = await psqlVia(proxy, `COPY (SELECT v FROM items WHERE v LIKE 'psql-copy-%' ORDER BY id) TO STDOUT`);
+      const out = await psqlVia(proxy, `COPY (SELECT v FROM items WHERE v LIKE 'psql-copy-${bypass}-%' ORDER BY id) TO STDOUT`);
       t.same(out.split('\n'), lines, 'COPY TO STDOUT returns them in order');
       const big = await psqlVia(proxy, 'COPY (SELECT g FROM generate_series(1, 200000) g) TO STDOUT');
       t.equal(big.split('\n').length, 200000, '200000-row COPY out');
@@ -275,18 +275,18 @@ SELECT 'done';
       s.conn.write(query('COPY items(v) FROM STDIN'));
       const g = await s.conn.readMessage();
       t.equal(g.type, 'G', 'CopyInResponse');
-      s.conn.write(Buffer.concat([copyData('raw-copy-1\n'), copyFail('client gave up')]));
+      s.conn.write(Buffer.concat([copyData(`raw-copy-${bypass}-1\n`), copyFail('client gave up')]));
       const res = summarize(await s.conn.readUntil('Z'));
       t.equal(res.errors[0]?.C, '57014', `CopyFail -> 57014 (${res.errors[0]?.M})`);
       t.equal(res.status, 'I');
       s.conn.write(query('COPY items(v) FROM STDIN'));
       await s.conn.readMessage();
-      s.conn.write(Buffer.concat([copyData('raw-copy-2\n'), copyData('raw-copy-3\n'), copyDone()]));
+      s.conn.write(Buffer.concat([copyData(`raw-copy-${bypass}-2\n`), copyData(`raw-copy-${bypass}-3\n`), copyDone()]));
       const ok = summarize(await s.conn.readUntil('Z'));
       t.same(ok.tags, ['COPY 2'], 'raw COPY of two rows');
       s.conn.destroy();
       const pg = await pgClient(t, proxy, { database: 'app_one' });
-      t.same((await pg.query(`SELECT count(*)::int AS n FROM items WHERE v LIKE 'raw-copy-%'`)).rows, [{ n: 2 }], 'only the finished COPY stored rows');
+      t.same((await pg.query(`SELECT count(*)::int AS n FROM items WHERE v LIKE 'raw-copy-${bypass}-%'`)).rows, [{ n: 2 }], 'only the finished COPY stored rows');
     });
 
     t.test(`errors inside transactions keep the server pinned until ROLLBACK ${B}`, async (t) => {
@@ -387,9 +387,13 @@ SELECT 'done';
       t.pass('pg_stat_activity shows no idle in transaction');
     });
 
-    t.test(`the proxy is still healthy ${B}`, async (t) => {
+    t.test(`the proxy is still healthy, then stops cleanly ${B}`, async (t) => {
       t.equal(proxy.exited(), undefined, 'still running');
       t.notMatch(proxy.logs(), /uncaught|unhandled|TypeError|RangeError/i, 'no crash traces in the log');
+      // Stop it so that the next mode starts from a PostgreSQL with no pooled servers.
+      const st = await proxy.stop('SIGTERM', 15000);
+      t.equal(st.code, 0, 'SIGTERM with only idle clients: exit 0');
+      await waitUntil(() => backendCount(c, 'app') + backendCount(c, 'bench') === 0, 5000, 'server connections closed');
     });
   }
 });
