@@ -138,3 +138,28 @@ export function prng(seed: number): () => number {
     return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+// Proves every server of a pool is free and usable: poolSize clients each hold a server for
+// holdMs at the same time; with no leaked binding they get poolSize distinct backends and
+// finish together. Returns the distinct backend pids seen and the time it took.
+export async function probePool(ep: { host: string; port: number }, poolSize: number, holdMs = 500, timeoutMs = 15000): Promise<{ pids: number; ms: number; errors: string[] }> {
+  const { Client } = await import('pg');
+  const start = Date.now();
+  const errors: string[] = [];
+  const one = async (): Promise<number | null> => {
+    const cl = new Client({ host: ep.host, port: ep.port, user: 'app', password: 'app-pw', database: 'app', connectionTimeoutMillis: timeoutMs, query_timeout: timeoutMs });
+    cl.on('error', () => undefined);
+    try {
+      await cl.connect();
+      const r = await cl.query(`SELECT pg_backend_pid() AS pid, pg_sleep(${holdMs / 1000})`);
+      return Number(r.rows[0].pid);
+    } catch (e) {
+      errors.push((e as Error).message);
+      return null;
+    } finally {
+      await cl.end().catch(() => undefined);
+    }
+  };
+  const pids = await Promise.all(Array.from({ length: poolSize }, one));
+  return { pids: new Set(pids.filter((p) => p !== null)).size, ms: Date.now() - start, errors };
+}
