@@ -410,7 +410,7 @@ class AdminSession {
     }
   }
 
-  // The controller's rows (loaded, reason, ...), then connections and traffic by path.
+  // The controller's rows (loaded, reason, kernel counters, ...), then connections by path and the totals.
   private showBypass(): Buffer {
     const rs = new ResultSet(columns('key', 'value'));
     for (const [k, v] of this.control.bypassInfo()) rs.add([k, v]);
@@ -435,13 +435,6 @@ class AdminSession {
     rs.add(['clients_user', String(clUser)]).add(['clients_kernel', String(clKernel)]);
     rs.add(['servers_user', String(svUser)]).add(['servers_kernel', String(svKernel)]);
     rs.add(['transactions_total', String(t.xacts)]).add(['bytes_received_total', String(t.bytesIn)]).add(['bytes_sent_total', String(t.bytesOut)]);
-    let counters: Record<string, number | bigint> = {};
-    try {
-      counters = this.control.bypassCounters();
-    } catch (e) {
-      rs.add(['kernel_counters_error', (e as Error).message]);
-    }
-    for (const [k, v] of Object.entries(counters)) rs.add([`kernel_${k}`, String(v)]);
     return rs.toBuffer();
   }
 
