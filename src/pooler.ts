@@ -17,6 +17,7 @@ export interface PoolerHooks {
   offerToKernel?(client: ClientConnection): boolean;
   leftKernel?(client: ClientConnection): void;
   bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  boundInKernel?(client: ClientConnection): boolean;
   feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
   cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
   poolCreated?(pool: Pool): void;
@@ -236,8 +237,12 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return needRestart;
   }
 
+  // Clients inside a transaction, in user space or in the kernel.
   get activeClients(): ClientConnection[] {
-    return [...this.clients].filter((c) => c.state === ClientState.Active || c.state === ClientState.Waiting);
+    return [...this.clients].filter(
+      (c) => c.state === ClientState.Active || c.state === ClientState.Waiting || c.kernelServer !== null
+        || (c.state === ClientState.Kernel && (this.hooks.boundInKernel?.(c) ?? false)),
+    );
   }
 
   close(): void {

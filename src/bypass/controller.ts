@@ -287,11 +287,16 @@ export class BypassController implements IdleServerHost {
     );
   }
 
+  // The server the kernel has bound to this client now, if any.
+  serverOf(client: ClientConnection): ServerConnection | null {
+    if (!this.kernel || !this.clients.has(client.id)) return null;
+    const st = this.kernel.read(client.id);
+    return st && st.peer ? this.servers.get(st.peer) ?? null : null;
+  }
+
   // Where a cancel for this client must go: the server the kernel bound it to, if any.
   cancelTarget(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null {
-    if (!this.kernel || client.state !== ClientState.Kernel) return null;
-    const st = this.kernel.read(client.id);
-    const server = st && st.peer ? this.servers.get(st.peer) : undefined;
+    const server = client.kernelServer ?? (client.state === ClientState.Kernel ? this.serverOf(client) : null);
     if (!server) return null;
     return { host: server.target.host, port: server.target.port, pid: server.backendPid, key: server.backendKey };
   }
