@@ -18,6 +18,7 @@ export interface PoolerHooks {
   leftKernel?(client: ClientConnection): void;
   bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
   boundInKernel?(client: ClientConnection): boolean;
+  janitor?(now: number): void;
   feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
   cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
   poolCreated?(pool: Pool): void;
@@ -209,6 +210,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     for (const p of this.pools.values()) p.janitor();
     const now = Date.now();
     for (const c of this.clients) c.checkTimeouts(now);
+    this.hooks.janitor?.(now);
   }
 
   // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.

@@ -35,6 +35,7 @@ export class Proxy {
     hooks.bindInKernel = (client, server, request) => this.bypass.bindInKernel(client, server, request);
     hooks.feedKernelBound = (client, data) => this.bypass.feedKernelBound(client, data);
     hooks.boundInKernel = (client) => this.bypass.serverOf(client) !== null;
+    hooks.janitor = (now) => this.bypass.janitor(now);
     hooks.clientClosed = (client) => this.bypass.clientClosed(client);
     hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
     this.control.bypassInfo = () => this.bypass.info();

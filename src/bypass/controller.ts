@@ -395,6 +395,40 @@ export class BypassController implements IdleServerHost {
     }
   }
 
+  // server_idle_timeout and server_lifetime for servers idle in the kernel: now and then
+  // take them out, close the ones that are due, and put the others back. A server's
+  // last use is seen from the bytes the kernel has redirected to it.
+  janitor(now: number): void {
+    const k = this.kernel;
+    if (!k) return;
+    for (const [pool, bySig] of this.kpools) {
+      const s = pool.settings;
+      if (s.serverIdleTimeout <= 0 && s.serverLifetime <= 0) continue;
+      const every = Math.max(1000, Math.min(5000, (Math.min(...[s.serverIdleTimeout, s.serverLifetime].filter((x) => x > 0)) * 1000) / 2));
+      if (now - (this.lastSweep.get(pool) ?? 0) < every) continue;
+      this.lastSweep.set(pool, now);
+      const taken: ServerConnection[] = [];
+      for (const kid of bySig.values()) {
+        for (let id = k.popIdle(kid); id !== 0; id = k.popIdle(kid)) {
+          const server = this.servers.get(id);
+          if (server && server.isUsable) taken.push(server);
+        }
+      }
+      for (const server of taken) {
+        server.state = ServerState.Idle;
+        const st = k.read(skid(server));
+        const seen = this.activity.get(server);
+        if (!seen || (st && st.redirected !== seen.redirected)) this.activity.set(server, { redirected: st?.redirected ?? 0n, since: now });
+        const idleFor = now - Math.max(this.activity.get(server)!.since, server.lastUsed);
+        if (s.serverLifetime > 0 && now - server.createdAt > s.serverLifetime * 1000) server.close('server_lifetime reached');
+        else if (s.serverIdleTimeout > 0 && idleFor > s.serverIdleTimeout * 1000 && pool.servers.size > s.minSize) server.close('server_idle_timeout');
+        else pool.serverAvailable(server);
+      }
+    }
+  }
+  private lastSweep = new Map<Pool, number>();
+  private activity = new WeakMap<ServerConnection, { redirected: bigint; since: number }>();
+
   kernelCounters(): KernelCounters | null {
     return this.kernel ? this.kernel.counters() : null;
   }
