@@ -1,6 +1,7 @@
 // Transaction (and session) pooling with real clients: psql, node-postgres, psycopg2,
-// JDBC, pgbench in every protocol mode, pipelined clients on a single server, COPY,
+// JDBC, pipelined clients on a single server, COPY,
 // errors in transactions, empty queries, NOTICE/NOTIFY, and a client killed mid-transaction.
+// pgbench runs are in proxy-pgbench.test.ts.
 import t from 'tap';
 import * as path from 'node:path';
 import { Client } from 'pg';
@@ -11,13 +12,6 @@ import {
   waitUntil, withTimeout, sleep, Cluster, backendCount,
 } from './helpers/cluster';
 import { login, extendedQuery, query, summarize, Msg, simpleQuery, parse, bind, execute, sync, copyData, copyFail, copyDone, parseFields } from './helpers/pgwire';
-
-// pgbench's summary: processed and failed transaction counts.
-function pgbenchCounts(out: string): { processed: number; failed: number } {
-  const p = /number of transactions actually processed: (\d+)/.exec(out);
-  const f = /number of failed transactions: (\d+)/.exec(out);
-  return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
-}
 
 async function readRounds(conn: import('./helpers/pgwire').RawConn, n: number, timeoutMs = 20000): Promise<Msg[][]> {
   const rounds: Msg[][] = [];
@@ -30,12 +24,6 @@ t.test('transaction pooling with real clients', async (t) => {
   c.sql(`CREATE TABLE items (id bigserial PRIMARY KEY, v text NOT NULL); ALTER TABLE items OWNER TO app;
          CREATE TABLE py_items (v text); ALTER TABLE py_items OWNER TO app;
          CREATE TABLE jdbc_items (v text); ALTER TABLE jdbc_items OWNER TO app;`);
-  // A role of its own for the 64-client run, so its server connections can be counted apart.
-  c.sql(`CREATE ROLE bench LOGIN PASSWORD 'bench-pw'`);
-  // pgbench tables, created directly (not through the proxy).
-  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
-  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
-  c.sql('GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO bench');
 
   for (const bypass of BYPASS_MODES) {
     const cfg = await proxyConfig(c, {
@@ -49,7 +37,6 @@ t.test('transaction pooling with real clients', async (t) => {
         app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
         app_session: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_mode: 'session' },
       },
-      users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } },
     });
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
@@ -136,44 +123,6 @@ SELECT 'done';
         c.sql('TRUNCATE jdbc_items');
       });
     }
-
-    const bench = async (t: tap.Test, args: string[], db: string, label: string, user = 'app', password = 'app-pw') => {
-      const r = await run('pgbench', ['-n', '-r', ...args, db], { env: libpqEnv(proxy, db, user, password), timeoutMs: 45000 });
-      const counts = pgbenchCounts(r.stdout);
-      t.equal(r.code, 0, `${label}: pgbench exits 0 (${r.stderr.slice(-1500)})`);
-      t.ok(counts.processed > 0, `${label}: ${counts.processed} transactions processed`);
-      t.equal(counts.failed, 0, `${label}: zero failed transactions`);
-      t.notMatch(r.stderr, /error|abort/i, `${label}: no client errors`);
-      return counts;
-    };
-    t.test(`pgbench -M simple and -M extended in transaction mode ${B}`, async (t) => {
-      const s = await bench(t, ['-M', 'simple', '-c', '16', '-j', '2', '-t', '100'], 'app', 'simple');
-      t.equal(s.processed, 1600, 'simple: every transaction done');
-      const e = await bench(t, ['-M', 'extended', '-c', '16', '-j', '2', '-t', '100'], 'app', 'extended');
-      t.equal(e.processed, 1600, 'extended: every transaction done');
-      const sel = await bench(t, ['-M', 'extended', '-S', '-c', '32', '-j', '2', '-t', '200'], 'app_one', 'extended -S, pool size 1');
-      t.equal(sel.processed, 6400, 'select-only through one server');
-    });
-    t.test(`pgbench -M prepared in session mode ${B}`, async (t) => {
-      const p = await bench(t, ['-M', 'prepared', '-c', '8', '-j', '2', '-t', '200'], 'app_session', 'prepared');
-      t.equal(p.processed, 1600, 'prepared: every transaction done');
-    });
-    t.test(`pgbench -M extended -c 64 -j 2 -T 10 with default_pool_size 8 ${B}`, async (t) => {
-      let maxServers = 0;
-      const sampler = setInterval(() => {
-        try {
-          maxServers = Math.max(maxServers, backendCount(c, 'bench'));
-        } catch {
-          /* sampling only */
-        }
-      }, 500);
-      try {
-        await bench(t, ['-M', 'extended', '-c', '64', '-j', '2', '-T', '10'], 'app', '64 clients', 'bench', 'bench-pw');
-      } finally {
-        clearInterval(sampler);
-      }
-      t.ok(maxServers > 0 && maxServers <= 8, `64 clients served by at most 8 server connections: saw ${maxServers}`);
-    });
 
     t.test(`pipelined raw clients on a single server: each gets its own answers ${B}`, async (t) => {
       const CLIENTS = 16;
@@ -393,7 +342,7 @@ SELECT 'done';
       // Stop it so that the next mode starts from a PostgreSQL with no pooled servers.
       const st = await proxy.stop('SIGTERM', 15000);
       t.equal(st.code, 0, 'SIGTERM with only idle clients: exit 0');
-      await waitUntil(() => backendCount(c, 'app') + backendCount(c, 'bench') === 0, 5000, 'server connections closed');
+      await waitUntil(() => backendCount(c, 'app') === 0, 5000, 'server connections closed');
     });
   }
 });

@@ -1,0 +1,89 @@
+// pgbench through the proxy: -M simple and -M extended in transaction mode, -M prepared
+// in session mode, each with zero failed transactions, and the issue's acceptance run
+// `pgbench -M extended -c 64 -j 2 -T 10` with default_pool_size 8.
+import t from 'tap';
+import { BYPASS_MODES } from './helpers/modes';
+import { startProxy, ProxyHandle } from './helpers/proxy';
+import { startCluster, proxyConfig, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
+
+// pgbench's summary: processed and failed transaction counts.
+function pgbenchCounts(out: string): { processed: number; failed: number } {
+  const p = /number of transactions actually processed: (\d+)/.exec(out);
+  const f = /number of failed transactions: (\d+)/.exec(out);
+  return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
+}
+
+t.test('pgbench through the proxy', async (t) => {
+  const c = await startCluster(t);
+  // A role of its own for the 64-client run, so its server connections can be counted apart.
+  c.sql(`CREATE ROLE bench LOGIN PASSWORD 'bench-pw'`);
+  // pgbench tables, created directly (not through the proxy).
+  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
+  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
+  c.sql('GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO bench');
+
+  for (const bypass of BYPASS_MODES) {
+    const cfg = await proxyConfig(c, {
+      bypass,
+      pool_mode: 'transaction',
+      default_pool_size: 8,
+      max_client_conn: 300,
+      query_wait_timeout: 30,
+      databases: {
+        app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' },
+        app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
+        app_session: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_mode: 'session' },
+      },
+      users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } },
+    });
+    const B = `[bypass=${bypass}]`;
+    let proxy: ProxyHandle;
+    t.before(async () => {
+      proxy = await startProxy(t, cfg, { logLevel: 'info' });
+    });
+    const bench = async (t: tap.Test, args: string[], db: string, label: string, user = 'app', password = 'app-pw') => {
+      const r = await run('pgbench', ['-n', '-r', ...args, db], { env: libpqEnv(proxy, db, user, password), timeoutMs: 45000 });
+      const counts = pgbenchCounts(r.stdout);
+      t.equal(r.code, 0, `${label}: pgbench exits 0 (${r.stderr.slice(-1500)})`);
+      t.ok(counts.processed > 0, `${label}: ${counts.processed} transactions processed`);
+      t.equal(counts.failed, 0, `${label}: zero failed transactions`);
+      t.notMatch(r.stderr, /error|abort/i, `${label}: no client errors`);
+      return counts;
+    };
+    t.test(`pgbench -M simple and -M extended in transaction mode ${B}`, async (t) => {
+      const s = await bench(t, ['-M', 'simple', '-c', '16', '-j', '2', '-t', '100'], 'app', 'simple');
+      t.equal(s.processed, 1600, 'simple: every transaction done');
+      const e = await bench(t, ['-M', 'extended', '-c', '16', '-j', '2', '-t', '100'], 'app', 'extended');
+      t.equal(e.processed, 1600, 'extended: every transaction done');
+      const sel = await bench(t, ['-M', 'extended', '-S', '-c', '32', '-j', '2', '-t', '200'], 'app_one', 'extended -S, pool size 1');
+      t.equal(sel.processed, 6400, 'select-only through one server');
+    });
+    t.test(`pgbench -M prepared in session mode ${B}`, async (t) => {
+      const p = await bench(t, ['-M', 'prepared', '-c', '8', '-j', '2', '-t', '200'], 'app_session', 'prepared');
+      t.equal(p.processed, 1600, 'prepared: every transaction done');
+    });
+    t.test(`pgbench -M extended -c 64 -j 2 -T 10 with default_pool_size 8 ${B}`, async (t) => {
+      let maxServers = 0;
+      const sampler = setInterval(() => {
+        try {
+          maxServers = Math.max(maxServers, backendCount(c, 'bench'));
+        } catch {
+          /* sampling only */
+        }
+      }, 500);
+      try {
+        await bench(t, ['-M', 'extended', '-c', '64', '-j', '2', '-T', '10'], 'app', '64 clients', 'bench', 'bench-pw');
+      } finally {
+        clearInterval(sampler);
+      }
+      t.ok(maxServers > 0 && maxServers <= 8, `64 clients served by at most 8 server connections: saw ${maxServers}`);
+    });
+
+    t.test(`the proxy stops cleanly ${B}`, async (t) => {
+      t.equal(proxy.exited(), undefined, 'still running after all runs');
+      const st = await proxy.stop('SIGTERM', 15000);
+      t.equal(st.code, 0, 'SIGTERM: exit 0');
+      await waitUntil(() => backendCount(c, 'app') + backendCount(c, 'bench') === 0, 5000, 'server connections closed');
+    });
+  }
+});
