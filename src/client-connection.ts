@@ -46,7 +46,7 @@ export interface ClientHost {
   clientLoggedIn(client: ClientConnection): void;
   clientClosed(client: ClientConnection): void;
   // The kernel path's chance to take an idle client; false keeps it in user space.
-  offerToKernel?(client: ClientConnection): boolean;
+  offerToKernel?(client: ClientConnection, aboutToWrite?: number): boolean;
   // The kernel passed this client's bytes up: it is served here from now on.
   leftKernel?(client: ClientConnection): void;
   // Hands a waiting request and the server it got to the kernel path (the kernel carries
@@ -337,8 +337,9 @@ export class ClientConnection implements ServerPeer {
     this.host.clientLoggedIn(this);
     log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
     // The kernel path sees every byte after registration, so register before the client can answer.
-    const toKernel = this.host.offerToKernel?.(this) ?? false;
-    this.socket.write(Buffer.concat(out));
+    const response = Buffer.concat(out);
+    const toKernel = this.host.offerToKernel?.(this, response.length) ?? false;
+    this.socket.write(response);
     if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
     const early = this.framer.takeRest();
     if (early.length && !toKernel) this.onRequestBytes(early);

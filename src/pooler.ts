@@ -14,7 +14,7 @@ export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 
 export interface PoolerHooks {
   startAdmin(client: ClientConnection): void;
-  offerToKernel?(client: ClientConnection): boolean;
+  offerToKernel?(client: ClientConnection, aboutToWrite?: number): boolean;
   leftKernel?(client: ClientConnection): void;
   bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
   boundInKernel?(client: ClientConnection): boolean;
@@ -49,8 +49,8 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.hooks.startAdmin(client);
   }
 
-  offerToKernel(client: ClientConnection): boolean {
-    return this.hooks.offerToKernel ? this.hooks.offerToKernel(client) : false;
+  offerToKernel(client: ClientConnection, aboutToWrite = 0): boolean {
+    return this.hooks.offerToKernel ? this.hooks.offerToKernel(client, aboutToWrite) : false;
   }
 
   leftKernel(client: ClientConnection): void {

@@ -30,7 +30,7 @@ export class Proxy {
       this.bypass.poolCreated(pool);
       poolCreated?.(pool);
     };
-    hooks.offerToKernel = (client) => this.bypass.offerClient(client);
+    hooks.offerToKernel = (client, aboutToWrite) => this.bypass.offerClient(client, aboutToWrite);
     hooks.leftKernel = (client) => this.bypass.leftKernel(client);
     hooks.bindInKernel = (client, server, request) => this.bypass.bindInKernel(client, server, request);
     hooks.feedKernelBound = (client, data) => this.bypass.feedKernelBound(client, data);

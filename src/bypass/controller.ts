@@ -34,6 +34,9 @@ const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in th
 // Kernel conn ids: clients use their id, servers a disjoint range.
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
+// Unix-socket clients stay in user space: the verdict programs are written for TCP.
+const isTcp = (c: ClientConnection): boolean => c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6';
+
 // A stable name for a set of session settings.
 export function signature(settings: Map<string, string>): string {
   return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
@@ -187,10 +190,11 @@ export class BypassController implements IdleServerHost {
   // ---- clients ----
 
   // Moves an idle client to the kernel path when that is safe; false keeps it in user space.
-  offerClient(client: ClientConnection): boolean {
+  // aboutToWrite: bytes the caller writes to the client right after (its login response).
+  offerClient(client: ClientConnection, aboutToWrite = 0): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || client.adminHandler) return false;
+    if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady) return false;
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
@@ -201,7 +205,7 @@ export class BypassController implements IdleServerHost {
     if (kid === null) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
     if (!this.home(client, kid)) return false;
-    if (!k.clientToKernel(client.id, client.bytesRead)) return false; // passed bytes still unread: retried later
+    if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite)) return false; // passed bytes still unread: retried later
     client.state = ClientState.Kernel;
     this.counters.clientsToKernel++;
     return true;
@@ -214,7 +218,7 @@ export class BypassController implements IdleServerHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
-    if (client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
+    if (!isTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
     const kid = this.kidFor(pool, signature(client.settings));
     if (kid === null || serverSignature(server) !== signature(client.settings)) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
@@ -255,6 +259,20 @@ export class BypassController implements IdleServerHost {
       this.counters.clientsToKernel++;
     }
     // else: its next bytes are already on their way to user space; they come through feedKernelBound
+  }
+
+  // Resolves once the bytes the kernel redirected to the client are in its TCP send
+  // queue, so that user space can write to it without overtaking them (bounded wait).
+  whenFlushed(client: ClientConnection, maxMs = 2000): Promise<void> {
+    const k = this.kernel;
+    const deadline = Date.now() + maxMs;
+    return new Promise((resolve) => {
+      const check = () => {
+        if (!k || client.socket.destroyed || !this.clients.has(client.id) || k.redirectsFlushed(client.id) || Date.now() > deadline) resolve();
+        else setTimeout(check, 1);
+      };
+      check();
+    });
   }
 
   // A client left: whatever server the kernel had bound to it is taken back and made clean.
@@ -323,9 +341,12 @@ export class BypassController implements IdleServerHost {
     // A server that dies bound to a client in the kernel takes that client's transaction with it.
     if (st && st.peer) {
       const client = this.clients.get(st.peer);
-      if (client && client.state === ClientState.Kernel) {
+      if (client && (client.state === ClientState.Kernel || client.kernelServer === server)) {
         this.counters.kernelServerLost++;
-        client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' });
+        // The server's last words (a FATAL error) may still be in the kernel's redirect
+        // queue to the client: ours must come after them.
+        this.whenFlushed(client).then(() =>
+          client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' }));
       }
     }
   }

@@ -265,9 +265,10 @@ export class KernelPath {
    * False if the kernel passed bytes Node has not read yet (read them, retry), or the
    * client is still bound (takeBound first). Call at a message boundary, with nothing
    * left to write to the client (the in-flight bound takes its baseline here). */
-  clientToKernel(id: number, bytesReadSinceRegister: bigint): boolean {
+  clientToKernel(id: number, bytesReadSinceRegister: bigint, aboutToWrite = 0): boolean {
     const reg = this.regs.get(id);
-    const written = reg ? this.addon.tcpBytesWritten(reg.fd) : 0n;
+    // aboutToWrite: bytes user space writes right after the flip (the login response)
+    const written = reg ? this.addon.tcpBytesWritten(reg.fd) + BigInt(aboutToWrite) : 0n;
     return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written }).ret === 1;
   }
 
@@ -314,6 +315,17 @@ export class KernelPath {
   /** USER|n -> KERNEL|n keeping a binding made by bind() (or none). */
   clientToKernelBound(id: number, bytesReadSinceRegister: bigint): boolean {
     return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL_BOUND, id, expected: bytesReadSinceRegister }).ret === 1;
+  }
+
+  /** True when every byte the kernel redirected to client id has reached its TCP send
+   * queue (none is left in the redirect backlog), so that user space may write to it
+   * without overtaking them. Valid while user space itself writes nothing to it. */
+  redirectsFlushed(id: number): boolean {
+    const reg = this.regs.get(id);
+    const b = this.obj.mapLookup('conns', abi.u32(id));
+    if (!reg || !b) return true;
+    const c = abi.decodeConn(b);
+    return this.addon.tcpBytesWritten(reg.fd) >= c.ackedBase + c.redirected;
   }
 
   read(id: number): ConnRead | null {
