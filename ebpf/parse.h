@@ -50,7 +50,7 @@ static __always_inline void pgs_header(struct pgs_fctx *c, const __u8 *h, __u32 
 
 	if (start == c->base)
 		c->first_type = type;
-	if (mlen < 4 || mlen > 0x7fffffff) {
+	if (mlen < 4 || mlen > 0x3fffffff) { /* as MAX_MESSAGE_LENGTH in src/protocol/constants.ts */
 		c->error = 1;
 		return;
 	}
