@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy, runCli, writeConfig, CLI, REPO_ROOT } from './helpers/proxy';
+import { startProxy, runCli, runCliAsync, writeConfig, CLI, REPO_ROOT } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, psqlVia, withTimeout, sleep, waitUntil, backendCount, freePort } from './helpers/cluster';
 import { spawn } from 'node:child_process';
 
@@ -72,8 +72,9 @@ users:
     ['bad auth_type', minimal + 'auth_type: kerberos\n', 'auth_type', 9],
     ['bad duration', minimal + 'query_wait_timeout: soon\n', 'query_wait_timeout', 9],
   ];
-  for (const [label, text, key, line] of bad) {
-    const r = runCli(['check', '--config', writeConfig(text)]);
+  const results = await Promise.all(bad.map(([, text]) => runCliAsync(['check', '--config', writeConfig(text)])));
+  for (const [i, [label, , key, line]] of bad.entries()) {
+    const r = results[i];
     const out = r.stdout + r.stderr;
     t.not(r.code, 0, `${label}: non-zero exit`);
     t.match(out, key, `${label}: names the key ${key} (${out.trim()})`);

@@ -68,6 +68,23 @@ export function runCli(args: string[], timeoutMs = 20000): { code: number | null
   return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
+// The same, without blocking: several CLI runs can go side by side.
+export function runCliAsync(args: string[], timeoutMs = 20000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  requireCli();
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (d) => (stdout += d));
+    p.stderr!.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
 export async function startProxy(t: TeardownHost, config: object | string, opts: ProxyOptions = {}): Promise<ProxyHandle> {
   requireCli();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
