@@ -163,3 +163,27 @@ export async function probePool(ep: { host: string; port: number }, poolSize: nu
   const pids = await Promise.all(Array.from({ length: poolSize }, one));
   return { pids: new Set(pids.filter((p) => p !== null)).size, ms: Date.now() - start, errors };
 }
+
+// One ss snapshot of the sockets between a client, the proxy (proxyPort) and PostgreSQL
+// (pgPort): pgAcked = bytes PostgreSQL's sockets have had acked (handed to the proxy host's
+// kernel); queued = bytes sitting in socket buffers on the way (the proxy's PostgreSQL-side
+// receive queues, its client-side send queues, the clients' receive queues). What PostgreSQL
+// sent, minus what the client read, minus queued, is held by the proxy itself: Node's
+// buffers, or the kernel path's redirect queues.
+export async function transitSnapshot(pgPort: number, proxyPort: number): Promise<{ pgAcked: number; queued: number }> {
+  const r = await run('ss', ['-tinH', 'state', 'established'], { timeoutMs: 5000 });
+  let pgAcked = 0;
+  let queued = 0;
+  const lines = r.stdout.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^(\d+)\s+(\d+)\s+\S+:(\d+)\s+\S+:(\d+)/.exec(lines[i]);
+    if (!m) continue;
+    const [recvQ, sendQ, lport, pport] = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4])];
+    const info = lines[i + 1] ?? '';
+    if (lport === pgPort) pgAcked += Number(/bytes_acked:(\d+)/.exec(info)?.[1] ?? 0);
+    else if (pport === pgPort) queued += recvQ;
+    else if (lport === proxyPort) queued += sendQ;
+    else if (pport === proxyPort) queued += recvQ;
+  }
+  return { pgAcked, queued };
+}
