@@ -484,6 +484,7 @@ export class ClientConnection implements ServerPeer {
     this.timing.ready(this.tracker.outstanding, status);
     if (!this.tracker.idle) return;
     this.stats.xacts++;
+    this.pool!.stats.xacts++;
     if (this.terminated) return this.close('client sent Terminate');
     if (this.pool!.settings.mode === 'session') return;
     this.detach(server);

@@ -111,7 +111,9 @@ export class Pool {
       }
       this.waiters.push(w);
       this.onWaitersChanged();
-      this.grow();
+      // A server the kernel released before it learned of this waiter raised no event:
+      // look again now that it knows.
+      this.serviceWaiters();
     });
   }
 
