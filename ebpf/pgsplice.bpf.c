@@ -299,22 +299,17 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	}
 
 	pgs_frame_skb(&fc, skb, &s->frame, 0, PGS_ROLE_SERVER);
-	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
-	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
 	bpf_spin_lock(&s->lock);
-	mode = MODE(s->word);
-	if (mode == PGS_BOUND && !fc.error) {
+	if (MODE(s->word) == PGS_BOUND && !fc.error) {
 		cid = s->peer;
-		s->frame = fc.f;
 		ok = 1;
-	} else {
-		/* Count it in this same section: user space must not be able to flip the
-		 * server on (serverToIdle) before this skb is counted as passed. */
-		to_user_locked(s, len);
 	}
 	bpf_spin_unlock(&s->lock);
-	if (!ok)
+	if (!ok) {
+		if (fc.error)
+			stat_add(PGS_ST_FB_FRAME_ERROR, 1);
 		goto to_user;
+	}
 
 	c = bpf_map_lookup_elem(&conns, &cid);
 	if (!c) {
@@ -322,8 +317,51 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		return SK_DROP;
 	}
 	pool = bpf_map_lookup_elem(&pools, &pool_id);
-	if (pool && pool->inflight_limit)
+	if (pool && pool->inflight_limit) {
 		limit = pool->inflight_limit;
+		inflight = client_inflight(cid, c);
+	}
+	if (inflight + len > limit) {
+		/* Hand the pair to user space before this skb counts: its framing, its
+		 * ReadyForQuery and its bytes are all user space's now, so user space resumes
+		 * from the frame state and outstanding count as they were (docs/kernel-path.md,
+		 * bounded memory). It forwards with TCP back-pressure once the kernel-queued
+		 * bytes are acked. */
+		ok = 0;
+		bpf_spin_lock(&c->lock);
+		if (c->peer == sid) {
+			c->flags |= PGS_F_SLOW;
+			if (MODE(c->word) == PGS_KERNEL)
+				set_mode(&c->word, PGS_USER);
+			ok = 1;
+		}
+		bpf_spin_unlock(&c->lock);
+		if (ok) {
+			ok = 0;
+			bpf_spin_lock(&s->lock);
+			if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+				ok = 1;
+				to_user_locked(s, len);
+			}
+			bpf_spin_unlock(&s->lock);
+			if (ok) {
+				stat_add(PGS_ST_FB_INFLIGHT_LIMIT, 1);
+				emit3(PGS_EV_INFLIGHT_LIMIT, cid, sid, inflight > 0xffffffff ? 0xffffffff : inflight);
+				goto passed;
+			}
+		}
+	}
+	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
+	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
+	ok = 0;
+	bpf_spin_lock(&s->lock);
+	if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+		s->frame = fc.f;
+		ok = 1;
+	}
+	bpf_spin_unlock(&s->lock);
+	if (!ok)
+		goto to_user;
 	if (fc.n_param || fc.n_z) {
 		int txn = pool && pool->mode == PGS_POOL_TRANSACTION;
 
@@ -370,35 +408,6 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	if (!in_socks(cid)) {
 		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
 		return SK_DROP; /* the client is gone: nobody is owed these bytes */
-	}
-	if (pool && pool->inflight_limit && !action)
-		inflight = client_inflight(cid, c);
-	if (inflight + len > limit) {
-		/* Hand the pair to user space, which forwards with TCP back-pressure once
-		 * the kernel-queued bytes are acked (docs/kernel-path.md, bounded memory). */
-		ok = 0;
-		bpf_spin_lock(&c->lock);
-		if (c->peer == sid) {
-			c->flags |= PGS_F_SLOW;
-			if (MODE(c->word) == PGS_KERNEL)
-				set_mode(&c->word, PGS_USER);
-			ok = 1;
-		}
-		bpf_spin_unlock(&c->lock);
-		if (ok) {
-			ok = 0;
-			bpf_spin_lock(&s->lock);
-			if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
-				ok = 1;
-				to_user_locked(s, len);
-			}
-			bpf_spin_unlock(&s->lock);
-			if (ok) {
-				stat_add(PGS_ST_FB_INFLIGHT_LIMIT, 1);
-				emit3(PGS_EV_INFLIGHT_LIMIT, cid, sid, inflight > 0xffffffff ? 0xffffffff : inflight);
-				goto passed;
-			}
-		}
 	}
 	__sync_fetch_and_add(&c->redirected, len);
 	stat_add(PGS_ST_SERVER_BYTES, len);

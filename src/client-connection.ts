@@ -469,10 +469,32 @@ export class ClientConnection implements ServerPeer {
     for (const p of pending) if (!server.write(p)) this.throttle(server.socket);
   }
 
+  // Holds what the server sends until `until` resolves (bytes the kernel queued for this
+  // client must reach it first); the server is not read meanwhile (back-pressure).
+  holdOutput(until: Promise<void>): void {
+    this.held = [];
+    until.then(() => {
+      const held = this.held ?? [];
+      this.held = null;
+      let ok = true;
+      for (const b of held) if (!this.socket.destroyed) ok = this.socket.write(b);
+      const server = this.server;
+      if (!server) return;
+      if (ok) server.socket.resume();
+      else this.socket.once('drain', () => server.socket.resume());
+    });
+  }
+  private held: Buffer[] | null = null;
+
   onServerData(chunk: Buffer, server: ServerConnection): void {
     this.lastActivity = Date.now();
     this.stats.bytesOut += BigInt(chunk.length);
     if (this.socket.destroyed) return;
+    if (this.held) {
+      this.held.push(chunk);
+      server.socket.pause();
+      return;
+    }
     if (!this.socket.write(chunk)) {
       server.socket.pause();
       this.socket.once('drain', () => server.socket.resume());
@@ -600,6 +622,17 @@ export class ClientConnection implements ServerPeer {
     }
   }
 
+  // The kernel handed this client and its server to user space mid-transaction.
+  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean): void {
+    this.kernelServer = null;
+    this.tracker.outstanding = outstanding;
+    this.tracker.tailOpen = tailOpen;
+    this.tracker.status = 'T'; // unknown until its next ReadyForQuery: never released before that
+    this.server = server;
+    this.state = ClientState.Active;
+    server.link(this);
+  }
+
   // As quiet, but for a request of its own that the kernel is carrying (bound there).
   get quietExceptKernelServer(): boolean {
     return this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.pending.length === 0 && this.scanner.atBoundary
@@ -608,7 +641,8 @@ export class ClientConnection implements ServerPeer {
 
   // Nothing of this client is held in user space or in flight to a server.
   get quiet(): boolean {
-    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server && !this.kernelServer;
+    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server
+      && !this.kernelServer && !this.held;
   }
 }
 

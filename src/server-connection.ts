@@ -211,9 +211,11 @@ export class ServerConnection extends EventEmitter {
     const ready: TxStatus[] = [];
     try {
       this.scanner.scan(chunk, (m) => {
-        if (m.type === Backend.ReadyForQuery) {
+        if (m.type === Backend.ReadyForQuery && m.body?.length) {
           if (this.internal) this.finishInternal();
-          else if (peer) ready.push(String.fromCharCode(m.body![0]) as TxStatus);
+          else if (peer) ready.push(String.fromCharCode(m.body[0]) as TxStatus);
+        } else if (!m.body && m.type !== Backend.DataRow) {
+          // a message whose start the kernel carried (resumed mid-body): nothing to learn
         } else if (m.type === Backend.ParameterStatus) {
           const [k, v] = parseParameterStatus(m.body!);
           this.params.set(k, v);
@@ -237,6 +239,11 @@ export class ServerConnection extends EventEmitter {
     // Forward first: a ReadyForQuery may release this server to another client.
     peer.onServerData(chunk, this);
     for (const status of ready) if (this.peer === peer) peer.onServerReady(status, this);
+  }
+
+  // Takes over framing where the kernel path left this server's stream.
+  resumeFrame(pos: { hdr: Buffer; hdrLen: number; curType: number; remaining: number }): void {
+    this.scanner.resume(pos);
   }
 
   // Links this server to a client for user-space forwarding.

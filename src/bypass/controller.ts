@@ -23,6 +23,7 @@ export interface UserPathCounters {
   clientsToKernel: number;
   clientsFromKernel: number;
   bindsFromUser: number;
+  slowHandovers: number;
   serversToKernel: number;
   serversFromKernel: number;
   paramsChanged: number;
@@ -30,6 +31,10 @@ export interface UserPathCounters {
 }
 
 const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
+const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
+// Bytes the kernel may queue for a client that reads slowly before user space takes the
+// pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
+export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
 const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
 // Kernel conn ids: clients use their id, servers a disjoint range.
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
@@ -68,7 +73,7 @@ export class BypassController implements IdleServerHost {
   private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
   readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
   };
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
@@ -120,7 +125,9 @@ export class BypassController implements IdleServerHost {
     if (known !== undefined) return known;
     if (bySig.size >= MAX_SETTINGS_PER_POOL || this.freeKids.length === 0) return null;
     const kid = this.freeKids.shift()!;
-    this.kernel!.configurePool(kid, { mode: pool.settings.mode === 'session' ? 'session' : 'transaction', maxIdle: 4096 });
+    this.kernel!.configurePool(kid, {
+      mode: pool.settings.mode === 'session' ? 'session' : 'transaction', maxIdle: 4096, inflightLimit: KERNEL_INFLIGHT_LIMIT,
+    });
     this.kernel!.setPoolWaiters(kid, pool.waitingCount > 0);
     bySig.set(signature, kid);
     this.kidPool.set(kid, pool);
@@ -322,7 +329,36 @@ export class BypassController implements IdleServerHost {
   // ---- servers ----
 
   // The kernel passed bytes of a server it owned (async message on an idle server).
+  // The kernel handed a bound pair to user space (in-flight bound reached): user space
+  // finishes the transaction, resuming the server's framing where the kernel stopped and
+  // writing to the client only after the kernel's queued bytes to it are out.
+  private adoptPair(clientId: number, server: ServerConnection): boolean {
+    const k = this.kernel!;
+    const client = this.clients.get(clientId);
+    const cst = k.read(clientId);
+    const sst = k.read(skid(server));
+    if (!client || !cst || !sst || !(cst.flags & SLOW_FLAG)) return false;
+    if (k.takeBound(clientId) !== skid(server)) return false;
+    this.counters.slowHandovers++;
+    server.state = ServerState.Idle;
+    server.resumeFrame(sst.frame);
+    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    server.socket.pause();
+    client.holdOutput(this.whenFlushed(client, 600_000));
+    return true;
+  }
+
   private serverPassed(server: ServerConnection): void {
+    const st = this.kernel!.read(skid(server));
+    if (st && st.peer) {
+      // Bytes of a transaction the kernel was carrying: the pair comes to user space.
+      if (this.adoptPair(st.peer, server)) return;
+      server.state = ServerState.Idle;
+      const client = this.clients.get(st.peer);
+      server.close('the kernel path lost this server\'s framing');
+      client?.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (framing)' });
+      return;
+    }
     this.counters.serversFromKernel++;
     server.state = ServerState.Idle;
     const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
@@ -386,7 +422,10 @@ export class BypassController implements IdleServerHost {
   }
 
   private onKernelEvent(e: KernelEvent): void {
-    if (e.type === 'server_released') {
+    if (e.type === 'inflight_limit') {
+      const server = this.servers.get(e.server);
+      if (server && server.state === ServerState.Kernel) this.adoptPair(e.client, server);
+    } else if (e.type === 'server_released') {
       this.kidPool.get(e.pool)?.serviceWaiters();
     } else if (e.type === 'params_changed') {
       this.counters.paramsChanged++;

@@ -34,6 +34,37 @@ export class StreamScanner {
     return this.headerLen === 0 && this.remaining === 0;
   }
 
+  // Continues from a position another framer reached (the kernel's, after a hand-over):
+  // partial header bytes seen, or the type and remaining body bytes of the message in
+  // progress. The body seen before is gone, so that message is reported without one.
+  resume(pos: { hdr: Buffer; hdrLen: number; curType: number; remaining: number }): void {
+    this.collecting = null;
+    this.bodyLost = false;
+    if (pos.hdrLen >= 5) {
+      pos.hdr.copy(this.header, 0, 0, 5);
+      this.headerLen = 5;
+      this.type = this.header[0];
+      this.length = this.header.readInt32BE(1);
+      this.remaining = this.length - 4 - (pos.hdrLen - 5);
+      if (this.capture[this.type]) this.collecting = pos.hdrLen > 5 ? [Buffer.from(pos.hdr.subarray(5, pos.hdrLen))] : [];
+    } else if (pos.hdrLen > 0) {
+      pos.hdr.copy(this.header, 0, 0, pos.hdrLen);
+      this.headerLen = pos.hdrLen;
+      this.remaining = 0;
+    } else if (pos.remaining > 0) {
+      this.headerLen = 5;
+      this.type = pos.curType;
+      this.length = pos.remaining + 4;
+      this.remaining = pos.remaining;
+      this.bodyLost = true;
+    } else {
+      this.headerLen = 0;
+      this.remaining = 0;
+    }
+    this.startBase = -1;
+  }
+  private bodyLost = false;
+
   // Type of the message in progress (valid when !atBoundary and the header is complete).
   get currentType(): number {
     return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header[0] : 0;
@@ -58,6 +89,7 @@ export class StreamScanner {
         }
         this.remaining = this.length - 4;
         this.collecting = this.capture[this.type] ? [] : null;
+        this.bodyLost = false;
         if (this.remaining === 0) {
           this.finish(pos, onMessage);
           continue;
@@ -74,10 +106,11 @@ export class StreamScanner {
   }
 
   private finish(end: number, onMessage: (m: ScannedMessage) => void): void {
-    const parts = this.collecting;
+    const parts = this.bodyLost ? null : this.collecting;
     const body = parts ? (parts.length === 1 ? parts[0] : Buffer.concat(parts)) : undefined;
     this.headerLen = 0;
     this.collecting = null;
+    this.bodyLost = false;
     onMessage({ type: this.type, length: this.length, body, start: this.startBase, end });
   }
 }
