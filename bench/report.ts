@@ -243,19 +243,44 @@ export function svgChart(r: BenchResult): string {
   return out.join('\n') + '\n';
 }
 
-// One sentence from pgsplice's SHOW BYPASS rows: kernel share and the main fallbacks.
+// One sentence from pgsplice's SHOW BYPASS rows (counted since the proxy last started):
+// what the kernel carried and the main reasons for handing back to user space.
 export function dataPathSummary(b: Record<string, string>): string {
   const n = (k: string) => Number(b[k] ?? 0) || 0;
   const total = n('transactions_total');
   if (!/^(yes|true|on|1)$/i.test(b.loaded ?? '')) return `kernel path not loaded (${b.reason ?? '?'}); all ${total.toLocaleString('en-US')} transactions in user space`;
   const kTx = n('kernel_transactions');
   const fallbacks = Object.entries(b)
-    .filter(([k, v]) => /^(kernel_)?fallback_/.test(k) && Number(v) > 0 && !(k.startsWith('fallback_') && `kernel_${k}` in b))
+    .filter(([k, v]) => /^(kernel_)?fallback_/.test(k) && Number(v) > 0)
     .map(([k, v]) => [k.replace(/^kernel_/, '').replace(/^fallback_/, ''), Number(v)] as [string, number])
     .sort((a, c) => c[1] - a[1]);
   const seen = new Set<string>();
   const fb = fallbacks.filter(([k]) => (seen.has(k) ? false : (seen.add(k), true))).slice(0, 4);
-  return `kernel path loaded; the kernel carried ${kTx.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} transactions` +
-    (total > 0 ? ` (${((kTx / total) * 100).toFixed(1)}%)` : '') +
-    (fb.length ? `; hand-backs to user space: ${fb.map(([k, v]) => `${k} ${v.toLocaleString('en-US')}`).join(', ')}` : '');
+  const share = total >= kTx && total > 0
+    ? `the kernel carried ${kTx.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} transactions (${((kTx / total) * 100).toFixed(1)}%)`
+    : `the kernel counted ${kTx.toLocaleString('en-US')} transactions, user space ${total.toLocaleString('en-US')} (transactions_total)`;
+  return `kernel path loaded; ${share}` +
+    (fb.length ? `; hand-backs to user space: ${fb.map(([k, v]) => `${k} ${v.toLocaleString('en-US')}`).join(', ')}` : '') +
+    ' (counters since the proxy last started)';
+}
+
+// node dist/bench/report.js FILE.json...: writes FILE.md and FILE.svg again from the
+// JSON (after a change to the report), and latest.md/latest.svg for the newest file.
+if (require.main === module) {
+  /* eslint-disable @typescript-eslint/no-var-requires */
+  const fs = require('node:fs') as typeof import('node:fs');
+  const path = require('node:path') as typeof import('node:path');
+  const files = process.argv.slice(2).sort();
+  for (const f of files) {
+    const r = JSON.parse(fs.readFileSync(f, 'utf8')) as BenchResult;
+    const base = f.replace(/\.json$/, '');
+    const svg = svgChart(r);
+    fs.writeFileSync(`${base}.svg`, svg);
+    fs.writeFileSync(`${base}.md`, markdownReport(r, `${path.basename(base)}.svg`));
+    if (f === files[files.length - 1]) {
+      fs.writeFileSync(path.join(path.dirname(f), 'latest.svg'), svg);
+      fs.writeFileSync(path.join(path.dirname(f), 'latest.md'), markdownReport(r, 'latest.svg'));
+    }
+    process.stdout.write(`${base}.md, .svg\n`);
+  }
 }
