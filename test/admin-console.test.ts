@@ -75,7 +75,7 @@ t.test('admin console', async (t) => {
     const proxy = await startProxy(t, cfg, { logLevel: 'info' });
     t.afterEach(async (t) => {
       const st = proxy.exited();
-      if (st && !/SHUTDOWN/.test(t.name)) t.comment(`proxy exited ${JSON.stringify(st)}; log tail:\n${proxy.logs().slice(-3000)}`);
+      if (st && t.name.includes(B) && !/SHUTDOWN/.test(t.name)) t.comment(`proxy exited ${JSON.stringify(st)}; log tail:\n${proxy.logs().slice(-3000)}`);
     });
 
     t.test(`SHOW VERSION, HELP, CONFIG, LISTS, USERS, BYPASS ${B}`, async (t) => {
