@@ -21,16 +21,15 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
   let proxy: Proxy;
   try {
     proxy = new Proxy(config);
-    await proxy.listen();
   } catch (e) {
     log.error((e as Error).message);
     process.exit(1);
   }
-  log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
-
+  // Handlers first: a signal that arrives while the listeners open must not take Node's
+  // defaults (SIGUSR1 would open the inspector).
   process.on('SIGHUP', () => {
     try {
-      proxy.reload(loadConfigFile(configPath));
+      log.info(`SIGHUP: ${proxy.control.reload()}`);
     } catch (e) {
       log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`);
     }
@@ -45,6 +44,13 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     proxy.shutdownFast();
     setTimeout(() => process.exit(0), 100);
   });
+  try {
+    await proxy.listen();
+  } catch (e) {
+    log.error((e as Error).message);
+    process.exit(1);
+  }
+  log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
 }
 
 void yargs(hideBin(process.argv))
