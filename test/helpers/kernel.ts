@@ -57,6 +57,9 @@ export function parseStatsLine(line: string): Record<string, string> {
 
 // Sends SIGUSR1 and returns the counters line the proxy logs for it.
 export async function statsLine(proxy: ProxyHandle, timeoutMs = 5000): Promise<Record<string, string>> {
+  // Node opens its inspector on a SIGUSR1 that arrives before the proxy's handler exists:
+  // wait for the line the proxy logs once its signal handlers are in place.
+  await proxy.waitForLog(/pgsplice .* started/, timeoutMs);
   const from = proxy.logs().length;
   proxy.proc.kill('SIGUSR1');
   const line = await proxy.waitForLog(/stats: /, timeoutMs, from);
