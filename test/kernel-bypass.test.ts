@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, pgClient, run, libpqEnv, withTimeout, Cluster } from './helpers/cluster';
-import { KERNEL_TEST_MODES, kernelConfig, statsLine, showBypass, num, pgbenchCounts, recordFailure, logExcerpt } from './helpers/kernel';
+import { KERNEL_TEST_MODES, kernelConfig, statsLine, showBypass, adminRows, num, pgbenchCounts, recordFailure, logExcerpt } from './helpers/kernel';
 
 const CLIENTS = 8;
 const PER_CLIENT = 500;
@@ -90,15 +90,20 @@ t.test('kernel path: steady state bypasses user space', async (t) => {
       const hourB = c.sql(`SET TimeZone = '${dflt}'; ${HOUR.replace('$1', "'HH24'")}`);
       await a.query("SET TimeZone = 'Asia/Tokyo'");
       const before = bypass === 'on' ? await statsLine(proxy) : {};
-      for (let i = 0; i < 50; i++) {
-        const [ra, rb] = await withTimeout(
-          Promise.all([
-            a.query('SHOW TimeZone'),
-            b.query('SHOW TimeZone'),
-          ]),
-          10000,
-          `round ${i}`,
-        );
+      for (let i = 0; i < 150; i++) {
+        let ra, rb;
+        try {
+          [ra, rb] = await withTimeout(Promise.all([a.query('SHOW TimeZone'), b.query('SHOW TimeZone')]), 10000, `round ${i}`);
+        } catch (e) {
+          // Say where everything stands: which client waits, where the server is.
+          const pools = (await adminRows(proxy, 'SHOW POOLS')).map((r) => `cl_waiting=${r.cl_waiting} sv_idle=${r.sv_idle} sv_active=${r.sv_active}`);
+          const clients = (await adminRows(proxy, 'SHOW CLIENTS')).filter((r) => r.database === 'app').map((r) => `${r.ptr}:${r.state}/${r.path}`);
+          const servers = (await adminRows(proxy, 'SHOW SERVERS')).map((r) => `${r.ptr}:${r.state}/${r.path}`);
+          const detail = `${(e as Error).message}; SHOW POOLS ${pools.join(' ')}; clients ${clients.join(' ')}; servers ${servers.join(' ')}`;
+          t.fail(detail);
+          recordFailure('kernel-bypass SET TimeZone', `${B} 2 clients on 1 server, one with SET TimeZone: ${detail}`, logExcerpt(proxy));
+          break;
+        }
         if (ra.rows[0].TimeZone !== 'Asia/Tokyo' || rb.rows[0].TimeZone !== dflt) {
           t.fail(`round ${i}: A sees ${ra.rows[0].TimeZone} (want Asia/Tokyo), B sees ${rb.rows[0].TimeZone} (want ${dflt})`);
           recordFailure('kernel-bypass SET TimeZone', `${B} round ${i}: A sees ${ra.rows[0].TimeZone}, B sees ${rb.rows[0].TimeZone} (default ${dflt})`, logExcerpt(proxy));
