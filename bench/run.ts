@@ -42,7 +42,7 @@ async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName('npm run bench --')
     .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on).')
-    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, YCSB C, extended, 64 clients, 3 rounds, 2000 idle clients' })
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, YCSB C, extended, 64 clients, 3 rounds, storm once, 2000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
     .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3)' })
     .option('duration', { type: 'number', describe: 'seconds of load per pgbench run, >= 3 (default 4); each run gets 1 s more per 64 clients for connecting' })
@@ -57,7 +57,7 @@ async function main(): Promise<void> {
     .option('threads', { type: 'number', default: 2, describe: 'pgbench -j' })
     .option('storm', { type: 'boolean', default: true, describe: 'run the connection storm (pgbench -C); --no-storm skips it' })
     .option('storm-clients', { type: 'number', default: 16 })
-    .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick 3)' })
+    .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick mode runs it in one round)' })
     .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
     .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
     .option('quiet-wait', { type: 'number', describe: 'seconds to wait for other load on the machine to stop before starting (default 20; quick 3)' })
@@ -75,7 +75,7 @@ async function main(): Promise<void> {
   const workloads = list(argv.workloads ?? (quick ? 'c' : 'a,b,c,rmw'));
   const modes = list(argv.modes ?? (quick ? 'extended' : 'simple,extended'));
   const wanted = list(argv.targets);
-  const stormDuration = Math.max(3, argv['storm-duration'] ?? (quick ? 3 : 4));
+  const stormDuration = Math.max(3, argv['storm-duration'] ?? 4);
   const idleClients = argv['idle-clients'] ?? (quick ? 2000 : 10_000);
   const poolSize = argv['pool-size'];
   for (const w of workloads) if (!WORKLOADS[w]) throw new Error(`unknown workload '${w}'`);
@@ -183,7 +183,7 @@ async function main(): Promise<void> {
     }
 
     // --- the matrix, interleaved ---
-    type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number };
+    type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number; rounds: number };
     const cells: Cell[] = [];
     // The client sweep runs on every protocol in --modes except simple, which runs at
     // --clients-simple (default: 64, or the first count) unless that says 'all'.
@@ -191,17 +191,18 @@ async function main(): Promise<void> {
     if (argv['clients-simple'] && argv['clients-simple'] !== 'all') simpleClients = list(argv['clients-simple']).map(Number);
     else if (!argv['clients-simple'] && !quick) simpleClients = clients.includes(64) ? [64] : [clients[0]];
     for (const workload of workloads) {
-      for (const mode of modes) for (const c of mode === 'simple' ? simpleClients : clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration });
+      for (const mode of modes) for (const c of mode === 'simple' ? simpleClients : clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration, rounds });
     }
     if (argv.storm) {
       const stormMode = modes.includes('extended') ? 'extended' : modes[0];
-      cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, duration: stormDuration });
+      // Quick mode runs the storm once per target (it is not one of the goals).
+      cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, duration: stormDuration, rounds: quick ? 1 : rounds });
     }
     const scriptDirs = new Map<string, string[]>();
     for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
-    const totalRuns = cells.length * running.length * rounds;
-    const estimate = rounds * running.length * cells.reduce((s, c) => s + c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5, 0);
-    log(`\n${cells.length} cells x ${running.length} targets x ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
+    const totalRuns = running.length * cells.reduce((n, c) => n + c.rounds, 0);
+    const estimate = running.length * cells.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5), 0);
+    log(`\n${cells.length} cells x ${running.length} targets, ${rounds} rounds${cells.some((c) => c.rounds !== rounds) ? ' (storm: 1)' : ''} = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
 
     let runNo = 0;
     const runs: RunRecord[] = [];
@@ -212,7 +213,7 @@ async function main(): Promise<void> {
       const snaps: CpuSnapshot[] = [];
       // pgbench's -T clock includes connecting its clients (a SCRAM login each, ~20 ms of
       // client CPU here), so runs get an allowance for that.
-      const runSeconds = (warmup ? 2 : c.connectPerTx ? c.duration : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + extraSeconds;
+      const runSeconds = (warmup ? (quick ? 1 : 2) : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + extraSeconds;
       const run = await runPgbench({
         host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
         scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
@@ -237,7 +238,8 @@ async function main(): Promise<void> {
       // The window starts at the first reading after every client ran a transaction
       // (all connected: steady state) and ends at the last reading.
       const started = run.logFiles.length ? readTxLogs(run.logFiles, Infinity, Infinity).allClientsStartedMs : null;
-      const f = snaps.find((x) => started !== null && x.atMs >= started) ?? null;
+      // (In the storm every transaction connects anew: no set-up phase to skip.)
+      const f = c.connectPerTx ? snaps[0] ?? null : snaps.find((x) => started !== null && x.atMs >= started) ?? null;
       const l = snaps.length ? snaps[snaps.length - 1] : null;
       if (f && l && l !== f && l.atMs - f.atMs >= 900) {
         const tx = readTxLogs(run.logFiles, f.atMs, l.atMs);
@@ -270,7 +272,7 @@ async function main(): Promise<void> {
       const ok = run.code === 0 && !sm.aborted && !!sm.tps && (warmup || (windowTx !== null && windowTx > 0));
       // Connecting took longer than the allowance (a busy machine, many clients): run
       // again once, longer by what connecting took.
-      if (!ok && !warmup && extraSeconds === 0 && run.code === 0 && !sm.aborted && started !== null) {
+      if (!ok && !warmup && !c.connectPerTx && extraSeconds === 0 && run.code === 0 && !sm.aborted && started !== null) {
         const connectS = Math.ceil((started - startedAtMs) / 1000);
         log(`  (${t.label}: clients took ${connectS} s to connect; running again ${connectS + 1} s longer)`);
         return measure(t, c, round, warmup, connectS + 1);
@@ -344,6 +346,7 @@ async function main(): Promise<void> {
       const labels = running.map((x) => x.label);
       const order = labels.slice((round - 1) % labels.length).concat(labels.slice(0, (round - 1) % labels.length));
       for (const c of cells) {
+        if (round > c.rounds) continue;
         for (const label of order) {
           done++;
           if (aborting) return;
