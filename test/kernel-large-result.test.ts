@@ -8,9 +8,10 @@
 //
 // Size: 160 rows of 1 MB (160 MB), not 200: on a busy 2-core machine the user-space path
 // moved 200 MB to this reader in ~24 s and the file took ~60 s; 160 MB keeps it under a
-// minute with margin and is still 5x the in-transit bound, so a path that buffers the
-// result (instead of slowing PostgreSQL down) is caught. The reader takes 512 KiB bursts
-// with 10 ms sleeps (at most ~50 MB/s; in practice 8-15 MB/s here).
+// minute with margin and is still 10x HELD_BOUND_MB, so a path that buffers the
+// result (instead of slowing PostgreSQL down) is caught. The reader takes 256 KiB bursts
+// with 10 ms sleeps (at most ~25 MB/s, slower than either path can deliver here; 6-10 s
+// per mode on an idle machine, up to ~25 s on a loaded one).
 import t from 'tap';
 import * as crypto from 'node:crypto';
 import * as net from 'node:net';
@@ -22,7 +23,7 @@ import { KERNEL_TEST_MODES, kernelConfig, statsLine, num, rssKb, tcpMemKb, memin
 const ROWS = 160;
 const ROW_BYTES = 1_000_000;
 const RSS_BOUND_MB = 150;
-const BURST = 512 * 1024;
+const BURST = 256 * 1024;
 const SLEEP_MS = 10;
 const STALL_MS = 15000;
 // Bytes sent by PostgreSQL and not yet read by the client, minus what sits in the socket
