@@ -30,10 +30,11 @@ t.test('cancel', async (t) => {
         const pg = await pgClient(t, proxy, { database: db });
         t.ok(pg.processID !== null && pg.secretKey !== null, 'client has a BackendKeyData key');
         const started = Date.now();
-        const q = pg.query('SELECT pg_sleep(30)');
+        // Handle the outcome from the start: the error may arrive while the cancel is still being sent.
+        const q = pg.query('SELECT pg_sleep(30)').then(() => undefined, (e) => e);
         await waitUntil(() => backendCount(c, 'app', `query = 'SELECT pg_sleep(30)' AND state = 'active'`) === 1, 5000, 'sleep running');
         await sendCancel(proxy.port, pg.processID!, pg.secretKey!);
-        const err = await withTimeout(q.then(() => undefined, (e) => e), 10000, 'cancelled query');
+        const err = await withTimeout(q, 10000, 'cancelled query');
         t.ok(err, 'the query fails');
         t.equal(err?.code, '57014', `SQLSTATE 57014 (${err?.message})`);
         t.ok(Date.now() - started < 10000, `cancelled in ${Date.now() - started} ms, not after 30 s`);
@@ -74,7 +75,7 @@ t.test('cancel', async (t) => {
       const a = await pgClient(t, proxy);
       const b = await pgClient(t, proxy);
       const started = Date.now();
-      const qa = a.query('SELECT pg_sleep(1.5) AS slept');
+      const qa = a.query('SELECT pg_sleep(1.5) AS slept').then((r) => r, (e) => ({ rows: [{ error: e.code }] }));
       await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_sleep(1.5)%' AND state = 'active'`) === 1, 5000, 'sleep running');
       await sendCancel(proxy.port, a.processID!, (a.secretKey! ^ 0x5a5a5a5a) | 0); // right pid, wrong secret
       await sendCancel(proxy.port, (a.processID! + 1) | 0, a.secretKey!); // wrong pid
@@ -101,7 +102,7 @@ t.test('cancel', async (t) => {
       const pidA = (await a.query('SELECT pg_backend_pid() AS p')).rows[0].p;
       // Keep all three servers busy except possibly A's old one; B runs a sleep there.
       const b = await pgClient(t, proxy);
-      const qb = b.query('SELECT pg_sleep(1.5) AS slept, pg_backend_pid() AS p');
+      const qb = b.query('SELECT pg_sleep(1.5) AS slept, pg_backend_pid() AS p').then((r) => r, (e) => ({ rows: [{ slept: `error ${e.code}`, p: '?' }] }));
       await sleep(300);
       await sendCancel(proxy.port, a.processID!, a.secretKey!);
       const rb = await withTimeout(qb, 10000, 'query B');
