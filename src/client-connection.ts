@@ -375,9 +375,9 @@ export class ClientConnection implements ServerPeer {
     if (data.length) this.forward(data);
     if (cut >= 0) {
       this.terminated = true;
-      if (!this.server) this.close('client sent Terminate');
-      // else: close once the server has answered what came before the Terminate
-      else if (this.tracker.idle) this.close('client sent Terminate');
+      // Close now unless the server still owes answers to what came before the Terminate;
+      // an open transaction is rolled back when the server is given up (leaveServer).
+      if (!this.server || (this.tracker.outstanding === 0 && !this.tracker.tailOpen)) this.close('client sent Terminate');
     }
   }
 
@@ -585,7 +585,8 @@ export class ClientConnection implements ServerPeer {
     const pool = this.pool!;
     const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
     if (!quiet || !server.isUsable) {
-      server.close('client left while a request was in progress');
+      // A busy server may be blocked sending to us: reset the connection, don't wait for it.
+      server.close('client left while a request was in progress', false);
       return;
     }
     const steps: string[] = [];

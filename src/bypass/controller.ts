@@ -297,7 +297,7 @@ export class BypassController implements IdleServerHost {
     this.counters.serversFromKernel++;
     const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
     if (!quiet || !server.isUsable) {
-      server.close('client left while its request was in progress in the kernel');
+      server.close('client left while its request was in progress in the kernel', false);
       return;
     }
     const pool = client.pool!;
