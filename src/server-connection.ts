@@ -312,7 +312,7 @@ export class ServerConnection extends EventEmitter {
     if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
     if (this.socket && !this.socket.destroyed) {
       if (graceful && this.socket.writable) this.socket.end(terminate());
-      else this.socket.destroy();
+      else this.socket.resetAndDestroy(); // RST: a server blocked writing to us must notice now
       setTimeout(() => this.socket.destroy(), 1000).unref();
     }
     if (this.internal) {
