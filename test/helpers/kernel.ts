@@ -113,7 +113,9 @@ export function recordFailure(test: string, observation: string, logExcerpt = ''
 // The log lines worth quoting: warnings, errors, kernel events, the last stats line.
 export function logExcerpt(proxy: ProxyHandle, max = 600): string {
   const lines = proxy.logs().split('\n').filter((l) => /warn|error|fatal|kernel|fallback|inflight|lost|stats:/i.test(l));
-  return lines.slice(-6).join(' / ').slice(-max);
+  const st = proxy.exited();
+  const last = proxy.logs().trim().split('\n').slice(-1)[0] ?? '';
+  return (st ? `PROXY EXITED ${JSON.stringify(st)}, last line: ${last.slice(0, 200)} // ` : '') + lines.slice(-6).join(' / ').slice(-max);
 }
 
 // Waits until the admin console says every server of the app pool is idle (user space or kernel)
