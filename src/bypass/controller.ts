@@ -214,6 +214,7 @@ export class BypassController implements IdleServerHost {
     if (!this.home(client, kid)) return false;
     if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite)) return false; // passed bytes still unread: retried later
     client.state = ClientState.Kernel;
+    this.refreshed.delete(client);
     this.counters.clientsToKernel++;
     return true;
   }
@@ -241,6 +242,7 @@ export class BypassController implements IdleServerHost {
     t.reset(); // the kernel counts this transaction now
     for (const b of request) server.socket.write(b);
     client.kernelServer = server;
+    this.refreshed.delete(client);
     this.counters.bindsFromUser++;
     this.tryFlipBound(client);
     return true;
@@ -403,9 +405,13 @@ export class BypassController implements IdleServerHost {
     return r;
   }
 
+  private refreshed = new WeakSet<ClientConnection>();
+
   private finishRefresh(clientId: number): void {
     const r = this.refreshes.get(clientId);
     if (!r) return;
+    const client = this.clients.get(clientId);
+    if (client) this.refreshed.add(client);
     this.refreshes.delete(clientId);
     r.resolve();
   }
@@ -416,7 +422,9 @@ export class BypassController implements IdleServerHost {
     this.counters.clientsFromKernel++;
     const st = this.kernel?.read(client.id);
     if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
-    if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG)) {
+    // The kernel's flag stays set until the client is back in the kernel: a refresh done
+    // since then already answered it.
+    if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG && !this.refreshed.has(client))) {
       client.settingsReady = this.refreshFor(client.id).promise;
     }
   }
