@@ -33,9 +33,11 @@ export function describeDataPath(before: BypassRows | null, during: BypassRows |
   } else {
     const kTxKey = Object.keys(after).find((k) => /^kernel_(transactions|tx|xacts)(_total)?$/.test(k));
     const kTx = kTxKey ? n(after, kTxKey) - n(before, kTxKey) : null;
-    lines.push(kTx !== null
-      ? `The kernel path was loaded and carried ${kTx.toLocaleString('en-US')} transactions; the proxy counted ${txUser.toLocaleString('en-US')} in all.`
-      : `The kernel path was loaded (mode ${after.mode ?? '?'}); the proxy counted ${txUser.toLocaleString('en-US')} transactions.`);
+    lines.push(kTx === null
+      ? `The kernel path was loaded (mode ${after.mode ?? '?'}); the proxy counted ${txUser.toLocaleString('en-US')} transactions.`
+      : txUser >= kTx && txUser > 0
+        ? `The kernel path was loaded and carried ${kTx.toLocaleString('en-US')} of the ${txUser.toLocaleString('en-US')} transactions (${((kTx / txUser) * 100).toFixed(0)}%).`
+        : `The kernel path was loaded and carried ${kTx.toLocaleString('en-US')} transactions; user space counted ${txUser.toLocaleString('en-US')} of its own.`);
     if (during) lines.push(`Mid-load, ${during.clients_kernel ?? '?'} clients were in the kernel path and ${during.clients_user ?? '?'} in user space; servers: ${during.servers_kernel ?? '?'} kernel, ${during.servers_user ?? '?'} user space.`);
     const moved = Object.entries(after).filter(([k, v]) => k.startsWith('kernel_') && k !== kTxKey && Number(v) - n(before, k) !== 0);
     if (moved.length) lines.push(`Kernel counters that moved: ${moved.map(([k, v]) => `${k.slice(7)} +${Number(v) - n(before, k)}`).join(', ')}.`);
