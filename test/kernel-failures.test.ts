@@ -23,6 +23,10 @@ async function clientPath(proxy: ProxyHandle, conn: RawConn): Promise<string> {
 // Everything back to normal: no backend of app in a transaction or active, the proxy's pool
 // with nothing active or waiting, every server usable at once.
 async function checkRecovered(t: Test, proxy: ProxyHandle, c: Cluster, what: string, bypass: string): Promise<void> {
+  if (!t.notOk(proxy.exited(), `${what}: the proxy is still running`)) {
+    recordFailure(`kernel-failures ${what} [bypass=${bypass}]`, `the proxy exited ${JSON.stringify(proxy.exited())}`, `${logExcerpt(proxy)} // tail: ${proxy.logs().slice(-800)}`);
+    return;
+  }
   let detail = '';
   const ok = await waitUntil(
     async () => {
@@ -66,7 +70,7 @@ t.test('kernel path: failures', async (t) => {
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {
-      const cfg = await kernelConfig(c, bypass, { default_pool_size: POOL, query_wait_timeout: 30, server_login_retry: 1, server_connect_timeout: 5 });
+      const cfg = await kernelConfig(c, bypass, { default_pool_size: POOL, min_pool_size: POOL, query_wait_timeout: 30, server_login_retry: 1, server_connect_timeout: 5 });
       proxy = await startProxy(t, cfg, { logLevel: 'info' });
     });
 
@@ -75,7 +79,16 @@ t.test('kernel path: failures', async (t) => {
       const victims: RawConn[] = [];
       const paths: string[] = [];
       // Three at a time (the pool has 4 servers): BEGIN + INSERT, then the socket is destroyed.
+      await probePool(proxy, POOL); // the pool exists with all its servers
       for (let round = 0; round < 3; round++) {
+        // The previous round's servers are rolled back (or replaced) first: otherwise a victim
+        // may find no idle server in the kernel and rightly run its transaction in user space.
+        if (bypass === 'on') {
+          const w0 = Date.now();
+          let last: Record<string, string> = {};
+          await waitUntil(async () => num((last = await statsLine(proxy)).servers_in_kernel) >= POOL, 15000, 'the servers back in the kernel', 200).catch(() => undefined);
+          t.comment(`round ${round}: waited ${Date.now() - w0} ms for the servers (servers_in_kernel=${last.servers_in_kernel})`);
+        }
         const batch = await Promise.all(
           [0, 1, 2].map(async (i) => {
             const s = await login(proxy.port, { user: 'app', password: 'app-pw', database: 'app' });
