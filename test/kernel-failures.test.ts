@@ -1,6 +1,7 @@
 // Failures around the data path, in both modes: clients killed mid-transaction (idle in
 // it, or with a query running), a server killed with pg_terminate_backend while bound to a
-// client (idle in a transaction, or running a query), PostgreSQL restarted under load.
+// client (idle in a transaction, or running a query), PostgreSQL restarted under load
+// (fast and immediate).
 // Every time: no hang (clients get an error or a closed connection, never silence), nothing
 // left behind (no 'idle in transaction' backend, no row of a rolled-back transaction, no
 // server left bound: SHOW POOLS / SHOW BYPASS quiet and every server usable at once).
@@ -158,7 +159,8 @@ t.test('kernel path: failures', async (t) => {
       t.same((await simpleQuery(fresh.conn, 'SELECT 40 + 2')).rows, [['42']], 'a new client works');
     });
 
-    t.test(`PostgreSQL restarted under load ${B}`, async (t) => {
+    for (const stopMode of ['fast', 'immediate'] as const)
+    t.test(`PostgreSQL restarted (${stopMode}) under load ${B}`, async (t) => {
       const WORKERS = 8;
       let stop = false;
       let restartDone = 0;
@@ -194,7 +196,9 @@ t.test('kernel path: failures', async (t) => {
       const load = Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
       await sleep(1500);
       const okBefore = stats.reduce((a, s) => a + s.ok, 0);
-      await pgCtl(c.pg, ['-D', c.pg.dataDir, '-l', c.pg.logFile, '-m', 'fast', '-w', '-t', '60', 'restart']);
+      // fast: PostgreSQL rolls back and closes every session; immediate: a crash (no
+      // goodbye to the sessions, crash recovery at start).
+      await pgCtl(c.pg, ['-D', c.pg.dataDir, '-l', c.pg.logFile, '-m', stopMode, '-w', '-t', '60', 'restart']);
       restartDone = Date.now();
       // Every worker must get through again after the restart.
       const recovered = await waitUntil(() => stats.every((s) => s.okAfter >= 5), 30000, 'every worker succeeding after the restart', 100).then(
@@ -209,9 +213,9 @@ t.test('kernel path: failures', async (t) => {
       t.ok(okBefore > 0, 'the load ran before the restart');
       t.equal(hangs, 0, 'no query or connect hung (each got an answer or an error within 15 s)');
       if (!t.ok(recovered, `every worker succeeds again after the restart (${stats.map((s) => s.okAfter).join(',')})`) || hangs) {
-        recordFailure(`kernel-failures PostgreSQL restart ${B}`, `hangs ${hangs}, per-worker successes after restart ${stats.map((s) => s.okAfter).join(',')}; errors: ${[...new Set(stats.map((s) => s.lastError))].join(' | ')}`, logExcerpt(proxy));
+        recordFailure(`kernel-failures PostgreSQL restart (${stopMode}) ${B}`, `hangs ${hangs}, per-worker successes after restart ${stats.map((s) => s.okAfter).join(',')}; errors: ${[...new Set(stats.map((s) => s.lastError))].join(' | ')}`, logExcerpt(proxy));
       }
-      await checkRecovered(t, proxy, c, 'PostgreSQL restarted', bypass);
+      await checkRecovered(t, proxy, c, `PostgreSQL restarted (${stopMode})`, bypass);
       if (bypass === 'on') {
         const st = await statsLine(proxy);
         t.comment(`${B} after the restart: servers_in_kernel=${st.servers_in_kernel} clients_in_kernel=${st.clients_in_kernel} kernel_transactions=${st.kernel_transactions} user_kernelServerLost=${st.user_kernelServerLost} fallback_target_missing=${st.fallback_target_missing}`);
