@@ -108,8 +108,11 @@ static __always_inline int push_idle(struct pgs_conn *s, __u32 sid)
 static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
 {
 	void *stack = bpf_map_lookup_elem(&idle, &pool);
+	struct pgs_pool *p = bpf_map_lookup_elem(&pools, &pool);
 
-	if (!stack)
+	/* Clients already wait in user space (FIFO): a new request queues behind them
+	 * instead of taking the next released server first. */
+	if (!stack || (p && p->waiters))
 		return 0;
 	for (int i = 0; i < 8; i++) {
 		__u32 sid = 0;
