@@ -9,6 +9,7 @@ import { log } from './log';
 import { ProxyControl, startAdminConsole } from './admin/console';
 import { proxyControl } from './admin/control';
 import { MetricsServer, startMetrics } from './metrics/prometheus';
+import { statsEvents } from './metrics/stats';
 
 export class Proxy {
   readonly pooler: Pooler;
@@ -38,6 +39,8 @@ export class Proxy {
     hooks.janitor = (now) => this.bypass.janitor(now);
     hooks.clientClosed = (client) => this.bypass.clientClosed(client);
     hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
+    statsEvents.kernelClientBound = (c) => c.kernelServer !== null || this.bypass.serverOf(c) !== null;
+    statsEvents.kernelServerBound = (s) => this.bypass.serverBound(s);
     this.control.bypassInfo = () => this.bypass.info();
     this.control.bypassCounters = () => this.bypass.flatCounters();
   }

@@ -257,6 +257,7 @@ export class BypassController implements IdleServerHost {
     if (!k.addOutstanding(client.id, skid(server), t.outstanding, t.tailOpen)) return false;
     t.reset();
     server.socket.write(data);
+    client.state = ClientState.Kernel; // the kernel carries its transaction
     this.tryFlipBound(client);
     return true;
   }
@@ -319,6 +320,13 @@ export class BypassController implements IdleServerHost {
     if (!this.kernel || !this.clients.has(client.id)) return null;
     const st = this.kernel.read(client.id);
     return st && st.peer ? this.servers.get(st.peer) ?? null : null;
+  }
+
+  // Whether the kernel has bound a server of its own to this one now (SHOW SERVERS, PAUSE).
+  serverBound(server: ServerConnection): boolean {
+    if (!this.kernel || server.state !== ServerState.Kernel) return false;
+    const st = this.kernel.read(skid(server));
+    return !!st && st.peer !== 0;
   }
 
   // Where a cancel for this client must go: the server the kernel bound it to, if any.
