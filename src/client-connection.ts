@@ -350,6 +350,7 @@ export class ClientConnection implements ServerPeer {
   private onRequestBytes(chunk: Buffer): void {
     if (this.state === ClientState.Kernel) {
       this.state = ClientState.Idle; // the kernel passed it up
+      this.requestSince = 0;
       this.host.leftKernel?.(this);
     }
     let cut = -1;
@@ -452,6 +453,7 @@ export class ClientConnection implements ServerPeer {
       this.pending = [];
       if (this.host.bindInKernel(this, server, request)) {
         this.pendingBytes = 0;
+        this.requestSince = 0; // the kernel sees its answer
         this.state = ClientState.Kernel; // the kernel carries this transaction
         this.socket.resume();
         return;
@@ -608,6 +610,7 @@ export class ClientConnection implements ServerPeer {
   // Applies client_idle_timeout, idle_transaction_timeout and query_timeout (user-space path;
   // the bypass controller applies them to clients in the kernel).
   checkTimeouts(now: number): void {
+    if (this.state === ClientState.Kernel) return; // the bypass controller watches these
     const c = this.host.config;
     if (c.query_timeout > 0 && this.requestSince && now - this.requestSince > c.query_timeout * 1000) {
       this.host.cancel(this.cancelPid, this.cancelKey); // stop the query on the server, not just the client

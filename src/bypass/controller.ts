@@ -477,6 +477,7 @@ export class BypassController implements IdleServerHost {
   janitor(now: number): void {
     const k = this.kernel;
     if (!k) return;
+    this.kernelClientTimeouts(now);
     for (const [pool, bySig] of this.kpools) {
       const s = pool.settings;
       if (s.serverIdleTimeout <= 0 && s.serverLifetime <= 0) continue;
@@ -503,6 +504,43 @@ export class BypassController implements IdleServerHost {
     }
   }
   private lastSweep = new Map<Pool, number>();
+
+  // client_idle_timeout, idle_transaction_timeout and query_timeout for clients whose
+  // traffic the kernel carries: activity is seen from the kernel's counters (bytes
+  // redirected to the client, its binding, its outstanding requests), sampled here.
+  private kernelClientTimeouts(now: number): void {
+    const k = this.kernel!;
+    const c = this.pooler.config;
+    if (c.client_idle_timeout <= 0 && c.idle_transaction_timeout <= 0 && c.query_timeout <= 0) return;
+    for (const client of this.clients.values()) {
+      if (client.state !== ClientState.Kernel || this.timingOut.has(client)) continue;
+      const st = k.read(client.id);
+      if (!st) continue;
+      const prev = this.seen.get(client);
+      const moved = !prev || prev.redirected !== st.redirected || prev.peer !== st.peer || prev.outstanding !== st.outstanding;
+      const since = moved ? now : prev!.since;
+      const busySince = st.outstanding > 0 ? (prev && prev.outstanding > 0 ? prev.busySince : now) : 0;
+      this.seen.set(client, { redirected: st.redirected, peer: st.peer, outstanding: st.outstanding, since, busySince });
+      client.lastActivity = Math.max(client.lastActivity, since);
+      const quietFor = now - since;
+      let why: { code: string; message: string } | null = null;
+      if (c.query_timeout > 0 && busySince && now - busySince > c.query_timeout * 1000) {
+        this.pooler.cancel(client.cancelPid, client.cancelKey);
+        why = { code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' };
+      } else if (c.idle_transaction_timeout > 0 && st.peer && st.outstanding === 0 && quietFor > c.idle_transaction_timeout * 1000) {
+        why = { code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' };
+      } else if (c.client_idle_timeout > 0 && !st.peer && quietFor > c.client_idle_timeout * 1000) {
+        why = { code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long' };
+      }
+      if (why) {
+        const reason = why;
+        this.timingOut.add(client);
+        this.whenFlushed(client).then(() => client.fatal(reason));
+      }
+    }
+  }
+  private timingOut = new WeakSet<ClientConnection>();
+  private seen = new WeakMap<ClientConnection, { redirected: bigint; peer: number; outstanding: number; since: number; busySince: number }>();
   private activity = new WeakMap<ServerConnection, { redirected: bigint; since: number }>();
 
   kernelCounters(): KernelCounters | null {
