@@ -506,6 +506,7 @@ export class ClientConnection implements ServerPeer {
   onServerReady(status: TxStatus, server: ServerConnection): void {
     this.tracker.onReadyForQuery(status);
     this.timing.ready(this.tracker.outstanding, status);
+    this.requestSince = this.tracker.outstanding > 0 ? Date.now() : 0;
     if (!this.tracker.idle) return;
     this.stats.xacts++;
     this.pool!.stats.xacts++;
