@@ -292,6 +292,7 @@ export class Pool {
 
   pause(): void {
     this.paused = true;
+    this.onWaitersChanged(); // the kernel path stops binding new transactions too
   }
   resume(): void {
     this.paused = false;

@@ -112,9 +112,15 @@ export class BypassController implements IdleServerHost {
     if (!this.kernel || pool.settings.mode === 'statement') return;
     pool.kernelHost = this;
     this.kpools.set(pool, new Map());
+    // While clients wait (or the pool is paused) the kernel binds no new transaction:
+    // requests queue in user space, FIFO, behind the waiters.
     pool.onWaitersChanged = () => {
-      for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, pool.waitingCount > 0);
+      for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, this.holdKernel(pool));
     };
+  }
+
+  private holdKernel(pool: Pool): boolean {
+    return pool.waitingCount > 0 || pool.paused;
   }
 
   // The kernel pool for this Pool and settings, created on first use; null when none can be had.
@@ -128,7 +134,7 @@ export class BypassController implements IdleServerHost {
     this.kernel!.configurePool(kid, {
       mode: pool.settings.mode === 'session' ? 'session' : 'transaction', maxIdle: 4096, inflightLimit: KERNEL_INFLIGHT_LIMIT,
     });
-    this.kernel!.setPoolWaiters(kid, pool.waitingCount > 0);
+    this.kernel!.setPoolWaiters(kid, this.holdKernel(pool));
     bySig.set(signature, kid);
     this.kidPool.set(kid, pool);
     return kid;
@@ -480,9 +486,10 @@ export class BypassController implements IdleServerHost {
     this.kernelClientTimeouts(now);
     for (const [pool, bySig] of this.kpools) {
       const s = pool.settings;
-      if (s.serverIdleTimeout <= 0 && s.serverLifetime <= 0) continue;
+      const reconnect = [...pool.servers].some((x) => x.closeNeeded && x.state === ServerState.Kernel);
+      if (!reconnect && s.serverIdleTimeout <= 0 && s.serverLifetime <= 0) continue;
       const every = Math.max(1000, Math.min(5000, (Math.min(...[s.serverIdleTimeout, s.serverLifetime].filter((x) => x > 0)) * 1000) / 2));
-      if (now - (this.lastSweep.get(pool) ?? 0) < every) continue;
+      if (!reconnect && now - (this.lastSweep.get(pool) ?? 0) < every) continue;
       this.lastSweep.set(pool, now);
       const taken: ServerConnection[] = [];
       for (const kid of bySig.values()) {
@@ -497,7 +504,8 @@ export class BypassController implements IdleServerHost {
         const seen = this.activity.get(server);
         if (!seen || (st && st.redirected !== seen.redirected)) this.activity.set(server, { redirected: st?.redirected ?? 0n, since: now });
         const idleFor = now - Math.max(this.activity.get(server)!.since, server.lastUsed);
-        if (s.serverLifetime > 0 && now - server.createdAt > s.serverLifetime * 1000) server.close('server_lifetime reached');
+        if (server.closeNeeded) server.close('close_needed (RECONNECT)');
+        else if (s.serverLifetime > 0 && now - server.createdAt > s.serverLifetime * 1000) server.close('server_lifetime reached');
         else if (s.serverIdleTimeout > 0 && idleFor > s.serverIdleTimeout * 1000 && pool.servers.size > s.minSize) server.close('server_idle_timeout');
         else pool.serverAvailable(server);
       }
