@@ -652,7 +652,10 @@ int pgs_ctl(struct pgs_ctl *a)
 			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
-		if (w == MKWORD(PGS_USER, a->expected)) {
+		/* Released with PARAMS_CHANGED meanwhile: the client's settings are no longer
+		 * those of its kernel pool; user space re-homes it once it knows them. */
+		if (w == MKWORD(PGS_USER, a->expected) &&
+		    !(c->peer == 0 && (c->flags & PGS_F_PARAMS_CHANGED))) {
 			/* user space is at a message boundary of the client stream */
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
 			if (c->peer == 0) {
