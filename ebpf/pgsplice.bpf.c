@@ -103,18 +103,12 @@ static __always_inline int push_idle(struct pgs_conn *s, __u32 sid)
 	return 0;
 }
 
-/* Pop an idle server of pool and CAS it IDLE -> BOUND to cid. Entries may be stale
- * (the server left IDLE since it was pushed): the word decides. */
-static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
+/* Pop an idle server of pool and CAS it IDLE -> mode (peer = cid when binding), trying
+ * up to tries entries: entries may be stale (the server left IDLE since it was pushed),
+ * the word decides. Shared by the verdict's bind and user space's POP_IDLE. */
+static __always_inline __u32 pop_idle(void *stack, __u32 pool, __u32 mode, __u32 cid, int tries)
 {
-	void *stack = bpf_map_lookup_elem(&idle, &pool);
-	struct pgs_pool *p = bpf_map_lookup_elem(&pools, &pool);
-
-	/* Clients already wait in user space (FIFO): a new request queues behind them
-	 * instead of taking the next released server first. */
-	if (!stack || (p && p->waiters))
-		return 0;
-	for (int i = 0; i < 8; i++) {
+	for (int i = 0; i < tries; i++) {
 		__u32 sid = 0;
 		struct pgs_conn *s;
 		int ok = 0;
@@ -126,19 +120,34 @@ static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
 		if (s && s->role == PGS_ROLE_SERVER && s->pool_id == pool) {
 			bpf_spin_lock(&s->lock);
 			if (MODE(s->word) == PGS_IDLE) {
-				ok = set_mode(&s->word, PGS_BOUND);
+				ok = set_mode(&s->word, mode);
 				if (ok)
 					s->peer = cid;
 			}
 			bpf_spin_unlock(&s->lock);
 		}
-		if (ok) {
-			stat_add(PGS_ST_BINDS, 1);
+		if (ok)
 			return sid;
-		}
 		stat_add(PGS_ST_STALE_IDLE, 1);
 	}
 	return 0;
+}
+
+/* The verdict binds an idle server of pool to client cid (IDLE -> BOUND). */
+static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
+{
+	void *stack = bpf_map_lookup_elem(&idle, &pool);
+	struct pgs_pool *p = bpf_map_lookup_elem(&pools, &pool);
+	__u32 sid;
+
+	/* Clients already wait in user space (FIFO): a new request queues behind them
+	 * instead of taking the next released server first. */
+	if (!stack || (p && p->waiters))
+		return 0;
+	sid = pop_idle(stack, pool, PGS_BOUND, cid, 8);
+	if (sid)
+		stat_add(PGS_ST_BINDS, 1);
+	return sid;
 }
 
 /* Undo a bind that the client could not commit (it left KERNEL meanwhile). */
@@ -479,27 +488,7 @@ static __always_inline int ctl_pop_idle(struct pgs_ctl *a)
 	__u32 pool = a->pool;
 	void *stack = bpf_map_lookup_elem(&idle, &pool);
 
-	if (!stack)
-		return 0;
-	for (int i = 0; i < 64; i++) {
-		__u32 sid = 0;
-		struct pgs_conn *s;
-		int ok = 0;
-
-		if (bpf_map_pop_elem(stack, &sid))
-			return 0;
-		idle_count_add(pool, -1);
-		s = bpf_map_lookup_elem(&conns, &sid);
-		if (!s || s->role != PGS_ROLE_SERVER || s->pool_id != pool)
-			continue;
-		bpf_spin_lock(&s->lock);
-		if (MODE(s->word) == PGS_IDLE)
-			ok = set_mode(&s->word, PGS_USER);
-		bpf_spin_unlock(&s->lock);
-		if (ok)
-			return sid;
-	}
-	return 0;
+	return stack ? pop_idle(stack, pool, PGS_USER, 0, 64) : 0;
 }
 
 SEC("syscall")
