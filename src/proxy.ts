@@ -54,6 +54,8 @@ export class Proxy {
   }
 
   async listen(): Promise<void> {
+    // Metrics first: once "listening on" is logged for clients, everything is up.
+    if (this.config.metrics) this.metrics = await startMetrics(this.config.metrics, this.pooler, this.control);
     const { host, port, unix_socket_dir } = this.config.listen;
     if (host) {
       for (const h of host.split(',').map((s) => s.trim()).filter(Boolean)) {
@@ -70,7 +72,6 @@ export class Proxy {
       await this.listenOn({ path: file }, file);
       fs.chmodSync(file, 0o777);
     }
-    if (this.config.metrics) this.metrics = await startMetrics(this.config.metrics, this.pooler, this.control);
   }
 
   private listenOn(opts: net.ListenOptions, label: string): Promise<void> {
