@@ -1,7 +1,7 @@
 // Text-format result sets for the admin console: RowDescription, DataRow,
 // CommandComplete, notices and errors, built as one buffer per answer.
 import { Backend } from '../protocol/constants';
-import { ErrorFields, errorResponse, noticeResponse, readyForQuery } from '../protocol/messages';
+import { ErrorFields, errorResponse, message, noticeResponse, readyForQuery } from '../protocol/messages';
 
 export type ColumnType = 'text' | 'int8' | 'int4' | 'bool' | 'timestamptz';
 
@@ -15,13 +15,7 @@ export interface Column {
 
 export type Cell = string | number | bigint | boolean | null | undefined;
 
-function frame(type: number, body: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(5 + body.length);
-  out[0] = type;
-  out.writeInt32BE(4 + body.length, 1);
-  body.copy(out, 5);
-  return out;
-}
+const frame = message;
 
 export function rowDescription(cols: Column[]): Buffer {
   const parts: Buffer[] = [];

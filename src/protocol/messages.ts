@@ -3,7 +3,7 @@
 import { AuthCode, Backend, PROTOCOL_3_0, TxStatus } from './constants';
 
 // Builds one typed message: type byte, int32 length, body.
-function message(type: number, body: Buffer): Buffer {
+export function message(type: number, body: Buffer): Buffer {
   const out = Buffer.allocUnsafe(5 + body.length);
   out[0] = type;
   out.writeInt32BE(4 + body.length, 1);
