@@ -10,7 +10,7 @@ import { MessageFramer, printable } from './protocol/framer';
 import {
   BodyReader, ErrorFields, ProtocolError, authenticationCleartext, authenticationMd5, authenticationOk,
   authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, errorResponse,
-  negotiateProtocolVersion, parameterStatus, readyForQuery,
+  message, negotiateProtocolVersion, parameterStatus, readyForQuery,
 } from './protocol/messages';
 import { StreamScanner, captureSet } from './protocol/stream-scanner';
 import { TransactionTracker } from './transaction-tracker';
@@ -23,6 +23,9 @@ import { verifyMd5Response } from './auth/md5';
 import type { AuthType, Config } from './config/types';
 import { log } from './log';
 import { ClientTiming, countError } from './metrics/stats';
+import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
+import { ReplyAction, ReplyEnd } from './reply-filter';
+import { classifySql } from './sql-classifier';
 
 export enum ClientState {
   Startup = 'startup',
@@ -55,10 +58,14 @@ export interface ClientHost {
   // More bytes of a client whose server is bound in the kernel: true if they were sent
   // on to it, false if the kernel released it meanwhile (the bytes start a new request).
   feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
+  // The client's server is bound in the kernel and its next bytes need rewriting: the
+  // pair comes to user space (adoptServer); false if the kernel released it meanwhile.
+  reclaimKernelBound?(client: ClientConnection): boolean;
 }
 
 let nextClientId = 1;
 const CLIENT_CAPTURE = captureSet('');
+const REWRITE_CAPTURE = captureSet(REWRITTEN_TYPES);
 const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much ahead of its server
 
 export class ClientConnection implements ServerPeer {
@@ -81,7 +88,7 @@ export class ClientConnection implements ServerPeer {
   readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
   private framer = new MessageFramer();
   private scanner = new StreamScanner(CLIENT_CAPTURE);
-  private pending: Buffer[] = [];
+  private pending: RequestUnit[] = [];
   private pendingBytes = 0;
   private scram: ScramServerSession | null = null;
   private authMethod: AuthType = 'trust';
@@ -94,6 +101,8 @@ export class ClientConnection implements ServerPeer {
   kernelServer: ServerConnection | null = null;
   // Set while the client's settings are being learned after it changed them in the kernel path.
   settingsReady: Promise<void> | null = null;
+  // Transaction mode: renames statements and watches session state (null in session mode).
+  rewriter: RequestRewriter | null = null;
   // When set, the admin console consumes this client's messages instead of a pool.
   adminHandler: ((type: number, body: Buffer) => void) | null = null;
 
@@ -328,6 +337,16 @@ export class ClientConnection implements ServerPeer {
     }
     for (const [k, v] of startupSettings(this.startup)) this.settings.set(k, v);
     this.appName = this.settings.get('application_name') ?? '';
+    const pool = this.pool;
+    if (pool && pool.settings.mode !== 'session') {
+      const c = this.host.config;
+      this.rewriter = new RequestRewriter(
+        { maxPreparedStatements: c.max_prepared_statements, policies: c.session_state },
+        this.settings,
+        (replies, server) => { for (const r of replies) this.onServerData(r, server); },
+      );
+      this.scanner.capture = REWRITE_CAPTURE; // at a boundary: nothing was read yet
+    }
     const out: Buffer[] = [authenticationOk()];
     const reported = new Map(serverParams);
     for (const [k, v] of this.settings) if (isReported(k)) reported.set(k, v);
@@ -354,6 +373,10 @@ export class ClientConnection implements ServerPeer {
       this.host.leftKernel?.(this);
     }
     let cut = -1;
+    const rw = this.rewriter;
+    const units: RequestUnit[] = [];
+    let from = 0; // chunk bytes before this are in units
+    let lastEnd = 0;
     this.scanner.scan(chunk, (m) => {
       if (cut >= 0) return;
       if (m.type === Frontend.Terminate) {
@@ -366,14 +389,35 @@ export class ClientConnection implements ServerPeer {
         this.stats.queries++;
         this.timing.request();
       }
+      if (rw) {
+        // messages the rewriter reads become units; the bytes between them stay raw
+        if (m.body) {
+          const start = Math.max(m.start, 0);
+          if (start > from) units.push(chunk.subarray(from, start));
+          units.push({ type: m.type, body: m.body });
+          from = m.end;
+        } else if (MARKED_TYPES.has(m.type)) {
+          if (m.end > from) units.push(chunk.subarray(from, m.end));
+          units.push(m.type);
+          from = m.end;
+        }
+      }
+      lastEnd = m.end;
     });
     if (!this.scanner.atBoundary && cut < 0) this.tracker.onClientPartial(this.scanner.currentType);
-    const data = cut >= 0 ? chunk.subarray(0, cut) : chunk;
-    if (this.kernelServer && data.length) {
-      if (this.host.feedKernelBound?.(this, data)) return;
-      this.kernelServer = null; // released by the kernel: these bytes are a new request
+    let end = cut >= 0 ? cut : chunk.length;
+    // the start of a message the rewriter must read whole waits for the rest of it
+    if (rw && cut < 0 && !this.scanner.atBoundary && REWRITE_CAPTURE[this.scanner.currentType]) end = Math.max(lastEnd, from);
+    if (end > from) units.push(chunk.subarray(from, end));
+    if (this.kernelServer && units.length) {
+      if (rw && units.some((u) => rw.needsRewrite(u))) {
+        if (!this.host.reclaimKernelBound?.(this)) this.kernelServer = null; // released meanwhile: a new request
+      } else {
+        if (this.host.feedKernelBound?.(this, Buffer.concat(rawBytes(units)))) return;
+        this.kernelServer = null; // released by the kernel: these bytes are a new request
+      }
     }
-    if (data.length) this.forward(data);
+    if (units.length) this.forward(units);
     if (cut >= 0) {
       this.terminated = true;
       // Close now unless the server still owes answers to what came before the Terminate;
@@ -382,15 +426,25 @@ export class ClientConnection implements ServerPeer {
     }
   }
 
-  private forward(data: Buffer): void {
+  private forward(units: RequestUnit[]): void {
     if (this.server && this.state === ClientState.Active) {
-      if (!this.server.write(data)) this.throttle(this.server.socket);
+      this.writeToServer(this.server, units);
       return;
     }
-    this.pending.push(data);
-    this.pendingBytes += data.length;
+    for (const u of units) {
+      this.pending.push(u);
+      if (Buffer.isBuffer(u)) this.pendingBytes += u.length;
+      else if (typeof u !== 'number') this.pendingBytes += u.body.length + 5;
+    }
     if (this.pendingBytes > MAX_PENDING_BYTES) this.socket.pause();
     if (this.state === ClientState.Idle) this.requestServer();
+  }
+
+  private writeToServer(server: ServerConnection, units: RequestUnit[]): void {
+    const out = this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]);
+    let ok = true;
+    for (const b of out) ok = server.write(b);
+    if (!ok) this.throttle(server.socket);
   }
 
   // Pauses reading this client until the server socket drains (TCP back-pressure).
@@ -448,17 +502,17 @@ export class ClientConnection implements ServerPeer {
       return;
     }
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
-    if (this.host.bindInKernel && this.scanner.atBoundary) {
-      const request = this.pending;
-      this.pending = [];
+    const rw = this.rewriter;
+    if (this.host.bindInKernel && this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
+      const request = rawBytes(this.pending);
       if (this.host.bindInKernel(this, server, request)) {
+        this.pending = [];
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
         this.state = ClientState.Kernel; // the kernel carries this transaction
         this.socket.resume();
         return;
       }
-      this.pending = request;
     }
     this.server = server;
     this.state = ClientState.Active;
@@ -468,7 +522,7 @@ export class ClientConnection implements ServerPeer {
     this.pending = [];
     this.pendingBytes = 0;
     this.socket.resume();
-    for (const p of pending) if (!server.write(p)) this.throttle(server.socket);
+    this.writeToServer(server, pending);
   }
 
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
@@ -512,7 +566,45 @@ export class ClientConnection implements ServerPeer {
     this.pool!.stats.xacts++;
     if (this.terminated) return this.close('client sent Terminate');
     if (this.pool!.settings.mode === 'session') return;
+    const session = this.rewriter?.session;
+    if (session?.pinned) return; // keeps its server while the state it left there exists
+    if (session && (session.pendingParameters.size || session.resetAll)) return this.readBackSettings(server);
     this.detach(server);
+  }
+
+  // After a transaction that SET parameters: learn what they are now (a rolled-back or
+  // failed SET changed nothing), so the next server gets the same (session_state.parameters: track).
+  private readBackSettings(server: ServerConnection): void {
+    const session = this.rewriter!.session;
+    const names = new Set([...session.pendingParameters].filter((n) => !isReported(n)));
+    if (session.resetAll) for (const k of [...this.settings.keys(), ...server.applied.keys()]) if (!isReported(k)) names.add(k);
+    session.pendingParameters.clear();
+    session.resetAll = false;
+    if (names.size === 0) return this.detach(server);
+    const list = [...names];
+    this.server = null;
+    this.state = ClientState.Waiting; // requests meanwhile wait in pending
+    server.unlink();
+    const sql = `SELECT ${list.map((n) => `coalesce(pg_catalog.current_setting('${n.replace(/'/g, "''")}', true), '${UNSET}')`).join(', ')}`;
+    server.queryValues(sql).then(
+      (values) => {
+        list.forEach((n, i) => {
+          const v = values[i];
+          if (v === UNSET) this.settings.delete(n);
+          else this.settings.set(n, v);
+        });
+        recordApplied(this.settings, server);
+        if (this.state !== ClientState.Waiting) return this.pool!.release(server);
+        this.state = ClientState.Active;
+        this.server = server;
+        server.link(this);
+        this.detach(server);
+      },
+      (e: Error) => {
+        server.close(`reading back session settings failed: ${e.message}`);
+        this.fatal({ code: SqlState.ConnectionFailure, message: `could not read back session settings: ${e.message}` });
+      },
+    );
   }
 
   onServerParameter(name: string, value: string): void {
@@ -544,6 +636,7 @@ export class ClientConnection implements ServerPeer {
     server.runInternal(this.host.config.server_reset_query).then(
       () => {
         server.applied.clear();
+        if (dropsStatements([this.host.config.server_reset_query])) server.statements.clear();
         pool.release(server);
       },
       (e: Error) => server.close(`server_reset_query failed: ${e.message}`),
@@ -595,13 +688,18 @@ export class ClientConnection implements ServerPeer {
     const steps: string[] = [];
     if (this.tracker.status !== 'I') steps.push('ROLLBACK');
     const cfg = this.host.config;
-    if (pool.settings.mode === 'session' || cfg.server_reset_query_always) {
+    if (this.rewriter?.session.pinned) {
+      steps.push('DISCARD ALL'); // what it pinned (LISTEN, temp tables, locks...) must not reach the next client
+    } else if (pool.settings.mode === 'session' || cfg.server_reset_query_always) {
       if (cfg.server_reset_query) steps.push(cfg.server_reset_query);
     }
     if (steps.length === 0) return pool.release(server);
     server.runInternal(steps.join('; ')).then(
       () => {
-        if (steps.length > 1 || steps[0] !== 'ROLLBACK') server.applied.clear();
+        if (steps.length > 1 || steps[0] !== 'ROLLBACK') {
+          server.applied.clear();
+          if (dropsStatements(steps)) server.statements.clear();
+        }
         pool.release(server);
       },
       (e: Error) => server.close(`reset after client left failed: ${e.message}`),
@@ -628,7 +726,9 @@ export class ClientConnection implements ServerPeer {
   }
 
   // The kernel handed this client and its server to user space mid-transaction.
-  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean): void {
+  // tail: how many extended-protocol messages the kernel forwarded after the last Sync,
+  // and how many replies ending one of them it already carried back.
+  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
     this.kernelServer = null;
     this.tracker.outstanding = outstanding;
     this.tracker.tailOpen = tailOpen;
@@ -636,6 +736,12 @@ export class ClientConnection implements ServerPeer {
     this.server = server;
     this.state = ClientState.Active;
     server.link(this);
+    if (this.rewriter) {
+      // What the kernel forwarded is answered first: the rewriter's replies queue behind it.
+      for (let i = 0; i < outstanding; i++) server.replies.expect({ end: ReplyEnd.Ready, action: ReplyAction.Pass, sync: true });
+      const open = tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0;
+      if (open > 0) server.replies.expect({ end: ReplyEnd.Finals, action: ReplyAction.Pass, count: open });
+    }
   }
 
   // As quiet, but for a request of its own that the kernel is carrying (bound there).
@@ -652,3 +758,19 @@ export class ClientConnection implements ServerPeer {
 }
 
 const choiceFor = chooseAuthMethod;
+const UNSET = '\u0001unset'; // current_setting() of a parameter that does not exist
+
+// Whether these reset statements drop the server's prepared statements.
+function dropsStatements(sqls: string[]): boolean {
+  return sqls.some((q) => classifySql(q).some((e) => e.kind === 'discard_all' || (e.kind === 'deallocate' && e.name === null)));
+}
+
+// The bytes of request units as the client sent them.
+function rawBytes(units: RequestUnit[]): Buffer[] {
+  const out: Buffer[] = [];
+  for (const u of units) {
+    if (Buffer.isBuffer(u)) out.push(u);
+    else if (typeof u !== 'number') out.push(message(u.type, u.body));
+  }
+  return out;
+}

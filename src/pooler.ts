@@ -20,6 +20,7 @@ export interface PoolerHooks {
   boundInKernel?(client: ClientConnection): boolean;
   janitor?(now: number): void;
   feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
+  reclaimKernelBound?(client: ClientConnection): boolean;
   cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
   poolCreated?(pool: Pool): void;
   clientClosed?(client: ClientConnection): void;
@@ -63,6 +64,10 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   feedKernelBound(client: ClientConnection, data: Buffer): boolean {
     return this.hooks.feedKernelBound ? this.hooks.feedKernelBound(client, data) : false;
+  }
+
+  reclaimKernelBound(client: ClientConnection): boolean {
+    return this.hooks.reclaimKernelBound ? this.hooks.reclaimKernelBound(client) : false;
   }
 
   userSecret(user: string): string | undefined {

@@ -35,6 +35,7 @@ export class Proxy {
     hooks.leftKernel = (client) => this.bypass.leftKernel(client);
     hooks.bindInKernel = (client, server, request) => this.bypass.bindInKernel(client, server, request);
     hooks.feedKernelBound = (client, data) => this.bypass.feedKernelBound(client, data);
+    hooks.reclaimKernelBound = (client) => this.bypass.reclaimBound(client);
     hooks.boundInKernel = (client) => this.bypass.serverOf(client) !== null;
     hooks.janitor = (now) => this.bypass.janitor(now);
     hooks.clientClosed = (client) => this.bypass.clientClosed(client);

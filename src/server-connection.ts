@@ -11,6 +11,8 @@ import {
 } from './protocol/messages';
 import { StreamScanner, captureSet } from './protocol/stream-scanner';
 import { ScramClientSession } from './auth/scram';
+import { ReplyFilter } from './reply-filter';
+import { ServerStatementCache } from './prepared-statements';
 import { md5Response } from './auth/md5';
 import { log } from './log';
 import { countError } from './metrics/stats';
@@ -57,8 +59,8 @@ export class ServerError extends Error {
 }
 
 let nextServerId = 1;
-const DATA_CAPTURE = captureSet('ZSE');
-const INTERNAL_CAPTURE = captureSet('ZSED');
+const DATA_CAPTURE = captureSet('ZSEC'); // C: CommandComplete tags confirm session-state changes
+const INTERNAL_CAPTURE = captureSet('ZSEDC');
 
 function parseDataRow(body: Buffer): string[] {
   const r = new BodyReader(body);
@@ -85,6 +87,8 @@ export class ServerConnection extends EventEmitter {
   peer: ServerPeer | null = null;
   bytesRead = 0n; // since the socket was registered with the kernel path
   closeNeeded = false; // RECONNECT: close instead of returning to the pool
+  readonly statements = new ServerStatementCache(); // prepared here by the proxy (transaction mode)
+  readonly replies = new ReplyFilter(); // what the linked client sees of the replies
   private framer = new MessageFramer();
   private scanner = new StreamScanner(DATA_CAPTURE);
   // Set by the bypass controller: called when the kernel hands this server's bytes to user space.
@@ -209,6 +213,11 @@ export class ServerConnection extends EventEmitter {
     if (this.state === ServerState.Kernel) this.kernelPassed?.();
     const peer = this.state === ServerState.Active ? this.peer : null;
     const ready: TxStatus[] = [];
+    // While the proxy rewrites the client's requests, the replies are cut and spliced.
+    const replies = peer && !this.replies.idle ? this.replies : null;
+    const pieces: Buffer[] = [];
+    let from = 0;
+    let lastEnd = 0;
     try {
       this.scanner.scan(chunk, (m) => {
         if (m.type === Backend.ReadyForQuery && m.body?.length) {
@@ -227,17 +236,39 @@ export class ServerConnection extends EventEmitter {
           if (peer) countError('server', f.C);
           if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
           else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);
-        } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.DataRow && m.type !== Backend.NotificationResponse) {
+        } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.DataRow
+            && m.type !== Backend.NotificationResponse && m.type !== Backend.CommandComplete) {
           throw new ProtocolError(`idle server sent unexpected message "${printable(m.type)}"`);
         }
+        if (replies) {
+          const start = Math.max(m.start, 0);
+          if (replies.hides(m.type)) {
+            if (start > from) pieces.push(chunk.subarray(from, start));
+            from = m.end;
+          }
+          const extra = replies.onMessage(m.type, m.body);
+          if (extra.length) {
+            if (m.end > from) pieces.push(chunk.subarray(from, m.end));
+            from = m.end;
+            pieces.push(...extra);
+          }
+        }
+        lastEnd = m.end;
       });
     } catch (e) {
       this.close(`protocol error from server: ${(e as Error).message}`);
       return;
     }
     if (!peer) return;
-    // Forward first: a ReadyForQuery may release this server to another client.
-    peer.onServerData(chunk, this);
+    if (replies) {
+      // the message still open is hidden too if the filter would hide it
+      const cut = !this.scanner.atBoundary && replies.hides(this.scanner.currentType) ? Math.max(lastEnd, from) : chunk.length;
+      if (cut > from) pieces.push(chunk.subarray(from, cut));
+      for (const p of pieces) peer.onServerData(p, this);
+    } else {
+      // Forward first: a ReadyForQuery may release this server to another client.
+      peer.onServerData(chunk, this);
+    }
     for (const status of ready) if (this.peer === peer) peer.onServerReady(status, this);
   }
 
@@ -254,6 +285,7 @@ export class ServerConnection extends EventEmitter {
 
   unlink(): void {
     this.peer = null;
+    this.replies.clear();
     if (this.state === ServerState.Active) this.state = ServerState.Idle;
   }
 

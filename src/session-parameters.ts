@@ -45,7 +45,9 @@ export function settingsSql(client: Map<string, string>, server: ServerConnectio
   const stmts: string[] = [];
   for (const [k, v] of client) {
     const current = isReported(k) ? server.params.get(k) : server.applied.get(k);
-    if (current !== v) stmts.push(`SET ${quoteIdent(k)} = ${quoteLiteral(v)}`);
+    if (current === v) continue;
+    // set_config takes the value as the server shows it (a list such as search_path included)
+    stmts.push(isReported(k) ? `SET ${quoteIdent(k)} = ${quoteLiteral(v)}` : `SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`);
   }
   for (const k of server.applied.keys()) {
     if (!client.has(k)) stmts.push(`RESET ${quoteIdent(k)}`);

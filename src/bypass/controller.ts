@@ -24,6 +24,7 @@ export interface UserPathCounters {
   clientsFromKernel: number;
   bindsFromUser: number;
   slowHandovers: number;
+  reclaims: number; // bound pairs taken back for a request only user space can rewrite
   serversToKernel: number;
   serversFromKernel: number;
   paramsChanged: number;
@@ -73,7 +74,7 @@ export class BypassController implements IdleServerHost {
   private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
   readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
   };
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
@@ -208,7 +209,7 @@ export class BypassController implements IdleServerHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
-    if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady) return false;
+    if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
       client.socket.once('drain', () => this.offerClient(client));
@@ -265,6 +266,25 @@ export class BypassController implements IdleServerHost {
     server.socket.write(data);
     client.state = ClientState.Kernel; // the kernel carries its transaction
     this.tryFlipBound(client);
+    return true;
+  }
+
+  // A client bound in the kernel sent what only user space can rewrite (a named
+  // statement, session state): user space takes the pair and finishes the transaction.
+  reclaimBound(client: ClientConnection): boolean {
+    const k = this.kernel;
+    const server = client.kernelServer;
+    if (!k || !server) return false;
+    if (k.takeBound(client.id) !== skid(server)) return false;
+    const cst = k.read(client.id); // stable now: the kernel no longer carries the pair
+    const sst = k.read(skid(server));
+    if (!cst || !sst) return false;
+    this.counters.reclaims++;
+    server.state = ServerState.Idle;
+    server.resumeFrame(sst.frame);
+    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    server.socket.pause();
+    client.holdOutput(this.whenFlushed(client, 600_000));
     return true;
   }
 

@@ -28,6 +28,7 @@ import {
   type LogLevel,
   type MetricsConfig,
   type PoolMode,
+  type SessionStatePolicies,
   type UserConfig,
 } from './types';
 
@@ -55,7 +56,7 @@ const port: Kind = { t: 'int', min: 1, max: 65535 };
 const duration: Kind = { t: 'duration' };
 const poolMode: Kind = { t: 'enum', values: POOL_MODES };
 
-type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics'>;
+type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics' | 'session_state'>;
 
 /** Top-level scalar settings, their kinds and PgBouncer's defaults, in SHOW CONFIG order. */
 const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
@@ -86,6 +87,8 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   stats_users: { kind: { t: 'list' }, def: [] },
   bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
   log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
+  max_prepared_statements: { kind: size0, def: 200 },
+  track_extra_parameters: { kind: { t: 'list' }, def: [] },
 };
 
 /** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
@@ -127,7 +130,20 @@ const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
 
 const METRICS_KEYS: Record<keyof MetricsConfig, Kind> = { host: nonEmptyStr, port };
 
-const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', ...Object.keys(SETTINGS)];
+const pinOrReject: Kind = { t: 'enum', values: ['pin', 'reject'] };
+const SESSION_STATE_KEYS: Record<keyof SessionStatePolicies, Kind> = {
+  parameters: { t: 'enum', values: ['track', 'pin', 'reject'] },
+  listen: pinOrReject,
+  advisory_locks: pinOrReject,
+  temp_tables: pinOrReject,
+  prepared_sql: pinOrReject,
+  hold_cursors: pinOrReject,
+};
+export const DEFAULT_SESSION_STATE: SessionStatePolicies = {
+  parameters: 'track', listen: 'pin', advisory_locks: 'pin', temp_tables: 'pin', prepared_sql: 'pin', hold_cursors: 'pin',
+};
+
+const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', 'session_state', ...Object.keys(SETTINGS)];
 
 // pgbouncer.ini names that live elsewhere here: point the user at the right place.
 const MOVED: Record<string, string> = {
@@ -367,6 +383,7 @@ class Loader {
     const users = new Map<string, UserConfig>();
     let sawDatabases = false;
     let metrics: MetricsConfig | undefined;
+    let sessionState: SessionStatePolicies = { ...DEFAULT_SESSION_STATE };
 
     for (const [name, kline, vnode] of this.entries(root, '', 1)) {
       if (name === 'listen') {
@@ -397,6 +414,8 @@ class Loader {
         }
       } else if (name === 'metrics') {
         metrics = this.section(vnode, 'metrics', kline, METRICS_KEYS, { host: '127.0.0.1', port: 9127 } as MetricsConfig);
+      } else if (name === 'session_state') {
+        sessionState = this.section(vnode, 'session_state', kline, SESSION_STATE_KEYS, { ...DEFAULT_SESSION_STATE });
       } else if (name in SETTINGS) {
         settings[name] = this.value(SETTINGS[name as keyof Settings].kind, vnode, name, kline);
       } else {
@@ -410,6 +429,7 @@ class Loader {
       users,
       ...(settings as unknown as Settings),
       ...(metrics ? { metrics } : {}),
+      session_state: sessionState,
       source: { file: this.file, lines: this.lines },
     } as Config;
     this.crossCheck(cfg, sawDatabases);
@@ -531,6 +551,7 @@ export function describeConfig(config: Config): Array<[string, string]> {
     ['listen.unix_socket_dir', show(config.listen.unix_socket_dir)],
   ];
   for (const k of Object.keys(SETTINGS) as Array<keyof Settings>) out.push([k, show(config[k])]);
+  for (const [k, v] of Object.entries(config.session_state)) out.push([`session_state.${k}`, v]);
   return out;
 }
 

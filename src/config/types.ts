@@ -20,6 +20,18 @@ export interface MetricsConfig {
   port: number;
 }
 
+// What transaction pooling does with each kind of session state (docs/transaction-mode.md).
+export type ParameterPolicy = 'track' | 'pin' | 'reject';
+export type StatePolicy = 'pin' | 'reject';
+export interface SessionStatePolicies {
+  parameters: ParameterPolicy; // SET / RESET / set_config of any parameter
+  listen: StatePolicy;
+  advisory_locks: StatePolicy; // session-level advisory locks
+  temp_tables: StatePolicy;
+  prepared_sql: StatePolicy; // PREPARE as SQL
+  hold_cursors: StatePolicy; // DECLARE ... WITH HOLD
+}
+
 export interface DatabaseConfig {
   name: string; // the name clients connect to
   host: string; // host name, IP, or a directory for a unix socket
@@ -79,6 +91,9 @@ export interface Config {
   stats_users: string[];
   bypass: BypassMode;
   log_level: LogLevel;
+  max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
+  track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
+  session_state: SessionStatePolicies;
   metrics?: MetricsConfig;
   // Where the keys were found, for messages that name a key and its line.
   source: { file: string; lines: Map<string, number> };

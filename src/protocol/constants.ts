@@ -76,4 +76,6 @@ export const SqlState = {
   IdleInTransactionTimeout: '25P03',
   IdleSessionTimeout: '57P05',
   InternalError: 'XX000',
+  InvalidSqlStatementName: '26000',
+  DuplicatePreparedStatement: '42P05',
 } as const;

@@ -1,0 +1,289 @@
+// Rewrites a transaction-mode client's requests for the server it got: its statement
+// names become the server's (preparing them there on demand), statements that would
+// leave session state are tracked, pinned or refused, and the ReplyFilter learns what
+// each written message's reply must look like to the client.
+import { Frontend, SqlState } from './protocol/constants';
+import { errorResponse, message, query } from './protocol/messages';
+import { ReplyAction, ReplyEnd } from './reply-filter';
+import {
+  ABSENT_STATEMENT, ClientStatement, bindStatement, bindWithStatement, closeStatement, describeStatement, parseMessage,
+  parseParts, serverStatementName,
+} from './prepared-statements';
+import { SessionEffect, classifySql, mayAffectSession, splitStatements } from './sql-classifier';
+import { SessionState } from './session-state';
+import type { ServerConnection } from './server-connection';
+import type { SessionStatePolicies } from './config/types';
+
+// A message the rewriter looks into; other bytes pass as raw Buffers, and the
+// messages among them whose replies must be accounted for leave a marker (their type).
+export interface ClientMessage {
+  type: number;
+  body: Buffer;
+}
+export type RequestUnit = Buffer | ClientMessage | number;
+
+export const REWRITTEN_TYPES = 'PBDCQ';
+export const MARKED_TYPES = new Set([Frontend.Execute, Frontend.Sync, Frontend.FunctionCall]);
+
+const complete = (type: string): Buffer => message(type.charCodeAt(0), Buffer.alloc(0));
+const PARSE_COMPLETE = complete('1');
+const CLOSE_COMPLETE = complete('3');
+
+type TagHandler = ((tag: string) => void) | undefined;
+
+export interface RewriterOptions {
+  maxPreparedStatements: number; // 0: named statements pass through and pin the client
+  policies: SessionStatePolicies;
+}
+
+export class RequestRewriter {
+  readonly statements = new Map<string, ClientStatement>();
+  readonly session: SessionState;
+  private unnamed: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  private bound: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+
+  constructor(
+    private readonly opts: RewriterOptions,
+    private readonly settings: Map<string, string>,
+    private readonly deliver: (replies: Buffer[], server: ServerConnection) => void, // synthetic replies due now
+  ) {
+    this.session = new SessionState(opts.policies);
+  }
+
+  // Whether the unit must be rewritten in user space (the kernel may carry the rest).
+  needsRewrite(u: RequestUnit): boolean {
+    if (typeof u === 'number' || Buffer.isBuffer(u)) return false;
+    const b = u.body;
+    switch (u.type) {
+      case Frontend.Parse: return b[0] !== 0 || mayAffectSession(parseParts(b).query);
+      case Frontend.Bind: return bindStatement(b).name !== '';
+      case Frontend.Describe:
+      case Frontend.Close: return b[0] === 0x53 /* S */ && b[1] !== 0;
+      case Frontend.Query: return mayAffectSession(b.toString('utf8', 0, Math.max(0, b.length - 1)));
+      default: return false;
+    }
+  }
+
+  // The bytes to write to `server` for these units, in order.
+  write(units: RequestUnit[], server: ServerConnection): Buffer[] {
+    const out: Buffer[] = [];
+    for (const u of units) {
+      if (Buffer.isBuffer(u)) out.push(u);
+      else if (typeof u === 'number') this.marker(u, server);
+      else this.rewrite(u, server, out);
+    }
+    return out;
+  }
+
+  private expect(server: ServerConnection, e: Parameters<ServerConnection['replies']['expect']>[0]): void {
+    const due = server.replies.expect(e);
+    if (due.length) this.deliver(due, server);
+  }
+
+  private marker(type: number, server: ServerConnection): void {
+    if (type === Frontend.Execute) this.expect(server, { end: ReplyEnd.Execute, action: ReplyAction.Pass, onTag: this.bound.onTag });
+    else if (type === Frontend.Sync) this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, sync: true });
+    else this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+  }
+
+  private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {
+    const raw = (): Buffer => message(m.type, m.body);
+    switch (m.type) {
+      case Frontend.Query: return this.onQuery(m.body, server, out, raw);
+      case Frontend.Parse: return this.onParse(m.body, server, out, raw);
+      case Frontend.Bind: return this.onBind(m.body, server, out, raw);
+      case Frontend.Describe:
+      case Frontend.Close: {
+        const kind = m.body[0];
+        const name = m.body.toString('utf8', 1, Math.max(1, m.body.length - 1));
+        const isDescribe = m.type === Frontend.Describe;
+        const end = isDescribe ? ReplyEnd.Describe : ReplyEnd.CloseComplete;
+        if (kind !== 0x53 || name === '' || this.opts.maxPreparedStatements === 0) {
+          if (!isDescribe && kind === 0x53 && name) {
+            this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
+          } else this.expect(server, { end, action: ReplyAction.Pass });
+          out.push(raw());
+          return;
+        }
+        const entry = this.statements.get(name);
+        if (isDescribe) {
+          if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${name}" does not exist`);
+          this.ensurePrepared(entry, server, out);
+          out.push(describeStatement(entry.serverName));
+          this.expect(server, { end, action: ReplyAction.Pass });
+          return;
+        }
+        // Close: the client's name goes; the server keeps the statement for others.
+        if (entry) this.statements.delete(name);
+        this.expect(server, {
+          end, action: ReplyAction.Synthetic, reply: CLOSE_COMPLETE,
+          onFail: () => { if (entry && !this.statements.has(name)) this.statements.set(name, entry); },
+        });
+        return;
+      }
+    }
+  }
+
+  private onQuery(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
+    const sql = body.toString('utf8', 0, Math.max(0, body.length - 1));
+    const effects = mayAffectSession(sql) ? classifySql(sql) : [];
+    if (effects.length === 0) {
+      out.push(raw());
+      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      return;
+    }
+    const refused = this.session.rejection(effects);
+    if (refused) {
+      out.push(query(raiseSql(refused.message)));
+      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      return;
+    }
+    const dealloc = this.deallocateTarget(sql, effects);
+    if (dealloc) {
+      this.ensurePrepared(dealloc.entry, server, out);
+      out.push(query(`DEALLOCATE "${dealloc.entry.serverName}"`));
+      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.deallocated(dealloc.name, dealloc.entry, server) });
+      return;
+    }
+    this.session.began(effects);
+    out.push(raw());
+    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server) });
+  }
+
+  private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
+    const p = parseParts(body);
+    const effects = mayAffectSession(p.query) ? classifySql(p.query) : [];
+    const refused = effects.length ? this.session.rejection(effects) : null;
+    let rest = p.rest;
+    if (refused) rest = Buffer.concat([Buffer.from(`${raiseSql(refused.message)}\0`), p.rest.subarray(p.rest.indexOf(0) + 1)]);
+    const usable = refused ? [] : effects;
+    if (p.name === '') {
+      const dealloc = refused ? null : this.deallocateTarget(p.query, effects);
+      if (dealloc) {
+        this.ensurePrepared(dealloc.entry, server, out);
+        rest = Buffer.concat([Buffer.from(`DEALLOCATE "${dealloc.entry.serverName}"\0`), p.rest.subarray(p.rest.indexOf(0) + 1)]);
+        this.unnamed = { effects: [], onTag: this.deallocated(dealloc.name, dealloc.entry, server) };
+      } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
+      out.push(refused || dealloc ? parseMessage('', rest) : raw());
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass });
+      return;
+    }
+    if (this.opts.maxPreparedStatements === 0) {
+      this.session.protocolNamed.add(p.name); // stays on this server: the client keeps it
+      out.push(raw());
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.protocolNamed.delete(p.name) });
+      return;
+    }
+    if (this.statements.has(p.name)) {
+      return this.failWith(server, out, SqlState.DuplicatePreparedStatement, `prepared statement "${p.name}" already exists`);
+    }
+    const serverName = serverStatementName(rest, this.settings.get('search_path'));
+    const entry: ClientStatement = { serverName, parse: parseMessage(serverName, rest), effects: usable };
+    this.statements.set(p.name, entry);
+    const forget = () => { if (this.statements.get(p.name) === entry) this.statements.delete(p.name); };
+    if (server.statements.has(serverName)) {
+      server.statements.touch(serverName);
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Synthetic, reply: PARSE_COMPLETE, onFail: forget });
+      return;
+    }
+    this.makeRoom(server, serverName, out);
+    server.statements.add(serverName);
+    out.push(entry.parse);
+    this.expect(server, {
+      end: ReplyEnd.ParseComplete, action: ReplyAction.Pass,
+      onFail: () => { server.statements.delete(serverName); forget(); },
+    });
+  }
+
+  private onBind(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
+    const at = bindStatement(body);
+    if (at.name === '') {
+      this.bound = this.unnamed;
+      this.session.began(this.bound.effects);
+      out.push(raw());
+      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      return;
+    }
+    if (this.opts.maxPreparedStatements === 0) {
+      this.bound = { effects: [], onTag: undefined };
+      out.push(raw());
+      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      return;
+    }
+    const entry = this.statements.get(at.name);
+    if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
+    this.ensurePrepared(entry, server, out);
+    this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
+    this.session.began(entry.effects);
+    out.push(bindWithStatement(body, at, entry.serverName));
+    this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+  }
+
+  // Prepares a client's statement on this server if it is not there yet; the client
+  // never sees the ParseComplete (an error it does see, as PostgreSQL would send it).
+  private ensurePrepared(entry: ClientStatement, server: ServerConnection, out: Buffer[]): void {
+    if (server.statements.has(entry.serverName)) {
+      server.statements.touch(entry.serverName);
+      return;
+    }
+    this.makeRoom(server, entry.serverName, out);
+    server.statements.add(entry.serverName);
+    out.push(entry.parse);
+    this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Drop, onFail: () => server.statements.delete(entry.serverName) });
+  }
+
+  // Closes the least recently used statements so one more fits (max_prepared_statements).
+  private makeRoom(server: ServerConnection, keep: string, out: Buffer[]): void {
+    for (const name of server.statements.evictFor(this.opts.maxPreparedStatements, keep)) {
+      out.push(closeStatement(name));
+      this.expect(server, { end: ReplyEnd.CloseComplete, action: ReplyAction.Drop, onFail: () => server.statements.add(name) });
+    }
+  }
+
+  // Makes the server fail at this point of the stream with an error of the proxy's own,
+  // so that the rest up to Sync is skipped and a transaction is aborted as PostgreSQL would.
+  private failWith(server: ServerConnection, out: Buffer[], code: string, text: string): void {
+    out.push(describeStatement(ABSENT_STATEMENT));
+    this.expect(server, {
+      end: ReplyEnd.Describe, action: ReplyAction.ErrorAs,
+      reply: errorResponse({ severity: 'ERROR', code, message: text }),
+    });
+  }
+
+  // DEALLOCATE <name> as the only statement, of a protocol-level statement of the client.
+  private deallocateTarget(sql: string, effects: SessionEffect[]): { name: string; entry: ClientStatement } | null {
+    if (effects.length !== 1 || effects[0].kind !== 'deallocate' || effects[0].name === null) return null;
+    const name = effects[0].name;
+    const entry = this.statements.get(name);
+    if (!entry || this.session.hasSqlPrepared(name) || splitStatements(sql)?.length !== 1) return null;
+    return { name, entry };
+  }
+
+  private deallocated(name: string, entry: ClientStatement, server: ServerConnection): TagHandler {
+    return (tag) => {
+      if (tag !== 'DEALLOCATE') return;
+      if (this.statements.get(name) === entry) this.statements.delete(name);
+      server.statements.delete(entry.serverName);
+    };
+  }
+
+  // Applies what a statement's CommandComplete tags confirm.
+  private confirm(effects: SessionEffect[], server: ServerConnection): TagHandler {
+    return (tag) => {
+      this.session.confirmed(effects, tag);
+      if (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL') {
+        this.statements.clear(); // PostgreSQL drops the session's protocol-level statements too
+        server.statements.clear();
+      }
+    };
+  }
+}
+
+const literal = (s: string): string => `'${s.replace(/'/g, "''")}'`;
+
+// SQL that fails on the server with this message (SQLSTATE 0A000), so a refusal aborts
+// the transaction and ends with the server's own ReadyForQuery.
+export function raiseSql(text: string): string {
+  const safe = text.replace(/\$/g, '＄');
+  return `DO $pgsplice$BEGIN RAISE EXCEPTION USING ERRCODE = '${SqlState.FeatureNotSupported}', MESSAGE = ${literal(safe)}; END$pgsplice$`;
+}
