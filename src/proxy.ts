@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { Pooler } from './pooler';
 import { BypassController } from './bypass/controller';
 import type { Config } from './config/types';
+import { trackExtraParameters } from './session-parameters';
 import { log } from './log';
 import { ProxyControl, startAdminConsole } from './admin/console';
 import { proxyControl } from './admin/control';
@@ -21,6 +22,7 @@ export class Proxy {
   private metrics: MetricsServer | null = null;
 
   constructor(public config: Config) {
+    trackExtraParameters(config.track_extra_parameters);
     this.pooler = new Pooler(config);
     this.control = proxyControl(this);
     this.pooler.hooks.startAdmin = (c) => startAdminConsole(c, this.pooler, this.control);
@@ -91,6 +93,7 @@ export class Proxy {
   }
 
   reload(next: Config): void {
+    trackExtraParameters(next.track_extra_parameters);
     const needRestart = this.pooler.reload(next);
     this.config = next;
     log.info(`configuration reloaded${needRestart.length ? `; these keys need a restart to change: ${needRestart.join(', ')}` : ''}`);

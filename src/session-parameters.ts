@@ -10,6 +10,16 @@ export const TRACKED_PARAMETERS = [
 ];
 const CANONICAL = new Map(TRACKED_PARAMETERS.map((p) => [p.toLowerCase(), p]));
 
+// track_extra_parameters: more parameters the server reports (GUC_REPORT), carried like
+// the built-in ones. Added for good (a reload can add, not remove: clients hold them).
+export function trackExtraParameters(names: string[]): void {
+  for (const n of names) {
+    if (CANONICAL.has(n.toLowerCase())) continue;
+    TRACKED_PARAMETERS.push(n);
+    CANONICAL.set(n.toLowerCase(), n);
+  }
+}
+
 // Startup keys that are about the connection, not settings.
 const CONNECTION_KEYS = new Set(['user', 'database', 'replication', 'options']);
 

@@ -25,6 +25,7 @@ t.test('session state in transaction mode', async (t) => {
     const cfg = await proxyConfig(c, {
       ...base,
       default_pool_size: 2,
+      track_extra_parameters: ['default_transaction_read_only'],
       databases: {
         app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' },
         app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
@@ -55,7 +56,12 @@ t.test('session state in transaction mode', async (t) => {
       try {
         await q(a, 'SET search_path = other, public');
         await q(a, "SET statement_timeout = '1234ms'");
+        const ro = await q(a, 'SET default_transaction_read_only = on');
+        t.ok(ro.messages.some((m) => m.type === 'S' && m.body.toString().startsWith('default_transaction_read_only\0on')),
+          'a parameter of track_extra_parameters is reported to the client');
         for (let i = 0; i < 6; i++) {
+          t.equal(await one(b, 'SHOW default_transaction_read_only'), 'off', `b: not read-only (${i})`);
+          t.equal(await one(a, 'SHOW default_transaction_read_only'), 'on', `a: read-only (${i})`);
           // b runs in between, on whichever server is free
           t.equal(await one(b, 'SELECT v FROM marker'), 'public-schema', `b sees the default search_path (${i})`);
           t.equal(await one(b, 'SHOW statement_timeout'), '0', `b sees the default statement_timeout (${i})`);
@@ -69,6 +75,7 @@ t.test('session state in transaction mode', async (t) => {
         await q(a, 'BEGIN; SET LOCAL search_path = public; COMMIT');
         t.equal(await one(a, 'SHOW search_path'), 'other, public', 'SET LOCAL ends with its transaction');
         await q(a, 'RESET search_path');
+        await q(a, 'RESET default_transaction_read_only');
         t.equal(await one(a, 'SELECT v FROM marker'), 'public-schema', 'RESET goes back to the default');
         t.equal(await one(b, 'SHOW statement_timeout'), '0', 'b still has the default');
       } finally {

@@ -131,12 +131,13 @@ export interface PoolCounts {
   svUsed: number;
   svLogin: number;
   maxWaitUs: number;
+  clPinned: number; // transaction mode: clients that keep their server for session state
 }
 
 export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
   const out = new Map<Pool, PoolCounts>();
   for (const p of pooler.pools.values()) {
-    const n: PoolCounts = { clActive: 0, clWaiting: 0, svActive: 0, svIdle: 0, svUsed: 0, svLogin: 0, maxWaitUs: 0 };
+    const n: PoolCounts = { clActive: 0, clWaiting: 0, svActive: 0, svIdle: 0, svUsed: 0, svLogin: 0, maxWaitUs: 0, clPinned: 0 };
     for (const s of p.servers) {
       const st = serverStateName(s);
       if (st === 'active') n.svActive++;
@@ -154,6 +155,7 @@ export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
       n.clWaiting++;
       n.maxWaitUs = Math.max(n.maxWaitUs, c.timing.waitingFor);
     } else n.clActive++;
+    if (c.rewriter?.session.pinned) n.clPinned++;
   }
   return out;
 }
@@ -172,6 +174,7 @@ function tlsInfo(sock: unknown): string {
 const SOCKET_COLUMNS = columns(
   'type', 'user', 'database', 'state', 'addr', 'port:int4', 'local_addr', 'local_port:int4', 'connect_time', 'request_time',
   'wait:int4', 'wait_us:int4', 'close_needed:int4', 'ptr', 'link', 'remote_pid:int4', 'tls', 'application_name', 'id:int8', 'path',
+  'pinned', // transaction mode: why the client keeps its server (docs/transaction-mode.md)
 );
 
 // ---- the console session ----
@@ -443,13 +446,13 @@ class AdminSession {
       columns(
         'database', 'user', 'cl_active:int4', 'cl_waiting:int4', 'cl_active_cancel_req:int4', 'cl_waiting_cancel_req:int4',
         'sv_active:int4', 'sv_active_cancel:int4', 'sv_being_canceled:int4', 'sv_idle:int4', 'sv_used:int4', 'sv_tested:int4',
-        'sv_login:int4', 'maxwait:int4', 'maxwait_us:int4', 'pool_mode',
+        'sv_login:int4', 'maxwait:int4', 'maxwait_us:int4', 'pool_mode', 'cl_pinned:int4',
       ),
     );
     for (const [p, n] of poolCounts(this.pooler)) {
       const w = Math.floor(n.maxWaitUs);
       rs.add([p.database, p.user, n.clActive, n.clWaiting, 0, 0, n.svActive, 0, 0, n.svIdle, n.svUsed, 0, n.svLogin,
-        Math.floor(w / 1e6), w % 1e6, p.settings.mode]);
+        Math.floor(w / 1e6), w % 1e6, p.settings.mode, n.clPinned]);
     }
     return rs.toBuffer();
   }
@@ -508,6 +511,7 @@ class AdminSession {
       pgTime(c.connectedAt), pgTime(c.timing.lastRequestAt || c.connectedAt), Math.floor(w / 1e6), w % 1e6, 0,
       `C-${c.id}`, c.server ? `S-${c.server.id}` : '', 0, tlsInfo(s), c.appName, c.id,
       c.state === ClientState.Kernel ? 'kernel' : 'user',
+      c.rewriter?.session.pins.join(',') ?? '',
     ];
   }
 
@@ -535,6 +539,7 @@ class AdminSession {
           sock?.localAddress ?? 'unix', sock?.localPort ?? 0, pgTime(s.createdAt), pgTime(s.lastUsed), 0, 0, s.closeNeeded ? 1 : 0,
           `S-${s.id}`, peer ? `C-${peer.id}` : '', s.backendPid, tlsInfo(sock), s.params.get('application_name') ?? '', s.id,
           s.state === ServerState.Kernel ? 'kernel' : 'user',
+          peer?.rewriter?.session.pins.join(',') ?? '',
         ]);
       }
     }

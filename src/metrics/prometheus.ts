@@ -48,6 +48,14 @@ export class MetricsServer {
       },
     });
     new Gauge({
+      name: 'pgsplice_pool_clients_pinned', help: 'Transaction-mode clients that keep their server because of session state (LISTEN, temp tables, ...)',
+      labelNames: pl, registers: [r],
+      collect() {
+        this.reset();
+        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.clPinned);
+      },
+    });
+    new Gauge({
       name: 'pgsplice_pool_servers', help: 'Server connections of a pool by state (active, idle, used: being reset/checked, login)',
       labelNames: [...pl, 'state'], registers: [r],
       collect() {
