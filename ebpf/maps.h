@@ -53,6 +53,14 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/* pool id -> struct pgs_pool_stats, summed over CPUs by user space once a second */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PGS_MAX_POOLS);
+	__type(key, __u32);
+	__type(value, struct pgs_pool_stats);
+} pool_stats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);

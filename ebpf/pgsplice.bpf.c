@@ -36,6 +36,12 @@ static __always_inline void stat_add(__u32 idx, __u64 v)
 		*p += v; /* per-CPU: no atomics needed */
 }
 
+/* Per-pool traffic (SHOW STATS): one per-CPU lookup, plain adds. */
+static __always_inline struct pgs_pool_stats *pool_stats_of(__u32 pool)
+{
+	return bpf_map_lookup_elem(&pool_stats, &pool);
+}
+
 static __always_inline void emit3(__u32 type, __u32 a, __u32 b, __u32 c)
 {
 	struct pgs_event ev = { .type = type, .a = a, .b = b, .c = c };
@@ -197,7 +203,9 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 {
 	__u32 len = skb->len;
 	struct pgs_fctx fc;
-	__u32 sid, tail, nsfq;
+	struct pgs_pool_stats *ps;
+	__u32 sid, tail, nsfq, pool_id = c->pool_id;
+	__u64 now;
 	int fresh = 0, res = R_OK;
 
 	if (MODE(c->word) == PGS_USER && pass_counted(c, len)) {
@@ -211,6 +219,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	if (fc.first_type == 'X')
 		return client_fallback(c, len, PGS_ST_FB_TERMINATE);
 	nsfq = fc.n_sync + fc.n_query + fc.n_func;
+	now = nsfq ? bpf_ktime_get_ns() : 0; /* no helper calls under the lock */
 
 	sid = *(volatile __u32 *)&c->peer;
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -236,6 +245,14 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 				c->peer = sid;
 				c->outstanding = 0;
 				c->flags &= ~PGS_F_PARAMS_CHANGED;
+				c->xact_start = 0;
+				c->query_start = 0;
+			}
+			if (nsfq) {
+				if (!c->xact_start)
+					c->xact_start = now;
+				if (!c->query_start)
+					c->query_start = now;
 			}
 			c->outstanding += nsfq;
 			c->tail_open = tail;
@@ -259,6 +276,11 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 		return client_fallback(c, len, PGS_ST_FB_TARGET_MISSING);
 	stat_add(PGS_ST_CLIENT_BYTES, len);
 	stat_add(PGS_ST_CLIENT_MSGS, fc.n_msgs);
+	ps = pool_stats_of(pool_id);
+	if (ps) {
+		ps->queries += nsfq;
+		ps->client_bytes += len;
+	}
 	return bpf_sk_redirect_hash(skb, &socks, &sid, 0);
 }
 
@@ -287,9 +309,11 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	struct pgs_fctx fc;
 	struct pgs_conn *c;
 	struct pgs_pool *pool;
+	struct pgs_pool_stats *ps;
 	__u32 cid = 0, pool_id = s->pool_id, mode;
 	__u64 inflight = 0, limit = ~0ULL;
-	int ok = 0, action = 0;
+	__u64 now, xact_ns = 0, query_ns = 0;
+	int ok = 0, action = 0, xacts = 0;
 
 	mode = MODE(s->word);
 	if (mode == PGS_USER && pass_counted(s, len))
@@ -377,12 +401,23 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	if (fc.n_param || fc.n_z) {
 		int txn = pool && pool->mode == PGS_POOL_TRANSACTION;
 
+		now = fc.n_z ? bpf_ktime_get_ns() : 0;
 		bpf_spin_lock(&c->lock);
 		if (c->peer == sid) {
 			if (fc.n_param)
 				c->flags |= PGS_F_PARAMS_CHANGED;
 			if (fc.n_z) {
 				c->outstanding = c->outstanding > fc.n_z ? c->outstanding - fc.n_z : 0;
+				/* Z answers the oldest request; the next one's clock starts now */
+				if (c->query_start) {
+					query_ns = now - c->query_start;
+					c->query_start = c->outstanding ? now : 0;
+				}
+				if (!c->outstanding && fc.last_z == 'I' && c->xact_start) {
+					xact_ns = now - c->xact_start;
+					c->xact_start = 0;
+					xacts = 1;
+				}
 				if (txn && c->outstanding == 0 && fc.last_z == 'I' && !c->tail_open) {
 					c->peer = 0;
 					if (c->flags & PGS_F_PARAMS_CHANGED) {
@@ -403,6 +438,9 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		ok = 0;
 		bpf_spin_lock(&s->lock);
 		if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
+			/* RECONNECT marked it: user space closes it instead of reusing it */
+			if (action == 1 && (s->flags & PGS_F_RETIRE))
+				action = 3;
 			ok = set_mode(&s->word, action == 1 ? PGS_IDLE : PGS_USER);
 			if (ok)
 				s->peer = 0;
@@ -412,16 +450,27 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 			stat_add(PGS_ST_TRANSACTIONS, 1);
 			if (push_idle(s, sid) && pool && pool->waiters)
 				emit(PGS_EV_SERVER_RELEASED, pool_id, sid);
+		} else if (ok && action == 3) {
+			stat_add(PGS_ST_TRANSACTIONS, 1);
+			emit(PGS_EV_SERVER_RETIRED, pool_id, sid);
 		} else if (ok) {
 			stat_add(PGS_ST_FB_PARAMS_CHANGED, 1);
 			emit(PGS_EV_PARAMS_CHANGED, cid, sid);
 		}
+	}
+	ps = pool_stats_of(pool_id);
+	if (ps && fc.n_z) {
+		ps->xacts += xacts;
+		ps->xact_ns += xact_ns;
+		ps->query_ns += query_ns;
 	}
 	if (!in_socks(cid)) {
 		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
 		return SK_DROP; /* the client is gone: nobody is owed these bytes */
 	}
 	__sync_fetch_and_add(&c->redirected, len);
+	if (ps)
+		ps->server_bytes += len;
 	stat_add(PGS_ST_SERVER_BYTES, len);
 	stat_add(PGS_ST_SERVER_MSGS, fc.n_msgs);
 	return bpf_sk_redirect_hash(skb, &socks, &cid, 0);
@@ -520,6 +569,8 @@ int pgs_ctl(struct pgs_ctl *a)
 			c->outstanding = 0;
 			c->tail_open = 0;
 			c->flags = 0;
+			c->xact_start = 0;
+			c->query_start = 0;
 			if (a->written)
 				c->acked_base = a->written - c->redirected;
 			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
@@ -585,6 +636,7 @@ int pgs_ctl(struct pgs_ctl *a)
 		 * stays USER until CLIENT_TO_KERNEL_BOUND: bytes it sends meanwhile reach
 		 * user space, which writes them to sid after ADD, so none can overtake. */
 		__u32 sid = a->sid;
+		__u64 now = bpf_ktime_get_ns();
 		int bound = 0;
 
 		if (c->role != PGS_ROLE_CLIENT)
@@ -610,6 +662,9 @@ int pgs_ctl(struct pgs_ctl *a)
 			c->outstanding = a->out_in;
 			c->tail_open = a->tail_in;
 			c->flags = 0;
+			/* its request came through user space: the clocks start at the bind */
+			c->xact_start = a->out_in ? now : 0;
+			c->query_start = a->out_in ? now : 0;
 			if (a->written)
 				c->acked_base = a->written - c->redirected;
 			ok = 1;
@@ -625,17 +680,24 @@ int pgs_ctl(struct pgs_ctl *a)
 		}
 		break;
 	}
-	case PGS_OP_ADD:
+	case PGS_OP_ADD: {
+		__u64 now = bpf_ktime_get_ns();
+
 		if (c->role != PGS_ROLE_CLIENT)
 			break;
 		bpf_spin_lock(&c->lock);
 		if (c->peer == a->sid && a->sid) {
 			c->outstanding += a->out_in;
 			c->tail_open = a->tail_in;
+			if (a->out_in && !c->xact_start)
+				c->xact_start = now;
+			if (a->out_in && !c->query_start)
+				c->query_start = now;
 			ok = 1;
 		}
 		bpf_spin_unlock(&c->lock);
 		break;
+	}
 	case PGS_OP_CLIENT_TO_KERNEL_BOUND:
 		if (c->role != PGS_ROLE_CLIENT)
 			break;
@@ -651,9 +713,24 @@ int pgs_ctl(struct pgs_ctl *a)
 				c->outstanding = 0;
 				c->tail_open = 0;
 				c->flags = 0;
+				c->xact_start = 0;
+				c->query_start = 0;
 			}
 			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
 		}
+		bpf_spin_unlock(&c->lock);
+		break;
+	case PGS_OP_RETIRE:
+		/* RECONNECT: an idle server comes out now, a bound one at its release */
+		if (c->role != PGS_ROLE_SERVER)
+			break;
+		bpf_spin_lock(&c->lock);
+		c->flags |= PGS_F_RETIRE;
+		w = c->word;
+		if (MODE(w) == PGS_IDLE)
+			ok = CAS(&c->word, w, MKWORD(PGS_USER, w));
+		else if (MODE(w) == PGS_BOUND)
+			ok = 2;
 		bpf_spin_unlock(&c->lock);
 		break;
 	case PGS_OP_READ:

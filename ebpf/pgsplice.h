@@ -31,6 +31,7 @@ enum pgs_conn_flags {
 	PGS_F_PARAMS_CHANGED = 1, /* client: its server sent ParameterStatus while bound */
 	PGS_F_FRAME_ERROR = 2,    /* framing saw an impossible length */
 	PGS_F_SLOW = 4,           /* client: handed to user space by the in-flight limit */
+	PGS_F_RETIRE = 8,         /* server: RECONNECT; give it to user space at its release */
 };
 
 /* Framing state of one direction, owned by the socket's own verdict. */
@@ -53,6 +54,10 @@ struct pgs_conn {
 	struct pgs_frame frame;
 	__u64 redirected; /* bytes redirected INTO this socket's egress by the kernel */
 	__u64 acked_base; /* tcp bytes_acked of this socket at registration */
+	/* client, under lock: bpf_ktime_get_ns() when its open transaction / oldest
+	 * unanswered request started, 0 if none (per-pool stats) */
+	__u64 xact_start;
+	__u64 query_start;
 };
 
 struct pgs_pool {
@@ -60,6 +65,17 @@ struct pgs_pool {
 	__u32 waiters;
 	__u64 inflight_limit; /* 0 = unlimited; bytes redirected to a client not yet acked */
 	__s64 idle_count;     /* best effort: pushes minus pops */
+};
+
+/* Traffic a kernel pool carried (per-CPU array `pool_stats`, indexed by pool id):
+ * what SHOW STATS counts for user-space traffic. */
+struct pgs_pool_stats {
+	__u64 xacts;        /* ReadyForQuery 'I' with nothing outstanding */
+	__u64 queries;      /* Sync, Query, FunctionCall redirected to a server */
+	__u64 client_bytes; /* client -> server, redirected */
+	__u64 server_bytes; /* server -> client, redirected */
+	__u64 xact_ns;
+	__u64 query_ns;
 };
 
 enum pgs_pool_mode {
@@ -97,6 +113,7 @@ enum pgs_event_type {
 	PGS_EV_SERVER_RELEASED = 2, /* a = pool, b = server */
 	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server, c = bytes in flight (capped) */
 	PGS_EV_SERVER_TO_USER = 4,  /* a = server, b = reason (stat index) */
+	PGS_EV_SERVER_RETIRED = 5,  /* a = pool, b = server: released to USER (PGS_F_RETIRE) */
 };
 
 struct pgs_event {
@@ -118,6 +135,8 @@ enum pgs_op {
 				      * out_in, tail_in: user space wrote a request to sid */
 	PGS_OP_ADD = 8,              /* id, sid, out_in (delta), tail_in: more of it written */
 	PGS_OP_CLIENT_TO_KERNEL_BOUND = 9, /* id, expected: flip keeping the binding */
+	PGS_OP_RETIRE = 10,          /* id (server): IDLE -> USER (ret 1), or mark it so its
+				      * release gives it to user space (ret 2 while BOUND) */
 };
 
 struct pgs_ctl {

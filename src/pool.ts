@@ -50,6 +50,8 @@ export interface IdleServerHost {
   takeIdle(pool: Pool, hint?: unknown): ServerConnection | null;
   // Offers an idle server to the kernel; true if the kernel now owns it.
   offerIdle(pool: Pool, server: ServerConnection): boolean;
+  // Closes the pool's servers idle in the kernel now and marks its bound ones close_needed.
+  closeIdle?(pool: Pool, reason: string): void;
 }
 
 let nextPoolId = 1;
@@ -283,6 +285,7 @@ export class Pool {
   // Closes idle servers now and the others when they come back (RECONNECT, reload).
   closeIdle(reason: string): void {
     for (const s of this.idle.splice(0)) s.close(reason);
+    this.kernelHost?.closeIdle?.(this, reason);
   }
 
   closeAll(reason: string): void {

@@ -44,6 +44,12 @@ export class Proxy {
     hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
     statsEvents.kernelClientBound = (c) => c.kernelServer !== null || this.bypass.serverOf(c) !== null;
     statsEvents.kernelServerBound = (s) => this.bypass.serverBound(s);
+    // Sampled each second by the janitor, and again whenever SHOW STATS or /metrics reads
+    // them (a few per-CPU map reads), so a reader sees every transaction already answered.
+    statsEvents.kernelTotals = () => {
+      this.bypass.sampleStats();
+      return this.bypass.poolStats.byPool();
+    };
     this.control.bypassInfo = () => this.bypass.info();
     this.control.bypassCounters = () => this.bypass.flatCounters();
   }

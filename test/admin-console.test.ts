@@ -4,6 +4,8 @@
 // refused, SHUTDOWN.
 import t from 'tap';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, configText, ProxyHandle } from './helpers/proxy';
@@ -67,9 +69,6 @@ t.test('admin console', async (t) => {
 
   for (const bypass of BYPASS_MODES) {
     const B = `[bypass=${bypass}]`;
-    // What the kernel path does not feed yet (per-pool counters, PAUSE, RECONNECT of kernel-owned servers):
-    // expected to pass once the bypass controller plugs in statsEvents.kernelTotals etc. (docs/admin.md).
-    const K = bypass === 'on' ? { todo: 'kernel path: not wired to SHOW STATS / PAUSE / RECONNECT yet' } : {};
     const port = (await proxyConfig(c)).listen.port as number;
     const cfg = baseConfig(c, port, bypass);
     const proxy = await startProxy(t, cfg, { logLevel: 'info' });
@@ -183,12 +182,14 @@ t.test('admin console', async (t) => {
       await cl.end();
       const after = (await adminRows(proxy, 'SHOW STATS')).find((r) => r.database === 'app')!;
       const b = (k: string) => num(before?.[k] ?? '0');
-      t.ok(num(after.total_query_count) - b('total_query_count') >= 13, `queries counted (${after.total_query_count})`, K);
-      t.ok(num(after.total_xact_count) - b('total_xact_count') >= 11, `transactions counted (${after.total_xact_count})`, K);
-      t.ok(num(after.total_received) > b('total_received'), 'bytes received', K);
-      t.ok(num(after.total_sent) > b('total_sent'), 'bytes sent', K);
-      t.ok(num(after.total_query_time) - b('total_query_time') >= 10 * 1000, `query time >= 10 ms (${after.total_query_time} us)`, K);
-      t.ok(num(after.total_xact_time) >= num(after.total_query_time) * 0.5, 'transaction time measured', K);
+      // Exactly once each, whichever path carried it: user space counts what it forwards,
+      // the kernel what it carries (its per-pool counters are read when SHOW STATS runs).
+      t.equal(num(after.total_query_count) - b('total_query_count'), 13, 'queries counted');
+      t.equal(num(after.total_xact_count) - b('total_xact_count'), 11, 'transactions counted');
+      t.ok(num(after.total_received) > b('total_received'), 'bytes received');
+      t.ok(num(after.total_sent) > b('total_sent'), 'bytes sent');
+      t.ok(num(after.total_query_time) - b('total_query_time') >= 10 * 1000, `query time >= 10 ms (${after.total_query_time} us)`);
+      t.ok(num(after.total_xact_time) >= num(after.total_query_time) * 0.5, 'transaction time measured');
       for (const k of ['avg_xact_count', 'avg_query_count', 'avg_recv', 'avg_sent', 'avg_xact_time', 'avg_query_time', 'avg_wait_time', 'total_wait_time']) {
         t.ok(k in after && /^\d+$/.test(after[k]), `${k} is a number`);
       }
@@ -200,6 +201,49 @@ t.test('admin console', async (t) => {
       t.ok(num(st.query_count) >= num(after.total_query_count));
       const sa = (await adminRows(proxy, 'SHOW STATS_AVERAGES;')).find((r) => r.database === 'app')!;
       t.ok(/^\d+$/.test(sa.xact_count), 'STATS_AVERAGES has numbers');
+    });
+
+    t.test(`SHOW STATS counts pgbench's transactions exactly, in whichever path they ran ${B}`, async (t) => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-stats-'));
+      t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+      const script = path.join(dir, 'sleep.sql');
+      fs.writeFileSync(script, 'SELECT pg_sleep(0.002);\n'); // a custom script: pgbench sends nothing else
+      const N = 50;
+      const bypassRows = async () => Object.fromEntries((await adminRows(proxy, 'SHOW BYPASS')).map((r) => [r.key, num(r.value)]));
+      // 4 clients on the pool's 4 servers, then 8: with bypass on, waiting requests go through
+      // user space and are bound in the kernel from there (both paths count parts of them).
+      for (const [protocol, C] of [['simple', 4], ['extended', 8]] as const) {
+        const before = (await adminRows(proxy, 'SHOW STATS')).find((r) => r.database === 'app');
+        const kBefore = await bypassRows();
+        const t0 = Date.now();
+        const r = await run('pgbench', ['-n', '-f', script, '-M', protocol, '-c', String(C), '-j', '2', '-t', String(N), 'app'], {
+          env: libpqEnv(proxy, 'app', 'app', c.password),
+          timeoutMs: 60000,
+        });
+        const wallUs = (Date.now() - t0) * 1000;
+        t.equal(r.code, 0, `pgbench -M ${protocol} (${r.stderr.slice(-500)})`);
+        t.match(r.stdout, new RegExp(`number of transactions actually processed: ${C * N}/${C * N}`));
+        const after = (await adminRows(proxy, 'SHOW STATS')).find((r) => r.database === 'app')!;
+        const d = (k: string) => num(after[k]) - num(before?.[k] ?? '0');
+        // One Query (simple) or one Sync (extended) per transaction, each its own transaction.
+        t.equal(d('total_xact_count'), C * N, `-M ${protocol}: transactions`);
+        t.equal(d('total_query_count'), C * N, `-M ${protocol}: queries`);
+        // Bytes: at least the request ('Q'/'P' + length + the SQL) and ReadyForQuery + CommandComplete 'SELECT 1' per transaction.
+        t.ok(d('total_received') >= C * N * (5 + 'SELECT pg_sleep(0.002)'.length), `-M ${protocol}: bytes received (${d('total_received')})`);
+        t.ok(d('total_sent') >= C * N * (6 + 14), `-M ${protocol}: bytes sent (${d('total_sent')})`);
+        // Each query sleeps 2 ms on the server; C clients can't spend more than C x the run's wall time.
+        t.ok(d('total_query_time') >= C * N * 2000, `-M ${protocol}: query time >= ${C * N * 2} ms (${d('total_query_time')} us)`);
+        t.ok(d('total_query_time') <= C * wallUs, `-M ${protocol}: query time <= ${C} x wall time (${d('total_query_time')} <= ${C * wallUs} us)`);
+        t.ok(d('total_xact_time') >= d('total_query_time') * 0.99, `-M ${protocol}: transaction time covers query time (${d('total_xact_time')} us)`);
+        t.ok(d('total_xact_time') <= C * wallUs, `-M ${protocol}: transaction time <= ${C} x wall time`);
+        t.ok(d('total_wait_time') <= C * wallUs, `-M ${protocol}: wait time <= ${C} x wall time (${d('total_wait_time')} us)`);
+        if (bypass === 'on') {
+          const kAfter = await bypassRows();
+          const kx = kAfter.kernel_transactions - kBefore.kernel_transactions;
+          t.ok(kx > 0, `-M ${protocol}: the kernel carried ${kx} of the ${C * N} transactions`);
+          t.comment(`-M ${protocol} -c ${C}: ${kAfter.user_bindsFromUser - kBefore.user_bindsFromUser} requests waited in user space and were bound in the kernel`);
+        }
+      }
     });
 
     t.test(`PAUSE waits for the running transaction, holds new ones until RESUME ${B}`, async (t) => {
@@ -215,7 +259,7 @@ t.test('admin console', async (t) => {
       });
       await proxy.waitForLog(/PAUSE app: waiting/, 10000, from); // the command reached the proxy
       await sleep(400);
-      t.notOk(paused, 'PAUSE does not return while a transaction runs', K);
+      t.notOk(paused, 'PAUSE does not return while a transaction runs');
       await a.query('COMMIT');
       const pr = await pause;
       t.equal(pr.code, 0, `PAUSE returned (${pr.stderr})`);
@@ -229,13 +273,13 @@ t.test('admin console', async (t) => {
         return r;
       });
       await sleep(600);
-      t.notOk(done, 'a new transaction is held while paused', K);
+      t.notOk(done, 'a new transaction is held while paused');
       const pools = await adminRows(proxy, 'SHOW POOLS');
       const p = pools.find((r) => r.database === 'app' && r.user === 'app')!;
-      t.equal(num(p.cl_waiting), 1, 'SHOW POOLS: one client waiting', K);
-      t.ok(num(p.maxwait) * 1e6 + num(p.maxwait_us) >= 400000, `maxwait counts (${p.maxwait}s ${p.maxwait_us}us)`, K);
+      t.equal(num(p.cl_waiting), 1, 'SHOW POOLS: one client waiting');
+      t.ok(num(p.maxwait) * 1e6 + num(p.maxwait_us) >= 400000, `maxwait counts (${p.maxwait}s ${p.maxwait_us}us)`);
       const cl = (await adminRows(proxy, 'SHOW CLIENTS')).filter((r) => r.state === 'waiting');
-      t.equal(cl.length, 1, 'SHOW CLIENTS: one waiting', K);
+      t.equal(cl.length, 1, 'SHOW CLIENTS: one waiting');
 
       const rr = await adminRun(proxy, 'RESUME app');
       t.equal(rr.code, 0);
@@ -275,7 +319,7 @@ t.test('admin console', async (t) => {
       await cl.query('SELECT 1');
       const pidsAfter = (await adminRows(proxy, 'SHOW SERVERS')).filter((r) => r.database === 'other').map((r) => r.remote_pid);
       t.ok(pidsAfter.length >= 1);
-      t.notOk(pidsAfter.some((p) => pidsBefore.includes(p)), 'no server of before RECONNECT is left', K);
+      t.notOk(pidsAfter.some((p) => pidsBefore.includes(p)), 'no server of before RECONNECT is left');
 
       const closed = new Promise<void>((resolve) => cl.once('end', () => resolve()));
       t.equal((await adminRun(proxy, 'KILL other')).code, 0);

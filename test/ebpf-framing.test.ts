@@ -54,6 +54,7 @@ if (kp) {
     t.equal(k.mapValueSize('conns'), SIZEOF.conn);
     t.equal(k.mapValueSize('pools'), SIZEOF.pool);
     t.equal(k.mapValueSize('frame_test'), SIZEOF.frameTest);
+    t.equal(k.mapValueSize('pool_stats'), SIZEOF.poolStats);
   });
 
   t.test('fixture covers the hard cases', async (t) => {

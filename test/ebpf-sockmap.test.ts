@@ -429,6 +429,112 @@ if (kp) {
     t.equal(k.read(r.cid)!.peer, r.sid, 'still names the dead server for user space');
   });
 
+  t.test('per-pool stats: transactions, requests, bytes both ways and their time', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.poolStats(r.pool);
+    const t0 = process.hrtime.bigint();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    let toServer = 0;
+    let toClient = 0;
+    const ask = async (b: Buffer) => {
+      toServer += b.length;
+      const want = r.pg.length + b.length;
+      r.app.sock.write(b);
+      await until(() => r.pg.length >= want, 'request at the server');
+    };
+    const answer = async (b: Buffer) => {
+      toClient += b.length;
+      const want = r.app.length + b.length;
+      r.pg.sock.write(b);
+      await until(() => r.app.length >= want, 'answer at the client');
+    };
+    // 1: BEGIN; ...; COMMIT, two requests, the server taking ~30 ms and ~20 ms
+    await ask(Q('begin; select 1'));
+    await settle(30);
+    await answer(Buffer.concat([C('SELECT 1'), Z('T')]));
+    await ask(Q('commit'));
+    await settle(20);
+    await answer(Buffer.concat([C('COMMIT'), Z('I')]));
+    t.same(k.clocks(r.cid), { xactNs: null, queryNs: null }, 'clocks stopped at Z I');
+    // 2: two pipelined Queries: one transaction (nothing outstanding only at the second Z)
+    await ask(Buffer.concat([Q('select 1'), Q('select 2')]));
+    await answer(Buffer.concat([C('SELECT 1'), Z('I')]));
+    t.ok(k.clocks(r.cid).queryNs !== null, 'the second request is still timed');
+    await answer(Buffer.concat([C('SELECT 1'), Z('I')]));
+    // 3: extended protocol: Parse, Bind, Execute, Sync is one request
+    await ask(Buffer.concat([msg('P', '\0select 3\0\0\0'), msg('B', '\0\0\0\0\0\0\0\0'), msg('E', '\0\0\0\0\0'), S()]));
+    await answer(Buffer.concat([msg('1'), msg('2'), C('SELECT 1'), Z('I')]));
+    const wall = process.hrtime.bigint() - t0;
+    const after = k.poolStats(r.pool);
+    t.equal(after.xacts - before.xacts, 3n, 'transactions');
+    t.equal(after.queries - before.queries, 5n, 'requests (Query, Sync)');
+    t.equal(after.clientBytes - before.clientBytes, BigInt(toServer), 'bytes client -> server, exactly');
+    t.equal(after.serverBytes - before.serverBytes, BigInt(toClient), 'bytes server -> client, exactly');
+    const xns = after.xactNs - before.xactNs;
+    const qns = after.queryNs - before.queryNs;
+    t.ok(qns >= 50_000_000n, `request time covers the server's 50 ms (${qns} ns)`);
+    t.ok(qns <= xns, `request time <= transaction time (${qns} <= ${xns} ns)`);
+    t.ok(xns <= wall, `transaction time <= the test's wall time (${xns} <= ${wall} ns)`);
+    t.equal(r.cpx.length + r.spx.length, 0, 'proxy-side sockets read nothing');
+  });
+
+  t.test('per-pool stats: a request bound from user space is timed from the bind', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.poolStats(r.pool);
+    const q = Q('select pg_sleep(0.02)');
+    t.ok(k.bind(r.cid, r.sid, 0n, 1, false), 'bind');
+    r.spx.sock.write(q); // user space writes the request it read (and counted)
+    await until(() => r.pg.length >= q.length, 'request at the server');
+    await settle(20);
+    const resp = Buffer.concat([C('SELECT 1'), Z('I')]);
+    r.pg.sock.write(resp);
+    await until(() => r.app.length >= resp.length, 'answer redirected to the client');
+    await until(() => k.read(r.sid)!.mode === Mode.IDLE, 'released in the kernel');
+    const after = k.poolStats(r.pool);
+    t.equal(after.xacts - before.xacts, 1n, 'the kernel saw its end: one transaction');
+    t.equal(after.queries - before.queries, 0n, 'its request went through user space, which counts it');
+    t.equal(after.clientBytes - before.clientBytes, 0n);
+    t.equal(after.serverBytes - before.serverBytes, BigInt(resp.length));
+    t.ok(after.xactNs - before.xactNs >= 20_000_000n, `timed from the bind (${after.xactNs - before.xactNs} ns)`);
+  });
+
+  t.test('retire (RECONNECT): an idle server comes out now, a bound one at its release', async (t) => {
+    const events: Array<{ type: string; pool?: number; server?: number }> = [];
+    k.onEvent((e) => events.push(e));
+    const idle = await rig(k);
+    t.teardown(() => idle.close());
+    t.ok(k.serverToIdle(idle.sid, 0n));
+    t.equal(k.retire(idle.sid), 'taken', 'idle: taken out');
+    t.equal(k.read(idle.sid)!.mode, Mode.USER);
+    t.equal(k.popIdle(idle.pool), 0, 'its stack entry is stale');
+    t.equal(k.retire(idle.sid), 'user', 'a USER server is user space\'s already');
+
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const q = Q('select 1');
+    r.app.sock.write(q);
+    await until(() => r.pg.length >= q.length, 'bound: request at the server');
+    t.equal(k.retire(r.sid), 'at_release', 'bound: marked');
+    t.equal(k.read(r.sid)!.mode, Mode.BOUND, 'still serving its client');
+    const resp = Buffer.concat([C('SELECT 1'), Z('I')]);
+    r.pg.sock.write(resp);
+    await until(() => r.app.length >= resp.length, 'answer at the client');
+    t.same(r.app.bytes, resp, 'the client got its answer');
+    await until(() => events.some((e) => e.type === 'server_retired' && e.server === r.sid), 'server_retired event');
+    t.same(events.find((e) => e.type === 'server_retired'), { type: 'server_retired', pool: r.pool, server: r.sid });
+    t.equal(k.read(r.sid)!.mode, Mode.USER, 'released to user space, not to the idle stack');
+    t.equal(k.read(r.cid)!.peer, 0, 'client unbound');
+    t.equal(k.read(r.cid)!.mode, Mode.KERNEL, 'client stays in the kernel');
+    t.equal(k.popIdle(r.pool), 0, 'nothing to pop');
+    t.equal(k.counters().transactions - before.transactions, 1n, 'the transaction counted');
+  });
+
   t.test('bad arguments', async (t) => {
     t.throws(() => k.registerClient(0, 1, 1), /1\.\.2\^32-1/);
     t.throws(() => k.configurePool(1000, { mode: 'session', maxIdle: 1 }), RangeError);

@@ -81,8 +81,10 @@ t.test('prometheus endpoint', async (t) => {
   const c = await startCluster(t);
   for (const bypass of BYPASS_MODES) {
     const B = `[bypass=${bypass}]`;
-    // Traffic the kernel path carries reaches these counters once the bypass controller plugs in statsEvents.kernelTotals.
-    const K = bypass === 'on' ? { todo: 'kernel path: per-pool counters not wired yet' } : {};
+    // The kernel path counts per pool (sums), not per transaction or per ErrorResponse: the
+    // histograms and pgsplice_errors_total see only what user space forwards (docs/metrics.md).
+    const H_TODO = bypass === 'on' ? { todo: 'kernel path: no per-transaction observations (histograms count user-space transactions)' } : {};
+    const E_TODO = bypass === 'on' ? { todo: 'kernel path: ErrorResponses it carries are not seen by user space' } : {};
     const mport = await freePort();
     const cfg = await proxyConfig(c, { bypass, metrics: { host: '127.0.0.1', port: mport }, default_pool_size: 4 });
     const proxy = await startProxy(t, cfg, { logLevel: 'info' });
@@ -131,7 +133,7 @@ t.test('prometheus endpoint', async (t) => {
       const mid = await scrape(url);
       const L = { database: 'app', user: 'app' };
       t.ok(sum(mid, 'pgsplice_pool_clients', { ...L, state: 'active' }) >= 1, 'a client counted active');
-      t.ok(sum(mid, 'pgsplice_pool_servers', { ...L, state: 'active' }) >= 1, 'a server counted active during the transaction', K);
+      t.ok(sum(mid, 'pgsplice_pool_servers', { ...L, state: 'active' }) >= 1, 'a server counted active during the transaction');
       t.ok(sum(mid, 'pgsplice_client_connections') >= 1);
       await cl.query('COMMIT');
       await cl.end();
@@ -141,18 +143,25 @@ t.test('prometheus endpoint', async (t) => {
         return sum(s, 'pgsplice_pool_clients', L) === 0 ? s : null;
       }, 5000, 'client gone from the pool gauges');
       const d = (name: string, labels: Record<string, string> = L) => sum(after, name, labels) - sum(before, name, labels);
-      t.ok(d('pgsplice_queries_total') >= 14, `queries +${d('pgsplice_queries_total')}`, K);
-      t.ok(d('pgsplice_transactions_total') >= 12, `transactions +${d('pgsplice_transactions_total')}`, K);
-      t.ok(d('pgsplice_client_received_bytes_total') > 100, 'bytes received', K);
-      t.ok(d('pgsplice_client_sent_bytes_total') > 100, 'bytes sent', K);
-      t.ok(d('pgsplice_query_time_seconds_total') >= 0.02, `query time +${d('pgsplice_query_time_seconds_total')}s`, K);
-      t.ok(d('pgsplice_transaction_time_seconds_total') > 0, 'transaction time', K);
+      // 10 sleeps, the failed 1/0 and BEGIN, SELECT, COMMIT: 14 queries, 12 transactions, each
+      // counted once by the path that carried it (the kernel's per-pool counters are read at scrape).
+      t.equal(d('pgsplice_queries_total'), 14, 'queries');
+      t.equal(d('pgsplice_transactions_total'), 12, 'transactions');
+      t.ok(d('pgsplice_client_received_bytes_total') > 100, 'bytes received');
+      t.ok(d('pgsplice_client_sent_bytes_total') > 100, 'bytes sent');
+      t.ok(d('pgsplice_query_time_seconds_total') >= 0.02, `query time +${d('pgsplice_query_time_seconds_total')}s`);
+      t.ok(d('pgsplice_transaction_time_seconds_total') > 0, 'transaction time');
+      if (bypass === 'on') {
+        const kx = d('pgsplice_kernel_transactions_total', {});
+        t.ok(kx > 0, `the kernel carried ${kx} of them, and they are in the pool's counters`);
+      }
       t.ok(d('pgsplice_client_logins_total', { database: 'app' }) >= 1, 'a login');
-      t.ok(d('pgsplice_errors_total', { source: 'server', sqlstate: '22012' }) >= 1, 'division_by_zero counted by SQLSTATE', K);
+      t.ok(d('pgsplice_errors_total', { source: 'server', sqlstate: '22012' }) >= 1, 'division_by_zero counted by SQLSTATE', E_TODO);
       const H = { database: 'app' };
-      t.ok(d('pgsplice_query_duration_seconds_count', H) >= 14, 'query histogram observed', K);
-      t.ok(d('pgsplice_transaction_duration_seconds_count', H) >= 12, 'transaction histogram observed', K);
-      t.ok(d('pgsplice_client_wait_duration_seconds_count', H) >= 1, 'wait histogram observed', K);
+      t.ok(d('pgsplice_query_duration_seconds_count', H) >= 14, 'query histogram observed', H_TODO);
+      t.ok(d('pgsplice_transaction_duration_seconds_count', H) >= 12, 'transaction histogram observed', H_TODO);
+      // With bypass on, the requests here find an idle server in the kernel: none waits.
+      t.ok(d('pgsplice_client_wait_duration_seconds_count', H) >= 1, 'wait histogram observed', bypass === 'on' ? { todo: 'kernel path: no request waited' } : {});
       const inf = after.samples.find((x) => x.name === 'pgsplice_query_duration_seconds_bucket' && x.labels.le === '+Inf' && x.labels.database === 'app');
       t.equal(inf?.value ?? 0, sum(after, 'pgsplice_query_duration_seconds_count', H), '+Inf bucket equals count');
       // Counters never go down, also after the client closed (its counts are kept).

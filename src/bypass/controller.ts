@@ -11,6 +11,7 @@ import { TRACKED_PARAMETERS } from '../session-parameters';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
+import { KernelPoolStats } from './pool-stats';
 
 export interface BypassStatus {
   mode: BypassMode;
@@ -33,6 +34,7 @@ export interface UserPathCounters {
 
 const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
 const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
+const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
 // Bytes the kernel may queue for a client that reads slowly before user space takes the
 // pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
@@ -73,6 +75,8 @@ export class BypassController implements IdleServerHost {
   private kidPool = new Map<number, Pool>();
   private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
+  // What each Pool's kernel pools carried, sampled once a second (SHOW STATS, metrics).
+  readonly poolStats = new KernelPoolStats();
   readonly counters: UserPathCounters = {
     clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
   };
@@ -247,6 +251,7 @@ export class BypassController implements IdleServerHost {
     if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen)) return false;
     server.state = ServerState.Kernel;
     t.reset(); // the kernel counts this transaction now
+    client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
     for (const b of request) server.socket.write(b);
     client.kernelServer = server;
     this.refreshed.delete(client);
@@ -263,6 +268,7 @@ export class BypassController implements IdleServerHost {
     const t = client.tracker;
     if (!k.addOutstanding(client.id, skid(server), t.outstanding, t.tailOpen)) return false;
     t.reset();
+    client.timing.toKernel(); // the kernel answers and times these requests
     server.socket.write(data);
     client.state = ClientState.Kernel; // the kernel carries its transaction
     this.tryFlipBound(client);
@@ -374,11 +380,14 @@ export class BypassController implements IdleServerHost {
     const cst = k.read(clientId);
     const sst = k.read(skid(server));
     if (!client || !cst || !sst || !(cst.flags & SLOW_FLAG)) return false;
+    const clocks = k.clocks(clientId);
     if (k.takeBound(clientId) !== skid(server)) return false;
     this.counters.slowHandovers++;
     server.state = ServerState.Idle;
     server.resumeFrame(sst.frame);
     client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    // User space sees this transaction's end: it counts it, timed from its kernel start.
+    client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(cst.poolId) ?? client.pool);
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
     return true;
@@ -400,7 +409,9 @@ export class BypassController implements IdleServerHost {
     const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
     // After this chunk is handled (a notice is fine, anything else closes it), it is idle again.
     setImmediate(() => {
-      if (server.isUsable && server.state === ServerState.Idle && pool) pool.serverAvailable(server);
+      if (!server.isUsable || server.state !== ServerState.Idle || !pool) return;
+      if (server.closeNeeded) server.close('close_needed (RECONNECT)');
+      else pool.serverAvailable(server);
     });
   }
 
@@ -469,6 +480,9 @@ export class BypassController implements IdleServerHost {
       if (server && server.state === ServerState.Kernel) this.adoptPair(e.client, server);
     } else if (e.type === 'server_released') {
       this.kidPool.get(e.pool)?.serviceWaiters();
+    } else if (e.type === 'server_retired') {
+      const server = this.servers.get(e.server);
+      if (server && server.state === ServerState.Kernel) this.retired(server);
     } else if (e.type === 'params_changed') {
       this.counters.paramsChanged++;
       const client = this.clients.get(e.client);
@@ -503,10 +517,13 @@ export class BypassController implements IdleServerHost {
   janitor(now: number): void {
     const k = this.kernel;
     if (!k) return;
+    this.sampleStats();
     this.kernelClientTimeouts(now);
     for (const [pool, bySig] of this.kpools) {
       const s = pool.settings;
       const reconnect = [...pool.servers].some((x) => x.closeNeeded && x.state === ServerState.Kernel);
+      // A retired server whose event was lost (ring buffer full) is USER and unbound in the kernel.
+      if (reconnect) for (const x of [...pool.servers]) if (x.closeNeeded && x.state === ServerState.Kernel) this.retireIfReleased(x);
       if (!reconnect && s.serverIdleTimeout <= 0 && s.serverLifetime <= 0) continue;
       const every = Math.max(1000, Math.min(5000, (Math.min(...[s.serverIdleTimeout, s.serverLifetime].filter((x) => x > 0)) * 1000) / 2));
       if (!reconnect && now - (this.lastSweep.get(pool) ?? 0) < every) continue;
@@ -570,6 +587,45 @@ export class BypassController implements IdleServerHost {
   private timingOut = new WeakSet<ClientConnection>();
   private seen = new WeakMap<ClientConnection, { redirected: bigint; peer: number; outstanding: number; since: number; busySince: number }>();
   private activity = new WeakMap<ServerConnection, { redirected: bigint; since: number }>();
+
+  // RECONNECT (and a reload that changed a pool's server settings): servers idle in the
+  // kernel are closed now, bound ones when the kernel releases them (PgBouncer's
+  // close_needed). The kernel marks and takes them under the server's lock, so a server
+  // released at this moment is either taken here or handed over at its release.
+  closeIdle(pool: Pool, reason: string): void {
+    const k = this.kernel;
+    if (!k) return;
+    for (const server of [...pool.servers]) {
+      if (server.state !== ServerState.Kernel) continue;
+      const r = k.retire(skid(server));
+      if (r === 'taken') {
+        server.state = ServerState.Idle;
+        this.counters.serversFromKernel++;
+        server.close(reason);
+      } else {
+        server.closeNeeded = true; // at its release (event server_retired), or by user space
+      }
+    }
+  }
+
+  // The kernel released a retired server into USER instead of its idle stack.
+  private retired(server: ServerConnection): void {
+    this.counters.serversFromKernel++;
+    server.state = ServerState.Idle;
+    server.close('close_needed (RECONNECT)');
+  }
+
+  private retireIfReleased(server: ServerConnection): void {
+    const st = this.kernel!.read(skid(server));
+    if (st && st.mode === 0 && st.peer === 0 && st.flags & RETIRE_FLAG) this.retired(server);
+  }
+
+  // Folds what the kernel pools carried since the last sample into their Pools' totals.
+  sampleStats(): void {
+    const k = this.kernel;
+    if (!k) return;
+    for (const [kid, pool] of this.kidPool) this.poolStats.add(pool, kid, k.poolStats(kid));
+  }
 
   kernelCounters(): KernelCounters | null {
     return this.kernel ? this.kernel.counters() : null;

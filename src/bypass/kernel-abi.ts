@@ -7,7 +7,7 @@ export const COUNT_MASK = (1n << MODE_SHIFT) - 1n;
 
 export const Mode = { USER: 0, KERNEL: 1, IDLE: 1, BOUND: 2 } as const;
 export const Role = { CLIENT: 1, SERVER: 2 } as const;
-export const ConnFlags = { PARAMS_CHANGED: 1, FRAME_ERROR: 2, SLOW: 4 } as const;
+export const ConnFlags = { PARAMS_CHANGED: 1, FRAME_ERROR: 2, SLOW: 4, RETIRE: 8 } as const;
 export const PoolMode = { SESSION: 0, TRANSACTION: 1 } as const;
 
 /** Index of each per-CPU counter in the `stats` map (enum pgs_stat). */
@@ -49,7 +49,7 @@ export const FALLBACK_NAMES: Record<number, string> = {
   [Stat.FB_PUSH_FAILED]: 'push_failed',
 };
 
-export const EventType = { PARAMS_CHANGED: 1, SERVER_RELEASED: 2, INFLIGHT_LIMIT: 3, SERVER_TO_USER: 4 } as const;
+export const EventType = { PARAMS_CHANGED: 1, SERVER_RELEASED: 2, INFLIGHT_LIMIT: 3, SERVER_TO_USER: 4, SERVER_RETIRED: 5 } as const;
 
 export const Op = {
   CLIENT_TO_KERNEL: 1,
@@ -61,6 +61,7 @@ export const Op = {
   BIND: 7,
   ADD: 8,
   CLIENT_TO_KERNEL_BOUND: 9,
+  RETIRE: 10,
 } as const;
 
 export const MAX_CONNS = 65536;
@@ -68,7 +69,7 @@ export const MAX_POOLS = 256;
 export const IDLE_MAX = 4096;
 export const BPF_MAP_TYPE_STACK = 23;
 
-export const SIZEOF = { frame: 12, conn: 64, pool: 24, event: 16, ctl: 104, frameTest: 116 } as const;
+export const SIZEOF = { frame: 12, conn: 80, pool: 24, event: 16, ctl: 104, frameTest: 116, poolStats: 48 } as const;
 
 export function modeOf(word: bigint): number {
   return Number(word >> MODE_SHIFT);
@@ -129,6 +130,8 @@ export interface ConnState {
   frame: Frame;
   redirected: bigint;
   ackedBase: bigint;
+  xactStart: bigint; // bpf_ktime_get_ns (CLOCK_MONOTONIC) or 0
+  queryStart: bigint;
 }
 
 export function decodeConn(b: Buffer): ConnState {
@@ -143,6 +146,29 @@ export function decodeConn(b: Buffer): ConnState {
     frame: decodeFrame(b, 36),
     redirected: b.readBigUInt64LE(48),
     ackedBase: b.readBigUInt64LE(56),
+    xactStart: b.length >= 80 ? b.readBigUInt64LE(64) : 0n,
+    queryStart: b.length >= 80 ? b.readBigUInt64LE(72) : 0n,
+  };
+}
+
+/** struct pgs_pool_stats: what one kernel pool carried (one CPU's share, or their sum). */
+export interface PoolStats {
+  xacts: bigint;
+  queries: bigint;
+  clientBytes: bigint;
+  serverBytes: bigint;
+  xactNs: bigint;
+  queryNs: bigint;
+}
+
+export function decodePoolStats(b: Buffer): PoolStats {
+  return {
+    xacts: b.readBigUInt64LE(0),
+    queries: b.readBigUInt64LE(8),
+    clientBytes: b.readBigUInt64LE(16),
+    serverBytes: b.readBigUInt64LE(24),
+    xactNs: b.readBigUInt64LE(32),
+    queryNs: b.readBigUInt64LE(40),
   };
 }
 

@@ -32,7 +32,9 @@ export type KernelEvent =
   | { type: 'inflight_limit'; client: number; server: number; inflight?: number }
   // the kernel gave a server back to user space (unsolicited bytes while idle, lost
   // framing, full idle stack); its bytes now arrive on its socket
-  | { type: 'server_to_user'; server: number; reason: FallbackReason };
+  | { type: 'server_to_user'; server: number; reason: FallbackReason }
+  // a server marked by retire() was released by the kernel into USER, not IDLE: close it
+  | { type: 'server_retired'; pool: number; server: number };
 
 export interface ConnRead {
   mode: number;
@@ -312,6 +314,14 @@ export class KernelPath {
     return this.ctl({ op: abi.Op.ADD, id, sid, outIn: delta, tailIn: tailOpen ? 1 : 0 }).ret === 1;
   }
 
+  /** RECONNECT: 'taken' if the server was idle in the kernel and is USER now (close it),
+   * 'at_release' if it is bound: the kernel gives it to user space at its release
+   * (event server_retired) instead of its idle stack; 'user' if user space owns it. */
+  retire(id: number): 'taken' | 'at_release' | 'user' {
+    const r = this.ctl({ op: abi.Op.RETIRE, id }).ret;
+    return r === 1 ? 'taken' : r === 2 ? 'at_release' : 'user';
+  }
+
   /** USER|n -> KERNEL|n keeping a binding made by bind() (or none). */
   clientToKernelBound(id: number, bytesReadSinceRegister: bigint): boolean {
     return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL_BOUND, id, expected: bytesReadSinceRegister }).ret === 1;
@@ -326,6 +336,29 @@ export class KernelPath {
     if (!reg || !b) return true;
     const c = abi.decodeConn(b);
     return this.addon.tcpBytesWritten(reg.fd) >= c.ackedBase + c.redirected;
+  }
+
+  /** How long the client's open transaction and oldest unanswered request have run in
+   * the kernel (ns; null when none), read without the lock: for statistics only. */
+  clocks(id: number): { xactNs: bigint | null; queryNs: bigint | null } {
+    const b = this.obj.mapLookup('conns', abi.u32(id));
+    if (!b) return { xactNs: null, queryNs: null };
+    const c = abi.decodeConn(b);
+    const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns
+    const age = (t: bigint) => (t === 0n ? null : now > t ? now - t : 0n);
+    return { xactNs: age(c.xactStart), queryNs: age(c.queryStart) };
+  }
+
+  /** What kernel pool poolId carried since load, summed over CPUs. */
+  poolStats(poolId: number): abi.PoolStats {
+    this.check();
+    this.checkPool(poolId);
+    const sum: abi.PoolStats = { xacts: 0n, queries: 0n, clientBytes: 0n, serverBytes: 0n, xactNs: 0n, queryNs: 0n };
+    for (const b of this.obj.mapLookupPercpu('pool_stats', abi.u32(poolId)) ?? []) {
+      const v = abi.decodePoolStats(b);
+      for (const k of Object.keys(sum) as Array<keyof abi.PoolStats>) sum[k] += v[k];
+    }
+    return sum;
   }
 
   read(id: number): ConnRead | null {
@@ -399,6 +432,9 @@ export class KernelPath {
         break;
       case abi.EventType.SERVER_TO_USER:
         e = { type: 'server_to_user', server: r.a, reason: abi.FALLBACK_NAMES[r.b] ?? 'unhandled' };
+        break;
+      case abi.EventType.SERVER_RETIRED:
+        e = { type: 'server_retired', pool: r.a, server: r.b };
         break;
     }
     if (!e) return;

@@ -99,10 +99,10 @@ export class MetricsServer {
           for (const [p, t] of poolTotals(pooler_)) this.inc({ database: p.database, user: p.user }, pick(t));
         },
       });
-    totalsCounter('pgsplice_transactions_total', 'Transactions completed (user-space path)', (t) => Number(t.xacts));
-    totalsCounter('pgsplice_queries_total', 'Queries (Query, Sync, FunctionCall) sent by clients (user-space path)', (t) => Number(t.queries));
-    totalsCounter('pgsplice_client_received_bytes_total', 'Bytes received from clients (user-space path)', (t) => Number(t.bytesIn));
-    totalsCounter('pgsplice_client_sent_bytes_total', 'Bytes sent to clients (user-space path)', (t) => Number(t.bytesOut));
+    totalsCounter('pgsplice_transactions_total', 'Transactions completed (both data paths)', (t) => Number(t.xacts));
+    totalsCounter('pgsplice_queries_total', 'Queries (Query, Sync, FunctionCall) sent by clients (both data paths)', (t) => Number(t.queries));
+    totalsCounter('pgsplice_client_received_bytes_total', 'Bytes received from clients (both data paths)', (t) => Number(t.bytesIn));
+    totalsCounter('pgsplice_client_sent_bytes_total', 'Bytes sent to clients (both data paths)', (t) => Number(t.bytesOut));
     totalsCounter('pgsplice_transaction_time_seconds_total', 'Time spent in transactions while linked to a server', (t) => t.xactUs / 1e6);
     totalsCounter('pgsplice_query_time_seconds_total', 'Time spent in queries while linked to a server', (t) => t.queryUs / 1e6);
     totalsCounter('pgsplice_client_wait_time_seconds_total', 'Time clients spent waiting for a server', (t) => t.waitUs / 1e6);

@@ -86,6 +86,23 @@ export class ClientTiming {
     if (this.xactStart) this.xactStart = n;
   }
 
+  // The client's request goes to a server bound in the kernel path: its wait ends here, and
+  // the kernel times and counts that transaction (it sees its ReadyForQuery, not us).
+  toKernel(): void {
+    this.attached();
+    this.queryStart = 0;
+    this.xactStart = 0;
+  }
+
+  // The kernel handed over a transaction it started (in-flight bound): user space sees its
+  // end, so its clocks continue from when the kernel started them (ages in ns, null: none).
+  resume(xactAgeNs: bigint | null, queryAgeNs: bigint | null, pool: Pool | null): void {
+    const n = nowUs();
+    this.pool ??= pool;
+    this.xactStart = xactAgeNs === null ? 0 : n - Number(xactAgeNs) / 1000;
+    this.queryStart = queryAgeNs === null ? 0 : n - Number(queryAgeNs) / 1000;
+  }
+
   // A ReadyForQuery reached the client; outstanding = requests still unanswered.
   ready(outstanding: number, status: string): void {
     const n = nowUs();
