@@ -181,6 +181,33 @@ t.test('prepared statements in transaction mode', async (t) => {
       }
     });
 
+    t.test(`named statements split at every byte and in random chunks ${B}`, async (t) => {
+      const a = await login(proxy.port, { user: 'app', password: 'app-pw', database: 'app_one' });
+      const b = await login(proxy.port, { user: 'app', password: 'app-pw', database: 'app_one' });
+      try {
+        await round(b, parse('split', 'SELECT $1::text AS b_side', [25])); // the server has another "split"
+        const batch = Buffer.concat([parse('split', 'SELECT $1::int + 1', [23]), bind('', 'split', ['41']), describePortal(), execute(),
+          describeStatement('split'), closeStatement('split'), parse('split', 'SELECT $1::int + 2', [23]), bind('', 'split', ['40']), execute(), sync()]);
+        for (const [label, sizes] of [['one byte at a time', () => 1], ['random chunks', () => 1 + Math.floor(Math.random() * 9)]] as const) {
+          for (let i = 0; i < batch.length;) {
+            const n = Math.min(sizes(), batch.length - i);
+            a.conn.write(batch.subarray(i, i + n));
+            i += n;
+            await new Promise((r) => setImmediate(r));
+          }
+          const r = summarize(await a.conn.readUntil('Z', 15000));
+          t.equal(types(r), '12TDCtT31DCZ'.replace('1DCZ', '12DCZ'), `${label}: one reply per message`);
+          t.same(r.rows, [['42'], ['42']], `${label}: results of a's own statements`);
+          await round(a, closeStatement('split'));
+        }
+        const r = await round(b, bind('', 'split', ['b']), execute());
+        t.same(r.rows, [['b']], 'b\'s statement of the same name untouched');
+      } finally {
+        a.conn.destroy();
+        b.conn.destroy();
+      }
+    });
+
     t.test(`max_prepared_statements bounds each server, least recently used out ${B}`, async (t) => {
       const small = await startProxy(t, cfgSmall, { logLevel: 'info' });
       const a = await login(small.port, { user: 'app', password: 'app-pw', database: 'app' });
