@@ -55,11 +55,11 @@ export class RequestRewriter {
     if (typeof u === 'number' || Buffer.isBuffer(u)) return false;
     const b = u.body;
     switch (u.type) {
-      case Frontend.Parse: return b[0] !== 0 || mayAffectSession(parseParts(b).query);
+      case Frontend.Parse: return b[0] !== 0 || affectsSession(parseParts(b).query);
       case Frontend.Bind: return bindStatement(b).name !== '';
       case Frontend.Describe:
       case Frontend.Close: return b[0] === 0x53 /* S */ && b[1] !== 0;
-      case Frontend.Query: return mayAffectSession(b.toString('utf8', 0, Math.max(0, b.length - 1)));
+      case Frontend.Query: return affectsSession(b.toString('utf8', 0, Math.max(0, b.length - 1)));
       default: return false;
     }
   }
@@ -278,6 +278,8 @@ export class RequestRewriter {
     };
   }
 }
+
+const affectsSession = (sql: string): boolean => mayAffectSession(sql) && classifySql(sql).length > 0;
 
 const literal = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 

@@ -241,8 +241,12 @@ export function classifySql(sql: string): SessionEffect[] {
   return out;
 }
 
-// Quick reject for the common case: text with none of the words that start an effect.
-const TRIGGER = /set|reset|discard|listen|prepare|deallocate|declare|close|load|temp|advisory/i;
+// Quick reject for the common case (every query passes here): false only when no
+// statement can start with a word that has an effect and no such function or keyword
+// appears anywhere. Comments could hide a statement's first word: the lexer decides then.
+const FIRST_WORD = /(?:^|;)\s*(?:set|reset|discard|listen|unlisten|prepare|deallocate|declare|close|load|create)\b/i;
+const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+)\b/i;
+const COMMENT = /\/\*|--/;
 export function mayAffectSession(sql: string): boolean {
-  return TRIGGER.test(sql);
+  return FIRST_WORD.test(sql) || ANYWHERE.test(sql) || COMMENT.test(sql);
 }
