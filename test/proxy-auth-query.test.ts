@@ -96,6 +96,14 @@ t.test('auth_query with SCRAM verifiers (SCRAM pass-through to PostgreSQL)', asy
     });
   }
 
+  t.test('a config user whose password is the server\'s SCRAM verifier: pass-through without auth_query', async (t) => {
+    c.pg.psql(`CREATE ROLE aq_cfg LOGIN PASSWORD 'cfg-pw'; GRANT ALL ON DATABASE app TO aq_cfg`);
+    const verifier = c.pg.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = 'aq_cfg'`);
+    const proxy = await startProxy(t, await proxyConfig(c, { users: { app: { password: 'app-pw' }, aq_cfg: { password: verifier } } }));
+    const pg = await pgClient(t, proxy, { user: 'aq_cfg', password: 'cfg-pw' });
+    t.same((await pg.query('SELECT current_user AS u')).rows, [{ u: 'aq_cfg' }], 'runs as aq_cfg: the proxy logged in with the client\'s ClientKey');
+  });
+
   t.test('auth_user unreachable: 08006, no hang', async (t) => {
     const deadPort = await freePort();
     const proxy = await startProxy(t, await proxyConfig(c, {
