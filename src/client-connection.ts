@@ -17,7 +17,7 @@ import { TransactionTracker } from './transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
 import { TRACKED_PARAMETERS, canonicalName, isReported, recordApplied, settingsSql, startupSettings } from './session-parameters';
-import { AuthProtocolError, ScramServerSession } from './auth/scram';
+import { AuthProtocolError, ScramServerSession, mockScramVerifier } from './auth/scram';
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
 import type { ClientProof } from './auth/auth-query';
 import { verifyMd5Response } from './auth/md5';
@@ -282,7 +282,7 @@ export class ClientConnection implements ServerPeer {
         return;
       case 'scram-sha-256':
         // An unknown user still gets a full exchange, so its absence is not revealed.
-        this.scram = new ScramServerSession('method' in choice && secret !== undefined ? secret : crypto.randomBytes(16).toString('hex'));
+        this.scram = new ScramServerSession('method' in choice && secret !== undefined ? secret : mockScramVerifier(this.user));
         this.socket.write(authenticationSasl(['SCRAM-SHA-256']));
         return;
     }

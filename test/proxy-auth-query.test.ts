@@ -9,7 +9,26 @@ import { startProxy } from './helpers/proxy';
 import {
   startCluster, proxyConfig, pgClient, pgConnectError, psqlVia, run, libpqEnv, freePort, waitUntil, withTimeout, backendCount,
 } from './helpers/cluster';
-import { login, PgError } from './helpers/pgwire';
+import { login, message, PgError, RawConn, startupMessage } from './helpers/pgwire';
+
+// The salt the proxy's SCRAM server-first-message gives a user (the exchange is then dropped).
+async function scramSalt(port: number, user: string): Promise<string> {
+  const conn = await RawConn.connect(port);
+  try {
+    conn.write(startupMessage({ user, database: 'app' }));
+    const sasl = await conn.readMessage(10000);
+    if (sasl.type !== 'R' || sasl.body.readInt32BE(0) !== 10) throw new Error(`expected AuthenticationSASL, got ${sasl.type}`);
+    const first = Buffer.from('n,,n=,r=abcdefghijklmnop');
+    const len = Buffer.alloc(4);
+    len.writeInt32BE(first.length);
+    conn.write(message('p', Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), len, first])));
+    const cont = await conn.readMessage(10000);
+    const attrs = Object.fromEntries(cont.body.toString('utf8', 4).split(',').map((kv) => [kv[0], kv.slice(2)]));
+    return `${attrs.s} ${attrs.i}`;
+  } finally {
+    conn.destroy();
+  }
+}
 
 t.jobs = 1;
 
@@ -60,6 +79,11 @@ t.test('auth_query with SCRAM verifiers (SCRAM pass-through to PostgreSQL)', asy
         t.equal(e.fields.M, `password authentication failed for user "${user}"`, `${what}: PostgreSQL's message`);
         t.equal(e.fields.S, 'FATAL');
       }
+      const realSalt = await scramSalt(proxy.port, 'aq_scram');
+      const ghostSalt = await scramSalt(proxy.port, 'aq_ghost');
+      t.equal(await scramSalt(proxy.port, 'aq_scram'), realSalt, 'a real user: the same salt every time');
+      t.equal(await scramSalt(proxy.port, 'aq_ghost'), ghostSalt, 'a nonexistent user: also the same salt every time (mock verifier)');
+      t.equal(ghostSalt.split(' ')[1], realSalt.split(' ')[1], 'and the same iteration count');
       const psqlGhost = await run('psql', ['-X', '-c', 'SELECT 1'], { env: libpqEnv(proxy, 'app', 'aq_ghost', 'x'), timeoutMs: 15000 });
       const psqlWrong = await run('psql', ['-X', '-c', 'SELECT 1'], { env: libpqEnv(proxy, 'app', 'aq_scram', 'x'), timeoutMs: 15000 });
       t.not(psqlGhost.code, 0);

@@ -11,6 +11,8 @@ import { log } from '../log';
 // How long a "no such user" answer is kept at most: a role created a moment later should
 // not wait for the full TTL.
 const NEGATIVE_TTL_MAX = 2; // s
+// Bound on cached answers: logins with many made-up names must not grow memory without end.
+const CACHE_MAX = 10000;
 
 interface CacheEntry {
   secret: string | undefined; // undefined: no such role, no password, or expired
@@ -75,7 +77,7 @@ export class AuthQuery {
     const p = this.run(conKey, target, sql, user).then(
       (secret) => {
         const ttl = secret === undefined ? Math.min(ttlSeconds, NEGATIVE_TTL_MAX) : ttlSeconds;
-        if (ttl > 0) this.cache.set(key, { secret, until: Date.now() + ttl * 1000 });
+        if (ttl > 0) this.remember(key, { secret, until: Date.now() + ttl * 1000 });
         else this.cache.delete(key);
         return secret;
       },
@@ -84,6 +86,17 @@ export class AuthQuery {
     const done = () => this.inflight.delete(key);
     p.then(done, done);
     return p;
+  }
+
+  private remember(key: string, entry: CacheEntry): void {
+    if (this.cache.size >= CACHE_MAX) {
+      const now = Date.now();
+      for (const [k, e] of this.cache) if (e.until <= now) this.cache.delete(k);
+      // Still full of live entries: drop the oldest (a Map keeps insertion order).
+      while (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value as string);
+    }
+    this.cache.delete(key); // re-inserted at the end: the newest
+    this.cache.set(key, entry);
   }
 
   private run(conKey: string, target: ServerTarget, sql: string, user: string): Promise<string | undefined> {

@@ -155,6 +155,19 @@ export function parseScramVerifier(s: string): ScramVerifier {
   return { iterations, salt, storedKey, serverKey };
 }
 
+// A secret of this process that makes the mock salts below unpredictable to clients.
+const MOCK_NONCE = randomBytes(32);
+
+/**
+ * A verifier for a user that does not exist, so that its SCRAM exchange looks like a real
+ * one (as PostgreSQL's mock authentication): the same salt on every attempt for one name,
+ * the default iteration count, keys nobody can match. Costs no PBKDF2.
+ */
+export function mockScramVerifier(user: string): string {
+  const salt = createHash('sha256').update(MOCK_NONCE).update(user, 'utf8').digest().subarray(0, 16);
+  return formatScramVerifier({ iterations: SCRAM_DEFAULT_ITERATIONS, salt, storedKey: randomBytes(KEY_LEN), serverKey: randomBytes(KEY_LEN) });
+}
+
 /** Pass-through keys from a verifier and the ClientKey a client's proof against it revealed. */
 export function scramKeysFrom(verifier: string, clientKey: Buffer): ScramKeys {
   const v = parseScramVerifier(verifier);
