@@ -128,7 +128,7 @@ t.test('auth_query with SCRAM verifiers (SCRAM pass-through to PostgreSQL)', asy
     t.same((await pg.query('SELECT current_user AS u')).rows, [{ u: 'aq_cfg' }], 'runs as aq_cfg: the proxy logged in with the client\'s ClientKey');
   });
 
-  t.test('auth_user unreachable: 08006, no hang', async (t) => {
+  t.test('auth_user unreachable, auth_query failing or hanging: 08006, no hang', async (t) => {
     const deadPort = await freePort();
     const proxy = await startProxy(t, await proxyConfig(c, {
       auth_user: 'pgsplice_auth',
@@ -142,6 +142,23 @@ t.test('auth_query with SCRAM verifiers (SCRAM pass-through to PostgreSQL)', asy
     const e = await withTimeout(pgConnectError(proxy, { user: 'aq_scram', password: 'x', database: 'gone' }), 20000, 'login with auth_user unreachable');
     t.equal(e.code, '08006', `08006 (${e.message})`);
     t.match(e.message, /auth_user "pgsplice_auth" cannot reach 127\.0\.0\.1:\d+\/app/, 'the message says the lookup could not reach the server');
+    // auth_query fails (the default reads pg_authid, which auth_user may not) or hangs.
+    for (const [what, query, re] of [
+      ['auth_query error', undefined, /auth_query failed: permission denied for table pg_authid/],
+      ['auth_query with no answer', 'SELECT uname, phash FROM public.user_lookup($1), pg_sleep(30)', /auth_query failed: .*no answer within server_connect_timeout/],
+    ] as const) {
+      const p2 = await startProxy(t, await proxyConfig(c, {
+        auth_user: 'pgsplice_auth',
+        ...(query ? { auth_query: query } : {}),
+        server_connect_timeout: 1,
+        users: { app: { password: 'app-pw' }, pgsplice_auth: { password: 'auth-pw' } },
+      }));
+      const started = Date.now();
+      const e2 = await withTimeout(pgConnectError(p2, { user: 'aq_scram', password: 'x' }), 20000, what);
+      t.equal(e2.code, '08006', `${what}: 08006 (${e2.message})`);
+      t.match(e2.message, re, `${what}: says why`);
+      t.ok(Date.now() - started < 15000, `${what}: answered in ${Date.now() - started} ms`);
+    }
     const ok = await pgClient(t, proxy, { user: 'aq_scram', password: 'scram-pw-2' }).catch(() => pgClient(t, proxy, { user: 'aq_scram', password: 'scram-pw' }));
     t.equal((await ok.query('SELECT current_user AS u')).rows[0].u, 'aq_scram', 'lookups on a reachable server still work');
   });

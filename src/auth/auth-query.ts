@@ -110,6 +110,8 @@ export class AuthQuery {
       if (conn.idleTimer) clearTimeout(conn.idleTimer);
       const server = await this.connected(conn, target);
       let row: string[];
+      // A server that does not answer must not hold every later login in the queue.
+      const timer = setTimeout(() => server.close('auth_query got no answer within server_connect_timeout'), target.connectTimeout * 1000);
       try {
         row = await server.queryValues(sql, [user]);
       } catch (e) {
@@ -117,6 +119,7 @@ export class AuthQuery {
         // A query error leaves the connection usable; a lost connection is reopened next time.
         throw new AuthQueryError(`auth_query failed: ${msg}`);
       } finally {
+        clearTimeout(timer);
         this.armIdleClose(conn);
       }
       // PgBouncer's shape: (name, secret); a one-column query gives just the secret.
