@@ -17,10 +17,11 @@ import { TransactionTracker } from './transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
 import { TRACKED_PARAMETERS, canonicalName, isReported, recordApplied, settingsSql, startupSettings } from './session-parameters';
-import { AuthProtocolError, ScramServerSession } from './auth/scram';
-import { chooseAuthMethod, verifyPlainPassword } from './auth/verifier';
+import { AuthProtocolError, ScramServerSession, mockScramVerifier } from './auth/scram';
+import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
+import type { ClientProof } from './auth/auth-query';
 import { verifyMd5Response } from './auth/md5';
-import type { AuthType, Config } from './config/types';
+import type { Config } from './config/types';
 import { log } from './log';
 import { ClientTiming, countError } from './metrics/stats';
 import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
@@ -29,6 +30,7 @@ import { classifySql } from './sql-classifier';
 
 export enum ClientState {
   Startup = 'startup',
+  AuthLookup = 'auth-lookup', // waiting for auth_query to find the user's secret
   Auth = 'auth',
   Login = 'login', // authenticated, learning the pool's server parameters
   Idle = 'idle', // between transactions, no server
@@ -43,6 +45,10 @@ export interface ClientHost {
   readonly config: Config;
   resolvePool(database: string, user: string): Pool; // throws PoolError (3D000, ...)
   userSecret(user: string): string | undefined;
+  // auth_query: the secret of a user not in the config, or undefined if no lookup applies.
+  lookupSecret?(client: ClientConnection): Promise<string | undefined> | undefined;
+  // A client proved it knows `secret`: how the proxy may log in to the server as it.
+  clientProved?(client: ClientConnection, secret: string, proof: ClientProof): void;
   isAdminDatabase(database: string): boolean;
   startAdmin(client: ClientConnection): void;
   cancel(pid: number, key: number): void;
@@ -91,7 +97,9 @@ export class ClientConnection implements ServerPeer {
   private pending: RequestUnit[] = [];
   private pendingBytes = 0;
   private scram: ScramServerSession | null = null;
-  private authMethod: AuthType = 'trust';
+  private authMethod: ClientAuthType = 'trust';
+  private authType: ClientAuthType = 'trust'; // configured, or chosen by the HBA rule
+  private secret: string | undefined; // from the config or auth_query
   private md5Salt: Buffer | null = null;
   private terminated = false;
   private loginTimer: NodeJS.Timeout | null = null;
@@ -146,7 +154,8 @@ export class ClientConnection implements ServerPeer {
           this.drainLogin();
           return;
         case ClientState.Login:
-          this.framer.push(chunk); // kept until login completes
+        case ClientState.AuthLookup:
+          this.framer.push(chunk); // kept until login completes / the lookup answers
           return;
         case ClientState.Closed:
           return;
@@ -241,16 +250,38 @@ export class ClientConnection implements ServerPeer {
 
   private beginAuth(): void {
     this.state = ClientState.Auth;
-    const secret = this.host.userSecret(this.user);
-    const choice = chooseAuthMethod(this.host.config.auth_type, secret);
+    const local = this.socket.remoteAddress === undefined; // the unix-socket listener
+    const encrypted = (this.socket as { encrypted?: boolean }).encrypted === true; // a TLSSocket, once TLS is in
+    const hba = clientAuthType(this.host.config, { local, ssl: encrypted, address: this.socket.remoteAddress, database: this.database, user: this.user });
+    if ('refusal' in hba) return this.fatal({ code: SqlState.InvalidAuthorization, message: hba.refusal });
+    this.authType = hba.authType;
+    this.secret = this.host.userSecret(this.user);
+    const lookup = this.secret === undefined && !this.host.isAdminDatabase(this.database) ? this.host.lookupSecret?.(this) : undefined;
+    if (!lookup) return this.askForPassword();
+    this.state = ClientState.AuthLookup;
+    lookup.then(
+      (secret) => {
+        if (this.state !== ClientState.AuthLookup) return;
+        this.secret = secret;
+        this.state = ClientState.Auth;
+        this.askForPassword();
+        if (this.state === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
+      },
+      (e: Error) => this.fatal({ code: SqlState.ConnectionFailure, message: e.message }),
+    );
+  }
+
+  private askForPassword(): void {
+    const secret = this.secret;
+    const choice = chooseAuthMethod(this.authType, secret);
     // No usable secret: still run the configured exchange, so a missing user is not revealed.
-    const method = 'method' in choice ? choice.method : this.host.config.auth_type;
+    const method = 'method' in choice ? choice.method : this.authType;
     if ('error' in choice && secret !== undefined) log.warn(`user "${this.user}": ${choice.error}`);
     this.authMethod = method;
     switch (method) {
       case 'trust':
-        if (secret === undefined && !this.pool?.target.password) return this.authFailed();
-        return this.authenticated();
+        if (secret === undefined && !this.pool?.target.password && !this.pool?.target.scramKeys) return this.authFailed();
+        return this.authenticatedWith({});
       case 'plain':
         this.socket.write(authenticationCleartext());
         return;
@@ -260,24 +291,24 @@ export class ClientConnection implements ServerPeer {
         return;
       case 'scram-sha-256':
         // An unknown user still gets a full exchange, so its absence is not revealed.
-        this.scram = new ScramServerSession('method' in choice && secret !== undefined ? secret : crypto.randomBytes(16).toString('hex'));
+        this.scram = new ScramServerSession('method' in choice && secret !== undefined ? secret : mockScramVerifier(this.user));
         this.socket.write(authenticationSasl(['SCRAM-SHA-256']));
         return;
     }
   }
 
   private onPassword(body: Buffer): void {
-    const secret = this.host.userSecret(this.user);
+    const secret = this.secret;
     switch (this.authMethod) {
       case 'plain': {
         const pw = new BodyReader(body).cstring();
         if (secret === undefined || !verifyPlainPassword(secret, this.user, pw)) return this.authFailed();
-        return this.authenticated();
+        return this.authenticatedWith({ password: pw });
       }
       case 'md5': {
         const resp = new BodyReader(body).cstring();
         if (secret === undefined || !verifyMd5Response(secret, this.user, this.md5Salt!, resp)) return this.authFailed();
-        return this.authenticated();
+        return this.authenticatedWith({});
       }
       case 'scram-sha-256': {
         const scram = this.scram!;
@@ -292,9 +323,9 @@ export class ClientConnection implements ServerPeer {
           return;
         }
         const res = scram.handleClientFinal(body);
-        if (!res.ok || secret === undefined || 'error' in choiceFor(this.host.config.auth_type, secret)) return this.authFailed();
+        if (!res.ok || secret === undefined || 'error' in choiceFor(this.authType, secret)) return this.authFailed();
         this.socket.write(authenticationSaslFinal(res.serverFinal));
-        return this.authenticated();
+        return this.authenticatedWith({ clientKey: res.clientKey });
       }
       default:
         throw new ProtocolError('unexpected password message');
@@ -305,6 +336,11 @@ export class ClientConnection implements ServerPeer {
   private authFailed(): void {
     const kind = this.authMethod === 'trust' ? 'authentication' : 'password authentication';
     this.fatal({ code: SqlState.InvalidPassword, message: `${kind} failed for user "${this.user}"` });
+  }
+
+  private authenticatedWith(proof: ClientProof): void {
+    if (this.secret !== undefined && this.pool) this.host.clientProved?.(this, this.secret, proof);
+    this.authenticated();
   }
 
   private authenticated(): void {
@@ -660,7 +696,7 @@ export class ClientConnection implements ServerPeer {
 
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
-    const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth;
+    const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
     this.state = ClientState.Closed;
     if (this.loginTimer) clearTimeout(this.loginTimer);
     if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);

@@ -9,6 +9,7 @@ import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
 import { log } from './log';
 import { countLogin, retireClient } from './metrics/stats';
+import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from './auth/auth-query';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 
@@ -34,6 +35,9 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private janitorTimer: NodeJS.Timeout;
   hooks: PoolerHooks = { startAdmin: (c) => c.fatal({ code: SqlState.FeatureNotSupported, message: 'admin console not available' }) };
   accepting = true;
+  readonly authQuery = new AuthQuery(() => this.config.server_idle_timeout);
+  // Server logins learned from clients for users without a usable password in the config.
+  private learned = new Map<string, ServerCredential>();
 
   constructor(public config: Config) {
     this.janitorTimer = setInterval(() => this.janitor(), 1000);
@@ -76,6 +80,35 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return undefined;
   }
 
+  lookupSecret(client: ClientConnection): Promise<string | undefined> | undefined {
+    const db = this.databaseConfig(client.database);
+    const authUser = db?.auth_user ?? this.config.auth_user;
+    if (!db || !authUser) return undefined;
+    const target: ServerTarget = {
+      host: db.host, port: db.port, dbname: db.auth_dbname ?? (this.config.auth_dbname || db.dbname),
+      user: authUser, password: this.configPassword(authUser), connectTimeout: this.config.server_connect_timeout,
+    };
+    return this.authQuery.lookup(client.user, target, this.config.auth_query, this.config.auth_query_cache_ttl);
+  }
+
+  clientProved(client: ClientConnection, secret: string, proof: ClientProof): void {
+    if (this.configPassword(client.user) !== undefined) return; // the config's password logs in
+    const cred = serverCredentialFrom(secret, proof);
+    if (!cred) return;
+    this.learned.set(client.user, cred);
+    for (const pool of this.pools.values()) {
+      const db = this.databaseConfig(pool.database);
+      if (db && !db.user && pool.user === client.user) pool.target = this.target(db, client.user);
+    }
+  }
+
+  // A user's password from the config that can log in to a server (plain or md5 hash).
+  private configPassword(user: string): string | undefined {
+    const secret = this.config.users.get(user)?.password;
+    // A SCRAM verifier cannot log in to a server; plain and md5 forms can.
+    return secret !== undefined && !secret.startsWith('SCRAM-SHA-256$') ? secret : undefined;
+  }
+
   private databaseConfig(name: string): DatabaseConfig | undefined {
     const db = this.config.databases.get(name);
     if (db) return db;
@@ -102,18 +135,18 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private target(db: DatabaseConfig, user: string): ServerTarget {
     const serverUser = db.user ?? user;
     let password = db.user ? db.password : undefined;
-    if (password === undefined) {
-      const secret = this.config.users.get(serverUser)?.password;
-      // A SCRAM verifier cannot log in to a server; plain and md5 forms can.
-      if (secret !== undefined && !secret.startsWith('SCRAM-SHA-256$')) password = secret;
-    }
+    if (password === undefined) password = this.configPassword(serverUser);
+    // Else what a client's login taught (auth_query users, users stored as a SCRAM verifier).
+    const learned = password === undefined ? this.learned.get(serverUser) : undefined;
+    if (learned && 'password' in learned) password = learned.password;
+    const scramKeys = learned && 'scramKeys' in learned ? learned.scramKeys : undefined;
     const startupParams: Record<string, string> = {};
     if (db.client_encoding) startupParams.client_encoding = db.client_encoding;
     if (db.datestyle) startupParams.datestyle = db.datestyle;
     if (db.timezone) startupParams.timezone = db.timezone;
     if (db.application_name) startupParams.application_name = db.application_name;
     return {
-      host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, startupParams,
+      host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, ...(scramKeys ? { scramKeys } : {}), startupParams,
       connectTimeout: this.config.server_connect_timeout,
     };
   }
@@ -227,6 +260,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     }
     if (prev.bypass !== next.bypass) needRestart.push('bypass');
     this.config = next;
+    this.authQuery.reset(); // auth_user, auth_query or the servers may have changed
     for (const [key, pool] of this.pools) {
       const db = this.databaseConfig(pool.database);
       if (!db) {
@@ -254,6 +288,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   close(): void {
     clearInterval(this.janitorTimer);
+    this.authQuery.close();
     for (const c of [...this.clients]) c.fatal({ code: SqlState.AdminShutdown, message: 'pgsplice is shutting down' });
     for (const p of this.pools.values()) p.closeAll('pgsplice is shutting down');
   }

@@ -6,11 +6,11 @@ import { EventEmitter } from 'node:events';
 import { AuthCode, Backend, TxStatus } from './protocol/constants';
 import { MessageFramer, printable } from './protocol/framer';
 import {
-  BodyReader, ProtocolError, parseErrorFields, parseParameterStatus, passwordMessage, query,
+  BodyReader, ProtocolError, extendedQuery, parseErrorFields, parseParameterStatus, passwordMessage, query,
   saslInitialResponse, saslResponse, startupMessage, terminate,
 } from './protocol/messages';
 import { StreamScanner, captureSet } from './protocol/stream-scanner';
-import { ScramClientSession } from './auth/scram';
+import { ScramClientSession, type ScramKeys } from './auth/scram';
 import { ReplyFilter } from './reply-filter';
 import { ServerStatementCache } from './prepared-statements';
 import { md5Response } from './auth/md5';
@@ -33,6 +33,7 @@ export interface ServerTarget {
   dbname: string;
   user: string;
   password?: string;
+  scramKeys?: ScramKeys; // SCRAM pass-through for a user whose password the proxy never saw
   startupParams?: Record<string, string>;
   connectTimeout: number; // seconds
 }
@@ -147,14 +148,16 @@ export class ServerConnection extends EventEmitter {
                 const r = new BodyReader(m.body);
                 const code = r.int32();
                 if (code === AuthCode.Ok) break;
-                if (t.password === undefined) throw new ServerError(`server asks for a password for user "${t.user}" and none is configured`);
-                if (code === AuthCode.CleartextPassword) sock.write(passwordMessage(t.password));
-                else if (code === AuthCode.MD5Password) sock.write(passwordMessage(md5Response(t.user, t.password, r.bytes(4))));
+                if (t.password === undefined && !(t.scramKeys && code >= AuthCode.SASL)) {
+                  throw new ServerError(`server asks for a password for user "${t.user}" and none is ${t.scramKeys ? 'known (only SCRAM pass-through keys: the server must use scram-sha-256)' : 'configured'}`);
+                }
+                if (code === AuthCode.CleartextPassword) sock.write(passwordMessage(t.password!));
+                else if (code === AuthCode.MD5Password) sock.write(passwordMessage(md5Response(t.user, t.password!, r.bytes(4))));
                 else if (code === AuthCode.SASL) {
                   const mechs: string[] = [];
                   for (let s = r.cstring(); s !== ''; s = r.cstring()) mechs.push(s);
                   if (!mechs.includes('SCRAM-SHA-256')) throw new ServerError(`server offers no supported SASL mechanism (${mechs.join(', ')})`);
-                  scram = new ScramClientSession(t.user, t.password);
+                  scram = new ScramClientSession(t.user, t.password ?? t.scramKeys!);
                   sock.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
                 } else if (code === AuthCode.SASLContinue) {
                   if (!scram) throw new ProtocolError('SASLContinue without SASL');
@@ -291,6 +294,10 @@ export class ServerConnection extends EventEmitter {
 
   // Runs SQL of the proxy's own and swallows its results. Rejects with the server's error.
   runInternal(sql: string): Promise<void> {
+    return this.runInternalMessages(query(sql));
+  }
+
+  private runInternalMessages(messages: Buffer): Promise<void> {
     if (this.state === ServerState.Closed) return Promise.reject(new ServerError('server connection is closed'));
     const prev = this.state;
     this.state = ServerState.Internal;
@@ -302,16 +309,17 @@ export class ServerConnection extends EventEmitter {
         },
         reject,
       };
-      this.socket.write(query(sql));
+      this.socket.write(messages);
     });
   }
 
-  // Runs a query of the proxy's own and resolves with its first row, as text.
-  async queryValues(sql: string): Promise<string[]> {
+  // Runs a query of the proxy's own and resolves with its first row, as text (NULL as '').
+  // With params: the extended protocol, the values sent apart from the SQL ($1, $2 ...).
+  async queryValues(sql: string, params?: string[]): Promise<string[]> {
     this.rows = [];
     this.scanner.capture = INTERNAL_CAPTURE; // at a boundary: the server is quiet
     try {
-      await this.runInternal(sql);
+      await this.runInternalMessages(params ? extendedQuery(sql, params) : query(sql));
       return this.rows[0] ?? [];
     } finally {
       this.rows = null;

@@ -8,7 +8,9 @@ import {
   parseScramVerifier,
   isScramVerifier,
   saslprep,
+  scramKeysFrom,
 } from '../src/auth/scram';
+import { serverCredentialFrom } from '../src/auth/auth-query';
 import { md5PasswordHash, md5Response, verifyMd5Response, isMd5Hash } from '../src/auth/md5';
 import { chooseAuthMethod, classifySecret, verifyPlainPassword } from '../src/auth/verifier';
 
@@ -88,6 +90,30 @@ t.test('round trip with a verifier', async (t) => {
   t.equal(roundTrip(v, 'hunter3').ok, false);
   const r = roundTrip(v, 'hunter2');
   t.ok(r.ok && r.clientKey.length === 32, 'exposes ClientKey on success');
+});
+
+t.test('SCRAM pass-through: a ClientKey from one login logs in to a server with the same verifier', async (t) => {
+  const v = makeScramVerifier('hunter2');
+  const first = roundTrip(v, 'hunter2');
+  if (!first.ok) return t.fail('first login');
+  const keys = scramKeysFrom(v, first.clientKey);
+  // The proxy, as a client of a PostgreSQL that stores the same verifier.
+  const server = new ScramServerSession(v);
+  const client = new ScramClientSession('u', keys);
+  const sf = server.handleClientFirst(client.clientFirst());
+  const res = server.handleClientFinal(client.handleServerFirst(sf));
+  t.ok(res.ok, 'the server accepts the proof made from the keys');
+  if (res.ok) t.doesNotThrow(() => client.verifyServerFinal(res.serverFinal), 'and the client checks the server signature');
+  // A server that stores another verifier (password changed): refused before any proof is sent.
+  const other = new ScramServerSession(makeScramVerifier('hunter2'));
+  const c2 = new ScramClientSession('u', keys);
+  const sf2 = other.handleClientFirst(c2.clientFirst());
+  t.throws(() => c2.handleServerFirst(sf2), /different verifier/);
+  // What a login teaches about the server login.
+  t.same(serverCredentialFrom(v, { password: 'hunter2' }), { password: 'hunter2' }, 'cleartext: the password itself');
+  t.same(serverCredentialFrom('md5' + '0'.repeat(32), {}), { password: 'md5' + '0'.repeat(32) }, 'md5 hash: the hash');
+  t.same(serverCredentialFrom(v, { clientKey: first.clientKey }), { scramKeys: keys }, 'SCRAM proof: pass-through keys');
+  t.equal(serverCredentialFrom(v, {}), undefined, 'trust against a verifier: nothing');
 });
 
 t.test('user name with , and = and non-ASCII password', async (t) => {

@@ -148,7 +148,7 @@ export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
     out.set(p, n);
   }
   for (const c of pooler.clients) {
-    if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth) continue;
+    if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.AuthLookup) continue;
     const n = out.get(c.pool);
     if (!n) continue;
     if (c.state === ClientState.Waiting) {
@@ -420,7 +420,7 @@ class AdminSession {
     let clUser = 0;
     let clKernel = 0;
     for (const c of this.pooler.clients) {
-      if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth) continue;
+      if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.AuthLookup) continue;
       if (c.state === ClientState.Kernel) clKernel++;
       else clUser++;
     }
@@ -518,7 +518,7 @@ class AdminSession {
   private showClients(): Buffer {
     const rs = new ResultSet(SOCKET_COLUMNS);
     for (const c of this.pooler.clients) {
-      if (c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.Closed) continue;
+      if (c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.AuthLookup || c.state === ClientState.Closed) continue;
       rs.add(this.socketRow(c));
     }
     return rs.toBuffer();
@@ -598,7 +598,7 @@ class AdminSession {
     let login = 0;
     let used = 0;
     for (const c of this.pooler.clients) {
-      if (c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.Login) login++;
+      if (c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.AuthLookup || c.state === ClientState.Login) login++;
       else if (c.state !== ClientState.Closed) used++;
     }
     let servers = 0;

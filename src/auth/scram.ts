@@ -36,6 +36,16 @@ export class AuthProtocolError extends Error {
   }
 }
 
+// What logs the proxy in to a server as a user whose password it never saw (SCRAM
+// pass-through): the ClientKey a client's proof revealed, and the verifier's ServerKey,
+// salt and iteration count. Only a server storing that same verifier accepts it.
+export interface ScramKeys {
+  clientKey: Buffer;
+  serverKey: Buffer;
+  salt: Buffer;
+  iterations: number;
+}
+
 export interface ScramVerifier {
   iterations: number;
   salt: Buffer;
@@ -143,6 +153,25 @@ export function parseScramVerifier(s: string): ScramVerifier {
   if (storedKey.length !== KEY_LEN) throw new Error('SCRAM verifier: StoredKey is not 32 bytes');
   if (serverKey.length !== KEY_LEN) throw new Error('SCRAM verifier: ServerKey is not 32 bytes');
   return { iterations, salt, storedKey, serverKey };
+}
+
+// A secret of this process that makes the mock salts below unpredictable to clients.
+const MOCK_NONCE = randomBytes(32);
+
+/**
+ * A verifier for a user that does not exist, so that its SCRAM exchange looks like a real
+ * one (as PostgreSQL's mock authentication): the same salt on every attempt for one name,
+ * the default iteration count, keys nobody can match. Costs no PBKDF2.
+ */
+export function mockScramVerifier(user: string): string {
+  const salt = createHash('sha256').update(MOCK_NONCE).update(user, 'utf8').digest().subarray(0, 16);
+  return formatScramVerifier({ iterations: SCRAM_DEFAULT_ITERATIONS, salt, storedKey: randomBytes(KEY_LEN), serverKey: randomBytes(KEY_LEN) });
+}
+
+/** Pass-through keys from a verifier and the ClientKey a client's proof against it revealed. */
+export function scramKeysFrom(verifier: string, clientKey: Buffer): ScramKeys {
+  const v = parseScramVerifier(verifier);
+  return { clientKey, serverKey: v.serverKey, salt: v.salt, iterations: v.iterations };
 }
 
 export function formatScramVerifier(v: ScramVerifier): string {
@@ -349,9 +378,10 @@ export class ScramClientSession {
   private expectedServerSignature: Buffer | undefined;
   private state: 'init' | 'first-sent' | 'final-sent' | 'done' = 'init';
 
+  /** secret: the plain password, or pass-through keys (ScramKeys). */
   constructor(
     user: string,
-    private readonly password: string,
+    private readonly password: string | ScramKeys,
     opts: ScramClientOptions = {},
   ) {
     this.clientNonce = opts.nonce ?? randomBytes(NONCE_BYTES).toString('base64');
@@ -387,8 +417,16 @@ export class ScramClientSession {
     const iterations = Number(attrs[2][1]);
     if (!Number.isSafeInteger(iterations)) throw new AuthProtocolError('SCRAM: iteration count out of range');
 
-    const salted = cachedSaltedPassword(this.password, salt, iterations);
-    const { clientKey, storedKey, serverKey } = keysFromSalted(salted);
+    let keys: { clientKey: Buffer; storedKey: Buffer; serverKey: Buffer };
+    if (typeof this.password === 'string') keys = keysFromSalted(cachedSaltedPassword(this.password, salt, iterations));
+    else {
+      const k = this.password;
+      if (!k.salt.equals(salt) || k.iterations !== iterations) {
+        throw new AuthProtocolError('SCRAM pass-through: the server stores a different verifier than the one the client logged in with (password changed?)');
+      }
+      keys = { clientKey: k.clientKey, storedKey: sha256(k.clientKey), serverKey: k.serverKey };
+    }
+    const { clientKey, storedKey, serverKey } = keys;
     const withoutProof = `c=biws,r=${nonce}`; // base64("n,,")
     const authMessage = Buffer.from(`${this.clientFirstBare},${s},${withoutProof}`, 'latin1');
     const proof = xor(clientKey, hmac(storedKey, authMessage));

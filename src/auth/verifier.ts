@@ -2,13 +2,29 @@
 // following PostgreSQL: an md5 method with a SCRAM verifier stored does SCRAM; a SCRAM
 // method with only an md5 hash stored cannot work.
 
-import type { AuthType } from '../config/types';
+import type { AuthType, Config } from '../config/types';
+import { hbaDecision, type HbaClient } from './hba';
 import { createHash, timingSafeEqual } from 'crypto';
 import { isMd5Hash, md5PasswordHash } from './md5';
 import { constantTimeEqual, ScramServerSession } from './scram';
 
 export type SecretKind = 'scram' | 'md5' | 'plain';
 export type AuthMethod = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
+// An auth_type that names a method (hba picks one of these per client).
+export type ClientAuthType = Exclude<AuthType, 'hba'>;
+
+const HBA_AUTH_TYPES = { trust: 'trust', password: 'plain', md5: 'md5', 'scram-sha-256': 'scram-sha-256' } as const;
+
+/**
+ * The auth_type that applies to this client: the configured one, or with auth_type hba
+ * the first matching HBA rule's method; or the 28000 message that refuses the client.
+ */
+export function clientAuthType(config: Config, client: HbaClient): { authType: ClientAuthType } | { refusal: string } {
+  if (config.auth_type !== 'hba') return { authType: config.auth_type };
+  const d = hbaDecision(config.hbaRules, client);
+  if ('refusal' in d) return d;
+  return { authType: HBA_AUTH_TYPES[d.method] };
+}
 
 export function classifySecret(secret: string): SecretKind {
   if (secret.startsWith('SCRAM-SHA-256$')) return 'scram';
@@ -21,7 +37,7 @@ export function classifySecret(secret: string): SecretKind {
  * secret, or an explanation of why no method can work (configuration error).
  */
 export function chooseAuthMethod(
-  authType: AuthType,
+  authType: ClientAuthType,
   secret: string | undefined,
 ): { method: AuthMethod } | { error: string } {
   if (authType === 'trust') return { method: 'trust' };

@@ -6,6 +6,7 @@
 // PgBouncer (pgbouncer.ini) where the concept exists.
 
 import { readFileSync } from 'fs';
+import * as path from 'node:path';
 import {
   Alias,
   isMap,
@@ -18,6 +19,7 @@ import {
   type Pair,
 } from 'yaml';
 import { parseScramVerifier } from '../auth/scram';
+import { HbaError, readHbaFile, ruleFromEntry, type HbaEntry, type HbaRule } from '../auth/hba';
 import {
   ConfigError,
   type AuthType,
@@ -44,7 +46,11 @@ type Kind =
   | { t: 'list' };
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement'];
-export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust'];
+export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust', 'hba'];
+
+/** PgBouncer's auth_query: the role's secret, NULL once it expired; only roles that can log in. */
+export const DEFAULT_AUTH_QUERY =
+  'SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin';
 export const BYPASS_MODES: readonly BypassMode[] = ['auto', 'on', 'off'];
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
 
@@ -56,7 +62,7 @@ const port: Kind = { t: 'int', min: 1, max: 65535 };
 const duration: Kind = { t: 'duration' };
 const poolMode: Kind = { t: 'enum', values: POOL_MODES };
 
-type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics' | 'session_state'>;
+type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics' | 'session_state' | 'hba' | 'hbaRules'>;
 
 /** Top-level scalar settings, their kinds and PgBouncer's defaults, in SHOW CONFIG order. */
 const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
@@ -83,6 +89,11 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   server_login_retry: { kind: duration, def: 15 },
   shutdown_timeout: { kind: duration, def: 30 },
   auth_type: { kind: { t: 'enum', values: AUTH_TYPES }, def: 'scram-sha-256' },
+  auth_hba_file: { kind: str, def: '' },
+  auth_user: { kind: str, def: '' },
+  auth_query: { kind: nonEmptyStr, def: DEFAULT_AUTH_QUERY },
+  auth_dbname: { kind: str, def: '' },
+  auth_query_cache_ttl: { kind: duration, def: 60 },
   admin_users: { kind: { t: 'list' }, def: [] },
   stats_users: { kind: { t: 'list' }, def: [] },
   bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
@@ -119,6 +130,8 @@ const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
   datestyle: nonEmptyStr,
   timezone: nonEmptyStr,
   application_name: str,
+  auth_user: nonEmptyStr,
+  auth_dbname: nonEmptyStr,
 };
 
 const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
@@ -143,7 +156,9 @@ export const DEFAULT_SESSION_STATE: SessionStatePolicies = {
   parameters: 'track', listen: 'pin', advisory_locks: 'pin', temp_tables: 'pin', prepared_sql: 'pin', hold_cursors: 'pin',
 };
 
-const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', 'session_state', ...Object.keys(SETTINGS)];
+const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', 'session_state', 'hba', ...Object.keys(SETTINGS)];
+
+const HBA_ENTRY_KEYS = ['type', 'database', 'user', 'address', 'method'];
 
 // pgbouncer.ini names that live elsewhere here: point the user at the right place.
 const MOVED: Record<string, string> = {
@@ -384,6 +399,7 @@ class Loader {
     let sawDatabases = false;
     let metrics: MetricsConfig | undefined;
     let sessionState: SessionStatePolicies = { ...DEFAULT_SESSION_STATE };
+    let hba: HbaRule[] | undefined;
 
     for (const [name, kline, vnode] of this.entries(root, '', 1)) {
       if (name === 'listen') {
@@ -416,6 +432,8 @@ class Loader {
         metrics = this.section(vnode, 'metrics', kline, METRICS_KEYS, { host: '127.0.0.1', port: 9127 } as MetricsConfig);
       } else if (name === 'session_state') {
         sessionState = this.section(vnode, 'session_state', kline, SESSION_STATE_KEYS, { ...DEFAULT_SESSION_STATE });
+      } else if (name === 'hba') {
+        hba = this.hbaList(vnode, kline);
       } else if (name in SETTINGS) {
         settings[name] = this.value(SETTINGS[name as keyof Settings].kind, vnode, name, kline);
       } else {
@@ -430,10 +448,37 @@ class Loader {
       ...(settings as unknown as Settings),
       ...(metrics ? { metrics } : {}),
       session_state: sessionState,
+      ...(hba ? { hba } : {}),
+      hbaRules: [],
       source: { file: this.file, lines: this.lines },
     } as Config;
     this.crossCheck(cfg, sawDatabases);
     return cfg;
+  }
+
+  /** The inline `hba:` list: mappings of type, database, user, address, method. */
+  hbaList(node: unknown, line: number | undefined): HbaRule[] {
+    const n = this.resolve(node);
+    if (!isSeq(n)) this.fail('hba', line, `expected a list of rules ({ type, database, user, address, method }), got ${describeValue(this.plain(n))}`);
+    return n.items.map((item, i) => {
+      const where = `hba[${i}]`;
+      const iline = this.lineOf(this.resolve(item), line);
+      const entry: Record<string, string | string[]> = {};
+      for (const [key, kline, vnode] of this.entries(item, where, iline)) {
+        if (!HBA_ENTRY_KEYS.includes(key)) this.unknownKey(where, key, kline, HBA_ENTRY_KEYS);
+        const listOk = key === 'database' || key === 'user';
+        entry[key] = this.value(listOk && isSeq(this.resolve(vnode)) ? { t: 'list' } : nonEmptyStr, vnode, `${where}.${key}`, kline) as string | string[];
+      }
+      for (const key of ['type', 'database', 'user', 'method']) {
+        if (entry[key] === undefined) this.fail(where, iline, `missing "${key}"`);
+      }
+      try {
+        return ruleFromEntry(entry as unknown as HbaEntry, path.dirname(this.file), this.file, iline ?? 0);
+      } catch (e) {
+        if (e instanceof HbaError) this.fail(where, iline, e.message);
+        throw e;
+      }
+    });
   }
 
   crossCheck(cfg: Config, sawDatabases: boolean): void {
@@ -459,6 +504,7 @@ class Loader {
         this.fail(`databases.${db.name}.password`, L(`databases.${db.name}.password`), 'a password needs a user (the fixed server user it belongs to)');
       }
     }
+    this.checkAuth(cfg);
     for (const u of cfg.users.values()) {
       const pw = u.password;
       if (pw === undefined) continue;
@@ -475,6 +521,44 @@ class Loader {
           L(k),
           'is an md5 hash, which cannot authenticate clients with auth_type scram-sha-256; give the plain password or a SCRAM verifier, or set auth_type: md5',
         );
+      }
+    }
+  }
+
+  // HBA rules (inline or auth_hba_file, read here so that a reload re-reads the file) and
+  // auth_query's user.
+  checkAuth(cfg: Config): void {
+    const L = (k: string) => this.lines.get(k);
+    if (cfg.hba && cfg.auth_hba_file) {
+      this.fail('hba', L('hba'), 'give the HBA rules either inline (hba:) or in auth_hba_file, not both');
+    }
+    if (cfg.hba && cfg.auth_type !== 'hba') this.fail('hba', L('hba'), 'HBA rules apply only with auth_type: hba');
+    let rules = cfg.hba ?? [];
+    if (cfg.auth_hba_file) {
+      const file = path.resolve(path.dirname(cfg.source.file), cfg.auth_hba_file);
+      try {
+        rules = readHbaFile(file);
+      } catch (e) {
+        if (!(e instanceof HbaError)) throw e;
+        if (e.line === 0) this.fail('auth_hba_file', L('auth_hba_file'), e.message + ` (${file})`);
+        throw new ConfigError(e.message, e.file, 'auth_hba_file', e.line);
+      }
+    }
+    if (cfg.auth_type === 'hba' && !cfg.hba && !cfg.auth_hba_file) {
+      this.fail('auth_type', L('auth_type'), 'auth_type hba needs auth_hba_file (a pg_hba.conf-format file) or an inline hba: list');
+    }
+    cfg.hbaRules = rules;
+    if (!/\$1\b/.test(cfg.auth_query)) {
+      this.fail('auth_query', L('auth_query'), 'must take the user name as the parameter $1');
+    }
+    const authUsers: Array<[string, string]> = [];
+    if (cfg.auth_user) authUsers.push(['auth_user', cfg.auth_user]);
+    for (const db of cfg.databases.values()) if (db.auth_user) authUsers.push([`databases.${db.name}.auth_user`, db.auth_user]);
+    for (const [key, name] of authUsers) {
+      const u = cfg.users.get(name);
+      if (!u) this.fail(key, L(key), `"${name}" must be listed under users: with the password the proxy logs in with to run auth_query`);
+      if (u.password?.startsWith('SCRAM-SHA-256$')) {
+        this.fail(key, L(key), `users.${name}.password is a SCRAM verifier, which cannot log in to PostgreSQL; give the plain password (or an md5 hash for md5 servers)`);
       }
     }
   }

@@ -3,8 +3,10 @@
 // as in pgbouncer.ini. The loader (load.ts) turns YAML into this and nothing else
 // reads YAML.
 
+import type { HbaRule } from '../auth/hba';
+
 export type PoolMode = 'session' | 'transaction' | 'statement';
-export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
+export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust' | 'hba';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
@@ -48,6 +50,8 @@ export interface DatabaseConfig {
   datestyle?: string;
   timezone?: string;
   application_name?: string;
+  auth_user?: string; // overrides the top-level auth_user for this database
+  auth_dbname?: string; // overrides the top-level auth_dbname for this database
 }
 
 export interface UserConfig {
@@ -87,6 +91,11 @@ export interface Config {
   server_login_retry: number;
   shutdown_timeout: number; // SIGTERM: how long clients get to finish
   auth_type: AuthType;
+  auth_hba_file: string; // '' = none; pg_hba.conf format (auth_type hba)
+  auth_user: string; // '' = no auth_query lookups
+  auth_query: string;
+  auth_dbname: string; // '' = the client's database
+  auth_query_cache_ttl: number; // s; 0 = look up on every login
   admin_users: string[];
   stats_users: string[];
   bypass: BypassMode;
@@ -95,6 +104,10 @@ export interface Config {
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;
   metrics?: MetricsConfig;
+  // The rules written inline as `hba:` (pgsplice's own form), if any.
+  hba?: HbaRule[];
+  // The rules in force with auth_type hba: the inline ones or auth_hba_file's (re-read on reload).
+  hbaRules: HbaRule[];
   // Where the keys were found, for messages that name a key and its line.
   source: { file: string; lines: Map<string, number> };
 }

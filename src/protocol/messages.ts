@@ -69,6 +69,27 @@ export const saslInitialResponse = (mechanism: string, data: Buffer): Buffer =>
   message('p'.charCodeAt(0), Buffer.concat([cstr(mechanism), int32(data.length), data]));
 export const saslResponse = (data: Buffer): Buffer => message('p'.charCodeAt(0), data);
 
+const int16 = (n: number): Buffer => {
+  const b = Buffer.allocUnsafe(2);
+  b.writeInt16BE(n, 0);
+  return b;
+};
+
+// Parse (unnamed), Bind with text parameters, Execute, Sync: one statement with its
+// parameters sent apart from the SQL text, never spliced into it.
+export function extendedQuery(sql: string, params: string[]): Buffer {
+  const bindParams = params.flatMap((p) => {
+    const v = Buffer.from(p, 'utf8');
+    return [int32(v.length), v];
+  });
+  return Buffer.concat([
+    message('P'.charCodeAt(0), Buffer.concat([cstr(''), cstr(sql), int16(0)])),
+    message('B'.charCodeAt(0), Buffer.concat([cstr(''), cstr(''), int16(0), int16(params.length), ...bindParams, int16(0)])),
+    message('E'.charCodeAt(0), Buffer.concat([cstr(''), int32(0)])),
+    message('S'.charCodeAt(0), Buffer.alloc(0)),
+  ]);
+}
+
 export function startupMessage(params: Record<string, string>): Buffer {
   const body = Buffer.concat([
     int32(PROTOCOL_3_0),
