@@ -42,14 +42,14 @@ async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName('npm run bench --')
     .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on).')
-    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 3 min): 10k rows, YCSB C, extended, 64 clients, 3 rounds, storm once, 2000 idle clients' })
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 4 min): 10k rows, YCSB C, extended and prepared, 64 clients, 3 rounds, storm once, 2000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
     .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3)' })
     .option('duration', { type: 'number', describe: 'seconds of load per pgbench run, >= 3 (default 4); each run gets 1 s more per 64 clients for connecting' })
     .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
     .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c)` })
-    .option('clients-simple', { type: 'string', describe: "client counts for the simple protocol ('all' = --clients; default 64, so the client sweep runs on the extended protocol the goals use)" })
-    .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default simple,extended; quick extended)' })
+    .option('clients-simple', { type: 'string', describe: "client counts for the simple and prepared protocols ('all' = --clients; default 64, so the client sweep runs on the extended protocol the goals use)" })
+    .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default all three; quick extended,prepared)' })
     .option('targets', { type: 'string', default: BUILTIN_TARGETS.join(','), describe: 'built-in targets to run' })
     .option('extra', { type: 'string', array: true, default: [] as string[], describe: 'another pooler: host:port:label[:pid] (routes database/user of the backend)' })
     .option('pg-url', { type: 'string', describe: 'reuse this PostgreSQL (postgres://user:pw@host:port/db) instead of a scratch one; its usertable is dropped and reloaded unless it has --rows rows' })
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   const duration = Math.max(3, argv.duration ?? 4);
   const clients = list(argv.clients ?? (quick ? '64' : '16,64,256')).map(Number);
   const workloads = list(argv.workloads ?? (quick ? 'c' : 'a,b,c,rmw'));
-  const modes = list(argv.modes ?? (quick ? 'extended' : 'simple,extended'));
+  const modes = list(argv.modes ?? (quick ? 'extended,prepared' : 'simple,extended,prepared'));
   const wanted = list(argv.targets);
   const stormDuration = Math.max(3, argv['storm-duration'] ?? 4);
   const idleClients = argv['idle-clients'] ?? (quick ? 2000 : 10_000);
@@ -185,13 +185,13 @@ async function main(): Promise<void> {
     // --- the matrix, interleaved ---
     type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number; rounds: number };
     const cells: Cell[] = [];
-    // The client sweep runs on every protocol in --modes except simple, which runs at
+    // The client sweep runs on the extended protocol; simple and prepared run at
     // --clients-simple (default: 64, or the first count) unless that says 'all'.
     let simpleClients: number[] = clients;
     if (argv['clients-simple'] && argv['clients-simple'] !== 'all') simpleClients = list(argv['clients-simple']).map(Number);
     else if (!argv['clients-simple'] && !quick) simpleClients = clients.includes(64) ? [64] : [clients[0]];
     for (const workload of workloads) {
-      for (const mode of modes) for (const c of mode === 'simple' ? simpleClients : clients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration, rounds });
+      for (const mode of modes) for (const c of mode === 'extended' ? clients : simpleClients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration, rounds });
     }
     if (argv.storm) {
       const stormMode = modes.includes('extended') ? 'extended' : modes[0];
