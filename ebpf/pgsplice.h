@@ -31,6 +31,8 @@ enum pgs_conn_flags {
 	PGS_F_PARAMS_CHANGED = 1, /* client: its server sent ParameterStatus while bound */
 	PGS_F_FRAME_ERROR = 2,    /* framing saw an impossible length */
 	PGS_F_SLOW = 4,           /* client: handed to user space by the in-flight limit */
+	PGS_F_HANDOFF = 8,        /* client: handed to user space mid-transaction (named
+				   * statement or session-state SQL, docs/kernel-path.md) */
 };
 
 /* Framing state of one direction, owned by the socket's own verdict. */
@@ -53,6 +55,16 @@ struct pgs_conn {
 	struct pgs_frame frame;
 	__u64 redirected; /* bytes redirected INTO this socket's egress by the kernel */
 	__u64 acked_base; /* tcp bytes_acked of this socket at registration */
+	/* client: P/B/D/E/C forwarded after the last Sync/Query/FunctionCall (0 when
+	 * !tail_open), and final responses ('1' '2' '3' 'n' 'T' 'C' 'I' 's') forwarded since
+	 * the last ReadyForQuery; guarded by lock. User space places its own answers after
+	 * these when it takes a transaction over (PGS_F_HANDOFF). */
+	__u32 tail_msgs;
+	__u32 tail_answered;
+	/* server: 1 while its verdict has committed a frame but not yet applied it to the
+	 * client (outstanding, tail_answered): a hand-over waits for 0 */
+	__u32 applying;
+	__u32 pad;
 };
 
 struct pgs_pool {
@@ -89,6 +101,8 @@ enum pgs_stat {
 	PGS_ST_FB_INFLIGHT_LIMIT,
 	PGS_ST_FB_FRAME_ERROR,
 	PGS_ST_FB_PUSH_FAILED,
+	PGS_ST_FB_NAMED_STATEMENT, /* a named Parse/Bind/Describe/Close: user space renames */
+	PGS_ST_FB_SESSION_STATE,   /* SQL that may change session state, or not wholly visible */
 	PGS_ST__MAX,
 };
 
@@ -97,6 +111,7 @@ enum pgs_event_type {
 	PGS_EV_SERVER_RELEASED = 2, /* a = pool, b = server */
 	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server, c = bytes in flight (capped) */
 	PGS_EV_SERVER_TO_USER = 4,  /* a = server, b = reason (stat index) */
+	PGS_EV_HANDOFF = 5,         /* a = client, b = server, c = reason (stat index) */
 };
 
 struct pgs_event {
@@ -144,6 +159,11 @@ struct pgs_ctl {
 	__u32 out_in;
 	__u32 tail_in;
 	__u32 pad_in;
+	/* READ results, appended (see struct pgs_conn) */
+	__u32 tail_msgs;
+	__u32 tail_answered;
+	__u32 applying;
+	__u32 pad_out;
 };
 
 /* Result of framing one buffer (also the tc test wrapper's output). */
@@ -160,6 +180,11 @@ struct pgs_frame_test {
 	__u32 errors;
 	__u32 last_tail; /* tail_open after the last chunk */
 	__u8 z_status[64]; /* first 64 Z statuses */
+	/* client: what the verdict's inspection decided for the last chunk
+	 * (0 stay in the kernel, else PGS_ST_FB_NAMED_STATEMENT / _SESSION_STATE) */
+	__u32 inspect;
+	__u32 tail_msgs;     /* as pgs_conn.tail_msgs after the last chunk */
+	__u32 tail_answered; /* as pgs_conn.tail_answered after the last chunk */
 };
 
 #endif

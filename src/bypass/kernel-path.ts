@@ -32,7 +32,9 @@ export type KernelEvent =
   | { type: 'inflight_limit'; client: number; server: number; inflight?: number }
   // the kernel gave a server back to user space (unsolicited bytes while idle, lost
   // framing, full idle stack); its bytes now arrive on its socket
-  | { type: 'server_to_user'; server: number; reason: FallbackReason };
+  | { type: 'server_to_user'; server: number; reason: FallbackReason }
+  // a bound client sent a named statement or session-state SQL: the pair is user space's
+  | { type: 'handoff'; client: number; server: number; reason: FallbackReason };
 
 export interface ConnRead {
   mode: number;
@@ -48,6 +50,12 @@ export interface ConnRead {
    * or, if `frame.hdrLen` > 0, the socket's next bytes complete the header `frame.hdr` */
   frame: abi.Frame;
   redirected: bigint;
+  /** client: P/B/D/E/C the kernel forwarded after the last Sync/Query/FunctionCall */
+  tailMessages: number;
+  /** client: final answers (1 2 3 n T C I s) the kernel forwarded since the last ReadyForQuery */
+  tailAnswered: number;
+  /** server: its verdict is applying a forwarded skb to its client's counts right now */
+  applying: boolean;
 }
 
 export interface FrameRun {
@@ -62,6 +70,11 @@ export interface FrameRun {
   errors: number;
   tailOpen: boolean;
   frame: abi.Frame;
+  /** client: null if the kernel may forward every chunk, else why the first one that it
+   * may not goes to user space ('named_statement' | 'session_state') */
+  inspect: string | null;
+  tailMessages: number;
+  tailAnswered: number;
 }
 
 interface BpfObject {
@@ -342,7 +355,20 @@ export class KernelPath {
       poolId: r.poolId,
       frame: r.frame,
       redirected: r.redirected,
+      tailMessages: r.tailMessages,
+      tailAnswered: r.tailAnswered,
+      applying: r.applying !== 0,
     };
+  }
+
+  /** True when every client byte the kernel redirected to server id has left its
+   * redirect backlog (is in the TCP send queue or acked), given the bytes user space
+   * itself has written to it (net.Socket.bytesWritten, nothing still buffered in Node). */
+  serverRedirectsFlushed(id: number, userWritten: bigint): boolean {
+    const reg = this.regs.get(id);
+    const b = this.obj.mapLookup('conns', abi.u32(id));
+    if (!reg || !b) return true;
+    return this.addon.tcpBytesWritten(reg.fd) >= userWritten + abi.decodeConn(b).redirected;
   }
 
   private stat(i: number): bigint {
@@ -400,6 +426,9 @@ export class KernelPath {
       case abi.EventType.SERVER_TO_USER:
         e = { type: 'server_to_user', server: r.a, reason: abi.FALLBACK_NAMES[r.b] ?? 'unhandled' };
         break;
+      case abi.EventType.HANDOFF:
+        e = { type: 'handoff', client: r.a, server: r.b, reason: abi.FALLBACK_NAMES[r.c] ?? 'unhandled' };
+        break;
     }
     if (!e) return;
     for (const cb of this.listeners) cb(e);
@@ -432,6 +461,9 @@ export class KernelPath {
       errors: t.errors,
       tailOpen: t.lastTail !== 0,
       frame: t.frame,
+      inspect: t.inspect ? abi.FALLBACK_NAMES[t.inspect] ?? String(t.inspect) : null,
+      tailMessages: t.tailMessages,
+      tailAnswered: t.tailAnswered,
     };
   }
 
