@@ -627,8 +627,13 @@ export class ClientConnection implements ServerPeer {
     }
   }
 
-  // The kernel handed this client and its server to user space mid-transaction.
-  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean): void {
+  // The kernel handed this client and its server to user space mid-transaction. tail: of
+  // the extended-protocol messages after the last Sync the kernel forwarded, and of the
+  // final answers since the last ReadyForQuery it forwarded (hand-overs for a named
+  // statement or session state, or the in-flight bound).
+  adoptedTail: { tailMessages: number; tailAnswered: number } | null = null;
+  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
+    this.adoptedTail = tail ?? null;
     this.kernelServer = null;
     this.tracker.outstanding = outstanding;
     this.tracker.tailOpen = tailOpen;

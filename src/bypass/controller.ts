@@ -11,6 +11,7 @@ import { TRACKED_PARAMETERS } from '../session-parameters';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
+import { Mode } from './kernel-abi';
 
 export interface BypassStatus {
   mode: BypassMode;
@@ -28,10 +29,15 @@ export interface UserPathCounters {
   serversFromKernel: number;
   paramsChanged: number;
   kernelServerLost: number;
+  handoffs: number; // transactions taken over mid-way for a named statement or session state
 }
 
 const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
 const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
+const HANDOFF_FLAG = 8; // ebpf/pgsplice.h PGS_F_HANDOFF
+// How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
+const HANDOFF_SETTLE_MS = 200;
+const pause = new Int32Array(new SharedArrayBuffer(4));
 // Bytes the kernel may queue for a client that reads slowly before user space takes the
 // pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
@@ -73,7 +79,7 @@ export class BypassController implements IdleServerHost {
   private kidOf = new WeakMap<ServerConnection | ClientConnection, number>();
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
   readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0, handoffs: 0,
   };
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
@@ -152,6 +158,7 @@ export class BypassController implements IdleServerHost {
     if (cur !== undefined) k.unregister(id); // quiet: nothing is parked in its queue
     if (isServer) k.registerServer(id, fd, kid);
     else k.registerClient(id, fd, kid);
+    if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0n;
     this.kidOf.set(conn, kid);
     return true;
@@ -342,6 +349,8 @@ export class BypassController implements IdleServerHost {
     return { host: server.target.host, port: server.target.port, pid: server.backendPid, key: server.backendKey };
   }
 
+  private writtenAtHome = new WeakMap<ServerConnection, bigint>(); // Node's bytes written when registered
+
   // ---- servers ----
 
   // The kernel passed bytes of a server it owned (async message on an idle server).
@@ -353,15 +362,47 @@ export class BypassController implements IdleServerHost {
     const client = this.clients.get(clientId);
     const cst = k.read(clientId);
     const sst = k.read(skid(server));
-    if (!client || !cst || !sst || !(cst.flags & SLOW_FLAG)) return false;
+    if (!client || !cst || !sst || !(cst.flags & (SLOW_FLAG | HANDOFF_FLAG))) return false;
+    const handoff = (cst.flags & HANDOFF_FLAG) !== 0;
+    if (handoff && !this.settleHandoff(server)) {
+      k.takeBound(clientId);
+      server.state = ServerState.Idle;
+      server.close('the kernel did not finish with this server at a hand-over');
+      client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
+      return true;
+    }
+    // Read again: the server's last kernel-forwarded answers may have been applied meanwhile.
+    const c = handoff ? k.read(clientId) ?? cst : cst;
+    const f = handoff ? k.read(skid(server))?.frame ?? sst.frame : sst.frame;
     if (k.takeBound(clientId) !== skid(server)) return false;
-    this.counters.slowHandovers++;
+    if (handoff) this.counters.handoffs++;
+    else this.counters.slowHandovers++;
     server.state = ServerState.Idle;
-    server.resumeFrame(sst.frame);
-    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    server.resumeFrame(f);
+    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
     return true;
+  }
+
+  // A hand-over from the client verdict (named statement, session state) races the
+  // server's own verdict, which may have forwarded an answer and not yet counted it for
+  // the client, and the client bytes the kernel queued to the server may not all be sent
+  // yet (user space would overtake them). Both take microseconds: wait for them here,
+  // synchronously, so the client's passed bytes are forwarded only after. False: they
+  // did not settle in time.
+  private settleHandoff(server: ServerConnection): boolean {
+    const k = this.kernel!;
+    const since = this.writtenAtHome.get(server) ?? 0n;
+    const deadline = Date.now() + HANDOFF_SETTLE_MS;
+    for (;;) {
+      const st = k.read(skid(server));
+      if (!st) return false;
+      const flushed = k.serverRedirectsFlushed(skid(server), BigInt(server.socket.bytesWritten) - since);
+      if (st.mode !== Mode.BOUND && !st.applying && flushed) return true;
+      if (Date.now() > deadline) return false;
+      Atomics.wait(pause, 0, 0, 0.05);
+    }
   }
 
   private serverPassed(server: ServerConnection): void {
@@ -435,6 +476,9 @@ export class BypassController implements IdleServerHost {
   leftKernel(client: ClientConnection): void {
     this.counters.clientsFromKernel++;
     const st = this.kernel?.read(client.id);
+    // Handed over mid-transaction: take its server now, before its bytes are forwarded.
+    const peer = st && st.peer ? this.servers.get(st.peer) : undefined;
+    if (st && peer && st.flags & (HANDOFF_FLAG | SLOW_FLAG) && peer.state === ServerState.Kernel && this.adoptPair(client.id, peer)) return;
     if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
     // since then already answered it.
@@ -444,7 +488,7 @@ export class BypassController implements IdleServerHost {
   }
 
   private onKernelEvent(e: KernelEvent): void {
-    if (e.type === 'inflight_limit') {
+    if (e.type === 'inflight_limit' || e.type === 'handoff') {
       const server = this.servers.get(e.server);
       if (server && server.state === ServerState.Kernel) this.adoptPair(e.client, server);
     } else if (e.type === 'server_released') {

@@ -135,6 +135,7 @@ interface Reg {
   fd: number;
   cookie: bigint;
   role: number;
+  written: bigint; // TCP bytes written at registration
 }
 
 export class KernelPath {
@@ -239,7 +240,8 @@ export class KernelPath {
     if (!Number.isInteger(id) || id <= 0 || id > 0xffffffff) throw new RangeError(`conn id ${id} must be 1..2^32-1`);
     if (this.regs.has(id)) throw new Error(`conn id ${id} already registered`);
     const cookie = this.addon.socketCookie(fd);
-    const ackedBase = role === abi.Role.CLIENT ? this.addon.tcpBytesWritten(fd) : 0n;
+    const written = this.addon.tcpBytesWritten(fd);
+    const ackedBase = role === abi.Role.CLIENT ? written : 0n;
     // state first, socket last: the verdict never sees a socket without its state
     this.obj.mapUpdate('conns', abi.u32(id), abi.encodeConn({ role, poolId, ackedBase }));
     this.obj.mapUpdate('sock_ids', abi.u64(cookie), abi.u32(id));
@@ -250,7 +252,7 @@ export class KernelPath {
       this.obj.mapDelete('conns', abi.u32(id));
       throw e;
     }
-    this.regs.set(id, { fd, cookie, role });
+    this.regs.set(id, { fd, cookie, role, written });
   }
 
   /** Mode USER, counters 0. Drain the socket (read to EAGAIN) before: bytes already
@@ -362,13 +364,13 @@ export class KernelPath {
   }
 
   /** True when every client byte the kernel redirected to server id has left its
-   * redirect backlog (is in the TCP send queue or acked), given the bytes user space
-   * itself has written to it (net.Socket.bytesWritten, nothing still buffered in Node). */
-  serverRedirectsFlushed(id: number, userWritten: bigint): boolean {
+   * redirect backlog (is in the TCP send queue or acked), given the bytes user space has
+   * written to it since it was registered (quiet) and none still buffered in Node. */
+  serverRedirectsFlushed(id: number, userWrittenSinceRegister: bigint): boolean {
     const reg = this.regs.get(id);
     const b = this.obj.mapLookup('conns', abi.u32(id));
     if (!reg || !b) return true;
-    return this.addon.tcpBytesWritten(reg.fd) >= userWritten + abi.decodeConn(b).redirected;
+    return this.addon.tcpBytesWritten(reg.fd) - reg.written >= userWrittenSinceRegister + abi.decodeConn(b).redirected;
   }
 
   private stat(i: number): bigint {
