@@ -333,6 +333,31 @@ static long pgs_inspect_step(__u32 i, void *ctx)
 			return 0;
 		}
 	}
+	/* SQL text 8 bytes per step where 8 are there: a step per byte (a helper call each)
+	 * cost ~30 ns per byte, about 2 us for one of pgbench's statements */
+	if (x->step == I_LEX && x->pos + 8 <= x->end && x->pos + 8 <= x->len &&
+	    x->pos + 8 - x->text <= PGS_SQL_MAX) {
+		__u64 w;
+
+		if (bpf_skb_load_bytes(l->skb, x->pos, &w, 8)) {
+			x->verdict = PGS_ST_FB_SESSION_STATE;
+			return 1;
+		}
+#pragma clang loop unroll(full)
+		for (int k = 0; k < 8; k++) {
+			b = (__u8)(w >> (8 * k));
+			x->pos++;
+			pgs_lex(x, b);
+			if (!b) {
+				x->step = I_HDR;
+				x->pos = x->end;
+				return 0;
+			}
+			if (x->verdict)
+				return 1;
+		}
+		return 0;
+	}
 	/* a name or the text runs past its message: malformed, or into the next skb */
 	if (x->pos >= x->end || bpf_skb_load_bytes(l->skb, x->pos, &b, 1)) {
 		x->verdict = PGS_ST_FB_SESSION_STATE;
