@@ -643,6 +643,12 @@ export class ClientConnection implements ServerPeer {
     server.link(this);
   }
 
+  // Takes over framing where the kernel path left this client's stream (a hand-over can
+  // come after the kernel forwarded the first part of a message).
+  resumeFrame(pos: { hdr: Buffer; hdrLen: number; curType: number; remaining: number }): void {
+    this.scanner.resume(pos);
+  }
+
   // As quiet, but for a request of its own that the kernel is carrying (bound there).
   get quietExceptKernelServer(): boolean {
     return this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.pending.length === 0 && this.scanner.atBoundary

@@ -379,6 +379,7 @@ export class BypassController implements IdleServerHost {
     else this.counters.slowHandovers++;
     server.state = ServerState.Idle;
     server.resumeFrame(f);
+    client.resumeFrame(c.frame); // where its passed bytes start: maybe inside a message
     client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
