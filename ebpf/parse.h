@@ -17,6 +17,10 @@ struct pgs_fctx {
 	__u32 last_sfq_end; /* pos just after the last completed Sync/Query/FunctionCall */
 	__u32 x_off;        /* offset of a Terminate header, PGS_NO_OFF if none */
 	__u32 hdr_start;    /* where the split header being collected started in this skb */
+	__u32 n_ext_tail;   /* client: P/B/D/E/C completed after the last S/Q/F of this skb */
+	__u32 n_fin_tail;   /* server: final responses after the last Z of this skb */
+	__u32 insp_from;    /* client: first header that starts in this skb (inspection) */
+	__u8 insp_carried;  /* client: type of a header carried in from the previous skb */
 	__u8 have_sfq;
 	__u8 first_type;    /* type of a message whose header starts at base, else 0 */
 	__u8 last_z;        /* status byte of the last ReadyForQuery */
@@ -29,7 +33,10 @@ static __always_inline void pgs_complete(struct pgs_fctx *c, __u8 type)
 	c->n_msgs++;
 	if (c->role != PGS_ROLE_CLIENT)
 		return;
+	if (type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C')
+		c->n_ext_tail++;
 	if (type == 'S' || type == 'Q' || type == 'F') {
+		c->n_ext_tail = 0;
 		if (type == 'S')
 			c->n_sync++;
 		else if (type == 'Q')
@@ -66,8 +73,14 @@ static __always_inline void pgs_header(struct pgs_fctx *c, const __u8 *h, __u32 
 			 * bpf_loop's callback verification would never converge */
 			c->zbits = (c->zbits << 8) | h[5];
 			c->n_z++;
+			c->n_fin_tail = 0;
 		} else if (type == 'S') {
 			c->n_param++;
+		} else if (type == '1' || type == '2' || type == '3' || type == 'n' ||
+			   type == 'T' || type == 'C' || type == 'I' || type == 's') {
+			/* the final answer to one P/B/C/D/E: user space needs the count when it
+			 * takes a transaction over (pgs_conn.tail_answered) */
+			c->n_fin_tail++;
 		}
 	} else if (type == 'X') {
 		c->n_term++;
@@ -180,9 +193,13 @@ __attribute__((noinline)) int pgs_frame_run(struct __sk_buff *skb, struct pgs_fc
 	c.pos = c.base;
 	c.len = skb->len;
 	c.error = 0;
+	c.insp_from = c.base + c.f.remaining;
+	c.insp_carried = c.f.hdr_len ? c.f.hdr[0] : 0;
 	if (c.len > c.base) {
-		if (c.f.hdr_len)
+		if (c.f.hdr_len) {
 			pgs_collect(&c);
+			c.insp_from = c.pos; /* after the carried message, or len */
+		}
 		/* A step eats >= 5 bytes except the first (a carried body): len/5 + 4 steps
 		 * always suffice; the bound follows skb->len and can't be hit (docs). */
 		bpf_loop((c.len - c.base) / 5 + 4, pgs_frame_step, &c, 0);

@@ -8,6 +8,7 @@
 #include "pgsplice.h"
 #include "maps.h"
 #include "parse.h"
+#include "inspect.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -197,6 +198,43 @@ static __always_inline int client_fallback(struct pgs_conn *c, __u32 len, __u32 
 	return SK_PASS;
 }
 
+/* A bound client sent what only user space may forward (inspect.h): hand the pair over
+ * mid-transaction, this skb unforwarded, as the in-flight bound does but from the client
+ * side. User space (event handoff, or the passed bytes of either socket) takes the server
+ * with TAKE_BOUND and learns from READ which answers the kernel still forwards. */
+static __always_inline int client_handoff(__u32 cid, struct pgs_conn *c, __u32 sid, __u32 len,
+					  __u32 reason)
+{
+	struct pgs_conn *s;
+	int bound = 0;
+
+	bpf_spin_lock(&c->lock);
+	/* the release decides under this lock too: if it came first, this skb starts a
+	 * new transaction and is a plain fallback */
+	if (MODE(c->word) == PGS_KERNEL && c->peer == sid) {
+		c->flags |= PGS_F_HANDOFF; /* no release from now on: user space decides */
+		bound = 1;
+	}
+	to_user_locked(c, len);
+	bpf_spin_unlock(&c->lock);
+	stat_add(reason, 1);
+	stat_add(PGS_ST_PASSED_SKBS, 1);
+	stat_add(PGS_ST_PASSED_BYTES, len);
+	if (!bound)
+		return SK_PASS;
+	s = bpf_map_lookup_elem(&conns, &sid);
+	if (s) {
+		/* its later bytes go to user space; a run of its verdict that committed before
+		 * this still applies its answers to the client (s->applying says when done) */
+		bpf_spin_lock(&s->lock);
+		if (MODE(s->word) == PGS_BOUND && s->peer == cid)
+			set_mode(&s->word, PGS_USER);
+		bpf_spin_unlock(&s->lock);
+	}
+	emit3(PGS_EV_HANDOFF, cid, sid, reason);
+	return SK_PASS;
+}
+
 enum { R_OK = 0, R_MODE = 1, R_PEER = 2 };
 
 static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, struct pgs_conn *c)
@@ -204,7 +242,9 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	__u32 len = skb->len;
 	struct pgs_fctx fc;
 	struct pgs_pool_stats *ps;
-	__u32 sid, tail, nsfq, pool_id = c->pool_id;
+	struct pgs_pool *pool;
+	struct pgs_conn *s;
+	__u32 sid, tail, nsfq, pool_id = c->pool_id, need = 0;
 	__u64 now;
 	int fresh = 0, res = R_OK;
 
@@ -220,8 +260,16 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 		return client_fallback(c, len, PGS_ST_FB_TERMINATE);
 	nsfq = fc.n_sync + fc.n_query + fc.n_func;
 	now = nsfq ? bpf_ktime_get_ns() : 0; /* no helper calls under the lock */
+	/* Transaction pools only: a session client keeps its server, state and all. */
+	pool = bpf_map_lookup_elem(&pools, &pool_id);
+	if (pool && pool->mode == PGS_POOL_TRANSACTION)
+		need = pgs_inspect_skb(skb, &fc, 0);
 
 	sid = *(volatile __u32 *)&c->peer;
+	if (need && !sid)
+		return client_fallback(c, len, need); /* before binding: user space serves it */
+	if (need)
+		return client_handoff(cid, c, sid, len, need);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		fresh = 0;
 		if (!sid) {
@@ -244,6 +292,8 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 			if (fresh) {
 				c->peer = sid;
 				c->outstanding = 0;
+				c->tail_msgs = 0;
+				c->tail_answered = 0;
 				c->flags &= ~PGS_F_PARAMS_CHANGED;
 				c->xact_start = 0;
 				c->query_start = 0;
@@ -256,6 +306,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 			}
 			c->outstanding += nsfq;
 			c->tail_open = tail;
+			c->tail_msgs = fc.have_sfq ? fc.n_ext_tail : c->tail_msgs + fc.n_ext_tail;
 			c->frame = fc.f;
 		}
 		bpf_spin_unlock(&c->lock);
@@ -274,6 +325,11 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 		return client_fallback(c, len, PGS_ST_FB_UNHANDLED);
 	if (!in_socks(sid))
 		return client_fallback(c, len, PGS_ST_FB_TARGET_MISSING);
+	/* bytes queued to the server's egress: user space waits for them to be sent before
+	 * it writes to that server itself after a hand-over */
+	s = bpf_map_lookup_elem(&conns, &sid);
+	if (s)
+		__sync_fetch_and_add(&s->redirected, len);
 	stat_add(PGS_ST_CLIENT_BYTES, len);
 	stat_add(PGS_ST_CLIENT_MSGS, fc.n_msgs);
 	ps = pool_stats_of(pool_id);
@@ -313,7 +369,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	__u32 cid = 0, pool_id = s->pool_id, mode;
 	__u64 inflight = 0, limit = ~0ULL;
 	__u64 now, xact_ns = 0, query_ns = 0;
-	int ok = 0, action = 0, xacts = 0;
+	int ok = 0, action = 0, xacts = 0, apply;
 
 	mode = MODE(s->word);
 	if (mode == PGS_USER && pass_counted(s, len))
@@ -390,15 +446,17 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
 	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
 	ok = 0;
+	apply = fc.n_param || fc.n_z || fc.n_fin_tail;
 	bpf_spin_lock(&s->lock);
 	if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
 		s->frame = fc.f;
+		s->applying = apply;
 		ok = 1;
 	}
 	bpf_spin_unlock(&s->lock);
 	if (!ok)
 		goto to_user;
-	if (fc.n_param || fc.n_z) {
+	if (apply) {
 		int txn = pool && pool->mode == PGS_POOL_TRANSACTION;
 
 		now = fc.n_z ? bpf_ktime_get_ns() : 0;
@@ -406,6 +464,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		if (c->peer == sid) {
 			if (fc.n_param)
 				c->flags |= PGS_F_PARAMS_CHANGED;
+			c->tail_answered = fc.n_z ? fc.n_fin_tail : c->tail_answered + fc.n_fin_tail;
 			if (fc.n_z) {
 				c->outstanding = c->outstanding > fc.n_z ? c->outstanding - fc.n_z : 0;
 				/* Z answers the oldest request; the next one's clock starts now */
@@ -418,7 +477,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 					c->xact_start = 0;
 					xacts = 1;
 				}
-				if (txn && c->outstanding == 0 && fc.last_z == 'I' && !c->tail_open) {
+				if (txn && c->outstanding == 0 && fc.last_z == 'I' && !c->tail_open &&
+				    !(c->flags & PGS_F_HANDOFF)) {
 					c->peer = 0;
 					if (c->flags & PGS_F_PARAMS_CHANGED) {
 						/* flag stays set: read() tells Node why the client
@@ -433,6 +493,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 			}
 		}
 		bpf_spin_unlock(&c->lock);
+		*(volatile __u32 *)&s->applying = 0;
 	}
 	if (action) {
 		ok = 0;
@@ -526,6 +587,9 @@ static __always_inline void ctl_read(struct pgs_ctl *a, struct pgs_conn *c)
 	a->tail_open = c->tail_open;
 	a->flags = c->flags;
 	a->frame = c->frame;
+	a->tail_msgs = c->tail_msgs;
+	a->tail_answered = c->tail_answered;
+	a->applying = c->applying;
 	bpf_spin_unlock(&c->lock);
 	a->role = c->role;
 	a->pool_id = c->pool_id;
@@ -568,6 +632,8 @@ int pgs_ctl(struct pgs_ctl *a)
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
 			c->outstanding = 0;
 			c->tail_open = 0;
+			c->tail_msgs = 0;
+			c->tail_answered = 0;
 			c->flags = 0;
 			c->xact_start = 0;
 			c->query_start = 0;
@@ -661,6 +727,8 @@ int pgs_ctl(struct pgs_ctl *a)
 			c->peer = sid;
 			c->outstanding = a->out_in;
 			c->tail_open = a->tail_in;
+			c->tail_msgs = 0; /* counts only what the kernel forwards */
+			c->tail_answered = 0;
 			c->flags = 0;
 			/* its request came through user space: the clocks start at the bind */
 			c->xact_start = a->out_in ? now : 0;
@@ -686,7 +754,8 @@ int pgs_ctl(struct pgs_ctl *a)
 		if (c->role != PGS_ROLE_CLIENT)
 			break;
 		bpf_spin_lock(&c->lock);
-		if (c->peer == a->sid && a->sid) {
+		/* a hand-over in progress: user space adopts the server instead */
+		if (c->peer == a->sid && a->sid && !(c->flags & PGS_F_HANDOFF)) {
 			c->outstanding += a->out_in;
 			c->tail_open = a->tail_in;
 			if (a->out_in && !c->xact_start)
@@ -706,12 +775,15 @@ int pgs_ctl(struct pgs_ctl *a)
 		/* Released with PARAMS_CHANGED meanwhile: the client's settings are no longer
 		 * those of its kernel pool; user space re-homes it once it knows them. */
 		if (w == MKWORD(PGS_USER, a->expected) &&
-		    !(c->peer == 0 && (c->flags & PGS_F_PARAMS_CHANGED))) {
+		    !(c->peer == 0 && (c->flags & PGS_F_PARAMS_CHANGED)) &&
+		    !(c->peer && (c->flags & PGS_F_HANDOFF))) {
 			/* user space is at a message boundary of the client stream */
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
 			if (c->peer == 0) {
 				c->outstanding = 0;
 				c->tail_open = 0;
+				c->tail_msgs = 0;
+				c->tail_answered = 0;
 				c->flags = 0;
 				c->xact_start = 0;
 				c->query_start = 0;
@@ -779,5 +851,13 @@ int pgs_frame_test(struct __sk_buff *skb)
 	t->n_term += fc.n_term;
 	t->errors += fc.error;
 	t->last_tail = pgs_tail_open(&fc, t->last_tail);
+	if (t->role == PGS_ROLE_SERVER) {
+		t->tail_answered = fc.n_z ? fc.n_fin_tail : t->tail_answered + fc.n_fin_tail;
+	} else {
+		t->tail_msgs = fc.have_sfq ? fc.n_ext_tail : t->tail_msgs + fc.n_ext_tail;
+		/* the verdict passes the first chunk that needs user space, and all after it */
+		if (!t->inspect && !fc.error)
+			t->inspect = pgs_inspect_skb(skb, &fc, 1);
+	}
 	return TC_ACT_OK;
 }

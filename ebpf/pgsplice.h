@@ -32,6 +32,8 @@ enum pgs_conn_flags {
 	PGS_F_FRAME_ERROR = 2,    /* framing saw an impossible length */
 	PGS_F_SLOW = 4,           /* client: handed to user space by the in-flight limit */
 	PGS_F_RETIRE = 8,         /* server: RECONNECT; give it to user space at its release */
+	PGS_F_HANDOFF = 16,       /* client: handed to user space mid-transaction (named
+				   * statement or session-state SQL, docs/kernel-path.md) */
 };
 
 /* Framing state of one direction, owned by the socket's own verdict. */
@@ -58,6 +60,16 @@ struct pgs_conn {
 	 * unanswered request started, 0 if none (per-pool stats) */
 	__u64 xact_start;
 	__u64 query_start;
+	/* client: P/B/D/E/C forwarded after the last Sync/Query/FunctionCall (0 when
+	 * !tail_open), and final responses ('1' '2' '3' 'n' 'T' 'C' 'I' 's') forwarded since
+	 * the last ReadyForQuery; guarded by lock. User space places its own answers after
+	 * these when it takes a transaction over (PGS_F_HANDOFF). */
+	__u32 tail_msgs;
+	__u32 tail_answered;
+	/* server: 1 while its verdict has committed a frame but not yet applied it to the
+	 * client (outstanding, tail_answered): a hand-over waits for 0 */
+	__u32 applying;
+	__u32 pad;
 };
 
 struct pgs_pool {
@@ -105,6 +117,8 @@ enum pgs_stat {
 	PGS_ST_FB_INFLIGHT_LIMIT,
 	PGS_ST_FB_FRAME_ERROR,
 	PGS_ST_FB_PUSH_FAILED,
+	PGS_ST_FB_NAMED_STATEMENT, /* a named Parse/Bind/Describe/Close: user space renames */
+	PGS_ST_FB_SESSION_STATE,   /* SQL that may change session state, or not wholly visible */
 	PGS_ST__MAX,
 };
 
@@ -114,6 +128,7 @@ enum pgs_event_type {
 	PGS_EV_INFLIGHT_LIMIT = 3,  /* a = client, b = server, c = bytes in flight (capped) */
 	PGS_EV_SERVER_TO_USER = 4,  /* a = server, b = reason (stat index) */
 	PGS_EV_SERVER_RETIRED = 5,  /* a = pool, b = server: released to USER (PGS_F_RETIRE) */
+	PGS_EV_HANDOFF = 6,         /* a = client, b = server, c = reason (stat index) */
 };
 
 struct pgs_event {
@@ -163,6 +178,11 @@ struct pgs_ctl {
 	__u32 out_in;
 	__u32 tail_in;
 	__u32 pad_in;
+	/* READ results, appended (see struct pgs_conn) */
+	__u32 tail_msgs;
+	__u32 tail_answered;
+	__u32 applying;
+	__u32 pad_out;
 };
 
 /* Result of framing one buffer (also the tc test wrapper's output). */
@@ -179,6 +199,11 @@ struct pgs_frame_test {
 	__u32 errors;
 	__u32 last_tail; /* tail_open after the last chunk */
 	__u8 z_status[64]; /* first 64 Z statuses */
+	/* client: what the verdict's inspection decided for the last chunk
+	 * (0 stay in the kernel, else PGS_ST_FB_NAMED_STATEMENT / _SESSION_STATE) */
+	__u32 inspect;
+	__u32 tail_msgs;     /* as pgs_conn.tail_msgs after the last chunk */
+	__u32 tail_answered; /* as pgs_conn.tail_answered after the last chunk */
 };
 
 #endif

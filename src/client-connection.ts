@@ -761,10 +761,13 @@ export class ClientConnection implements ServerPeer {
     }
   }
 
-  // The kernel handed this client and its server to user space mid-transaction.
-  // tail: how many extended-protocol messages the kernel forwarded after the last Sync,
-  // and how many replies ending one of them it already carried back.
+  // The kernel handed this client and its server to user space mid-transaction. tail: of
+  // the extended-protocol messages after the last Sync the kernel forwarded, and of the
+  // final answers since the last ReadyForQuery it forwarded (hand-overs for a named
+  // statement or session state, or the in-flight bound).
+  adoptedTail: { tailMessages: number; tailAnswered: number } | null = null;
   adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
+    this.adoptedTail = tail ?? null;
     this.kernelServer = null;
     this.tracker.outstanding = outstanding;
     this.tracker.tailOpen = tailOpen;
@@ -778,6 +781,12 @@ export class ClientConnection implements ServerPeer {
       const open = tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0;
       if (open > 0) server.replies.expect({ end: ReplyEnd.Finals, action: ReplyAction.Pass, count: open });
     }
+  }
+
+  // Takes over framing where the kernel path left this client's stream (a hand-over can
+  // come after the kernel forwarded the first part of a message).
+  resumeFrame(pos: { hdr: Buffer; hdrLen: number; curType: number; remaining: number }): void {
+    this.scanner.resume(pos);
   }
 
   // As quiet, but for a request of its own that the kernel is carrying (bound there).

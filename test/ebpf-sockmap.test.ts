@@ -245,7 +245,8 @@ if (kp) {
     k.onEvent((e) => events.push(e));
     t.ok(k.serverToIdle(r.sid, 0n));
     t.ok(k.clientToKernel(r.cid, 0n));
-    r.app.sock.write(Q("set timezone = 'UTC'"));
+    // a function that SETs: a plain SET would not reach the server from the kernel (ebpf/inspect.h)
+    r.app.sock.write(Q('select app.use_utc()'));
     await until(() => r.pg.length > 0, 'set at the server');
     const resp = Buffer.concat([C('SET'), PS('TimeZone', 'UTC'), Z('I')]);
     r.pg.sock.write(resp);
@@ -428,6 +429,93 @@ if (kp) {
     t.equal(k.read(r.cid)!.mode, Mode.USER);
     t.equal(k.read(r.cid)!.peer, r.sid, 'still names the dead server for user space');
   });
+
+  // ---- named statements and session state (ebpf/inspect.h, test/ebpf-inspect.test.ts) ----
+  const Pn = (name: string, sql: string) => msg('P', Buffer.from(`${name}\0${sql}\0\0\0`, 'latin1'));
+  const Bu = () => msg('B', Buffer.from([0, 0, 0, 0, 0, 0, 0, 0]));
+  const Ex = () => msg('E', Buffer.from([0, 0, 0, 0, 0]));
+
+  t.test('a named statement at the start of a transaction goes to user space before binding', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const req = Buffer.concat([Pn('s1', 'select 1'), S()]);
+    r.app.sock.write(req);
+    await until(() => r.cpx.length >= req.length, 'request passed to user space');
+    t.same(r.cpx.take(), req);
+    t.equal(k.counters().fallbacks.named_statement - before.fallbacks.named_statement, 1n);
+    t.equal(k.read(r.cid)!.mode, Mode.USER);
+    t.equal(k.read(r.cid)!.peer, 0, 'no server bound');
+    t.equal(k.read(r.sid)!.mode, Mode.IDLE, 'the server stays idle in the kernel');
+    t.equal(r.pg.length, 0);
+  });
+
+  t.test('session pools: SET stays in the kernel (the client owns its server)', async (t) => {
+    const r = await rig(k, 'session');
+    t.teardown(() => r.close());
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    const q = Q('SET search_path = x');
+    r.app.sock.write(q);
+    await until(() => r.pg.length >= q.length, 'SET at the server');
+    t.same(r.pg.take(), q);
+    t.equal(k.counters().fallbacks.session_state - before.fallbacks.session_state, 0n);
+  });
+
+  t.test('SET mid-transaction hands the pair over with what the kernel still owes', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const events: Array<Record<string, unknown>> = [];
+    k.onEvent((e) => events.push(e));
+    const before = k.counters();
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.ok(k.clientToKernel(r.cid, 0n));
+    r.app.sock.write(Q('begin'));
+    await until(() => r.pg.length > 0, 'begin');
+    r.pg.take();
+    const begun = Buffer.concat([C('BEGIN'), Z('T')]);
+    r.pg.sock.write(begun);
+    await until(() => r.app.length >= begun.length, 'begin answered');
+    r.app.take();
+    const ext = Buffer.concat([Pn('', 'select 1'), Bu(), Ex()]); // no Sync yet
+    r.app.sock.write(ext);
+    await until(() => r.pg.length >= ext.length, 'unsynced batch at the server');
+    r.pg.take();
+    const part = Buffer.concat([msg('1'), msg('2')]);
+    r.pg.sock.write(part);
+    await until(() => r.app.length >= part.length, 'ParseComplete, BindComplete');
+    t.same(r.app.take(), part);
+    t.equal(k.read(r.cid)!.tailMessages, 3, 'P B E forwarded after the last Query');
+    t.equal(k.read(r.cid)!.tailAnswered, 2, '1 and 2 forwarded since the last Z');
+
+    const set = Buffer.concat([Q('SET search_path = x')]);
+    r.app.sock.write(set);
+    await until(() => r.cpx.length >= set.length, 'SET passed to user space');
+    t.same(r.cpx.take(), set);
+    t.equal(r.pg.length, 0, 'the kernel did not forward it');
+    await until(() => events.some((e) => e.type === 'handoff'), 'handoff event');
+    t.same(events.find((e) => e.type === 'handoff'), { type: 'handoff', client: r.cid, server: r.sid, reason: 'session_state' });
+    t.equal(k.counters().fallbacks.session_state - before.fallbacks.session_state, 1n);
+    const c = k.read(r.cid)!;
+    t.same({ mode: c.mode, peer: c.peer, handoff: (c.flags & 16) !== 0, outstanding: c.outstanding, tailOpen: c.tailOpen },
+      { mode: Mode.USER, peer: r.sid, handoff: true, outstanding: 0, tailOpen: 1 });
+    t.equal(k.read(r.sid)!.mode, Mode.USER, 'the server is user space\'s too');
+    t.notOk(k.addOutstanding(r.cid, r.sid, 1, false), 'no ADD during a hand-over: user space adopts the server');
+    t.notOk(k.clientToKernelBound(r.cid, BigInt(set.length)), 'nor a bound flip back');
+    // the rest of the answer reaches user space, not the client
+    const rest = Buffer.concat([C('SELECT 1')]);
+    r.pg.sock.write(rest);
+    await until(() => r.spx.length >= rest.length, 'rest of the answer at user space');
+    t.same(r.spx.take(), rest);
+    t.equal(r.app.length, 0);
+    t.equal(k.read(r.sid)!.applying, false);
+    t.equal(k.takeBound(r.cid), r.sid, 'user space takes the server');
+    t.ok(k.serverRedirectsFlushed(r.sid, 0n), 'what the kernel queued to the server has been sent');
+  });
+
 
   t.test('per-pool stats: transactions, requests, bytes both ways and their time', async (t) => {
     const r = await rig(k);

@@ -12,6 +12,7 @@ import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
+import { Mode } from './kernel-abi';
 
 export interface BypassStatus {
   mode: BypassMode;
@@ -30,11 +31,16 @@ export interface UserPathCounters {
   serversFromKernel: number;
   paramsChanged: number;
   kernelServerLost: number;
+  handoffs: number; // transactions taken over mid-way for a named statement or session state
 }
 
 const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
 const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
 const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
+const HANDOFF_FLAG = 16; // ebpf/pgsplice.h PGS_F_HANDOFF
+// How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
+const HANDOFF_SETTLE_MS = 200;
+const pause = new Int32Array(new SharedArrayBuffer(4));
 // Bytes the kernel may queue for a client that reads slowly before user space takes the
 // pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
@@ -78,7 +84,7 @@ export class BypassController implements IdleServerHost {
   // What each Pool's kernel pools carried, sampled once a second (SHOW STATS, metrics).
   readonly poolStats = new KernelPoolStats();
   readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0,
+    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0, handoffs: 0,
   };
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
@@ -157,6 +163,7 @@ export class BypassController implements IdleServerHost {
     if (cur !== undefined) k.unregister(id); // quiet: nothing is parked in its queue
     if (isServer) k.registerServer(id, fd, kid);
     else k.registerClient(id, fd, kid);
+    if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0n;
     this.kidOf.set(conn, kid);
     return true;
@@ -288,7 +295,7 @@ export class BypassController implements IdleServerHost {
     this.counters.reclaims++;
     server.state = ServerState.Idle;
     server.resumeFrame(sst.frame);
-    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0, { tailMessages: cst.tailMessages, tailAnswered: cst.tailAnswered });
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
     return true;
@@ -368,6 +375,8 @@ export class BypassController implements IdleServerHost {
     return { host: server.target.host, port: server.target.port, pid: server.backendPid, key: server.backendKey };
   }
 
+  private writtenAtHome = new WeakMap<ServerConnection, bigint>(); // Node's bytes written when registered
+
   // ---- servers ----
 
   // The kernel passed bytes of a server it owned (async message on an idle server).
@@ -379,18 +388,51 @@ export class BypassController implements IdleServerHost {
     const client = this.clients.get(clientId);
     const cst = k.read(clientId);
     const sst = k.read(skid(server));
-    if (!client || !cst || !sst || !(cst.flags & SLOW_FLAG)) return false;
+    if (!client || !cst || !sst || !(cst.flags & (SLOW_FLAG | HANDOFF_FLAG))) return false;
+    const handoff = (cst.flags & HANDOFF_FLAG) !== 0;
+    if (handoff && !this.settleHandoff(server)) {
+      k.takeBound(clientId);
+      server.state = ServerState.Idle;
+      server.close('the kernel did not finish with this server at a hand-over');
+      client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
+      return true;
+    }
+    // Read again: the server's last kernel-forwarded answers may have been applied meanwhile.
+    const c = handoff ? k.read(clientId) ?? cst : cst;
+    const f = handoff ? k.read(skid(server))?.frame ?? sst.frame : sst.frame;
     const clocks = k.clocks(clientId);
     if (k.takeBound(clientId) !== skid(server)) return false;
-    this.counters.slowHandovers++;
+    if (handoff) this.counters.handoffs++;
+    else this.counters.slowHandovers++;
     server.state = ServerState.Idle;
-    server.resumeFrame(sst.frame);
-    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0);
+    server.resumeFrame(f);
+    client.resumeFrame(c.frame); // where its passed bytes start: maybe inside a message
+    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
     // User space sees this transaction's end: it counts it, timed from its kernel start.
-    client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(cst.poolId) ?? client.pool);
+    client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(c.poolId) ?? client.pool);
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
     return true;
+  }
+
+  // A hand-over from the client verdict (named statement, session state) races the
+  // server's own verdict, which may have forwarded an answer and not yet counted it for
+  // the client, and the client bytes the kernel queued to the server may not all be sent
+  // yet (user space would overtake them). Both take microseconds: wait for them here,
+  // synchronously, so the client's passed bytes are forwarded only after. False: they
+  // did not settle in time.
+  private settleHandoff(server: ServerConnection): boolean {
+    const k = this.kernel!;
+    const since = this.writtenAtHome.get(server) ?? 0n;
+    const deadline = Date.now() + HANDOFF_SETTLE_MS;
+    for (;;) {
+      const st = k.read(skid(server));
+      if (!st) return false;
+      const flushed = k.serverRedirectsFlushed(skid(server), BigInt(server.socket.bytesWritten) - since);
+      if (st.mode !== Mode.BOUND && !st.applying && flushed) return true;
+      if (Date.now() > deadline) return false;
+      Atomics.wait(pause, 0, 0, 0.05);
+    }
   }
 
   private serverPassed(server: ServerConnection): void {
@@ -466,6 +508,9 @@ export class BypassController implements IdleServerHost {
   leftKernel(client: ClientConnection): void {
     this.counters.clientsFromKernel++;
     const st = this.kernel?.read(client.id);
+    // Handed over mid-transaction: take its server now, before its bytes are forwarded.
+    const peer = st && st.peer ? this.servers.get(st.peer) : undefined;
+    if (st && peer && st.flags & (HANDOFF_FLAG | SLOW_FLAG) && peer.state === ServerState.Kernel && this.adoptPair(client.id, peer)) return;
     if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
     // since then already answered it.
@@ -475,7 +520,7 @@ export class BypassController implements IdleServerHost {
   }
 
   private onKernelEvent(e: KernelEvent): void {
-    if (e.type === 'inflight_limit') {
+    if (e.type === 'inflight_limit' || e.type === 'handoff') {
       const server = this.servers.get(e.server);
       if (server && server.state === ServerState.Kernel) this.adoptPair(e.client, server);
     } else if (e.type === 'server_released') {

@@ -7,7 +7,7 @@ export const COUNT_MASK = (1n << MODE_SHIFT) - 1n;
 
 export const Mode = { USER: 0, KERNEL: 1, IDLE: 1, BOUND: 2 } as const;
 export const Role = { CLIENT: 1, SERVER: 2 } as const;
-export const ConnFlags = { PARAMS_CHANGED: 1, FRAME_ERROR: 2, SLOW: 4, RETIRE: 8 } as const;
+export const ConnFlags = { PARAMS_CHANGED: 1, FRAME_ERROR: 2, SLOW: 4, RETIRE: 8, HANDOFF: 16 } as const;
 export const PoolMode = { SESSION: 0, TRANSACTION: 1 } as const;
 
 /** Index of each per-CPU counter in the `stats` map (enum pgs_stat). */
@@ -32,8 +32,10 @@ export const Stat = {
   FB_INFLIGHT_LIMIT: 17,
   FB_FRAME_ERROR: 18,
   FB_PUSH_FAILED: 19,
+  FB_NAMED_STATEMENT: 20,
+  FB_SESSION_STATE: 21,
 } as const;
-export const STAT_COUNT = 20;
+export const STAT_COUNT = 22;
 
 /** Fallback reasons by stat index, as KernelCounters.fallbacks keys. */
 export const FALLBACK_NAMES: Record<number, string> = {
@@ -47,9 +49,11 @@ export const FALLBACK_NAMES: Record<number, string> = {
   [Stat.FB_INFLIGHT_LIMIT]: 'inflight_limit',
   [Stat.FB_FRAME_ERROR]: 'frame_error',
   [Stat.FB_PUSH_FAILED]: 'push_failed',
+  [Stat.FB_NAMED_STATEMENT]: 'named_statement',
+  [Stat.FB_SESSION_STATE]: 'session_state',
 };
 
-export const EventType = { PARAMS_CHANGED: 1, SERVER_RELEASED: 2, INFLIGHT_LIMIT: 3, SERVER_TO_USER: 4, SERVER_RETIRED: 5 } as const;
+export const EventType = { PARAMS_CHANGED: 1, SERVER_RELEASED: 2, INFLIGHT_LIMIT: 3, SERVER_TO_USER: 4, SERVER_RETIRED: 5, HANDOFF: 6 } as const;
 
 export const Op = {
   CLIENT_TO_KERNEL: 1,
@@ -69,7 +73,7 @@ export const MAX_POOLS = 256;
 export const IDLE_MAX = 4096;
 export const BPF_MAP_TYPE_STACK = 23;
 
-export const SIZEOF = { frame: 12, conn: 80, pool: 24, event: 16, ctl: 104, frameTest: 116, poolStats: 48 } as const;
+export const SIZEOF = { frame: 12, conn: 96, pool: 24, event: 16, ctl: 120, frameTest: 128, poolStats: 48 } as const;
 
 export function modeOf(word: bigint): number {
   return Number(word >> MODE_SHIFT);
@@ -132,6 +136,9 @@ export interface ConnState {
   ackedBase: bigint;
   xactStart: bigint; // bpf_ktime_get_ns (CLOCK_MONOTONIC) or 0
   queryStart: bigint;
+  tailMessages: number;
+  tailAnswered: number;
+  applying: number;
 }
 
 export function decodeConn(b: Buffer): ConnState {
@@ -146,8 +153,11 @@ export function decodeConn(b: Buffer): ConnState {
     frame: decodeFrame(b, 36),
     redirected: b.readBigUInt64LE(48),
     ackedBase: b.readBigUInt64LE(56),
-    xactStart: b.length >= 80 ? b.readBigUInt64LE(64) : 0n,
-    queryStart: b.length >= 80 ? b.readBigUInt64LE(72) : 0n,
+    xactStart: b.readBigUInt64LE(64),
+    queryStart: b.readBigUInt64LE(72),
+    tailMessages: b.readUInt32LE(80),
+    tailAnswered: b.readUInt32LE(84),
+    applying: b.readUInt32LE(88),
   };
 }
 
@@ -212,6 +222,9 @@ export interface CtlResult {
   poolId: number;
   frame: Frame;
   redirected: bigint;
+  tailMessages: number;
+  tailAnswered: number;
+  applying: number;
 }
 
 export function encodeCtl(a: CtlArgs): Buffer {
@@ -239,6 +252,9 @@ export function decodeCtl(b: Buffer): CtlResult {
     poolId: b.readUInt32LE(52),
     frame: decodeFrame(b, 56),
     redirected: b.readBigUInt64LE(72),
+    tailMessages: b.readUInt32LE(104),
+    tailAnswered: b.readUInt32LE(108),
+    applying: b.readUInt32LE(112),
   };
 }
 
@@ -267,6 +283,9 @@ export interface FrameTest {
   errors: number;
   lastTail: number;
   zStatus: string; // first 64 statuses as characters
+  inspect: number; // client: 0, or the Stat index of the first chunk's punt
+  tailMessages: number;
+  tailAnswered: number;
 }
 
 export function encodeFrameTest(role: number): Buffer {
@@ -290,5 +309,8 @@ export function decodeFrameTest(b: Buffer): FrameTest {
     errors: b.readUInt32LE(44),
     lastTail: b.readUInt32LE(48),
     zStatus: b.subarray(52, 52 + Math.min(nZ, 64)).toString('latin1'),
+    inspect: b.readUInt32LE(116),
+    tailMessages: b.readUInt32LE(120),
+    tailAnswered: b.readUInt32LE(124),
   };
 }

@@ -34,7 +34,9 @@ export type KernelEvent =
   // framing, full idle stack); its bytes now arrive on its socket
   | { type: 'server_to_user'; server: number; reason: FallbackReason }
   // a server marked by retire() was released by the kernel into USER, not IDLE: close it
-  | { type: 'server_retired'; pool: number; server: number };
+  | { type: 'server_retired'; pool: number; server: number }
+  // a bound client sent a named statement or session-state SQL: the pair is user space's
+  | { type: 'handoff'; client: number; server: number; reason: FallbackReason };
 
 export interface ConnRead {
   mode: number;
@@ -50,6 +52,12 @@ export interface ConnRead {
    * or, if `frame.hdrLen` > 0, the socket's next bytes complete the header `frame.hdr` */
   frame: abi.Frame;
   redirected: bigint;
+  /** client: P/B/D/E/C the kernel forwarded after the last Sync/Query/FunctionCall */
+  tailMessages: number;
+  /** client: final answers (1 2 3 n T C I s) the kernel forwarded since the last ReadyForQuery */
+  tailAnswered: number;
+  /** server: its verdict is applying a forwarded skb to its client's counts right now */
+  applying: boolean;
 }
 
 export interface FrameRun {
@@ -64,6 +72,11 @@ export interface FrameRun {
   errors: number;
   tailOpen: boolean;
   frame: abi.Frame;
+  /** client: null if the kernel may forward every chunk, else why the first one that it
+   * may not goes to user space ('named_statement' | 'session_state') */
+  inspect: string | null;
+  tailMessages: number;
+  tailAnswered: number;
 }
 
 interface BpfObject {
@@ -124,6 +137,7 @@ interface Reg {
   fd: number;
   cookie: bigint;
   role: number;
+  written: bigint; // TCP bytes written at registration
 }
 
 export class KernelPath {
@@ -228,7 +242,8 @@ export class KernelPath {
     if (!Number.isInteger(id) || id <= 0 || id > 0xffffffff) throw new RangeError(`conn id ${id} must be 1..2^32-1`);
     if (this.regs.has(id)) throw new Error(`conn id ${id} already registered`);
     const cookie = this.addon.socketCookie(fd);
-    const ackedBase = role === abi.Role.CLIENT ? this.addon.tcpBytesWritten(fd) : 0n;
+    const written = this.addon.tcpBytesWritten(fd);
+    const ackedBase = role === abi.Role.CLIENT ? written : 0n;
     // state first, socket last: the verdict never sees a socket without its state
     this.obj.mapUpdate('conns', abi.u32(id), abi.encodeConn({ role, poolId, ackedBase }));
     this.obj.mapUpdate('sock_ids', abi.u64(cookie), abi.u32(id));
@@ -239,7 +254,7 @@ export class KernelPath {
       this.obj.mapDelete('conns', abi.u32(id));
       throw e;
     }
-    this.regs.set(id, { fd, cookie, role });
+    this.regs.set(id, { fd, cookie, role, written });
   }
 
   /** Mode USER, counters 0. Drain the socket (read to EAGAIN) before: bytes already
@@ -375,7 +390,20 @@ export class KernelPath {
       poolId: r.poolId,
       frame: r.frame,
       redirected: r.redirected,
+      tailMessages: r.tailMessages,
+      tailAnswered: r.tailAnswered,
+      applying: r.applying !== 0,
     };
+  }
+
+  /** True when every client byte the kernel redirected to server id has left its
+   * redirect backlog (is in the TCP send queue or acked), given the bytes user space has
+   * written to it since it was registered (quiet) and none still buffered in Node. */
+  serverRedirectsFlushed(id: number, userWrittenSinceRegister: bigint): boolean {
+    const reg = this.regs.get(id);
+    const b = this.obj.mapLookup('conns', abi.u32(id));
+    if (!reg || !b) return true;
+    return this.addon.tcpBytesWritten(reg.fd) - reg.written >= userWrittenSinceRegister + abi.decodeConn(b).redirected;
   }
 
   private stat(i: number): bigint {
@@ -436,6 +464,9 @@ export class KernelPath {
       case abi.EventType.SERVER_RETIRED:
         e = { type: 'server_retired', pool: r.a, server: r.b };
         break;
+      case abi.EventType.HANDOFF:
+        e = { type: 'handoff', client: r.a, server: r.b, reason: abi.FALLBACK_NAMES[r.c] ?? 'unhandled' };
+        break;
     }
     if (!e) return;
     for (const cb of this.listeners) cb(e);
@@ -468,6 +499,9 @@ export class KernelPath {
       errors: t.errors,
       tailOpen: t.lastTail !== 0,
       frame: t.frame,
+      inspect: t.inspect ? abi.FALLBACK_NAMES[t.inspect] ?? String(t.inspect) : null,
+      tailMessages: t.tailMessages,
+      tailAnswered: t.tailAnswered,
     };
   }
 
