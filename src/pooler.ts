@@ -9,6 +9,7 @@ import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
 import { log } from './log';
 import { countLogin, retireClient } from './metrics/stats';
+import { ClientTls, TlsContexts, buildTls } from './tls';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 
@@ -33,8 +34,11 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private janitorTimer: NodeJS.Timeout;
   hooks: PoolerHooks = { startAdmin: (c) => c.fatal({ code: SqlState.FeatureNotSupported, message: 'admin console not available' }) };
   accepting = true;
+  // Secure contexts of the running config; built again (files re-read) on every reload.
+  tls: TlsContexts;
 
   constructor(public config: Config) {
+    this.tls = buildTls(config); // throws ConfigError naming the key: start-up fails
     this.janitorTimer = setInterval(() => this.janitor(), 1000);
     this.janitorTimer.unref();
   }
@@ -63,6 +67,11 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   feedKernelBound(client: ClientConnection, data: Buffer): boolean {
     return this.hooks.feedKernelBound ? this.hooks.feedKernelBound(client, data) : false;
+  }
+
+  // Unix sockets answer 'N', as PostgreSQL does: TLS is for TCP.
+  clientTls(sock: net.Socket): ClientTls | null {
+    return sock.remoteFamily ? this.tls.client : null;
   }
 
   userSecret(user: string): string | undefined {
@@ -110,6 +119,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return {
       host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, startupParams,
       connectTimeout: this.config.server_connect_timeout,
+      tls: this.tls.server,
     };
   }
 
@@ -215,6 +225,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.
   reload(next: Config): string[] {
+    this.tls = buildTls(next); // throws before anything changes: a bad file keeps the running config
     const needRestart: string[] = [];
     const prev = this.config;
     if (prev.listen.host !== next.listen.host || prev.listen.port !== next.listen.port || prev.listen.unix_socket_dir !== next.listen.unix_socket_dir) {

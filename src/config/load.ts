@@ -18,6 +18,7 @@ import {
   type Pair,
 } from 'yaml';
 import { parseScramVerifier } from '../auth/scram';
+import { tlsSettingProblem } from '../tls';
 import {
   ConfigError,
   type AuthType,
@@ -28,6 +29,7 @@ import {
   type LogLevel,
   type MetricsConfig,
   type PoolMode,
+  type SslMode,
   type UserConfig,
 } from './types';
 
@@ -46,6 +48,7 @@ export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'state
 export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust'];
 export const BYPASS_MODES: readonly BypassMode[] = ['auto', 'on', 'off'];
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+export const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
 const str: Kind = { t: 'string' };
 const nonEmptyStr: Kind = { t: 'string', nonEmpty: true };
@@ -86,6 +89,19 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   stats_users: { kind: { t: 'list' }, def: [] },
   bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
   log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
+  // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/tls.ts.
+  client_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'disable' },
+  client_tls_key_file: { kind: str, def: '' },
+  client_tls_cert_file: { kind: str, def: '' },
+  client_tls_ca_file: { kind: str, def: '' },
+  client_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
+  client_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
+  server_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'prefer' },
+  server_tls_ca_file: { kind: str, def: '' },
+  server_tls_key_file: { kind: str, def: '' },
+  server_tls_cert_file: { kind: str, def: '' },
+  server_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
+  server_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
 };
 
 /** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
@@ -439,6 +455,8 @@ class Loader {
         this.fail(`databases.${db.name}.password`, L(`databases.${db.name}.password`), 'a password needs a user (the fixed server user it belongs to)');
       }
     }
+    const tls = tlsSettingProblem(cfg);
+    if (tls) this.fail(tls.key, L(tls.key), tls.message);
     for (const u of cfg.users.values()) {
       const pw = u.password;
       if (pw === undefined) continue;

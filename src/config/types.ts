@@ -7,6 +7,8 @@ export type PoolMode = 'session' | 'transaction' | 'statement';
 export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+// TLS modes, as PgBouncer's client_tls_sslmode / server_tls_sslmode (libpq's names).
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 
 export interface ListenConfig {
   host: string; // '' or omitted: no TCP listener
@@ -79,6 +81,20 @@ export interface Config {
   stats_users: string[];
   bypass: BypassMode;
   log_level: LogLevel;
+  // TLS (src/tls.ts builds the contexts). File names are '' when not set; relative names
+  // are relative to the config file's directory.
+  client_tls_sslmode: SslMode;
+  client_tls_key_file: string;
+  client_tls_cert_file: string;
+  client_tls_ca_file: string;
+  client_tls_protocols: string[];
+  client_tls_ciphers: string;
+  server_tls_sslmode: SslMode;
+  server_tls_ca_file: string;
+  server_tls_key_file: string;
+  server_tls_cert_file: string;
+  server_tls_protocols: string[];
+  server_tls_ciphers: string;
   metrics?: MetricsConfig;
   // Where the keys were found, for messages that name a key and its line.
   source: { file: string; lines: Map<string, number> };
