@@ -14,6 +14,7 @@ import { ScramClientSession } from './auth/scram';
 import { md5Response } from './auth/md5';
 import { log } from './log';
 import { countError } from './metrics/stats';
+import { ServerTls, startServerTls } from './tls';
 
 export enum ServerState {
   Connecting = 'connecting',
@@ -33,6 +34,7 @@ export interface ServerTarget {
   password?: string;
   startupParams?: Record<string, string>;
   connectTimeout: number; // seconds
+  tls?: ServerTls; // server_tls_sslmode and its context
 }
 
 // The side of a client that a linked server talks to.
@@ -131,7 +133,19 @@ export class ServerConnection extends EventEmitter {
       });
       sock.on('connect', () => {
         this.state = ServerState.Login;
-        sock.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
+        startServerTls(sock, t.host, t.tls).then(
+          (s) => {
+            if (settled) return;
+            if (s !== sock) {
+              this.socket = s; // TLS: the login and everything after go through it
+              s.on('error', (e) => (settled ? this.close(`socket error: ${e.message}`) : fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`))));
+              s.on('close', () => (settled ? this.close('server closed the connection') : fail(new ServerError(`server ${t.host}:${t.port} closed the connection during login`))));
+            }
+            s.on('data', onLoginData);
+            s.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
+          },
+          (e: Error) => fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`)),
+        );
       });
       let scram: ScramClientSession | null = null;
       const onLoginData = (chunk: Buffer) => {
@@ -144,17 +158,17 @@ export class ServerConnection extends EventEmitter {
                 const code = r.int32();
                 if (code === AuthCode.Ok) break;
                 if (t.password === undefined) throw new ServerError(`server asks for a password for user "${t.user}" and none is configured`);
-                if (code === AuthCode.CleartextPassword) sock.write(passwordMessage(t.password));
-                else if (code === AuthCode.MD5Password) sock.write(passwordMessage(md5Response(t.user, t.password, r.bytes(4))));
+                if (code === AuthCode.CleartextPassword) this.socket.write(passwordMessage(t.password));
+                else if (code === AuthCode.MD5Password) this.socket.write(passwordMessage(md5Response(t.user, t.password, r.bytes(4))));
                 else if (code === AuthCode.SASL) {
                   const mechs: string[] = [];
                   for (let s = r.cstring(); s !== ''; s = r.cstring()) mechs.push(s);
                   if (!mechs.includes('SCRAM-SHA-256')) throw new ServerError(`server offers no supported SASL mechanism (${mechs.join(', ')})`);
                   scram = new ScramClientSession(t.user, t.password);
-                  sock.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
+                  this.socket.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
                 } else if (code === AuthCode.SASLContinue) {
                   if (!scram) throw new ProtocolError('SASLContinue without SASL');
-                  sock.write(saslResponse(scram.handleServerFirst(r.rest())));
+                  this.socket.write(saslResponse(scram.handleServerFirst(r.rest())));
                 } else if (code === AuthCode.SASLFinal) {
                   if (!scram) throw new ProtocolError('SASLFinal without SASL');
                   scram.verifyServerFinal(r.rest());
@@ -182,10 +196,10 @@ export class ServerConnection extends EventEmitter {
               case Backend.ReadyForQuery: {
                 settled = true;
                 clearTimeout(timer);
-                sock.off('data', onLoginData);
+                this.socket.off('data', onLoginData);
                 this.state = ServerState.Idle;
                 const rest = this.framer.takeRest();
-                sock.on('data', (d: Buffer) => this.onData(d));
+                this.socket.on('data', (d: Buffer) => this.onData(d));
                 if (rest.length) this.onData(rest);
                 log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
                 resolve();
@@ -199,7 +213,6 @@ export class ServerConnection extends EventEmitter {
           fail(e instanceof Error ? e : new Error(String(e)));
         }
       };
-      sock.on('data', onLoginData);
     });
   }
 
