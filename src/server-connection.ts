@@ -14,7 +14,7 @@ import { ScramClientSession } from './auth/scram';
 import { md5Response } from './auth/md5';
 import { log } from './log';
 import { countError } from './metrics/stats';
-import { ServerTls, startServerTls } from './tls';
+import { ServerTls, resetAndDestroy, startServerTls } from './tls';
 
 export enum ServerState {
   Connecting = 'connecting',
@@ -325,7 +325,7 @@ export class ServerConnection extends EventEmitter {
     if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
     if (this.socket && !this.socket.destroyed) {
       if (graceful && this.socket.writable) this.socket.end(terminate());
-      else this.socket.resetAndDestroy(); // RST: a server blocked writing to us must notice now
+      else resetAndDestroy(this.socket); // RST: a server blocked writing to us must notice now
       setTimeout(() => this.socket.destroy(), 1000).unref();
     }
     if (this.internal) {

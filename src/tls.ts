@@ -53,7 +53,10 @@ export class ClientTls {
   // handshake (clientRefusal), so that a refusal is a PostgreSQL error, not a TLS alert.
   accept(raw: net.Socket, done: (sock: tls.TLSSocket) => void): void {
     const key = peerKey(raw);
-    this.pending.set(key, done);
+    this.pending.set(key, (sock) => {
+      tcpUnder.set(sock, raw);
+      done(sock);
+    });
     raw.once('close', () => this.pending.delete(key));
     this.server.emit('connection', raw);
   }
@@ -250,6 +253,7 @@ export function startServerTls(raw: net.Socket, host: string, t: ServerTls | und
         servername: net.isIP(host) ? undefined : host, // SNI takes names only
         rejectUnauthorized: false, // judged below, with a message naming the mode
       });
+      tcpUnder.set(sock, raw);
       sock.once('error', reject);
       sock.once('secureConnect', () => {
         sock.off('error', reject);
@@ -264,6 +268,21 @@ export function startServerTls(raw: net.Socket, host: string, t: ServerTls | und
     raw.on('data', onData);
     raw.write(sslRequest());
   });
+}
+
+// The TCP socket under each TLS socket this module made, for resetAndDestroy.
+const tcpUnder = new WeakMap<tls.TLSSocket, net.Socket>();
+
+// Closes with an RST, so that a peer blocked writing to us notices at once. A TLS socket
+// has no TCP handle of its own (Node throws): the reset goes to the socket under it.
+export function resetAndDestroy(sock: net.Socket): void {
+  if (!isTlsSocket(sock)) {
+    sock.resetAndDestroy();
+    return;
+  }
+  const tcp = tcpUnder.get(sock);
+  if (tcp && !tcp.destroyed) tcp.resetAndDestroy();
+  sock.destroy();
 }
 
 // "TLSv1.3/TLS_AES_256_GCM_SHA384" for SHOW CLIENTS / SERVERS, '' for a plain socket.

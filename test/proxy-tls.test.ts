@@ -14,7 +14,7 @@ import * as tls from 'node:tls';
 import { startProxy, runCli, writeConfig, ProxyHandle } from './helpers/proxy';
 import { Cluster, Endpoint, enableServerSsl, libpqEnv, pgClient, pgConnectError, run, startCluster, waitUntil } from './helpers/cluster';
 import { BYPASS_MODES } from './helpers/modes';
-import { adminRows, kernelConfig, num, showBypass } from './helpers/kernel';
+import { ADMIN, adminRows, kernelConfig, num, showBypass } from './helpers/kernel';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-tls-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -171,6 +171,18 @@ t.test('TLS', async (t) => {
         t.equal((await adminRows(proxy, 'SHOW CLIENTS')).find((r) => r.application_name === 'tls-node')?.path, 'user', 'the TLS client is still in user space');
       }
 
+      // SET in the admin console changes the mode live, checked as the file is.
+      await adminRows(proxy, "SET client_tls_sslmode = 'require'");
+      const refused = await pgConnectError(proxy);
+      t.equal(refused.code, '28000', 'after SET client_tls_sslmode = require a plain client is refused');
+      // The admin console is refused without TLS too now: set it back over TLS.
+      const back = await psqlRun({ ...libpqEnv(proxy, 'pgsplice', ADMIN.user, ADMIN.password), PGSSLMODE: 'require' }, "SET client_tls_sslmode = 'prefer'");
+      t.equal(back.code, 0, `SET back to prefer over a TLS admin connection (${back.stderr.trim()})`);
+      const again = await pgClient(t, proxy);
+      t.equal((await again.query('SELECT 1 AS v')).rows[0].v, 1, 'after SET back to prefer it is served');
+      await t.rejects(adminRows(proxy, "SET client_tls_ca_file = ''; SET client_tls_sslmode = 'verify-ca'"), /client_tls_ca_file must be set/,
+        'SET to verify-ca without a CA file is refused');
+
       // A client that trusts another CA refuses the proxy's certificate.
       const bad = await psqlRun(tlsEnv(proxy, 'verify-full', file('ca2.crt')), 'SELECT 1');
       t.not(bad.code, 0, 'psql with the wrong CA fails');
@@ -207,6 +219,28 @@ t.test('TLS', async (t) => {
       t.equal(ok.stdout.trim(), '2', `psql sslmode=require works (${ok.stderr.trim()})`);
       const pg = await pgClient(t, proxy, { ssl: { ca: read('ca1.crt'), servername: 'localhost' } });
       t.equal((await pg.query('SELECT 3 AS v')).rows[0].v, 3, 'node-postgres with TLS works');
+
+      // A client that gets 'S' and then speaks plain protocol fails its handshake and is closed.
+      const closed = await new Promise<string>((resolve) => {
+        const raw = net.connect(proxy.port, proxy.host);
+        const timer = setTimeout(() => resolve('hang'), 10000);
+        raw.on('error', () => undefined);
+        raw.on('connect', () => raw.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])));
+        raw.once('data', (d) => {
+          if (d.toString() !== 'S') return resolve(`answered ${d.toString()}`);
+          const body = Buffer.from('\0\0\0\0user\0app\0database\0app\0\0');
+          body.writeInt32BE(body.length, 0);
+          body.writeInt32BE(196608, 4);
+          raw.write(body);
+        });
+        raw.on('close', () => {
+          clearTimeout(timer);
+          resolve('closed');
+        });
+      });
+      t.equal(closed, 'closed', 'plain bytes after S: the connection is closed, no hang');
+      await proxy.waitForLog(/TLS handshake with client .* failed/, 5000);
+      t.equal((await pg.query('SELECT 4 AS v')).rows[0].v, 4, 'the proxy still serves its TLS client');
     });
 
     t.test(`client_tls_sslmode verify-ca requires a client certificate from the CA ${B}`, async (t) => {
@@ -253,6 +287,17 @@ t.test('server TLS', async (t) => {
       t.same(got, Array.from({ length: 30 }, (_, i) => i), '30 queries over the TLS server connection');
       const servers = await adminRows(proxy, 'SHOW SERVERS');
       t.ok(servers.length > 0 && servers.every((s) => /^TLSv1\.[23]\//.test(s.tls)), `SHOW SERVERS tls column: ${servers.map((s) => s.tls).join(', ')}`);
+      // A client that leaves mid-query: its TLS server connection is reset (RST under the TLS
+      // socket), the proxy goes on, and the backend ends when its sleep is over.
+      const leaver = await pgClient(t, proxy, { application_name: 'leaver' });
+      const q = leaver.query('SELECT pg_sleep(2)').catch((e: Error) => e);
+      await waitUntil(() => sslPg.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'") === '1', 10000, 'the sleep runs');
+      (leaver as unknown as { connection: { stream: net.Socket } }).connection.stream.destroy();
+      await q;
+      await waitUntil(() => sslPg.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)'") === '0', 15000, 'the abandoned backend is gone');
+      t.match(await proxy.waitForLog(/closed: client left while a request was in progress/, 5000), /S-\d+/, 'the proxy closed the server connection of the client that left');
+      t.equal((await pg.query('SELECT 8 AS v')).rows[0].v, 8, 'the proxy still serves the other client');
+
       if (bypass === 'on') {
         const by = await showBypass(proxy);
         t.equal(num(by.kernel_transactions), 0, 'no transaction went through the kernel');
