@@ -114,6 +114,12 @@ t.test('config checks name the TLS key and its line', async (t) => {
   t.match(r.stderr, /server_tls_ciphers: OpenSSL does not accept "NOT-A-CIPHER"/);
   r = check({ ...base, ...clientTls('verify-full', { client_tls_ca_file: file('ca1.crt') }), server_tls_sslmode: 'verify-full', server_tls_ca_file: file('ca1.crt') });
   t.equal(r.code, 0, `a complete TLS config passes (${r.stderr})`);
+  // Relative file names are relative to the config file's directory.
+  const relDir = fs.mkdtempSync(path.join(dir, 'rel-'));
+  for (const f of ['proxy.key', 'proxy.crt', 'ca1.crt']) fs.copyFileSync(file(f), path.join(relDir, f));
+  const rel = { ...base, client_tls_sslmode: 'verify-ca', client_tls_key_file: 'proxy.key', client_tls_cert_file: 'proxy.crt', client_tls_ca_file: 'ca1.crt' };
+  r = runCli(['check', '--config', writeConfig(rel, relDir)]);
+  t.equal(r.code, 0, `relative names are found beside the config file (${r.stderr})`);
   // The running proxy refuses to start on the same error, naming the key.
   const run1 = runCli(['--config', writeConfig({ ...base, listen: { port: 1 }, ...clientTls('require', { client_tls_cert_file: file('missing.crt') }) })]);
   t.not(run1.code, 0, 'the proxy does not start');
