@@ -6,6 +6,7 @@ import { loadConfigFile } from './config/load';
 import { ConfigError, LogLevel } from './config/types';
 import { log, setLogLevel } from './log';
 import { Proxy } from './proxy';
+import { buildTls } from './tls';
 
 const VERSION: string = require('../../package.json').version;
 
@@ -70,7 +71,7 @@ void yargs(hideBin(process.argv))
     () => {},
     (argv) => {
       try {
-        loadConfigFile(argv.config as string);
+        buildTls(loadConfigFile(argv.config as string)); // reads the TLS files too
         process.stdout.write('config ok\n');
       } catch (e) {
         process.stderr.write(`pgsplice: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);

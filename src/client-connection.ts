@@ -21,7 +21,8 @@ import { AuthProtocolError, ScramServerSession, mockScramVerifier } from './auth
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
 import type { ClientProof } from './auth/auth-query';
 import { verifyMd5Response } from './auth/md5';
-import type { Config } from './config/types';
+import type { AuthType, Config } from './config/types';
+import { ClientTls, clientRefusal } from './tls';
 import { log } from './log';
 import { ClientTiming, countError } from './metrics/stats';
 import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
@@ -43,6 +44,8 @@ export enum ClientState {
 // What a client needs from the proxy around it (the Pooler).
 export interface ClientHost {
   readonly config: Config;
+  // The TLS context an SSLRequest is answered with ('S'), or null for 'N' (src/tls.ts).
+  clientTls?(sock: net.Socket): ClientTls | null;
   resolvePool(database: string, user: string): Pool; // throws PoolError (3D000, ...)
   userSecret(user: string): string | undefined;
   // auth_query: the secret of a user not in the config, or undefined if no lookup applies.
@@ -115,20 +118,26 @@ export class ClientConnection implements ServerPeer {
   adminHandler: ((type: number, body: Buffer) => void) | null = null;
 
   constructor(
-    readonly socket: net.Socket,
+    public socket: net.Socket, // a tls.TLSSocket after an SSLRequest answered 'S'
     private readonly host: ClientHost,
   ) {
     this.cancelPid = crypto.randomInt(1, 0x7fffffff);
     this.cancelKey = crypto.randomInt(-0x80000000, 0x7fffffff);
     socket.setNoDelay(true);
-    socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('error', (e) => this.close(`socket error: ${e.message}`));
-    socket.on('close', () => this.close('client closed the connection'));
+    this.listenTo(socket);
     const lt = host.config.client_login_timeout;
     if (lt > 0) {
       this.loginTimer = setTimeout(() => this.fatal({ code: SqlState.ProtocolViolation, message: 'client_login_timeout' }), lt * 1000);
       this.loginTimer.unref();
     }
+  }
+
+  private readonly onSocketData = (d: Buffer) => this.onData(d);
+
+  private listenTo(sock: net.Socket): void {
+    sock.on('data', this.onSocketData);
+    sock.on('error', (e) => this.close(`socket error: ${e.message}`));
+    sock.on('close', () => this.close('client closed the connection'));
   }
 
   get label(): string {
@@ -201,7 +210,19 @@ export class ClientConnection implements ServerPeer {
       if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
       this.encryptionAnswered.add(code); // a repeated request is a bad startup packet, as in PostgreSQL
       if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
-      this.socket.write('N');
+      const tls = code === SSL_REQUEST_CODE ? this.host.clientTls?.(this.socket) : null;
+      if (!tls) {
+        this.socket.write('N');
+        return;
+      }
+      this.socket.write('S');
+      // From here on the client speaks TLS: its bytes arrive through the TLS socket.
+      this.socket.off('data', this.onSocketData);
+      tls.accept(this.socket, (sock) => {
+        if (this.state === ClientState.Closed) return sock.destroy();
+        this.socket = sock;
+        this.listenTo(sock);
+      });
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
@@ -231,6 +252,8 @@ export class ClientConnection implements ServerPeer {
     this.user = this.startup.get('user') ?? '';
     this.database = this.startup.get('database') || this.user;
     if (!this.user) return this.fatal({ code: SqlState.InvalidAuthorization, message: 'no PostgreSQL user name specified in startup packet' });
+    const refusal = clientRefusal(this.socket, this.host.config.client_tls_sslmode);
+    if (refusal) return this.fatal({ code: SqlState.InvalidAuthorization, message: refusal });
     if (this.startup.has('replication') && this.startup.get('replication') !== 'false') {
       return this.fatal({ code: SqlState.FeatureNotSupported, message: 'replication connections are not supported by pgsplice' });
     }

@@ -10,6 +10,7 @@ import type { Config, DatabaseConfig } from './config/types';
 import { log } from './log';
 import { countLogin, retireClient } from './metrics/stats';
 import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from './auth/auth-query';
+import { ClientTls, TlsContexts, buildTls } from './tls';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 
@@ -38,8 +39,11 @@ export class Pooler implements ClientHost, ConnectionBudget {
   readonly authQuery = new AuthQuery(() => this.config.server_idle_timeout);
   // Server logins learned from clients for users without a usable password in the config.
   private learned = new Map<string, ServerCredential>();
+  // Secure contexts of the running config; built again (files re-read) on every reload.
+  tls: TlsContexts;
 
   constructor(public config: Config) {
+    this.tls = buildTls(config); // throws ConfigError naming the key: start-up fails
     this.janitorTimer = setInterval(() => this.janitor(), 1000);
     this.janitorTimer.unref();
   }
@@ -72,6 +76,11 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   reclaimKernelBound(client: ClientConnection): boolean {
     return this.hooks.reclaimKernelBound ? this.hooks.reclaimKernelBound(client) : false;
+  }
+
+  // Unix sockets answer 'N', as PostgreSQL does: TLS is for TCP.
+  clientTls(sock: net.Socket): ClientTls | null {
+    return sock.remoteFamily ? this.tls.client : null;
   }
 
   userSecret(user: string): string | undefined {
@@ -148,6 +157,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return {
       host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, ...(scramKeys ? { scramKeys } : {}), startupParams,
       connectTimeout: this.config.server_connect_timeout,
+      tls: this.tls.server,
     };
   }
 
@@ -253,6 +263,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.
   reload(next: Config): string[] {
+    this.tls = buildTls(next); // throws before anything changes: a bad file keeps the running config
     const needRestart: string[] = [];
     const prev = this.config;
     if (prev.listen.host !== next.listen.host || prev.listen.port !== next.listen.port || prev.listen.unix_socket_dir !== next.listen.unix_socket_dir) {

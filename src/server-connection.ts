@@ -16,6 +16,7 @@ import { ServerStatementCache } from './prepared-statements';
 import { md5Response } from './auth/md5';
 import { log } from './log';
 import { countError } from './metrics/stats';
+import { ServerTls, resetAndDestroy, startServerTls } from './tls';
 
 export enum ServerState {
   Connecting = 'connecting',
@@ -36,6 +37,7 @@ export interface ServerTarget {
   scramKeys?: ScramKeys; // SCRAM pass-through for a user whose password the proxy never saw
   startupParams?: Record<string, string>;
   connectTimeout: number; // seconds
+  tls?: ServerTls; // server_tls_sslmode and its context
 }
 
 // The side of a client that a linked server talks to.
@@ -136,7 +138,19 @@ export class ServerConnection extends EventEmitter {
       });
       sock.on('connect', () => {
         this.state = ServerState.Login;
-        sock.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
+        startServerTls(sock, t.host, t.tls).then(
+          (s) => {
+            if (settled) return;
+            if (s !== sock) {
+              this.socket = s; // TLS: the login and everything after go through it
+              s.on('error', (e) => (settled ? this.close(`socket error: ${e.message}`) : fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`))));
+              s.on('close', () => (settled ? this.close('server closed the connection') : fail(new ServerError(`server ${t.host}:${t.port} closed the connection during login`))));
+            }
+            s.on('data', onLoginData);
+            s.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
+          },
+          (e: Error) => fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`)),
+        );
       });
       let scram: ScramClientSession | null = null;
       const onLoginData = (chunk: Buffer) => {
@@ -151,17 +165,17 @@ export class ServerConnection extends EventEmitter {
                 if (t.password === undefined && !(t.scramKeys && code >= AuthCode.SASL)) {
                   throw new ServerError(`server asks for a password for user "${t.user}" and none is ${t.scramKeys ? 'known (only SCRAM pass-through keys: the server must use scram-sha-256)' : 'configured'}`);
                 }
-                if (code === AuthCode.CleartextPassword) sock.write(passwordMessage(t.password!));
-                else if (code === AuthCode.MD5Password) sock.write(passwordMessage(md5Response(t.user, t.password!, r.bytes(4))));
+                if (code === AuthCode.CleartextPassword) this.socket.write(passwordMessage(t.password!));
+                else if (code === AuthCode.MD5Password) this.socket.write(passwordMessage(md5Response(t.user, t.password!, r.bytes(4))));
                 else if (code === AuthCode.SASL) {
                   const mechs: string[] = [];
                   for (let s = r.cstring(); s !== ''; s = r.cstring()) mechs.push(s);
                   if (!mechs.includes('SCRAM-SHA-256')) throw new ServerError(`server offers no supported SASL mechanism (${mechs.join(', ')})`);
                   scram = new ScramClientSession(t.user, t.password ?? t.scramKeys!);
-                  sock.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
+                  this.socket.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
                 } else if (code === AuthCode.SASLContinue) {
                   if (!scram) throw new ProtocolError('SASLContinue without SASL');
-                  sock.write(saslResponse(scram.handleServerFirst(r.rest())));
+                  this.socket.write(saslResponse(scram.handleServerFirst(r.rest())));
                 } else if (code === AuthCode.SASLFinal) {
                   if (!scram) throw new ProtocolError('SASLFinal without SASL');
                   scram.verifyServerFinal(r.rest());
@@ -189,10 +203,10 @@ export class ServerConnection extends EventEmitter {
               case Backend.ReadyForQuery: {
                 settled = true;
                 clearTimeout(timer);
-                sock.off('data', onLoginData);
+                this.socket.off('data', onLoginData);
                 this.state = ServerState.Idle;
                 const rest = this.framer.takeRest();
-                sock.on('data', (d: Buffer) => this.onData(d));
+                this.socket.on('data', (d: Buffer) => this.onData(d));
                 if (rest.length) this.onData(rest);
                 log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
                 resolve();
@@ -206,7 +220,6 @@ export class ServerConnection extends EventEmitter {
           fail(e instanceof Error ? e : new Error(String(e)));
         }
       };
-      sock.on('data', onLoginData);
     });
   }
 
@@ -352,7 +365,7 @@ export class ServerConnection extends EventEmitter {
     if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
     if (this.socket && !this.socket.destroyed) {
       if (graceful && this.socket.writable) this.socket.end(terminate());
-      else this.socket.resetAndDestroy(); // RST: a server blocked writing to us must notice now
+      else resetAndDestroy(this.socket); // RST: a server blocked writing to us must notice now
       setTimeout(() => this.socket.destroy(), 1000).unref();
     }
     if (this.internal) {

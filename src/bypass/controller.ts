@@ -10,6 +10,7 @@ import type { Pooler } from '../pooler';
 import { TRACKED_PARAMETERS } from '../session-parameters';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
+import { isTlsSocket } from '../tls';
 import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
 import { Mode } from './kernel-abi';
@@ -86,6 +87,35 @@ export class BypassController implements IdleServerHost {
   readonly counters: UserPathCounters = {
     clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0, handoffs: 0,
   };
+  // Connections kept in user space because they use TLS (the kernel cannot splice TLS
+  // records): SHOW BYPASS fallback_tls_client / fallback_tls_server.
+  readonly tlsFallbacks = { client: 0, server: 0 };
+  // Pools with a TLS server: their clients stay in user space with them.
+  private tlsPools = new WeakSet<Pool>();
+  private keptForTls = new WeakSet<ClientConnection | ServerConnection>();
+
+  // True (and counted once per connection) when conn uses TLS and must stay in user space.
+  private keepsTls(conn: ClientConnection | ServerConnection): boolean {
+    if (!isTlsSocket(conn.socket)) return false;
+    if (!this.keptForTls.has(conn)) {
+      this.keptForTls.add(conn);
+      if (conn instanceof ServerConnection) this.tlsFallbacks.server++;
+      else this.tlsFallbacks.client++;
+      log.debug(`${conn.label} uses TLS: served in user space`);
+    }
+    return true;
+  }
+
+  // A client stays in user space when it, or its pool's servers, use TLS.
+  private tlsBound(client: ClientConnection, pool: Pool): boolean {
+    if (this.keepsTls(client)) return true;
+    if (!this.tlsPools.has(pool)) return false;
+    if (!this.keptForTls.has(client)) {
+      this.keptForTls.add(client);
+      this.tlsFallbacks.client++;
+    }
+    return true;
+  }
 
   // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
   constructor(
@@ -173,6 +203,10 @@ export class BypassController implements IdleServerHost {
   offerIdle(pool: Pool, server: ServerConnection): boolean {
     const k = this.kernel;
     if (!k || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (this.keepsTls(server)) {
+      this.tlsPools.add(pool);
+      return false;
+    }
     const kid = this.kidFor(pool, serverSignature(server));
     if (kid === null) return false;
     if (!this.servers.has(skid(server))) {
@@ -220,6 +254,7 @@ export class BypassController implements IdleServerHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
+    if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
@@ -244,6 +279,11 @@ export class BypassController implements IdleServerHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (this.tlsBound(client, pool)) return false;
+    if (this.keepsTls(server)) {
+      this.tlsPools.add(pool);
+      return false;
+    }
     if (!isTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
     const kid = this.kidFor(pool, signature(client.settings));
     if (kid === null || serverSignature(server) !== signature(client.settings)) return false;
@@ -693,6 +733,8 @@ export class BypassController implements IdleServerHost {
       out.server_bytes = kc.serverBytes;
       out.passed_skbs = kc.passedSkbs;
       for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
+      out.fallback_tls_client = this.tlsFallbacks.client;
+      out.fallback_tls_server = this.tlsFallbacks.server;
     }
     return out;
   }
@@ -715,6 +757,8 @@ export class BypassController implements IdleServerHost {
       rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],
         ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
+      // Kept in user space by user space itself, not by the kernel: TLS connections.
+      rows.push(['fallback_tls_client', String(this.tlsFallbacks.client)], ['fallback_tls_server', String(this.tlsFallbacks.server)]);
     }
     return rows;
   }

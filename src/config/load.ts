@@ -20,6 +20,7 @@ import {
 } from 'yaml';
 import { parseScramVerifier } from '../auth/scram';
 import { HbaError, readHbaFile, ruleFromEntry, type HbaEntry, type HbaRule } from '../auth/hba';
+import { tlsSettingProblem } from '../tls';
 import {
   ConfigError,
   type AuthType,
@@ -31,6 +32,7 @@ import {
   type MetricsConfig,
   type PoolMode,
   type SessionStatePolicies,
+  type SslMode,
   type UserConfig,
 } from './types';
 
@@ -53,6 +55,7 @@ export const DEFAULT_AUTH_QUERY =
   'SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin';
 export const BYPASS_MODES: readonly BypassMode[] = ['auto', 'on', 'off'];
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+export const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
 const str: Kind = { t: 'string' };
 const nonEmptyStr: Kind = { t: 'string', nonEmpty: true };
@@ -100,6 +103,19 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
   max_prepared_statements: { kind: size0, def: 200 },
   track_extra_parameters: { kind: { t: 'list' }, def: [] },
+  // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/tls.ts.
+  client_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'disable' },
+  client_tls_key_file: { kind: str, def: '' },
+  client_tls_cert_file: { kind: str, def: '' },
+  client_tls_ca_file: { kind: str, def: '' },
+  client_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
+  client_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
+  server_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'prefer' },
+  server_tls_ca_file: { kind: str, def: '' },
+  server_tls_key_file: { kind: str, def: '' },
+  server_tls_cert_file: { kind: str, def: '' },
+  server_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
+  server_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
 };
 
 /** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
@@ -505,6 +521,8 @@ class Loader {
       }
     }
     this.checkAuth(cfg);
+    const tls = tlsSettingProblem(cfg);
+    if (tls) this.fail(tls.key, L(tls.key), tls.message);
     for (const u of cfg.users.values()) {
       const pw = u.password;
       if (pw === undefined) continue;

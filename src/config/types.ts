@@ -9,6 +9,8 @@ export type PoolMode = 'session' | 'transaction' | 'statement';
 export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust' | 'hba';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+// TLS modes, as PgBouncer's client_tls_sslmode / server_tls_sslmode (libpq's names).
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 
 export interface ListenConfig {
   host: string; // '' or omitted: no TCP listener
@@ -103,6 +105,20 @@ export interface Config {
   max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;
+  // TLS (src/tls.ts builds the contexts). File names are '' when not set; relative names
+  // are relative to the config file's directory.
+  client_tls_sslmode: SslMode;
+  client_tls_key_file: string;
+  client_tls_cert_file: string;
+  client_tls_ca_file: string;
+  client_tls_protocols: string[];
+  client_tls_ciphers: string;
+  server_tls_sslmode: SslMode;
+  server_tls_ca_file: string;
+  server_tls_key_file: string;
+  server_tls_cert_file: string;
+  server_tls_protocols: string[];
+  server_tls_ciphers: string;
   metrics?: MetricsConfig;
   // The rules written inline as `hba:` (pgsplice's own form), if any.
   hba?: HbaRule[];

@@ -193,3 +193,25 @@ export function haveJava(): boolean {
 export function backendCount(c: Cluster, user = APP_USER, where = 'true'): number {
   return Number(c.pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${user}' AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (${where})`));
 }
+
+// Turns on TLS in a running cluster (ssl can change on reload): the server's key and
+// certificate, and optionally the CA whose client certificates it verifies (PostgreSQL
+// asks clients for a certificate only when ssl_ca_file is set). Files are PEM text.
+export function enableServerSsl(c: Cluster, files: { cert: string; key: string; ca?: string }): void {
+  const dir = c.pg.dataDir;
+  const put = (name: string, text: string) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, text, { mode: 0o600 });
+    if (process.getuid && process.getuid() === 0) require('node:child_process').execFileSync('chown', ['postgres:postgres', f]);
+  };
+  put('server.crt', files.cert);
+  put('server.key', files.key);
+  const settings = [`ALTER SYSTEM SET ssl_cert_file = 'server.crt'`, `ALTER SYSTEM SET ssl_key_file = 'server.key'`];
+  if (files.ca) {
+    put('root.crt', files.ca);
+    settings.push(`ALTER SYSTEM SET ssl_ca_file = 'root.crt'`);
+  }
+  settings.push('ALTER SYSTEM SET ssl = on');
+  for (const s of settings) c.pg.psql(s);
+  c.pg.psql('SELECT pg_reload_conf()');
+}
