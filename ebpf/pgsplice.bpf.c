@@ -628,6 +628,8 @@ int pgs_ctl(struct pgs_ctl *a)
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
+			__u32 was = c->pool_id;
+
 			/* still USER: the verdict does not touch frame/pair fields now */
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
 			c->outstanding = 0;
@@ -639,7 +641,13 @@ int pgs_ctl(struct pgs_ctl *a)
 			c->query_start = 0;
 			if (a->written)
 				c->acked_base = a->written - c->redirected;
+			/* re-homing in place (a USER verdict never reads pool_id): unregistering
+			 * would drop skbs passed but not yet read */
+			if (a->pool)
+				c->pool_id = a->pool;
 			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
+			if (!ok)
+				c->pool_id = was;
 		}
 		bpf_spin_unlock(&c->lock);
 		break;
@@ -658,8 +666,14 @@ int pgs_ctl(struct pgs_ctl *a)
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
+			__u32 was = c->pool_id;
+
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			if (a->pool)
+				c->pool_id = a->pool; /* re-homing in place, as for clients */
 			ok = CAS(&c->word, w, MKWORD(PGS_IDLE, w));
+			if (!ok)
+				c->pool_id = was;
 		}
 		bpf_spin_unlock(&c->lock);
 		if (ok)
@@ -713,10 +727,16 @@ int pgs_ctl(struct pgs_ctl *a)
 		bpf_spin_lock(&s->lock);
 		w = s->word;
 		if (w == MKWORD(PGS_USER, a->expected) && s->peer == 0) {
+			__u32 was = s->pool_id;
+
 			__builtin_memset(&s->frame, 0, sizeof(s->frame));
+			if (a->pool)
+				s->pool_id = a->pool;
 			bound = CAS(&s->word, w, MKWORD(PGS_BOUND, w));
 			if (bound)
 				s->peer = id;
+			else
+				s->pool_id = was;
 		}
 		bpf_spin_unlock(&s->lock);
 		if (!bound)
@@ -724,6 +744,8 @@ int pgs_ctl(struct pgs_ctl *a)
 		bpf_spin_lock(&c->lock);
 		if (MODE(c->word) == PGS_USER && c->peer == 0) {
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
+			if (a->pool)
+				c->pool_id = a->pool;
 			c->peer = sid;
 			c->outstanding = a->out_in;
 			c->tail_open = a->tail_in;

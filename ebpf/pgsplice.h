@@ -140,9 +140,9 @@ struct pgs_event {
 
 /* Control operations run through BPF_PROG_TEST_RUN on the syscall program. */
 enum pgs_op {
-	PGS_OP_CLIENT_TO_KERNEL = 1, /* id, expected -> ret 1/0 */
+	PGS_OP_CLIENT_TO_KERNEL = 1, /* id, expected[, pool: re-home] -> ret 1/0 */
 	PGS_OP_CLIENT_TO_USER = 2,   /* id */
-	PGS_OP_SERVER_TO_IDLE = 3,   /* id, expected */
+	PGS_OP_SERVER_TO_IDLE = 3,   /* id, expected[, pool: re-home] */
 	PGS_OP_POP_IDLE = 4,         /* pool -> ret server id or 0 */
 	PGS_OP_TAKE_BOUND = 5,       /* id (client) -> ret server id or 0 */
 	PGS_OP_READ = 6,             /* id -> fields below */

@@ -181,22 +181,24 @@ export class BypassController implements IdleServerHost {
     return kid;
   }
 
-  // (Re-)registers a quiet socket so that the kernel files it under kid.
-  private home(conn: ServerConnection | ClientConnection, kid: number): boolean {
+  // Registers a socket under kid the first time. A registered one changes kernel pool
+  // in the op that moves it into the kernel (the kid returned here, 0 = no change):
+  // unregistering would drop what the verdict passed and Node has not read yet.
+  private home(conn: ServerConnection | ClientConnection, kid: number): number | false {
     const k = this.kernel!;
     const cur = this.kidOf.get(conn);
-    if (cur === kid) return true;
+    if (cur === kid) return 0;
+    if (cur !== undefined) return kid;
     const fd = fdOf(conn.socket);
     if (fd === null) return false;
     const isServer = conn instanceof ServerConnection;
     const id = isServer ? skid(conn) : conn.id;
-    if (cur !== undefined) k.unregister(id); // quiet: nothing is parked in its queue
     if (isServer) k.registerServer(id, fd, kid);
     else k.registerClient(id, fd, kid);
     if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0n;
     this.kidOf.set(conn, kid);
-    return true;
+    return 0;
   }
 
   // IdleServerHost: a server idle in user space goes to the kernel's idle stack.
@@ -214,8 +216,10 @@ export class BypassController implements IdleServerHost {
       server.once('close', () => this.serverClosed(server));
       server.kernelPassed = () => this.serverPassed(server);
     }
-    if (!this.home(server, kid)) return false;
-    if (!k.serverToIdle(skid(server), server.bytesRead)) return false;
+    const move = this.home(server, kid);
+    if (move === false) return false;
+    if (!k.serverToIdle(skid(server), server.bytesRead, move)) return false;
+    this.kidOf.set(server, kid);
     server.state = ServerState.Kernel;
     this.counters.serversToKernel++;
     return true;
@@ -264,8 +268,10 @@ export class BypassController implements IdleServerHost {
     const kid = this.kidFor(pool, signature(client.settings));
     if (kid === null) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
-    if (!this.home(client, kid)) return false;
-    if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite)) return false; // passed bytes still unread: retried later
+    const move = this.home(client, kid);
+    if (move === false) return false;
+    if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite, move)) return false; // passed bytes still unread: retried later
+    this.kidOf.set(client, kid);
     client.state = ClientState.Kernel;
     this.refreshed.delete(client);
     this.counters.clientsToKernel++;
@@ -293,9 +299,13 @@ export class BypassController implements IdleServerHost {
       server.once('close', () => this.serverClosed(server));
       server.kernelPassed = () => this.serverPassed(server);
     }
-    if (!this.home(server, kid) || !this.home(client, kid)) return false;
+    const moveServer = this.home(server, kid);
+    const moveClient = this.home(client, kid);
+    if (moveServer === false || moveClient === false) return false;
     const t = client.tracker;
-    if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen)) return false;
+    if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen, moveServer || moveClient)) return false;
+    this.kidOf.set(server, kid);
+    this.kidOf.set(client, kid);
     server.state = ServerState.Kernel;
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)

@@ -282,11 +282,13 @@ export class KernelPath {
    * False if the kernel passed bytes Node has not read yet (read them, retry), or the
    * client is still bound (takeBound first). Call at a message boundary, with nothing
    * left to write to the client (the in-flight bound takes its baseline here). */
-  clientToKernel(id: number, bytesReadSinceRegister: bigint, aboutToWrite = 0): boolean {
+  // pool: files it under another kernel pool in the same step (0 = keep).
+  clientToKernel(id: number, bytesReadSinceRegister: bigint, aboutToWrite = 0, pool = 0): boolean {
     const reg = this.regs.get(id);
     // aboutToWrite: bytes user space writes right after the flip (the login response)
     const written = reg ? this.addon.tcpBytesWritten(reg.fd) + BigInt(aboutToWrite) : 0n;
-    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written }).ret === 1;
+    if (pool) this.checkPool(pool);
+    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written, pool }).ret === 1;
   }
 
   /** KERNEL -> USER, only while unbound (true if the client is now USER and unbound). */
@@ -295,8 +297,9 @@ export class KernelPath {
   }
 
   /** USER|n -> IDLE|n and push on its pool's idle stack (configurePool first). */
-  serverToIdle(id: number, bytesReadSinceRegister: bigint): boolean {
-    return this.ctl({ op: abi.Op.SERVER_TO_IDLE, id, expected: bytesReadSinceRegister }).ret === 1;
+  serverToIdle(id: number, bytesReadSinceRegister: bigint, pool = 0): boolean {
+    if (pool) this.checkPool(pool);
+    return this.ctl({ op: abi.Op.SERVER_TO_IDLE, id, expected: bytesReadSinceRegister, pool }).ret === 1;
   }
 
   /** Take an idle server of the pool out of the kernel (IDLE -> USER); 0 if none. */
@@ -317,10 +320,11 @@ export class KernelPath {
    * written to it yet): bind them so the kernel carries the response and releases sid at
    * its ReadyForQuery. serverBytesRead: bytes Node read from sid since registration.
    * Then write the request to sid and call clientToKernelBound. */
-  bind(id: number, sid: number, serverBytesRead: bigint, outstanding: number, tailOpen: boolean): boolean {
+  bind(id: number, sid: number, serverBytesRead: bigint, outstanding: number, tailOpen: boolean, pool = 0): boolean {
     const reg = this.regs.get(id);
     const written = reg ? this.addon.tcpBytesWritten(reg.fd) : 0n;
-    return this.ctl({ op: abi.Op.BIND, id, sid, expected: serverBytesRead, outIn: outstanding, tailIn: tailOpen ? 1 : 0, written }).ret === 1;
+    if (pool) this.checkPool(pool);
+    return this.ctl({ op: abi.Op.BIND, id, sid, expected: serverBytesRead, outIn: outstanding, tailIn: tailOpen ? 1 : 0, written, pool }).ret === 1;
   }
 
   /** More request bytes of a bound client are about to be written to sid by user space:
