@@ -200,7 +200,7 @@ function classifyStatement(toks: Token[]): SessionEffect[] {
   }
   for (let k = 0; k < toks.length; k++) {
     const t = toks[k];
-    if (t.t !== 'word') continue;
+    if (t.t !== 'word' && t.t !== 'qident') continue;
     // SELECT ... INTO TEMP x
     if (t.v === 'into' && (w0 === 'select' || w0 === 'with') && (toks[k + 1]?.v === 'temp' || toks[k + 1]?.v === 'temporary')) {
       out.push({ kind: 'temp_table' });
@@ -209,6 +209,7 @@ function classifyStatement(toks: Token[]): SessionEffect[] {
     if (ADVISORY_LOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: 1 });
     else if (ADVISORY_UNLOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: -1 });
     else if (t.v === 'pg_advisory_unlock_all') out.push({ kind: 'advisory_unlock_all' });
+    else if (t.v === 'dblink_connect' || t.v === 'dblink_connect_u') out.push({ kind: 'other', what: 'dblink_connect' });
     else if (t.v === 'set_config') {
       const arg = toks[k + 2];
       // set_config(name, value, is_local): a literal true third argument is this transaction only
@@ -245,7 +246,7 @@ export function classifySql(sql: string): SessionEffect[] {
 // statement can start with a word that has an effect and no such function or keyword
 // appears anywhere. Comments could hide a statement's first word: the lexer decides then.
 const FIRST_WORD = /(?:^|;)\s*(?:set|reset|discard|listen|unlisten|prepare|deallocate|declare|close|load|create)\b/i;
-const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+)\b/i;
+const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+|dblink_connect\w*)\b/i;
 const COMMENT = /\/\*|--/;
 export function mayAffectSession(sql: string): boolean {
   return FIRST_WORD.test(sql) || ANYWHERE.test(sql) || COMMENT.test(sql);

@@ -85,6 +85,8 @@ t.test('mayAffectSession never misses a statement with an effect', async (t) => 
 
 const shared = path.join(__dirname, 'fixtures', 'session-state-cases.json');
 t.test('the shared cases (kernel and user space agree on them)', { skip: fs.existsSync(shared) ? false : 'no shared fixture' }, async (t) => {
-  const cases = JSON.parse(fs.readFileSync(shared, 'utf8')) as Array<{ sql: string; state: boolean }>;
-  for (const c of cases) t.equal(classifySql(c.sql).length > 0, c.state, `${JSON.stringify(c.sql)} changes session state: ${c.state}`);
+  const { cases } = JSON.parse(fs.readFileSync(shared, 'utf8')) as { cases: Array<{ sql: string; state: boolean }> };
+  // Releasing advisory locks needs no user space: a client holding one is pinned there.
+  const state = (sql: string) => classifySql(sql).some((e) => e.kind !== 'advisory_unlock_all' && !(e.kind === 'advisory_lock' && e.delta < 0));
+  for (const c of cases) t.equal(state(c.sql), c.state, `${JSON.stringify(c.sql)} changes session state: ${c.state}`);
 });
