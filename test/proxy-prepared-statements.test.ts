@@ -8,15 +8,11 @@ import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, run, libpqEnv, JDBC_JAR } from './helpers/cluster';
+import { pgbenchCounts } from './helpers/kernel';
 import { login, parse, bind, execute, sync, message, describePortal, summarize, simpleQuery, Session } from './helpers/pgwire';
 
 const FIXTURES = path.join(__dirname, 'fixtures');
 
-function pgbenchCounts(out: string): { processed: number; failed: number } {
-  const p = /number of transactions actually processed: (\d+)/.exec(out);
-  const f = /number of failed transactions: (\d+)/.exec(out);
-  return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
-}
 
 const cstr = (s: string): Buffer => Buffer.from(`${s}\0`);
 const describeStatement = (name: string): Buffer => message('D', Buffer.concat([Buffer.from('S'), cstr(name)]));
