@@ -142,8 +142,9 @@ users:
       const idle = await pgClient(t, proxy);
       await idle.query('SELECT 1');
       const inTx = await pgClient(t, proxy);
+      // a plain table: a temporary one would pin the client to the only server (session_state)
+      c.sql(`DROP TABLE IF EXISTS reload_probe; CREATE TABLE reload_probe (x int); ALTER TABLE reload_probe OWNER TO app`);
       await inTx.query('BEGIN');
-      await inTx.query(`CREATE TEMP TABLE IF NOT EXISTS reload_probe (x int)`);
       await inTx.query('INSERT INTO reload_probe VALUES (1)');
       await inTx.query('COMMIT');
       const e = await (async () => {
