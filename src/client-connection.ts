@@ -455,7 +455,8 @@ export class ClientConnection implements ServerPeer {
           if (start > from) units.push(chunk.subarray(from, start));
           units.push({ type: m.type, body: m.body });
           from = m.end;
-        } else if (MARKED_TYPES.has(m.type)) {
+        } else if (MARKED_TYPES.has(m.type) || REWRITE_CAPTURE[m.type]) {
+          // (a rewritable message whose start the kernel forwarded passes as it is)
           if (m.end > from) units.push(chunk.subarray(from, m.end));
           units.push(m.type);
           from = m.end;
@@ -466,7 +467,7 @@ export class ClientConnection implements ServerPeer {
     if (!this.scanner.atBoundary && cut < 0) this.tracker.onClientPartial(this.scanner.currentType);
     let end = cut >= 0 ? cut : chunk.length;
     // the start of a message the rewriter must read whole waits for the rest of it
-    if (rw && cut < 0 && !this.scanner.atBoundary && REWRITE_CAPTURE[this.scanner.currentType]) end = Math.max(lastEnd, from);
+    if (rw && cut < 0 && this.scanner.deliversBody) end = Math.max(lastEnd, from);
     if (end > from) units.push(chunk.subarray(from, end));
     if (this.kernelServer && units.length) {
       if (rw && units.some((u) => rw.needsRewrite(u))) {

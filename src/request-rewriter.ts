@@ -25,6 +25,12 @@ export type RequestUnit = Buffer | ClientMessage | number;
 export const REWRITTEN_TYPES = 'PBDCQ';
 export const MARKED_TYPES = new Set([Frontend.Execute, Frontend.Sync, Frontend.FunctionCall]);
 
+const MARKER_ENDS = new Map<number, ReplyEnd>([
+  [Frontend.Execute, ReplyEnd.Execute], [Frontend.Sync, ReplyEnd.Ready], [Frontend.FunctionCall, ReplyEnd.Ready],
+  [Frontend.Query, ReplyEnd.Ready], [Frontend.Parse, ReplyEnd.ParseComplete], [Frontend.Bind, ReplyEnd.BindComplete],
+  [Frontend.Describe, ReplyEnd.Describe], [Frontend.Close, ReplyEnd.CloseComplete],
+]);
+
 const complete = (type: string): Buffer => message(type.charCodeAt(0), Buffer.alloc(0));
 const PARSE_COMPLETE = complete('1');
 const CLOSE_COMPLETE = complete('3');
@@ -80,10 +86,10 @@ export class RequestRewriter {
     if (due.length) this.deliver(due, server);
   }
 
+  // A message passed as raw bytes: its reply is the client's own.
   private marker(type: number, server: ServerConnection): void {
-    if (type === Frontend.Execute) this.expect(server, { end: ReplyEnd.Execute, action: ReplyAction.Pass, onTag: this.bound.onTag });
-    else if (type === Frontend.Sync) this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, sync: true });
-    else this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+    const end = MARKER_ENDS.get(type) ?? ReplyEnd.Ready;
+    this.expect(server, { end, action: ReplyAction.Pass, sync: type === Frontend.Sync, onTag: type === Frontend.Execute ? this.bound.onTag : undefined });
   }
 
   private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {

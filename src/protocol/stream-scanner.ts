@@ -65,6 +65,14 @@ export class StreamScanner {
   }
   private bodyLost = false;
 
+  // The message in progress will be reported with its whole body (its type is captured and
+  // none of it was lost to a resume): a caller that rewrites it holds back its bytes.
+  get deliversBody(): boolean {
+    if (this.atBoundary) return false;
+    if (this.headerLen < 5) return this.capture[this.header[0]] === 1;
+    return this.collecting !== null && !this.bodyLost;
+  }
+
   // Type of the message in progress (valid when !atBoundary and the header is complete).
   get currentType(): number {
     return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header[0] : 0;
