@@ -564,15 +564,16 @@ export class ClientConnection implements ServerPeer {
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
     const rw = this.rewriter;
     if (this.host.bindInKernel && this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
-      const request = rawBytes(this.pending);
-      if (this.host.bindInKernel(this, server, request)) {
-        this.pending = [];
+      const units = this.pending;
+      this.pending = []; // empty while binding: the bind flips the client back only if it is quiet
+      if (this.host.bindInKernel(this, server, rawBytes(units))) {
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
         this.state = ClientState.Kernel; // the kernel carries this transaction
         this.socket.resume();
         return;
       }
+      this.pending = units;
     }
     this.server = server;
     this.state = ClientState.Active;
