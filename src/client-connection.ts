@@ -453,7 +453,7 @@ export class ClientConnection implements ServerPeer {
         if (m.body) {
           const start = Math.max(m.start, 0);
           if (start > from) units.push(chunk.subarray(from, start));
-          units.push({ type: m.type, body: m.body });
+          units.push(m.start >= 0 ? { type: m.type, body: m.body, raw: chunk.subarray(m.start, m.end) } : { type: m.type, body: m.body });
           from = m.end;
         } else if (MARKED_TYPES.has(m.type) || REWRITE_CAPTURE[m.type]) {
           // (a rewritable message whose start the kernel forwarded passes as it is)
@@ -503,7 +503,9 @@ export class ClientConnection implements ServerPeer {
   private writeToServer(server: ServerConnection, units: RequestUnit[]): void {
     const out = this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]);
     let ok = true;
+    if (out.length > 1) server.socket.cork(); // one writev, not a write per message
     for (const b of out) ok = server.write(b);
+    if (out.length > 1) server.socket.uncork();
     if (!ok) this.throttle(server.socket);
   }
 
@@ -602,6 +604,13 @@ export class ClientConnection implements ServerPeer {
     });
   }
   private held: Buffer[] | null = null;
+
+  // Replies spliced by the reply filter: written as one batch.
+  onServerPieces(pieces: Buffer[], server: ServerConnection): void {
+    if (pieces.length > 1 && !this.held) this.socket.cork();
+    for (const p of pieces) this.onServerData(p, server);
+    if (pieces.length > 1 && !this.held) this.socket.uncork();
+  }
 
   onServerData(chunk: Buffer, server: ServerConnection): void {
     this.lastActivity = Date.now();

@@ -19,6 +19,7 @@ import type { SessionStatePolicies } from './config/types';
 export interface ClientMessage {
   type: number;
   body: Buffer;
+  raw?: Buffer; // the message as the client sent it, when it came in one chunk
 }
 export type RequestUnit = Buffer | ClientMessage | number;
 
@@ -93,7 +94,7 @@ export class RequestRewriter {
   }
 
   private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {
-    const raw = (): Buffer => message(m.type, m.body);
+    const raw = (): Buffer => m.raw ?? message(m.type, m.body);
     switch (m.type) {
       case Frontend.Query: return this.onQuery(m.body, server, out, raw);
       case Frontend.Parse: return this.onParse(m.body, server, out, raw);

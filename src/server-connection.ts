@@ -43,6 +43,7 @@ export interface ServerTarget {
 // The side of a client that a linked server talks to.
 export interface ServerPeer {
   onServerData(chunk: Buffer, server: ServerConnection): void;
+  onServerPieces(pieces: Buffer[], server: ServerConnection): void;
   onServerReady(status: TxStatus, server: ServerConnection): void;
   onServerParameter(name: string, value: string): void;
   onServerLost(server: ServerConnection, reason: string): void;
@@ -280,7 +281,7 @@ export class ServerConnection extends EventEmitter {
       // the message still open is hidden too if the filter would hide it
       const cut = !this.scanner.atBoundary && replies.hides(this.scanner.currentType) ? Math.max(lastEnd, from) : chunk.length;
       if (cut > from) pieces.push(chunk.subarray(from, cut));
-      for (const p of pieces) peer.onServerData(p, this);
+      peer.onServerPieces(pieces, this);
     } else {
       // Forward first: a ReadyForQuery may release this server to another client.
       peer.onServerData(chunk, this);
