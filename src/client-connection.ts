@@ -699,6 +699,7 @@ export class ClientConnection implements ServerPeer {
     } else this.pool!.release(server);
     if (this.pending.length) this.requestServer();
     else this.host.offerToKernel?.(this);
+    if (this.rewriter) this.rewriter.namedInTransaction = false; // a transaction without one lets it go back
   }
 
   private resetAndRelease(server: ServerConnection): void {

@@ -47,6 +47,9 @@ export class RequestRewriter {
   readonly statements = new Map<string, ClientStatement>();
   readonly session: SessionState;
   private unnamed: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  // The transaction bound a named statement: the next one likely does too, and the kernel
+  // would only hand it back (the bypass controller keeps such a client in user space).
+  namedInTransaction = false;
   private bound: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
 
   constructor(
@@ -219,6 +222,7 @@ export class RequestRewriter {
     }
     const entry = this.statements.get(at.name);
     if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
+    this.namedInTransaction = true;
     this.ensurePrepared(entry, server, out);
     this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
     this.session.began(entry.effects);

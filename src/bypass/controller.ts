@@ -260,6 +260,7 @@ export class BypassController implements IdleServerHost {
     if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
+    if (client.rewriter?.namedInTransaction) return false; // its next transaction would be handed back too
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
       client.socket.once('drain', () => this.offerClient(client));
