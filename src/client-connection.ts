@@ -665,10 +665,7 @@ export class ClientConnection implements ServerPeer {
         });
         recordApplied(this.settings, server);
         if (this.state !== ClientState.Waiting) return this.pool!.release(server);
-        this.state = ClientState.Active;
-        this.server = server;
-        server.link(this);
-        this.detach(server);
+        this.detach(server); // as at any transaction end: release, then serve what waited or go to the kernel
       },
       (e: Error) => {
         server.close(`reading back session settings failed: ${e.message}`);

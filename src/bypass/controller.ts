@@ -11,7 +11,7 @@ import { TRACKED_PARAMETERS } from '../session-parameters';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import { isTlsSocket } from '../tls';
-import type { KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
+import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
 import { Mode } from './kernel-abi';
 
@@ -339,17 +339,29 @@ export class BypassController implements IdleServerHost {
     const k = this.kernel;
     const server = client.kernelServer;
     if (!k || !server) return false;
+    const clocks = k.clocks(client.id);
     if (k.takeBound(client.id) !== skid(server)) return false;
     const cst = k.read(client.id); // stable now: the kernel no longer carries the pair
     const sst = k.read(skid(server));
     if (!cst || !sst) return false;
     this.counters.reclaims++;
+    this.finishInUserSpace(client, server, cst, sst.frame, clocks);
+    return true;
+  }
+
+  // The last steps of every hand-over of a bound pair (taken by TAKE_BOUND): user space
+  // resumes the server's framing where the kernel stopped, places its own replies after
+  // what the kernel still owes, and writes to the client only after the kernel's queued
+  // bytes to it are out.
+  private finishInUserSpace(client: ClientConnection, server: ServerConnection, c: ConnRead,
+    frame: ConnRead['frame'], clocks: { xactNs: bigint | null; queryNs: bigint | null }): void {
     server.state = ServerState.Idle;
-    server.resumeFrame(sst.frame);
-    client.adoptServer(server, cst.outstanding, cst.tailOpen !== 0, { tailMessages: cst.tailMessages, tailAnswered: cst.tailAnswered });
+    server.resumeFrame(frame);
+    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
+    // User space sees this transaction's end: it counts it, timed from its kernel start.
+    client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(c.poolId) ?? client.pool);
     server.socket.pause();
     client.holdOutput(this.whenFlushed(client, 600_000));
-    return true;
   }
 
   private tryFlipBound(client: ClientConnection): void {
@@ -455,14 +467,8 @@ export class BypassController implements IdleServerHost {
     if (k.takeBound(clientId) !== skid(server)) return false;
     if (handoff) this.counters.handoffs++;
     else this.counters.slowHandovers++;
-    server.state = ServerState.Idle;
-    server.resumeFrame(f);
     client.resumeFrame(c.frame); // where its passed bytes start: maybe inside a message
-    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
-    // User space sees this transaction's end: it counts it, timed from its kernel start.
-    client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(c.poolId) ?? client.pool);
-    server.socket.pause();
-    client.holdOutput(this.whenFlushed(client, 600_000));
+    this.finishInUserSpace(client, server, c, f, clocks);
     return true;
   }
 
