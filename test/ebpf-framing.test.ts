@@ -16,7 +16,7 @@
 import t from 'tap';
 import * as fs from 'fs';
 import * as path from 'path';
-import { KernelPath } from '../src/bypass/kernel-path';
+import { openKernelPath } from './helpers/kernel';
 import { SIZEOF } from '../src/bypass/kernel-abi';
 
 interface Case {
@@ -39,16 +39,10 @@ const fixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'fra
   cases: Case[];
 };
 
-let kp: KernelPath | null = null;
-try {
-  kp = KernelPath.open();
-} catch (e) {
-  t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
-}
+const kp = openKernelPath(t);
 
 if (kp) {
   const k = kp;
-  t.teardown(() => k.close());
 
   t.test('ABI sizes match the loaded object', async (t) => {
     t.equal(k.mapValueSize('conns'), SIZEOF.conn);

@@ -6,7 +6,7 @@
 // Needs root: a KernelPath that can't open fails the test with the reason.
 import t, { Test } from 'tap';
 import * as net from 'net';
-import { KernelPath } from '../src/bypass/kernel-path';
+import { openKernelPath } from './helpers/kernel';
 import { Mode } from '../src/bypass/kernel-abi';
 
 const msg = (type: string, body: Buffer | string = ''): Buffer => {
@@ -52,16 +52,10 @@ async function pair(): Promise<[net.Socket, net.Socket]> {
 }
 const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
 
-let kp: KernelPath | null = null;
-try {
-  kp = KernelPath.open();
-} catch (e) {
-  t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
-}
+const kp = openKernelPath(t);
 
 if (kp) {
   const k = kp;
-  t.teardown(() => k.close());
 
   const stress = (DEPTH: number, POOL: number) => async (t: Test) => {
     const CLIENTS = 6;

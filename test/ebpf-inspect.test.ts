@@ -11,7 +11,7 @@
 import t from 'tap';
 import * as fs from 'fs';
 import * as path from 'path';
-import { KernelPath } from '../src/bypass/kernel-path';
+import { openKernelPath } from './helpers/kernel';
 
 interface Case {
   sql: string;
@@ -58,16 +58,10 @@ const S = () => msg('S');
 const be = (type: string, body = Buffer.alloc(0)) => msg(type, body);
 const Z = (status: string) => be('Z', Buffer.from(status));
 
-let kp: KernelPath | null = null;
-try {
-  kp = KernelPath.open();
-} catch (e) {
-  t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
-}
+const kp = openKernelPath(t);
 
 if (kp) {
   const k = kp;
-  t.teardown(() => k.close());
   const verdict = (chunks: Buffer[]) => k.frameChunks('client', chunks);
   const want = (kernel: 'punt' | 'stay') => (kernel === 'stay' ? null : 'session_state');
 

@@ -6,6 +6,7 @@
 import t from 'tap';
 import * as net from 'net';
 import { KernelPath } from '../src/bypass/kernel-path';
+import { openKernelPath } from './helpers/kernel';
 import { Mode } from '../src/bypass/kernel-abi';
 
 const msg = (type: string, body: Buffer | string = ''): Buffer => {
@@ -63,12 +64,7 @@ async function pair(): Promise<[net.Socket, net.Socket]> {
 }
 const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
 
-let kp: KernelPath | null = null;
-try {
-  kp = KernelPath.open();
-} catch (e) {
-  t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
-}
+const kp = openKernelPath(t);
 
 let nextId = 1000;
 interface Rig {
@@ -111,7 +107,6 @@ async function rig(k: KernelPath, mode: 'transaction' | 'session' = 'transaction
 
 if (kp) {
   const k = kp;
-  t.teardown(() => k.close());
 
   t.test('transaction: bound at Query, kept at Z T, released at Z I', async (t) => {
     const r = await rig(k);

@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import { Cluster, proxyConfig, run, libpqEnv, sleep } from './cluster';
 import type { ProxyHandle } from './proxy';
+import { KernelPath } from '../../src/bypass/kernel-path';
 
 export const ADMIN = { user: 'kadmin', password: 'kadmin-pw' };
 export const FAILURES_FILE = '/tmp/pgsplice-kernel-failures.md';
@@ -191,4 +192,16 @@ export async function transitSnapshot(pgPort: number, proxyPort: number): Promis
     else if (pport === proxyPort) queued += recvQ;
   }
   return { pgAcked, queued };
+}
+
+// Opens the kernel path for a test file, or fails the file with the reason (needs root).
+export function openKernelPath(t: { fail(msg: string): unknown; teardown(fn: () => void): unknown }): KernelPath | null {
+  try {
+    const k = KernelPath.open();
+    t.teardown(() => k.close());
+    return k;
+  } catch (e) {
+    t.fail(`KernelPath.open() failed: ${(e as Error).message}`);
+    return null;
+  }
 }
