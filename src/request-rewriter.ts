@@ -69,7 +69,7 @@ export class RequestRewriter {
       case Frontend.Bind: return bindStatement(b).name !== '';
       case Frontend.Describe:
       case Frontend.Close: return b[0] === 0x53 /* S */ && b[1] !== 0;
-      case Frontend.Query: return affectsSession(b.toString('utf8', 0, Math.max(0, b.length - 1)));
+      case Frontend.Query: return affectsSession(queryText(b));
       default: return false;
     }
   }
@@ -135,7 +135,7 @@ export class RequestRewriter {
   }
 
   private onQuery(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
-    const sql = body.toString('utf8', 0, Math.max(0, body.length - 1));
+    const sql = queryText(body);
     const effects = mayAffectSession(sql) ? classifySql(sql) : [];
     if (effects.length === 0) {
       out.push(raw());
@@ -262,7 +262,7 @@ export class RequestRewriter {
   }
 
   // DEALLOCATE <name> as the only statement, of a protocol-level statement of the client.
-  private deallocateTarget(sql: string, effects: SessionEffect[]): { name: string; entry: ClientStatement } | null {
+  private deallocateTarget(sql: Buffer, effects: SessionEffect[]): { name: string; entry: ClientStatement } | null {
     if (effects.length !== 1 || effects[0].kind !== 'deallocate' || effects[0].name === null) return null;
     const name = effects[0].name;
     const entry = this.statements.get(name);
@@ -290,7 +290,10 @@ export class RequestRewriter {
   }
 }
 
-const affectsSession = (sql: string): boolean => mayAffectSession(sql) && classifySql(sql).length > 0;
+const affectsSession = (sql: Buffer): boolean => mayAffectSession(sql) && classifySql(sql).length > 0;
+
+// A Query body's text without its terminator, as bytes (never decoded: it may be 1 GB).
+const queryText = (body: Buffer): Buffer => body.subarray(0, Math.max(0, body.length - 1));
 
 const literal = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 
