@@ -139,6 +139,10 @@ t.test('hostile input', async (t) => {
         conn.destroy();
       }
 
+      // The same pgbench alone first: the numbers to compare with (reported, not asserted:
+      // the box is shared).
+      const alone = await run('pgbench', ['-n', '-c', '4', '-j', '2', '-T', '5', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
+      t.equal(alone.code, 0, `pgbench alone: tps ${/tps = ([\d.]+)/.exec(alone.stdout)?.[1]}`);
       const rss0 = rssKb(proxy.proc.pid!);
       let rssMax = rss0;
       let stop = false;
