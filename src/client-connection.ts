@@ -801,6 +801,9 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (server) this.leaveServer(server);
     this.pending = [];
     if (!this.socket.destroyed) {
+      // Read nothing more: a client cut off mid-message (a 1 GB password) could otherwise
+      // make us read and drop its stream until the socket is destroyed.
+      this.socket.pause();
       this.socket.end();
       setTimeout(() => this.socket.destroy(), 1000).unref();
     }
