@@ -474,10 +474,10 @@ export class ClientConnection implements ServerPeer, Guarded {
     const response = Buffer.concat(out);
     const toKernel = this.host.offerToKernel?.(this, response.length) ?? false;
     this.socket.write(response);
+    this.resumeReading(); // (events come later: the early bytes below go first)
     if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
     const early = this.framer.takeRest();
     if (early.length && !toKernel) this.onRequestBytes(early);
-    this.resumeReading();
   }
 
   // ---- data phase in user space ----
