@@ -39,6 +39,7 @@ const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
 const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
 const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
 const HANDOFF_FLAG = 16; // ebpf/pgsplice.h PGS_F_HANDOFF
+const ERROR_RESPONSE = 0x45; // 'E' from a server
 // How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
 const HANDOFF_SETTLE_MS = 200;
 const pause = new Int32Array(new SharedArrayBuffer(4));
@@ -526,9 +527,15 @@ export class BypassController implements IdleServerHost {
       if (client && (client.state === ClientState.Kernel || client.kernelServer === server)) {
         this.counters.kernelServerLost++;
         // The server's last words (a FATAL error) may still be in the kernel's redirect
-        // queue to the client: ours must come after them.
-        this.whenFlushed(client).then(() =>
-          client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' }));
+        // queue to the client: ours must come after them. If the last message the kernel
+        // framed from it is a complete ErrorResponse (nothing, not even ReadyForQuery,
+        // after it), it was FATAL and reached the client: no second error of ours.
+        const f = st.frame;
+        const endedWithError = f.curType === ERROR_RESPONSE && f.remaining === 0 && f.hdrLen === 0;
+        this.whenFlushed(client).then(() => {
+          if (endedWithError || server.fatalForwarded) client.closeAfterServerFatal();
+          else client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' });
+        });
       }
     }
   }
