@@ -133,8 +133,27 @@ export class Pool {
     this.handOut(server);
   }
 
+  // A cancel request is about to be sent for this server's query: hold the server
+  // (handOut parks it) until cancelDone().
+  cancelStarted(server: ServerConnection): void {
+    server.cancelsInFlight++;
+  }
+
+  // The cancel request's connection to PostgreSQL has closed (PostgreSQL has acted on
+  // it, or it failed): a server released meanwhile may serve others now.
+  cancelDone(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) server.cancelsInFlight--;
+    if (server.cancelsInFlight > 0 || !server.releaseAfterCancel) return;
+    server.releaseAfterCancel = false;
+    if (server.isUsable && server.state === ServerState.Idle) this.release(server);
+  }
+
   // A server that is idle (login done, reset done) is given to a waiter or parked.
   private handOut(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) {
+      server.releaseAfterCancel = true; // cancelDone() hands it out
+      return;
+    }
     if (!this.paused) {
       const w = this.waiters.shift();
       if (w) {

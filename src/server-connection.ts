@@ -94,6 +94,11 @@ export class ServerConnection extends EventEmitter {
   // The linked client was sent this server's FATAL error: when the server then closes,
   // the client is closed without a second error of the proxy's own.
   fatalForwarded = false;
+  // Cancel requests forwarded for this server whose connection to PostgreSQL is still
+  // open: until they complete it is not given to another client (PgBouncer's
+  // sv_being_canceled), so a late cancel cannot hit that client's query.
+  cancelsInFlight = 0;
+  releaseAfterCancel = false; // released while a cancel was in flight: the pool takes it back after
   readonly statements = new ServerStatementCache(); // prepared here by the proxy (transaction mode)
   readonly replies = new ReplyFilter(); // what the linked client sees of the replies
   private framer = new MessageFramer();
