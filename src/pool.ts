@@ -124,6 +124,7 @@ export class Pool {
     server.unlink();
     if (!server.isUsable) return;
     if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
+    if (this.excess > 0) return server.close('pool size lowered');
     if (this.expired(server)) {
       server.close('server_lifetime reached');
       return;
@@ -281,8 +282,28 @@ export class Pool {
     this.budget.freed(this);
   }
 
-  // Periodic upkeep: idle timeout, lifetime, min_pool_size.
+  // Servers above the pool's size and reserve (a reload made it smaller).
+  private get excess(): number {
+    return this.servers.size - (this.settings.size + this.settings.reserveSize);
+  }
+
+  // A pool made smaller closes what is above its size: idle servers now (in user space
+  // and in the kernel's idle stack), the others as they are released.
+  shrink(): void {
+    for (const srv of [...this.idle]) { // close() removes from this.idle
+      if (this.excess <= 0) return;
+      srv.close('pool size lowered');
+    }
+    while (this.excess > 0 && this.kernelHost) {
+      const srv = this.kernelHost.takeIdle(this);
+      if (!srv) return;
+      srv.close('pool size lowered');
+    }
+  }
+
+  // Periodic upkeep: idle timeout, lifetime, min_pool_size, a lowered pool size.
   janitor(): void {
+    if (this.excess > 0) this.shrink();
     const now = Date.now();
     const s = this.settings;
     const keep: ServerConnection[] = [];

@@ -294,6 +294,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
       pool.settings = this.poolSettings(db, user);
       pool.target = this.target(db, user);
       if (JSON.stringify(pool.target) !== before) pool.closeIdle('server settings changed on reload');
+      pool.shrink(); // a smaller pool_size takes effect now, not at server_idle_timeout
       pool.grow();
     }
     return needRestart;
