@@ -17,6 +17,7 @@ export interface PoolSettings {
   resetQueryAlways: boolean;
   checkQuery: string;
   checkDelay: number; // s
+  loginRetry: number; // s, server_login_retry: no new server this long after a failed login
 }
 
 // Counts server connections per database across its pools (max_db_connections).
@@ -66,6 +67,8 @@ export class Pool {
   kernelHost: IdleServerHost | null = null;
   paused = false;
   lastConnectError: ServerError | null = null;
+  private loginFailedAt = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
   // Stats (SHOW POOLS / STATS).
   stats = { waitedMicros: 0n, served: 0n, xacts: 0n, maxWaitMs: 0 };
 
@@ -101,6 +104,12 @@ export class Pool {
     if (!this.paused && this.waiters.length === 0) {
       const s = this.takeIdle(hint);
       if (s) return Promise.resolve(s);
+    }
+    // server_login_retry, as PgBouncer: while logins fail and no server is up, a request
+    // gets the last login error at once instead of waiting for a retry.
+    const failed = this.lastConnectError;
+    if (failed && this.loginBackoffLeft() > 0 && !this.hasLiveServer()) {
+      return Promise.reject(new PoolError(failed.message, failed.fields?.C ?? '08006'));
     }
     return new Promise((resolve, reject) => {
       const w: Waiter = { resolve, reject, since: Date.now(), timer: null };
@@ -213,9 +222,32 @@ export class Pool {
     return this.servers.size;
   }
 
+  // Milliseconds left before a new server may be tried after a failed login (server_login_retry).
+  private loginBackoffLeft(): number {
+    if (!this.lastConnectError) return 0;
+    return Math.max(0, this.loginFailedAt + this.settings.loginRetry * 1000 - Date.now());
+  }
+
+  private hasLiveServer(): boolean {
+    for (const x of this.servers) if (x.isUsable && x.state !== ServerState.Connecting) return true;
+    return false;
+  }
+
   // Opens servers for waiters (up to the pool size, then the reserve) and up to min_pool_size.
   grow(): void {
     const s = this.settings;
+    const wait = this.loginBackoffLeft();
+    if (wait > 0) {
+      // One retry when the wait is over, if anyone still needs a server then.
+      if (!this.retryTimer && (this.waiters.length || this.servers.size < s.minSize)) {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = null;
+          this.grow();
+        }, wait);
+        this.retryTimer.unref();
+      }
+      return;
+    }
     const oldestWait = this.waiters.length ? Date.now() - this.waiters[0].since : 0;
     const limit = s.size + (oldestWait >= s.reserveTimeout * 1000 ? s.reserveSize : 0);
     const wanted = Math.max(this.waiters.length - this.connecting, s.minSize - this.total);
@@ -254,6 +286,7 @@ export class Pool {
         const e = err instanceof ServerError ? err : new ServerError(`server login failed: ${err.message}`);
         this.connecting--;
         this.lastConnectError = e;
+        this.loginFailedAt = Date.now(); // grow() waits server_login_retry from here
         log.warn(`pool ${this.label}: ${e.message}`);
         // With no logged-in server left, nobody will come back to serve the waiters: tell them now.
         const alive = [...this.servers].some((x) => x.isUsable && x.state !== ServerState.Connecting);
@@ -319,7 +352,7 @@ export class Pool {
       const oldest = now - this.waiters[0].since;
       if (oldest >= s.reserveTimeout * 1000) this.grow();
     }
-    if (this.servers.size < s.minSize && !this.lastConnectError) this.grow();
+    if (this.servers.size < s.minSize) this.grow(); // after a failed login, at most once per server_login_retry
   }
 
   // Closes idle servers now and the others when they come back (RECONNECT, reload).

@@ -179,6 +179,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
       resetQueryAlways: c.server_reset_query_always,
       checkQuery: c.server_check_query,
       checkDelay: c.server_check_delay,
+      loginRetry: c.server_login_retry,
     };
   }
 
