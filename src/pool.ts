@@ -17,6 +17,7 @@ export interface PoolSettings {
   resetQueryAlways: boolean;
   checkQuery: string;
   checkDelay: number; // s
+  loginRetry: number; // s, server_login_retry: no new server this long after a failed login
 }
 
 // Counts server connections per database across its pools (max_db_connections).
@@ -66,6 +67,8 @@ export class Pool {
   kernelHost: IdleServerHost | null = null;
   paused = false;
   lastConnectError: ServerError | null = null;
+  private loginFailedAt = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
   // Stats (SHOW POOLS / STATS).
   stats = { waitedMicros: 0n, served: 0n, xacts: 0n, maxWaitMs: 0 };
 
@@ -102,6 +105,12 @@ export class Pool {
       const s = this.takeIdle(hint);
       if (s) return Promise.resolve(s);
     }
+    // server_login_retry, as PgBouncer: while logins fail and no server is up, a request
+    // gets the last login error at once instead of waiting for a retry.
+    const failed = this.lastConnectError;
+    if (failed && this.loginBackoffLeft() > 0 && !this.hasLiveServer()) {
+      return Promise.reject(new PoolError(failed.message, failed.fields?.C ?? '08006'));
+    }
     return new Promise((resolve, reject) => {
       const w: Waiter = { resolve, reject, since: Date.now(), timer: null };
       const t = this.settings.queryWaitTimeout;
@@ -124,6 +133,7 @@ export class Pool {
     server.unlink();
     if (!server.isUsable) return;
     if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
+    if (this.excess > 0) return server.close('pool size lowered');
     if (this.expired(server)) {
       server.close('server_lifetime reached');
       return;
@@ -133,8 +143,27 @@ export class Pool {
     this.handOut(server);
   }
 
+  // A cancel request is about to be sent for this server's query: hold the server
+  // (handOut parks it) until cancelDone().
+  cancelStarted(server: ServerConnection): void {
+    server.cancelsInFlight++;
+  }
+
+  // The cancel request's connection to PostgreSQL has closed (PostgreSQL has acted on
+  // it, or it failed): a server released meanwhile may serve others now.
+  cancelDone(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) server.cancelsInFlight--;
+    if (server.cancelsInFlight > 0 || !server.releaseAfterCancel) return;
+    server.releaseAfterCancel = false;
+    if (server.isUsable && server.state === ServerState.Idle) this.release(server);
+  }
+
   // A server that is idle (login done, reset done) is given to a waiter or parked.
   private handOut(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) {
+      server.releaseAfterCancel = true; // cancelDone() hands it out
+      return;
+    }
     if (!this.paused) {
       const w = this.waiters.shift();
       if (w) {
@@ -193,9 +222,32 @@ export class Pool {
     return this.servers.size;
   }
 
+  // Milliseconds left before a new server may be tried after a failed login (server_login_retry).
+  private loginBackoffLeft(): number {
+    if (!this.lastConnectError) return 0;
+    return Math.max(0, this.loginFailedAt + this.settings.loginRetry * 1000 - Date.now());
+  }
+
+  private hasLiveServer(): boolean {
+    for (const x of this.servers) if (x.isUsable && x.state !== ServerState.Connecting) return true;
+    return false;
+  }
+
   // Opens servers for waiters (up to the pool size, then the reserve) and up to min_pool_size.
   grow(): void {
     const s = this.settings;
+    const wait = this.loginBackoffLeft();
+    if (wait > 0) {
+      // One retry when the wait is over, if anyone still needs a server then.
+      if (!this.retryTimer && (this.waiters.length || this.servers.size < s.minSize)) {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = null;
+          this.grow();
+        }, wait);
+        this.retryTimer.unref();
+      }
+      return;
+    }
     const oldestWait = this.waiters.length ? Date.now() - this.waiters[0].since : 0;
     const limit = s.size + (oldestWait >= s.reserveTimeout * 1000 ? s.reserveSize : 0);
     const wanted = Math.max(this.waiters.length - this.connecting, s.minSize - this.total);
@@ -234,6 +286,7 @@ export class Pool {
         const e = err instanceof ServerError ? err : new ServerError(`server login failed: ${err.message}`);
         this.connecting--;
         this.lastConnectError = e;
+        this.loginFailedAt = Date.now(); // grow() waits server_login_retry from here
         log.warn(`pool ${this.label}: ${e.message}`);
         // With no logged-in server left, nobody will come back to serve the waiters: tell them now.
         const alive = [...this.servers].some((x) => x.isUsable && x.state !== ServerState.Connecting);
@@ -262,8 +315,28 @@ export class Pool {
     this.budget.freed(this);
   }
 
-  // Periodic upkeep: idle timeout, lifetime, min_pool_size.
+  // Servers above the pool's size and reserve (a reload made it smaller).
+  private get excess(): number {
+    return this.servers.size - (this.settings.size + this.settings.reserveSize);
+  }
+
+  // A pool made smaller closes what is above its size: idle servers now (in user space
+  // and in the kernel's idle stack), the others as they are released.
+  shrink(): void {
+    for (const srv of [...this.idle]) { // close() removes from this.idle
+      if (this.excess <= 0) return;
+      srv.close('pool size lowered');
+    }
+    while (this.excess > 0 && this.kernelHost) {
+      const srv = this.kernelHost.takeIdle(this);
+      if (!srv) return;
+      srv.close('pool size lowered');
+    }
+  }
+
+  // Periodic upkeep: idle timeout, lifetime, min_pool_size, a lowered pool size.
   janitor(): void {
+    if (this.excess > 0) this.shrink();
     const now = Date.now();
     const s = this.settings;
     const keep: ServerConnection[] = [];
@@ -279,7 +352,7 @@ export class Pool {
       const oldest = now - this.waiters[0].since;
       if (oldest >= s.reserveTimeout * 1000) this.grow();
     }
-    if (this.servers.size < s.minSize && !this.lastConnectError) this.grow();
+    if (this.servers.size < s.minSize) this.grow(); // after a failed login, at most once per server_login_retry
   }
 
   // Closes idle servers now and the others when they come back (RECONNECT, reload).
