@@ -7,6 +7,7 @@ import { ConfigError, LogLevel } from './config/types';
 import { log, setLogLevel } from './log';
 import { Proxy } from './proxy';
 import { buildTls } from './tls';
+import { installProcessBoundary } from './error-boundary';
 
 const VERSION: string = require('../../package.json').version;
 
@@ -40,6 +41,14 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     proxy.shutdownGraceful().then(() => setTimeout(() => process.exit(0), 100));
   });
   process.on('SIGUSR1', () => log.info(proxy.statsLine()));
+  // PgBouncer's meaning: resume every paused database (Node's default would exit).
+  process.on('SIGUSR2', () => {
+    proxy.control.resume();
+    log.info('SIGUSR2: resumed all databases');
+  });
+  // Each connection has its own error boundary; this logs what escapes them all, so
+  // one connection's exception never exits the process with every client.
+  installProcessBoundary();
   process.on('SIGINT', () => {
     log.info('SIGINT: fast shutdown');
     proxy.shutdownFast();

@@ -4,7 +4,8 @@
 import * as net from 'node:net';
 import * as crypto from 'node:crypto';
 import {
-  CANCEL_REQUEST_CODE, Frontend, GSSENC_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE, SqlState, TxStatus,
+  CANCEL_REQUEST_CODE, Frontend, GSSENC_REQUEST_CODE, MAX_AUTH_MESSAGE_LENGTH, MAX_MESSAGE_LENGTH, PROTOCOL_3_0,
+  SSL_REQUEST_CODE, SqlState, TxStatus,
 } from './protocol/constants';
 import { MessageFramer, printable } from './protocol/framer';
 import {
@@ -17,7 +18,7 @@ import { TransactionTracker } from './transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
 import { TRACKED_PARAMETERS, canonicalName, isReported, recordApplied, settingsSql, startupSettings } from './session-parameters';
-import { AuthProtocolError, ScramServerSession, mockScramVerifier } from './auth/scram';
+import { ScramServerSession, mockScramVerifier } from './auth/scram';
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
 import type { ClientProof } from './auth/auth-query';
 import { verifyMd5Response } from './auth/md5';
@@ -28,6 +29,8 @@ import { ClientTiming, countError } from './metrics/stats';
 import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
 import { ReplyAction, ReplyEnd } from './reply-filter';
 import { classifySql } from './sql-classifier';
+import { Guarded, errorFieldsFor, guard } from './error-boundary';
+import { checkRequestFormat } from './protocol/request-format';
 
 export enum ClientState {
   Startup = 'startup',
@@ -46,13 +49,21 @@ export interface ClientHost {
   readonly config: Config;
   // The TLS context an SSLRequest is answered with ('S'), or null for 'N' (src/tls.ts).
   clientTls?(sock: net.Socket): ClientTls | null;
-  resolvePool(database: string, user: string): Pool; // throws PoolError (3D000, ...)
+  // Finds or creates the pool; called only once the client has authenticated, so that
+  // unauthenticated names allocate nothing. Throws PoolError (3D000, ...).
+  resolvePool(database: string, user: string): Pool;
+  // Why the database cannot be served (3D000), checked before authentication; allocates nothing.
+  databaseRefusal(database: string): PoolError | null;
+  // Whether the proxy can log in to the server as this user (trust with no secret of the client's).
+  serverLoginKnown(database: string, user: string): boolean;
   userSecret(user: string): string | undefined;
   // auth_query: the secret of a user not in the config, or undefined if no lookup applies.
   lookupSecret?(client: ClientConnection): Promise<string | undefined> | undefined;
   // A client proved it knows `secret`: how the proxy may log in to the server as it.
   clientProved?(client: ClientConnection, secret: string, proof: ClientProof): void;
   isAdminDatabase(database: string): boolean;
+  // max_client_conn, applied once the database is known: the refusal, or null to go on.
+  admitted?(client: ClientConnection): ErrorFields | null;
   startAdmin(client: ClientConnection): void;
   cancel(pid: number, key: number): void;
   clientLoggedIn(client: ClientConnection): void;
@@ -77,7 +88,7 @@ const CLIENT_CAPTURE = captureSet('');
 const REWRITE_CAPTURE = captureSet(REWRITTEN_TYPES);
 const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much ahead of its server
 
-export class ClientConnection implements ServerPeer {
+export class ClientConnection implements ServerPeer, Guarded {
   readonly id = nextClientId++;
   state = ClientState.Startup;
   user = '';
@@ -95,7 +106,9 @@ export class ClientConnection implements ServerPeer {
   bytesRead = 0n; // since the socket was registered with the kernel path
   stats = { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n };
   readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
-  private framer = new MessageFramer();
+  // Before login only startup packets (10000 bytes) and password messages fit.
+  private framer = new MessageFramer(MAX_AUTH_MESSAGE_LENGTH);
+  private readPaused = false; // stopped reading while login is pending (bytes buffered in the framer)
   private scanner = new StreamScanner(CLIENT_CAPTURE);
   private pending: RequestUnit[] = [];
   private pendingBytes = 0;
@@ -127,21 +140,47 @@ export class ClientConnection implements ServerPeer {
     this.listenTo(socket);
     const lt = host.config.client_login_timeout;
     if (lt > 0) {
-      this.loginTimer = setTimeout(() => this.fatal({ code: SqlState.ProtocolViolation, message: 'client_login_timeout' }), lt * 1000);
+      this.loginTimer = setTimeout(this.guard(() => this.fatal({ code: SqlState.ProtocolViolation, message: 'client_login_timeout' })), lt * 1000);
       this.loginTimer.unref();
     }
   }
 
-  private readonly onSocketData = (d: Buffer) => this.onData(d);
+  private readonly onSocketData = (d: Buffer) => this.onData(d); // onData has its own boundary
 
   private listenTo(sock: net.Socket): void {
     sock.on('data', this.onSocketData);
-    sock.on('error', (e) => this.close(`socket error: ${e.message}`));
-    sock.on('close', () => this.close('client closed the connection'));
+    sock.on('error', this.guard((e: Error) => this.close(`socket error: ${e.message}`)));
+    sock.on('close', this.guard(() => this.close('client closed the connection')));
+  }
+
+  // ---- the error boundary: whatever this connection's handlers throw ends it alone ----
+
+  // Wraps a callback (event handler, timer, promise continuation) of this connection.
+  guard<A extends unknown[]>(fn: (...args: A) => void): (...args: A) => void {
+    return guard(this, fn);
+  }
+
+  failWith(e: unknown): void {
+    try {
+      const f = errorFieldsFor(e, this.label);
+      if (this.state === ClientState.Closed) return;
+      this.fatal(f);
+    } catch (e2) {
+      // Even the error path failed: drop the socket, and still leave the registry.
+      log.error(`${this.label} closing after an internal error failed: ${(e2 as Error).stack}`);
+      this.state = ClientState.Closed;
+      this.socket.destroy();
+      try {
+        this.host.clientClosed(this);
+      } catch {
+        /* logged above */
+      }
+    }
   }
 
   get label(): string {
-    const who = this.user ? `${this.user}@${this.database}` : 'unauthenticated';
+    // Names a client sent before logging in are its own words: logged bounded and escaped.
+    const who = !this.user ? 'unauthenticated' : this.loggedIn ? `${this.user}@${this.database}` : `${logSafe(this.user)}@${logSafe(this.database)}`;
     return `C-${this.id} ${who} ${this.socket.remoteAddress ?? 'unix'}:${this.socket.remotePort ?? ''}`;
   }
 
@@ -165,6 +204,10 @@ export class ClientConnection implements ServerPeer {
         case ClientState.Login:
         case ClientState.AuthLookup:
           this.framer.push(chunk); // kept until login completes / the lookup answers
+          if (this.framer.buffered > MAX_PENDING_BYTES && !this.readPaused) {
+            this.readPaused = true; // read on once login is done: no unbounded buffering meanwhile
+            this.socket.pause();
+          }
           return;
         case ClientState.Closed:
           return;
@@ -180,12 +223,14 @@ export class ClientConnection implements ServerPeer {
           this.onRequestBytes(chunk);
       }
     } catch (e) {
-      if (e instanceof ProtocolError || e instanceof AuthProtocolError) this.fatal({ code: SqlState.ProtocolViolation, message: `protocol violation: ${e.message}` });
-      else {
-        log.error(`${this.label} internal error: ${(e as Error).stack}`);
-        this.fatal({ code: SqlState.InternalError, message: 'internal error in pgsplice' });
-      }
+      this.failWith(e);
     }
+  }
+
+  private resumeReading(): void {
+    if (!this.readPaused) return;
+    this.readPaused = false;
+    this.socket.resume();
   }
 
   private drainLogin(): void {
@@ -218,11 +263,11 @@ export class ClientConnection implements ServerPeer {
       this.socket.write('S');
       // From here on the client speaks TLS: its bytes arrive through the TLS socket.
       this.socket.off('data', this.onSocketData);
-      tls.accept(this.socket, (sock) => {
+      tls.accept(this.socket, this.guard((sock: net.Socket) => {
         if (this.state === ClientState.Closed) return sock.destroy();
         this.socket = sock;
         this.listenTo(sock);
-      });
+      }));
       return;
     }
     if (code === CANCEL_REQUEST_CODE) {
@@ -252,6 +297,8 @@ export class ClientConnection implements ServerPeer {
     this.user = this.startup.get('user') ?? '';
     this.database = this.startup.get('database') || this.user;
     if (!this.user) return this.fatal({ code: SqlState.InvalidAuthorization, message: 'no PostgreSQL user name specified in startup packet' });
+    const full = this.host.admitted?.(this);
+    if (full) return this.fatal(full);
     const refusal = clientRefusal(this.socket, this.host.config.client_tls_sslmode);
     if (refusal) return this.fatal({ code: SqlState.InvalidAuthorization, message: refusal });
     if (this.startup.has('replication') && this.startup.get('replication') !== 'false') {
@@ -259,14 +306,11 @@ export class ClientConnection implements ServerPeer {
     }
     if (code !== PROTOCOL_3_0 || unrecognized.length) this.socket.write(negotiateProtocolVersion(0, unrecognized));
 
-    const admin = this.host.isAdminDatabase(this.database);
-    if (!admin) {
-      try {
-        this.pool = this.host.resolvePool(this.database, this.user);
-      } catch (e) {
-        if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
-        throw e;
-      }
+    // The pool is resolved after authentication: nothing is allocated per name a client
+    // that has not logged in sends. An unknown database is refused now, as in PgBouncer.
+    if (!this.host.isAdminDatabase(this.database)) {
+      const refusal = this.host.databaseRefusal(this.database);
+      if (refusal) return this.fatal({ code: refusal.code, message: refusal.message });
     }
     this.beginAuth();
   }
@@ -283,14 +327,15 @@ export class ClientConnection implements ServerPeer {
     if (!lookup) return this.askForPassword();
     this.state = ClientState.AuthLookup;
     lookup.then(
-      (secret) => {
+      this.guard((secret: string | undefined) => {
         if (this.state !== ClientState.AuthLookup) return;
         this.secret = secret;
         this.state = ClientState.Auth;
         this.askForPassword();
+        this.resumeReading();
         if (this.state === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
-      },
-      (e: Error) => this.fatal({ code: SqlState.ConnectionFailure, message: e.message }),
+      }),
+      this.guard((e: Error) => this.fatal({ code: SqlState.ConnectionFailure, message: e.message })),
     );
   }
 
@@ -303,7 +348,7 @@ export class ClientConnection implements ServerPeer {
     this.authMethod = method;
     switch (method) {
       case 'trust':
-        if (secret === undefined && !this.pool?.target.password && !this.pool?.target.scramKeys) return this.authFailed();
+        if (secret === undefined && (this.host.isAdminDatabase(this.database) || !this.host.serverLoginKnown(this.database, this.user))) return this.authFailed();
         return this.authenticatedWith({});
       case 'plain':
         this.socket.write(authenticationCleartext());
@@ -356,18 +401,22 @@ export class ClientConnection implements ServerPeer {
   }
   private saslStarted = false;
 
+  // Past authentication (the names it sent are a known user's).
+  loggedIn = false;
+
   private authFailed(): void {
     const kind = this.authMethod === 'trust' ? 'authentication' : 'password authentication';
     this.fatal({ code: SqlState.InvalidPassword, message: `${kind} failed for user "${this.user}"` });
   }
 
   private authenticatedWith(proof: ClientProof): void {
-    if (this.secret !== undefined && this.pool) this.host.clientProved?.(this, this.secret, proof);
+    if (this.secret !== undefined && !this.host.isAdminDatabase(this.database)) this.host.clientProved?.(this, this.secret, proof);
     this.authenticated();
   }
 
   private authenticated(): void {
     this.state = ClientState.Login;
+    this.loggedIn = true;
     this.scram = null;
     if (this.host.isAdminDatabase(this.database)) {
       this.host.startAdmin(this); // refuses (28000) before AuthenticationOk, as PgBouncer does
@@ -375,21 +424,28 @@ export class ClientConnection implements ServerPeer {
         ['DateStyle', 'ISO, MDY'], ['standard_conforming_strings', 'on'], ['integer_datetimes', 'on']]));
       return;
     }
-    const pool = this.pool!;
+    let pool: Pool;
+    try {
+      pool = this.pool = this.host.resolvePool(this.database, this.user);
+    } catch (e) {
+      if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
+      throw e;
+    }
     if (pool.serverParams) return this.finishLogin(pool.serverParams);
     // The first client of a pool waits for a server to learn what to report.
     pool.acquire().then(
-      (server) => {
+      this.guard((server: ServerConnection) => {
         pool.release(server);
         if (this.state === ClientState.Login) this.finishLogin(pool.serverParams ?? server.params);
-      },
-      (e: Error) => this.fatal({ code: e instanceof PoolError ? e.code : SqlState.ConnectionFailure, message: e.message }),
+      }),
+      this.guard((e: Error) => this.fatal({ code: e instanceof PoolError ? e.code : SqlState.ConnectionFailure, message: e.message })),
     );
   }
 
   private finishLogin(serverParams: Map<string, string>): void {
     if (this.state !== ClientState.Login) return;
     if (this.loginTimer) clearTimeout(this.loginTimer);
+    this.framer.maxLength = MAX_MESSAGE_LENGTH; // the admin console frames after login
     for (const k of TRACKED_PARAMETERS) {
       const v = serverParams.get(k);
       if (v !== undefined) this.settings.set(k, v);
@@ -421,6 +477,7 @@ export class ClientConnection implements ServerPeer {
     if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
     const early = this.framer.takeRest();
     if (early.length && !toKernel) this.onRequestBytes(early);
+    this.resumeReading();
   }
 
   // ---- data phase in user space ----
@@ -438,6 +495,7 @@ export class ClientConnection implements ServerPeer {
     let lastEnd = 0;
     this.scanner.scan(chunk, (m) => {
       if (cut >= 0) return;
+      if (m.body) checkRequestFormat(m.type, m.body); // before anything acts on it (08P01)
       if (m.type === Frontend.Terminate) {
         cut = Math.max(m.start, 0);
         return;
@@ -522,31 +580,37 @@ export class ClientConnection implements ServerPeer {
     this.state = ClientState.Waiting;
     this.timing.waiting(pool);
     pool.acquire().then(
-      (server) => {
+      this.guard((server: ServerConnection) => {
         if (this.state !== ClientState.Waiting) return pool.release(server);
-        this.attach(server);
-      },
-      (e: Error) => {
+        try {
+          this.attach(server);
+        } catch (e) {
+          // Not linked to this client yet: nobody else would close it.
+          if (this.server !== server && this.kernelServer !== server) server.close('client failed before using it', false);
+          throw e;
+        }
+      }),
+      this.guard((e: Error) => {
         if (this.state !== ClientState.Waiting) return;
         const code = e instanceof PoolError ? e.code : SqlState.ConnectionFailure;
         this.fatal({ code, message: e.message });
-      },
+      }),
     );
   }
 
   private attach(server: ServerConnection): void {
     if (this.settingsReady) {
       const ready = this.settingsReady;
-      ready.then(() => {
+      ready.then(this.guard(() => {
         if (this.settingsReady === ready) this.settingsReady = null;
         this.attach(server);
-      });
+      }));
       return;
     }
     const sql = settingsSql(this.settings, server);
     if (sql) {
       server.runInternal(sql).then(
-        () => {
+        this.guard(() => {
           recordApplied(this.settings, server);
           // The server reports the normalized form ('ISO' becomes 'ISO, MDY'): adopt it.
           for (const k of this.settings.keys()) {
@@ -554,12 +618,12 @@ export class ClientConnection implements ServerPeer {
             if (isReported(k) && v !== undefined) this.settings.set(k, v);
           }
           this.attach(server);
-        },
-        (e: Error) => {
+        }),
+        this.guard((e: Error) => {
           log.warn(`${this.label} could not apply settings on ${server.label}: ${e.message}`);
           this.pool!.release(server);
           this.fatal({ code: (e as { code?: string }).code ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${e.message}` });
-        },
+        }),
       );
       return;
     }
@@ -592,7 +656,7 @@ export class ClientConnection implements ServerPeer {
   // client must reach it first); the server is not read meanwhile (back-pressure).
   holdOutput(until: Promise<void>): void {
     this.held = [];
-    until.then(() => {
+    until.then(this.guard(() => {
       const held = this.held ?? [];
       this.held = null;
       let ok = true;
@@ -601,7 +665,7 @@ export class ClientConnection implements ServerPeer {
       if (!server) return;
       if (ok) server.socket.resume();
       else this.socket.once('drain', () => server.socket.resume());
-    });
+    }));
   }
   private held: Buffer[] | null = null;
 
@@ -657,7 +721,7 @@ export class ClientConnection implements ServerPeer {
     server.unlink();
     const sql = `SELECT ${list.map((n) => `coalesce(pg_catalog.current_setting('${n.replace(/'/g, "''")}', true), '${UNSET}')`).join(', ')}`;
     server.queryValues(sql).then(
-      (values) => {
+      this.guard((values: string[]) => {
         list.forEach((n, i) => {
           const v = values[i];
           if (v === UNSET) this.settings.delete(n);
@@ -666,11 +730,11 @@ export class ClientConnection implements ServerPeer {
         recordApplied(this.settings, server);
         if (this.state !== ClientState.Waiting) return this.pool!.release(server);
         this.detach(server); // as at any transaction end: release, then serve what waited or go to the kernel
-      },
-      (e: Error) => {
+      }),
+      this.guard((e: Error) => {
         server.close(`reading back session settings failed: ${e.message}`);
         this.fatal({ code: SqlState.ConnectionFailure, message: `could not read back session settings: ${e.message}` });
-      },
+      }),
     );
   }
 
@@ -702,12 +766,12 @@ export class ClientConnection implements ServerPeer {
   private resetAndRelease(server: ServerConnection): void {
     const pool = this.pool!;
     server.runInternal(this.host.config.server_reset_query).then(
-      () => {
+      this.guard(() => {
         server.applied.clear();
         if (dropsStatements([this.host.config.server_reset_query])) server.statements.clear();
         pool.release(server);
-      },
-      (e: Error) => server.close(`server_reset_query failed: ${e.message}`),
+      }),
+      this.guard((e: Error) => server.close(`server_reset_query failed: ${e.message}`)),
     );
   }
 
@@ -721,7 +785,7 @@ export class ClientConnection implements ServerPeer {
   // Sends a FATAL error and closes: logs one line.
   fatal(f: ErrorFields): void {
     if (this.state === ClientState.Closed) return;
-    log.info(`${this.label} closing: ${f.code} ${f.message}`);
+    log.info(`${this.label} closing: ${f.code} ${this.loggedIn ? f.message : logSafe(f.message, 200)}`);
     this.sendError({ severity: 'FATAL', ...f });
     this.close(f.message, true);
   }
@@ -763,14 +827,14 @@ export class ClientConnection implements ServerPeer {
     }
     if (steps.length === 0) return pool.release(server);
     server.runInternal(steps.join('; ')).then(
-      () => {
+      this.guard(() => {
         if (steps.length > 1 || steps[0] !== 'ROLLBACK') {
           server.applied.clear();
           if (dropsStatements(steps)) server.statements.clear();
         }
         pool.release(server);
-      },
-      (e: Error) => server.close(`reset after client left failed: ${e.message}`),
+      }),
+      this.guard((e: Error) => server.close(`reset after client left failed: ${e.message}`)),
     );
   }
 
@@ -835,6 +899,13 @@ export class ClientConnection implements ServerPeer {
 }
 
 const choiceFor = chooseAuthMethod;
+
+// A client-sent string for the log: control characters escaped, at most `max` characters.
+export function logSafe(s: string, max = 64): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return clean.length > max ? `${clean.slice(0, max)}...(${s.length} chars)` : clean;
+}
 const UNSET = '\u0001unset'; // current_setting() of a parameter that does not exist
 
 // Whether these reset statements drop the server's prepared statements.

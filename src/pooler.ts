@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { ClientConnection, ClientHost, ClientState } from './client-connection';
 import { ConnectionBudget, Pool, PoolError, PoolSettings } from './pool';
 import type { ServerConnection, ServerTarget } from './server-connection';
-import { cancelRequest } from './protocol/messages';
+import { ErrorFields, cancelRequest } from './protocol/messages';
 import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
 import { log } from './log';
@@ -13,6 +13,8 @@ import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from '
 import { ClientTls, TlsContexts, buildTls } from './tls';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
+// Connections accepted beyond max_client_conn so that admin-console users get in on a full proxy.
+export const ADMIN_RESERVE = 16;
 
 export interface PoolerHooks {
   startAdmin(client: ClientConnection): void;
@@ -125,6 +127,18 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return star ? { ...star, name, dbname: name } : undefined;
   }
 
+  databaseRefusal(database: string): PoolError | null {
+    return this.databaseConfig(database) ? null : new PoolError(`no such database: ${database}`, SqlState.InvalidCatalogName);
+  }
+
+  serverLoginKnown(database: string, user: string): boolean {
+    const db = this.databaseConfig(database);
+    if (!db) return false;
+    const t = this.target(db, user);
+    return t.password !== undefined || t.scramKeys !== undefined;
+  }
+
+  // Called once the client has authenticated (never for a name nobody logged in as).
   resolvePool(database: string, user: string): Pool {
     const db = this.databaseConfig(database);
     if (!db) throw new PoolError(`no such database: ${database}`, SqlState.InvalidCatalogName);
@@ -228,11 +242,27 @@ export class Pooler implements ClientHost, ConnectionBudget {
       return;
     }
     const c = new ClientConnection(socket, this);
-    if (this.clients.size >= this.config.max_client_conn) {
-      c.fatal({ code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` });
+    // max_client_conn is applied once the startup packet names the database (admitted):
+    // the admin console stays reachable on a full proxy, as in PgBouncer. Up to
+    // ADMIN_RESERVE connections beyond the limit are read that far, no more.
+    if (this.clients.size >= this.config.max_client_conn + ADMIN_RESERVE) {
+      c.fatal(this.tooManyClients());
       return;
     }
     this.clients.add(c);
+  }
+
+  // Whether a client that has sent its startup packet may stay: admin-console clients
+  // always, the others while at most max_client_conn of them are connected.
+  admitted(client: ClientConnection): ErrorFields | null {
+    if (this.isAdminDatabase(client.database)) return null;
+    let others = 0;
+    for (const c of this.clients) if (c !== client && !this.isAdminDatabase(c.database)) others++;
+    return others >= this.config.max_client_conn ? this.tooManyClients() : null;
+  }
+
+  private tooManyClients(): ErrorFields {
+    return { code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` };
   }
 
   // ---- ConnectionBudget (max_db_connections) ----

@@ -3,7 +3,7 @@
 // clients with the same SQL share it and different SQL can never collide. Each server
 // keeps an LRU of the statements prepared on it (max_prepared_statements).
 import * as crypto from 'node:crypto';
-import { message } from './protocol/messages';
+import { ProtocolError, message } from './protocol/messages';
 import { Frontend } from './protocol/constants';
 import type { SessionEffect } from './sql-classifier';
 
@@ -21,7 +21,7 @@ export interface ParseParts {
 export function parseParts(body: Buffer): ParseParts {
   const nameEnd = body.indexOf(0);
   const queryEnd = body.indexOf(0, nameEnd + 1);
-  if (nameEnd < 0 || queryEnd < 0) throw new RangeError('malformed Parse message');
+  if (nameEnd < 0 || queryEnd < 0) throw new ProtocolError('invalid message format: Parse message has no NUL-terminated statement name or query string');
   return { name: body.toString('utf8', 0, nameEnd), rest: body.subarray(nameEnd + 1), query: body.toString('utf8', nameEnd + 1, queryEnd) };
 }
 
@@ -29,7 +29,7 @@ export function parseParts(body: Buffer): ParseParts {
 export function bindStatement(body: Buffer): { name: string; start: number; end: number } {
   const portalEnd = body.indexOf(0);
   const end = body.indexOf(0, portalEnd + 1);
-  if (portalEnd < 0 || end < 0) throw new RangeError('malformed Bind message');
+  if (portalEnd < 0 || end < 0) throw new ProtocolError('invalid message format: Bind message has no NUL-terminated portal or statement name');
   return { name: body.toString('utf8', portalEnd + 1, end), start: portalEnd + 1, end };
 }
 

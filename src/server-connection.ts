@@ -47,6 +47,8 @@ export interface ServerPeer {
   onServerReady(status: TxStatus, server: ServerConnection): void;
   onServerParameter(name: string, value: string): void;
   onServerLost(server: ServerConnection, reason: string): void;
+  // The connection's error boundary: ends the client for an exception (src/error-boundary.ts).
+  failWith?(e: unknown): void;
 }
 
 export class ServerError extends Error {
@@ -207,8 +209,8 @@ export class ServerConnection extends EventEmitter {
                 this.socket.off('data', onLoginData);
                 this.state = ServerState.Idle;
                 const rest = this.framer.takeRest();
-                this.socket.on('data', (d: Buffer) => this.onData(d));
-                if (rest.length) this.onData(rest);
+                this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
+                if (rest.length) this.onDataGuarded(rest);
                 log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
                 resolve();
                 return;
@@ -222,6 +224,19 @@ export class ServerConnection extends EventEmitter {
         }
       };
     });
+  }
+
+  // The server connection's error boundary: an exception while handling its bytes (in
+  // the client it serves, too) ends that client and this server, not the proxy.
+  private onDataGuarded(chunk: Buffer): void {
+    try {
+      this.onData(chunk);
+    } catch (e) {
+      const peer = this.peer;
+      if (peer?.failWith) peer.failWith(e);
+      else log.error(`${this.label} internal error: ${e instanceof Error ? e.stack : String(e)}`);
+      this.close(`internal error: ${(e as Error)?.message ?? String(e)}`, false);
+    }
   }
 
   private onData(chunk: Buffer): void {

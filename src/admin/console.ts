@@ -205,6 +205,9 @@ class AdminSession {
         const [type, body] = this.queue.shift()!;
         await this.handle(type, body);
       }
+    } catch (e) {
+      this.queue = [];
+      this.client.failWith(e); // the console's error boundary: this admin client only
     } finally {
       this.running = false;
     }

@@ -8,6 +8,10 @@ export const CANCEL_REQUEST_CODE = 80877102;
 // Largest message the proxy accepts; PostgreSQL's own limit for most messages is 1 GB.
 export const MAX_MESSAGE_LENGTH = 0x3fffffff;
 export const MAX_STARTUP_LENGTH = 10000; // as PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+// Largest password / SASL message before authentication (length field), as PostgreSQL's
+// PG_MAX_AUTH_TOKEN_LENGTH (src/include/libpq/auth.h): a client that has not logged in
+// cannot make the proxy buffer more than this.
+export const MAX_AUTH_MESSAGE_LENGTH = 65535;
 
 const c = (s: string): number => s.charCodeAt(0);
 
