@@ -674,6 +674,8 @@ int pgs_ctl(struct pgs_ctl *a)
 			ok = CAS(&c->word, w, MKWORD(PGS_IDLE, w));
 			if (!ok)
 				c->pool_id = was;
+			else
+				c->flags &= ~PGS_F_RETIRE; /* user space reuses it: a mark is spent */
 		}
 		bpf_spin_unlock(&c->lock);
 		if (ok)
@@ -733,9 +735,10 @@ int pgs_ctl(struct pgs_ctl *a)
 			if (a->pool)
 				s->pool_id = a->pool;
 			bound = CAS(&s->word, w, MKWORD(PGS_BOUND, w));
-			if (bound)
+			if (bound) {
 				s->peer = id;
-			else
+				s->flags &= ~PGS_F_RETIRE; /* user space reuses it: a mark is spent */
+			} else
 				s->pool_id = was;
 		}
 		bpf_spin_unlock(&s->lock);

@@ -31,7 +31,7 @@ enum pgs_conn_flags {
 	PGS_F_PARAMS_CHANGED = 1, /* client: its server sent ParameterStatus while bound */
 	PGS_F_FRAME_ERROR = 2,    /* framing saw an impossible length */
 	PGS_F_SLOW = 4,           /* client: handed to user space by the in-flight limit */
-	PGS_F_RETIRE = 8,         /* server: RECONNECT; give it to user space at its release */
+	PGS_F_RETIRE = 8,         /* server: give it to user space at its release (RECONNECT, a cancel in flight); cleared when user space puts it back (SERVER_TO_IDLE, BIND) */
 	PGS_F_HANDOFF = 16,       /* client: handed to user space mid-transaction (named
 				   * statement or session-state SQL, docs/kernel-path.md) */
 };

@@ -671,6 +671,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       this.held = null;
       let ok = true;
       for (const b of held) if (!this.socket.destroyed) ok = this.socket.write(b);
+      if (this.closeWhenReleased) return this.closeAfterServerFatal();
       const server = this.server;
       if (!server) return;
       if (ok) server.socket.resume();
@@ -757,8 +758,22 @@ export class ClientConnection implements ServerPeer, Guarded {
   onServerLost(server: ServerConnection, reason: string): void {
     if (this.server !== server) return;
     this.server = null;
+    // The server's own FATAL already reached the client: that is its last word.
+    if (server.fatalForwarded) return this.closeAfterServerFatal();
     this.fatal({ code: SqlState.ConnectionFailure, message: `server connection lost: ${reason}` });
   }
+
+  // Closes once the server's FATAL error (forwarded, maybe still held) is written.
+  closeAfterServerFatal(): void {
+    if (this.state === ClientState.Closed) return;
+    if (this.held) {
+      this.closeWhenReleased = true; // the held bytes (the FATAL among them) go out first
+      return;
+    }
+    log.info(`${this.label} closing: the server sent a FATAL error and closed the connection`);
+    this.close('server closed the connection after a FATAL error', true);
+  }
+  private closeWhenReleased = false;
 
   // Gives the server back at a transaction end; the client stays, idle.
   private detach(server: ServerConnection): void {

@@ -124,6 +124,7 @@ export class Pool {
     server.unlink();
     if (!server.isUsable) return;
     if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
+    if (this.excess > 0) return server.close('pool size lowered');
     if (this.expired(server)) {
       server.close('server_lifetime reached');
       return;
@@ -133,8 +134,27 @@ export class Pool {
     this.handOut(server);
   }
 
+  // A cancel request is about to be sent for this server's query: hold the server
+  // (handOut parks it) until cancelDone().
+  cancelStarted(server: ServerConnection): void {
+    server.cancelsInFlight++;
+  }
+
+  // The cancel request's connection to PostgreSQL has closed (PostgreSQL has acted on
+  // it, or it failed): a server released meanwhile may serve others now.
+  cancelDone(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) server.cancelsInFlight--;
+    if (server.cancelsInFlight > 0 || !server.releaseAfterCancel) return;
+    server.releaseAfterCancel = false;
+    if (server.isUsable && server.state === ServerState.Idle) this.release(server);
+  }
+
   // A server that is idle (login done, reset done) is given to a waiter or parked.
   private handOut(server: ServerConnection): void {
+    if (server.cancelsInFlight > 0) {
+      server.releaseAfterCancel = true; // cancelDone() hands it out
+      return;
+    }
     if (!this.paused) {
       const w = this.waiters.shift();
       if (w) {
@@ -262,8 +282,28 @@ export class Pool {
     this.budget.freed(this);
   }
 
-  // Periodic upkeep: idle timeout, lifetime, min_pool_size.
+  // Servers above the pool's size and reserve (a reload made it smaller).
+  private get excess(): number {
+    return this.servers.size - (this.settings.size + this.settings.reserveSize);
+  }
+
+  // A pool made smaller closes what is above its size: idle servers now (in user space
+  // and in the kernel's idle stack), the others as they are released.
+  shrink(): void {
+    for (const srv of [...this.idle]) { // close() removes from this.idle
+      if (this.excess <= 0) return;
+      srv.close('pool size lowered');
+    }
+    while (this.excess > 0 && this.kernelHost) {
+      const srv = this.kernelHost.takeIdle(this);
+      if (!srv) return;
+      srv.close('pool size lowered');
+    }
+  }
+
+  // Periodic upkeep: idle timeout, lifetime, min_pool_size, a lowered pool size.
   janitor(): void {
+    if (this.excess > 0) this.shrink();
     const now = Date.now();
     const s = this.settings;
     const keep: ServerConnection[] = [];

@@ -25,7 +25,9 @@ export interface PoolerHooks {
   janitor?(now: number): void;
   feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
   reclaimKernelBound?(client: ClientConnection): boolean;
-  cancelTarget?(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null;
+  // The server whose query a cancel for this client must hit, held from now on (the kernel
+  // path keeps it out of its idle stack); null when the kernel path has none for it.
+  cancelServer?(client: ClientConnection): ServerConnection | null;
   poolCreated?(pool: Pool): void;
   clientClosed?(client: ClientConnection): void;
 }
@@ -194,30 +196,38 @@ export class Pooler implements ClientHost, ConnectionBudget {
     };
   }
 
+  // Forwards a CancelRequest to the server serving the client now. That server is held
+  // (not given to another client) until the request's own connection to PostgreSQL has
+  // closed: PostgreSQL signals the backend before it closes it, so a query of the next
+  // client on that server cannot be the one cancelled (PgBouncer's rule).
   cancel(pid: number, key: number): void {
     const client = this.byCancelKey.get(`${pid}:${key}`);
     if (!client) {
       log.info(`cancel request with an unknown key ignored`);
       return;
     }
-    const target = this.hooks.cancelTarget?.(client) ?? this.userSpaceCancelTarget(client);
-    if (!target) {
+    const server = this.hooks.cancelServer?.(client) ?? this.userSpaceCancelServer(client);
+    const pool = client.pool;
+    if (!server || !server.backendPid || !pool) {
       log.info(`${client.label} cancel request: no query running`);
       return;
     }
-    log.info(`${client.label} cancel request forwarded to backend ${target.pid}`);
+    const target = server.target;
+    log.info(`${client.label} cancel request forwarded to backend ${server.backendPid}`);
+    pool.cancelStarted(server);
     const sock = target.host.startsWith('/')
       ? net.connect(`${target.host}/.s.PGSQL.${target.port}`)
       : net.connect({ host: target.host, port: target.port });
-    sock.on('connect', () => sock.end(cancelRequest(target.pid, target.key)));
+    sock.on('connect', () => sock.end(cancelRequest(server.backendPid, server.backendKey)));
     sock.on('error', (e) => log.warn(`cancel request to server failed: ${e.message}`));
+    sock.on('data', () => {}); // PostgreSQL answers nothing; read to see its close
+    sock.once('close', () => pool.cancelDone(server));
     sock.setTimeout(5000, () => sock.destroy());
   }
 
-  private userSpaceCancelTarget(client: ClientConnection) {
+  private userSpaceCancelServer(client: ClientConnection): ServerConnection | null {
     const s = client.server;
-    if (!s || !s.backendPid) return null;
-    return { host: s.target.host, port: s.target.port, pid: s.backendPid, key: s.backendKey };
+    return s && s.backendPid ? s : null;
   }
 
   clientLoggedIn(client: ClientConnection): void {
@@ -314,6 +324,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
       pool.settings = this.poolSettings(db, user);
       pool.target = this.target(db, user);
       if (JSON.stringify(pool.target) !== before) pool.closeIdle('server settings changed on reload');
+      pool.shrink(); // a smaller pool_size takes effect now, not at server_idle_timeout
       pool.grow();
     }
     return needRestart;

@@ -15,14 +15,14 @@ export const ABSENT_STATEMENT = `${SERVER_NAME_PREFIX}absent`;
 export interface ParseParts {
   name: string;
   rest: Buffer; // query text\0, parameter count, parameter types
-  query: string;
+  query: Buffer; // the query text's UTF-8 bytes (the classifier reads bytes: no string of a huge query)
 }
 
 export function parseParts(body: Buffer): ParseParts {
   const nameEnd = body.indexOf(0);
   const queryEnd = body.indexOf(0, nameEnd + 1);
   if (nameEnd < 0 || queryEnd < 0) throw new ProtocolError('invalid message format: Parse message has no NUL-terminated statement name or query string');
-  return { name: body.toString('utf8', 0, nameEnd), rest: body.subarray(nameEnd + 1), query: body.toString('utf8', nameEnd + 1, queryEnd) };
+  return { name: body.toString('utf8', 0, nameEnd), rest: body.subarray(nameEnd + 1), query: body.subarray(nameEnd + 1, queryEnd) };
 }
 
 // The statement name a Bind refers to, and where it sits in the body.

@@ -41,7 +41,7 @@ export class Proxy {
     hooks.boundInKernel = (client) => this.bypass.serverOf(client) !== null;
     hooks.janitor = (now) => this.bypass.janitor(now);
     hooks.clientClosed = (client) => this.bypass.clientClosed(client);
-    hooks.cancelTarget = (client) => this.bypass.cancelTarget(client);
+    hooks.cancelServer = (client) => this.bypass.cancelServer(client);
     statsEvents.kernelClientBound = (c) => c.kernelServer !== null || this.bypass.serverOf(c) !== null;
     statsEvents.kernelServerBound = (s) => this.bypass.serverBound(s);
     // Sampled each second by the janitor, and again whenever SHOW STATS or /metrics reads

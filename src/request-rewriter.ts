@@ -69,7 +69,7 @@ export class RequestRewriter {
       case Frontend.Bind: return bindStatement(b).name !== '';
       case Frontend.Describe:
       case Frontend.Close: return b[0] === 0x53 /* S */ && b[1] !== 0;
-      case Frontend.Query: return affectsSession(b.toString('utf8', 0, Math.max(0, b.length - 1)));
+      case Frontend.Query: return affectsSession(queryText(b));
       default: return false;
     }
   }
@@ -97,7 +97,9 @@ export class RequestRewriter {
   }
 
   private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {
-    const raw = (): Buffer => m.raw ?? message(m.type, m.body);
+    // As the client sent it; a message that came split is written as header + body (a
+    // 100 MB Query is not copied once more).
+    const raw = (): Buffer[] => (m.raw ? [m.raw] : [messageHeader(m.type, m.body.length), m.body]);
     switch (m.type) {
       case Frontend.Query: return this.onQuery(m.body, server, out, raw);
       case Frontend.Parse: return this.onParse(m.body, server, out, raw);
@@ -112,7 +114,7 @@ export class RequestRewriter {
           if (!isDescribe && kind === 0x53 && name) {
             this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
           } else this.expect(server, { end, action: ReplyAction.Pass });
-          out.push(raw());
+          out.push(...raw());
           return;
         }
         const entry = this.statements.get(name);
@@ -134,11 +136,11 @@ export class RequestRewriter {
     }
   }
 
-  private onQuery(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
-    const sql = body.toString('utf8', 0, Math.max(0, body.length - 1));
+  private onQuery(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
+    const sql = queryText(body);
     const effects = mayAffectSession(sql) ? classifySql(sql) : [];
     if (effects.length === 0) {
-      out.push(raw());
+      out.push(...raw());
       this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
       return;
     }
@@ -156,11 +158,11 @@ export class RequestRewriter {
       return;
     }
     this.session.began(effects);
-    out.push(raw());
+    out.push(...raw());
     this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server) });
   }
 
-  private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
+  private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
     const p = parseParts(body);
     const effects = mayAffectSession(p.query) ? classifySql(p.query) : [];
     const refused = effects.length ? this.session.rejection(effects) : null;
@@ -174,13 +176,14 @@ export class RequestRewriter {
         rest = Buffer.concat([Buffer.from(`DEALLOCATE "${dealloc.entry.serverName}"\0`), p.rest.subarray(p.rest.indexOf(0) + 1)]);
         this.unnamed = { effects: [], onTag: this.deallocated(dealloc.name, dealloc.entry, server) };
       } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
-      out.push(refused || dealloc ? parseMessage('', rest) : raw());
+      if (refused || dealloc) out.push(parseMessage('', rest));
+      else out.push(...raw());
       this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass });
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
       this.session.protocolNamed.add(p.name); // stays on this server: the client keeps it
-      out.push(raw());
+      out.push(...raw());
       this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.protocolNamed.delete(p.name) });
       return;
     }
@@ -205,18 +208,18 @@ export class RequestRewriter {
     });
   }
 
-  private onBind(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer): void {
+  private onBind(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
     const at = bindStatement(body);
     if (at.name === '') {
       this.bound = this.unnamed;
       this.session.began(this.bound.effects);
-      out.push(raw());
+      out.push(...raw());
       this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
       this.bound = { effects: [], onTag: undefined };
-      out.push(raw());
+      out.push(...raw());
       this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
       return;
     }
@@ -262,7 +265,7 @@ export class RequestRewriter {
   }
 
   // DEALLOCATE <name> as the only statement, of a protocol-level statement of the client.
-  private deallocateTarget(sql: string, effects: SessionEffect[]): { name: string; entry: ClientStatement } | null {
+  private deallocateTarget(sql: Buffer, effects: SessionEffect[]): { name: string; entry: ClientStatement } | null {
     if (effects.length !== 1 || effects[0].kind !== 'deallocate' || effects[0].name === null) return null;
     const name = effects[0].name;
     const entry = this.statements.get(name);
@@ -290,7 +293,17 @@ export class RequestRewriter {
   }
 }
 
-const affectsSession = (sql: string): boolean => mayAffectSession(sql) && classifySql(sql).length > 0;
+const messageHeader = (type: number, bodyLength: number): Buffer => {
+  const h = Buffer.allocUnsafe(5);
+  h[0] = type;
+  h.writeInt32BE(bodyLength + 4, 1);
+  return h;
+};
+
+const affectsSession = (sql: Buffer): boolean => mayAffectSession(sql) && classifySql(sql).length > 0;
+
+// A Query body's text without its terminator, as bytes (never decoded: it may be 1 GB).
+const queryText = (body: Buffer): Buffer => body.subarray(0, Math.max(0, body.length - 1));
 
 const literal = (s: string): string => `'${s.replace(/'/g, "''")}'`;
 

@@ -93,6 +93,14 @@ export class ServerConnection extends EventEmitter {
   peer: ServerPeer | null = null;
   bytesRead = 0n; // since the socket was registered with the kernel path
   closeNeeded = false; // RECONNECT: close instead of returning to the pool
+  // The linked client was sent this server's FATAL error: when the server then closes,
+  // the client is closed without a second error of the proxy's own.
+  fatalForwarded = false;
+  // Cancel requests forwarded for this server whose connection to PostgreSQL is still
+  // open: until they complete it is not given to another client (PgBouncer's
+  // sv_being_canceled), so a late cancel cannot hit that client's query.
+  cancelsInFlight = 0;
+  releaseAfterCancel = false; // released while a cancel was in flight: the pool takes it back after
   readonly statements = new ServerStatementCache(); // prepared here by the proxy (transaction mode)
   readonly replies = new ReplyFilter(); // what the linked client sees of the replies
   private framer = new MessageFramer();
@@ -266,6 +274,7 @@ export class ServerConnection extends EventEmitter {
         } else if (m.type === Backend.ErrorResponse) {
           const f = parseErrorFields(m.body!);
           if (peer) countError('server', f.C);
+          if (peer && (f.S === 'FATAL' || f.S === 'PANIC')) this.fatalForwarded = true;
           if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
           else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);
         } else if (!peer && !this.internal && m.type !== Backend.NoticeResponse && m.type !== Backend.DataRow

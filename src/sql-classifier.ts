@@ -23,82 +23,120 @@ export type SessionEffect =
 interface Token {
   t: 'word' | 'qident' | 'string' | 'punct' | 'other';
   v: string; // words lowercased; quoted identifiers and strings as written, unquoted
+  long?: true; // a string too long to be a name: its value is not kept (v is '')
+}
+
+// String literals longer than this are never decoded: no parameter or channel name is
+// that long, and a huge literal (a 100 MB INSERT) must cost no more than finding its end.
+const MAX_DECODED_STRING = 4096;
+
+const SQ = 0x27; // '
+const DQ = 0x22; // "
+const BS = 0x5c; // backslash
+const DOLLAR = 0x24;
+
+const isSpace = (c: number): boolean => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x0c;
+const isLetter = (c: number): boolean => (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f; // a-z A-Z _
+const isDigit = (c: number): boolean => c >= 0x30 && c <= 0x39;
+// Bytes of a word: letters, digits, _ and $, and every byte of a multi-byte UTF-8 character.
+const isWordStart = (c: number): boolean => isLetter(c) || c >= 0x80;
+const isWordByte = (c: number): boolean => isLetter(c) || isDigit(c) || c === DOLLAR || c >= 0x80;
+const PUNCT = new Set([0x28, 0x29, 0x2c, 0x2e, 0x3d]); // ( ) , . =
+
+const asBytes = (sql: string | Buffer): Buffer => (typeof sql === 'string' ? Buffer.from(sql, 'utf8') : sql);
+
+// The value of a quoted string or identifier between from and to, with its doubled quote
+// (and, for E'' strings, backslash escapes) undone.
+function unquote(b: Buffer, from: number, to: number, quote: number, escapes: boolean): Token {
+  if (to - from > MAX_DECODED_STRING) return { t: 'string', v: '', long: true };
+  let v = b.toString('utf8', from, to);
+  if (escapes) v = v.replace(/\\([\s\S])|''/g, (_m, ch: string | undefined) => ch ?? "'");
+  else if (quote === SQ) v = v.replace(/''/g, "'");
+  else v = v.replace(/""/g, '"');
+  return { t: quote === DQ ? 'qident' : 'string', v };
 }
 
 // Tokens per top-level statement. Returns null for text the lexer cannot follow
 // (an unterminated string or comment): the caller treats that as unknown state.
-export function splitStatements(sql: string): Token[][] | null {
+// Works on the UTF-8 bytes (every character with a meaning here is ASCII) and skips
+// literals and comments with indexOf: linear in the text, allocation only per token.
+export function splitStatements(sql: string | Buffer): Token[][] | null {
+  const b = asBytes(sql);
   const out: Token[][] = [];
   let cur: Token[] = [];
-  const n = sql.length;
+  const n = b.length;
   let i = 0;
   while (i < n) {
-    const c = sql[i];
-    if (c === ' ' || c === '\t' || c === '\n' || c === '\r' || c === '\f') {
+    const c = b[i];
+    const d = i + 1 < n ? b[i + 1] : -1;
+    if (isSpace(c)) {
       i++;
-    } else if (c === '-' && sql[i + 1] === '-') {
-      const e = sql.indexOf('\n', i);
+    } else if (c === 0x2d && d === 0x2d) { // -- comment
+      const e = b.indexOf(0x0a, i);
       i = e < 0 ? n : e + 1;
-    } else if (c === '/' && sql[i + 1] === '*') {
+    } else if (c === 0x2f && d === 0x2a) { // /* comment, nested
       let depth = 1;
       i += 2;
-      while (i < n && depth > 0) {
-        if (sql[i] === '/' && sql[i + 1] === '*') { depth++; i += 2; } else if (sql[i] === '*' && sql[i + 1] === '/') { depth--; i += 2; } else i++;
+      let open = -2; // next "/*" at or after i (-1: none left), found again only once passed
+      while (depth > 0) {
+        if (open !== -1 && open < i) open = b.indexOf('/*', i);
+        const close = b.indexOf('*/', i);
+        if (close < 0) return null;
+        if (open >= 0 && open < close) { depth++; i = open + 2; } else { depth--; i = close + 2; }
       }
-      if (depth > 0) return null;
-    } else if (c === "'" || ((c === 'e' || c === 'E') && sql[i + 1] === "'")) {
-      const escapes = c !== "'";
-      i += escapes ? 2 : 1;
-      let v = '';
+    } else if (c === SQ || ((c === 0x65 || c === 0x45) && d === SQ)) { // '...' or E'...'
+      const escapes = c !== SQ;
+      const from = i + (escapes ? 2 : 1);
+      let j = from;
+      let bs = escapes ? -2 : -1; // next backslash at or after j (-1: none left)
       for (;;) {
-        if (i >= n) return null;
-        const d = sql[i];
-        if (escapes && d === '\\') { v += sql[i + 1] ?? ''; i += 2; continue; }
-        if (d === "'") {
-          if (sql[i + 1] === "'") { v += "'"; i += 2; continue; }
-          i++;
-          break;
-        }
-        v += d;
-        i++;
+        const q = b.indexOf(SQ, j);
+        if (q < 0) return null;
+        if (bs !== -1 && bs < j) bs = b.indexOf(BS, j);
+        if (bs >= 0 && bs < q) { j = bs + 2; if (j > n) return null; continue; }
+        if (q + 1 < n && b[q + 1] === SQ) { j = q + 2; continue; }
+        cur.push(unquote(b, from, q, SQ, escapes));
+        i = q + 1;
+        break;
       }
-      cur.push({ t: 'string', v });
-    } else if (c === '"') {
-      let v = '';
-      i++;
-      for (;;) {
-        if (i >= n) return null;
-        if (sql[i] === '"') {
-          if (sql[i + 1] === '"') { v += '"'; i += 2; continue; }
-          i++;
-          break;
-        }
-        v += sql[i++];
-      }
-      cur.push({ t: 'qident', v });
-    } else if (c === '$' && /[A-Za-z_$]/.test(sql[i + 1] ?? '')) {
-      const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(sql.slice(i));
-      if (!m) { cur.push({ t: 'other', v: c }); i++; continue; }
-      const end = sql.indexOf(m[0], i + m[0].length);
-      if (end < 0) return null;
-      cur.push({ t: 'string', v: sql.slice(i + m[0].length, end) });
-      i = end + m[0].length;
-    } else if (/[A-Za-z_\u0080-\uffff]/.test(c)) {
+    } else if (c === DQ) {
       let j = i + 1;
-      while (j < n && /[A-Za-z0-9_$\u0080-\uffff]/.test(sql[j])) j++;
-      cur.push({ t: 'word', v: sql.slice(i, j).toLowerCase() });
+      for (;;) {
+        const q = b.indexOf(DQ, j);
+        if (q < 0) return null;
+        if (q + 1 < n && b[q + 1] === DQ) { j = q + 2; continue; }
+        const tok = unquote(b, i + 1, q, DQ, false);
+        cur.push(tok.long ? { t: 'qident', v: b.toString('utf8', i + 1, q).replace(/""/g, '"') } : tok);
+        i = q + 1;
+        break;
+      }
+    } else if (c === DOLLAR && (isLetter(d) || d === DOLLAR)) { // $tag$ ... $tag$
+      let j = i + 1;
+      if (d !== DOLLAR) while (j < n && (isLetter(b[j]) || isDigit(b[j]))) j++;
+      if (j >= n || b[j] !== DOLLAR) { cur.push({ t: 'other', v: '$' }); i++; continue; }
+      const tag = b.subarray(i, j + 1);
+      let end = b.indexOf(DOLLAR, j + 1); // a byte search: much faster than indexOf(tag)
+      while (end >= 0 && (end + tag.length > n || b.compare(tag, 0, tag.length, end, end + tag.length) !== 0)) end = b.indexOf(DOLLAR, end + 1);
+      if (end < 0) return null;
+      const len = end - (j + 1);
+      cur.push(len > MAX_DECODED_STRING ? { t: 'string', v: '', long: true } : { t: 'string', v: b.toString('utf8', j + 1, end) });
+      i = end + tag.length;
+    } else if (isWordStart(c)) {
+      let j = i + 1;
+      while (j < n && isWordByte(b[j])) j++;
+      cur.push({ t: 'word', v: b.toString('utf8', i, j).toLowerCase() });
       i = j;
-    } else if (c === ';') {
+    } else if (c === 0x3b) { // ;
       if (cur.length) out.push(cur);
       cur = [];
       i++;
-    } else if ('(),.='.includes(c)) {
-      cur.push({ t: 'punct', v: c });
+    } else if (PUNCT.has(c)) {
+      cur.push({ t: 'punct', v: String.fromCharCode(c) });
       i++;
     } else {
       let j = i + 1;
-      while (j < n && /[0-9.]/.test(c) && /[0-9.eE]/.test(sql[j])) j++;
-      cur.push({ t: 'other', v: sql.slice(i, j) });
+      if (isDigit(c) || c === 0x2e) while (j < n && (isDigit(b[j]) || b[j] === 0x2e || b[j] === 0x65 || b[j] === 0x45)) j++;
+      cur.push({ t: 'other', v: b.toString('latin1', i, j) });
       i = j;
     }
   }
@@ -225,7 +263,7 @@ function classifyStatement(toks: Token[]): SessionEffect[] {
         }
       }
       if (third?.t === 'word' && third.v === 'true') continue;
-      if (arg?.t === 'string' && toks[k + 3]?.v === ',') out.push({ kind: 'parameter', names: [arg.v.toLowerCase()] });
+      if (arg?.t === 'string' && !arg.long && toks[k + 3]?.v === ',') out.push({ kind: 'parameter', names: [arg.v.toLowerCase()] });
       else out.push({ kind: 'other', what: 'set_config with a computed name' });
     }
   }
@@ -234,7 +272,7 @@ function classifyStatement(toks: Token[]): SessionEffect[] {
 
 // All session effects of a query string, in order; an unknown effect if the text
 // cannot be lexed.
-export function classifySql(sql: string): SessionEffect[] {
+export function classifySql(sql: string | Buffer): SessionEffect[] {
   const stmts = splitStatements(sql);
   if (!stmts) return [{ kind: 'other', what: 'SQL the proxy cannot lex' }];
   const out: SessionEffect[] = [];
@@ -245,9 +283,14 @@ export function classifySql(sql: string): SessionEffect[] {
 // Quick reject for the common case (every query passes here): false only when no
 // statement can start with a word that has an effect and no such function or keyword
 // appears anywhere. Comments could hide a statement's first word: the lexer decides then.
+// Text longer than QUICK_REJECT_MAX goes to the lexer directly: it skips a literal with
+// indexOf, where these expressions would test every position of it.
 const FIRST_WORD = /(?:^|;)\s*(?:set|reset|discard|listen|unlisten|prepare|deallocate|declare|close|load|create)\b/i;
 const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+|dblink_connect\w*)\b/i;
 const COMMENT = /\/\*|--/;
-export function mayAffectSession(sql: string): boolean {
-  return FIRST_WORD.test(sql) || ANYWHERE.test(sql) || COMMENT.test(sql);
+const QUICK_REJECT_MAX = 16384;
+export function mayAffectSession(sql: string | Buffer): boolean {
+  if (sql.length > QUICK_REJECT_MAX) return true;
+  const s = typeof sql === 'string' ? sql : sql.toString('utf8');
+  return FIRST_WORD.test(s) || ANYWHERE.test(s) || COMMENT.test(s);
 }

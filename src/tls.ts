@@ -276,13 +276,17 @@ const tcpUnder = new WeakMap<tls.TLSSocket, net.Socket>();
 // Closes with an RST, so that a peer blocked writing to us notices at once. A TLS socket
 // has no TCP handle of its own (Node throws): the reset goes to the socket under it.
 export function resetAndDestroy(sock: net.Socket): void {
-  if (!isTlsSocket(sock)) {
-    sock.resetAndDestroy();
-    return;
+  const tcp = isTlsSocket(sock) ? tcpUnder.get(sock) : sock;
+  if (tcp && !tcp.destroyed) {
+    // libuv refuses to reset a socket whose sending side is already shut down (ours, or
+    // Node's own end() after the peer's FIN) and Node then drops the handle without
+    // closing it: the descriptor would leak. A connecting one would wait for a connect
+    // that may never come. Those are closed plainly; unread data in the receive queue
+    // still makes the kernel send the RST.
+    if (tcp.writableEnded || tcp.connecting) tcp.destroy();
+    else tcp.resetAndDestroy();
   }
-  const tcp = tcpUnder.get(sock);
-  if (tcp && !tcp.destroyed) tcp.resetAndDestroy();
-  sock.destroy();
+  if (tcp !== sock) sock.destroy();
 }
 
 // "TLSv1.3/TLS_AES_256_GCM_SHA384" for SHOW CLIENTS / SERVERS, '' for a plain socket.

@@ -88,3 +88,21 @@ t.test('a bad length is a protocol error, as in the kernel (frame_error)', async
   const s2 = new StreamScanner(captureSet(''));
   t.throws(() => s2.scan(Buffer.from([0x51, 0, 0, 0, 3]), () => {}), /invalid message length/, 'below 4');
 });
+
+t.test('a large captured body comes whole and exact, however it is split', async (t) => {
+  // Bodies past 1 MB are gathered into one buffer of their announced size as they arrive.
+  for (const size of [100, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 7]) {
+    const body = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) body[i] = (i * 131 + 7) & 0xff;
+    const msg = Buffer.concat([Buffer.from([0x51, 0, 0, 0, 0]), body, Buffer.from([0x53, 0, 0, 0, 4])]);
+    msg.writeInt32BE(size + 4, 1);
+    for (const step of [1000, 65536, 333333]) {
+      const s = new StreamScanner(captureSet('Q'));
+      const got: Array<{ type: number; body?: Buffer }> = [];
+      for (let p = 0; p < msg.length; p += step) s.scan(msg.subarray(p, p + step), (m) => got.push({ type: m.type, body: m.body }));
+      t.equal(got.length, 2, `${size} bytes in chunks of ${step}: two messages`);
+      t.ok(got[0].body?.equals(body), `${size} bytes in chunks of ${step}: the body is exact`);
+      t.equal(got[1].body, undefined, 'an uncaptured type has no body');
+    }
+  }
+});

@@ -39,6 +39,7 @@ const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
 const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
 const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
 const HANDOFF_FLAG = 16; // ebpf/pgsplice.h PGS_F_HANDOFF
+const ERROR_RESPONSE = 0x45; // 'E' from a server
 // How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
 const HANDOFF_SETTLE_MS = 200;
 const pause = new Int32Array(new SharedArrayBuffer(4));
@@ -431,11 +432,35 @@ export class BypassController implements IdleServerHost {
     return !!st && st.peer !== 0;
   }
 
-  // Where a cancel for this client must go: the server the kernel bound it to, if any.
-  cancelTarget(client: ClientConnection): { host: string; port: number; pid: number; key: number } | null {
+  // The server a cancel for this client must hit: the one the kernel has bound to it,
+  // marked (RETIRE) so that the kernel gives it to user space at its release instead of
+  // its idle stack, where it could be bound to another client while the cancel is still
+  // on its way; user space then holds it until the cancel completes (Pool.cancelDone).
+  // The mark is made first and the binding checked after: from the mark on, a server
+  // still bound to this client stays this client's until its release.
+  cancelServer(client: ClientConnection): ServerConnection | null {
+    const k = this.kernel;
+    if (!k || !this.clients.has(client.id)) return null;
     const server = client.kernelServer ?? (client.state === ClientState.Kernel ? this.serverOf(client) : null);
-    if (!server) return null;
-    return { host: server.target.host, port: server.target.port, pid: server.backendPid, key: server.backendKey };
+    if (!server || server.state !== ServerState.Kernel) return null;
+    const r = k.retire(skid(server));
+    if (r === 'user') return null; // user space owns it (a hand-over under way): client.server decides
+    if (r === 'taken') {
+      // Idle in the kernel: the client's transaction is over and there is nothing to cancel.
+      this.counters.serversFromKernel++;
+      server.state = ServerState.Idle;
+      this.poolOf(server)?.release(server);
+      return null;
+    }
+    this.retireMarked.add(server); // comes to user space at its release (event server_retired)
+    const st = k.read(skid(server));
+    return st && st.peer === client.id ? server : null; // else bound to another client since
+  }
+  // Servers marked by cancelServer, until their release reaches user space.
+  private retireMarked = new Set<ServerConnection>();
+
+  private poolOf(server: ServerConnection): Pool | undefined {
+    return this.kidPool.get(this.kidOf.get(server) ?? -1);
   }
 
   private writtenAtHome = new WeakMap<ServerConnection, bigint>(); // Node's bytes written when registered
@@ -517,6 +542,7 @@ export class BypassController implements IdleServerHost {
   private serverClosed(server: ServerConnection): void {
     const k = this.kernel;
     this.servers.delete(skid(server));
+    this.retireMarked.delete(server);
     if (!k) return;
     const st = k.read(skid(server));
     k.unregister(skid(server));
@@ -526,9 +552,15 @@ export class BypassController implements IdleServerHost {
       if (client && (client.state === ClientState.Kernel || client.kernelServer === server)) {
         this.counters.kernelServerLost++;
         // The server's last words (a FATAL error) may still be in the kernel's redirect
-        // queue to the client: ours must come after them.
-        this.whenFlushed(client).then(() =>
-          client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' }));
+        // queue to the client: ours must come after them. If the last message the kernel
+        // framed from it is a complete ErrorResponse (nothing, not even ReadyForQuery,
+        // after it), it was FATAL and reached the client: no second error of ours.
+        const f = st.frame;
+        const endedWithError = f.curType === ERROR_RESPONSE && f.remaining === 0 && f.hdrLen === 0;
+        this.whenFlushed(client).then(() => {
+          if (endedWithError || server.fatalForwarded) client.closeAfterServerFatal();
+          else client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost while serving this client' });
+        });
       }
     }
   }
@@ -621,6 +653,8 @@ export class BypassController implements IdleServerHost {
     if (!k) return;
     this.sampleStats();
     this.kernelClientTimeouts(now);
+    // A server marked for a cancel whose release event was lost (ring buffer full).
+    for (const x of [...this.retireMarked]) if (x.state === ServerState.Kernel) this.retireIfReleased(x);
     for (const [pool, bySig] of this.kpools) {
       const s = pool.settings;
       const reconnect = [...pool.servers].some((x) => x.closeNeeded && x.state === ServerState.Kernel);
@@ -710,11 +744,16 @@ export class BypassController implements IdleServerHost {
     }
   }
 
-  // The kernel released a retired server into USER instead of its idle stack.
+  // The kernel released a retired server into USER instead of its idle stack: RECONNECT
+  // closes it; one marked for a cancel goes back through its pool, which holds it until
+  // the cancel completes.
   private retired(server: ServerConnection): void {
     this.counters.serversFromKernel++;
+    this.retireMarked.delete(server);
     server.state = ServerState.Idle;
-    server.close('close_needed (RECONNECT)');
+    const pool = this.poolOf(server);
+    if (server.closeNeeded || !pool) server.close('close_needed (RECONNECT)');
+    else pool.release(server);
   }
 
   private retireIfReleased(server: ServerConnection): void {

@@ -21,6 +21,11 @@ export class StreamScanner {
   private length = 0;
   private remaining = 0; // body bytes still to come
   private collecting: Buffer[] | null = null;
+  // A large body being collected goes straight into one buffer of its announced size,
+  // allocated once COLLECT_INTO bytes of it have arrived (pages are only touched as the
+  // bytes come): the chunks are not held and joined at the end, which would double it.
+  private into: Buffer | null = null;
+  private filled = 0;
   private startBase = 0; // chunk-relative start of the current message
 
   // capture[type] = true: collect that type's body (keep these small: Z, S, E, ...).
@@ -39,6 +44,8 @@ export class StreamScanner {
   // progress. The body seen before is gone, so that message is reported without one.
   resume(pos: { hdr: Buffer; hdrLen: number; curType: number; remaining: number }): void {
     this.collecting = null;
+    this.into = null;
+    this.filled = 0;
     this.bodyLost = false;
     if (pos.hdrLen >= 5) {
       pos.hdr.copy(this.header, 0, 0, 5);
@@ -46,7 +53,10 @@ export class StreamScanner {
       this.type = this.header[0];
       this.length = this.header.readInt32BE(1);
       this.remaining = this.length - 4 - (pos.hdrLen - 5);
-      if (this.capture[this.type]) this.collecting = pos.hdrLen > 5 ? [Buffer.from(pos.hdr.subarray(5, pos.hdrLen))] : [];
+      if (this.capture[this.type]) {
+        this.collecting = pos.hdrLen > 5 ? [Buffer.from(pos.hdr.subarray(5, pos.hdrLen))] : [];
+        this.filled = pos.hdrLen - 5;
+      }
     } else if (pos.hdrLen > 0) {
       pos.hdr.copy(this.header, 0, 0, pos.hdrLen);
       this.headerLen = pos.hdrLen;
@@ -104,7 +114,18 @@ export class StreamScanner {
         }
       }
       const take = Math.min(this.remaining, n - pos);
-      if (this.collecting) this.collecting.push(chunk.subarray(pos, pos + take));
+      if (this.into) {
+        this.filled += chunk.copy(this.into, this.filled, pos, pos + take);
+      } else if (this.collecting) {
+        this.collecting.push(chunk.subarray(pos, pos + take));
+        this.filled += take;
+        if (this.filled >= COLLECT_INTO && this.remaining > take) {
+          this.into = Buffer.allocUnsafe(this.length - 4);
+          let at = 0;
+          for (const p of this.collecting) at += p.copy(this.into, at);
+          this.collecting = [];
+        }
+      }
       this.remaining -= take;
       pos += take;
       if (this.remaining === 0) this.finish(pos, onMessage);
@@ -115,13 +136,17 @@ export class StreamScanner {
 
   private finish(end: number, onMessage: (m: ScannedMessage) => void): void {
     const parts = this.bodyLost ? null : this.collecting;
-    const body = parts ? (parts.length === 1 ? parts[0] : Buffer.concat(parts)) : undefined;
+    const body = !parts ? undefined : this.into ? this.into : parts.length === 1 ? parts[0] : Buffer.concat(parts);
     this.headerLen = 0;
     this.collecting = null;
+    this.into = null;
+    this.filled = 0;
     this.bodyLost = false;
     onMessage({ type: this.type, length: this.length, body, start: this.startBase, end });
   }
 }
+
+const COLLECT_INTO = 1 << 20;
 
 export function captureSet(types: string): Uint8Array {
   const set = new Uint8Array(256);
