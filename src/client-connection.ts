@@ -541,6 +541,16 @@ export class ClientConnection implements ServerPeer, Guarded {
       // Close now unless the server still owes answers to what came before the Terminate;
       // an open transaction is rolled back when the server is given up (leaveServer).
       if (!this.server || (this.tracker.outstanding === 0 && !this.tracker.tailOpen)) this.close('client sent Terminate');
+      else if (this.state === ClientState.Active) {
+        // The server still owes answers, or owes none the tracker can count on: PostgreSQL
+        // sends no ReadyForQuery for messages without a Sync, and skips a Query sent after
+        // an extended-protocol error until the next Sync. Waiting for them could be forever;
+        // pass the Terminate on instead, as PostgreSQL would read it after the rest, and let
+        // the server end that session on its own.
+        const server = this.server;
+        server.retiring = true; // its close (leaveServer) ends with a Terminate after the rest
+        this.close('client sent Terminate');
+      }
     }
   }
 
@@ -830,6 +840,11 @@ export class ClientConnection implements ServerPeer, Guarded {
     server.unlink();
     const pool = this.pool!;
     const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
+    if (server.retiring) {
+      // It has the client's Terminate: a graceful end lets PostgreSQL finish what came before.
+      server.close('client sent Terminate with answers outstanding', true);
+      return;
+    }
     if (!quiet || !server.isUsable) {
       // A busy server may be blocked sending to us: reset the connection, don't wait for it.
       server.close('client left while a request was in progress', false);

@@ -379,8 +379,12 @@ export class ServerConnection extends EventEmitter {
     return this.socket.write(chunk);
   }
 
+  // The client's Terminate was passed on to PostgreSQL, which ends this session after
+  // what it still has to answer: never reused.
+  retiring = false;
+
   get isUsable(): boolean {
-    return this.state !== ServerState.Closed && !this.socket.destroyed;
+    return this.state !== ServerState.Closed && !this.socket.destroyed && !this.retiring;
   }
 
   close(reason: string, graceful = true): void {

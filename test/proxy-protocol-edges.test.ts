@@ -108,6 +108,31 @@ t.test('protocol edge cases', async (t) => {
       t.same(r.rows, [{ n: 0, x: null }], 'no row, no open transaction');
     });
 
+    // Found by the protocol fuzzer (seed 1, case 345): the proxy waited for ReadyForQuery
+    // messages PostgreSQL never sends, so the Terminate was never acted on.
+    t.test(`Terminate closes the connection when no ReadyForQuery will come ${B}`, async (t) => {
+      const cases: [string, Buffer][] = [
+        // no Sync: PostgreSQL answers Parse/Bind/Execute but sends no ReadyForQuery
+        ['Execute without Sync', Buffer.concat([parse('', `INSERT INTO edge VALUES ('no-sync')`), bind('', '', []), execute()])],
+        // after an extended-protocol error PostgreSQL skips the Query (no ReadyForQuery for it)
+        ['a Query skipped after an extended-protocol error', Buffer.concat([query('BEGIN'), message('E'), query('COMMIT'), sync(), query('ROLLBACK')])],
+      ];
+      for (const [label, bytes] of cases) {
+        const a = await login(proxy.port, { user: 'app', password: 'app-pw' });
+        a.conn.write(bytes);
+        await a.conn.readUntil('Z', 5000).catch(() => undefined); // what answers there are
+        await sleep(200);
+        a.conn.write(terminate());
+        t.ok(await a.conn.waitClosed(5000), `${label}: the proxy closes the connection after Terminate`);
+        a.conn.destroy();
+        const b = await pgClient(t, proxy);
+        const r = await withTimeout(b.query(`SELECT count(*)::int AS n FROM edge WHERE v = 'no-sync'`), 10000, `next client after ${label}`);
+        t.same(r.rows, [{ n: 0 }], `${label}: the pool's one server serves the next client (the unsynced INSERT never committed, as on PostgreSQL)`);
+        await b.end();
+      }
+      c.sql(`DELETE FROM edge WHERE v = 'no-sync'`);
+    });
+
     t.test(`huge query text and parameters ${B}`, async (t) => {
       const pg = await pgClient(t, proxy);
       const big = 'x'.repeat(8 * 1024 * 1024);
