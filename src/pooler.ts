@@ -238,6 +238,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   clientClosed(client: ClientConnection): void {
     this.clients.delete(client);
+    this.adminClients.delete(client);
     retireClient(client); // keep its counters in its pool's totals
     this.byCancelKey.delete(`${client.cancelPid}:${client.cancelKey}`);
     this.hooks.clientClosed?.(client);
@@ -266,11 +267,14 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // Whether a client that has sent its startup packet may stay: admin-console clients
   // always, the others while at most max_client_conn of them are connected.
   admitted(client: ClientConnection): ErrorFields | null {
-    if (this.isAdminDatabase(client.database)) return null;
-    let others = 0;
-    for (const c of this.clients) if (c !== client && !this.isAdminDatabase(c.database)) others++;
+    if (this.isAdminDatabase(client.database)) {
+      this.adminClients.add(client);
+      return null;
+    }
+    const others = this.clients.size - this.adminClients.size - (this.clients.has(client) ? 1 : 0);
     return others >= this.config.max_client_conn ? this.tooManyClients() : null;
   }
+  private adminClients = new Set<ClientConnection>(); // not counted against max_client_conn
 
   private tooManyClients(): ErrorFields {
     return { code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` };

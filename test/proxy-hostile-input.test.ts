@@ -78,7 +78,7 @@ t.test('hostile input', async (t) => {
     const B = `[bypass=${bypass}]`;
 
     t.test(`a malformed Parse/Bind/Describe/Close/Query ends only its own connection ${B}`, async (t) => {
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 2, query_wait_timeout: 10 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 2, query_wait_timeout: 10 }), { logLevel: 'info', startTimeoutMs: 30000 });
       // A client logged in before every bad one, that must outlive them all.
       const bystander = await pgClient(t, proxy);
       await bystander.query('BEGIN');
@@ -122,7 +122,7 @@ t.test('hostile input', async (t) => {
     });
 
     t.test(`pre-login limits: 4 clients streaming a 1 GB password message while pgbench runs ${B}`, async (t) => {
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 4, max_client_conn: 100 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 4, max_client_conn: 100 }), { logLevel: 'info', startTimeoutMs: 30000 });
       // A password message of 65535 bytes (PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH) is still read: a wrong password.
       {
         const conn = await RawConn.connect(proxy.port);
@@ -209,7 +209,7 @@ t.test('hostile input', async (t) => {
 
     t.test(`5,000 unknown user names allocate nothing before authentication ${B}`, async (t) => {
       const mport = await freePort();
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { metrics: { host: '127.0.0.1', port: mport }, max_client_conn: 500 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { metrics: { host: '127.0.0.1', port: mport }, max_client_conn: 500 }), { logLevel: 'info', startTimeoutMs: 30000 });
       const pg = await pgClient(t, proxy); // the app pool exists
       await pg.query('SELECT 1');
       const pools0 = (await adminRows(proxy, 'SHOW POOLS')).length;
@@ -261,7 +261,7 @@ t.test('hostile input', async (t) => {
     });
 
     t.test(`a 100 MB Query literal costs about what it costs directly ${B}`, async (t) => {
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 2 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 2 }), { logLevel: 'info', startTimeoutMs: 30000 });
       // A comment makes it go through the session-state classifier, the costly part before.
       const sql = `SELECT length('${'x'.repeat(100 << 20)}') /* big */ AS n`;
       const timed = async (port: number) => {
@@ -292,7 +292,7 @@ t.test('hostile input', async (t) => {
     });
 
     t.test(`a full proxy (max_client_conn) still lets the admin console in ${B}`, async (t) => {
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { max_client_conn: 3 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { max_client_conn: 3 }), { logLevel: 'info', startTimeoutMs: 30000 });
       const held = await Promise.all([0, 1, 2].map(() => pgClient(t, proxy)));
       const e = await pgConnectError(proxy);
       t.equal(e.code, '53300', `a 4th pool client: 53300 (${e.message})`);
@@ -304,7 +304,7 @@ t.test('hostile input', async (t) => {
     });
 
     t.test(`SIGUSR2 resumes paused databases; SIGUSR1 logs the stats line ${B}`, async (t) => {
-      const proxy = await startProxy(t, await kernelConfig(c, bypass, { query_wait_timeout: 30 }), { logLevel: 'info' });
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { query_wait_timeout: 30 }), { logLevel: 'info', startTimeoutMs: 30000 });
       await proxy.waitForLog(/pgsplice .* started/);
       const pg = await pgClient(t, proxy);
       await pg.query('SELECT 1');

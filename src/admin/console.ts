@@ -130,6 +130,7 @@ export interface PoolCounts {
   svIdle: number;
   svUsed: number;
   svLogin: number;
+  svBeingCanceled: number; // released, held until a cancel for them completes
   maxWaitUs: number;
   clPinned: number; // transaction mode: clients that keep their server for session state
 }
@@ -137,10 +138,11 @@ export interface PoolCounts {
 export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
   const out = new Map<Pool, PoolCounts>();
   for (const p of pooler.pools.values()) {
-    const n: PoolCounts = { clActive: 0, clWaiting: 0, svActive: 0, svIdle: 0, svUsed: 0, svLogin: 0, maxWaitUs: 0, clPinned: 0 };
+    const n: PoolCounts = { clActive: 0, clWaiting: 0, svActive: 0, svIdle: 0, svUsed: 0, svLogin: 0, svBeingCanceled: 0, maxWaitUs: 0, clPinned: 0 };
     for (const s of p.servers) {
       const st = serverStateName(s);
-      if (st === 'active') n.svActive++;
+      if (s.releaseAfterCancel && s.isUsable) n.svBeingCanceled++;
+      else if (st === 'active') n.svActive++;
       else if (st === 'idle') n.svIdle++;
       else if (st === 'used') n.svUsed++;
       else if (st === 'new') n.svLogin++;
@@ -454,7 +456,7 @@ class AdminSession {
     );
     for (const [p, n] of poolCounts(this.pooler)) {
       const w = Math.floor(n.maxWaitUs);
-      rs.add([p.database, p.user, n.clActive, n.clWaiting, 0, 0, n.svActive, 0, 0, n.svIdle, n.svUsed, 0, n.svLogin,
+      rs.add([p.database, p.user, n.clActive, n.clWaiting, 0, 0, n.svActive, 0, n.svBeingCanceled, n.svIdle, n.svUsed, 0, n.svLogin,
         Math.floor(w / 1e6), w % 1e6, p.settings.mode, n.clPinned]);
     }
     return rs.toBuffer();
