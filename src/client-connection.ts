@@ -17,7 +17,10 @@ import { StreamScanner, captureSet } from './protocol/stream-scanner';
 import { TransactionTracker } from './transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
-import { TRACKED_PARAMETERS, canonicalName, isReported, recordApplied, settingsSql, startupSettings } from './session-parameters';
+import {
+  RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
+} from './session-parameters';
+import { runEach } from './server-reset';
 import { ScramServerSession, mockScramVerifier } from './auth/scram';
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
 import type { ClientProof } from './auth/auth-query';
@@ -49,9 +52,10 @@ export interface ClientHost {
   readonly config: Config;
   // The TLS context an SSLRequest is answered with ('S'), or null for 'N' (src/tls.ts).
   clientTls?(sock: net.Socket): ClientTls | null;
-  // Finds or creates the pool; called only once the client has authenticated, so that
-  // unauthenticated names allocate nothing. Throws PoolError (3D000, ...).
-  resolvePool(database: string, user: string): Pool;
+  // Finds or creates the pool for these startup settings (its servers are opened with
+  // them); called only once the client has authenticated, so that unauthenticated names
+  // allocate nothing. Throws PoolError (3D000, ...).
+  resolvePool(database: string, user: string, startup?: Record<string, string>): Pool;
   // Why the database cannot be served (3D000), checked before authentication; allocates nothing.
   databaseRefusal(database: string): PoolError | null;
   // Whether the proxy can log in to the server as this user (trust with no secret of the client's).
@@ -95,6 +99,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   database = '';
   appName = '';
   readonly settings = new Map<string, string>(); // tracked and startup settings
+  private readonly startupNames = new Set<string>(); // settings the client sent at startup
   readonly cancelPid: number;
   readonly cancelKey: number;
   pool: Pool | null = null;
@@ -426,17 +431,21 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
     let pool: Pool;
     try {
-      pool = this.pool = this.host.resolvePool(this.database, this.user);
+      pool = this.pool = this.host.resolvePool(this.database, this.user, poolStartup(startupSettings(this.startup)));
     } catch (e) {
       if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
       throw e;
     }
-    if (pool.serverParams) return this.finishLogin(pool.serverParams);
-    // The first client of a pool waits for a server to learn what to report.
+    // What the pool's newest server reported at its login: the defaults of a session opened
+    // now (ALTER DATABASE/ROLE ... SET reaches servers opened after it). In session mode
+    // the server the client gets later corrects what differs (ParameterStatus).
+    const newest = [...pool.servers].reverse().find((s) => s.loginParams && s.isUsable);
+    if (newest) return this.finishLogin(newest.loginParams!);
+    // A pool without a server yet: wait for one to learn what to report.
     pool.acquire().then(
       this.guard((server: ServerConnection) => {
         pool.release(server);
-        if (this.state === ClientState.Login) this.finishLogin(pool.serverParams ?? server.params);
+        if (this.state === ClientState.Login) this.finishLogin(server.loginParams ?? server.params);
       }),
       this.guard((e: Error) => this.fatal({ code: e instanceof PoolError ? e.code : SqlState.ConnectionFailure, message: e.message })),
     );
@@ -450,7 +459,10 @@ export class ClientConnection implements ServerPeer, Guarded {
       const v = serverParams.get(k);
       if (v !== undefined) this.settings.set(k, v);
     }
-    for (const [k, v] of startupSettings(this.startup)) this.settings.set(k, v);
+    for (const [k, v] of startupSettings(this.startup)) {
+      this.settings.set(k, v);
+      this.startupNames.add(k);
+    }
     this.appName = this.settings.get('application_name') ?? '';
     const pool = this.pool;
     if (pool && pool.settings.mode !== 'session') {
@@ -617,7 +629,25 @@ export class ClientConnection implements ServerPeer, Guarded {
       }));
       return;
     }
-    const sql = settingsSql(this.settings, server);
+    if (needsReset(this.settings, server)) {
+      // Another client's settings are on it: back to the session defaults first. A server
+      // that cannot be reset is closed and this client gets another one.
+      runEach(server, RESET_SESSION).then(
+        () => {
+          server.applied.clear();
+          this.attach(server);
+        },
+        (e: Error) => {
+          server.close(`resetting another client's settings failed: ${e.message}`);
+          if (this.state === ClientState.Waiting) this.requestServer();
+        },
+      );
+      return;
+    }
+    const session = this.pool!.settings.mode === 'session';
+    // Session mode: the pool's servers were opened with the client's startup settings;
+    // only those not in the pool key can differ. Transaction mode: all the client has.
+    const sql = settingsSql(this.settings, server, session ? this.startupNames : undefined);
     if (sql) {
       server.runInternal(sql).then(
         this.guard(() => {
@@ -630,13 +660,25 @@ export class ClientConnection implements ServerPeer, Guarded {
           this.attach(server);
         }),
         this.guard((e: Error) => {
-          log.warn(`${this.label} could not apply settings on ${server.label}: ${e.message}`);
+          // One Query: the failed SETs changed nothing on the server, which stays clean.
+          log.info(`${this.label} could not apply its settings on ${server.label}: ${e.message}`);
           this.pool!.release(server);
-          this.fatal({ code: (e as { code?: string }).code ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${e.message}` });
+          if (this.state !== ClientState.Waiting) return;
+          const f = (e as { fields?: Record<string, string> }).fields ?? {};
+          const failed = this.failFirstRequest({
+            code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}`, detail: f.D, hint: f.H,
+          });
+          if (!failed) return this.fatal({ code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}` });
+          if (this.pending.length) this.requestServer();
+          else {
+            this.state = ClientState.Idle;
+            this.host.offerToKernel?.(this);
+          }
         }),
       );
       return;
     }
+    if (session) this.adoptServerParameters(server);
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
     const rw = this.rewriter;
     if (this.host.bindInKernel && this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
@@ -660,6 +702,40 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.pendingBytes = 0;
     this.socket.resume();
     this.writeToServer(server, pending);
+  }
+
+  // Session mode: the client was told the defaults of the pool's newest server at login;
+  // the server it got says what they are on it (before any of its requests ran there).
+  private adoptServerParameters(server: ServerConnection): void {
+    const out: Buffer[] = [];
+    for (const k of TRACKED_PARAMETERS) {
+      const v = server.params.get(k);
+      if (v === undefined || this.settings.get(k) === v) continue;
+      this.settings.set(k, v);
+      out.push(parameterStatus(k, v));
+      if (k === 'application_name') this.appName = v;
+    }
+    if (out.length && !this.socket.destroyed) this.socket.write(Buffer.concat(out));
+  }
+
+  // The first request waiting for a server fails with f, as PostgreSQL fails a request:
+  // its messages up to the Query or Sync that ends it are dropped, then ReadyForQuery.
+  private failFirstRequest(f: ErrorFields): boolean {
+    const end = this.pending.findIndex((u) => (typeof u === 'number'
+      ? u === Frontend.Sync || u === Frontend.FunctionCall
+      : !Buffer.isBuffer(u) && (u.type === Frontend.Query || u.type === Frontend.Sync || u.type === Frontend.FunctionCall)));
+    if (end < 0) return false;
+    this.pending.splice(0, end + 1);
+    this.pendingBytes = 0;
+    for (const u of this.pending) {
+      if (Buffer.isBuffer(u)) this.pendingBytes += u.length;
+      else if (typeof u !== 'number') this.pendingBytes += u.body.length + 5;
+    }
+    this.sendError({ severity: 'ERROR', ...f });
+    if (!this.socket.destroyed) this.socket.write(readyForQuery('I'));
+    this.tracker.onReadyForQuery('I');
+    this.requestSince = this.tracker.outstanding > 0 ? Date.now() : 0;
+    return true;
   }
 
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
@@ -859,7 +935,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       if (cfg.server_reset_query) steps.push(cfg.server_reset_query);
     }
     if (steps.length === 0) return pool.release(server);
-    server.runInternal(steps.join('; ')).then(
+    runEach(server, steps).then(
       this.guard(() => {
         if (steps.length > 1 || steps[0] !== 'ROLLBACK') {
           server.applied.clear();

@@ -63,7 +63,6 @@ export class Pool {
   private idle: ServerConnection[] = [];
   private waiters: Waiter[] = [];
   private connecting = 0;
-  serverParams: Map<string, string> | null = null;
   kernelHost: IdleServerHost | null = null;
   paused = false;
   lastConnectError: ServerError | null = null;
@@ -278,7 +277,6 @@ export class Pool {
       () => {
         this.connecting--;
         this.lastConnectError = null;
-        if (!this.serverParams) this.serverParams = new Map(server.params);
         log.info(`${server.label} new server connection (pool ${this.label}, ${this.servers.size} servers)`);
         this.handOut(server);
       },

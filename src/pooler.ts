@@ -111,7 +111,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.learned.set(client.user, cred);
     for (const pool of this.pools.values()) {
       const db = this.databaseConfig(pool.database);
-      if (db && !db.user && pool.user === client.user) pool.target = this.target(db, client.user);
+      if (db && !db.user && pool.user === client.user) pool.target = this.target(db, client.user, this.poolStartup.get(pool));
     }
   }
 
@@ -141,14 +141,17 @@ export class Pooler implements ClientHost, ConnectionBudget {
   }
 
   // Called once the client has authenticated (never for a name nobody logged in as).
-  resolvePool(database: string, user: string): Pool {
+  // startup: the client's startup settings that its servers must be opened with (so they are
+  // the session defaults RESET returns to); clients that differ in them use different pools.
+  resolvePool(database: string, user: string, startup: Record<string, string> = {}): Pool {
     const db = this.databaseConfig(database);
     if (!db) throw new PoolError(`no such database: ${database}`, SqlState.InvalidCatalogName);
     const serverUser = db.user ?? user;
-    const key = `${database}\0${serverUser}`;
+    const key = `${database}\0${serverUser}\0${JSON.stringify(startup)}`;
     let pool = this.pools.get(key);
     if (!pool) {
-      pool = new Pool(database, serverUser, this.target(db, user), this.poolSettings(db, serverUser), this);
+      pool = new Pool(database, serverUser, this.target(db, user, startup), this.poolSettings(db, serverUser), this);
+      this.poolStartup.set(pool, startup);
       this.pools.set(key, pool);
       log.info(`pool ${pool.label} created (mode ${pool.settings.mode}, size ${pool.settings.size})`);
       this.hooks.poolCreated?.(pool);
@@ -157,7 +160,9 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return pool;
   }
 
-  private target(db: DatabaseConfig, user: string): ServerTarget {
+  private poolStartup = new WeakMap<Pool, Record<string, string>>();
+
+  private target(db: DatabaseConfig, user: string, clientStartup: Record<string, string> = {}): ServerTarget {
     const serverUser = db.user ?? user;
     let password = db.user ? db.password : undefined;
     if (password === undefined) password = this.configPassword(serverUser);
@@ -170,6 +175,10 @@ export class Pooler implements ClientHost, ConnectionBudget {
     if (db.datestyle) startupParams.datestyle = db.datestyle;
     if (db.timezone) startupParams.timezone = db.timezone;
     if (db.application_name) startupParams.application_name = db.application_name;
+    for (const [k, v] of Object.entries(clientStartup)) {
+      for (const c of Object.keys(startupParams)) if (c.toLowerCase() === k.toLowerCase()) delete startupParams[c];
+      startupParams[k] = v;
+    }
     return {
       host: db.host, port: db.port, dbname: db.dbname, user: serverUser, password, ...(scramKeys ? { scramKeys } : {}), startupParams,
       connectTimeout: this.config.server_connect_timeout,
@@ -327,7 +336,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
       const user = key.split('\0')[1];
       const before = JSON.stringify(pool.target);
       pool.settings = this.poolSettings(db, user);
-      pool.target = this.target(db, user);
+      pool.target = this.target(db, user, this.poolStartup.get(pool));
       if (JSON.stringify(pool.target) !== before) pool.closeIdle('server settings changed on reload');
       pool.shrink(); // a smaller pool_size takes effect now, not at server_idle_timeout
       pool.grow();

@@ -84,6 +84,7 @@ export class ServerConnection extends EventEmitter {
   readonly id = nextServerId++;
   state = ServerState.Connecting;
   readonly params = new Map<string, string>();
+  loginParams: Map<string, string> | null = null; // what it reported at login: its session defaults
   readonly applied = new Map<string, string>(); // non-reported settings the proxy SET on it
   backendPid = 0;
   backendKey = 0;
@@ -216,6 +217,7 @@ export class ServerConnection extends EventEmitter {
                 clearTimeout(timer);
                 this.socket.off('data', onLoginData);
                 this.state = ServerState.Idle;
+                this.loginParams = new Map(this.params);
                 const rest = this.framer.takeRest();
                 this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
                 if (rest.length) this.onDataGuarded(rest);

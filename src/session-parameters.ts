@@ -50,23 +50,84 @@ export function startupSettings(startup: Map<string, string>): Map<string, strin
 const quoteLiteral = (v: string): string => `'${v.replace(/'/g, "''")}'`;
 const quoteIdent = (n: string): string => (/^[a-z_][a-z0-9_.]*$/i.test(n) ? n : `"${n.replace(/"/g, '""')}"`);
 
-// The SQL that makes server match the client's settings, or null when it already does.
-export function settingsSql(client: Map<string, string>, server: ServerConnection): string | null {
-  const stmts: string[] = [];
-  for (const [k, v] of client) {
-    const current = isReported(k) ? server.params.get(k) : server.applied.get(k);
-    if (current === v) continue;
-    // set_config takes the value as the server shows it (a list such as search_path included)
-    stmts.push(isReported(k) ? `SET ${quoteIdent(k)} = ${quoteLiteral(v)}` : `SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`);
+// Startup settings that do not choose a pool: they are SET on the server when they differ
+// (clients of one application rarely agree on them, and nobody RESETs them).
+const NOT_POOL_KEYED = new Set(['application_name', 'client_encoding']);
+
+// The startup settings a pool's servers are opened with, so that they are the session
+// defaults RESET, RESET ALL and DISCARD ALL return to (pg_settings.source = client).
+export function poolStartup(settings: Map<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of [...settings].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
+    if (!NOT_POOL_KEYED.has(k.toLowerCase())) out[k] = v;
   }
-  for (const k of server.applied.keys()) {
-    if (!client.has(k)) stmts.push(`RESET ${quoteIdent(k)}`);
-  }
-  return stmts.length ? stmts.join('; ') : null;
+  return out;
 }
 
-// Records on the server what settingsSql applied (reported ones arrive as ParameterStatus).
+// What a server was opened with (its session defaults), by canonical name.
+export function serverStartup(server: ServerConnection): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [k, v] of Object.entries(server.target.startupParams ?? {})) out.set(canonicalName(k), v);
+  return out;
+}
+
+// The settings a server has now: the tracked reported ones, its startup settings and
+// what the proxy SET on it (the kernel path pairs clients and servers by these).
+export function serverSettings(server: ServerConnection): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const k of TRACKED_PARAMETERS) {
+    const v = server.params.get(k);
+    if (v !== undefined) m.set(k, v);
+  }
+  for (const [k, v] of serverStartup(server)) if (!isReported(k)) m.set(k, v);
+  for (const [k, v] of server.applied) m.set(k, v);
+  return m;
+}
+
+// Returns a server to its session defaults. Role-dependent state goes first, so that the
+// rest runs as the session user and cannot fail for privilege reasons; RESET ALL needs no
+// privilege. Each is its own statement.
+export const RESET_SESSION = ['RESET SESSION AUTHORIZATION', 'RESET ROLE', 'RESET ALL'];
+
+// Whether the server carries settings a client must not inherit (a previous client's).
+export function needsReset(client: Map<string, string>, server: ServerConnection): boolean {
+  for (const k of server.applied.keys()) if (!client.has(k)) return true;
+  return false;
+}
+
+// Replay order: who the session is first (SET SESSION AUTHORIZATION resets the role and
+// decides what may be SET), then plain settings, then the role last (a superuser-only
+// setting must be SET before SET ROLE drops the privilege).
+function replayRank(k: string): number {
+  return k === 'session_authorization' ? 0 : k === 'role' ? 2 : 1;
+}
+
+// The SQL that makes server match the client's settings, or null when it already does.
+// Run as one Query: an implicit transaction, so a failure changes nothing on the server.
+export function settingsSql(client: Map<string, string>, server: ServerConnection, only?: Set<string>): string | null {
+  const stmts: [number, string][] = [];
+  const defaults = serverStartup(server);
+  for (const [k, v] of client) {
+    if (only && !only.has(k)) continue;
+    const current = isReported(k) ? server.params.get(k) : (server.applied.get(k) ?? defaults.get(k));
+    if (current === v) continue;
+    if (isDefaultIdentity(k, v, server) && !server.applied.has(k)) continue;
+    // set_config takes the value as the server shows it (a list such as search_path included)
+    stmts.push([replayRank(k), isReported(k) ? `SET ${quoteIdent(k)} = ${quoteLiteral(v)}` : `SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`]);
+  }
+  stmts.sort((a, b) => a[0] - b[0]);
+  return stmts.length ? stmts.map((s) => s[1]).join('; ') : null;
+}
+
+// Records on the server what settingsSql applied (reported ones arrive as ParameterStatus);
+// a value equal to the server's startup setting is its default, not applied.
 export function recordApplied(client: Map<string, string>, server: ServerConnection): void {
   server.applied.clear();
-  for (const [k, v] of client) if (!isReported(k)) server.applied.set(k, v);
+  const defaults = serverStartup(server);
+  for (const [k, v] of client) if (!isReported(k) && defaults.get(k) !== v && !isDefaultIdentity(k, v, server)) server.applied.set(k, v);
+}
+
+// A role or session authorization read back as what a fresh session has: nothing to replay.
+function isDefaultIdentity(k: string, v: string, server: ServerConnection): boolean {
+  return (k === 'role' && v === 'none') || (k === 'session_authorization' && v === server.target.user);
 }

@@ -7,7 +7,8 @@ import { ClientConnection, ClientState } from '../client-connection';
 import { ServerConnection, ServerState } from '../server-connection';
 import type { IdleServerHost, Pool } from '../pool';
 import type { Pooler } from '../pooler';
-import { TRACKED_PARAMETERS } from '../session-parameters';
+import { TRACKED_PARAMETERS, serverSettings } from '../session-parameters';
+import { runEach } from '../server-reset';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import { isTlsSocket } from '../tls';
@@ -58,15 +59,9 @@ export function signature(settings: Map<string, string>): string {
   return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
 }
 
-// The settings a server has now: the tracked reported ones and what the proxy SET on it.
+// The settings a server has now: the tracked reported ones, its startup settings and what the proxy SET on it.
 function serverSignature(server: ServerConnection): string {
-  const m = new Map<string, string>();
-  for (const k of TRACKED_PARAMETERS) {
-    const v = server.params.get(k);
-    if (v !== undefined) m.set(k, v);
-  }
-  for (const [k, v] of server.applied) m.set(k, v);
-  return signature(m);
+  return signature(serverSettings(server));
 }
 
 const fdOf = (sock: unknown): number | null => {
@@ -409,9 +404,10 @@ export class BypassController implements IdleServerHost {
     const pool = client.pool!;
     const reset = ['ROLLBACK'];
     if (pool.settings.mode === 'session' && this.pooler.config.server_reset_query) reset.push(this.pooler.config.server_reset_query);
-    server.runInternal(reset.join('; ')).then(
+    // One statement per Query: DISCARD ALL cannot run in the implicit block of a multi-statement Query.
+    runEach(server, reset).then(
       () => {
-        server.applied.clear();
+        if (reset.length > 1) server.applied.clear();
         pool.release(server);
       },
       (e: Error) => server.close(`reset after client left failed: ${e.message}`),
