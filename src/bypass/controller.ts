@@ -13,7 +13,7 @@ import { log } from '../log';
 import { isTlsSocket } from '../tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
-import { Mode } from './kernel-abi';
+import { ConnFlags, Mode } from './kernel-abi';
 
 export interface BypassStatus {
   mode: BypassMode;
@@ -35,10 +35,6 @@ export interface UserPathCounters {
   handoffs: number; // transactions taken over mid-way for a named statement or session state
 }
 
-const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
-const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
-const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
-const HANDOFF_FLAG = 16; // ebpf/pgsplice.h PGS_F_HANDOFF
 // How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
 const HANDOFF_SETTLE_MS = 200;
 const pause = new Int32Array(new SharedArrayBuffer(4));
@@ -451,8 +447,8 @@ export class BypassController implements IdleServerHost {
     const client = this.clients.get(clientId);
     const cst = k.read(clientId);
     const sst = k.read(skid(server));
-    if (!client || !cst || !sst || !(cst.flags & (SLOW_FLAG | HANDOFF_FLAG))) return false;
-    const handoff = (cst.flags & HANDOFF_FLAG) !== 0;
+    if (!client || !cst || !sst || !(cst.flags & (ConnFlags.SLOW | ConnFlags.HANDOFF))) return false;
+    const handoff = (cst.flags & ConnFlags.HANDOFF) !== 0;
     if (handoff && !this.settleHandoff(server)) {
       k.takeBound(clientId);
       server.state = ServerState.Idle;
@@ -567,11 +563,11 @@ export class BypassController implements IdleServerHost {
     const st = this.kernel?.read(client.id);
     // Handed over mid-transaction: take its server now, before its bytes are forwarded.
     const peer = st && st.peer ? this.servers.get(st.peer) : undefined;
-    if (st && peer && st.flags & (HANDOFF_FLAG | SLOW_FLAG) && peer.state === ServerState.Kernel && this.adoptPair(client.id, peer)) return;
+    if (st && peer && st.flags & (ConnFlags.HANDOFF | ConnFlags.SLOW) && peer.state === ServerState.Kernel && this.adoptPair(client.id, peer)) return;
     if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
     // since then already answered it.
-    if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG && !this.refreshed.has(client))) {
+    if (this.refreshes.has(client.id) || (st && st.flags & ConnFlags.PARAMS_CHANGED && !this.refreshed.has(client))) {
       client.settingsReady = this.refreshFor(client.id).promise;
     }
   }
@@ -719,7 +715,7 @@ export class BypassController implements IdleServerHost {
 
   private retireIfReleased(server: ServerConnection): void {
     const st = this.kernel!.read(skid(server));
-    if (st && st.mode === 0 && st.peer === 0 && st.flags & RETIRE_FLAG) this.retired(server);
+    if (st && st.mode === Mode.USER && st.peer === 0 && st.flags & ConnFlags.RETIRE) this.retired(server);
   }
 
   // Folds what the kernel pools carried since the last sample into their Pools' totals.
