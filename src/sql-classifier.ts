@@ -4,6 +4,8 @@
 // quotes, splits statements at top-level semicolons and looks at their leading words.
 // It cannot see what a function or a DO block does inside; the docs say so.
 
+import { STATE_COMMANDS, STATE_WORDS } from './session-words.generated';
+
 export type SessionEffect =
   | { kind: 'parameter'; names: string[] } // SET / RESET / set_config: read back at the transaction's end
   | { kind: 'reset_all' } // RESET ALL
@@ -245,8 +247,9 @@ export function classifySql(sql: string): SessionEffect[] {
 // Quick reject for the common case (every query passes here): false only when no
 // statement can start with a word that has an effect and no such function or keyword
 // appears anywhere. Comments could hide a statement's first word: the lexer decides then.
-const FIRST_WORD = /(?:^|;)\s*(?:set|reset|discard|listen|unlisten|prepare|deallocate|declare|close|load|create)\b/i;
-const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+|dblink_connect\w*)\b/i;
+// The words come from ebpf/session-state-words.json, the list the kernel inspector uses too.
+const FIRST_WORD = new RegExp(`(?:^|;)\\s*(?:${STATE_COMMANDS.join('|')})\\b`, 'i');
+const ANYWHERE = new RegExp(`\\b(?:${STATE_WORDS.join('|')})\\b`, 'i');
 const COMMENT = /\/\*|--/;
 export function mayAffectSession(sql: string): boolean {
   return FIRST_WORD.test(sql) || ANYWHERE.test(sql) || COMMENT.test(sql);

@@ -183,14 +183,15 @@ t.test('a changed header changes the generated module', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-abi-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   for (const f of fs.readdirSync(path.join(root, 'ebpf'))) {
-    if (/\.(c|h)$|^Makefile$/.test(f)) fs.copyFileSync(path.join(root, 'ebpf', f), path.join(dir, f));
+    if (/\.(c|h|json)$|^Makefile$/.test(f)) fs.copyFileSync(path.join(root, 'ebpf', f), path.join(dir, f));
   }
   const header = path.join(dir, 'pgsplice.h');
   const text = fs.readFileSync(header, 'utf8');
   const marker = 'struct bpf_spin_lock lock;';
   t.ok(text.includes(marker));
   fs.writeFileSync(header, text.replace(marker, `${marker}\n\t__u32 added_for_test;`));
-  execFileSync('make', ['-s', '-C', dir, 'pgsplice.bpf.o', 'GEN_ABI='], { stdio: 'pipe' });
+  // -o: the copied word list is current; its generator lives in the tree, not in the copy
+  execFileSync('make', ['-s', '-C', dir, '-o', 'session-words.h', 'pgsplice.bpf.o', 'GEN_ABI='], { stdio: 'pipe' });
   const changed = generateFrom(path.join(dir, 'pgsplice.bpf.o'), dir);
   t.not(changed, fs.readFileSync(committed, 'utf8'));
   const peer = /pgs_conn: \{\n\s+size: (\d+),[\s\S]*?peer: \{ offset: (\d+)/.exec(changed);
