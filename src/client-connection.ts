@@ -743,7 +743,7 @@ export class ClientConnection implements ServerPeer {
     this.host.clientClosed(this);
   }
 
-  // The client is gone: its server is rolled back and reset, or closed (invariant 3).
+  // The client is gone: its server is rolled back and reset, or closed (invariant 3, docs/invariants.md).
   leaveServer(server: ServerConnection): void {
     server.unlink();
     const pool = this.pool!;

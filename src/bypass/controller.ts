@@ -39,7 +39,7 @@ export interface UserPathCounters {
 const HANDOFF_SETTLE_MS = 200;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 // Bytes the kernel may queue for a client that reads slowly before user space takes the
-// pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
+// pair over and TCP back-pressure slows the server instead (invariant 5, docs/invariants.md).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
 const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
 // Kernel conn ids: clients use their id, servers a disjoint range.
