@@ -35,8 +35,9 @@ enum pgs_lex_state {
 	LX_DOLLAR,      /* '$' outside a word: $n, or dollar quoting (punted) */
 };
 
-#define PGS_FNV_INIT 0xcbf29ce484222325ULL
-#define PGS_FNV_PRIME 0x100000001b3ULL
+/* The word lists and their FNV-1a 64 hashes: generated from session-state-words.json,
+ * the one list both data paths use (scripts/gen-session-words.mjs). */
+#include "session-words.h"
 
 /* The inspector's state lives in a per-CPU map value (insp_state), not on the stack:
  * the verifier tracks stack values exactly, and with a lexer state that changes every
@@ -77,43 +78,6 @@ struct pgs_lctx {
 static __always_inline int pgs_interesting(__u8 type)
 {
 	return type == 'P' || type == 'B' || type == 'D' || type == 'C' || type == 'Q';
-}
-
-/* Words that change session state wherever they are (FNV-1a 64, lowercased). */
-static __always_inline int pgs_state_word(__u64 h)
-{
-	switch (h) {
-	case 0xfa4cf6ef19d2f987ULL: /* temp */
-	case 0x05bd39f06f76d6bcULL: /* temporary */
-	case 0x4029f6cc7e6d28b8ULL: /* hold */
-	case 0xb4fcedcab8d063b2ULL: /* set_config */
-	case 0x40fffa1a02d5108cULL: /* pg_advisory_lock */
-	case 0xf92abc3f72eb71f8ULL: /* pg_advisory_lock_shared */
-	case 0xd823940ae248549eULL: /* pg_try_advisory_lock */
-	case 0x1c5ca5dd3cdb784aULL: /* pg_try_advisory_lock_shared */
-	case 0xdf7f93eba16da37eULL: /* dblink_connect */
-	case 0xabd25cbc5877f052ULL: /* dblink_connect_u */
-		return 1;
-	}
-	return 0;
-}
-
-/* Commands that change session state when they start a statement. */
-static __always_inline int pgs_state_command(__u64 h)
-{
-	switch (h) {
-	case 0x823b87195ce20e23ULL: /* set */
-	case 0x0f136ff2c086b760ULL: /* reset */
-	case 0xdc8acb313473c026ULL: /* listen */
-	case 0x4a9d39a1d10ffca5ULL: /* unlisten */
-	case 0xebe90009bda2153cULL: /* prepare */
-	case 0x9534f3326ca35cf9ULL: /* deallocate */
-	case 0x517eab08b2394165ULL: /* declare */
-	case 0x9898c6537288eb01ULL: /* discard */
-	case 0xce0eecad70f271e9ULL: /* load */
-		return 1;
-	}
-	return 0;
 }
 
 static __always_inline void pgs_word_end(struct pgs_ictx *x)

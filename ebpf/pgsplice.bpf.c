@@ -886,3 +886,11 @@ int pgs_frame_test(struct __sk_buff *skb)
 	}
 	return TC_ACT_OK;
 }
+
+/* Never loaded or called: its signature puts struct pgs_abi (every type user space reads,
+ * pgsplice.h) and enum bpf_map_type into the object's BTF for scripts/gen-kernel-abi.mjs.
+ * A global function in .text that no program calls is not loaded by libbpf. */
+__attribute__((used)) int pgs_abi_anchor(struct pgs_abi *abi, enum bpf_map_type t)
+{
+	return 0;
+}

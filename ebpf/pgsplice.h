@@ -1,18 +1,48 @@
-/* Structs and enums shared by the BPF programs and user space.
- * src/bypass/kernel-abi.ts mirrors this file byte for byte: change both together. */
+/* Structs and enums shared by the BPF programs and user space. User space reads them
+ * through src/bypass/kernel-abi.generated.ts, generated from the object's BTF at build
+ * time (scripts/gen-kernel-abi.mjs); test/kernel-abi.test.ts fails when they differ.
+ * Every type user space reads must be reachable from struct pgs_abi (pgsplice.bpf.c). */
 #ifndef PGSPLICE_H
 #define PGSPLICE_H
 
 #ifndef __BPF__
 #include <linux/types.h>
+/* Every type and constant user space reads, in one struct: the BPF compiler only emits
+ * BTF for types something references, and the enums above are otherwise used only as
+ * values. pgsplice.bpf.c references it from pgs_abi_anchor. */
+struct pgs_abi {
+	enum pgs_limits limits;
+	enum pgs_word word;
+	enum pgs_mode mode;
+	enum pgs_role role;
+	enum pgs_conn_flags flags;
+	enum pgs_pool_mode pool_mode;
+	enum pgs_stat stat;
+	enum pgs_event_type event_type;
+	enum pgs_op op;
+	struct pgs_frame frame;
+	struct pgs_conn conn;
+	struct pgs_pool pool;
+	struct pgs_pool_stats pool_stats;
+	struct pgs_event event;
+	struct pgs_ctl ctl;
+	struct pgs_frame_test frame_test;
+};
+
 #endif
 
-#define PGS_MAX_CONNS 65536
-#define PGS_MAX_POOLS 256
-#define PGS_IDLE_MAX 4096 /* entries per pool idle stack */
+/* Constants are enums, not #defines, so the object's BTF carries them and
+ * scripts/gen-kernel-abi.mjs can generate src/bypass/kernel-abi.generated.ts. */
+enum pgs_limits {
+	PGS_MAX_CONNS = 65536,
+	PGS_MAX_POOLS = 256,
+	PGS_IDLE_MAX = 4096, /* entries per pool idle stack */
+};
 
 /* conn.word: high 16 bits mode, low 48 bits bytes passed to user space. */
-#define PGS_MODE_SHIFT 48
+enum pgs_word {
+	PGS_MODE_SHIFT = 48,
+};
 #define PGS_COUNT_MASK ((1ULL << PGS_MODE_SHIFT) - 1)
 
 enum pgs_mode {
@@ -204,6 +234,28 @@ struct pgs_frame_test {
 	__u32 inspect;
 	__u32 tail_msgs;     /* as pgs_conn.tail_msgs after the last chunk */
 	__u32 tail_answered; /* as pgs_conn.tail_answered after the last chunk */
+};
+
+/* Every type and constant user space reads, in one struct: the BPF compiler only emits
+ * BTF for types something references, and the enums above are otherwise used only as
+ * values. pgsplice.bpf.c references it from pgs_abi_anchor. */
+struct pgs_abi {
+	enum pgs_limits limits;
+	enum pgs_word word;
+	enum pgs_mode mode;
+	enum pgs_role role;
+	enum pgs_conn_flags flags;
+	enum pgs_pool_mode pool_mode;
+	enum pgs_stat stat;
+	enum pgs_event_type event_type;
+	enum pgs_op op;
+	struct pgs_frame frame;
+	struct pgs_conn conn;
+	struct pgs_pool pool;
+	struct pgs_pool_stats pool_stats;
+	struct pgs_event event;
+	struct pgs_ctl ctl;
+	struct pgs_frame_test frame_test;
 };
 
 #endif

@@ -495,10 +495,18 @@ export class ClientConnection implements ServerPeer, Guarded {
   // ---- data phase in user space ----
 
   private onRequestBytes(chunk: Buffer): void {
+    if (this.heldInput) {
+      this.heldInput.push(chunk);
+      return;
+    }
     if (this.state === ClientState.Kernel) {
       this.state = ClientState.Idle; // the kernel passed it up
       this.requestSince = 0;
       this.host.leftKernel?.(this);
+      if (this.heldInput) {
+        (this.heldInput as Buffer[]).push(chunk); // a hand-over is settling (holdInput)
+        return;
+      }
     }
     let cut = -1;
     const rw = this.rewriter;
@@ -738,6 +746,22 @@ export class ClientConnection implements ServerPeer, Guarded {
     return true;
   }
 
+  // Reads none of the client's requests until `until` resolves (a hand-over of its
+  // transaction from the kernel path is settling); they are kept in order and read then.
+  holdInput(until: Promise<void>): void {
+    if (this.heldInput) return;
+    this.heldInput = [];
+    this.socket.pause();
+    until.then(() => {
+      const held = this.heldInput ?? [];
+      this.heldInput = null;
+      if (this.state === ClientState.Closed) return;
+      this.socket.resume(); // before: reading them may pause it again (back-pressure)
+      for (const chunk of held) if ((this.state as ClientState) !== ClientState.Closed) this.onRequestBytes(chunk);
+    });
+  }
+  private heldInput: Buffer[] | null = null;
+
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
   // client must reach it first); the server is not read meanwhile (back-pressure).
   holdOutput(until: Promise<void>): void {
@@ -911,7 +935,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.host.clientClosed(this);
   }
 
-  // The client is gone: its server is rolled back and reset, or closed (invariant 3).
+  // The client is gone: its server is rolled back and reset, or closed (invariant 3, docs/invariants.md).
   leaveServer(server: ServerConnection): void {
     server.unlink();
     const pool = this.pool!;

@@ -252,7 +252,30 @@ export class ServerConnection extends EventEmitter {
   private onData(chunk: Buffer): void {
     this.bytesRead += BigInt(chunk.length);
     this.lastUsed = Date.now();
-    if (this.state === ServerState.Kernel) this.kernelPassed?.();
+    if (this.state === ServerState.Kernel && !this.heldInput) this.kernelPassed?.();
+    if (this.heldInput) {
+      this.heldInput.push(chunk);
+      return;
+    }
+    this.onBytes(chunk);
+  }
+
+  // Reads nothing into the protocol until `until` resolves (a hand-over from the kernel
+  // path is settling): what arrives meanwhile is kept, in order, and read then. The socket
+  // stays paused afterwards: whoever adopted the server resumes it when it may be read.
+  holdInput(until: Promise<void>): void {
+    if (this.heldInput) return;
+    this.heldInput = [];
+    this.socket.pause();
+    until.then(() => {
+      const held = this.heldInput ?? [];
+      this.heldInput = null;
+      for (const chunk of held) if (!this.socket.destroyed) this.onBytes(chunk);
+    });
+  }
+  private heldInput: Buffer[] | null = null;
+
+  private onBytes(chunk: Buffer): void {
     const peer = this.state === ServerState.Active ? this.peer : null;
     const ready: TxStatus[] = [];
     // While the proxy rewrites the client's requests, the replies are cut and spliced.

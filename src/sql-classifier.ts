@@ -4,6 +4,8 @@
 // quotes, splits statements at top-level semicolons and looks at their leading words.
 // It cannot see what a function or a DO block does inside; the docs say so.
 
+import { STATE_COMMANDS, STATE_WORDS } from './session-words.generated';
+
 export type SessionEffect =
   | { kind: 'parameter'; names: string[] } // SET / RESET / set_config: read back at the transaction's end
   | { kind: 'reset_all' } // RESET ALL
@@ -285,8 +287,9 @@ export function classifySql(sql: string | Buffer): SessionEffect[] {
 // appears anywhere. Comments could hide a statement's first word: the lexer decides then.
 // Text longer than QUICK_REJECT_MAX goes to the lexer directly: it skips a literal with
 // indexOf, where these expressions would test every position of it.
-const FIRST_WORD = /(?:^|;)\s*(?:set|reset|discard|listen|unlisten|prepare|deallocate|declare|close|load|create)\b/i;
-const ANYWHERE = /\b(?:temp|temporary|set_config|pg_advisory_\w+|pg_try_advisory_\w+|dblink_connect\w*)\b/i;
+// The words come from ebpf/session-state-words.json, the list the kernel inspector uses too.
+const FIRST_WORD = new RegExp(`(?:^|;)\\s*(?:${STATE_COMMANDS.join('|')})\\b`, 'i');
+const ANYWHERE = new RegExp(`\\b(?:${STATE_WORDS.join('|')})\\b`, 'i');
 const COMMENT = /\/\*|--/;
 const QUICK_REJECT_MAX = 16384;
 export function mayAffectSession(sql: string | Buffer): boolean {

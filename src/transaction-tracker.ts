@@ -1,4 +1,4 @@
-// Decides when a server may leave its client (DESIGN.md invariant 4): only at
+// Decides when a server may leave its client (invariant 4, docs/invariants.md): only at
 // ReadyForQuery 'I' with no Sync, Query or FunctionCall outstanding and nothing of a
 // next request already sent to it. The kernel keeps the same state per client
 // (ebpf/pgsplice.h: outstanding, tail_open).

@@ -14,7 +14,8 @@ import { log } from '../log';
 import { isTlsSocket } from '../tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
-import { Mode } from './kernel-abi';
+import { ConnFlags, Mode } from './kernel-abi';
+import { waitUntil } from './settle';
 
 export interface BypassStatus {
   mode: BypassMode;
@@ -36,16 +37,12 @@ export interface UserPathCounters {
   handoffs: number; // transactions taken over mid-way for a named statement or session state
 }
 
-const PARAMS_CHANGED_FLAG = 1; // ebpf/pgsplice.h PGS_F_PARAMS_CHANGED
-const SLOW_FLAG = 4; // ebpf/pgsplice.h PGS_F_SLOW
-const RETIRE_FLAG = 8; // ebpf/pgsplice.h PGS_F_RETIRE
-const HANDOFF_FLAG = 16; // ebpf/pgsplice.h PGS_F_HANDOFF
 const ERROR_RESPONSE = 0x45; // 'E' from a server
-// How long a hand-over may wait for the kernel to finish with the server (see settleHandoff).
-const HANDOFF_SETTLE_MS = 200;
-const pause = new Int32Array(new SharedArrayBuffer(4));
+// How long a hand-over may wait for the kernel to finish with the server (see
+// handoffSettled). Asynchronous: the wait holds only this pair's input, not the process.
+const HANDOFF_SETTLE_MS = 1000;
 // Bytes the kernel may queue for a client that reads slowly before user space takes the
-// pair over and TCP back-pressure slows the server instead (DESIGN.md invariant 5).
+// pair over and TCP back-pressure slows the server instead (invariant 5, docs/invariants.md).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
 const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
 // Kernel conn ids: clients use their id, servers a disjoint range.
@@ -371,16 +368,11 @@ export class BypassController implements IdleServerHost {
 
   // Resolves once the bytes the kernel redirected to the client are in its TCP send
   // queue, so that user space can write to it without overtaking them (bounded wait).
+  // The kernel raises no event when its worker has sent them: waitUntil checks with back-off.
   whenFlushed(client: ClientConnection, maxMs = 2000): Promise<void> {
     const k = this.kernel;
-    const deadline = Date.now() + maxMs;
-    return new Promise((resolve) => {
-      const check = () => {
-        if (!k || client.socket.destroyed || !this.clients.has(client.id) || k.redirectsFlushed(client.id) || Date.now() > deadline) resolve();
-        else setTimeout(check, 1);
-      };
-      check();
-    });
+    return waitUntil(() => !k || client.socket.destroyed || !this.clients.has(client.id) || k.redirectsFlushed(client.id), maxMs)
+      .then(() => undefined);
   }
 
   // A client left: whatever server the kernel had bound to it is taken back and made clean.
@@ -464,28 +456,52 @@ export class BypassController implements IdleServerHost {
   // ---- servers ----
 
   // The kernel passed bytes of a server it owned (async message on an idle server).
-  // The kernel handed a bound pair to user space (in-flight bound reached): user space
-  // finishes the transaction, resuming the server's framing where the kernel stopped and
-  // writing to the client only after the kernel's queued bytes to it are out.
-  private adoptPair(clientId: number, server: ServerConnection): boolean {
+  // The kernel handed a bound pair to user space (in-flight bound reached, or a hand-over
+  // for a named statement or session state): user space finishes the transaction,
+  // resuming the server's framing where the kernel stopped and writing to the client only
+  // after the kernel's queued bytes to it are out. A hand-over may first have to wait for
+  // the kernel to finish with the server (handoffSettled): then it returns a promise, and
+  // the input of both connections is held until it settles, so that no byte either sends
+  // is read in user space before the pair is adopted (invariant 1, docs/invariants.md).
+  private adoptPair(clientId: number, server: ServerConnection): boolean | Promise<boolean> {
+    const settling = this.settling.get(server);
+    if (settling) return settling;
     const k = this.kernel!;
     const client = this.clients.get(clientId);
     const cst = k.read(clientId);
     const sst = k.read(skid(server));
-    if (!client || !cst || !sst || !(cst.flags & (SLOW_FLAG | HANDOFF_FLAG))) return false;
-    const handoff = (cst.flags & HANDOFF_FLAG) !== 0;
-    if (handoff && !this.settleHandoff(server)) {
+    if (!client || !cst || !sst || !(cst.flags & (ConnFlags.SLOW | ConnFlags.HANDOFF))) return false;
+    if (!(cst.flags & ConnFlags.HANDOFF)) return this.takePair(client, server, cst, sst.frame, false);
+    if (this.handoffSettled(server)) return this.takePair(client, server, null, null, true);
+    const done = waitUntil(() => this.handoffSettled(server), HANDOFF_SETTLE_MS).then((settled) => {
+      this.settling.delete(server);
+      if (!this.clients.has(clientId) || server.state !== ServerState.Kernel) return true; // one of them left meanwhile
+      if (settled && this.takePair(client, server, null, null, true)) return true;
+      // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
       k.takeBound(clientId);
       server.state = ServerState.Idle;
-      server.close('the kernel did not finish with this server at a hand-over');
+      server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
       client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
       return true;
-    }
-    // Read again: the server's last kernel-forwarded answers may have been applied meanwhile.
-    const c = handoff ? k.read(clientId) ?? cst : cst;
-    const f = handoff ? k.read(skid(server))?.frame ?? sst.frame : sst.frame;
-    const clocks = k.clocks(clientId);
-    if (k.takeBound(clientId) !== skid(server)) return false;
+    });
+    this.settling.set(server, done);
+    server.holdInput(done.then(() => undefined));
+    return done;
+  }
+
+  // Hand-overs waiting for the kernel to finish with their server.
+  private settling = new Map<ServerConnection, Promise<boolean>>();
+
+  // Takes a bound pair from the kernel. A hand-over reads the client's counts and the
+  // server's framing again: the server's last kernel-forwarded answers were applied since.
+  private takePair(client: ClientConnection, server: ServerConnection, cst: ConnRead | null,
+    frame: ConnRead['frame'] | null, handoff: boolean): boolean {
+    const k = this.kernel!;
+    const c = cst ?? k.read(client.id);
+    const f = frame ?? k.read(skid(server))?.frame;
+    if (!c || !f) return false;
+    const clocks = k.clocks(client.id);
+    if (k.takeBound(client.id) !== skid(server)) return false;
     if (handoff) this.counters.handoffs++;
     else this.counters.slowHandovers++;
     client.resumeFrame(c.frame); // where its passed bytes start: maybe inside a message
@@ -496,28 +512,21 @@ export class BypassController implements IdleServerHost {
   // A hand-over from the client verdict (named statement, session state) races the
   // server's own verdict, which may have forwarded an answer and not yet counted it for
   // the client, and the client bytes the kernel queued to the server may not all be sent
-  // yet (user space would overtake them). Both take microseconds: wait for them here,
-  // synchronously, so the client's passed bytes are forwarded only after. False: they
-  // did not settle in time.
-  private settleHandoff(server: ServerConnection): boolean {
+  // yet (user space would overtake them). True once neither is the case.
+  private handoffSettled(server: ServerConnection): boolean {
     const k = this.kernel!;
     const since = this.writtenAtHome.get(server) ?? 0n;
-    const deadline = Date.now() + HANDOFF_SETTLE_MS;
-    for (;;) {
-      const st = k.read(skid(server));
-      if (!st) return false;
-      const flushed = k.serverRedirectsFlushed(skid(server), BigInt(server.socket.bytesWritten) - since);
-      if (st.mode !== Mode.BOUND && !st.applying && flushed) return true;
-      if (Date.now() > deadline) return false;
-      Atomics.wait(pause, 0, 0, 0.05);
-    }
+    const st = k.read(skid(server));
+    if (!st) return true; // unregistered: nothing of the kernel's is left to wait for
+    const flushed = k.serverRedirectsFlushed(skid(server), BigInt(server.socket.bytesWritten) - since);
+    return st.mode !== Mode.BOUND && !st.applying && flushed;
   }
 
   private serverPassed(server: ServerConnection): void {
     const st = this.kernel!.read(skid(server));
     if (st && st.peer) {
       // Bytes of a transaction the kernel was carrying: the pair comes to user space.
-      if (this.adoptPair(st.peer, server)) return;
+      if (this.adoptPair(st.peer, server)) return; // true, or settling (its input is held)
       server.state = ServerState.Idle;
       const client = this.clients.get(st.peer);
       server.close('the kernel path lost this server\'s framing');
@@ -595,11 +604,19 @@ export class BypassController implements IdleServerHost {
     const st = this.kernel?.read(client.id);
     // Handed over mid-transaction: take its server now, before its bytes are forwarded.
     const peer = st && st.peer ? this.servers.get(st.peer) : undefined;
-    if (st && peer && st.flags & (HANDOFF_FLAG | SLOW_FLAG) && peer.state === ServerState.Kernel && this.adoptPair(client.id, peer)) return;
+    if (st && peer && st.flags & (ConnFlags.HANDOFF | ConnFlags.SLOW) && peer.state === ServerState.Kernel) {
+      const adopted = this.adoptPair(client.id, peer);
+      if (adopted === true) return;
+      if (adopted !== false) {
+        // Settling: the bytes the kernel passed wait until the pair is adopted (or lost).
+        client.holdInput(adopted.then(() => undefined));
+        return;
+      }
+    }
     if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
     // since then already answered it.
-    if (this.refreshes.has(client.id) || (st && st.flags & PARAMS_CHANGED_FLAG && !this.refreshed.has(client))) {
+    if (this.refreshes.has(client.id) || (st && st.flags & ConnFlags.PARAMS_CHANGED && !this.refreshed.has(client))) {
       client.settingsReady = this.refreshFor(client.id).promise;
     }
   }
@@ -754,7 +771,7 @@ export class BypassController implements IdleServerHost {
 
   private retireIfReleased(server: ServerConnection): void {
     const st = this.kernel!.read(skid(server));
-    if (st && st.mode === 0 && st.peer === 0 && st.flags & RETIRE_FLAG) this.retired(server);
+    if (st && st.mode === Mode.USER && st.peer === 0 && st.flags & ConnFlags.RETIRE) this.retired(server);
   }
 
   // Folds what the kernel pools carried since the last sample into their Pools' totals.

@@ -1,41 +1,28 @@
-// TypeScript mirror of ebpf/pgsplice.h: enum values and byte layouts (little-endian,
-// x86-64). Change both files together; test/ebpf-framing.test.ts checks the sizes
-// against the loaded maps.
+// Typed view of ebpf/pgsplice.h: enum values and byte layouts (little-endian, x86-64).
+// Every number comes from kernel-abi.generated.ts, generated from the object's BTF by
+// scripts/gen-kernel-abi.mjs; test/kernel-abi.test.ts fails when it is stale or when a
+// decoder below reads a field with the wrong width.
+import { ENUMS, STRUCTS } from './kernel-abi.generated';
 
-export const MODE_SHIFT = 48n;
+/** `{ PGS_ST_BINDS: 7 }` with prefix `PGS_ST_` -> `{ BINDS: 7 }`. */
+type Stripped<T, P extends string> = { readonly [K in keyof T as K extends `${P}${infer R}` ? R : never]: T[K] };
+function strip<T extends Record<string, number>, P extends string>(values: T, prefix: P): Stripped<T, P> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(values)) if (k.startsWith(prefix)) out[k.slice(prefix.length)] = v;
+  return out as Stripped<T, P>;
+}
+
+export const MODE_SHIFT = BigInt(ENUMS.pgs_word.PGS_MODE_SHIFT);
 export const COUNT_MASK = (1n << MODE_SHIFT) - 1n;
 
-export const Mode = { USER: 0, KERNEL: 1, IDLE: 1, BOUND: 2 } as const;
-export const Role = { CLIENT: 1, SERVER: 2 } as const;
-export const ConnFlags = { PARAMS_CHANGED: 1, FRAME_ERROR: 2, SLOW: 4, RETIRE: 8, HANDOFF: 16 } as const;
-export const PoolMode = { SESSION: 0, TRANSACTION: 1 } as const;
+export const Mode = strip(ENUMS.pgs_mode, 'PGS_');
+export const Role = strip(ENUMS.pgs_role, 'PGS_ROLE_');
+export const ConnFlags = strip(ENUMS.pgs_conn_flags, 'PGS_F_');
+export const PoolMode = strip(ENUMS.pgs_pool_mode, 'PGS_POOL_');
 
 /** Index of each per-CPU counter in the `stats` map (enum pgs_stat). */
-export const Stat = {
-  TRANSACTIONS: 0,
-  CLIENT_BYTES: 1,
-  CLIENT_MSGS: 2,
-  SERVER_BYTES: 3,
-  SERVER_MSGS: 4,
-  PASSED_SKBS: 5,
-  PASSED_BYTES: 6,
-  BINDS: 7,
-  DROPPED_CLIENT_GONE: 8,
-  STALE_IDLE: 9,
-  FB_NO_IDLE_SERVER: 10,
-  FB_TARGET_MISSING: 11,
-  FB_TERMINATE: 12,
-  FB_SERVER_ASYNC: 13,
-  FB_PARAMS_CHANGED: 14,
-  FB_LOOP_LIMIT: 15,
-  FB_UNHANDLED: 16,
-  FB_INFLIGHT_LIMIT: 17,
-  FB_FRAME_ERROR: 18,
-  FB_PUSH_FAILED: 19,
-  FB_NAMED_STATEMENT: 20,
-  FB_SESSION_STATE: 21,
-} as const;
-export const STAT_COUNT = 22;
+export const Stat = strip(ENUMS.pgs_stat, 'PGS_ST_');
+export const STAT_COUNT = ENUMS.pgs_stat.PGS_ST__MAX;
 
 /** Fallback reasons by stat index, as KernelCounters.fallbacks keys. */
 export const FALLBACK_NAMES: Record<number, string> = {
@@ -53,27 +40,32 @@ export const FALLBACK_NAMES: Record<number, string> = {
   [Stat.FB_SESSION_STATE]: 'session_state',
 };
 
-export const EventType = { PARAMS_CHANGED: 1, SERVER_RELEASED: 2, INFLIGHT_LIMIT: 3, SERVER_TO_USER: 4, SERVER_RETIRED: 5, HANDOFF: 6 } as const;
+export const EventType = strip(ENUMS.pgs_event_type, 'PGS_EV_');
+export const Op = strip(ENUMS.pgs_op, 'PGS_OP_');
 
-export const Op = {
-  CLIENT_TO_KERNEL: 1,
-  CLIENT_TO_USER: 2,
-  SERVER_TO_IDLE: 3,
-  POP_IDLE: 4,
-  TAKE_BOUND: 5,
-  READ: 6,
-  BIND: 7,
-  ADD: 8,
-  CLIENT_TO_KERNEL_BOUND: 9,
-  RETIRE: 10,
+export const MAX_CONNS = ENUMS.pgs_limits.PGS_MAX_CONNS;
+export const MAX_POOLS = ENUMS.pgs_limits.PGS_MAX_POOLS;
+export const IDLE_MAX = ENUMS.pgs_limits.PGS_IDLE_MAX;
+export const BPF_MAP_TYPE_STACK = ENUMS.bpf_map_type.BPF_MAP_TYPE_STACK;
+
+export const SIZEOF = {
+  frame: STRUCTS.pgs_frame.size,
+  conn: STRUCTS.pgs_conn.size,
+  pool: STRUCTS.pgs_pool.size,
+  event: STRUCTS.pgs_event.size,
+  ctl: STRUCTS.pgs_ctl.size,
+  frameTest: STRUCTS.pgs_frame_test.size,
+  poolStats: STRUCTS.pgs_pool_stats.size,
 } as const;
 
-export const MAX_CONNS = 65536;
-export const MAX_POOLS = 256;
-export const IDLE_MAX = 4096;
-export const BPF_MAP_TYPE_STACK = 23;
-
-export const SIZEOF = { frame: 12, conn: 96, pool: 24, event: 16, ctl: 120, frameTest: 128, poolStats: 48 } as const;
+// Field offsets by struct, as the decoders below use them.
+const FRAME = STRUCTS.pgs_frame.fields;
+const CONN = STRUCTS.pgs_conn.fields;
+const POOL = STRUCTS.pgs_pool.fields;
+const POOL_STATS = STRUCTS.pgs_pool_stats.fields;
+const EVENT = STRUCTS.pgs_event.fields;
+const CTL = STRUCTS.pgs_ctl.fields;
+const FRAME_TEST = STRUCTS.pgs_frame_test.fields;
 
 export function modeOf(word: bigint): number {
   return Number(word >> MODE_SHIFT);
@@ -93,12 +85,12 @@ export interface Frame {
 }
 
 export function decodeFrame(b: Buffer, off = 0): Frame {
-  const hdrLen = b.readUInt8(off + 5);
+  const hdrLen = b.readUInt8(off + FRAME.hdr_len.offset);
   return {
-    remaining: b.readUInt32LE(off),
-    curType: b.readUInt8(off + 4),
+    remaining: b.readUInt32LE(off + FRAME.remaining.offset),
+    curType: b.readUInt8(off + FRAME.cur_type.offset),
     hdrLen,
-    hdr: Buffer.from(b.subarray(off + 6, off + 6 + Math.min(hdrLen, 6))),
+    hdr: Buffer.from(b.subarray(off + FRAME.hdr.offset, off + FRAME.hdr.offset + Math.min(hdrLen, FRAME.hdr.size))),
   };
 }
 
@@ -116,10 +108,10 @@ export function u64(n: bigint): Buffer {
 /** struct pgs_conn as user space writes it at registration (lock field left zero). */
 export function encodeConn(c: { role: number; poolId: number; word?: bigint; ackedBase?: bigint }): Buffer {
   const b = Buffer.alloc(SIZEOF.conn);
-  b.writeBigUInt64LE(c.word ?? 0n, 0);
-  b.writeUInt32LE(c.poolId >>> 0, 28);
-  b.writeUInt32LE(c.role, 32);
-  b.writeBigUInt64LE(c.ackedBase ?? 0n, 56);
+  b.writeBigUInt64LE(c.word ?? 0n, CONN.word.offset);
+  b.writeUInt32LE(c.poolId >>> 0, CONN.pool_id.offset);
+  b.writeUInt32LE(c.role, CONN.role.offset);
+  b.writeBigUInt64LE(c.ackedBase ?? 0n, CONN.acked_base.offset);
   return b;
 }
 
@@ -143,21 +135,21 @@ export interface ConnState {
 
 export function decodeConn(b: Buffer): ConnState {
   return {
-    word: b.readBigUInt64LE(0),
-    peer: b.readUInt32LE(12),
-    outstanding: b.readUInt32LE(16),
-    tailOpen: b.readUInt32LE(20),
-    flags: b.readUInt32LE(24),
-    poolId: b.readUInt32LE(28),
-    role: b.readUInt32LE(32),
-    frame: decodeFrame(b, 36),
-    redirected: b.readBigUInt64LE(48),
-    ackedBase: b.readBigUInt64LE(56),
-    xactStart: b.readBigUInt64LE(64),
-    queryStart: b.readBigUInt64LE(72),
-    tailMessages: b.readUInt32LE(80),
-    tailAnswered: b.readUInt32LE(84),
-    applying: b.readUInt32LE(88),
+    word: b.readBigUInt64LE(CONN.word.offset),
+    peer: b.readUInt32LE(CONN.peer.offset),
+    outstanding: b.readUInt32LE(CONN.outstanding.offset),
+    tailOpen: b.readUInt32LE(CONN.tail_open.offset),
+    flags: b.readUInt32LE(CONN.flags.offset),
+    poolId: b.readUInt32LE(CONN.pool_id.offset),
+    role: b.readUInt32LE(CONN.role.offset),
+    frame: decodeFrame(b, CONN.frame.offset),
+    redirected: b.readBigUInt64LE(CONN.redirected.offset),
+    ackedBase: b.readBigUInt64LE(CONN.acked_base.offset),
+    xactStart: b.readBigUInt64LE(CONN.xact_start.offset),
+    queryStart: b.readBigUInt64LE(CONN.query_start.offset),
+    tailMessages: b.readUInt32LE(CONN.tail_msgs.offset),
+    tailAnswered: b.readUInt32LE(CONN.tail_answered.offset),
+    applying: b.readUInt32LE(CONN.applying.offset),
   };
 }
 
@@ -173,30 +165,30 @@ export interface PoolStats {
 
 export function decodePoolStats(b: Buffer): PoolStats {
   return {
-    xacts: b.readBigUInt64LE(0),
-    queries: b.readBigUInt64LE(8),
-    clientBytes: b.readBigUInt64LE(16),
-    serverBytes: b.readBigUInt64LE(24),
-    xactNs: b.readBigUInt64LE(32),
-    queryNs: b.readBigUInt64LE(40),
+    xacts: b.readBigUInt64LE(POOL_STATS.xacts.offset),
+    queries: b.readBigUInt64LE(POOL_STATS.queries.offset),
+    clientBytes: b.readBigUInt64LE(POOL_STATS.client_bytes.offset),
+    serverBytes: b.readBigUInt64LE(POOL_STATS.server_bytes.offset),
+    xactNs: b.readBigUInt64LE(POOL_STATS.xact_ns.offset),
+    queryNs: b.readBigUInt64LE(POOL_STATS.query_ns.offset),
   };
 }
 
 export function encodePool(p: { mode: number; waiters: boolean; inflightLimit: bigint; idleCount?: bigint }): Buffer {
   const b = Buffer.alloc(SIZEOF.pool);
-  b.writeUInt32LE(p.mode, 0);
-  b.writeUInt32LE(p.waiters ? 1 : 0, 4);
-  b.writeBigUInt64LE(p.inflightLimit, 8);
-  b.writeBigInt64LE(p.idleCount ?? 0n, 16);
+  b.writeUInt32LE(p.mode, POOL.mode.offset);
+  b.writeUInt32LE(p.waiters ? 1 : 0, POOL.waiters.offset);
+  b.writeBigUInt64LE(p.inflightLimit, POOL.inflight_limit.offset);
+  b.writeBigInt64LE(p.idleCount ?? 0n, POOL.idle_count.offset);
   return b;
 }
 
 export function decodePool(b: Buffer): { mode: number; waiters: boolean; inflightLimit: bigint; idleCount: bigint } {
   return {
-    mode: b.readUInt32LE(0),
-    waiters: b.readUInt32LE(4) !== 0,
-    inflightLimit: b.readBigUInt64LE(8),
-    idleCount: b.readBigInt64LE(16),
+    mode: b.readUInt32LE(POOL.mode.offset),
+    waiters: b.readUInt32LE(POOL.waiters.offset) !== 0,
+    inflightLimit: b.readBigUInt64LE(POOL.inflight_limit.offset),
+    idleCount: b.readBigInt64LE(POOL.idle_count.offset),
   };
 }
 
@@ -229,32 +221,32 @@ export interface CtlResult {
 
 export function encodeCtl(a: CtlArgs): Buffer {
   const b = Buffer.alloc(SIZEOF.ctl);
-  b.writeUInt32LE(a.op, 0);
-  b.writeUInt32LE((a.id ?? 0) >>> 0, 4);
-  b.writeUInt32LE((a.pool ?? 0) >>> 0, 8);
-  b.writeBigUInt64LE(a.expected ?? 0n, 16);
-  b.writeBigUInt64LE(a.written ?? 0n, 80);
-  b.writeUInt32LE((a.sid ?? 0) >>> 0, 88);
-  b.writeUInt32LE((a.outIn ?? 0) >>> 0, 92);
-  b.writeUInt32LE((a.tailIn ?? 0) >>> 0, 96);
+  b.writeUInt32LE(a.op, CTL.op.offset);
+  b.writeUInt32LE((a.id ?? 0) >>> 0, CTL.id.offset);
+  b.writeUInt32LE((a.pool ?? 0) >>> 0, CTL.pool.offset);
+  b.writeBigUInt64LE(a.expected ?? 0n, CTL.expected.offset);
+  b.writeBigUInt64LE(a.written ?? 0n, CTL.written.offset);
+  b.writeUInt32LE((a.sid ?? 0) >>> 0, CTL.sid.offset);
+  b.writeUInt32LE((a.outIn ?? 0) >>> 0, CTL.out_in.offset);
+  b.writeUInt32LE((a.tailIn ?? 0) >>> 0, CTL.tail_in.offset);
   return b;
 }
 
 export function decodeCtl(b: Buffer): CtlResult {
   return {
-    ret: b.readInt32LE(12),
-    word: b.readBigUInt64LE(24),
-    peer: b.readUInt32LE(32),
-    outstanding: b.readUInt32LE(36),
-    tailOpen: b.readUInt32LE(40),
-    flags: b.readUInt32LE(44),
-    role: b.readUInt32LE(48),
-    poolId: b.readUInt32LE(52),
-    frame: decodeFrame(b, 56),
-    redirected: b.readBigUInt64LE(72),
-    tailMessages: b.readUInt32LE(104),
-    tailAnswered: b.readUInt32LE(108),
-    applying: b.readUInt32LE(112),
+    ret: b.readInt32LE(CTL.ret.offset),
+    word: b.readBigUInt64LE(CTL.word.offset),
+    peer: b.readUInt32LE(CTL.peer.offset),
+    outstanding: b.readUInt32LE(CTL.outstanding.offset),
+    tailOpen: b.readUInt32LE(CTL.tail_open.offset),
+    flags: b.readUInt32LE(CTL.flags.offset),
+    role: b.readUInt32LE(CTL.role.offset),
+    poolId: b.readUInt32LE(CTL.pool_id.offset),
+    frame: decodeFrame(b, CTL.frame.offset),
+    redirected: b.readBigUInt64LE(CTL.redirected.offset),
+    tailMessages: b.readUInt32LE(CTL.tail_msgs.offset),
+    tailAnswered: b.readUInt32LE(CTL.tail_answered.offset),
+    applying: b.readUInt32LE(CTL.applying.offset),
   };
 }
 
@@ -266,7 +258,12 @@ export interface KernelEventRaw {
 }
 
 export function decodeEvent(b: Buffer): KernelEventRaw {
-  return { type: b.readUInt32LE(0), a: b.readUInt32LE(4), b: b.readUInt32LE(8), c: b.readUInt32LE(12) };
+  return {
+    type: b.readUInt32LE(EVENT.type.offset),
+    a: b.readUInt32LE(EVENT.a.offset),
+    b: b.readUInt32LE(EVENT.b.offset),
+    c: b.readUInt32LE(EVENT.c.offset),
+  };
 }
 
 /** struct pgs_frame_test: the tc framing wrapper's state/results (key 0 of `frame_test`). */
@@ -290,27 +287,27 @@ export interface FrameTest {
 
 export function encodeFrameTest(role: number): Buffer {
   const b = Buffer.alloc(SIZEOF.frameTest);
-  b.writeUInt32LE(role, 12);
+  b.writeUInt32LE(role, FRAME_TEST.role.offset);
   return b;
 }
 
 export function decodeFrameTest(b: Buffer): FrameTest {
-  const nZ = b.readUInt32LE(28);
+  const nZ = b.readUInt32LE(FRAME_TEST.n_z.offset);
   return {
-    frame: decodeFrame(b, 0),
-    role: b.readUInt32LE(12),
-    nSync: b.readUInt32LE(16),
-    nQuery: b.readUInt32LE(20),
-    nFunc: b.readUInt32LE(24),
+    frame: decodeFrame(b, FRAME_TEST.frame.offset),
+    role: b.readUInt32LE(FRAME_TEST.role.offset),
+    nSync: b.readUInt32LE(FRAME_TEST.n_sync.offset),
+    nQuery: b.readUInt32LE(FRAME_TEST.n_query.offset),
+    nFunc: b.readUInt32LE(FRAME_TEST.n_func.offset),
     nZ,
-    nParam: b.readUInt32LE(32),
-    nMsgs: b.readUInt32LE(36),
-    nTerm: b.readUInt32LE(40),
-    errors: b.readUInt32LE(44),
-    lastTail: b.readUInt32LE(48),
-    zStatus: b.subarray(52, 52 + Math.min(nZ, 64)).toString('latin1'),
-    inspect: b.readUInt32LE(116),
-    tailMessages: b.readUInt32LE(120),
-    tailAnswered: b.readUInt32LE(124),
+    nParam: b.readUInt32LE(FRAME_TEST.n_param.offset),
+    nMsgs: b.readUInt32LE(FRAME_TEST.n_msgs.offset),
+    nTerm: b.readUInt32LE(FRAME_TEST.n_term.offset),
+    errors: b.readUInt32LE(FRAME_TEST.errors.offset),
+    lastTail: b.readUInt32LE(FRAME_TEST.last_tail.offset),
+    zStatus: b.subarray(FRAME_TEST.z_status.offset, FRAME_TEST.z_status.offset + Math.min(nZ, FRAME_TEST.z_status.size)).toString('latin1'),
+    inspect: b.readUInt32LE(FRAME_TEST.inspect.offset),
+    tailMessages: b.readUInt32LE(FRAME_TEST.tail_msgs.offset),
+    tailAnswered: b.readUInt32LE(FRAME_TEST.tail_answered.offset),
   };
 }
