@@ -38,8 +38,11 @@ t.test('reload that shrinks the pool', async (t) => {
       const servers = async () => (await adminRows(proxy, 'SHOW SERVERS')).filter((r) => r.database === 'app').length;
 
       // Idle servers: closed at once.
-      t.same(await busy(proxy.port, BIG, 500), [], `${BIG} clients at once`);
-      await waitUntil(() => backendCount(c, 'app') === BIG, 10000, `${BIG} backends`);
+      // Each holds its server until all are seen at once: the pool then has BIG servers.
+      const first = busy(proxy.port, BIG, 3000);
+      await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_sleep(3)%' AND state = 'active'`) === BIG, 20000, `${BIG} busy servers`);
+      t.same(await withTimeout(first, 20000, 'first load'), [], `${BIG} clients at once`);
+      t.equal(backendCount(c, 'app'), BIG, `${BIG} backends`);
       t.equal(await servers(), BIG, `SHOW SERVERS: ${BIG}`);
       let started = Date.now();
       await proxy.reload({ ...cfg, default_pool_size: SMALL });
@@ -48,13 +51,13 @@ t.test('reload that shrinks the pool', async (t) => {
 
       // Busy servers: closed as their transactions end.
       await proxy.reload({ ...cfg, default_pool_size: BIG });
-      const load = busy(proxy.port, BIG, 2000);
-      await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_sleep(2)%' AND state = 'active'`) === BIG, 15000, `${BIG} busy servers`);
+      const load = busy(proxy.port, BIG, 3000);
+      await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_sleep(3)%' AND state = 'active'`) === BIG, 20000, `${BIG} busy servers`);
       started = Date.now();
       await proxy.reload({ ...cfg, default_pool_size: SMALL });
       t.same(await withTimeout(load, 20000, 'the busy clients'), [], 'the busy clients finish their queries');
       await waitUntil(async () => backendCount(c, 'app') <= SMALL && (await servers()) <= SMALL, 20000, `${SMALL} servers after the busy ones ended`, 250);
-      t.pass(`busy servers: ${SMALL} left ${Date.now() - started} ms after the reload (their queries ran 2 s)`);
+      t.pass(`busy servers: ${SMALL} left ${Date.now() - started} ms after the reload (their queries ran 3 s)`);
       t.same(await busy(proxy.port, SMALL, 100), [], 'the pool serves clients afterwards');
       t.notOk(proxy.exited(), 'the proxy is still running');
     });
