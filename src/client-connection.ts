@@ -17,6 +17,7 @@ import { StreamScanner, captureSet } from './protocol/stream-scanner';
 import { TransactionTracker } from './transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
+import type { KernelHost } from './kernel-host';
 import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from './session-parameters';
@@ -72,19 +73,8 @@ export interface ClientHost {
   cancel(pid: number, key: number): void;
   clientLoggedIn(client: ClientConnection): void;
   clientClosed(client: ClientConnection): void;
-  // The kernel path's chance to take an idle client; false keeps it in user space.
-  offerToKernel?(client: ClientConnection, aboutToWrite?: number): boolean;
-  // The kernel passed this client's bytes up: it is served here from now on.
-  leftKernel?(client: ClientConnection): void;
-  // Hands a waiting request and the server it got to the kernel path (the kernel carries
-  // the response); false keeps them in user space.
-  bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
-  // More bytes of a client whose server is bound in the kernel: true if they were sent
-  // on to it, false if the kernel released it meanwhile (the bytes start a new request).
-  feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
-  // The client's server is bound in the kernel and its next bytes need rewriting: the
-  // pair comes to user space (adoptServer); false if the kernel released it meanwhile.
-  reclaimKernelBound?(client: ClientConnection): boolean;
+  // The kernel path (src/kernel-host.ts): offered idle clients, handed requests, told of passes.
+  readonly kernel: KernelHost;
 }
 
 let nextClientId = 1;
@@ -484,7 +474,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
     // The kernel path sees every byte after registration, so register before the client can answer.
     const response = Buffer.concat(out);
-    const toKernel = this.host.offerToKernel?.(this, response.length) ?? false;
+    const toKernel = this.host.kernel.offerClient(this, response.length);
     this.socket.write(response);
     this.resumeReading(); // (events come later: the early bytes below go first)
     if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
@@ -502,7 +492,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (this.state === ClientState.Kernel) {
       this.state = ClientState.Idle; // the kernel passed it up
       this.requestSince = 0;
-      this.host.leftKernel?.(this);
+      this.host.kernel.leftKernel(this);
       if (this.heldInput) {
         (this.heldInput as Buffer[]).push(chunk); // a hand-over is settling (holdInput)
         return;
@@ -549,9 +539,9 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (end > from) units.push(chunk.subarray(from, end));
     if (this.kernelServer && units.length) {
       if (rw && units.some((u) => rw.needsRewrite(u))) {
-        if (!this.host.reclaimKernelBound?.(this)) this.kernelServer = null; // released meanwhile: a new request
+        if (!this.host.kernel.reclaimBound(this)) this.kernelServer = null; // released meanwhile: a new request
       } else {
-        if (this.host.feedKernelBound?.(this, Buffer.concat(rawBytes(units)))) return;
+        if (this.host.kernel.feedKernelBound(this, Buffer.concat(rawBytes(units)))) return;
         this.kernelServer = null; // released by the kernel: these bytes are a new request
       }
     }
@@ -680,7 +670,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           if (this.pending.length) this.requestServer();
           else {
             this.state = ClientState.Idle;
-            this.host.offerToKernel?.(this);
+            this.host.kernel.offerClient(this, 0);
           }
         }),
       );
@@ -689,10 +679,10 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (session) this.adoptServerParameters(server);
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
     const rw = this.rewriter;
-    if (this.host.bindInKernel && this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
+    if (this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
       const units = this.pending;
       this.pending = []; // empty while binding: the bind flips the client back only if it is quiet
-      if (this.host.bindInKernel(this, server, rawBytes(units))) {
+      if (this.host.kernel.bindInKernel(this, server, rawBytes(units))) {
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
         this.state = ClientState.Kernel; // the kernel carries this transaction
@@ -884,7 +874,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       this.resetAndRelease(server);
     } else this.pool!.release(server);
     if (this.pending.length) this.requestServer();
-    else this.host.offerToKernel?.(this);
+    else this.host.kernel.offerClient(this, 0);
     if (this.rewriter) this.rewriter.namedInTransaction = false; // a transaction without one lets it go back
   }
 
@@ -977,7 +967,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (this.state === ClientState.Kernel) return; // the bypass controller watches these
     const c = this.host.config;
     if (c.query_timeout > 0 && this.requestSince && now - this.requestSince > c.query_timeout * 1000) {
-      this.host.cancel(this.cancelPid, this.cancelKey); // stop the query on the server, not just the client
+      this.cancelRunningQuery(); // stop the query on the server, not just the client
       return this.fatal({ code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' });
     }
     const idleFor = now - this.lastActivity;
@@ -988,6 +978,11 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (c.client_idle_timeout > 0 && this.state === ClientState.Idle && idleFor > c.client_idle_timeout * 1000) {
       return this.fatal({ code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long' });
     }
+  }
+
+  // Sends a cancel request for the query this client is running (query_timeout).
+  cancelRunningQuery(): void {
+    this.host.cancel(this.cancelPid, this.cancelKey);
   }
 
   // The kernel handed this client and its server to user space mid-transaction. tail: of

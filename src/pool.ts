@@ -2,6 +2,8 @@
 // waiting in FIFO order, sizing (pool, min, reserve), and the server lifetimes.
 import { ServerConnection, ServerError, ServerState, ServerTarget } from './server-connection';
 import type { PoolMode } from './config/types';
+import type { ClientConnection } from './client-connection';
+import type { KernelHost } from './kernel-host';
 import { log } from './log';
 
 export interface PoolSettings {
@@ -45,14 +47,11 @@ interface Waiter {
   timer: NodeJS.Timeout | null;
 }
 
-// A hook that gives the kernel path a say over idle servers (bypass controller).
-export interface IdleServerHost {
-  // Takes a server idle in the kernel for a user-space client, or null.
-  takeIdle(pool: Pool, hint?: unknown): ServerConnection | null;
-  // Offers an idle server to the kernel; true if the kernel now owns it.
-  offerIdle(pool: Pool, server: ServerConnection): boolean;
-  // Closes the pool's servers idle in the kernel now and marks its bound ones close_needed.
-  closeIdle?(pool: Pool, reason: string): void;
+// What a pool is given to work with.
+export interface PoolDeps {
+  budget: ConnectionBudget; // max_db_connections across the database's pools
+  kernel: KernelHost; // the kernel path's say over idle servers and waiters
+  newServer(target: ServerTarget): ServerConnection; // not connected yet: the pool connects it
 }
 
 let nextPoolId = 1;
@@ -63,7 +62,6 @@ export class Pool {
   private idle: ServerConnection[] = [];
   private waiters: Waiter[] = [];
   private connecting = 0;
-  kernelHost: IdleServerHost | null = null;
   paused = false;
   lastConnectError: ServerError | null = null;
   private loginFailedAt = 0;
@@ -76,8 +74,15 @@ export class Pool {
     readonly user: string,
     public target: ServerTarget,
     public settings: PoolSettings,
-    private readonly budget: ConnectionBudget,
+    private readonly deps: PoolDeps,
   ) {}
+
+  private get kernel(): KernelHost {
+    return this.deps.kernel;
+  }
+  private get budget(): ConnectionBudget {
+    return this.deps.budget;
+  }
 
   get label(): string {
     return `${this.user}@${this.database}`;
@@ -99,7 +104,7 @@ export class Pool {
 
   // Resolves with a server for the caller, in FIFO order with other waiters.
   // hint: the client asking (lets the kernel host prefer a server with its settings).
-  acquire(hint?: unknown): Promise<ServerConnection> {
+  acquire(hint?: ClientConnection): Promise<ServerConnection> {
     if (!this.paused && this.waiters.length === 0) {
       const s = this.takeIdle(hint);
       if (s) return Promise.resolve(s);
@@ -120,7 +125,7 @@ export class Pool {
         }, t * 1000);
       }
       this.waiters.push(w);
-      this.onWaitersChanged();
+      this.kernel.waitersChanged(this);
       // A server the kernel released before it learned of this waiter raised no event:
       // look again now that it knows.
       this.serviceWaiters();
@@ -166,16 +171,16 @@ export class Pool {
     if (!this.paused) {
       const w = this.waiters.shift();
       if (w) {
-        this.onWaitersChanged();
+        this.kernel.waitersChanged(this);
         this.giveToWaiter(w, server);
         return;
       }
     }
-    if (this.kernelHost && this.kernelHost.offerIdle(this, server)) return;
+    if (this.kernel.offerIdle(this, server)) return;
     this.idle.push(server);
   }
 
-  // Called by the kernel host when a server it owned is usable by user space again.
+  // Called by the kernel side when a server it owned is usable by user space again.
   serverAvailable(server: ServerConnection): void {
     this.handOut(server);
   }
@@ -189,21 +194,19 @@ export class Pool {
     w.resolve(server);
   }
 
-  private takeIdle(hint?: unknown): ServerConnection | null {
+  private takeIdle(hint?: ClientConnection): ServerConnection | null {
     while (this.idle.length) {
       const s = this.idle.pop()!; // LIFO: the warmest server
       if (s.isUsable && s.state === ServerState.Idle) return s;
     }
-    return this.kernelHost ? this.kernelHost.takeIdle(this, hint) : null;
+    return this.kernel.takeIdle(this, hint);
   }
 
   private dropWaiter(w: Waiter): void {
     const i = this.waiters.indexOf(w);
     if (i >= 0) this.waiters.splice(i, 1);
-    this.onWaitersChanged();
+    this.kernel.waitersChanged(this);
   }
-
-  onWaitersChanged: () => void = () => {};
 
   // Wakes waiters when a server may be had (e.g. the kernel released one).
   serviceWaiters(): void {
@@ -213,7 +216,7 @@ export class Pool {
       const w = this.waiters.shift()!;
       this.giveToWaiter(w, s);
     }
-    this.onWaitersChanged();
+    this.kernel.waitersChanged(this);
     this.grow();
   }
 
@@ -262,7 +265,7 @@ export class Pool {
   private reserveTimer: NodeJS.Timeout | null = null;
 
   private openServer(): void {
-    const server = new ServerConnection(this.target);
+    const server = this.deps.newServer(this.target);
     this.servers.add(server);
     this.connecting++;
     this.budget.opened(this);
@@ -296,7 +299,7 @@ export class Pool {
   private failWaiters(e: ServerError): void {
     const ws = this.waiters;
     this.waiters = [];
-    this.onWaitersChanged();
+    this.kernel.waitersChanged(this);
     for (const w of ws) {
       if (w.timer) clearTimeout(w.timer);
       w.reject(new PoolError(e.message, e.fields?.C ?? '08006'));
@@ -325,8 +328,8 @@ export class Pool {
       if (this.excess <= 0) return;
       srv.close('pool size lowered');
     }
-    while (this.excess > 0 && this.kernelHost) {
-      const srv = this.kernelHost.takeIdle(this);
+    while (this.excess > 0) {
+      const srv = this.kernel.takeIdle(this);
       if (!srv) return;
       srv.close('pool size lowered');
     }
@@ -356,7 +359,7 @@ export class Pool {
   // Closes idle servers now and the others when they come back (RECONNECT, reload).
   closeIdle(reason: string): void {
     for (const s of this.idle.splice(0)) s.close(reason);
-    this.kernelHost?.closeIdle?.(this, reason);
+    this.kernel.closeIdle(this, reason);
   }
 
   closeAll(reason: string): void {
@@ -366,7 +369,7 @@ export class Pool {
 
   pause(): void {
     this.paused = true;
-    this.onWaitersChanged(); // the kernel path stops binding new transactions too
+    this.kernel.waitersChanged(this); // the kernel path stops binding new transactions too
   }
   resume(): void {
     this.paused = false;

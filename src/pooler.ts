@@ -3,7 +3,8 @@
 import * as net from 'node:net';
 import { ClientConnection, ClientHost, ClientState } from './client-connection';
 import { ConnectionBudget, Pool, PoolError, PoolSettings } from './pool';
-import type { ServerConnection, ServerTarget } from './server-connection';
+import { ServerConnection, type ServerTarget } from './server-connection';
+import type { KernelHost } from './kernel-host';
 import { ErrorFields, cancelRequest } from './protocol/messages';
 import { SqlState } from './protocol/constants';
 import type { Config, DatabaseConfig } from './config/types';
@@ -16,21 +17,8 @@ export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 // Connections accepted beyond max_client_conn so that admin-console users get in on a full proxy.
 export const ADMIN_RESERVE = 16;
 
-export interface PoolerHooks {
-  startAdmin(client: ClientConnection): void;
-  offerToKernel?(client: ClientConnection, aboutToWrite?: number): boolean;
-  leftKernel?(client: ClientConnection): void;
-  bindInKernel?(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
-  boundInKernel?(client: ClientConnection): boolean;
-  janitor?(now: number): void;
-  feedKernelBound?(client: ClientConnection, data: Buffer): boolean;
-  reclaimKernelBound?(client: ClientConnection): boolean;
-  // The server whose query a cancel for this client must hit, held from now on (the kernel
-  // path keeps it out of its idle stack); null when the kernel path has none for it.
-  cancelServer?(client: ClientConnection): ServerConnection | null;
-  poolCreated?(pool: Pool): void;
-  clientClosed?(client: ClientConnection): void;
-}
+// Runs the admin console for a client that logged in to the admin database.
+export type AdminStarter = (client: ClientConnection) => void;
 
 export class Pooler implements ClientHost, ConnectionBudget {
   readonly clients = new Set<ClientConnection>();
@@ -38,7 +26,6 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private byCancelKey = new Map<string, ClientConnection>();
   private dbConnections = new Map<string, number>();
   private janitorTimer: NodeJS.Timeout;
-  hooks: PoolerHooks = { startAdmin: (c) => c.fatal({ code: SqlState.FeatureNotSupported, message: 'admin console not available' }) };
   accepting = true;
   readonly authQuery = new AuthQuery(() => this.config.server_idle_timeout);
   // Server logins learned from clients for users without a usable password in the config.
@@ -46,7 +33,12 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // Secure contexts of the running config; built again (files re-read) on every reload.
   tls: TlsContexts;
 
-  constructor(public config: Config) {
+  // kernel: the kernel path, or UserSpaceOnly (src/kernel-host.ts).
+  constructor(
+    public config: Config,
+    readonly kernel: KernelHost,
+    private readonly adminStarter: AdminStarter,
+  ) {
     this.tls = buildTls(config); // throws ConfigError naming the key: start-up fails
     this.janitorTimer = setInterval(() => this.janitor(), 1000);
     this.janitorTimer.unref();
@@ -59,27 +51,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   }
 
   startAdmin(client: ClientConnection): void {
-    this.hooks.startAdmin(client);
-  }
-
-  offerToKernel(client: ClientConnection, aboutToWrite = 0): boolean {
-    return this.hooks.offerToKernel ? this.hooks.offerToKernel(client, aboutToWrite) : false;
-  }
-
-  leftKernel(client: ClientConnection): void {
-    this.hooks.leftKernel?.(client);
-  }
-
-  bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
-    return this.hooks.bindInKernel ? this.hooks.bindInKernel(client, server, request) : false;
-  }
-
-  feedKernelBound(client: ClientConnection, data: Buffer): boolean {
-    return this.hooks.feedKernelBound ? this.hooks.feedKernelBound(client, data) : false;
-  }
-
-  reclaimKernelBound(client: ClientConnection): boolean {
-    return this.hooks.reclaimKernelBound ? this.hooks.reclaimKernelBound(client) : false;
+    this.adminStarter(client);
   }
 
   // Unix sockets answer 'N', as PostgreSQL does: TLS is for TCP.
@@ -150,11 +122,15 @@ export class Pooler implements ClientHost, ConnectionBudget {
     const key = `${database}\0${serverUser}\0${JSON.stringify(startup)}`;
     let pool = this.pools.get(key);
     if (!pool) {
-      pool = new Pool(database, serverUser, this.target(db, user, startup), this.poolSettings(db, serverUser), this);
+      const kernel = this.kernel;
+      pool = new Pool(database, serverUser, this.target(db, user, startup), this.poolSettings(db, serverUser), {
+        budget: this, kernel, newServer: (target) => new ServerConnection(target, kernel),
+      });
       this.poolStartup.set(pool, startup);
       this.pools.set(key, pool);
       log.info(`pool ${pool.label} created (mode ${pool.settings.mode}, size ${pool.settings.size})`);
-      this.hooks.poolCreated?.(pool);
+      kernel.poolCreated(pool);
+      if (this.isPaused(database)) pool.pause(); // created while its database is paused
       pool.grow();
     }
     return pool;
@@ -216,7 +192,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
       log.info(`cancel request with an unknown key ignored`);
       return;
     }
-    const server = this.hooks.cancelServer?.(client) ?? this.userSpaceCancelServer(client);
+    const server = this.kernel.cancelServer(client) ?? this.userSpaceCancelServer(client);
     const pool = client.pool;
     if (!server || !server.backendPid || !pool) {
       log.info(`${client.label} cancel request: no query running`);
@@ -250,7 +226,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.adminClients.delete(client);
     retireClient(client); // keep its counters in its pool's totals
     this.byCancelKey.delete(`${client.cancelPid}:${client.cancelKey}`);
-    this.hooks.clientClosed?.(client);
+    this.kernel.clientClosed(client);
   }
 
   // ---- accepting ----
@@ -306,13 +282,36 @@ export class Pooler implements ClientHost, ConnectionBudget {
     for (const p of this.pools.values()) if (p !== pool && p.database === pool.database && p.waitingCount) p.grow();
   }
 
+  // ---- PAUSE / RESUME: no new server assignments for a database (all when omitted) ----
+
+  private pausedAll = false;
+  private pausedDbs = new Set<string>();
+
+  isPaused(database: string): boolean {
+    return this.pausedAll || this.pausedDbs.has(database);
+  }
+
+  pause(database?: string): void {
+    if (database === undefined) this.pausedAll = true;
+    else this.pausedDbs.add(database);
+    for (const p of this.pools.values()) if (database === undefined || p.database === database) p.pause();
+  }
+
+  resume(database?: string): void {
+    if (database === undefined) {
+      this.pausedAll = false;
+      this.pausedDbs.clear();
+    } else this.pausedDbs.delete(database);
+    for (const p of this.pools.values()) if ((database === undefined || p.database === database) && !this.isPaused(p.database)) p.resume();
+  }
+
   // ---- upkeep, reload, shutdown ----
 
   private janitor(): void {
     for (const p of this.pools.values()) p.janitor();
     const now = Date.now();
     for (const c of this.clients) c.checkTimeouts(now);
-    this.hooks.janitor?.(now);
+    this.kernel.janitor(now);
   }
 
   // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.
@@ -348,7 +347,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   get activeClients(): ClientConnection[] {
     return [...this.clients].filter(
       (c) => c.state === ClientState.Active || c.state === ClientState.Waiting || c.kernelServer !== null
-        || (c.state === ClientState.Kernel && (this.hooks.boundInKernel?.(c) ?? false)),
+        || (c.state === ClientState.Kernel && this.kernel.clientBound(c)),
     );
   }
 

@@ -3,62 +3,38 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Pooler } from './pooler';
-import { BypassController } from './bypass/controller';
+import { openKernelHost } from './bypass/controller';
+import type { KernelHost } from './kernel-host';
 import type { Config } from './config/types';
 import { trackExtraParameters } from './session-parameters';
 import { log } from './log';
 import { ProxyControl, startAdminConsole } from './admin/console';
 import { proxyControl } from './admin/control';
 import { MetricsServer, startMetrics } from './metrics/prometheus';
-import { statsEvents } from './metrics/stats';
 
 export class Proxy {
   readonly pooler: Pooler;
-  readonly bypass: BypassController;
+  // The kernel path, or UserSpaceOnly for bypass: off (src/kernel-host.ts).
+  readonly kernel: KernelHost;
   private servers: net.Server[] = [];
   private stopping = false;
-  // Admin console and metrics; the bypass controller replaces control.bypassInfo / bypassCounters.
+  // Admin console and metrics.
   readonly control: ProxyControl;
   private metrics: MetricsServer | null = null;
 
   constructor(public config: Config) {
     trackExtraParameters(config.track_extra_parameters);
-    this.pooler = new Pooler(config);
+    // Throws for 'on' without a kernel path. It reads the config the pooler runs with now.
+    this.kernel = openKernelHost(config.bypass, () => this.pooler.config);
+    this.pooler = new Pooler(config, this.kernel, (c) => startAdminConsole(c, this.pooler, this.control));
     this.control = proxyControl(this);
-    this.pooler.hooks.startAdmin = (c) => startAdminConsole(c, this.pooler, this.control);
-    this.bypass = new BypassController(config.bypass, this.pooler); // throws for 'on' without a kernel path
-    const hooks = this.pooler.hooks;
-    const poolCreated = hooks.poolCreated;
-    hooks.poolCreated = (pool) => {
-      this.bypass.poolCreated(pool);
-      poolCreated?.(pool);
-    };
-    hooks.offerToKernel = (client, aboutToWrite) => this.bypass.offerClient(client, aboutToWrite);
-    hooks.leftKernel = (client) => this.bypass.leftKernel(client);
-    hooks.bindInKernel = (client, server, request) => this.bypass.bindInKernel(client, server, request);
-    hooks.feedKernelBound = (client, data) => this.bypass.feedKernelBound(client, data);
-    hooks.reclaimKernelBound = (client) => this.bypass.reclaimBound(client);
-    hooks.boundInKernel = (client) => this.bypass.serverOf(client) !== null;
-    hooks.janitor = (now) => this.bypass.janitor(now);
-    hooks.clientClosed = (client) => this.bypass.clientClosed(client);
-    hooks.cancelServer = (client) => this.bypass.cancelServer(client);
-    statsEvents.kernelClientBound = (c) => c.kernelServer !== null || this.bypass.serverOf(c) !== null;
-    statsEvents.kernelServerBound = (s) => this.bypass.serverBound(s);
-    // Sampled each second by the janitor, and again whenever SHOW STATS or /metrics reads
-    // them (a few per-CPU map reads), so a reader sees every transaction already answered.
-    statsEvents.kernelTotals = () => {
-      this.bypass.sampleStats();
-      return this.bypass.poolStats.byPool();
-    };
-    this.control.bypassInfo = () => this.bypass.info();
-    this.control.bypassCounters = () => this.bypass.flatCounters();
   }
 
   // One line with what each data path carried (SIGUSR1).
   statsLine(): string {
     let xacts = 0n;
     for (const p of this.pooler.pools.values()) xacts += p.stats.xacts;
-    const rows = this.bypass.info().map(([k, v]) => `${k}=${/\s/.test(v) ? JSON.stringify(v) : v}`);
+    const rows = this.kernel.info().map(([k, v]) => `${k}=${/\s/.test(v) ? JSON.stringify(v) : v}`);
     return `stats: clients=${this.pooler.clients.size} pools=${this.pooler.pools.size} user_xacts=${xacts} ${rows.join(' ')}`;
   }
 
@@ -123,7 +99,7 @@ export class Proxy {
       await new Promise((r) => setTimeout(r, 50));
     }
     this.pooler.close();
-    this.bypass.close();
+    this.kernel.close();
   }
 
   // SIGINT: close everything now.
@@ -131,6 +107,6 @@ export class Proxy {
     this.stopping = true;
     this.stopListening();
     this.pooler.close();
-    this.bypass.close();
+    this.kernel.close();
   }
 }

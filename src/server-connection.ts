@@ -17,6 +17,7 @@ import { md5Response } from './auth/md5';
 import { log } from './log';
 import { countError } from './metrics/stats';
 import { ServerTls, resetAndDestroy, startServerTls } from './tls';
+import type { KernelHost } from './kernel-host';
 
 export enum ServerState {
   Connecting = 'connecting',
@@ -106,12 +107,14 @@ export class ServerConnection extends EventEmitter {
   readonly replies = new ReplyFilter(); // what the linked client sees of the replies
   private framer = new MessageFramer();
   private scanner = new StreamScanner(DATA_CAPTURE);
-  // Set by the bypass controller: called when the kernel hands this server's bytes to user space.
-  kernelPassed: (() => void) | null = null;
   private rows: string[][] | null = null;
   private internal: { resolve: () => void; reject: (e: Error) => void; error?: ServerError } | null = null;
 
-  constructor(readonly target: ServerTarget) {
+  // kernel: told when the kernel path hands this server's bytes to user space.
+  constructor(
+    readonly target: ServerTarget,
+    private readonly kernel: Pick<KernelHost, 'serverPassed'>,
+  ) {
     super();
   }
 
@@ -252,7 +255,7 @@ export class ServerConnection extends EventEmitter {
   private onData(chunk: Buffer): void {
     this.bytesRead += BigInt(chunk.length);
     this.lastUsed = Date.now();
-    if (this.state === ServerState.Kernel && !this.heldInput) this.kernelPassed?.();
+    if (this.state === ServerState.Kernel && !this.heldInput) this.kernel.serverPassed(this);
     if (this.heldInput) {
       this.heldInput.push(chunk);
       return;

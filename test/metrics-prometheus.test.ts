@@ -7,6 +7,7 @@ import { startProxy } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, freePort, waitUntil, run, libpqEnv } from './helpers/cluster';
 import { parseConfig } from '../src/config/load';
 import { Pooler } from '../src/pooler';
+import { UserSpaceOnly } from '../src/kernel-host';
 import { MetricsServer } from '../src/metrics/prometheus';
 import type { ProxyControl } from '../src/admin/console';
 
@@ -181,7 +182,7 @@ t.test('prometheus endpoint', async (t) => {
 
   t.test('kernel path counters come from bypassCounters()', async (t) => {
     const config = parseConfig('databases:\n  app: {}\n', 'inline.yaml');
-    const pooler = new Pooler(config);
+    const pooler = new Pooler(config, new UserSpaceOnly({ mode: 'off', loaded: false, reason: 'bypass: off' }), () => {});
     t.teardown(() => pooler.close());
     let xacts = 5n;
     const control = {

@@ -15,8 +15,9 @@ import { ConfigError } from '../config/types';
 import { RESTART_KEYS, applySetting, defaultSettings, describeConfig } from '../config/load';
 import { Cell, ResultSet, columns, commandComplete, emptyQueryResponse, error, notice, ready } from './result-set';
 import { Command, CommandSyntaxError, parseCommand, splitStatements } from './parse';
-import { StatsAverager, Totals, addTotals, databaseTotals, statsEvents, zeroTotals } from '../metrics/stats';
+import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../metrics/stats';
 import { log } from '../log';
+import type { KernelHost } from '../kernel-host';
 
 // What the console needs from the running proxy (src/admin/control.ts builds it).
 export interface ProxyControl {
@@ -29,7 +30,7 @@ export interface ProxyControl {
   pause(db?: string): void;
   resume(db?: string): void;
   isPaused(db: string): boolean;
-  // SHOW BYPASS rows; the kernel path's controller replaces this.
+  // SHOW BYPASS rows (KernelHost.info).
   bypassInfo(): Array<[string, string]>;
   // Kernel path counters for Prometheus (pgsplice_kernel_<name>_total).
   bypassCounters(): Record<string, number | bigint>;
@@ -88,7 +89,7 @@ function averager(pooler: Pooler): StatsAverager {
 
 // ---- state naming shared by SHOW POOLS / CLIENTS / SERVERS ----
 
-export function clientStateName(c: ClientConnection): string {
+export function clientStateName(c: ClientConnection, kernel: KernelHost): string {
   if (c.adminHandler) return 'active';
   switch (c.state) {
     case ClientState.Active:
@@ -98,14 +99,14 @@ export function clientStateName(c: ClientConnection): string {
     case ClientState.Login:
       return 'login';
     case ClientState.Kernel:
-      return statsEvents.kernelClientBound?.(c) ? 'active' : 'idle';
+      return kernel.clientBound(c) ? 'active' : 'idle';
     default:
       return 'idle'; // idle, or in the kernel path between its transactions
   }
 }
 
 // PgBouncer's server lists: active, idle, used (being reset/checked), new (logging in).
-export function serverStateName(s: ServerConnection): 'active' | 'idle' | 'used' | 'new' | null {
+export function serverStateName(s: ServerConnection, kernel: KernelHost): 'active' | 'idle' | 'used' | 'new' | null {
   switch (s.state) {
     case ServerState.Active:
       return 'active';
@@ -114,7 +115,7 @@ export function serverStateName(s: ServerConnection): 'active' | 'idle' | 'used'
     case ServerState.Idle:
       return 'idle';
     case ServerState.Kernel: // owned by the kernel path: bound to a client, or idle there
-      return statsEvents.kernelServerBound?.(s) ? 'active' : 'idle';
+      return kernel.serverBound(s) ? 'active' : 'idle';
     case ServerState.Connecting:
     case ServerState.Login:
       return 'new';
@@ -140,7 +141,7 @@ export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
   for (const p of pooler.pools.values()) {
     const n: PoolCounts = { clActive: 0, clWaiting: 0, svActive: 0, svIdle: 0, svUsed: 0, svLogin: 0, svBeingCanceled: 0, maxWaitUs: 0, clPinned: 0 };
     for (const s of p.servers) {
-      const st = serverStateName(s);
+      const st = serverStateName(s, pooler.kernel);
       if (s.releaseAfterCancel && s.isUsable) n.svBeingCanceled++;
       else if (st === 'active') n.svActive++;
       else if (st === 'idle') n.svIdle++;
@@ -332,7 +333,7 @@ class AdminSession {
     // Returns once no server of the database serves a client (transactions ended).
     for (;;) {
       if (this.client.state === ClientState.Closed) break;
-      const busy = this.poolsOf(db).reduce((n, p) => n + [...p.servers].filter((s) => serverStateName(s) === 'active').length, 0);
+      const busy = this.poolsOf(db).reduce((n, p) => n + [...p.servers].filter((s) => serverStateName(s, this.pooler.kernel) === 'active').length, 0);
       if (busy === 0) break;
       await new Promise((r) => setTimeout(r, 20));
     }
@@ -512,7 +513,7 @@ class AdminSession {
     const s = c.socket;
     const w = Math.floor(c.timing.waitingFor);
     return [
-      'C', c.user, c.database, clientStateName(c), s.remoteAddress ?? 'unix', s.remotePort ?? 0, s.localAddress ?? 'unix', s.localPort ?? 0,
+      'C', c.user, c.database, clientStateName(c, this.pooler.kernel), s.remoteAddress ?? 'unix', s.remotePort ?? 0, s.localAddress ?? 'unix', s.localPort ?? 0,
       pgTime(c.connectedAt), pgTime(c.timing.lastRequestAt || c.connectedAt), Math.floor(w / 1e6), w % 1e6, 0,
       `C-${c.id}`, c.server ? `S-${c.server.id}` : '', 0, tlsInfo(s), c.appName, c.id,
       c.state === ClientState.Kernel ? 'kernel' : 'user',
@@ -535,7 +536,7 @@ class AdminSession {
     for (const c of this.pooler.clients) if (c.server) linked.set(c.server, c);
     for (const p of this.pooler.pools.values()) {
       for (const s of p.servers) {
-        const st = serverStateName(s);
+        const st = serverStateName(s, this.pooler.kernel);
         if (!st) continue;
         const sock = s.socket;
         const peer = linked.get(s);
@@ -630,7 +631,7 @@ class AdminSession {
   }
 }
 
-// Called after a client authenticated to the admin database (Pooler hooks.startAdmin).
+// Called after a client authenticated to the admin database (the Pooler's AdminStarter).
 export function startAdminConsole(client: ClientConnection, pooler: Pooler, control: ProxyControl): void {
   const cfg = pooler.config;
   const access: Access | null = cfg.admin_users.includes(client.user) ? 'admin' : cfg.stats_users.includes(client.user) ? 'stats' : null;

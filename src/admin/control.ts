@@ -1,33 +1,13 @@
 // The Proxy seen from the admin console and the metrics endpoint: reload, apply a
-// changed config, shutdown, pause/resume, and the kernel path's numbers (which the
-// bypass controller plugs in by replacing bypassInfo / bypassCounters).
+// changed config, shutdown, pause/resume, and the kernel path's numbers.
 import type { Proxy } from '../proxy';
 import type { Config } from '../config/types';
-import type { Pool } from '../pool';
 import { changesNeedingRestart, loadConfigFile } from '../config/load';
 import { ClientState } from '../client-connection';
 import { log, setLogLevel } from '../log';
 import type { ProxyControl } from './console';
 
 export function proxyControl(proxy: Proxy): ProxyControl {
-  let pausedAll = false;
-  const pausedDbs = new Set<string>();
-  const isPaused = (db: string) => pausedAll || pausedDbs.has(db);
-  const poolsOf = (db?: string): Pool[] => [...proxy.pooler.pools.values()].filter((p) => db === undefined || p.database === db);
-
-  // Pools created while their database is paused start paused.
-  let hookInstalled = false;
-  const installPoolHook = () => {
-    if (hookInstalled) return;
-    hookInstalled = true;
-    const hooks = proxy.pooler.hooks;
-    const prev = hooks.poolCreated;
-    hooks.poolCreated = (p) => {
-      prev?.(p);
-      if (isPaused(p.database)) p.pause();
-    };
-  };
-
   const apply = (next: Config): string[] => {
     const before = proxy.config;
     const needRestart = changesNeedingRestart(before, next);
@@ -63,33 +43,11 @@ export function proxyControl(proxy: Proxy): ProxyControl {
         exit();
       }, 100);
     },
-    pause(db?: string): void {
-      installPoolHook();
-      if (db === undefined) pausedAll = true;
-      else pausedDbs.add(db);
-      for (const p of poolsOf(db)) p.pause();
-    },
-    resume(db?: string): void {
-      if (db === undefined) {
-        pausedAll = false;
-        pausedDbs.clear();
-      } else {
-        pausedDbs.delete(db);
-      }
-      for (const p of poolsOf(db)) if (!isPaused(p.database)) p.resume();
-    },
-    isPaused,
-    bypassInfo(): Array<[string, string]> {
-      const mode = proxy.config.bypass;
-      return [
-        ['loaded', 'no'],
-        ['reason', mode === 'off' ? 'bypass: off' : 'kernel path not built into this version'],
-        ['mode', mode],
-      ];
-    },
-    bypassCounters(): Record<string, number | bigint> {
-      return {};
-    },
+    pause: (db) => proxy.pooler.pause(db),
+    resume: (db) => proxy.pooler.resume(db),
+    isPaused: (db) => proxy.pooler.isPaused(db),
+    bypassInfo: () => proxy.pooler.kernel.info(),
+    bypassCounters: () => proxy.pooler.kernel.flatCounters(),
   };
   return control;
 }

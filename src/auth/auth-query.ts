@@ -7,6 +7,7 @@ import { ServerConnection, ServerError, ServerState, type ServerTarget } from '.
 import { isMd5Hash } from './md5';
 import { scramKeysFrom, type ScramKeys } from './scram';
 import { log } from '../log';
+import { USER_SPACE_ONLY } from '../kernel-host';
 
 // How long a "no such user" answer is kept at most: a role created a moment later should
 // not wait for the full TTL.
@@ -133,7 +134,7 @@ export class AuthQuery {
   private async connected(conn: LookupConnection, target: ServerTarget): Promise<ServerConnection> {
     if (conn.server && conn.server.isUsable && conn.server.state === ServerState.Idle) return conn.server;
     conn.server = null;
-    const server = new ServerConnection(target);
+    const server = new ServerConnection(target, USER_SPACE_ONLY); // never offered to the kernel path
     try {
       await server.connect();
     } catch (e) {

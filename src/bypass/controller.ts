@@ -2,11 +2,14 @@
 // space data path and the kernel path (src/bypass/kernel-path.ts wraps the addon).
 // Every ownership change it makes is one compare-and-swap in the kernel's state
 // word for that socket (docs/kernel-path.md); this file decides *when*.
-import type { BypassMode } from '../config/types';
+import type { BypassMode, Config } from '../config/types';
 import { ClientConnection, ClientState } from '../client-connection';
 import { ServerConnection, ServerState } from '../server-connection';
-import type { IdleServerHost, Pool } from '../pool';
-import type { Pooler } from '../pooler';
+import type { Pool } from '../pool';
+import type { Totals } from '../metrics/stats';
+import {
+  BypassStatus, KernelHost, UserPathCounters, UserSpaceOnly, flatUserCounters, statusRows, zeroUserPathCounters,
+} from '../kernel-host';
 import { TRACKED_PARAMETERS, serverSettings } from '../session-parameters';
 import { runEach } from '../server-reset';
 import { SqlState } from '../protocol/constants';
@@ -17,24 +20,23 @@ import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode } from './kernel-abi';
 import { waitUntil } from './settle';
 
-export interface BypassStatus {
-  mode: BypassMode;
-  loaded: boolean;
-  reason: string;
-}
-
-// User-space side counters, for comparison with the kernel's.
-export interface UserPathCounters {
-  clientsToKernel: number;
-  clientsFromKernel: number;
-  bindsFromUser: number;
-  slowHandovers: number;
-  reclaims: number; // bound pairs taken back for a request only user space can rewrite
-  serversToKernel: number;
-  serversFromKernel: number;
-  paramsChanged: number;
-  kernelServerLost: number;
-  handoffs: number; // transactions taken over mid-way for a named statement or session state
+// Opens the kernel path per the bypass setting: the controller when it loads, else user
+// space only. 'on' throws when it cannot load. config: the running config (reload changes it).
+export function openKernelHost(mode: BypassMode, config: () => Config): KernelHost {
+  if (mode === 'off') return new UserSpaceOnly({ mode, loaded: false, reason: 'bypass: off' });
+  let kernel: KernelPathType;
+  try {
+    // Loaded lazily so 'off' never needs the addon or root.
+    const { KernelPath } = require('./kernel-path') as typeof import('./kernel-path');
+    kernel = KernelPath.open();
+  } catch (e) {
+    const why = (e as Error).message.split('\n')[0];
+    if (mode === 'on') throw new Error(`bypass: on, but the kernel path cannot be used: ${why}`);
+    log.warn(`kernel path unavailable, serving in user space: ${why}`);
+    return new UserSpaceOnly({ mode, loaded: false, reason: why });
+  }
+  log.info('kernel path loaded: steady-state traffic bypasses user space');
+  return new BypassController(kernel, { mode, loaded: true, reason: 'loaded' }, config);
 }
 
 const ERROR_RESPONSE = 0x45; // 'E' from a server
@@ -66,9 +68,8 @@ const fdOf = (sock: unknown): number | null => {
   return h && typeof h.fd === 'number' && h.fd >= 0 ? h.fd : null;
 };
 
-export class BypassController implements IdleServerHost {
-  private kernel: KernelPathType | null = null;
-  readonly status: BypassStatus;
+export class BypassController implements KernelHost {
+  private kernel: KernelPathType | null;
   private clients = new Map<number, ClientConnection>(); // registered with the kernel, by kernel id
   private servers = new Map<number, ServerConnection>(); // by kernel id
   private kpools = new Map<Pool, Map<string, number>>(); // settings signature -> kernel pool id
@@ -77,9 +78,7 @@ export class BypassController implements IdleServerHost {
   private freeKids = Array.from({ length: 255 }, (_, i) => i + 1);
   // What each Pool's kernel pools carried, sampled once a second (SHOW STATS, metrics).
   readonly poolStats = new KernelPoolStats();
-  readonly counters: UserPathCounters = {
-    clientsToKernel: 0, clientsFromKernel: 0, bindsFromUser: 0, slowHandovers: 0, reclaims: 0, serversToKernel: 0, serversFromKernel: 0, paramsChanged: 0, kernelServerLost: 0, handoffs: 0,
-  };
+  readonly counters: UserPathCounters = zeroUserPathCounters();
   // Connections kept in user space because they use TLS (the kernel cannot splice TLS
   // records): SHOW BYPASS fallback_tls_client / fallback_tls_server.
   readonly tlsFallbacks = { client: 0, server: 0 };
@@ -110,31 +109,13 @@ export class BypassController implements IdleServerHost {
     return true;
   }
 
-  // Opens the kernel path per the bypass setting; 'on' throws when it cannot load.
   constructor(
-    mode: BypassMode,
-    private readonly pooler: Pooler,
+    kernel: KernelPathType,
+    readonly status: BypassStatus,
+    private readonly config: () => Config,
   ) {
-    this.status = { mode, loaded: false, reason: 'bypass: off' };
-    if (mode === 'off') return;
-    try {
-      // Loaded lazily so 'off' never needs the addon or root.
-      const { KernelPath } = require('./kernel-path') as typeof import('./kernel-path');
-      this.kernel = KernelPath.open();
-      this.kernel.onEvent((e) => this.onKernelEvent(e));
-      this.status.loaded = true;
-      this.status.reason = 'loaded';
-      log.info('kernel path loaded: steady-state traffic bypasses user space');
-    } catch (e) {
-      const why = (e as Error).message.split('\n')[0];
-      this.status.reason = why;
-      if (mode === 'on') throw new Error(`bypass: on, but the kernel path cannot be used: ${why}`);
-      log.warn(`kernel path unavailable, serving in user space: ${why}`);
-    }
-  }
-
-  get active(): boolean {
-    return this.kernel !== null;
+    this.kernel = kernel;
+    kernel.onEvent((e) => this.onKernelEvent(e));
   }
 
   // ---- pools ----
@@ -144,13 +125,13 @@ export class BypassController implements IdleServerHost {
 
   poolCreated(pool: Pool): void {
     if (!this.kernel || pool.settings.mode === 'statement') return;
-    pool.kernelHost = this;
     this.kpools.set(pool, new Map());
-    // While clients wait (or the pool is paused) the kernel binds no new transaction:
-    // requests queue in user space, FIFO, behind the waiters.
-    pool.onWaitersChanged = () => {
-      for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, this.holdKernel(pool));
-    };
+  }
+
+  // While clients wait (or the pool is paused) the kernel binds no new transaction:
+  // requests queue in user space, FIFO, behind the waiters.
+  waitersChanged(pool: Pool): void {
+    for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, this.holdKernel(pool));
   }
 
   private holdKernel(pool: Pool): boolean {
@@ -194,10 +175,10 @@ export class BypassController implements IdleServerHost {
     return 0;
   }
 
-  // IdleServerHost: a server idle in user space goes to the kernel's idle stack.
+  // A server idle in user space goes to the kernel's idle stack.
   offerIdle(pool: Pool, server: ServerConnection): boolean {
     const k = this.kernel;
-    if (!k || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
       return false;
@@ -207,7 +188,6 @@ export class BypassController implements IdleServerHost {
     if (!this.servers.has(skid(server))) {
       this.servers.set(skid(server), server);
       server.once('close', () => this.serverClosed(server));
-      server.kernelPassed = () => this.serverPassed(server);
     }
     const move = this.home(server, kid);
     if (move === false) return false;
@@ -218,14 +198,14 @@ export class BypassController implements IdleServerHost {
     return true;
   }
 
-  // IdleServerHost: a user-space client takes a server idle in the kernel, preferring
-  // one whose settings are already the client's.
-  takeIdle(pool: Pool, hint?: unknown): ServerConnection | null {
+  // A user-space client takes a server idle in the kernel, preferring one whose settings
+  // are already the client's.
+  takeIdle(pool: Pool, hint?: ClientConnection): ServerConnection | null {
     const k = this.kernel;
     const bySig = this.kpools.get(pool);
     if (!k || !bySig) return null;
     const kids = [...bySig.entries()];
-    if (hint instanceof ClientConnection) {
+    if (hint) {
       const want = signature(hint.settings);
       kids.sort((a, b) => (a[0] === want ? -1 : b[0] === want ? 1 : 0));
     }
@@ -247,7 +227,7 @@ export class BypassController implements IdleServerHost {
 
   // Moves an idle client to the kernel path when that is safe; false keeps it in user space.
   // aboutToWrite: bytes the caller writes to the client right after (its login response).
-  offerClient(client: ClientConnection, aboutToWrite = 0): boolean {
+  offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
@@ -256,7 +236,7 @@ export class BypassController implements IdleServerHost {
     if (client.rewriter?.namedInTransaction) return false; // its next transaction would be handed back too
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
-      client.socket.once('drain', () => this.offerClient(client));
+      client.socket.once('drain', () => this.offerClient(client, 0));
       return false;
     }
     const kid = this.kidFor(pool, signature(client.settings));
@@ -291,7 +271,6 @@ export class BypassController implements IdleServerHost {
     if (!this.servers.has(skid(server))) {
       this.servers.set(skid(server), server);
       server.once('close', () => this.serverClosed(server));
-      server.kernelPassed = () => this.serverPassed(server);
     }
     const moveServer = this.home(server, kid);
     const moveClient = this.home(client, kid);
@@ -395,7 +374,7 @@ export class BypassController implements IdleServerHost {
     }
     const pool = client.pool!;
     const reset = ['ROLLBACK'];
-    if (pool.settings.mode === 'session' && this.pooler.config.server_reset_query) reset.push(this.pooler.config.server_reset_query);
+    if (pool.settings.mode === 'session' && this.config().server_reset_query) reset.push(this.config().server_reset_query);
     // One statement per Query: DISCARD ALL cannot run in the implicit block of a multi-statement Query.
     runEach(server, reset).then(
       () => {
@@ -411,6 +390,12 @@ export class BypassController implements IdleServerHost {
     if (!this.kernel || !this.clients.has(client.id)) return null;
     const st = this.kernel.read(client.id);
     return st && st.peer ? this.servers.get(st.peer) ?? null : null;
+  }
+
+  // Whether the kernel has a server bound to this client now (its own bytes may still reach
+  // user space: kernelServer), i.e. it is inside a transaction the kernel carries.
+  clientBound(client: ClientConnection): boolean {
+    return client.kernelServer !== null || this.serverOf(client) !== null;
   }
 
   // Whether the kernel has bound a server of its own to this one now (SHOW SERVERS, PAUSE).
@@ -522,7 +507,7 @@ export class BypassController implements IdleServerHost {
     return st.mode !== Mode.BOUND && !st.applying && flushed;
   }
 
-  private serverPassed(server: ServerConnection): void {
+  serverPassed(server: ServerConnection): void {
     const st = this.kernel!.read(skid(server));
     if (st && st.peer) {
       // Bytes of a transaction the kernel was carrying: the pair comes to user space.
@@ -704,7 +689,7 @@ export class BypassController implements IdleServerHost {
   // redirected to the client, its binding, its outstanding requests), sampled here.
   private kernelClientTimeouts(now: number): void {
     const k = this.kernel!;
-    const c = this.pooler.config;
+    const c = this.config();
     if (c.client_idle_timeout <= 0 && c.idle_transaction_timeout <= 0 && c.query_timeout <= 0) return;
     for (const client of this.clients.values()) {
       if (client.state !== ClientState.Kernel || this.timingOut.has(client)) continue;
@@ -719,7 +704,7 @@ export class BypassController implements IdleServerHost {
       const quietFor = now - since;
       let why: { code: string; message: string } | null = null;
       if (c.query_timeout > 0 && busySince && now - busySince > c.query_timeout * 1000) {
-        this.pooler.cancel(client.cancelPid, client.cancelKey);
+        client.cancelRunningQuery();
         why = { code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' };
       } else if (c.idle_transaction_timeout > 0 && st.peer && st.outstanding === 0 && quietFor > c.idle_transaction_timeout * 1000) {
         why = { code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' };
@@ -774,6 +759,13 @@ export class BypassController implements IdleServerHost {
     if (st && st.mode === Mode.USER && st.peer === 0 && st.flags & ConnFlags.RETIRE) this.retired(server);
   }
 
+  // Sampled each second by the janitor, and again whenever SHOW STATS or /metrics reads
+  // them (a few per-CPU map reads), so a reader sees every transaction already answered.
+  trafficByPool(): Map<Pool, Partial<Totals>> {
+    this.sampleStats();
+    return this.poolStats.byPool();
+  }
+
   // Folds what the kernel pools carried since the last sample into their Pools' totals.
   sampleStats(): void {
     const k = this.kernel;
@@ -793,8 +785,7 @@ export class BypassController implements IdleServerHost {
 
   // Kernel and user-space counters by name, for Prometheus.
   flatCounters(): Record<string, number | bigint> {
-    const out: Record<string, number | bigint> = {};
-    for (const [k, v] of Object.entries(this.counters)) out[`user_${k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())}`] = v;
+    const out = flatUserCounters(this.counters);
     const kc = this.kernelCounters();
     if (kc) {
       out.transactions = kc.transactions;
@@ -810,17 +801,11 @@ export class BypassController implements IdleServerHost {
 
   // Rows for SHOW BYPASS and the SIGUSR1 line.
   info(): Array<[string, string]> {
-    const rows: Array<[string, string]> = [
-      ['mode', this.status.mode],
-      ['loaded', this.status.loaded ? 'yes' : 'no'],
-      ['reason', this.status.reason],
-    ];
     let clientsInKernel = 0;
     for (const c of this.clients.values()) if (c.state === ClientState.Kernel) clientsInKernel++;
     let serversInKernel = 0;
     for (const s of this.servers.values()) if (s.state === ServerState.Kernel) serversInKernel++;
-    rows.push(['clients_in_kernel', String(clientsInKernel)], ['servers_in_kernel', String(serversInKernel)]);
-    for (const [k, v] of Object.entries(this.counters)) rows.push([`user_${k}`, String(v)]);
+    const rows = statusRows(this.status, this.counters, clientsInKernel, serversInKernel);
     const kc = this.kernelCounters();
     if (kc) {
       rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],

@@ -3,8 +3,8 @@
 // when a client closes its counters are folded into its pool's retired totals, so
 // per-pool and per-database totals are: retired + the live clients of the pool.
 import type { ClientConnection } from '../client-connection';
-import type { ServerConnection } from '../server-connection';
 import type { Pool } from '../pool';
+import type { KernelHost } from '../kernel-host';
 
 const nowUs = (): number => performance.now() * 1000;
 
@@ -20,15 +20,6 @@ export const statsEvents = {
   logins: 0,
   loginsByDb: new Map<string, number>(),
   errors: new Map<string, number>(), // "source\0sqlstate" -> count
-  // Traffic the kernel path carried, per pool (cumulative since start-up), added to the
-  // user-space totals in SHOW STATS/TOTALS and the Prometheus traffic counters. The bypass
-  // controller sets it; time fields are µs.
-  kernelTotals: null as null | (() => Map<Pool, Partial<Totals>>),
-  // Whether a server owned by the kernel path is bound to a client now (SHOW POOLS sv_active,
-  // SHOW SERVERS state, PAUSE's wait); unset: kernel-owned servers count as idle.
-  kernelServerBound: null as null | ((server: ServerConnection) => boolean),
-  // Whether a client carried by the kernel path is inside a transaction now (SHOW CLIENTS state).
-  kernelClientBound: null as null | ((client: ClientConnection) => boolean),
 };
 
 // A client logged in (to a pool or the admin console).
@@ -169,6 +160,7 @@ export function retireClient(client: ClientConnection): void {
 export interface StatsHost {
   readonly clients: Set<ClientConnection>;
   readonly pools: Map<string, Pool>;
+  readonly kernel: Pick<KernelHost, 'trafficByPool'>;
 }
 
 // Totals per pool (retired + live clients).
@@ -180,12 +172,10 @@ export function poolTotals(host: StatsHost): Map<Pool, Totals> {
     const t = out.get(c.pool);
     if (t) addClient(t, c);
   }
-  const kernel = statsEvents.kernelTotals?.();
-  if (kernel) {
-    for (const [p, k] of kernel) {
-      const t = out.get(p);
-      if (t) addTotals(t, { ...zeroTotals(), ...k });
-    }
+  // Traffic the kernel path carried (cumulative since start-up; time fields in µs).
+  for (const [p, k] of host.kernel.trafficByPool()) {
+    const t = out.get(p);
+    if (t) addTotals(t, { ...zeroTotals(), ...k });
   }
   return out;
 }
