@@ -22,6 +22,7 @@ import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from './session-parameters';
 import { runEach } from './server-reset';
+import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave } from './pooling-policy';
 import { ScramServerSession, mockScramVerifier } from './auth/scram';
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
 import type { ClientProof } from './auth/auth-query';
@@ -32,7 +33,6 @@ import { log } from './log';
 import { ClientTiming, countError } from './metrics/stats';
 import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
 import { ReplyAction, ReplyEnd } from './reply-filter';
-import { classifySql } from './sql-classifier';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from './protocol/request-format';
 
@@ -870,24 +870,12 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.server = null;
     this.state = ClientState.Idle;
     server.unlink();
-    if (this.host.config.server_reset_query_always && this.host.config.server_reset_query) {
-      this.resetAndRelease(server);
-    } else this.pool!.release(server);
+    const pool = this.pool!;
+    const steps = stepsAtTransactionEnd(pool.settings.resetQuery, pool.settings.resetQueryAlways);
+    cleanServer(server, steps, (s) => pool.release(s), 'server_reset_query failed', this.guard.bind(this));
     if (this.pending.length) this.requestServer();
     else this.host.kernel.offerClient(this, 0);
     if (this.rewriter) this.rewriter.namedInTransaction = false; // a transaction without one lets it go back
-  }
-
-  private resetAndRelease(server: ServerConnection): void {
-    const pool = this.pool!;
-    server.runInternal(this.host.config.server_reset_query).then(
-      this.guard(() => {
-        server.applied.clear();
-        if (dropsStatements([this.host.config.server_reset_query])) server.statements.clear();
-        pool.release(server);
-      }),
-      this.guard((e: Error) => server.close(`server_reset_query failed: ${e.message}`)),
-    );
   }
 
   // ---- errors and shutdown ----
@@ -940,44 +928,27 @@ export class ClientConnection implements ServerPeer, Guarded {
       server.close('client left while a request was in progress', false);
       return;
     }
-    const steps: string[] = [];
-    if (this.tracker.status !== 'I') steps.push('ROLLBACK');
-    const cfg = this.host.config;
-    if (this.rewriter?.session.pinned) {
-      steps.push('DISCARD ALL'); // what it pinned (LISTEN, temp tables, locks...) must not reach the next client
-    } else if (pool.settings.mode === 'session' || cfg.server_reset_query_always) {
-      if (cfg.server_reset_query) steps.push(cfg.server_reset_query);
-    }
-    if (steps.length === 0) return pool.release(server);
-    runEach(server, steps).then(
-      this.guard(() => {
-        if (steps.length > 1 || steps[0] !== 'ROLLBACK') {
-          server.applied.clear();
-          if (dropsStatements(steps)) server.statements.clear();
-        }
-        pool.release(server);
-      }),
-      this.guard((e: Error) => server.close(`reset after client left failed: ${e.message}`)),
-    );
+    const s = pool.settings;
+    const steps = stepsOnLeave({
+      inTransaction: this.tracker.status !== 'I', pinned: this.rewriter?.session.pinned ?? false,
+      mode: s.mode, resetQuery: s.resetQuery, resetQueryAlways: s.resetQueryAlways,
+    });
+    cleanServer(server, steps, (x) => pool.release(x), 'reset after client left failed', this.guard.bind(this));
   }
 
   // Applies client_idle_timeout, idle_transaction_timeout and query_timeout (user-space path;
   // the bypass controller applies them to clients in the kernel).
   checkTimeouts(now: number): void {
     if (this.state === ClientState.Kernel) return; // the bypass controller watches these
-    const c = this.host.config;
-    if (c.query_timeout > 0 && this.requestSince && now - this.requestSince > c.query_timeout * 1000) {
-      this.cancelRunningQuery(); // stop the query on the server, not just the client
-      return this.fatal({ code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' });
-    }
-    const idleFor = now - this.lastActivity;
-    if (c.idle_transaction_timeout > 0 && this.server && this.tracker.outstanding === 0 && this.tracker.status !== 'I'
-        && idleFor > c.idle_transaction_timeout * 1000) {
-      return this.fatal({ code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' });
-    }
-    if (c.client_idle_timeout > 0 && this.state === ClientState.Idle && idleFor > c.client_idle_timeout * 1000) {
-      return this.fatal({ code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long' });
-    }
+    const why = clientTimeout(this.host.config, {
+      busySince: this.requestSince,
+      quietSince: this.lastActivity,
+      idleInTransaction: this.server !== null && this.tracker.outstanding === 0 && this.tracker.status !== 'I',
+      betweenTransactions: this.state === ClientState.Idle,
+    }, now);
+    if (!why) return;
+    if (why.cancelQuery) this.cancelRunningQuery(); // stop the query on the server, not just the client
+    this.fatal({ code: why.code, message: why.message });
   }
 
   // Sends a cancel request for the query this client is running (query_timeout).
@@ -1035,11 +1006,6 @@ export function logSafe(s: string, max = 64): string {
   return clean.length > max ? `${clean.slice(0, max)}...(${s.length} chars)` : clean;
 }
 const UNSET = '\u0001unset'; // current_setting() of a parameter that does not exist
-
-// Whether these reset statements drop the server's prepared statements.
-function dropsStatements(sqls: string[]): boolean {
-  return sqls.some((q) => classifySql(q).some((e) => e.kind === 'discard_all' || (e.kind === 'deallocate' && e.name === null)));
-}
 
 // The bytes of request units as the client sent them.
 function rawBytes(units: RequestUnit[]): Buffer[] {

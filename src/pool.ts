@@ -5,6 +5,7 @@ import type { PoolMode } from './config/types';
 import type { ClientConnection } from './client-connection';
 import type { KernelHost } from './kernel-host';
 import { log } from './log';
+import { idleServerVerdict, lifetimeReached } from './pooling-policy';
 
 export interface PoolSettings {
   mode: PoolMode;
@@ -138,7 +139,7 @@ export class Pool {
     if (!server.isUsable) return;
     if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
     if (this.excess > 0) return server.close('pool size lowered');
-    if (this.expired(server)) {
+    if (lifetimeReached(this.settings, server.createdAt, Date.now())) {
       server.close('server_lifetime reached');
       return;
     }
@@ -306,10 +307,6 @@ export class Pool {
     }
   }
 
-  private expired(s: ServerConnection): boolean {
-    return this.settings.serverLifetime > 0 && Date.now() - s.createdAt > this.settings.serverLifetime * 1000;
-  }
-
   private emitChanged(): void {
     // A server went away: keep min_pool_size and any waiters served.
     if (this.waiters.length || this.servers.size < this.settings.minSize) setImmediate(() => this.grow());
@@ -343,9 +340,8 @@ export class Pool {
     const keep: ServerConnection[] = [];
     for (const srv of [...this.idle]) { // close() removes from this.idle
       if (!srv.isUsable) continue;
-      const idleTooLong = s.serverIdleTimeout > 0 && now - srv.lastUsed > s.serverIdleTimeout * 1000 && this.servers.size > s.minSize;
-      if (idleTooLong) srv.close('server_idle_timeout');
-      else if (this.expired(srv)) srv.close('server_lifetime reached');
+      const why = idleServerVerdict(s, { createdAt: srv.createdAt, idleSince: srv.lastUsed, closeNeeded: srv.closeNeeded }, this.servers.size, now);
+      if (why) srv.close(why);
       else keep.push(srv);
     }
     this.idle = keep;

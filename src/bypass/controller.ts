@@ -11,7 +11,7 @@ import {
   BypassStatus, KernelHost, UserPathCounters, UserSpaceOnly, flatUserCounters, statusRows, zeroUserPathCounters,
 } from '../kernel-host';
 import { TRACKED_PARAMETERS, serverSettings } from '../session-parameters';
-import { runEach } from '../server-reset';
+import { anyClientTimeout, cleanServer, clientTimeout, idleServerVerdict, stepsOnLeave } from '../pooling-policy';
 import { SqlState } from '../protocol/constants';
 import { log } from '../log';
 import { isTlsSocket } from '../tls';
@@ -373,16 +373,11 @@ export class BypassController implements KernelHost {
       return;
     }
     const pool = client.pool!;
-    const reset = ['ROLLBACK'];
-    if (pool.settings.mode === 'session' && this.config().server_reset_query) reset.push(this.config().server_reset_query);
-    // One statement per Query: DISCARD ALL cannot run in the implicit block of a multi-statement Query.
-    runEach(server, reset).then(
-      () => {
-        if (reset.length > 1) server.applied.clear();
-        pool.release(server);
-      },
-      (e: Error) => server.close(`reset after client left failed: ${e.message}`),
-    );
+    const s = pool.settings;
+    // The kernel path does not track the transaction status: ROLLBACK in any case. It
+    // never carries a pinned client.
+    const steps = stepsOnLeave({ inTransaction: true, pinned: false, mode: s.mode, resetQuery: s.resetQuery, resetQueryAlways: s.resetQueryAlways });
+    cleanServer(server, steps, (x) => pool.release(x), 'reset after client left failed');
   }
 
   // The server the kernel has bound to this client now, if any.
@@ -674,10 +669,9 @@ export class BypassController implements KernelHost {
         const st = k.read(skid(server));
         const seen = this.activity.get(server);
         if (!seen || (st && st.redirected !== seen.redirected)) this.activity.set(server, { redirected: st?.redirected ?? 0n, since: now });
-        const idleFor = now - Math.max(this.activity.get(server)!.since, server.lastUsed);
-        if (server.closeNeeded) server.close('close_needed (RECONNECT)');
-        else if (s.serverLifetime > 0 && now - server.createdAt > s.serverLifetime * 1000) server.close('server_lifetime reached');
-        else if (s.serverIdleTimeout > 0 && idleFor > s.serverIdleTimeout * 1000 && pool.servers.size > s.minSize) server.close('server_idle_timeout');
+        const idleSince = Math.max(this.activity.get(server)!.since, server.lastUsed);
+        const why = idleServerVerdict(s, { createdAt: server.createdAt, idleSince, closeNeeded: server.closeNeeded }, pool.servers.size, now);
+        if (why) server.close(why);
         else pool.serverAvailable(server);
       }
     }
@@ -690,7 +684,7 @@ export class BypassController implements KernelHost {
   private kernelClientTimeouts(now: number): void {
     const k = this.kernel!;
     const c = this.config();
-    if (c.client_idle_timeout <= 0 && c.idle_transaction_timeout <= 0 && c.query_timeout <= 0) return;
+    if (!anyClientTimeout(c)) return;
     for (const client of this.clients.values()) {
       if (client.state !== ClientState.Kernel || this.timingOut.has(client)) continue;
       const st = k.read(client.id);
@@ -701,20 +695,11 @@ export class BypassController implements KernelHost {
       const busySince = st.outstanding > 0 ? (prev && prev.outstanding > 0 ? prev.busySince : now) : 0;
       this.seen.set(client, { redirected: st.redirected, peer: st.peer, outstanding: st.outstanding, since, busySince });
       client.lastActivity = Math.max(client.lastActivity, since);
-      const quietFor = now - since;
-      let why: { code: string; message: string } | null = null;
-      if (c.query_timeout > 0 && busySince && now - busySince > c.query_timeout * 1000) {
-        client.cancelRunningQuery();
-        why = { code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' };
-      } else if (c.idle_transaction_timeout > 0 && st.peer && st.outstanding === 0 && quietFor > c.idle_transaction_timeout * 1000) {
-        why = { code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' };
-      } else if (c.client_idle_timeout > 0 && !st.peer && quietFor > c.client_idle_timeout * 1000) {
-        why = { code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long' };
-      }
+      const why = clientTimeout(c, { busySince, quietSince: since, idleInTransaction: st.peer !== 0 && st.outstanding === 0, betweenTransactions: !st.peer }, now);
       if (why) {
-        const reason = why;
+        if (why.cancelQuery) client.cancelRunningQuery();
         this.timingOut.add(client);
-        this.whenFlushed(client).then(() => client.fatal(reason));
+        this.whenFlushed(client).then(() => client.fatal({ code: why.code, message: why.message }));
       }
     }
   }
