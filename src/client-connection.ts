@@ -35,18 +35,9 @@ import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './r
 import { ReplyAction, ReplyEnd } from './reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from './protocol/request-format';
+import { ClientState, moveClient } from './connection-state';
 
-export enum ClientState {
-  Startup = 'startup',
-  AuthLookup = 'auth-lookup', // waiting for auth_query to find the user's secret
-  Auth = 'auth',
-  Login = 'login', // authenticated, learning the pool's server parameters
-  Idle = 'idle', // between transactions, no server
-  Waiting = 'waiting', // has a request, waits for a server
-  Active = 'active', // linked to a server in user space
-  Kernel = 'kernel', // the kernel path carries its data
-  Closed = 'closed',
-}
+export { ClientState } from './connection-state';
 
 // What a client needs from the proxy around it (the Pooler).
 export interface ClientHost {
@@ -84,7 +75,14 @@ const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much
 
 export class ClientConnection implements ServerPeer, Guarded {
   readonly id = nextClientId++;
-  state = ClientState.Startup;
+  private current = ClientState.Startup;
+  get state(): ClientState {
+    return this.current;
+  }
+  // Every change of state goes through here (src/connection-state.ts checks the move).
+  private moveTo(to: ClientState): void {
+    this.current = moveClient(`C-${this.id}`, this.current, to);
+  }
   user = '';
   database = '';
   appName = '';
@@ -117,9 +115,15 @@ export class ClientConnection implements ServerPeer, Guarded {
   private startup = new Map<string, string>();
   private encryptionAnswered = new Set<number>();
   // The server the kernel has bound to this client while its own bytes still reach user space.
-  kernelServer: ServerConnection | null = null;
+  get kernelServer(): ServerConnection | null {
+    return this.boundServer;
+  }
+  private boundServer: ServerConnection | null = null;
   // Set while the client's settings are being learned after it changed them in the kernel path.
-  settingsReady: Promise<void> | null = null;
+  get settingsReady(): Promise<void> | null {
+    return this.settingsLearned;
+  }
+  private settingsLearned: Promise<void> | null = null;
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
   // When set, the admin console consumes this client's messages instead of a pool.
@@ -163,7 +167,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     } catch (e2) {
       // Even the error path failed: drop the socket, and still leave the registry.
       log.error(`${this.label} closing after an internal error failed: ${(e2 as Error).stack}`);
-      this.state = ClientState.Closed;
+      if (this.state !== ClientState.Closed) this.moveTo(ClientState.Closed);
       this.socket.destroy();
       try {
         this.host.clientClosed(this);
@@ -311,7 +315,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private beginAuth(): void {
-    this.state = ClientState.Auth;
+    this.moveTo(ClientState.Auth);
     const local = this.socket.remoteAddress === undefined; // the unix-socket listener
     const encrypted = (this.socket as { encrypted?: boolean }).encrypted === true; // a TLSSocket, once TLS is in
     const hba = clientAuthType(this.host.config, { local, ssl: encrypted, address: this.socket.remoteAddress, database: this.database, user: this.user });
@@ -320,15 +324,15 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.secret = this.host.userSecret(this.user);
     const lookup = this.secret === undefined && !this.host.isAdminDatabase(this.database) ? this.host.lookupSecret?.(this) : undefined;
     if (!lookup) return this.askForPassword();
-    this.state = ClientState.AuthLookup;
+    this.moveTo(ClientState.AuthLookup);
     lookup.then(
       this.guard((secret: string | undefined) => {
         if (this.state !== ClientState.AuthLookup) return;
         this.secret = secret;
-        this.state = ClientState.Auth;
+        this.moveTo(ClientState.Auth);
         this.askForPassword();
         this.resumeReading();
-        if (this.state === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
+        if ((this.state as ClientState) === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
       }),
       this.guard((e: Error) => this.fatal({ code: SqlState.ConnectionFailure, message: e.message })),
     );
@@ -410,7 +414,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private authenticated(): void {
-    this.state = ClientState.Login;
+    this.moveTo(ClientState.Login);
     this.loggedIn = true;
     this.scram = null;
     if (this.host.isAdminDatabase(this.database)) {
@@ -469,7 +473,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     for (const [k, v] of this.settings) if (isReported(k)) reported.set(k, v);
     for (const [k, v] of reported) out.push(parameterStatus(k, v));
     out.push(backendKeyData(this.cancelPid, this.cancelKey), readyForQuery('I'));
-    this.state = ClientState.Idle;
+    this.moveTo(ClientState.Idle);
     this.host.clientLoggedIn(this);
     log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
     // The kernel path sees every byte after registration, so register before the client can answer.
@@ -490,7 +494,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       return;
     }
     if (this.state === ClientState.Kernel) {
-      this.state = ClientState.Idle; // the kernel passed it up
+      this.moveTo(ClientState.Idle); // the kernel passed it up
       this.requestSince = 0;
       this.host.kernel.leftKernel(this);
       if (this.heldInput) {
@@ -539,10 +543,10 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (end > from) units.push(chunk.subarray(from, end));
     if (this.kernelServer && units.length) {
       if (rw && units.some((u) => rw.needsRewrite(u))) {
-        if (!this.host.kernel.reclaimBound(this)) this.kernelServer = null; // released meanwhile: a new request
+        if (!this.host.kernel.reclaimBound(this)) this.boundServer = null; // released meanwhile: a new request
       } else {
         if (this.host.kernel.feedKernelBound(this, Buffer.concat(rawBytes(units)))) return;
-        this.kernelServer = null; // released by the kernel: these bytes are a new request
+        this.boundServer = null; // released by the kernel: these bytes are a new request
       }
     }
     if (units.length) this.forward(units);
@@ -597,7 +601,7 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private requestServer(): void {
     const pool = this.pool!;
-    this.state = ClientState.Waiting;
+    this.moveTo(ClientState.Waiting);
     this.timing.waiting(pool);
     pool.acquire().then(
       this.guard((server: ServerConnection) => {
@@ -622,7 +626,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (this.settingsReady) {
       const ready = this.settingsReady;
       ready.then(this.guard(() => {
-        if (this.settingsReady === ready) this.settingsReady = null;
+        if (this.settingsLearned === ready) this.settingsLearned = null;
         this.attach(server);
       }));
       return;
@@ -669,7 +673,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           if (!failed) return this.fatal({ code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}` });
           if (this.pending.length) this.requestServer();
           else {
-            this.state = ClientState.Idle;
+            this.moveTo(ClientState.Idle);
             this.host.kernel.offerClient(this, 0);
           }
         }),
@@ -685,14 +689,14 @@ export class ClientConnection implements ServerPeer, Guarded {
       if (this.host.kernel.bindInKernel(this, server, rawBytes(units))) {
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
-        this.state = ClientState.Kernel; // the kernel carries this transaction
+        this.moveTo(ClientState.Kernel); // the kernel carries this transaction
         this.socket.resume();
         return;
       }
       this.pending = units;
     }
     this.server = server;
-    this.state = ClientState.Active;
+    this.moveTo(ClientState.Active);
     this.timing.attached();
     server.link(this);
     const pending = this.pending;
@@ -818,7 +822,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (names.size === 0) return this.detach(server);
     const list = [...names];
     this.server = null;
-    this.state = ClientState.Waiting; // requests meanwhile wait in pending
+    this.moveTo(ClientState.Waiting); // requests meanwhile wait in pending
     server.unlink();
     const sql = `SELECT ${list.map((n) => `coalesce(pg_catalog.current_setting('${n.replace(/'/g, "''")}', true), '${UNSET}')`).join(', ')}`;
     server.queryValues(sql).then(
@@ -868,7 +872,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   // Gives the server back at a transaction end; the client stays, idle.
   private detach(server: ServerConnection): void {
     this.server = null;
-    this.state = ClientState.Idle;
+    this.moveTo(ClientState.Idle);
     server.unlink();
     const pool = this.pool!;
     const steps = stepsAtTransactionEnd(pool.settings.resetQuery, pool.settings.resetQueryAlways);
@@ -896,7 +900,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
-    this.state = ClientState.Closed;
+    this.moveTo(ClientState.Closed);
     if (this.loginTimer) clearTimeout(this.loginTimer);
     if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);
     const server = this.server;
@@ -951,6 +955,25 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.fatal({ code: why.code, message: why.message });
   }
 
+  // ---- moves the kernel path makes (called by the bypass controller only) ----
+
+  // The kernel carries this client's traffic now (moved there idle, or its request fed to
+  // the server the kernel has bound to it).
+  enteredKernel(): void {
+    this.moveTo(ClientState.Kernel);
+  }
+
+  // The kernel has bound server to this client while the client's bytes still reach user
+  // space (null: it no longer has, or the client is wholly in the kernel again).
+  kernelBoundTo(server: ServerConnection | null): void {
+    this.boundServer = server;
+  }
+
+  // Its next server waits until `ready` (its settings, changed in the kernel, are learned).
+  awaitSettings(ready: Promise<void>): void {
+    this.settingsLearned = ready;
+  }
+
   // Sends a cancel request for the query this client is running (query_timeout).
   cancelRunningQuery(): void {
     this.host.cancel(this.cancelPid, this.cancelKey);
@@ -963,12 +986,12 @@ export class ClientConnection implements ServerPeer, Guarded {
   adoptedTail: { tailMessages: number; tailAnswered: number } | null = null;
   adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
     this.adoptedTail = tail ?? null;
-    this.kernelServer = null;
+    this.boundServer = null;
     this.tracker.outstanding = outstanding;
     this.tracker.tailOpen = tailOpen;
     this.tracker.status = 'T'; // unknown until its next ReadyForQuery: never released before that
     this.server = server;
-    this.state = ClientState.Active;
+    this.moveTo(ClientState.Active);
     server.link(this);
     if (this.rewriter) {
       // What the kernel forwarded is answered first: the rewriter's replies queue behind it.

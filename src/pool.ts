@@ -143,7 +143,7 @@ export class Pool {
       server.close('server_lifetime reached');
       return;
     }
-    server.state = ServerState.Idle;
+    server.parkIdle();
     server.lastUsed = Date.now();
     this.handOut(server);
   }

@@ -18,16 +18,9 @@ import { log } from './log';
 import { countError } from './metrics/stats';
 import { ServerTls, resetAndDestroy, startServerTls } from './tls';
 import type { KernelHost } from './kernel-host';
+import { ServerState, moveServer } from './connection-state';
 
-export enum ServerState {
-  Connecting = 'connecting',
-  Login = 'login',
-  Idle = 'idle', // in its pool, owned by user space
-  Active = 'active', // linked to a client, user space forwards
-  Internal = 'internal', // running a query of the proxy's own (SET, reset, check)
-  Kernel = 'kernel', // owned by the kernel path (idle there or bound to a client)
-  Closed = 'closed',
-}
+export { ServerState } from './connection-state';
 
 export interface ServerTarget {
   host: string; // a directory means a unix socket
@@ -83,7 +76,30 @@ function parseDataRow(body: Buffer): string[] {
 
 export class ServerConnection extends EventEmitter {
   readonly id = nextServerId++;
-  state = ServerState.Connecting;
+  private current = ServerState.Connecting;
+  get state(): ServerState {
+    return this.current;
+  }
+  // Every change of state goes through here (src/connection-state.ts checks the move).
+  private moveTo(to: ServerState): void {
+    this.current = moveServer(`S-${this.id}`, this.current, to);
+  }
+
+  // Back in its pool, idle and owned by user space (Pool.release).
+  parkIdle(): void {
+    this.moveTo(ServerState.Idle);
+  }
+
+  // The kernel path owns it now (its idle stack, or bound to a client there).
+  enteredKernel(): void {
+    this.moveTo(ServerState.Kernel);
+  }
+
+  // User space owns it again, idle (taken from the kernel's idle stack, or a bound pair
+  // handed over: the caller links it next).
+  leftKernel(): void {
+    this.moveTo(ServerState.Idle);
+  }
   readonly params = new Map<string, string>();
   loginParams: Map<string, string> | null = null; // what it reported at login: its session defaults
   readonly applied = new Map<string, string>(); // non-reported settings the proxy SET on it
@@ -152,7 +168,7 @@ export class ServerConnection extends EventEmitter {
         else this.close('server closed the connection');
       });
       sock.on('connect', () => {
-        this.state = ServerState.Login;
+        this.moveTo(ServerState.Login);
         startServerTls(sock, t.host, t.tls).then(
           (s) => {
             if (settled) return;
@@ -219,7 +235,7 @@ export class ServerConnection extends EventEmitter {
                 settled = true;
                 clearTimeout(timer);
                 this.socket.off('data', onLoginData);
-                this.state = ServerState.Idle;
+                this.moveTo(ServerState.Idle);
                 this.loginParams = new Map(this.params);
                 const rest = this.framer.takeRest();
                 this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
@@ -349,13 +365,13 @@ export class ServerConnection extends EventEmitter {
   // Links this server to a client for user-space forwarding.
   link(peer: ServerPeer): void {
     this.peer = peer;
-    this.state = ServerState.Active;
+    this.moveTo(ServerState.Active);
   }
 
   unlink(): void {
     this.peer = null;
     this.replies.clear();
-    if (this.state === ServerState.Active) this.state = ServerState.Idle;
+    if (this.state === ServerState.Active) this.moveTo(ServerState.Idle);
   }
 
   // Runs SQL of the proxy's own and swallows its results. Rejects with the server's error.
@@ -366,11 +382,11 @@ export class ServerConnection extends EventEmitter {
   private runInternalMessages(messages: Buffer): Promise<void> {
     if (this.state === ServerState.Closed) return Promise.reject(new ServerError('server connection is closed'));
     const prev = this.state;
-    this.state = ServerState.Internal;
+    this.moveTo(ServerState.Internal);
     return new Promise<void>((resolve, reject) => {
       this.internal = {
         resolve: () => {
-          this.state = prev === ServerState.Active ? ServerState.Active : ServerState.Idle;
+          this.moveTo(prev === ServerState.Active ? ServerState.Active : ServerState.Idle);
           resolve();
         },
         reject,
@@ -397,7 +413,7 @@ export class ServerConnection extends EventEmitter {
     const job = this.internal!;
     this.internal = null;
     if (job.error) {
-      this.state = ServerState.Idle;
+      this.moveTo(ServerState.Idle);
       job.reject(job.error);
     } else job.resolve();
   }
@@ -418,7 +434,7 @@ export class ServerConnection extends EventEmitter {
   close(reason: string, graceful = true): void {
     if (this.state === ServerState.Closed) return;
     const was = this.state;
-    this.state = ServerState.Closed;
+    this.moveTo(ServerState.Closed);
     if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
     if (this.socket && !this.socket.destroyed) {
       if (graceful && this.socket.writable) this.socket.end(terminate());

@@ -193,7 +193,7 @@ export class BypassController implements KernelHost {
     if (move === false) return false;
     if (!k.serverToIdle(skid(server), server.bytesRead, move)) return false;
     this.kidOf.set(server, kid);
-    server.state = ServerState.Kernel;
+    server.enteredKernel();
     this.counters.serversToKernel++;
     return true;
   }
@@ -215,7 +215,7 @@ export class BypassController implements KernelHost {
         if (id === 0) break;
         const server = this.servers.get(id);
         if (!server || !server.isUsable) continue;
-        server.state = ServerState.Idle;
+        server.leftKernel();
         this.counters.serversFromKernel++;
         return server;
       }
@@ -246,7 +246,7 @@ export class BypassController implements KernelHost {
     if (move === false) return false;
     if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite, move)) return false; // passed bytes still unread: retried later
     this.kidOf.set(client, kid);
-    client.state = ClientState.Kernel;
+    client.enteredKernel();
     this.refreshed.delete(client);
     this.counters.clientsToKernel++;
     return true;
@@ -279,11 +279,11 @@ export class BypassController implements KernelHost {
     if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen, moveServer || moveClient)) return false;
     this.kidOf.set(server, kid);
     this.kidOf.set(client, kid);
-    server.state = ServerState.Kernel;
+    server.enteredKernel();
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
     for (const b of request) server.socket.write(b);
-    client.kernelServer = server;
+    client.kernelBoundTo(server);
     this.refreshed.delete(client);
     this.counters.bindsFromUser++;
     this.tryFlipBound(client);
@@ -300,7 +300,7 @@ export class BypassController implements KernelHost {
     t.reset();
     client.timing.toKernel(); // the kernel answers and times these requests
     server.socket.write(data);
-    client.state = ClientState.Kernel; // the kernel carries its transaction
+    client.enteredKernel(); // the kernel carries its transaction
     this.tryFlipBound(client);
     return true;
   }
@@ -327,7 +327,7 @@ export class BypassController implements KernelHost {
   // bytes to it are out.
   private finishInUserSpace(client: ClientConnection, server: ServerConnection, c: ConnRead,
     frame: ConnRead['frame'], clocks: { xactNs: bigint | null; queryNs: bigint | null }): void {
-    server.state = ServerState.Idle;
+    server.leftKernel();
     server.resumeFrame(frame);
     client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
     // User space sees this transaction's end: it counts it, timed from its kernel start.
@@ -339,7 +339,7 @@ export class BypassController implements KernelHost {
   private tryFlipBound(client: ClientConnection): void {
     if (!client.quietExceptKernelServer) return;
     if (this.kernel!.clientToKernelBound(client.id, client.bytesRead)) {
-      client.kernelServer = null;
+      client.kernelBoundTo(null);
       this.counters.clientsToKernel++;
     }
     // else: its next bytes are already on their way to user space; they come through feedKernelBound
@@ -365,7 +365,7 @@ export class BypassController implements KernelHost {
     if (!serverId) return;
     const server = this.servers.get(serverId);
     if (!server) return;
-    server.state = ServerState.Idle;
+    server.leftKernel();
     this.counters.serversFromKernel++;
     const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
     if (!quiet || !server.isUsable) {
@@ -416,7 +416,7 @@ export class BypassController implements KernelHost {
     if (r === 'taken') {
       // Idle in the kernel: the client's transaction is over and there is nothing to cancel.
       this.counters.serversFromKernel++;
-      server.state = ServerState.Idle;
+      server.leftKernel();
       this.poolOf(server)?.release(server);
       return null;
     }
@@ -459,7 +459,7 @@ export class BypassController implements KernelHost {
       if (settled && this.takePair(client, server, null, null, true)) return true;
       // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
       k.takeBound(clientId);
-      server.state = ServerState.Idle;
+      server.leftKernel();
       server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
       client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
       return true;
@@ -507,14 +507,14 @@ export class BypassController implements KernelHost {
     if (st && st.peer) {
       // Bytes of a transaction the kernel was carrying: the pair comes to user space.
       if (this.adoptPair(st.peer, server)) return; // true, or settling (its input is held)
-      server.state = ServerState.Idle;
+      server.leftKernel();
       const client = this.clients.get(st.peer);
       server.close('the kernel path lost this server\'s framing');
       client?.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (framing)' });
       return;
     }
     this.counters.serversFromKernel++;
-    server.state = ServerState.Idle;
+    server.leftKernel();
     const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
     // After this chunk is handled (a notice is fine, anything else closes it), it is idle again.
     setImmediate(() => {
@@ -593,11 +593,11 @@ export class BypassController implements KernelHost {
         return;
       }
     }
-    if (st && st.peer) client.kernelServer = this.servers.get(st.peer) ?? null;
+    if (st && st.peer) client.kernelBoundTo(this.servers.get(st.peer) ?? null);
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
     // since then already answered it.
     if (this.refreshes.has(client.id) || (st && st.flags & ConnFlags.PARAMS_CHANGED && !this.refreshed.has(client))) {
-      client.settingsReady = this.refreshFor(client.id).promise;
+      client.awaitSettings(this.refreshFor(client.id).promise);
     }
   }
 
@@ -616,7 +616,7 @@ export class BypassController implements KernelHost {
       const server = this.servers.get(e.server);
       this.refreshFor(e.client);
       if (!server) return this.finishRefresh(e.client);
-      server.state = ServerState.Idle;
+      server.leftKernel();
       const pool = this.kidPool.get(this.kidOf.get(server) ?? -1);
       // Learn the client's new values from the server it set them on, then clean the server.
       server.queryValues(`SELECT ${TRACKED_PARAMETERS.map((p) => `current_setting('${p}')`).join(', ')}`).then(
@@ -665,7 +665,7 @@ export class BypassController implements KernelHost {
         }
       }
       for (const server of taken) {
-        server.state = ServerState.Idle;
+        server.leftKernel();
         const st = k.read(skid(server));
         const seen = this.activity.get(server);
         if (!seen || (st && st.redirected !== seen.redirected)) this.activity.set(server, { redirected: st?.redirected ?? 0n, since: now });
@@ -718,7 +718,7 @@ export class BypassController implements KernelHost {
       if (server.state !== ServerState.Kernel) continue;
       const r = k.retire(skid(server));
       if (r === 'taken') {
-        server.state = ServerState.Idle;
+        server.leftKernel();
         this.counters.serversFromKernel++;
         server.close(reason);
       } else {
@@ -733,7 +733,7 @@ export class BypassController implements KernelHost {
   private retired(server: ServerConnection): void {
     this.counters.serversFromKernel++;
     this.retireMarked.delete(server);
-    server.state = ServerState.Idle;
+    server.leftKernel();
     const pool = this.poolOf(server);
     if (server.closeNeeded || !pool) server.close('close_needed (RECONNECT)');
     else pool.release(server);
