@@ -35,7 +35,8 @@ import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './r
 import { ReplyAction, ReplyEnd } from './reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from './protocol/request-format';
-import { ClientState, moveClient } from './connection-state';
+import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
+import { InputHold } from './input-hold';
 
 export { ClientState } from './connection-state';
 
@@ -75,13 +76,9 @@ const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much
 
 export class ClientConnection implements ServerPeer, Guarded {
   readonly id = nextClientId++;
-  private current = ClientState.Startup;
+  private readonly lifecycle = new StateOf(`C-${this.id}`, CLIENT_MOVES, ClientState.Startup); // checked moves only
   get state(): ClientState {
-    return this.current;
-  }
-  // Every change of state goes through here (src/connection-state.ts checks the move).
-  private moveTo(to: ClientState): void {
-    this.current = moveClient(`C-${this.id}`, this.current, to);
+    return this.lifecycle.current;
   }
   user = '';
   database = '';
@@ -167,7 +164,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     } catch (e2) {
       // Even the error path failed: drop the socket, and still leave the registry.
       log.error(`${this.label} closing after an internal error failed: ${(e2 as Error).stack}`);
-      if (this.state !== ClientState.Closed) this.moveTo(ClientState.Closed);
+      if (this.state !== ClientState.Closed) this.lifecycle.to(ClientState.Closed);
       this.socket.destroy();
       try {
         this.host.clientClosed(this);
@@ -315,7 +312,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private beginAuth(): void {
-    this.moveTo(ClientState.Auth);
+    this.lifecycle.to(ClientState.Auth);
     const local = this.socket.remoteAddress === undefined; // the unix-socket listener
     const encrypted = (this.socket as { encrypted?: boolean }).encrypted === true; // a TLSSocket, once TLS is in
     const hba = clientAuthType(this.host.config, { local, ssl: encrypted, address: this.socket.remoteAddress, database: this.database, user: this.user });
@@ -324,12 +321,12 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.secret = this.host.userSecret(this.user);
     const lookup = this.secret === undefined && !this.host.isAdminDatabase(this.database) ? this.host.lookupSecret?.(this) : undefined;
     if (!lookup) return this.askForPassword();
-    this.moveTo(ClientState.AuthLookup);
+    this.lifecycle.to(ClientState.AuthLookup);
     lookup.then(
       this.guard((secret: string | undefined) => {
         if (this.state !== ClientState.AuthLookup) return;
         this.secret = secret;
-        this.moveTo(ClientState.Auth);
+        this.lifecycle.to(ClientState.Auth);
         this.askForPassword();
         this.resumeReading();
         if ((this.state as ClientState) === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
@@ -414,7 +411,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private authenticated(): void {
-    this.moveTo(ClientState.Login);
+    this.lifecycle.to(ClientState.Login);
     this.loggedIn = true;
     this.scram = null;
     if (this.host.isAdminDatabase(this.database)) {
@@ -473,7 +470,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     for (const [k, v] of this.settings) if (isReported(k)) reported.set(k, v);
     for (const [k, v] of reported) out.push(parameterStatus(k, v));
     out.push(backendKeyData(this.cancelPid, this.cancelKey), readyForQuery('I'));
-    this.moveTo(ClientState.Idle);
+    this.lifecycle.to(ClientState.Idle);
     this.host.clientLoggedIn(this);
     log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
     // The kernel path sees every byte after registration, so register before the client can answer.
@@ -489,18 +486,12 @@ export class ClientConnection implements ServerPeer, Guarded {
   // ---- data phase in user space ----
 
   private onRequestBytes(chunk: Buffer): void {
-    if (this.heldInput) {
-      this.heldInput.push(chunk);
-      return;
-    }
+    if (this.heldInput.keep(chunk)) return;
     if (this.state === ClientState.Kernel) {
-      this.moveTo(ClientState.Idle); // the kernel passed it up
+      this.lifecycle.to(ClientState.Idle); // the kernel passed it up
       this.requestSince = 0;
       this.host.kernel.leftKernel(this);
-      if (this.heldInput) {
-        (this.heldInput as Buffer[]).push(chunk); // a hand-over is settling (holdInput)
-        return;
-      }
+      if (this.heldInput.keep(chunk)) return; // a hand-over is settling (holdInput)
     }
     let cut = -1;
     const rw = this.rewriter;
@@ -601,7 +592,7 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private requestServer(): void {
     const pool = this.pool!;
-    this.moveTo(ClientState.Waiting);
+    this.lifecycle.to(ClientState.Waiting);
     this.timing.waiting(pool);
     pool.acquire().then(
       this.guard((server: ServerConnection) => {
@@ -673,7 +664,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           if (!failed) return this.fatal({ code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}` });
           if (this.pending.length) this.requestServer();
           else {
-            this.moveTo(ClientState.Idle);
+            this.lifecycle.to(ClientState.Idle);
             this.host.kernel.offerClient(this, 0);
           }
         }),
@@ -689,14 +680,14 @@ export class ClientConnection implements ServerPeer, Guarded {
       if (this.host.kernel.bindInKernel(this, server, rawBytes(units))) {
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
-        this.moveTo(ClientState.Kernel); // the kernel carries this transaction
+        this.lifecycle.to(ClientState.Kernel); // the kernel carries this transaction
         this.socket.resume();
         return;
       }
       this.pending = units;
     }
     this.server = server;
-    this.moveTo(ClientState.Active);
+    this.lifecycle.to(ClientState.Active);
     this.timing.attached();
     server.link(this);
     const pending = this.pending;
@@ -743,18 +734,13 @@ export class ClientConnection implements ServerPeer, Guarded {
   // Reads none of the client's requests until `until` resolves (a hand-over of its
   // transaction from the kernel path is settling); they are kept in order and read then.
   holdInput(until: Promise<void>): void {
-    if (this.heldInput) return;
-    this.heldInput = [];
-    this.socket.pause();
-    until.then(() => {
-      const held = this.heldInput ?? [];
-      this.heldInput = null;
+    this.heldInput.start(this.socket, until, (held) => {
       if (this.state === ClientState.Closed) return;
       this.socket.resume(); // before: reading them may pause it again (back-pressure)
       for (const chunk of held) if ((this.state as ClientState) !== ClientState.Closed) this.onRequestBytes(chunk);
     });
   }
-  private heldInput: Buffer[] | null = null;
+  private readonly heldInput = new InputHold();
 
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
   // client must reach it first); the server is not read meanwhile (back-pressure).
@@ -822,7 +808,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (names.size === 0) return this.detach(server);
     const list = [...names];
     this.server = null;
-    this.moveTo(ClientState.Waiting); // requests meanwhile wait in pending
+    this.lifecycle.to(ClientState.Waiting); // requests meanwhile wait in pending
     server.unlink();
     const sql = `SELECT ${list.map((n) => `coalesce(pg_catalog.current_setting('${n.replace(/'/g, "''")}', true), '${UNSET}')`).join(', ')}`;
     server.queryValues(sql).then(
@@ -872,7 +858,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   // Gives the server back at a transaction end; the client stays, idle.
   private detach(server: ServerConnection): void {
     this.server = null;
-    this.moveTo(ClientState.Idle);
+    this.lifecycle.to(ClientState.Idle);
     server.unlink();
     const pool = this.pool!;
     const steps = stepsAtTransactionEnd(pool.settings.resetQuery, pool.settings.resetQueryAlways);
@@ -900,7 +886,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
-    this.moveTo(ClientState.Closed);
+    this.lifecycle.to(ClientState.Closed);
     if (this.loginTimer) clearTimeout(this.loginTimer);
     if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);
     const server = this.server;
@@ -960,7 +946,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   // The kernel carries this client's traffic now (moved there idle, or its request fed to
   // the server the kernel has bound to it).
   enteredKernel(): void {
-    this.moveTo(ClientState.Kernel);
+    this.lifecycle.to(ClientState.Kernel);
   }
 
   // The kernel has bound server to this client while the client's bytes still reach user
@@ -991,7 +977,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.tracker.tailOpen = tailOpen;
     this.tracker.status = 'T'; // unknown until its next ReadyForQuery: never released before that
     this.server = server;
-    this.moveTo(ClientState.Active);
+    this.lifecycle.to(ClientState.Active);
     server.link(this);
     if (this.rewriter) {
       // What the kernel forwarded is answered first: the rewriter's replies queue behind it.

@@ -1,5 +1,5 @@
 // The states of a client and of a server connection, and the moves between them. Every
-// change of state goes through moveClient / moveServer (as PgBouncer's change_client_state):
+// change of state goes through StateOf.to (as PgBouncer's change_client_state):
 // a move the table does not list is a bug of ours and is logged as one. It is still made:
 // a running proxy does not drop a client over its own bookkeeping.
 import { log } from './log';
@@ -71,12 +71,20 @@ function illegal(label: string, from: string, to: string): void {
   log.error(`${label}: illegal state transition ${from} -> ${to} (a bug in pgsplice)\n${new Error().stack}`);
 }
 
-export function moveClient(label: string, from: ClientState, to: ClientState): ClientState {
-  if (!isLegalClientMove(from, to)) illegal(label, from, to);
-  return to;
-}
+// The state of one connection: read by anyone, changed only by a checked move.
+export class StateOf<S extends string> {
+  constructor(
+    private readonly label: string,
+    private readonly moves: Readonly<Record<S, readonly S[]>>,
+    private now: S,
+  ) {}
 
-export function moveServer(label: string, from: ServerState, to: ServerState): ServerState {
-  if (!isLegalServerMove(from, to)) illegal(label, from, to);
-  return to;
+  get current(): S {
+    return this.now;
+  }
+
+  to(next: S): void {
+    if (!this.moves[this.now].includes(next)) illegal(this.label, this.now, next);
+    this.now = next;
+  }
 }

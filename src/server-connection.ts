@@ -18,7 +18,8 @@ import { log } from './log';
 import { countError } from './metrics/stats';
 import { ServerTls, resetAndDestroy, startServerTls } from './tls';
 import type { KernelHost } from './kernel-host';
-import { ServerState, moveServer } from './connection-state';
+import { SERVER_MOVES, ServerState, StateOf } from './connection-state';
+import { InputHold } from './input-hold';
 
 export { ServerState } from './connection-state';
 
@@ -76,29 +77,25 @@ function parseDataRow(body: Buffer): string[] {
 
 export class ServerConnection extends EventEmitter {
   readonly id = nextServerId++;
-  private current = ServerState.Connecting;
+  private readonly lifecycle = new StateOf(`S-${this.id}`, SERVER_MOVES, ServerState.Connecting); // checked moves only
   get state(): ServerState {
-    return this.current;
-  }
-  // Every change of state goes through here (src/connection-state.ts checks the move).
-  private moveTo(to: ServerState): void {
-    this.current = moveServer(`S-${this.id}`, this.current, to);
+    return this.lifecycle.current;
   }
 
   // Back in its pool, idle and owned by user space (Pool.release).
   parkIdle(): void {
-    this.moveTo(ServerState.Idle);
+    this.lifecycle.to(ServerState.Idle);
   }
 
   // The kernel path owns it now (its idle stack, or bound to a client there).
   enteredKernel(): void {
-    this.moveTo(ServerState.Kernel);
+    this.lifecycle.to(ServerState.Kernel);
   }
 
   // User space owns it again, idle (taken from the kernel's idle stack, or a bound pair
   // handed over: the caller links it next).
   leftKernel(): void {
-    this.moveTo(ServerState.Idle);
+    this.lifecycle.to(ServerState.Idle);
   }
   readonly params = new Map<string, string>();
   loginParams: Map<string, string> | null = null; // what it reported at login: its session defaults
@@ -168,7 +165,7 @@ export class ServerConnection extends EventEmitter {
         else this.close('server closed the connection');
       });
       sock.on('connect', () => {
-        this.moveTo(ServerState.Login);
+        this.lifecycle.to(ServerState.Login);
         startServerTls(sock, t.host, t.tls).then(
           (s) => {
             if (settled) return;
@@ -235,7 +232,7 @@ export class ServerConnection extends EventEmitter {
                 settled = true;
                 clearTimeout(timer);
                 this.socket.off('data', onLoginData);
-                this.moveTo(ServerState.Idle);
+                this.lifecycle.to(ServerState.Idle);
                 this.loginParams = new Map(this.params);
                 const rest = this.framer.takeRest();
                 this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
@@ -271,11 +268,8 @@ export class ServerConnection extends EventEmitter {
   private onData(chunk: Buffer): void {
     this.bytesRead += BigInt(chunk.length);
     this.lastUsed = Date.now();
-    if (this.state === ServerState.Kernel && !this.heldInput) this.kernel.serverPassed(this);
-    if (this.heldInput) {
-      this.heldInput.push(chunk);
-      return;
-    }
+    if (this.state === ServerState.Kernel && !this.heldInput.active) this.kernel.serverPassed(this);
+    if (this.heldInput.keep(chunk)) return;
     this.onBytes(chunk);
   }
 
@@ -283,16 +277,11 @@ export class ServerConnection extends EventEmitter {
   // path is settling): what arrives meanwhile is kept, in order, and read then. The socket
   // stays paused afterwards: whoever adopted the server resumes it when it may be read.
   holdInput(until: Promise<void>): void {
-    if (this.heldInput) return;
-    this.heldInput = [];
-    this.socket.pause();
-    until.then(() => {
-      const held = this.heldInput ?? [];
-      this.heldInput = null;
+    this.heldInput.start(this.socket, until, (held) => {
       for (const chunk of held) if (!this.socket.destroyed) this.onBytes(chunk);
     });
   }
-  private heldInput: Buffer[] | null = null;
+  private readonly heldInput = new InputHold();
 
   private onBytes(chunk: Buffer): void {
     const peer = this.state === ServerState.Active ? this.peer : null;
@@ -365,13 +354,13 @@ export class ServerConnection extends EventEmitter {
   // Links this server to a client for user-space forwarding.
   link(peer: ServerPeer): void {
     this.peer = peer;
-    this.moveTo(ServerState.Active);
+    this.lifecycle.to(ServerState.Active);
   }
 
   unlink(): void {
     this.peer = null;
     this.replies.clear();
-    if (this.state === ServerState.Active) this.moveTo(ServerState.Idle);
+    if (this.state === ServerState.Active) this.lifecycle.to(ServerState.Idle);
   }
 
   // Runs SQL of the proxy's own and swallows its results. Rejects with the server's error.
@@ -382,11 +371,11 @@ export class ServerConnection extends EventEmitter {
   private runInternalMessages(messages: Buffer): Promise<void> {
     if (this.state === ServerState.Closed) return Promise.reject(new ServerError('server connection is closed'));
     const prev = this.state;
-    this.moveTo(ServerState.Internal);
+    this.lifecycle.to(ServerState.Internal);
     return new Promise<void>((resolve, reject) => {
       this.internal = {
         resolve: () => {
-          this.moveTo(prev === ServerState.Active ? ServerState.Active : ServerState.Idle);
+          this.lifecycle.to(prev === ServerState.Active ? ServerState.Active : ServerState.Idle);
           resolve();
         },
         reject,
@@ -413,7 +402,7 @@ export class ServerConnection extends EventEmitter {
     const job = this.internal!;
     this.internal = null;
     if (job.error) {
-      this.moveTo(ServerState.Idle);
+      this.lifecycle.to(ServerState.Idle);
       job.reject(job.error);
     } else job.resolve();
   }
@@ -434,7 +423,7 @@ export class ServerConnection extends EventEmitter {
   close(reason: string, graceful = true): void {
     if (this.state === ServerState.Closed) return;
     const was = this.state;
-    this.moveTo(ServerState.Closed);
+    this.lifecycle.to(ServerState.Closed);
     if (was !== ServerState.Connecting) log.info(`${this.label} closed: ${reason}`);
     if (this.socket && !this.socket.destroyed) {
       if (graceful && this.socket.writable) this.socket.end(terminate());

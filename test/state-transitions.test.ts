@@ -4,7 +4,7 @@
 // an illegal transition: test/helpers/proxy.ts.)
 import t from 'tap';
 import {
-  CLIENT_MOVES, ClientState, SERVER_MOVES, ServerState, illegalMoves, isLegalClientMove, isLegalServerMove, moveClient, moveServer,
+  CLIENT_MOVES, ClientState, SERVER_MOVES, ServerState, StateOf, illegalMoves, isLegalClientMove, isLegalServerMove,
 } from '../src/connection-state';
 import { ServerConnection } from '../src/server-connection';
 import { USER_SPACE_ONLY } from '../src/kernel-host';
@@ -56,9 +56,12 @@ t.test('server moves', async (t) => {
 
 t.test('an illegal move is reported', async (t) => {
   const before = illegalMoves.count;
-  t.equal(moveClient('C-test', C.Idle, C.Waiting), C.Waiting, 'a legal move returns the new state');
+  const client = new StateOf('C-test', CLIENT_MOVES, C.Idle);
+  client.to(C.Waiting);
+  t.equal(client.current, C.Waiting, 'a legal move is made');
   t.equal(illegalMoves.count, before, 'and reports nothing');
-  moveServer('S-test', S.Closed, S.Idle);
+  const server = new StateOf('S-test', SERVER_MOVES, S.Closed);
+  server.to(S.Idle);
   t.equal(illegalMoves.count, before + 1, 'an illegal one is counted (and logged)');
 });
 
