@@ -102,6 +102,9 @@ class FakeServer extends EventEmitter {
   unlink(): void {
     if (this.state === ServerState.Active) this.state = ServerState.Idle;
   }
+  parkIdle(): void {
+    this.state = ServerState.Idle;
+  }
   close(reason: string): void {
     if (this.state === ServerState.Closed) return;
     this.state = ServerState.Closed;
