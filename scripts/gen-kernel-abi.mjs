@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// Generates src/bypass/kernel-abi.generated.ts from the BTF of the BPF object: struct sizes,
+// Generates src/kernel/kernel-abi.generated.ts from the BTF of the BPF object: struct sizes,
 // field offsets and widths, enum values (flags and limits are enums in ebpf/pgsplice.h so
-// BTF carries them) and the key/value types of the maps. src/bypass/kernel-abi.ts reads the
+// BTF carries them) and the key/value types of the maps. src/kernel/kernel-abi.ts reads the
 // kernel's structs only through these numbers, so the layout has one source: the C header.
 //
 //   node scripts/gen-kernel-abi.mjs [object] [output]
@@ -17,7 +17,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const objPath = process.argv[2] ?? join(root, 'ebpf/pgsplice.bpf.o');
-const outPath = process.argv[3] ?? join(root, 'src/bypass/kernel-abi.generated.ts');
+const outPath = process.argv[3] ?? join(root, 'src/kernel/kernel-abi.generated.ts');
 
 /** The struct whose members name every type user space reads (ebpf/pgsplice.h). */
 const ANCHOR = 'pgs_abi';

@@ -4,10 +4,10 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { loadConfigFile } from './config/load';
 import { ConfigError, LogLevel } from './config/types';
-import { log, setLogLevel } from './log';
+import { log, setLogLevel } from './observe/log';
 import { Proxy } from './proxy';
-import { buildTls } from './tls';
-import { installProcessBoundary } from './error-boundary';
+import { buildTls } from './auth/tls';
+import { installProcessBoundary } from './pooling/error-boundary';
 
 const VERSION: string = require('../../package.json').version;
 

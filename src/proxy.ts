@@ -2,19 +2,19 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Pooler } from './pooler';
-import { openKernelHost } from './bypass/controller';
-import type { KernelHost } from './kernel-host';
+import { Pooler } from './pooling/pooler';
+import { openKernelHost } from './kernel/controller';
+import type { KernelHost } from './pooling/kernel-host';
 import type { Config } from './config/types';
-import { trackExtraParameters } from './session-parameters';
-import { log } from './log';
+import { trackExtraParameters } from './session/session-parameters';
+import { log } from './observe/log';
 import { ProxyControl, startAdminConsole } from './admin/console';
 import { proxyControl } from './admin/control';
-import { MetricsServer, startMetrics } from './metrics/prometheus';
+import { MetricsServer, startMetrics } from './observe/prometheus';
 
 export class Proxy {
   readonly pooler: Pooler;
-  // The kernel path, or UserSpaceOnly for bypass: off (src/kernel-host.ts).
+  // The kernel path, or UserSpaceOnly for bypass: off (src/pooling/kernel-host.ts).
   readonly kernel: KernelHost;
   private servers: net.Server[] = [];
   private stopping = false;

@@ -17,7 +17,7 @@ import t from 'tap';
 import * as fs from 'fs';
 import * as path from 'path';
 import { openKernelPath } from './helpers/kernel';
-import { SIZEOF } from '../src/bypass/kernel-abi';
+import { SIZEOF } from '../src/kernel/kernel-abi';
 
 interface Case {
   name: string;

@@ -7,7 +7,7 @@
 import t, { Test } from 'tap';
 import * as net from 'net';
 import { openKernelPath } from './helpers/kernel';
-import { Mode } from '../src/bypass/kernel-abi';
+import { Mode } from '../src/kernel/kernel-abi';
 
 const msg = (type: string, body: Buffer | string = ''): Buffer => {
   const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');

@@ -5,9 +5,9 @@
 // Needs root: a KernelPath that can't open fails the test with the reason.
 import t from 'tap';
 import * as net from 'net';
-import { KernelPath } from '../src/bypass/kernel-path';
+import { KernelPath } from '../src/kernel/kernel-path';
 import { openKernelPath } from './helpers/kernel';
-import { Mode } from '../src/bypass/kernel-abi';
+import { Mode } from '../src/kernel/kernel-abi';
 
 const msg = (type: string, body: Buffer | string = ''): Buffer => {
   const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');

@@ -1,4 +1,4 @@
-// The C/TypeScript ABI has one source, ebpf/pgsplice.h: src/bypass/kernel-abi.generated.ts
+// The C/TypeScript ABI has one source, ebpf/pgsplice.h: src/kernel/kernel-abi.generated.ts
 // is generated from the built object's BTF (scripts/gen-kernel-abi.mjs). This test
 //  - regenerates it from ebpf/pgsplice.bpf.o in a temp dir and fails when the committed
 //    file differs (someone changed the header and did not rebuild, or edited the output);
@@ -12,13 +12,13 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { execFileSync } from 'child_process';
-import * as abi from '../src/bypass/kernel-abi';
-import { ENUMS, MAPS, STRUCTS } from '../src/bypass/kernel-abi.generated';
+import * as abi from '../src/kernel/kernel-abi';
+import { ENUMS, MAPS, STRUCTS } from '../src/kernel/kernel-abi.generated';
 
 const root = path.join(__dirname, '..');
 const generator = path.join(root, 'scripts', 'gen-kernel-abi.mjs');
 const object = path.join(root, 'ebpf', 'pgsplice.bpf.o');
-const committed = path.join(root, 'src', 'bypass', 'kernel-abi.generated.ts');
+const committed = path.join(root, 'src', 'kernel', 'kernel-abi.generated.ts');
 
 function generateFrom(obj: string, dir: string): string {
   const out = path.join(dir, 'kernel-abi.generated.ts');
@@ -76,7 +76,7 @@ t.test('the committed module is what the built object generates', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-abi-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const fresh = generateFrom(object, dir);
-  t.equal(fs.readFileSync(committed, 'utf8'), fresh, 'src/bypass/kernel-abi.generated.ts is up to date (run make -C ebpf)');
+  t.equal(fs.readFileSync(committed, 'utf8'), fresh, 'src/kernel/kernel-abi.generated.ts is up to date (run make -C ebpf)');
 });
 
 t.test('every decoder reads its fields at the BTF offsets and widths', async (t) => {

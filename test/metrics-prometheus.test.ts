@@ -6,9 +6,9 @@ import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, freePort, waitUntil, run, libpqEnv } from './helpers/cluster';
 import { parseConfig } from '../src/config/load';
-import { Pooler } from '../src/pooler';
-import { UserSpaceOnly } from '../src/kernel-host';
-import { MetricsServer } from '../src/metrics/prometheus';
+import { Pooler } from '../src/pooling/pooler';
+import { UserSpaceOnly } from '../src/pooling/kernel-host';
+import { MetricsServer } from '../src/observe/prometheus';
 import type { ProxyControl } from '../src/admin/console';
 
 interface Sample {

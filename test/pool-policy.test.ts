@@ -1,13 +1,13 @@
 // The pooling policy without PostgreSQL or a kernel: the rules both data paths share
-// (src/pooling-policy.ts), table-driven, and Pool driven through fakes of our own
+// (src/pooling/policy.ts), table-driven, and Pool driven through fakes of our own
 // interfaces (a server factory and a KernelHost) — what it opens, hands out, parks,
 // offers to the kernel and closes.
 import t from 'tap';
 import { EventEmitter } from 'node:events';
-import { clientTimeout, idleServerVerdict, stepsAtTransactionEnd, stepsOnLeave, type ClientActivity } from '../src/pooling-policy';
-import { Pool, PoolError, type ConnectionBudget, type PoolSettings } from '../src/pool';
-import { ServerError, ServerState, type ServerConnection, type ServerTarget } from '../src/server-connection';
-import { UserSpaceOnly, type KernelHost } from '../src/kernel-host';
+import { clientTimeout, idleServerVerdict, stepsAtTransactionEnd, stepsOnLeave, type ClientActivity } from '../src/pooling/policy';
+import { Pool, PoolError, type ConnectionBudget, type PoolSettings } from '../src/pooling/pool';
+import { ServerError, ServerState, type ServerConnection, type ServerTarget } from '../src/pooling/server-connection';
+import { UserSpaceOnly, type KernelHost } from '../src/pooling/kernel-host';
 import { SqlState } from '../src/protocol/constants';
 
 t.test('stepsOnLeave: what a server runs after its client left', async (t) => {

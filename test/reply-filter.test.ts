@@ -2,7 +2,7 @@
 // client receives. Each case is a small script: requests (with their action) then the
 // server's replies; the output is the message types the client sees, in order.
 import t from 'tap';
-import { ReplyAction, ReplyEnd, ReplyFilter, Expectation } from '../src/reply-filter';
+import { ReplyAction, ReplyEnd, ReplyFilter, Expectation } from '../src/session/reply-filter';
 
 const msg = (type: string): Buffer => {
   const b = Buffer.alloc(5);

@@ -10,13 +10,13 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { execFileSync } from 'child_process';
-import { STATE_COMMANDS, STATE_WORDS } from '../src/session-words.generated';
-import { mayAffectSession } from '../src/sql-classifier';
+import { STATE_COMMANDS, STATE_WORDS } from '../src/session/session-words.generated';
+import { mayAffectSession } from '../src/session/sql-classifier';
 
 const root = path.join(__dirname, '..');
 const source = path.join(root, 'ebpf', 'session-state-words.json');
 const header = path.join(root, 'ebpf', 'session-words.h');
-const tsModule = path.join(root, 'src', 'session-words.generated.ts');
+const tsModule = path.join(root, 'src', 'session', 'session-words.generated.ts');
 
 interface Entry { word: string; kernel?: boolean; classifier?: boolean; why?: string }
 const spec = JSON.parse(fs.readFileSync(source, 'utf8')) as { commands: Entry[]; words: Entry[] };
@@ -35,7 +35,7 @@ t.test('committed outputs are what the source generates', async (t) => {
   const m = path.join(dir, 'session-words.generated.ts');
   execFileSync(process.execPath, [path.join(root, 'scripts', 'gen-session-words.mjs'), source, h, m], { stdio: 'pipe' });
   t.equal(fs.readFileSync(header, 'utf8'), fs.readFileSync(h, 'utf8'), 'ebpf/session-words.h is up to date');
-  t.equal(fs.readFileSync(tsModule, 'utf8'), fs.readFileSync(m, 'utf8'), 'src/session-words.generated.ts is up to date');
+  t.equal(fs.readFileSync(tsModule, 'utf8'), fs.readFileSync(m, 'utf8'), 'src/session/session-words.generated.ts is up to date');
 });
 
 t.test('FNV-1a 64 constants and hashes', async (t) => {

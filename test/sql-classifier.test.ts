@@ -3,7 +3,7 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { classifySql, mayAffectSession } from '../src/sql-classifier';
+import { classifySql, mayAffectSession } from '../src/session/sql-classifier';
 
 const kinds = (sql: string): string => classifySql(sql).map((e) => {
   switch (e.kind) {

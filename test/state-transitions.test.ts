@@ -1,14 +1,14 @@
-// The connection state machines (src/connection-state.ts): which moves are legal, that an
+// The connection state machines (src/pooling/connection-state.ts): which moves are legal, that an
 // illegal one is reported, and that the connections' named moves go through the check.
 // (Every proxy the other suites start also fails its test at teardown if its log shows
 // an illegal transition: test/helpers/proxy.ts.)
 import t from 'tap';
 import {
   CLIENT_MOVES, ClientState, SERVER_MOVES, ServerState, StateOf, illegalMoves, isLegalClientMove, isLegalServerMove,
-} from '../src/connection-state';
-import { ServerConnection } from '../src/server-connection';
-import { USER_SPACE_ONLY } from '../src/kernel-host';
-import { setLogLevel } from '../src/log';
+} from '../src/pooling/connection-state';
+import { ServerConnection } from '../src/pooling/server-connection';
+import { USER_SPACE_ONLY } from '../src/pooling/kernel-host';
+import { setLogLevel } from '../src/observe/log';
 
 setLogLevel('error');
 const C = ClientState;

@@ -4,10 +4,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { ClientConnection, ClientState } from '../client-connection';
-import type { Pooler } from '../pooler';
-import type { Pool } from '../pool';
-import { ServerConnection, ServerState } from '../server-connection';
+import { ClientConnection, ClientState } from '../pooling/client-connection';
+import type { Pooler } from '../pooling/pooler';
+import type { Pool } from '../pooling/pool';
+import { ServerConnection, ServerState } from '../pooling/server-connection';
 import { Frontend, SqlState } from '../protocol/constants';
 import type { ErrorFields } from '../protocol/messages';
 import type { Config } from '../config/types';
@@ -15,9 +15,9 @@ import { ConfigError } from '../config/types';
 import { RESTART_KEYS, applySetting, defaultSettings, describeConfig } from '../config/load';
 import { Cell, ResultSet, columns, commandComplete, emptyQueryResponse, error, notice, ready } from './result-set';
 import { Command, CommandSyntaxError, parseCommand, splitStatements } from './parse';
-import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../metrics/stats';
-import { log } from '../log';
-import type { KernelHost } from '../kernel-host';
+import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../observe/stats';
+import { log } from '../observe/log';
+import type { KernelHost } from '../pooling/kernel-host';
 
 // What the console needs from the running proxy (src/admin/control.ts builds it).
 export interface ProxyControl {

@@ -3,8 +3,8 @@
 import type { Proxy } from '../proxy';
 import type { Config } from '../config/types';
 import { changesNeedingRestart, loadConfigFile } from '../config/load';
-import { ClientState } from '../client-connection';
-import { log, setLogLevel } from '../log';
+import { ClientState } from '../pooling/client-connection';
+import { log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
 
 export function proxyControl(proxy: Proxy): ProxyControl {

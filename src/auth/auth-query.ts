@@ -3,11 +3,11 @@
 // cached for auth_query_cache_ttl. Also what a client's login taught the proxy about
 // logging in to the server as that user (the server credentials), since the proxy never
 // sees such a user's password.
-import { ServerConnection, ServerError, ServerState, type ServerTarget } from '../server-connection';
+import { ServerConnection, ServerError, ServerState, type ServerTarget } from '../pooling/server-connection';
 import { isMd5Hash } from './md5';
 import { scramKeysFrom, type ScramKeys } from './scram';
-import { log } from '../log';
-import { USER_SPACE_ONLY } from '../kernel-host';
+import { log } from '../observe/log';
+import { USER_SPACE_ONLY } from '../pooling/kernel-host';
 
 // How long a "no such user" answer is kept at most: a role created a moment later should
 // not wait for the full TTL.

@@ -20,7 +20,7 @@ import {
 } from 'yaml';
 import { parseScramVerifier } from '../auth/scram';
 import { HbaError, readHbaFile, ruleFromEntry, type HbaEntry, type HbaRule } from '../auth/hba';
-import { tlsSettingProblem } from '../tls';
+import { tlsSettingProblem } from '../auth/tls';
 import {
   ConfigError,
   type AuthType,

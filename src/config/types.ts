@@ -105,7 +105,7 @@ export interface Config {
   max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;
-  // TLS (src/tls.ts builds the contexts). File names are '' when not set; relative names
+  // TLS (src/auth/tls.ts builds the contexts). File names are '' when not set; relative names
   // are relative to the config file's directory.
   client_tls_sslmode: SslMode;
   client_tls_key_file: string;

@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { Cluster, proxyConfig, run, libpqEnv, sleep } from './cluster';
 import type { ProxyHandle } from './proxy';
-import { KernelPath } from '../../src/bypass/kernel-path';
+import { KernelPath } from '../../src/kernel/kernel-path';
 
 export const ADMIN = { user: 'kadmin', password: 'kadmin-pw' };
 export const FAILURES_FILE = '/tmp/pgsplice-kernel-failures.md';

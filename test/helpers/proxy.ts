@@ -160,7 +160,7 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
       await waitExit(5000);
     }
     fs.rmSync(dir, { recursive: true, force: true });
-    // Every state change is checked (src/connection-state.ts): one the table does not
+    // Every state change is checked (src/pooling/connection-state.ts): one the table does not
     // allow is a bug of the proxy's, whatever the test itself asserted.
     const illegal = log.split('\n').filter((l) => l.includes('illegal state transition'));
     if (illegal.length) throw new Error(`the proxy made ${illegal.length} illegal state transition(s):\n${illegal.slice(0, 5).join('\n')}`);

@@ -3,10 +3,10 @@
 // (ClientConnection, Pool) and the kernel path (BypassController) call these with what
 // each knows; only how they learn it differs (user space sees the bytes, the kernel path
 // samples the kernel's counters).
-import type { PoolMode } from './config/types';
-import { SqlState } from './protocol/constants';
-import type { ErrorFields } from './protocol/messages';
-import { classifySql } from './sql-classifier';
+import type { PoolMode } from '../config/types';
+import { SqlState } from '../protocol/constants';
+import type { ErrorFields } from '../protocol/messages';
+import { classifySql } from '../session/sql-classifier';
 import { runEach } from './server-reset';
 
 // ---- cleaning a server its client left ----

@@ -3,7 +3,7 @@
 // transaction's end and re-applied on the next server), `pin` the client to its server
 // while the state exists, or `reject` the statement with an error.
 import type { SessionEffect } from './sql-classifier';
-import type { SessionStatePolicies } from './config/types';
+import type { SessionStatePolicies } from '../config/types';
 
 export type PinReason = 'parameters' | 'listen' | 'advisory_locks' | 'temp_tables' | 'prepared_sql' | 'hold_cursors' | 'prepared_statements';
 

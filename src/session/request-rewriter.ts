@@ -2,8 +2,8 @@
 // names become the server's (preparing them there on demand), statements that would
 // leave session state are tracked, pinned or refused, and the ReplyFilter learns what
 // each written message's reply must look like to the client.
-import { Frontend, SqlState } from './protocol/constants';
-import { errorResponse, message, query } from './protocol/messages';
+import { Frontend, SqlState } from '../protocol/constants';
+import { errorResponse, message, query } from '../protocol/messages';
 import { ReplyAction, ReplyEnd } from './reply-filter';
 import {
   ABSENT_STATEMENT, ClientStatement, bindStatement, bindWithStatement, closeStatement, describeStatement, parseMessage,
@@ -11,8 +11,8 @@ import {
 } from './prepared-statements';
 import { SessionEffect, classifySql, mayAffectSession, splitStatements } from './sql-classifier';
 import { SessionState } from './session-state';
-import type { ServerConnection } from './server-connection';
-import type { SessionStatePolicies } from './config/types';
+import type { ServerConnection } from '../pooling/server-connection';
+import type { SessionStatePolicies } from '../config/types';
 
 // A message the rewriter looks into; other bytes pass as raw Buffers, and the
 // messages among them whose replies must be accounted for leave a marker (their type).

@@ -5,13 +5,13 @@ import { ClientConnection, ClientHost, ClientState } from './client-connection';
 import { ConnectionBudget, Pool, PoolError, PoolSettings } from './pool';
 import { ServerConnection, type ServerTarget } from './server-connection';
 import type { KernelHost } from './kernel-host';
-import { ErrorFields, cancelRequest } from './protocol/messages';
-import { SqlState } from './protocol/constants';
-import type { Config, DatabaseConfig } from './config/types';
-import { log } from './log';
-import { countLogin, retireClient } from './metrics/stats';
-import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from './auth/auth-query';
-import { ClientTls, TlsContexts, buildTls } from './tls';
+import { ErrorFields, cancelRequest } from '../protocol/messages';
+import { SqlState } from '../protocol/constants';
+import type { Config, DatabaseConfig } from '../config/types';
+import { log } from '../observe/log';
+import { countLogin, retireClient } from '../observe/stats';
+import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from '../auth/auth-query';
+import { ClientTls, TlsContexts, buildTls } from '../auth/tls';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 // Connections accepted beyond max_client_conn so that admin-console users get in on a full proxy.
@@ -33,7 +33,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // Secure contexts of the running config; built again (files re-read) on every reload.
   tls: TlsContexts;
 
-  // kernel: the kernel path, or UserSpaceOnly (src/kernel-host.ts).
+  // kernel: the kernel path, or UserSpaceOnly (src/pooling/kernel-host.ts).
   constructor(
     public config: Config,
     readonly kernel: KernelHost,

@@ -5,13 +5,13 @@
 import * as http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Pooler } from '../pooler';
-import type { Pool } from '../pool';
+import type { Pooler } from '../pooling/pooler';
+import type { Pool } from '../pooling/pool';
 import type { MetricsConfig } from '../config/types';
 import type { ProxyControl } from '../admin/console';
 import { VERSION, poolCounts } from '../admin/console';
 import { poolTotals, statsEvents } from './stats';
-import { log } from '../log';
+import { log } from './log';
 
 const TIME_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 

@@ -6,35 +6,35 @@ import * as crypto from 'node:crypto';
 import {
   CANCEL_REQUEST_CODE, Frontend, GSSENC_REQUEST_CODE, MAX_AUTH_MESSAGE_LENGTH, MAX_MESSAGE_LENGTH, PROTOCOL_3_0,
   SSL_REQUEST_CODE, SqlState, TxStatus,
-} from './protocol/constants';
-import { MessageFramer, printable } from './protocol/framer';
+} from '../protocol/constants';
+import { MessageFramer, printable } from '../protocol/framer';
 import {
   BodyReader, ErrorFields, ProtocolError, authenticationCleartext, authenticationMd5, authenticationOk,
   authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, errorResponse,
   message, negotiateProtocolVersion, parameterStatus, readyForQuery,
-} from './protocol/messages';
-import { StreamScanner, captureSet } from './protocol/stream-scanner';
-import { TransactionTracker } from './transaction-tracker';
+} from '../protocol/messages';
+import { StreamScanner, captureSet } from '../protocol/stream-scanner';
+import { TransactionTracker } from '../session/transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
 import type { KernelHost } from './kernel-host';
 import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
-} from './session-parameters';
+} from '../session/session-parameters';
 import { runEach } from './server-reset';
-import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave } from './pooling-policy';
-import { ScramServerSession, mockScramVerifier } from './auth/scram';
-import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from './auth/verifier';
-import type { ClientProof } from './auth/auth-query';
-import { verifyMd5Response } from './auth/md5';
-import type { AuthType, Config } from './config/types';
-import { ClientTls, clientRefusal } from './tls';
-import { log } from './log';
-import { ClientTiming, countError } from './metrics/stats';
-import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from './request-rewriter';
-import { ReplyAction, ReplyEnd } from './reply-filter';
+import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave } from './policy';
+import { ScramServerSession, mockScramVerifier } from '../auth/scram';
+import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from '../auth/verifier';
+import type { ClientProof } from '../auth/auth-query';
+import { verifyMd5Response } from '../auth/md5';
+import type { AuthType, Config } from '../config/types';
+import { ClientTls, clientRefusal } from '../auth/tls';
+import { log } from '../observe/log';
+import { ClientTiming, countError } from '../observe/stats';
+import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from '../session/request-rewriter';
+import { ReplyAction, ReplyEnd } from '../session/reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
-import { checkRequestFormat } from './protocol/request-format';
+import { checkRequestFormat } from '../protocol/request-format';
 import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 
@@ -43,7 +43,7 @@ export { ClientState } from './connection-state';
 // What a client needs from the proxy around it (the Pooler).
 export interface ClientHost {
   readonly config: Config;
-  // The TLS context an SSLRequest is answered with ('S'), or null for 'N' (src/tls.ts).
+  // The TLS context an SSLRequest is answered with ('S'), or null for 'N' (src/auth/tls.ts).
   clientTls?(sock: net.Socket): ClientTls | null;
   // Finds or creates the pool for these startup settings (its servers are opened with
   // them); called only once the client has authenticated, so that unauthenticated names
@@ -65,7 +65,7 @@ export interface ClientHost {
   cancel(pid: number, key: number): void;
   clientLoggedIn(client: ClientConnection): void;
   clientClosed(client: ClientConnection): void;
-  // The kernel path (src/kernel-host.ts): offered idle clients, handed requests, told of passes.
+  // The kernel path (src/pooling/kernel-host.ts): offered idle clients, handed requests, told of passes.
   readonly kernel: KernelHost;
 }
 

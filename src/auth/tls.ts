@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { ConfigError, type Config, type SslMode } from './config/types';
-import { SSL_REQUEST_CODE } from './protocol/constants';
-import { log } from './log';
+import { ConfigError, type Config, type SslMode } from '../config/types';
+import { SSL_REQUEST_CODE } from '../protocol/constants';
+import { log } from '../observe/log';
 
 // Index into VERSIONS for each name client_tls_protocols / server_tls_protocols accept.
 const VERSIONS: readonly tls.SecureVersion[] = ['TLSv1', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3'];

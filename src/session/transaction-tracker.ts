@@ -2,7 +2,7 @@
 // ReadyForQuery 'I' with no Sync, Query or FunctionCall outstanding and nothing of a
 // next request already sent to it. The kernel keeps the same state per client
 // (ebpf/pgsplice.h: outstanding, tail_open).
-import { Frontend, TxStatus } from './protocol/constants';
+import { Frontend, TxStatus } from '../protocol/constants';
 
 export class TransactionTracker {
   outstanding = 0; // requests sent that will each end with one ReadyForQuery

@@ -2,7 +2,7 @@
 // Parameters the server reports (GUC_REPORT) are compared with what each server
 // last reported; other startup settings (extra_float_digits, options -c ...) are
 // compared with what the proxy last applied on that server.
-import type { ServerConnection } from './server-connection';
+import type { ServerConnection } from '../pooling/server-connection';
 
 // Reported parameters tracked for every client, with PostgreSQL's spelling.
 export const TRACKED_PARAMETERS = [

@@ -2,13 +2,13 @@
 // kernel side only through these methods; the kernel side calls back only through named
 // methods of the connection objects (ClientConnection.adoptServer, Pool.serverAvailable,
 // ...). Every method is required: an implementation that forgets one does not compile.
-// BypassController (src/bypass/controller.ts) is the implementation that owns the kernel
+// BypassController (src/kernel/controller.ts) is the implementation that owns the kernel
 // path; UserSpaceOnly below is the one for `bypass: off` (or a kernel path that cannot load).
-import type { BypassMode } from './config/types';
+import type { BypassMode } from '../config/types';
 import type { ClientConnection } from './client-connection';
 import type { ServerConnection } from './server-connection';
 import type { Pool } from './pool';
-import type { Totals } from './metrics/stats';
+import type { Totals } from '../observe/stats';
 
 export interface KernelHost {
   // ---- pools ----

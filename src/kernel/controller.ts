@@ -1,20 +1,20 @@
 // The bypass controller: the one module that moves connections between the user
-// space data path and the kernel path (src/bypass/kernel-path.ts wraps the addon).
+// space data path and the kernel path (src/kernel/kernel-path.ts wraps the addon).
 // Every ownership change it makes is one compare-and-swap in the kernel's state
 // word for that socket (docs/kernel-path.md); this file decides *when*.
 import type { BypassMode, Config } from '../config/types';
-import { ClientConnection, ClientState } from '../client-connection';
-import { ServerConnection, ServerState } from '../server-connection';
-import type { Pool } from '../pool';
-import type { Totals } from '../metrics/stats';
+import { ClientConnection, ClientState } from '../pooling/client-connection';
+import { ServerConnection, ServerState } from '../pooling/server-connection';
+import type { Pool } from '../pooling/pool';
+import type { Totals } from '../observe/stats';
 import {
   BypassStatus, KernelHost, UserPathCounters, UserSpaceOnly, flatUserCounters, statusRows, zeroUserPathCounters,
-} from '../kernel-host';
-import { TRACKED_PARAMETERS, serverSettings } from '../session-parameters';
-import { anyClientTimeout, cleanServer, clientTimeout, idleServerVerdict, stepsOnLeave } from '../pooling-policy';
+} from '../pooling/kernel-host';
+import { TRACKED_PARAMETERS, serverSettings } from '../session/session-parameters';
+import { anyClientTimeout, cleanServer, clientTimeout, idleServerVerdict, stepsOnLeave } from '../pooling/policy';
 import { SqlState } from '../protocol/constants';
-import { log } from '../log';
-import { isTlsSocket } from '../tls';
+import { log } from '../observe/log';
+import { isTlsSocket } from '../auth/tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode } from './kernel-abi';

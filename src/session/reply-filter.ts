@@ -5,7 +5,7 @@
 // proxy's own; replies the proxy answers itself are queued as synthetic. Replies are
 // strictly ordered, so a queue suffices; PostgreSQL's error rule (after an error in
 // an extended-protocol message everything up to Sync is skipped) is applied to it.
-import { Backend } from './protocol/constants';
+import { Backend } from '../protocol/constants';
 
 export enum ReplyAction {
   Pass = 'pass',

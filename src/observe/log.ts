@@ -1,5 +1,5 @@
 // One line per event on stderr: "<ISO time> <level> <message>".
-import type { LogLevel } from './config/types';
+import type { LogLevel } from '../config/types';
 
 const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 let current: LogLevel = 'info';

@@ -3,20 +3,20 @@
 // serves while user space carries the data path.
 import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
-import { AuthCode, Backend, TxStatus } from './protocol/constants';
-import { MessageFramer, printable } from './protocol/framer';
+import { AuthCode, Backend, TxStatus } from '../protocol/constants';
+import { MessageFramer, printable } from '../protocol/framer';
 import {
   BodyReader, ProtocolError, extendedQuery, parseErrorFields, parseParameterStatus, passwordMessage, query,
   saslInitialResponse, saslResponse, startupMessage, terminate,
-} from './protocol/messages';
-import { StreamScanner, captureSet } from './protocol/stream-scanner';
-import { ScramClientSession, type ScramKeys } from './auth/scram';
-import { ReplyFilter } from './reply-filter';
-import { ServerStatementCache } from './prepared-statements';
-import { md5Response } from './auth/md5';
-import { log } from './log';
-import { countError } from './metrics/stats';
-import { ServerTls, resetAndDestroy, startServerTls } from './tls';
+} from '../protocol/messages';
+import { StreamScanner, captureSet } from '../protocol/stream-scanner';
+import { ScramClientSession, type ScramKeys } from '../auth/scram';
+import { ReplyFilter } from '../session/reply-filter';
+import { ServerStatementCache } from '../session/prepared-statements';
+import { md5Response } from '../auth/md5';
+import { log } from '../observe/log';
+import { countError } from '../observe/stats';
+import { ServerTls, resetAndDestroy, startServerTls } from '../auth/tls';
 import type { KernelHost } from './kernel-host';
 import { SERVER_MOVES, ServerState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
@@ -42,7 +42,7 @@ export interface ServerPeer {
   onServerReady(status: TxStatus, server: ServerConnection): void;
   onServerParameter(name: string, value: string): void;
   onServerLost(server: ServerConnection, reason: string): void;
-  // The connection's error boundary: ends the client for an exception (src/error-boundary.ts).
+  // The connection's error boundary: ends the client for an exception (src/pooling/error-boundary.ts).
   failWith?(e: unknown): void;
 }
 

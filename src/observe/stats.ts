@@ -2,9 +2,9 @@
 // Prometheus endpoint. Per-client counters live on ClientConnection (stats, timing);
 // when a client closes its counters are folded into its pool's retired totals, so
 // per-pool and per-database totals are: retired + the live clients of the pool.
-import type { ClientConnection } from '../client-connection';
-import type { Pool } from '../pool';
-import type { KernelHost } from '../kernel-host';
+import type { ClientConnection } from '../pooling/client-connection';
+import type { Pool } from '../pooling/pool';
+import type { KernelHost } from '../pooling/kernel-host';
 
 const nowUs = (): number => performance.now() * 1000;
 

@@ -3,8 +3,8 @@
 // clients with the same SQL share it and different SQL can never collide. Each server
 // keeps an LRU of the statements prepared on it (max_prepared_statements).
 import * as crypto from 'node:crypto';
-import { ProtocolError, message } from './protocol/messages';
-import { Frontend } from './protocol/constants';
+import { ProtocolError, message } from '../protocol/messages';
+import { Frontend } from '../protocol/constants';
 import type { SessionEffect } from './sql-classifier';
 
 export const SERVER_NAME_PREFIX = 'pgsplice_';

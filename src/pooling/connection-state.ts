@@ -2,7 +2,7 @@
 // change of state goes through StateOf.to (as PgBouncer's change_client_state):
 // a move the table does not list is a bug of ours and is logged as one. It is still made:
 // a running proxy does not drop a client over its own bookkeeping.
-import { log } from './log';
+import { log } from '../observe/log';
 
 export enum ClientState {
   Startup = 'startup',

@@ -1,11 +1,11 @@
 // A pool of server connections for one (database, user): idle servers, clients
 // waiting in FIFO order, sizing (pool, min, reserve), and the server lifetimes.
 import { ServerConnection, ServerError, ServerState, ServerTarget } from './server-connection';
-import type { PoolMode } from './config/types';
+import type { PoolMode } from '../config/types';
 import type { ClientConnection } from './client-connection';
 import type { KernelHost } from './kernel-host';
-import { log } from './log';
-import { idleServerVerdict, lifetimeReached } from './pooling-policy';
+import { log } from '../observe/log';
+import { idleServerVerdict, lifetimeReached } from './policy';
 
 export interface PoolSettings {
   mode: PoolMode;

@@ -3,9 +3,9 @@
 // time); the bypass controller samples it once a second and this folds the growth since
 // the previous sample into the Pool that kernel pool belongs to. The result is added to
 // the user-space totals in SHOW STATS / TOTALS and the Prometheus traffic counters.
-import type { Pool } from '../pool';
+import type { Pool } from '../pooling/pool';
 import type { PoolStats } from './kernel-abi';
-import { Totals, zeroTotals } from '../metrics/stats';
+import { Totals, zeroTotals } from '../observe/stats';
 
 const FIELDS = ['xacts', 'queries', 'clientBytes', 'serverBytes', 'xactNs', 'queryNs'] as const;
 

@@ -2,10 +2,10 @@
 // timers, promise continuations) runs through its boundary, so an exception ends that
 // connection with an ErrorResponse and never reaches the process: bad protocol input
 // gets 08P01 with what was wrong, a bug of the proxy gets XX000 and a logged stack.
-import { SqlState } from './protocol/constants';
-import { ErrorFields, ProtocolError } from './protocol/messages';
-import { AuthProtocolError } from './auth/scram';
-import { log } from './log';
+import { SqlState } from '../protocol/constants';
+import { ErrorFields, ProtocolError } from '../protocol/messages';
+import { AuthProtocolError } from '../auth/scram';
+import { log } from '../observe/log';
 
 // What an exception means for the client: its own malformed input, or our bug.
 export function errorFieldsFor(e: unknown, label: string): ErrorFields {
