@@ -122,17 +122,15 @@ class FakeKernel extends UserSpaceOnly implements KernelHost {
   constructor() {
     super({ mode: 'auto', loaded: true, reason: 'fake' });
   }
-  override waitersChanged(): void {
+  override waitersChanged = (): void => {
     this.waiterSignals++;
-  }
-  override offerIdle(_pool: Pool, server: ServerConnection): boolean {
+  };
+  override offerIdle = (_pool: Pool, server: ServerConnection): boolean => {
     if (!this.acceptIdle) return false;
     this.offered.push(server);
     return true;
-  }
-  override takeIdle(): ServerConnection | null {
-    return this.kernelIdle.pop() ?? null;
-  }
+  };
+  override takeIdle = (): ServerConnection | null => this.kernelIdle.pop() ?? null;
 }
 
 const SETTINGS: PoolSettings = {

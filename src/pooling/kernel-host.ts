@@ -111,44 +111,31 @@ export function flatUserCounters(counters: UserPathCounters): Record<string, num
   return out;
 }
 
+const nothing = (): void => {};
+const no = (): boolean => false;
+const none = (): null => null;
+
 // `bypass: off`, or a kernel path that could not be loaded: everything stays in user space.
+// The kernel takes nothing, has nothing, and is told of nothing.
 export class UserSpaceOnly implements KernelHost {
   private readonly counters = zeroUserPathCounters();
   constructor(readonly status: BypassStatus) {}
-  poolCreated(): void {}
-  waitersChanged(): void {}
-  offerIdle(): boolean {
-    return false;
-  }
-  takeIdle(): ServerConnection | null {
-    return null;
-  }
-  closeIdle(): void {}
-  offerClient(): boolean {
-    return false;
-  }
-  leftKernel(): void {}
-  bindInKernel(): boolean {
-    return false;
-  }
-  feedKernelBound(): boolean {
-    return false;
-  }
-  reclaimBound(): boolean {
-    return false;
-  }
-  clientClosed(): void {}
-  cancelServer(): ServerConnection | null {
-    return null;
-  }
-  clientBound(): boolean {
-    return false;
-  }
-  serverBound(): boolean {
-    return false;
-  }
-  serverPassed(): void {}
-  janitor(): void {}
+  poolCreated: KernelHost['poolCreated'] = nothing;
+  waitersChanged: KernelHost['waitersChanged'] = nothing;
+  offerIdle: KernelHost['offerIdle'] = no;
+  takeIdle: KernelHost['takeIdle'] = none;
+  closeIdle: KernelHost['closeIdle'] = nothing;
+  offerClient: KernelHost['offerClient'] = no;
+  leftKernel: KernelHost['leftKernel'] = nothing;
+  bindInKernel: KernelHost['bindInKernel'] = no;
+  feedKernelBound: KernelHost['feedKernelBound'] = no;
+  reclaimBound: KernelHost['reclaimBound'] = no;
+  clientClosed: KernelHost['clientClosed'] = nothing;
+  cancelServer: KernelHost['cancelServer'] = none;
+  clientBound: KernelHost['clientBound'] = no;
+  serverBound: KernelHost['serverBound'] = no;
+  serverPassed: KernelHost['serverPassed'] = nothing;
+  janitor: KernelHost['janitor'] = nothing;
   trafficByPool(): Map<Pool, Partial<Totals>> {
     return new Map();
   }

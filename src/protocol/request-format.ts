@@ -29,6 +29,13 @@ class Reader {
     this.pos += 4;
     return v;
   }
+  // An Int16 count, never negative, then that many `width`-byte items; returns the count.
+  counted(countField: string, width: number, itemsField: string): number {
+    const n = this.int16(`${countField} count`);
+    if (n < 0) this.fail(`has a negative ${countField} count ${n}`);
+    this.skip(width * n, itemsField);
+    return n;
+  }
   skip(n: number, field: string): void {
     if (n < 0 || this.b.length - this.pos < n) this.fail(`ends inside its ${field} (insufficient data left in message)`);
     this.pos += n;
@@ -44,28 +51,21 @@ export function checkRequestFormat(type: number, body: Buffer): void {
       const r = new Reader(body, 'Parse');
       r.cstring('statement name');
       r.cstring('query string');
-      const n = r.int16('parameter type count');
-      if (n < 0) r.fail(`has a negative parameter type count ${n}`);
-      r.skip(4 * n, 'parameter types');
+      r.counted('parameter type', 4, 'parameter types');
       return r.end();
     }
     case Frontend.Bind: {
       const r = new Reader(body, 'Bind');
       r.cstring('portal name');
       r.cstring('statement name');
-      const nf = r.int16('parameter format count');
-      if (nf < 0) r.fail(`has a negative parameter format count ${nf}`);
-      r.skip(2 * nf, 'parameter formats');
-      const np = r.int16('parameter count');
-      if (np < 0) r.fail(`has a negative parameter count ${np}`);
+      r.counted('parameter format', 2, 'parameter formats');
+      const np = r.counted('parameter', 0, 'parameters'); // each with its own length:
       for (let i = 0; i < np; i++) {
         const len = r.int32(`parameter ${i + 1} length`);
         if (len < -1) r.fail(`has an invalid length ${len} for parameter ${i + 1}`);
         if (len > 0) r.skip(len, `parameter ${i + 1}`);
       }
-      const nr = r.int16('result format count');
-      if (nr < 0) r.fail(`has a negative result format count ${nr}`);
-      r.skip(2 * nr, 'result formats');
+      r.counted('result format', 2, 'result formats');
       return r.end();
     }
     case Frontend.Describe:
