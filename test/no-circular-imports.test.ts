@@ -1,8 +1,8 @@
 // No module in src/ imports itself through others at run time (dpdm, a devDependency).
 // A cycle makes load order decide which module sees the other's exports as undefined.
 // `-T` drops type-only imports first: tsc erases them, so they cannot cycle at run time.
-// (Type-level cycles between the connection, pool and stats modules remain, and belong to
-// the pooling/kernel seam refactor.)
+// (Type-only cycles remain only between a Pool, the KernelHost it is given and the client
+// that uses both: docs/architecture.md.)
 import t from 'tap';
 import * as fs from 'fs';
 import * as os from 'os';

@@ -1,13 +1,22 @@
 // The Proxy seen from the admin console and the metrics endpoint: reload, apply a
 // changed config, shutdown, pause/resume, and the kernel path's numbers.
-import type { Proxy } from '../proxy';
 import type { Config } from '../config/types';
+import type { Pooler } from '../pooling/pooler';
 import { changesNeedingRestart, loadConfigFile } from '../config/load';
 import { ClientState } from '../pooling/client-connection';
 import { log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
 
-export function proxyControl(proxy: Proxy): ProxyControl {
+// What the control needs of the running proxy (src/proxy.ts), declared here so that the
+// admin modules do not import the module that builds them.
+export interface ControlledProxy {
+  readonly config: Config;
+  readonly pooler: Pooler;
+  reload(next: Config): void;
+  shutdownFast(): void;
+}
+
+export function proxyControl(proxy: ControlledProxy): ProxyControl {
   const apply = (next: Config): string[] => {
     const before = proxy.config;
     const needRestart = changesNeedingRestart(before, next);

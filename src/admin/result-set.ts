@@ -17,13 +17,15 @@ export type Cell = string | number | bigint | boolean | null | undefined;
 
 const frame = message;
 
-export function rowDescription(cols: Column[]): Buffer {
-  const parts: Buffer[] = [];
+// A message whose body is an Int16 count, then each item encoded (RowDescription, DataRow).
+function countedMessage<T>(type: number, items: T[], encode: (item: T) => Buffer[]): Buffer {
   const n = Buffer.allocUnsafe(2);
-  n.writeInt16BE(cols.length, 0);
-  parts.push(n);
-  for (const c of cols) {
-    parts.push(Buffer.from(c.name + '\0', 'utf8'));
+  n.writeInt16BE(items.length, 0);
+  return frame(type, Buffer.concat([n, ...items.flatMap(encode)]));
+}
+
+export function rowDescription(cols: Column[]): Buffer {
+  return countedMessage(Backend.RowDescription, cols, (c) => {
     const meta = Buffer.alloc(18);
     // table oid 0, attnum 0, type oid, type len, typmod -1, format 0 (text)
     meta.writeInt32BE(0, 0);
@@ -32,9 +34,8 @@ export function rowDescription(cols: Column[]): Buffer {
     meta.writeInt16BE(TYPE_LEN[c.type], 10);
     meta.writeInt32BE(-1, 12);
     meta.writeInt16BE(0, 16);
-    parts.push(meta);
-  }
-  return frame(Backend.RowDescription, Buffer.concat(parts));
+    return [Buffer.from(c.name + '\0', 'utf8'), meta];
+  });
 }
 
 export function cellText(v: Cell): string | null {
@@ -45,23 +46,17 @@ export function cellText(v: Cell): string | null {
 }
 
 export function dataRow(cells: Cell[]): Buffer {
-  const parts: Buffer[] = [];
-  const n = Buffer.allocUnsafe(2);
-  n.writeInt16BE(cells.length, 0);
-  parts.push(n);
-  for (const c of cells) {
+  return countedMessage(Backend.DataRow, cells, (c) => {
     const s = cellText(c);
     const len = Buffer.allocUnsafe(4);
     if (s === null) {
       len.writeInt32BE(-1, 0);
-      parts.push(len);
-    } else {
-      const b = Buffer.from(s, 'utf8');
-      len.writeInt32BE(b.length, 0);
-      parts.push(len, b);
+      return [len];
     }
-  }
-  return frame(Backend.DataRow, Buffer.concat(parts));
+    const b = Buffer.from(s, 'utf8');
+    len.writeInt32BE(b.length, 0);
+    return [len, b];
+  });
 }
 
 export function commandComplete(tag: string): Buffer {

@@ -24,21 +24,11 @@ export const PoolMode = strip(ENUMS.pgs_pool_mode, 'PGS_POOL_');
 export const Stat = strip(ENUMS.pgs_stat, 'PGS_ST_');
 export const STAT_COUNT = ENUMS.pgs_stat.PGS_ST__MAX;
 
-/** Fallback reasons by stat index, as KernelCounters.fallbacks keys. */
-export const FALLBACK_NAMES: Record<number, string> = {
-  [Stat.FB_NO_IDLE_SERVER]: 'no_idle_server',
-  [Stat.FB_TARGET_MISSING]: 'target_missing',
-  [Stat.FB_TERMINATE]: 'terminate',
-  [Stat.FB_SERVER_ASYNC]: 'server_async',
-  [Stat.FB_PARAMS_CHANGED]: 'params_changed',
-  [Stat.FB_LOOP_LIMIT]: 'loop_limit',
-  [Stat.FB_UNHANDLED]: 'unhandled',
-  [Stat.FB_INFLIGHT_LIMIT]: 'inflight_limit',
-  [Stat.FB_FRAME_ERROR]: 'frame_error',
-  [Stat.FB_PUSH_FAILED]: 'push_failed',
-  [Stat.FB_NAMED_STATEMENT]: 'named_statement',
-  [Stat.FB_SESSION_STATE]: 'session_state',
-};
+/** Fallback reasons by stat index, as KernelCounters.fallbacks keys: PGS_ST_FB_NO_IDLE_SERVER
+ * is 'no_idle_server'. */
+export const FALLBACK_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Stat).filter(([k]) => k.startsWith('FB_')).map(([k, v]) => [v, k.slice('FB_'.length).toLowerCase()]),
+);
 
 export const EventType = strip(ENUMS.pgs_event_type, 'PGS_EV_');
 export const Op = strip(ENUMS.pgs_op, 'PGS_OP_');

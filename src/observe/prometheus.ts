@@ -9,8 +9,8 @@ import type { Pooler } from '../pooling/pooler';
 import type { Pool } from '../pooling/pool';
 import type { MetricsConfig } from '../config/types';
 import type { ProxyControl } from '../admin/console';
-import { VERSION, poolCounts } from '../admin/console';
-import { poolTotals, statsEvents } from './stats';
+import { VERSION, poolCounts, type PoolCounts } from '../admin/console';
+import { poolTotals, statsEvents, type Totals } from './stats';
 import { log } from './log';
 
 const TIME_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -36,46 +36,26 @@ export class MetricsServer {
         this.set({ version: VERSION }, 1);
       },
     });
-    new Gauge({
-      name: 'pgsplice_pool_clients', help: 'Clients of a pool by state (active: logged in, not waiting; waiting: waiting for a server)',
-      labelNames: [...pl, 'state'], registers: [r],
-      collect() {
-        this.reset();
-        for (const [p, n] of poolCounts(pooler_)) {
-          this.set({ database: p.database, user: p.user, state: 'active' }, n.clActive);
-          this.set({ database: p.database, user: p.user, state: 'waiting' }, n.clWaiting);
-        }
-      },
-    });
-    new Gauge({
-      name: 'pgsplice_pool_clients_pinned', help: 'Transaction-mode clients that keep their server because of session state (LISTEN, temp tables, ...)',
-      labelNames: pl, registers: [r],
-      collect() {
-        this.reset();
-        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.clPinned);
-      },
-    });
-    new Gauge({
-      name: 'pgsplice_pool_servers', help: 'Server connections of a pool by state (active, idle, used: being reset/checked, login)',
-      labelNames: [...pl, 'state'], registers: [r],
-      collect() {
-        this.reset();
-        for (const [p, n] of poolCounts(pooler_)) {
-          const l = { database: p.database, user: p.user };
-          this.set({ ...l, state: 'active' }, n.svActive);
-          this.set({ ...l, state: 'idle' }, n.svIdle);
-          this.set({ ...l, state: 'used' }, n.svUsed);
-          this.set({ ...l, state: 'login' }, n.svLogin);
-        }
-      },
-    });
-    new Gauge({
-      name: 'pgsplice_pool_max_wait_seconds', help: 'How long the oldest waiting client of a pool has waited', labelNames: pl, registers: [r],
-      collect() {
-        this.reset();
-        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.maxWaitUs / 1e6);
-      },
-    });
+    // A gauge per pool from SHOW POOLS' counts: one value, or one per state (label `state`).
+    const poolGauge = (name: string, help: string, values: Record<string, (n: PoolCounts) => number> | ((n: PoolCounts) => number)) =>
+      new Gauge({
+        name, help, labelNames: typeof values === 'function' ? pl : [...pl, 'state'], registers: [r],
+        collect() {
+          this.reset();
+          for (const [p, n] of poolCounts(pooler_)) {
+            const l = { database: p.database, user: p.user };
+            if (typeof values === 'function') this.set(l, values(n));
+            else for (const [state, v] of Object.entries(values)) this.set({ ...l, state }, v(n));
+          }
+        },
+      });
+    poolGauge('pgsplice_pool_clients', 'Clients of a pool by state (active: logged in, not waiting; waiting: waiting for a server)',
+      { active: (n) => n.clActive, waiting: (n) => n.clWaiting });
+    poolGauge('pgsplice_pool_clients_pinned', 'Transaction-mode clients that keep their server because of session state (LISTEN, temp tables, ...)',
+      (n) => n.clPinned);
+    poolGauge('pgsplice_pool_servers', 'Server connections of a pool by state (active, idle, used: being reset/checked, login)',
+      { active: (n) => n.svActive, idle: (n) => n.svIdle, used: (n) => n.svUsed, login: (n) => n.svLogin });
+    poolGauge('pgsplice_pool_max_wait_seconds', 'How long the oldest waiting client of a pool has waited', (n) => n.maxWaitUs / 1e6);
     new Gauge({
       name: 'pgsplice_pool_paused', help: '1 when the pool is paused (PAUSE)', labelNames: pl, registers: [r],
       collect() {
@@ -91,7 +71,7 @@ export class MetricsServer {
     });
 
     // Counters computed from totals (retired + live clients) at scrape time.
-    const totalsCounter = (name: string, help: string, pick: (t: ReturnType<typeof poolTotals> extends Map<Pool, infer T> ? T : never) => number) =>
+    const totalsCounter = (name: string, help: string, pick: (t: Totals) => number) =>
       new Counter({
         name, help, labelNames: pl, registers: [r],
         collect() {

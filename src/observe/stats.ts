@@ -2,17 +2,29 @@
 // Prometheus endpoint. Per-client counters live on ClientConnection (stats, timing);
 // when a client closes its counters are folded into its pool's retired totals, so
 // per-pool and per-database totals are: retired + the live clients of the pool.
-import type { ClientConnection } from '../pooling/client-connection';
-import type { Pool } from '../pooling/pool';
-import type { KernelHost } from '../pooling/kernel-host';
+
+// A pool as its traffic is counted: its names (Pool, src/pooling/pool.ts). Declared here,
+// not imported, so that this module depends on nothing of pooling's.
+export interface CountedPool {
+  readonly database: string;
+  readonly user: string;
+}
+
+// A client as its traffic is counted (ClientConnection).
+export interface CountedClient<P extends CountedPool = CountedPool> {
+  readonly pool: P | null;
+  readonly database: string;
+  readonly stats: { xacts: bigint; queries: bigint; bytesIn: bigint; bytesOut: bigint };
+  readonly timing: ClientTiming;
+}
 
 const nowUs = (): number => performance.now() * 1000;
 
 // Observers the Prometheus module installs (histograms, counters); no-ops otherwise.
 export interface StatsSink {
-  wait(pool: Pool | null, micros: number): void;
-  xact(pool: Pool | null, micros: number): void;
-  query(pool: Pool | null, micros: number): void;
+  wait(pool: CountedPool | null, micros: number): void;
+  xact(pool: CountedPool | null, micros: number): void;
+  query(pool: CountedPool | null, micros: number): void;
 }
 
 export const statsEvents = {
@@ -23,7 +35,7 @@ export const statsEvents = {
 };
 
 // A client logged in (to a pool or the admin console).
-export function countLogin(client: ClientConnection): void {
+export function countLogin(client: { readonly database: string }): void {
   statsEvents.logins++;
   statsEvents.loginsByDb.set(client.database, (statsEvents.loginsByDb.get(client.database) ?? 0) + 1);
 }
@@ -43,7 +55,7 @@ export class ClientTiming {
   private xactStart = 0;
   private queryStart = 0;
   private waitStart = 0;
-  pool: Pool | null = null;
+  pool: CountedPool | null = null;
 
   // A Query, Sync or FunctionCall came from the client.
   request(): void {
@@ -54,7 +66,7 @@ export class ClientTiming {
   }
 
   // The client starts waiting for a server.
-  waiting(pool: Pool | null): void {
+  waiting(pool: CountedPool | null): void {
     this.pool = pool;
     this.waitStart = nowUs();
   }
@@ -87,7 +99,7 @@ export class ClientTiming {
 
   // The kernel handed over a transaction it started (in-flight bound): user space sees its
   // end, so its clocks continue from when the kernel started them (ages in ns, null: none).
-  resume(xactAgeNs: bigint | null, queryAgeNs: bigint | null, pool: Pool | null): void {
+  resume(xactAgeNs: bigint | null, queryAgeNs: bigint | null, pool: CountedPool | null): void {
     const n = nowUs();
     this.pool ??= pool;
     this.xactStart = xactAgeNs === null ? 0 : n - Number(xactAgeNs) / 1000;
@@ -126,7 +138,7 @@ export function zeroTotals(): Totals {
   return { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n, xactUs: 0, queryUs: 0, waitUs: 0 };
 }
 
-function addClient(t: Totals, c: ClientConnection): void {
+function addClient(t: Totals, c: CountedClient): void {
   t.xacts += c.stats.xacts;
   t.queries += c.stats.queries;
   t.bytesIn += c.stats.bytesIn;
@@ -147,25 +159,25 @@ export function addTotals(t: Totals, o: Totals): Totals {
   return t;
 }
 
-const retired = new WeakMap<Pool, Totals>();
+const retired = new WeakMap<CountedPool, Totals>();
 
 // A client closed: keep its counters in its pool's totals.
-export function retireClient(client: ClientConnection): void {
+export function retireClient(client: CountedClient): void {
   if (!client.pool) return;
   let t = retired.get(client.pool);
   if (!t) retired.set(client.pool, (t = zeroTotals()));
   addClient(t, client);
 }
 
-export interface StatsHost {
-  readonly clients: Set<ClientConnection>;
-  readonly pools: Map<string, Pool>;
-  readonly kernel: Pick<KernelHost, 'trafficByPool'>;
+export interface StatsHost<P extends CountedPool> {
+  readonly clients: Iterable<CountedClient<P>>;
+  readonly pools: Map<string, P>;
+  readonly kernel: { trafficByPool(): Map<P, Partial<Totals>> }; // what the kernel path carried
 }
 
 // Totals per pool (retired + live clients).
-export function poolTotals(host: StatsHost): Map<Pool, Totals> {
-  const out = new Map<Pool, Totals>();
+export function poolTotals<P extends CountedPool>(host: StatsHost<P>): Map<P, Totals> {
+  const out = new Map<P, Totals>();
   for (const p of host.pools.values()) out.set(p, addTotals(zeroTotals(), retired.get(p) ?? zeroTotals()));
   for (const c of host.clients) {
     if (!c.pool) continue;
@@ -181,7 +193,7 @@ export function poolTotals(host: StatsHost): Map<Pool, Totals> {
 }
 
 // Totals per database name.
-export function databaseTotals(host: StatsHost): Map<string, Totals> {
+export function databaseTotals<P extends CountedPool>(host: StatsHost<P>): Map<string, Totals> {
   const out = new Map<string, Totals>();
   for (const [p, t] of poolTotals(host)) {
     const cur = out.get(p.database);
@@ -212,7 +224,7 @@ export class StatsAverager {
   private timer: NodeJS.Timeout;
 
   constructor(
-    private readonly host: StatsHost,
+    private readonly host: StatsHost<CountedPool>,
     periodMs = STATS_PERIOD_MS,
   ) {
     this.cur = databaseTotals(host);

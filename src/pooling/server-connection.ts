@@ -17,7 +17,6 @@ import { md5Response } from '../auth/md5';
 import { log } from '../observe/log';
 import { countError } from '../observe/stats';
 import { ServerTls, resetAndDestroy, startServerTls } from '../auth/tls';
-import type { KernelHost } from './kernel-host';
 import { SERVER_MOVES, ServerState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 
@@ -33,6 +32,12 @@ export interface ServerTarget {
   startupParams?: Record<string, string>;
   connectTimeout: number; // seconds
   tls?: ServerTls; // server_tls_sslmode and its context
+}
+
+// Who is told when the kernel path hands this server's bytes to user space (the KernelHost,
+// src/pooling/kernel-host.ts; only the one method, so this module does not depend on it).
+export interface KernelPassListener {
+  serverPassed(server: ServerConnection): void;
 }
 
 // The side of a client that a linked server talks to.
@@ -126,7 +131,7 @@ export class ServerConnection extends EventEmitter {
   // kernel: told when the kernel path hands this server's bytes to user space.
   constructor(
     readonly target: ServerTarget,
-    private readonly kernel: Pick<KernelHost, 'serverPassed'>,
+    private readonly kernel: KernelPassListener,
   ) {
     super();
   }
