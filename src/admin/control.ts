@@ -4,7 +4,7 @@
 import type { Proxy } from '../proxy';
 import type { Config } from '../config/types';
 import type { Pool } from '../pool';
-import { changesNeedingRestart, loadConfigFile } from '../config/load';
+import { loadConfigFile } from '../config/load';
 import { ClientState } from '../client-connection';
 import { log, setLogLevel } from '../log';
 import type { ProxyControl } from './console';
@@ -30,9 +30,7 @@ export function proxyControl(proxy: Proxy): ProxyControl {
 
   const apply = (next: Config): string[] => {
     const before = proxy.config;
-    const needRestart = changesNeedingRestart(before, next);
-    if (JSON.stringify(before.metrics ?? null) !== JSON.stringify(next.metrics ?? null)) needRestart.push('metrics');
-    proxy.reload(next);
+    const needRestart = proxy.reload(next);
     if (before.log_level !== next.log_level) setLogLevel(next.log_level);
     return needRestart;
   };
