@@ -6,6 +6,7 @@ import { Pooler } from './pooling/pooler';
 import { openKernelHost } from './kernel/controller';
 import type { KernelHost } from './pooling/kernel-host';
 import type { Config } from './config/types';
+import { changesNeedingRestart } from './config/load';
 import { trackExtraParameters } from './session/session-parameters';
 import { log } from './observe/log';
 import { ProxyControl, startAdminConsole } from './admin/console';
@@ -74,11 +75,14 @@ export class Proxy {
     });
   }
 
-  reload(next: Config): void {
+  // Applies what can change while running; returns the changed keys that need a restart
+  // (the caller reports them: RELOAD, SIGHUP, the admin console's SET).
+  reload(next: Config): string[] {
+    const needRestart = changesNeedingRestart(this.config, next);
     trackExtraParameters(next.track_extra_parameters);
-    const needRestart = this.pooler.reload(next);
+    this.pooler.reload(next);
     this.config = next;
-    log.info(`configuration reloaded${needRestart.length ? `; these keys need a restart to change: ${needRestart.join(', ')}` : ''}`);
+    return needRestart;
   }
 
   private stopListening(): void {

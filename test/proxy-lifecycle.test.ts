@@ -160,19 +160,24 @@ users:
         }
       })();
       t.equal(e?.code, '28P01', 'before reload: newbie is unknown');
+      // Samples pg_stat_activity from a direct connection without blocking the event loop
+      // (a psql per sample stalled the clients it was meant to watch on a loaded machine).
       const concurrency = async () => {
+        const probe = await pgClient(t, { host: '127.0.0.1', port: c.pg.port });
         let max = 0;
-        const sampler = setInterval(() => {
-          try {
-            max = Math.max(max, backendCount(c, 'app', `state = 'active'`));
-          } catch {
-            /* sampling */
+        let running = true;
+        const sampling = (async () => {
+          while (running) {
+            const r = await probe.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = 'app' AND state = 'active' AND pid <> pg_backend_pid()`);
+            max = Math.max(max, r.rows[0].n);
+            await sleep(20);
           }
-        }, 50);
+        })();
         const cls = await Promise.all([0, 1, 2].map(() => pgClient(t, proxy)));
         await Promise.all(cls.map((x) => x.query('SELECT pg_sleep(0.6)')));
-        clearInterval(sampler);
-        await Promise.all(cls.map((x) => x.end()));
+        running = false;
+        await sampling;
+        await Promise.all([...cls, probe].map((x) => x.end()));
         return max;
       };
       t.equal(await concurrency(), 1, 'before reload: one server at a time');

@@ -297,6 +297,7 @@ class AdminSession {
       case 'RELOAD': {
         if (arg) throw new AdminError('RELOAD takes no argument');
         const msg = this.control.reload();
+        log.info(`admin ${this.client.user}: RELOAD: ${msg}`);
         return Buffer.concat([notice(msg), commandComplete('RELOAD')]);
       }
       case 'SHUTDOWN': {

@@ -2,7 +2,7 @@
 // changed config, shutdown, pause/resume, and the kernel path's numbers.
 import type { Config } from '../config/types';
 import type { Pooler } from '../pooling/pooler';
-import { changesNeedingRestart, loadConfigFile } from '../config/load';
+import { loadConfigFile } from '../config/load';
 import { ClientState } from '../pooling/client-connection';
 import { log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
@@ -12,16 +12,14 @@ import type { ProxyControl } from './console';
 export interface ControlledProxy {
   readonly config: Config;
   readonly pooler: Pooler;
-  reload(next: Config): void;
+  reload(next: Config): string[]; // the keys that need a restart
   shutdownFast(): void;
 }
 
 export function proxyControl(proxy: ControlledProxy): ProxyControl {
   const apply = (next: Config): string[] => {
     const before = proxy.config;
-    const needRestart = changesNeedingRestart(before, next);
-    if (JSON.stringify(before.metrics ?? null) !== JSON.stringify(next.metrics ?? null)) needRestart.push('metrics');
-    proxy.reload(next);
+    const needRestart = proxy.reload(next);
     if (before.log_level !== next.log_level) setLogLevel(next.log_level);
     return needRestart;
   };

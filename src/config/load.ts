@@ -103,7 +103,7 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
   max_prepared_statements: { kind: size0, def: 200 },
   track_extra_parameters: { kind: { t: 'list' }, def: [] },
-  // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/tls.ts.
+  // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/auth/tls.ts.
   client_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'disable' },
   client_tls_key_file: { kind: str, def: '' },
   client_tls_cert_file: { kind: str, def: '' },
@@ -677,12 +677,16 @@ export function applySetting(config: Config, key: string, text: string): Config 
   return next;
 }
 
-/** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP). */
-export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'bypass'];
+/** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP).
+ * The one list: RELOAD, SIGHUP and the admin console's SET all read it. */
+export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'bypass', 'metrics'];
 
 /** Which restart-only keys differ between two configs (a RELOAD applies the rest and reports these). */
 export function changesNeedingRestart(before: Config, after: Config): string[] {
-  const get = (c: Config, k: string): unknown =>
-    k.startsWith('listen.') ? c.listen[k.slice(7) as keyof ListenConfig] : (c as unknown as Record<string, unknown>)[k];
+  const get = (c: Config, k: string): unknown => {
+    if (k.startsWith('listen.')) return c.listen[k.slice(7) as keyof ListenConfig];
+    if (k === 'metrics') return JSON.stringify(c.metrics ?? null); // an object: compared by value
+    return (c as unknown as Record<string, unknown>)[k];
+  };
   return RESTART_KEYS.filter((k) => get(before, k) !== get(after, k));
 }

@@ -784,6 +784,11 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   onServerReady(status: TxStatus, server: ServerConnection): void {
     this.tracker.onReadyForQuery(status);
+    // Statement pooling: the server goes back after every statement, so a transaction
+    // block can't be kept; refused as PgBouncer refuses it (the open block is rolled back).
+    if (status !== 'I' && this.pool!.settings.mode === 'statement') {
+      return this.fatal({ code: SqlState.ProtocolViolation, message: 'transaction blocks not allowed in statement pooling mode' });
+    }
     this.timing.ready(this.tracker.outstanding, status);
     this.requestSince = this.tracker.outstanding > 0 ? Date.now() : 0;
     if (!this.tracker.idle) return;

@@ -23,9 +23,13 @@ export interface PoolSettings {
   loginRetry: number; // s, server_login_retry: no new server this long after a failed login
 }
 
-// Counts server connections per database across its pools (max_db_connections).
+// Counts server connections per database and per user across pools (max_db_connections,
+// max_user_connections).
 export interface ConnectionBudget {
   canOpen(pool: Pool): boolean;
+  // The limit keeps this pool from opening a server: close an idle server of another pool
+  // under the same limit so that it can (PgBouncer evicts the same way). True if one closed.
+  evictIdleFor(pool: Pool): boolean;
   opened(pool: Pool): void;
   closed(pool: Pool): void;
   freed(pool: Pool): void; // a slot was freed: another pool may now open a server
@@ -42,7 +46,7 @@ export class PoolError extends Error {
 }
 
 interface Waiter {
-  resolve: (s: ServerConnection) => void;
+  resolve: (s: ServerConnection | Promise<ServerConnection>) => void;
   reject: (e: Error) => void;
   since: number;
   timer: NodeJS.Timeout | null;
@@ -108,7 +112,7 @@ export class Pool {
   acquire(hint?: ClientConnection): Promise<ServerConnection> {
     if (!this.paused && this.waiters.length === 0) {
       const s = this.takeIdle(hint);
-      if (s) return Promise.resolve(s);
+      if (s) return this.checked(s, hint);
     }
     // server_login_retry, as PgBouncer: while logins fail and no server is up, a request
     // gets the last login error at once instead of waiting for a retry.
@@ -177,8 +181,16 @@ export class Pool {
         return;
       }
     }
-    if (this.kernel.offerIdle(this, server)) return;
-    this.idle.push(server);
+    if (!this.kernel.offerIdle(this, server)) this.idle.push(server);
+    this.budget.freed(this); // another pool under the same limit may be waiting for it
+  }
+
+  // Closes one idle server (another pool needs its slot under a shared limit).
+  closeOneIdle(reason: string): boolean {
+    const s = this.idle.shift() ?? this.kernel.takeIdle(this) ?? null;
+    if (!s) return false;
+    s.close(reason);
+    return true;
   }
 
   // Called by the kernel side when a server it owned is usable by user space again.
@@ -186,13 +198,33 @@ export class Pool {
     this.handOut(server);
   }
 
-  private giveToWaiter(w: Waiter, server: ServerConnection): void {
+  private giveToWaiter(w: Waiter, server: ServerConnection | Promise<ServerConnection>): void {
     if (w.timer) clearTimeout(w.timer);
     const waited = Date.now() - w.since;
     this.stats.waitedMicros += BigInt(waited * 1000);
     if (waited > this.stats.maxWaitMs) this.stats.maxWaitMs = waited;
     this.stats.served++;
     w.resolve(server);
+  }
+
+  // server_check_query (PgBouncer's meaning): a server idle for server_check_delay or
+  // longer runs the query before a client gets it; one that fails it is closed and the
+  // client asks again (a new server needs no check). An empty query turns it off. Servers
+  // the kernel path binds by itself are not checked (docs/kernel-path.md).
+  private checked(server: ServerConnection, hint?: ClientConnection): Promise<ServerConnection> {
+    const s = this.settings;
+    if (!s.checkQuery || Date.now() - server.lastUsed < s.checkDelay * 1000) return Promise.resolve(server);
+    return server.runInternal(s.checkQuery).then(
+      () => {
+        server.lastUsed = Date.now();
+        return server;
+      },
+      (e: Error) => {
+        log.info(`${server.label} server_check_query failed: ${e.message}`);
+        server.close(`server_check_query failed: ${e.message}`);
+        return this.acquire(hint);
+      },
+    );
   }
 
   private takeIdle(hint?: ClientConnection): ServerConnection | null {
@@ -215,7 +247,7 @@ export class Pool {
       const s = this.takeIdle();
       if (!s) break;
       const w = this.waiters.shift()!;
-      this.giveToWaiter(w, s);
+      this.giveToWaiter(w, this.checked(s));
     }
     this.kernel.waitersChanged(this);
     this.grow();
@@ -255,6 +287,9 @@ export class Pool {
     const limit = s.size + (oldestWait >= s.reserveTimeout * 1000 ? s.reserveSize : 0);
     const wanted = Math.max(this.waiters.length - this.connecting, s.minSize - this.total);
     for (let i = 0; i < wanted && this.total < limit && this.budget.canOpen(this); i++) this.openServer();
+    // Clients wait, the pool may grow, but the database's or the user's limit is taken:
+    // an idle server of another pool makes room (its close calls grow again).
+    if (this.waiters.length > this.connecting && this.total < limit && !this.budget.canOpen(this)) this.budget.evictIdleFor(this);
     if (this.waiters.length && this.total >= s.size && s.reserveSize > 0 && !this.reserveTimer) {
       this.reserveTimer = setTimeout(() => {
         this.reserveTimer = null;

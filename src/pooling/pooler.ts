@@ -8,6 +8,7 @@ import type { KernelHost } from './kernel-host';
 import { ErrorFields, cancelRequest } from '../protocol/messages';
 import { SqlState } from '../protocol/constants';
 import type { Config, DatabaseConfig } from '../config/types';
+import { resolveDatabase } from '../config/load';
 import { log } from '../observe/log';
 import { countLogin, retireClient } from '../observe/stats';
 import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from '../auth/auth-query';
@@ -94,11 +95,9 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return secret !== undefined && !secret.startsWith('SCRAM-SHA-256$') ? secret : undefined;
   }
 
+  // The entry for a database name, or the "*" fallback's (one rule: config/load.ts).
   private databaseConfig(name: string): DatabaseConfig | undefined {
-    const db = this.config.databases.get(name);
-    if (db) return db;
-    const star = this.config.databases.get('*');
-    return star ? { ...star, name, dbname: name } : undefined;
+    return resolveDatabase(this.config, name);
   }
 
   databaseRefusal(database: string): PoolError | null {
@@ -265,22 +264,46 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return { code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` };
   }
 
-  // ---- ConnectionBudget (max_db_connections) ----
+  // ---- ConnectionBudget (max_db_connections, max_user_connections) ----
+  // Server connections are counted per database over its pools and per (server) user over
+  // all databases, as PgBouncer counts them; a pool opens one only when both allow it.
 
   canOpen(pool: Pool): boolean {
-    const db = this.databaseConfig(pool.database);
-    const max = db?.max_db_connections ?? this.config.max_db_connections;
-    return max <= 0 || (this.dbConnections.get(pool.database) ?? 0) < max;
+    const b = this.blockedBy(pool);
+    return !b.db && !b.user;
+  }
+  // Which limits are taken for this pool now.
+  private blockedBy(pool: Pool): { db: boolean; user: boolean } {
+    const maxDb = this.databaseConfig(pool.database)?.max_db_connections ?? this.config.max_db_connections;
+    const maxUser = this.config.users.get(pool.user)?.max_user_connections ?? this.config.max_user_connections;
+    return {
+      db: maxDb > 0 && (this.dbConnections.get(pool.database) ?? 0) >= maxDb,
+      user: maxUser > 0 && (this.userConnections.get(pool.user) ?? 0) >= maxUser,
+    };
   }
   opened(pool: Pool): void {
     this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 0) + 1);
+    this.userConnections.set(pool.user, (this.userConnections.get(pool.user) ?? 0) + 1);
   }
   closed(pool: Pool): void {
     this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 1) - 1);
+    this.userConnections.set(pool.user, (this.userConnections.get(pool.user) ?? 1) - 1);
   }
   freed(pool: Pool): void {
-    for (const p of this.pools.values()) if (p !== pool && p.database === pool.database && p.waitingCount) p.grow();
+    for (const p of this.pools.values()) {
+      if (p !== pool && (p.database === pool.database || p.user === pool.user) && p.waitingCount) p.grow();
+    }
   }
+  // Only a pool under every limit that blocks this one frees a slot it can use.
+  evictIdleFor(pool: Pool): boolean {
+    const b = this.blockedBy(pool);
+    for (const p of this.pools.values()) {
+      if (p === pool || (b.db && p.database !== pool.database) || (b.user && p.user !== pool.user)) continue;
+      if (p.closeOneIdle(`evicted for pool ${pool.label} (connection limit)`)) return true;
+    }
+    return false;
+  }
+  private userConnections = new Map<string, number>();
 
   // ---- PAUSE / RESUME: no new server assignments for a database (all when omitted) ----
 
@@ -314,15 +337,10 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.kernel.janitor(now);
   }
 
-  // Applies a new config: pool sizes, users, databases, timeouts. Listen changes need a restart.
-  reload(next: Config): string[] {
+  // Applies a new config: pool sizes, users, databases, timeouts. The keys that need a
+  // restart (RESTART_KEYS) are reported by the caller, once.
+  reload(next: Config): void {
     this.tls = buildTls(next); // throws before anything changes: a bad file keeps the running config
-    const needRestart: string[] = [];
-    const prev = this.config;
-    if (prev.listen.host !== next.listen.host || prev.listen.port !== next.listen.port || prev.listen.unix_socket_dir !== next.listen.unix_socket_dir) {
-      needRestart.push('listen');
-    }
-    if (prev.bypass !== next.bypass) needRestart.push('bypass');
     this.config = next;
     this.authQuery.reset(); // auth_user, auth_query or the servers may have changed
     for (const [key, pool] of this.pools) {
@@ -340,7 +358,6 @@ export class Pooler implements ClientHost, ConnectionBudget {
       pool.shrink(); // a smaller pool_size takes effect now, not at server_idle_timeout
       pool.grow();
     }
-    return needRestart;
   }
 
   // Clients inside a transaction, in user space or in the kernel.
