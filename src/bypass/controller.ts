@@ -692,7 +692,7 @@ export class BypassController implements IdleServerHost {
         const idleFor = now - Math.max(this.activity.get(server)!.since, server.lastUsed);
         if (server.closeNeeded) server.close('close_needed (RECONNECT)');
         else if (s.serverLifetime > 0 && now - server.createdAt > s.serverLifetime * 1000) server.close('server_lifetime reached');
-        else if (s.serverIdleTimeout > 0 && idleFor > s.serverIdleTimeout * 1000 && pool.servers.size > s.minSize) server.close('server_idle_timeout');
+        else if (s.serverIdleTimeout > 0 && idleFor > s.serverIdleTimeout * 1000 && pool.pairServerCount > s.minSize) server.close('server_idle_timeout');
         else pool.serverAvailable(server);
       }
     }

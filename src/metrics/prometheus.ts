@@ -2,6 +2,8 @@
 // traffic counters are computed from the pooler's state at scrape time (the same numbers
 // as SHOW POOLS / SHOW STATS); wait, query and transaction histograms are observed live;
 // the kernel path's counters come from ProxyControl.bypassCounters().
+// Pool series are per (database, user): its startup-settings variant pools are summed, so no
+// two series share a label set (SHOW POOLS does the same).
 import * as http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -9,7 +11,7 @@ import type { Pooler } from '../pooler';
 import type { Pool } from '../pool';
 import type { MetricsConfig } from '../config/types';
 import type { ProxyControl } from '../admin/console';
-import { VERSION, poolCounts } from '../admin/console';
+import { VERSION, pairCounts } from '../admin/console';
 import { poolTotals, statsEvents } from './stats';
 import { log } from '../log';
 
@@ -41,7 +43,7 @@ export class MetricsServer {
       labelNames: [...pl, 'state'], registers: [r],
       collect() {
         this.reset();
-        for (const [p, n] of poolCounts(pooler_)) {
+        for (const [p, n] of pairCounts(pooler_)) {
           this.set({ database: p.database, user: p.user, state: 'active' }, n.clActive);
           this.set({ database: p.database, user: p.user, state: 'waiting' }, n.clWaiting);
         }
@@ -52,7 +54,7 @@ export class MetricsServer {
       labelNames: pl, registers: [r],
       collect() {
         this.reset();
-        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.clPinned);
+        for (const [p, n] of pairCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.clPinned);
       },
     });
     new Gauge({
@@ -60,7 +62,7 @@ export class MetricsServer {
       labelNames: [...pl, 'state'], registers: [r],
       collect() {
         this.reset();
-        for (const [p, n] of poolCounts(pooler_)) {
+        for (const [p, n] of pairCounts(pooler_)) {
           const l = { database: p.database, user: p.user };
           this.set({ ...l, state: 'active' }, n.svActive);
           this.set({ ...l, state: 'idle' }, n.svIdle);
@@ -73,14 +75,14 @@ export class MetricsServer {
       name: 'pgsplice_pool_max_wait_seconds', help: 'How long the oldest waiting client of a pool has waited', labelNames: pl, registers: [r],
       collect() {
         this.reset();
-        for (const [p, n] of poolCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.maxWaitUs / 1e6);
+        for (const [p, n] of pairCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.maxWaitUs / 1e6);
       },
     });
     new Gauge({
       name: 'pgsplice_pool_paused', help: '1 when the pool is paused (PAUSE)', labelNames: pl, registers: [r],
       collect() {
         this.reset();
-        for (const p of pooler_.pools.values()) this.set({ database: p.database, user: p.user }, p.paused ? 1 : 0);
+        for (const [p, n] of pairCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.paused ? 1 : 0);
       },
     });
     new Gauge({
