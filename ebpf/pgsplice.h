@@ -7,28 +7,6 @@
 
 #ifndef __BPF__
 #include <linux/types.h>
-/* Every type and constant user space reads, in one struct: the BPF compiler only emits
- * BTF for types something references, and the enums above are otherwise used only as
- * values. pgsplice.bpf.c references it from pgs_abi_anchor. */
-struct pgs_abi {
-	enum pgs_limits limits;
-	enum pgs_word word;
-	enum pgs_mode mode;
-	enum pgs_role role;
-	enum pgs_conn_flags flags;
-	enum pgs_pool_mode pool_mode;
-	enum pgs_stat stat;
-	enum pgs_event_type event_type;
-	enum pgs_op op;
-	struct pgs_frame frame;
-	struct pgs_conn conn;
-	struct pgs_pool pool;
-	struct pgs_pool_stats pool_stats;
-	struct pgs_event event;
-	struct pgs_ctl ctl;
-	struct pgs_frame_test frame_test;
-};
-
 #endif
 
 /* Constants are enums, not #defines, so the object's BTF carries them and

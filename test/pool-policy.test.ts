@@ -143,7 +143,11 @@ function fixture(settings: Partial<PoolSettings> = {}) {
   const made: FakeServer[] = [];
   const kernel = new FakeKernel();
   let open = 0;
-  const budget: ConnectionBudget = { canOpen: () => true, opened: () => void open++, closed: () => void open--, freed: () => {} };
+  // One pool per (database, user) pair here: no shared limit, no sibling variant pools.
+  const budget: ConnectionBudget = {
+    canOpen: (p, limit) => p.servers.size < limit, evictIdleFor: () => false, opened: () => void open++, closed: () => void open--,
+    freed: () => {}, pairServers: (p) => p.servers.size, warms: () => true, yieldsTo: () => null,
+  };
   const pool = new Pool('db', 'u', TARGET, { ...SETTINGS, ...settings }, {
     budget, kernel, newServer: (target) => {
       const s = new FakeServer(target);

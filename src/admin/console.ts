@@ -163,6 +163,32 @@ export function poolCounts(pooler: Pooler): Map<Pool, PoolCounts> {
   return out;
 }
 
+// One entry per (database, user) pair, its startup-variant pools summed (PgBouncer's tools
+// read SHOW POOLS and the metrics by database and user): keyed by the pair's first pool.
+export interface PairCounts extends PoolCounts {
+  variants: number; // pools with startup settings in the pair (docs/transaction-mode.md)
+  paused: boolean; // any of its pools
+}
+export function pairCounts(pooler: Pooler): Map<Pool, PairCounts> {
+  const first = new Map<string, Pool>();
+  const out = new Map<Pool, PairCounts>();
+  for (const [p, n] of poolCounts(pooler)) {
+    const key = `${p.database}\0${p.user}`;
+    const head = first.get(key) ?? p;
+    first.set(key, head);
+    const variant = Object.keys(pooler.startupOf(p)).length > 0 ? 1 : 0;
+    const sum = out.get(head);
+    if (!sum) {
+      out.set(head, { ...n, variants: variant, paused: p.paused });
+      continue;
+    }
+    for (const k of Object.keys(n) as (keyof PoolCounts)[]) sum[k] = k === 'maxWaitUs' ? Math.max(sum[k], n[k]) : sum[k] + n[k];
+    sum.variants += variant;
+    sum.paused ||= p.paused;
+  }
+  return out;
+}
+
 function pgTime(ms: number): string {
   return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
 }
@@ -453,13 +479,13 @@ class AdminSession {
       columns(
         'database', 'user', 'cl_active:int4', 'cl_waiting:int4', 'cl_active_cancel_req:int4', 'cl_waiting_cancel_req:int4',
         'sv_active:int4', 'sv_active_cancel:int4', 'sv_being_canceled:int4', 'sv_idle:int4', 'sv_used:int4', 'sv_tested:int4',
-        'sv_login:int4', 'maxwait:int4', 'maxwait_us:int4', 'pool_mode', 'cl_pinned:int4',
+        'sv_login:int4', 'maxwait:int4', 'maxwait_us:int4', 'pool_mode', 'cl_pinned:int4', 'variants:int4',
       ),
     );
-    for (const [p, n] of poolCounts(this.pooler)) {
+    for (const [p, n] of pairCounts(this.pooler)) {
       const w = Math.floor(n.maxWaitUs);
       rs.add([p.database, p.user, n.clActive, n.clWaiting, 0, 0, n.svActive, 0, n.svBeingCanceled, n.svIdle, n.svUsed, 0, n.svLogin,
-        Math.floor(w / 1e6), w % 1e6, p.settings.mode, n.clPinned]);
+        Math.floor(w / 1e6), w % 1e6, p.settings.mode, n.clPinned, n.variants]);
     }
     return rs.toBuffer();
   }

@@ -77,6 +77,7 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   max_client_conn: { kind: size1, def: 100 },
   max_db_connections: { kind: size0, def: 0 },
   max_user_connections: { kind: size0, def: 0 },
+  max_pool_variants: { kind: size0, def: 8 },
   server_reset_query: { kind: str, def: 'DISCARD ALL' },
   server_reset_query_always: { kind: { t: 'bool' }, def: false },
   server_check_query: { kind: str, def: 'select 1' },

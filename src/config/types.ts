@@ -78,6 +78,7 @@ export interface Config {
   max_client_conn: number;
   max_db_connections: number; // 0 = unlimited
   max_user_connections: number; // 0 = unlimited
+  max_pool_variants: number; // startup-settings variant pools per (database, server user); 0 = none
   server_reset_query: string;
   server_reset_query_always: boolean;
   server_check_query: string;

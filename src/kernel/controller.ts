@@ -670,7 +670,7 @@ export class BypassController implements KernelHost {
         const seen = this.activity.get(server);
         if (!seen || (st && st.redirected !== seen.redirected)) this.activity.set(server, { redirected: st?.redirected ?? 0n, since: now });
         const idleSince = Math.max(this.activity.get(server)!.since, server.lastUsed);
-        const why = idleServerVerdict(s, { createdAt: server.createdAt, idleSince, closeNeeded: server.closeNeeded }, pool.servers.size, now);
+        const why = idleServerVerdict(s, { createdAt: server.createdAt, idleSince, closeNeeded: server.closeNeeded }, pool.pairServerCount, now);
         if (why) server.close(why);
         else pool.serverAvailable(server);
       }

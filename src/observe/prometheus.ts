@@ -2,6 +2,8 @@
 // traffic counters are computed from the pooler's state at scrape time (the same numbers
 // as SHOW POOLS / SHOW STATS); wait, query and transaction histograms are observed live;
 // the kernel path's counters come from ProxyControl.bypassCounters().
+// Pool series are per (database, user): its startup-settings variant pools are summed, so no
+// two series share a label set (SHOW POOLS does the same).
 import * as http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -9,7 +11,7 @@ import type { Pooler } from '../pooling/pooler';
 import type { Pool } from '../pooling/pool';
 import type { MetricsConfig } from '../config/types';
 import type { ProxyControl } from '../admin/console';
-import { VERSION, poolCounts, type PoolCounts } from '../admin/console';
+import { VERSION, pairCounts, type PairCounts } from '../admin/console';
 import { poolTotals, statsEvents, type Totals } from './stats';
 import { log } from './log';
 
@@ -36,13 +38,13 @@ export class MetricsServer {
         this.set({ version: VERSION }, 1);
       },
     });
-    // A gauge per pool from SHOW POOLS' counts: one value, or one per state (label `state`).
-    const poolGauge = (name: string, help: string, values: Record<string, (n: PoolCounts) => number> | ((n: PoolCounts) => number)) =>
+    // A gauge per (database, user) from SHOW POOLS' counts: one value, or one per state (label `state`).
+    const poolGauge = (name: string, help: string, values: Record<string, (n: PairCounts) => number> | ((n: PairCounts) => number)) =>
       new Gauge({
         name, help, labelNames: typeof values === 'function' ? pl : [...pl, 'state'], registers: [r],
         collect() {
           this.reset();
-          for (const [p, n] of poolCounts(pooler_)) {
+          for (const [p, n] of pairCounts(pooler_)) {
             const l = { database: p.database, user: p.user };
             if (typeof values === 'function') this.set(l, values(n));
             else for (const [state, v] of Object.entries(values)) this.set({ ...l, state }, v(n));
@@ -60,7 +62,7 @@ export class MetricsServer {
       name: 'pgsplice_pool_paused', help: '1 when the pool is paused (PAUSE)', labelNames: pl, registers: [r],
       collect() {
         this.reset();
-        for (const p of pooler_.pools.values()) this.set({ database: p.database, user: p.user }, p.paused ? 1 : 0);
+        for (const [p, n] of pairCounts(pooler_)) this.set({ database: p.database, user: p.user }, n.paused ? 1 : 0);
       },
     });
     new Gauge({

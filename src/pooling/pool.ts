@@ -1,4 +1,4 @@
-// A pool of server connections for one (database, user): idle servers, clients
+// A pool of server connections for one (database, user, startup settings): idle servers, clients
 // waiting in FIFO order, sizing (pool, min, reserve), and the server lifetimes.
 import { ServerConnection, ServerError, ServerState, ServerTarget } from './server-connection';
 import type { PoolMode } from '../config/types';
@@ -23,16 +23,25 @@ export interface PoolSettings {
   loginRetry: number; // s, server_login_retry: no new server this long after a failed login
 }
 
-// Counts server connections per database and per user across pools (max_db_connections,
-// max_user_connections).
+// Counts server connections across pools: per (database, server user) over the pools of
+// its startup-settings variants (pool_size, reserve_pool_size, min_pool_size are budgets of
+// that pair, as in PgBouncer), per database (max_db_connections), per user (max_user_connections).
 export interface ConnectionBudget {
-  canOpen(pool: Pool): boolean;
-  // The limit keeps this pool from opening a server: close an idle server of another pool
+  // Whether the pool may open a server now, its (database, user) pair holding fewer than `limit`.
+  canOpen(pool: Pool, limit: number): boolean;
+  // A limit keeps this pool from opening a server: close an idle server of another pool
   // under the same limit so that it can (PgBouncer evicts the same way). True if one closed.
-  evictIdleFor(pool: Pool): boolean;
+  evictIdleFor(pool: Pool, limit: number): boolean;
   opened(pool: Pool): void;
   closed(pool: Pool): void;
   freed(pool: Pool): void; // a slot was freed: another pool may now open a server
+  // Servers of the pool's (database, user) pair over all its variant pools.
+  pairServers(pool: Pool): number;
+  // Whether this pool is the one that opens servers for min_pool_size (one per pair).
+  warms(pool: Pool): boolean;
+  // A server of this pool is released while the pair is full: another variant pool whose
+  // client has waited longer, and that holds at least two servers fewer, gets the slot.
+  yieldsTo(pool: Pool): Pool | null;
 }
 
 export class PoolError extends Error {
@@ -101,6 +110,14 @@ export class Pool {
   get connectingCount(): number {
     return this.connecting;
   }
+  // Servers of this pool's (database, user) pair over its startup-variant pools.
+  get pairServerCount(): number {
+    return this.budget.pairServers(this);
+  }
+  // When the oldest waiting client started waiting (Infinity: none waits).
+  get oldestWaitSince(): number {
+    return this.waiters.length ? this.waiters[0].since : Infinity;
+  }
   get activeCount(): number {
     let n = 0;
     for (const s of this.servers) if (s.state === ServerState.Active || s.state === ServerState.Internal) n++;
@@ -143,6 +160,8 @@ export class Pool {
     if (!server.isUsable) return;
     if (server.closeNeeded) return server.close('close_needed (RECONNECT)');
     if (this.excess > 0) return server.close('pool size lowered');
+    const other = this.budget.yieldsTo(this);
+    if (other) return server.close(`slot handed to pool ${other.label} (pool_size shared by startup variants)`);
     if (lifetimeReached(this.settings, server.createdAt, Date.now())) {
       server.close('server_lifetime reached');
       return;
@@ -253,8 +272,9 @@ export class Pool {
     this.grow();
   }
 
-  private get total(): number {
-    return this.servers.size;
+  // min_pool_size counts the pair's servers; one pool of the pair opens them.
+  private get belowMin(): boolean {
+    return this.budget.warms(this) && this.budget.pairServers(this) < this.settings.minSize;
   }
 
   // Milliseconds left before a new server may be tried after a failed login (server_login_retry).
@@ -274,7 +294,7 @@ export class Pool {
     const wait = this.loginBackoffLeft();
     if (wait > 0) {
       // One retry when the wait is over, if anyone still needs a server then.
-      if (!this.retryTimer && (this.waiters.length || this.servers.size < s.minSize)) {
+      if (!this.retryTimer && (this.waiters.length || this.belowMin)) {
         this.retryTimer = setTimeout(() => {
           this.retryTimer = null;
           this.grow();
@@ -285,12 +305,13 @@ export class Pool {
     }
     const oldestWait = this.waiters.length ? Date.now() - this.waiters[0].since : 0;
     const limit = s.size + (oldestWait >= s.reserveTimeout * 1000 ? s.reserveSize : 0);
-    const wanted = Math.max(this.waiters.length - this.connecting, s.minSize - this.total);
-    for (let i = 0; i < wanted && this.total < limit && this.budget.canOpen(this); i++) this.openServer();
-    // Clients wait, the pool may grow, but the database's or the user's limit is taken:
-    // an idle server of another pool makes room (its close calls grow again).
-    if (this.waiters.length > this.connecting && this.total < limit && !this.budget.canOpen(this)) this.budget.evictIdleFor(this);
-    if (this.waiters.length && this.total >= s.size && s.reserveSize > 0 && !this.reserveTimer) {
+    const forMin = this.budget.warms(this) ? s.minSize - this.budget.pairServers(this) : 0;
+    const wanted = Math.max(this.waiters.length - this.connecting, forMin);
+    for (let i = 0; i < wanted && this.budget.canOpen(this, limit); i++) this.openServer();
+    // Clients wait but the pair's pool_size, the database's or the user's limit is taken:
+    // an idle server of another pool under that limit makes room (its close calls grow again).
+    if (this.waiters.length > this.connecting && !this.budget.canOpen(this, limit)) this.budget.evictIdleFor(this, limit);
+    if (this.waiters.length && this.budget.pairServers(this) >= s.size && s.reserveSize > 0 && !this.reserveTimer) {
       this.reserveTimer = setTimeout(() => {
         this.reserveTimer = null;
         this.grow();
@@ -344,13 +365,13 @@ export class Pool {
 
   private emitChanged(): void {
     // A server went away: keep min_pool_size and any waiters served.
-    if (this.waiters.length || this.servers.size < this.settings.minSize) setImmediate(() => this.grow());
+    if (this.waiters.length || this.belowMin) setImmediate(() => this.grow());
     this.budget.freed(this);
   }
 
-  // Servers above the pool's size and reserve (a reload made it smaller).
+  // Servers of the pair above its size and reserve (a reload made it smaller).
   private get excess(): number {
-    return this.servers.size - (this.settings.size + this.settings.reserveSize);
+    return this.budget.pairServers(this) - (this.settings.size + this.settings.reserveSize);
   }
 
   // A pool made smaller closes what is above its size: idle servers now (in user space
@@ -375,7 +396,7 @@ export class Pool {
     const keep: ServerConnection[] = [];
     for (const srv of [...this.idle]) { // close() removes from this.idle
       if (!srv.isUsable) continue;
-      const why = idleServerVerdict(s, { createdAt: srv.createdAt, idleSince: srv.lastUsed, closeNeeded: srv.closeNeeded }, this.servers.size, now);
+      const why = idleServerVerdict(s, { createdAt: srv.createdAt, idleSince: srv.lastUsed, closeNeeded: srv.closeNeeded }, this.budget.pairServers(this), now);
       if (why) srv.close(why);
       else keep.push(srv);
     }
@@ -384,7 +405,7 @@ export class Pool {
       const oldest = now - this.waiters[0].since;
       if (oldest >= s.reserveTimeout * 1000) this.grow();
     }
-    if (this.servers.size < s.minSize) this.grow(); // after a failed login, at most once per server_login_retry
+    if (this.belowMin) this.grow(); // after a failed login, at most once per server_login_retry
   }
 
   // Closes idle servers now and the others when they come back (RECONNECT, reload).

@@ -21,6 +21,9 @@ export const ADMIN_RESERVE = 16;
 // Runs the admin console for a client that logged in to the admin database.
 export type AdminStarter = (client: ClientConnection) => void;
 
+// The (database, server user) pair whose variant pools share pool_size.
+const pairKey = (database: string, user: string): string => `${database}\0${user}`;
+
 export class Pooler implements ClientHost, ConnectionBudget {
   readonly clients = new Set<ClientConnection>();
   readonly pools = new Map<string, Pool>();
@@ -113,13 +116,22 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   // Called once the client has authenticated (never for a name nobody logged in as).
   // startup: the client's startup settings that its servers must be opened with (so they are
-  // the session defaults RESET returns to); clients that differ in them use different pools.
+  // the session defaults RESET returns to); clients that differ in them use different pools
+  // (variants) that share the pair's pool_size. Past max_pool_variants variants of a pair,
+  // a client with new settings gets the plain pool and its settings are SET on its servers.
   resolvePool(database: string, user: string, startup: Record<string, string> = {}): Pool {
     const db = this.databaseConfig(database);
     if (!db) throw new PoolError(`no such database: ${database}`, SqlState.InvalidCatalogName);
     const serverUser = db.user ?? user;
-    const key = `${database}\0${serverUser}\0${JSON.stringify(startup)}`;
+    const pair = pairKey(database, serverUser);
+    let key = `${pair}\0${JSON.stringify(startup)}`;
     let pool = this.pools.get(key);
+    if (!pool && Object.keys(startup).length > 0 && (this.variantCount.get(pair) ?? 0) >= this.config.max_pool_variants) {
+      log.info(`${serverUser}@${database}: max_pool_variants (${this.config.max_pool_variants}) reached; startup settings ${JSON.stringify(startup)} are SET on the plain pool's servers`);
+      startup = {};
+      key = `${pair}\0{}`;
+      pool = this.pools.get(key);
+    }
     if (!pool) {
       const kernel = this.kernel;
       pool = new Pool(database, serverUser, this.target(db, user, startup), this.poolSettings(db, serverUser), {
@@ -127,7 +139,9 @@ export class Pooler implements ClientHost, ConnectionBudget {
       });
       this.poolStartup.set(pool, startup);
       this.pools.set(key, pool);
-      log.info(`pool ${pool.label} created (mode ${pool.settings.mode}, size ${pool.settings.size})`);
+      const variant = Object.keys(startup).length > 0;
+      if (variant) this.variantCount.set(pair, (this.variantCount.get(pair) ?? 0) + 1);
+      log.info(`pool ${pool.label}${variant ? ` ${JSON.stringify(startup)}` : ''} created (mode ${pool.settings.mode}, size ${pool.settings.size} per ${serverUser}@${database})`);
       kernel.poolCreated(pool);
       if (this.isPaused(database)) pool.pause(); // created while its database is paused
       pool.grow();
@@ -136,6 +150,13 @@ export class Pooler implements ClientHost, ConnectionBudget {
   }
 
   private poolStartup = new WeakMap<Pool, Record<string, string>>();
+  // Pools with startup settings per (database, server user) pair (pools are never removed).
+  private variantCount = new Map<string, number>();
+
+  // The startup settings a pool's servers are opened with ({} for the plain pool).
+  startupOf(pool: Pool): Record<string, string> {
+    return this.poolStartup.get(pool) ?? {};
+  }
 
   private target(db: DatabaseConfig, user: string, clientStartup: Record<string, string> = {}): ServerTarget {
     const serverUser = db.user ?? user;
@@ -264,45 +285,81 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return { code: SqlState.TooManyConnections, message: `no more connections allowed (max_client_conn ${this.config.max_client_conn})` };
   }
 
-  // ---- ConnectionBudget (max_db_connections, max_user_connections) ----
-  // Server connections are counted per database over its pools and per (server) user over
-  // all databases, as PgBouncer counts them; a pool opens one only when both allow it.
+  // ---- ConnectionBudget (pool_size per pair, max_db_connections, max_user_connections) ----
+  // Server connections are counted per (database, server user) pair over its startup-variant
+  // pools (pool_size, reserve_pool_size, min_pool_size are the pair's, as PgBouncer's pool's),
+  // per database over its pools and per (server) user over all databases, as PgBouncer counts
+  // them; a pool opens one only when all allow it.
 
-  canOpen(pool: Pool): boolean {
-    const b = this.blockedBy(pool);
-    return !b.db && !b.user;
+  canOpen(pool: Pool, limit: number): boolean {
+    const b = this.blockedBy(pool, limit);
+    return !b.pair && !b.db && !b.user;
   }
-  // Which limits are taken for this pool now.
-  private blockedBy(pool: Pool): { db: boolean; user: boolean } {
+  // Which limits are taken for this pool now (limit: the pair's size, with the reserve if due).
+  private blockedBy(pool: Pool, limit: number): { pair: boolean; db: boolean; user: boolean } {
     const maxDb = this.databaseConfig(pool.database)?.max_db_connections ?? this.config.max_db_connections;
     const maxUser = this.config.users.get(pool.user)?.max_user_connections ?? this.config.max_user_connections;
     return {
+      pair: this.pairServers(pool) >= limit,
       db: maxDb > 0 && (this.dbConnections.get(pool.database) ?? 0) >= maxDb,
       user: maxUser > 0 && (this.userConnections.get(pool.user) ?? 0) >= maxUser,
     };
   }
   opened(pool: Pool): void {
+    const pair = pairKey(pool.database, pool.user);
+    this.pairConnections.set(pair, (this.pairConnections.get(pair) ?? 0) + 1);
     this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 0) + 1);
     this.userConnections.set(pool.user, (this.userConnections.get(pool.user) ?? 0) + 1);
   }
   closed(pool: Pool): void {
+    const pair = pairKey(pool.database, pool.user);
+    this.pairConnections.set(pair, (this.pairConnections.get(pair) ?? 1) - 1);
     this.dbConnections.set(pool.database, (this.dbConnections.get(pool.database) ?? 1) - 1);
     this.userConnections.set(pool.user, (this.userConnections.get(pool.user) ?? 1) - 1);
   }
+  // The pools that may use the freed slot grow, the one whose client has waited longest first.
   freed(pool: Pool): void {
-    for (const p of this.pools.values()) {
-      if (p !== pool && (p.database === pool.database || p.user === pool.user) && p.waitingCount) p.grow();
-    }
+    const waiting = [...this.pools.values()].filter((p) => p !== pool && (p.database === pool.database || p.user === pool.user) && p.waitingCount);
+    waiting.sort((a, b) => a.oldestWaitSince - b.oldestWaitSince);
+    for (const p of waiting) p.grow();
   }
-  // Only a pool under every limit that blocks this one frees a slot it can use.
-  evictIdleFor(pool: Pool): boolean {
-    const b = this.blockedBy(pool);
+  // Only a pool under every limit that blocks this one frees a slot it can use (the pair's
+  // limit: a sibling variant pool).
+  evictIdleFor(pool: Pool, limit: number): boolean {
+    const b = this.blockedBy(pool, limit);
     for (const p of this.pools.values()) {
-      if (p === pool || (b.db && p.database !== pool.database) || (b.user && p.user !== pool.user)) continue;
-      if (p.closeOneIdle(`evicted for pool ${pool.label} (connection limit)`)) return true;
+      if (p === pool || ((b.db || b.pair) && p.database !== pool.database) || ((b.user || b.pair) && p.user !== pool.user)) continue;
+      if (p.closeOneIdle(`evicted for pool ${pool.label} (${b.pair ? 'pool_size shared by startup variants' : 'connection limit'})`)) return true;
     }
     return false;
   }
+  pairServers(pool: Pool): number {
+    return this.pairConnections.get(pairKey(pool.database, pool.user)) ?? 0;
+  }
+  // min_pool_size is opened by the pair's plain pool, or by its oldest pool while it has none.
+  warms(pool: Pool): boolean {
+    for (const p of this.pools.values()) {
+      if (p.database !== pool.database || p.user !== pool.user) continue;
+      if (Object.keys(this.startupOf(p)).length === 0) return p === pool;
+    }
+    for (const p of this.pools.values()) if (p.database === pool.database && p.user === pool.user) return p === pool;
+    return false;
+  }
+  // FIFO across variants at no churn: a released server is closed for a sibling only when the
+  // pair is full, the sibling's client has waited longer than any of this pool's and the sibling
+  // holds at least two servers fewer (so busy variants converge to an even split and stay there).
+  yieldsTo(pool: Pool): Pool | null {
+    if (this.pairServers(pool) < pool.settings.size) return null;
+    let best: Pool | null = null;
+    for (const p of this.pools.values()) {
+      if (p === pool || p.database !== pool.database || p.user !== pool.user || p.paused) continue;
+      if (p.waitingCount <= p.connectingCount || p.servers.size + 1 >= pool.servers.size) continue;
+      if (p.oldestWaitSince >= pool.oldestWaitSince) continue;
+      if (!best || p.oldestWaitSince < best.oldestWaitSince) best = p;
+    }
+    return best;
+  }
+  private pairConnections = new Map<string, number>();
   private userConnections = new Map<string, number>();
 
   // ---- PAUSE / RESUME: no new server assignments for a database (all when omitted) ----
