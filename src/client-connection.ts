@@ -802,8 +802,8 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
   }
 
+  // (the tracker has read the ReadyForQuery, with the rest of the chunk, in stream order)
   onServerReady(status: TxStatus, server: ServerConnection): void {
-    this.tracker.onReadyForQuery(status);
     // Statement pooling: the server goes back after every statement, so a transaction
     // block can't be kept; refused as PgBouncer refuses it (the open block is rolled back).
     if (status !== 'I' && this.pool!.settings.mode === 'statement') {
@@ -986,7 +986,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       return this.fatal({ code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout' });
     }
     const idleFor = now - this.lastActivity;
-    if (c.idle_transaction_timeout > 0 && this.server && this.tracker.outstanding === 0 && this.tracker.status !== 'I'
+    if (c.idle_transaction_timeout > 0 && this.server && this.tracker.waitingForClient
         && idleFor > c.idle_transaction_timeout * 1000) {
       return this.fatal({ code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long' });
     }
@@ -1003,9 +1003,8 @@ export class ClientConnection implements ServerPeer, Guarded {
   adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
     this.adoptedTail = tail ?? null;
     this.kernelServer = null;
-    this.tracker.outstanding = outstanding;
-    this.tracker.tailOpen = tailOpen;
-    this.tracker.status = 'T'; // unknown until its next ReadyForQuery: never released before that
+    // (status 'T' until its next ReadyForQuery: never released before that)
+    this.tracker.adopt(outstanding, tailOpen, tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0);
     this.server = server;
     this.state = ClientState.Active;
     server.link(this);
