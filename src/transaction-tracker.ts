@@ -117,13 +117,28 @@ export class TransactionTracker {
     return this.outstanding === 0 && !this.idle;
   }
 
+  // The kernel can't count these (it owes one ReadyForQuery per Sync, Query and
+  // FunctionCall): extended messages sent without their Sync, or a Query/FunctionCall
+  // sent after some (skipped if they fail). User space keeps such a request.
+  get mixesProtocols(): boolean {
+    if (this.tailExt > 0 || this.skipping) return true;
+    for (let i = 0; i < this.outstanding; i++) {
+      const k = this.at(i);
+      if (this.kind[k] !== Owed.Sync && this.ext[k] > 0) return true;
+    }
+    return false;
+  }
+
   // State handed over by the kernel path: `outstanding` sync points of unknown kind, and an
-  // open batch of `tailUnanswered` extended messages not yet answered.
-  adopt(outstanding: number, tailOpen: boolean, tailUnanswered: number): void {
+  // open batch of `tailUnanswered` extended messages not yet answered; `failed`: the
+  // server sent an ErrorResponse after its last ReadyForQuery, so with nothing owed the
+  // open batch failed and the server skips to the next Sync.
+  adopt(outstanding: number, tailOpen: boolean, tailUnanswered: number, failed = false): void {
     this.reset();
     for (let i = 0; i < outstanding; i++) this.push(Owed.Unknown, 0);
     this.tailOpen = tailOpen;
     this.tailExt = tailUnanswered;
+    this.skipping = failed && outstanding === 0 && tailOpen;
     this.status = 'T'; // unknown until its next ReadyForQuery: never released before that
   }
 
