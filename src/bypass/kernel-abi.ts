@@ -38,6 +38,7 @@ export const FALLBACK_NAMES: Record<number, string> = {
   [Stat.FB_PUSH_FAILED]: 'push_failed',
   [Stat.FB_NAMED_STATEMENT]: 'named_statement',
   [Stat.FB_SESSION_STATE]: 'session_state',
+  [Stat.FB_MIXED_PROTOCOL]: 'mixed_protocol',
 };
 
 export const EventType = strip(ENUMS.pgs_event_type, 'PGS_EV_');
