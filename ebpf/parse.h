@@ -19,6 +19,9 @@ struct pgs_fctx {
 	__u32 hdr_start;    /* where the split header being collected started in this skb */
 	__u32 n_ext_tail;   /* client: P/B/D/E/C completed after the last S/Q/F of this skb */
 	__u32 n_fin_tail;   /* server: final responses after the last Z of this skb */
+	__u32 n_err_tail;   /* server: ErrorResponses after the last Z of this skb */
+	__u32 ext_open;     /* client: P/B/D/E/C since the last S/Q/F, the previous skbs' included */
+	__u32 mixed;        /* client: non-zero if a Query/FunctionCall followed an open P/B/D/E/C */
 	__u32 insp_from;    /* client: first header that starts in this skb (inspection) */
 	__u8 insp_carried;  /* client: type of a header carried in from the previous skb */
 	__u8 have_sfq;
@@ -33,10 +36,18 @@ static __always_inline void pgs_complete(struct pgs_fctx *c, __u8 type)
 	c->n_msgs++;
 	if (c->role != PGS_ROLE_CLIENT)
 		return;
-	if (type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C')
+	if (type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C') {
 		c->n_ext_tail++;
+		c->ext_open++;
+	}
+	/* After an error in an extended batch PostgreSQL skips a Query or FunctionCall up to
+	 * the Sync and answers one ReadyForQuery: the kernel's count can't follow that, user
+	 * space does. Branch-free on the counter (bpf_loop callback convergence, below). */
+	if (type == 'Q' || type == 'F')
+		c->mixed |= c->ext_open;
 	if (type == 'S' || type == 'Q' || type == 'F') {
 		c->n_ext_tail = 0;
+		c->ext_open = 0;
 		if (type == 'S')
 			c->n_sync++;
 		else if (type == 'Q')
@@ -74,6 +85,9 @@ static __always_inline void pgs_header(struct pgs_fctx *c, const __u8 *h, __u32 
 			c->zbits = (c->zbits << 8) | h[5];
 			c->n_z++;
 			c->n_fin_tail = 0;
+			c->n_err_tail = 0;
+		} else if (type == 'E') {
+			c->n_err_tail++;
 		} else if (type == 'S') {
 			c->n_param++;
 		} else if (type == '1' || type == '2' || type == '3' || type == 'n' ||
@@ -213,11 +227,14 @@ __attribute__((noinline)) int pgs_frame_run(struct __sk_buff *skb, struct pgs_fc
 	return 0;
 }
 
+/* ext_open: P/B/D/E/C the socket sent after its last S/Q/F before this skb (client). */
 static __always_inline void pgs_frame_skb(struct pgs_fctx *c, struct __sk_buff *skb,
-					  const struct pgs_frame *st, __u32 base, __u32 role)
+					  const struct pgs_frame *st, __u32 base, __u32 role,
+					  __u32 ext_open)
 {
 	__builtin_memset(c, 0, sizeof(*c));
 	c->f = *st;
+	c->ext_open = ext_open;
 	c->base = base;
 	c->role = role;
 	c->x_off = PGS_NO_OFF;

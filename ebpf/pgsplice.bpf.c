@@ -253,7 +253,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 		stat_add(PGS_ST_PASSED_BYTES, len);
 		return SK_PASS;
 	}
-	pgs_frame_skb(&fc, skb, &c->frame, 0, PGS_ROLE_CLIENT);
+	pgs_frame_skb(&fc, skb, &c->frame, 0, PGS_ROLE_CLIENT, *(volatile __u32 *)&c->tail_msgs);
 	if (fc.error)
 		return client_fallback(c, len, PGS_ST_FB_FRAME_ERROR);
 	if (fc.first_type == 'X')
@@ -262,8 +262,15 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	now = nsfq ? bpf_ktime_get_ns() : 0; /* no helper calls under the lock */
 	/* Transaction pools only: a session client keeps its server, state and all. */
 	pool = bpf_map_lookup_elem(&pools, &pool_id);
-	if (pool && pool->mode == PGS_POOL_TRANSACTION)
+	if (pool && pool->mode == PGS_POOL_TRANSACTION) {
 		need = pgs_inspect_skb(skb, &fc, 0);
+		/* a Query/FunctionCall after P/B/D/E/C without Sync (this skb's or forwarded
+		 * before): if the batch fails PostgreSQL skips it and owes one ReadyForQuery
+		 * fewer than counted, so the server would never be released. User space's
+		 * tracker follows that rule (docs/kernel-path.md). */
+		if (!need && fc.mixed)
+			need = PGS_ST_FB_MIXED_PROTOCOL;
+	}
 
 	sid = *(volatile __u32 *)&c->peer;
 	if (need && !sid)
@@ -294,7 +301,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 				c->outstanding = 0;
 				c->tail_msgs = 0;
 				c->tail_answered = 0;
-				c->flags &= ~PGS_F_PARAMS_CHANGED;
+				c->flags &= ~(PGS_F_PARAMS_CHANGED | PGS_F_TAIL_ERROR);
 				c->xact_start = 0;
 				c->query_start = 0;
 			}
@@ -390,7 +397,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 			goto passed;
 	}
 
-	pgs_frame_skb(&fc, skb, &s->frame, 0, PGS_ROLE_SERVER);
+	pgs_frame_skb(&fc, skb, &s->frame, 0, PGS_ROLE_SERVER, 0);
 	bpf_spin_lock(&s->lock);
 	if (MODE(s->word) == PGS_BOUND && !fc.error) {
 		cid = s->peer;
@@ -446,7 +453,7 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 	/* Commit framing only while still BOUND: a TAKE_BOUND that flipped us to USER
 	 * meanwhile sees a frame state that matches exactly the bytes sent to the client. */
 	ok = 0;
-	apply = fc.n_param || fc.n_z || fc.n_fin_tail;
+	apply = fc.n_param || fc.n_z || fc.n_fin_tail || fc.n_err_tail;
 	bpf_spin_lock(&s->lock);
 	if (MODE(s->word) == PGS_BOUND && s->peer == cid) {
 		s->frame = fc.f;
@@ -465,6 +472,10 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 			if (fc.n_param)
 				c->flags |= PGS_F_PARAMS_CHANGED;
 			c->tail_answered = fc.n_z ? fc.n_fin_tail : c->tail_answered + fc.n_fin_tail;
+			if (fc.n_z)
+				c->flags &= ~PGS_F_TAIL_ERROR;
+			if (fc.n_err_tail)
+				c->flags |= PGS_F_TAIL_ERROR;
 			if (fc.n_z) {
 				c->outstanding = c->outstanding > fc.n_z ? c->outstanding - fc.n_z : 0;
 				/* Z answers the oldest request; the next one's clock starts now */
@@ -855,9 +866,9 @@ int pgs_frame_test(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	/* a constant role per copy: an unknown role doubles the verifier's paths */
 	if (t->role == PGS_ROLE_SERVER)
-		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_SERVER);
+		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_SERVER, 0);
 	else
-		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_CLIENT);
+		pgs_frame_skb(&fc, skb, &t->frame, 14, PGS_ROLE_CLIENT, t->tail_msgs);
 	/* append this chunk's statuses (at most its last 8) in arrival order */
 	for (int i = 7; i >= 0; i--) {
 		__u32 at = t->n_z + fc.n_z - 1 - i;
@@ -883,6 +894,8 @@ int pgs_frame_test(struct __sk_buff *skb)
 		/* the verdict passes the first chunk that needs user space, and all after it */
 		if (!t->inspect && !fc.error)
 			t->inspect = pgs_inspect_skb(skb, &fc, 1);
+		if (!t->inspect && !fc.error && fc.mixed)
+			t->inspect = PGS_ST_FB_MIXED_PROTOCOL;
 	}
 	return TC_ACT_OK;
 }

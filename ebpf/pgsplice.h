@@ -42,6 +42,9 @@ enum pgs_conn_flags {
 	PGS_F_RETIRE = 8,         /* server: give it to user space at its release (RECONNECT, a cancel in flight); cleared when user space puts it back (SERVER_TO_IDLE, BIND) */
 	PGS_F_HANDOFF = 16,       /* client: handed to user space mid-transaction (named
 				   * statement or session-state SQL, docs/kernel-path.md) */
+	PGS_F_TAIL_ERROR = 32,    /* client: its server sent an ErrorResponse after its last
+				   * ReadyForQuery (an open extended batch failed: PostgreSQL
+				   * skips to the Sync); user space reads it at a hand-over */
 };
 
 /* Framing state of one direction, owned by the socket's own verdict. */
@@ -127,6 +130,7 @@ enum pgs_stat {
 	PGS_ST_FB_PUSH_FAILED,
 	PGS_ST_FB_NAMED_STATEMENT, /* a named Parse/Bind/Describe/Close: user space renames */
 	PGS_ST_FB_SESSION_STATE,   /* SQL that may change session state, or not wholly visible */
+	PGS_ST_FB_MIXED_PROTOCOL,  /* a Query/FunctionCall inside an unsynced extended batch */
 	PGS_ST__MAX,
 };
 
@@ -208,7 +212,8 @@ struct pgs_frame_test {
 	__u32 last_tail; /* tail_open after the last chunk */
 	__u8 z_status[64]; /* first 64 Z statuses */
 	/* client: what the verdict's inspection decided for the last chunk
-	 * (0 stay in the kernel, else PGS_ST_FB_NAMED_STATEMENT / _SESSION_STATE) */
+	 * (0 stay in the kernel, else PGS_ST_FB_NAMED_STATEMENT / _SESSION_STATE /
+	 * _MIXED_PROTOCOL) */
 	__u32 inspect;
 	__u32 tail_msgs;     /* as pgs_conn.tail_msgs after the last chunk */
 	__u32 tail_answered; /* as pgs_conn.tail_answered after the last chunk */

@@ -265,6 +265,8 @@ export class BypassController implements KernelHost {
       return false;
     }
     if (!isTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
+    // the kernel starts its tail counts at 0 here: an open extended batch stays in user space
+    if (client.tracker.mixesProtocols) return false;
     const kid = this.kidFor(pool, signature(client.settings));
     if (kid === null || serverSignature(server) !== signature(client.settings)) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
@@ -329,7 +331,7 @@ export class BypassController implements KernelHost {
     frame: ConnRead['frame'], clocks: { xactNs: bigint | null; queryNs: bigint | null }): void {
     server.leftKernel();
     server.resumeFrame(frame);
-    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered });
+    client.adoptServer(server, c.outstanding, c.tailOpen !== 0, { tailMessages: c.tailMessages, tailAnswered: c.tailAnswered, failed: (c.flags & ConnFlags.TAIL_ERROR) !== 0 });
     // User space sees this transaction's end: it counts it, timed from its kernel start.
     client.timing.resume(clocks.xactNs, clocks.queryNs, this.kidPool.get(c.poolId) ?? client.pool);
     server.socket.pause();

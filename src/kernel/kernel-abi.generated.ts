@@ -7,7 +7,14 @@ export const ENUMS = {
   pgs_word: { PGS_MODE_SHIFT: 48 },
   pgs_mode: { PGS_USER: 0, PGS_KERNEL: 1, PGS_IDLE: 1, PGS_BOUND: 2 },
   pgs_role: { PGS_ROLE_CLIENT: 1, PGS_ROLE_SERVER: 2 },
-  pgs_conn_flags: { PGS_F_PARAMS_CHANGED: 1, PGS_F_FRAME_ERROR: 2, PGS_F_SLOW: 4, PGS_F_RETIRE: 8, PGS_F_HANDOFF: 16 },
+  pgs_conn_flags: {
+    PGS_F_PARAMS_CHANGED: 1,
+    PGS_F_FRAME_ERROR: 2,
+    PGS_F_SLOW: 4,
+    PGS_F_RETIRE: 8,
+    PGS_F_HANDOFF: 16,
+    PGS_F_TAIL_ERROR: 32,
+  },
   pgs_pool_mode: { PGS_POOL_SESSION: 0, PGS_POOL_TRANSACTION: 1 },
   pgs_stat: {
     PGS_ST_TRANSACTIONS: 0,
@@ -32,7 +39,8 @@ export const ENUMS = {
     PGS_ST_FB_PUSH_FAILED: 19,
     PGS_ST_FB_NAMED_STATEMENT: 20,
     PGS_ST_FB_SESSION_STATE: 21,
-    PGS_ST__MAX: 22,
+    PGS_ST_FB_MIXED_PROTOCOL: 22,
+    PGS_ST__MAX: 23,
   },
   pgs_event_type: {
     PGS_EV_PARAMS_CHANGED: 1,
@@ -186,5 +194,5 @@ export const MAPS = {
   pools: { type: 2, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool", valueSize: 24 },
   sock_ids: { type: 1, maxEntries: 65536, key: "u64", keySize: 8, value: "u32", valueSize: 4 },
   socks: { type: 18, maxEntries: 65536, key: "u32", keySize: 4, value: "u32", valueSize: 4 },
-  stats: { type: 6, maxEntries: 22, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
+  stats: { type: 6, maxEntries: 23, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
 } as const;

@@ -782,8 +782,8 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
   }
 
+  // (the tracker has read the ReadyForQuery, with the rest of the chunk, in stream order)
   onServerReady(status: TxStatus, server: ServerConnection): void {
-    this.tracker.onReadyForQuery(status);
     // Statement pooling: the server goes back after every statement, so a transaction
     // block can't be kept; refused as PgBouncer refuses it (the open block is rolled back).
     if (status !== 'I' && this.pool!.settings.mode === 'statement') {
@@ -938,7 +938,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     const why = clientTimeout(this.host.config, {
       busySince: this.requestSince,
       quietSince: this.lastActivity,
-      idleInTransaction: this.server !== null && this.tracker.outstanding === 0 && this.tracker.status !== 'I',
+      idleInTransaction: this.server !== null && this.tracker.waitingForClient,
       betweenTransactions: this.state === ClientState.Idle,
     }, now);
     if (!why) return;
@@ -974,13 +974,15 @@ export class ClientConnection implements ServerPeer, Guarded {
   // the extended-protocol messages after the last Sync the kernel forwarded, and of the
   // final answers since the last ReadyForQuery it forwarded (hand-overs for a named
   // statement or session state, or the in-flight bound).
-  adoptedTail: { tailMessages: number; tailAnswered: number } | null = null;
-  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number }): void {
+  // tail.failed: the server's last message after its last ReadyForQuery included an
+  // ErrorResponse (the open batch failed, the server skips to the next Sync).
+  adoptedTail: { tailMessages: number; tailAnswered: number; failed?: boolean } | null = null;
+  adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number; failed?: boolean }): void {
     this.adoptedTail = tail ?? null;
     this.boundServer = null;
-    this.tracker.outstanding = outstanding;
-    this.tracker.tailOpen = tailOpen;
-    this.tracker.status = 'T'; // unknown until its next ReadyForQuery: never released before that
+    const failed = !!tail?.failed && outstanding === 0 && tailOpen;
+    // (status 'T' until its next ReadyForQuery: never released before that)
+    this.tracker.adopt(outstanding, tailOpen, tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0, failed);
     this.server = server;
     this.lifecycle.to(ClientState.Active);
     server.link(this);
@@ -988,7 +990,8 @@ export class ClientConnection implements ServerPeer, Guarded {
       // What the kernel forwarded is answered first: the rewriter's replies queue behind it.
       for (let i = 0; i < outstanding; i++) server.replies.expect({ end: ReplyEnd.Ready, action: ReplyAction.Pass, sync: true });
       const open = tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0;
-      if (open > 0) server.replies.expect({ end: ReplyEnd.Finals, action: ReplyAction.Pass, count: open });
+      if (failed) server.replies.batchFailed();
+      else if (open > 0) server.replies.expect({ end: ReplyEnd.Finals, action: ReplyAction.Pass, count: open });
     }
   }
 

@@ -12,6 +12,7 @@ import {
 import { StreamScanner, captureSet } from '../protocol/stream-scanner';
 import { ScramClientSession, type ScramKeys } from '../auth/scram';
 import { ReplyFilter } from '../session/reply-filter';
+import { TRACKED_REPLIES, type TransactionTracker } from '../session/transaction-tracker';
 import { ServerStatementCache } from '../session/prepared-statements';
 import { md5Response } from '../auth/md5';
 import { log } from '../observe/log';
@@ -45,6 +46,8 @@ export interface ServerPeer {
   onServerData(chunk: Buffer, server: ServerConnection): void;
   onServerPieces(pieces: Buffer[], server: ServerConnection): void;
   onServerReady(status: TxStatus, server: ServerConnection): void;
+  // Counts what the server owes the client; reads the replies in stream order.
+  readonly tracker?: TransactionTracker;
   onServerParameter(name: string, value: string): void;
   onServerLost(server: ServerConnection, reason: string): void;
   // The connection's error boundary: ends the client for an exception (src/pooling/error-boundary.ts).
@@ -293,11 +296,13 @@ export class ServerConnection extends EventEmitter {
     const ready: TxStatus[] = [];
     // While the proxy rewrites the client's requests, the replies are cut and spliced.
     const replies = peer && !this.replies.idle ? this.replies : null;
+    const tracker = peer && !this.internal ? peer.tracker : undefined;
     const pieces: Buffer[] = [];
     let from = 0;
     let lastEnd = 0;
     try {
       this.scanner.scan(chunk, (m) => {
+        if (tracker && TRACKED_REPLIES[m.type]) tracker.onServerMessage(m.type, m.body);
         if (m.type === Backend.ReadyForQuery && m.body?.length) {
           if (this.internal) this.finishInternal();
           else if (peer) ready.push(String.fromCharCode(m.body[0]) as TxStatus);

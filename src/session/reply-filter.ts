@@ -104,6 +104,12 @@ export class ReplyFilter {
     return out;
   }
 
+  // An extended-protocol request already failed before the filter saw its reply (the
+  // kernel forwarded the error): the server skips to the next Sync.
+  batchFailed(): void {
+    this.skipping = true;
+  }
+
   // Drops all expectations (the server is being reset or closed).
   clear(): void {
     for (let i = this.head; i < this.queue.length; i++) this.queue[i].onFail?.();
