@@ -406,44 +406,31 @@ class AdminSession {
 
   // ---- SHOW ----
 
+  // SHOW commands answered by a method of this class, by name.
+  private static readonly SHOW_TABLES: Record<string, (c: AdminSession) => Buffer> = {
+    POOLS: (c) => c.showPools(),
+    STATS: (c) => c.showStats(),
+    TOTALS: (c) => c.showTotals(),
+    STATS_TOTALS: (c) => c.showStatsTotals(false),
+    STATS_AVERAGES: (c) => c.showStatsTotals(true),
+    CLIENTS: (c) => c.showClients(),
+    SERVERS: (c) => c.showServers(),
+    DATABASES: (c) => c.showDatabases(),
+    USERS: (c) => c.showUsers(),
+    CONFIG: (c) => c.showConfig(),
+    LISTS: (c) => c.showLists(),
+    STATE: (c) => c.showState(),
+    BYPASS: (c) => c.showBypass(),
+  };
+
   private show(what: string): Buffer {
-    switch (what) {
-      case 'HELP':
-        return Buffer.concat([notice('Console usage', HELP.join('\n\t')), commandComplete('SHOW')]);
-      case 'VERSION':
-        return new ResultSet(columns('version')).add([`pgsplice ${VERSION}`]).toBuffer();
-      case 'POOLS':
-        return this.showPools();
-      case 'STATS':
-        return this.showStats();
-      case 'TOTALS':
-        return this.showTotals();
-      case 'STATS_TOTALS':
-        return this.showStatsTotals(false);
-      case 'STATS_AVERAGES':
-        return this.showStatsTotals(true);
-      case 'CLIENTS':
-        return this.showClients();
-      case 'SERVERS':
-        return this.showServers();
-      case 'DATABASES':
-        return this.showDatabases();
-      case 'USERS':
-        return this.showUsers();
-      case 'CONFIG':
-        return this.showConfig();
-      case 'LISTS':
-        return this.showLists();
-      case 'STATE':
-        return this.showState();
-      case 'BYPASS':
-        return this.showBypass();
-      default: {
-        const fake = FAKE_PARAMS[what.toLowerCase()];
-        if (fake !== undefined) return new ResultSet(columns(what.toLowerCase())).add([fake]).toBuffer();
-        throw new AdminError(`invalid command 'SHOW ${what}', use SHOW HELP;`);
-      }
-    }
+    if (what === 'HELP') return Buffer.concat([notice('Console usage', HELP.join('\n\t')), commandComplete('SHOW')]);
+    if (what === 'VERSION') return new ResultSet(columns('version')).add([`pgsplice ${VERSION}`]).toBuffer();
+    const table = AdminSession.SHOW_TABLES[what];
+    if (table) return table(this);
+    const fake = FAKE_PARAMS[what.toLowerCase()];
+    if (fake !== undefined) return new ResultSet(columns(what.toLowerCase())).add([fake]).toBuffer();
+    throw new AdminError(`invalid command 'SHOW ${what}', use SHOW HELP;`);
   }
 
   // The controller's rows (loaded, reason, kernel counters, ...), then connections by path and the totals.
