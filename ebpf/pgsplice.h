@@ -1,5 +1,5 @@
 /* Structs and enums shared by the BPF programs and user space. User space reads them
- * through src/bypass/kernel-abi.generated.ts, generated from the object's BTF at build
+ * through src/kernel/kernel-abi.generated.ts, generated from the object's BTF at build
  * time (scripts/gen-kernel-abi.mjs); test/kernel-abi.test.ts fails when they differ.
  * Every type user space reads must be reachable from struct pgs_abi (pgsplice.bpf.c). */
 #ifndef PGSPLICE_H
@@ -10,7 +10,7 @@
 #endif
 
 /* Constants are enums, not #defines, so the object's BTF carries them and
- * scripts/gen-kernel-abi.mjs can generate src/bypass/kernel-abi.generated.ts. */
+ * scripts/gen-kernel-abi.mjs can generate src/kernel/kernel-abi.generated.ts. */
 enum pgs_limits {
 	PGS_MAX_CONNS = 65536,
 	PGS_MAX_POOLS = 256,

@@ -1,4 +1,4 @@
-// Thin, generic libbpf binding for pgsplice. Policy lives in ebpf/ and src/bypass/.
+// Thin, generic libbpf binding for pgsplice. Policy lives in ebpf/ and src/kernel/.
 #include <napi.h>
 #include <uv.h>
 
