@@ -457,7 +457,15 @@ export class BypassController implements KernelHost {
     if (this.handoffSettled(server)) return this.takePair(client, server, null, null, true);
     const done = waitUntil(() => this.handoffSettled(server), HANDOFF_SETTLE_MS).then((settled) => {
       this.settling.delete(server);
-      if (!this.clients.has(clientId) || server.state !== ServerState.Kernel) return true; // one of them left meanwhile
+      if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
+      if (!this.clients.has(clientId)) {
+        // The client left during the wait: its server is inside that client's transaction,
+        // and the client's own clean-up found no pair to take. Close it, never pool it.
+        k.takeBound(clientId);
+        server.leftKernel();
+        server.close('client left during a hand-over from the kernel');
+        return true;
+      }
       if (settled && this.takePair(client, server, null, null, true)) return true;
       // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
       k.takeBound(clientId);
