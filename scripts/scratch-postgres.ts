@@ -2,6 +2,7 @@
 // stopped by the caller. Used by the tests, the demo and the benchmark, so each
 // starts from a known server without touching the machine's own clusters.
 import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -43,6 +44,40 @@ function asPgUser(cmd: string, args: string[]): [string, string[]] {
   return [cmd, args];
 }
 
+// initdb costs seconds of wall time (most of a small test's set-up); its output depends
+// only on the binaries, the superuser and its password. So the first cluster of a given
+// kind is initdb'ed into a template under the temp directory and every cluster after it
+// is a copy (~0.1 s). The template is built under a private name and renamed into place,
+// so concurrent test processes never see a half-written one.
+function copyInitdbTemplate(bin: string, superuser: string, password: string, dataDir: string): void {
+  const version = execFileSync(path.join(bin, 'initdb'), ['--version'], { encoding: 'utf8' }).trim();
+  const key = createHash('sha256').update([version, bin, superuser, password].join('\0')).digest('hex').slice(0, 16);
+  const template = path.join(os.tmpdir(), `pgsplice-initdb-${key}`);
+  if (!fs.existsSync(path.join(template, 'PG_VERSION'))) {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-initdb-build-'));
+    try {
+      fs.chmodSync(work, 0o755);
+      const pwfile = path.join(work, 'pwfile');
+      fs.writeFileSync(pwfile, password + '\n');
+      if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', work]);
+      const [c, a] = asPgUser(path.join(bin, 'initdb'), [
+        '-D', path.join(work, 'data'), '-U', superuser, '--pwfile', pwfile, '-A', 'scram-sha-256',
+        '-E', 'UTF8', '--locale=C', '--no-sync',
+      ]);
+      execFileSync(c, a, { stdio: 'pipe' });
+      try {
+        fs.renameSync(path.join(work, 'data'), template);
+      } catch (e) {
+        // Another process installed the same template first: use theirs.
+        if (!fs.existsSync(path.join(template, 'PG_VERSION'))) throw e;
+      }
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  }
+  execFileSync('cp', ['-a', template, dataDir]);
+}
+
 export class ScratchPostgres {
   readonly dir: string;
   readonly port: number;
@@ -75,14 +110,8 @@ export class ScratchPostgres {
     fs.chmodSync(dir, 0o755);
     const pg = new ScratchPostgres(dir, port, superuser, password);
     const bin = pgBinDir();
-    const pwfile = path.join(dir, 'pwfile');
-    fs.writeFileSync(pwfile, password + '\n');
     if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
-    const [c, a] = asPgUser(path.join(bin, 'initdb'), [
-      '-D', pg.dataDir, '-U', superuser, '--pwfile', pwfile, '-A', 'scram-sha-256',
-      '-E', 'UTF8', '--locale=C', '--no-sync',
-    ]);
-    execFileSync(c, a, { stdio: 'pipe' });
+    copyInitdbTemplate(bin, superuser, password, pg.dataDir);
     const hba = opts.hbaMethod ?? 'scram-sha-256';
     fs.writeFileSync(
       path.join(pg.dataDir, 'pg_hba.conf'),
