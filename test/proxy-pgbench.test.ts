@@ -1,6 +1,6 @@
 // pgbench through the proxy: -M simple and -M extended in transaction mode, -M prepared
 // in session mode, each with zero failed transactions, and the issue's acceptance run
-// `pgbench -M extended -c 64 -j 2 -T 10` with default_pool_size 8.
+// `pgbench -M extended -c 64 -j 2 -T 6` with default_pool_size 8.
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
@@ -62,7 +62,7 @@ t.test('pgbench through the proxy', async (t) => {
       const p = await bench(t, ['-M', 'prepared', '-c', '8', '-j', '2', '-t', '200'], 'app_session', 'prepared');
       t.equal(p.processed, 1600, 'prepared: every transaction done');
     });
-    t.test(`pgbench -M extended -c 64 -j 2 -T 10 with default_pool_size 8 ${B}`, async (t) => {
+    t.test(`pgbench -M extended -c 64 -j 2 -T 6 with default_pool_size 8 ${B}`, async (t) => {
       let maxServers = 0;
       const sampler = setInterval(() => {
         try {
@@ -72,7 +72,7 @@ t.test('pgbench through the proxy', async (t) => {
         }
       }, 500);
       try {
-        await bench(t, ['-M', 'extended', '-c', '64', '-j', '2', '-T', '10'], 'app', '64 clients', 'bench', 'bench-pw');
+        await bench(t, ['-M', 'extended', '-c', '64', '-j', '2', '-T', '6'], 'app', '64 clients', 'bench', 'bench-pw');
       } finally {
         clearInterval(sampler);
       }
