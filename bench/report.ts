@@ -394,8 +394,11 @@ export function dataPathSummary(b: Record<string, string>): string {
   const share = total >= kTx && total > 0
     ? `the kernel carried ${kTx.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} transactions (${((kTx / total) * 100).toFixed(1)}%)`
     : `the kernel counted ${kTx.toLocaleString('en-US')} transactions, user space ${total.toLocaleString('en-US')} (transactions_total)`;
+  // bypass: auto says per pool which path it chose and why (rows named auto*).
+  const auto = Object.entries(b).filter(([k]) => /^auto/.test(k)).slice(0, 6);
   return `kernel path loaded; ${share}` +
     (fb.length ? `; hand-backs to user space: ${fb.map(([k, v]) => `${k} ${v.toLocaleString('en-US')}`).join(', ')}` : '') +
+    (auto.length ? `; ${auto.map(([k, v]) => `${k}: ${v}`).join(', ')}` : '') +
     ' (counters since the proxy last started)';
 }
 
