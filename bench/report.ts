@@ -82,6 +82,7 @@ export function evaluateGoals(r: BenchResult): GoalRecord[] {
     detail: share === null
       ? `not measured: ${onPrep && onPrep.rounds_ok > 0 ? 'no kernel transaction count (kernel path not loaded?)' : why('pgsplice-on', PREP)}`
       : `${share >= 0.9 ? 'met' : 'MISSED'}: ${(share * 100).toFixed(1)}% (SHOW BYPASS kernel_transactions over the cell / pgbench's transactions, median of rounds)` +
+        (onPrep!.handbacks_per_tx != null ? `, ${onPrep!.handbacks_per_tx.toFixed(3)} hand-backs to user space per transaction` : '') +
         (autoShare != null ? `; bypass: auto ${(autoShare * 100).toFixed(1)}%` : ''),
   });
   for (const t of ['pgsplice-on', 'pgsplice-auto']) {
@@ -180,6 +181,7 @@ function round(x: number, d: number): number {
 const f0 = (x: number | null | undefined) => (x == null ? '–' : Math.round(x).toLocaleString('en-US'));
 const f1 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(1));
 const f2 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(2));
+const f3 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(3));
 
 export function markdownReport(r: BenchResult, svgName?: string): string {
   const o = r.options;
@@ -218,12 +220,12 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   const runCells = r.cells.filter((c) => !c.connect_per_tx && !c.rate_tps);
   if (runCells.length) {
     L.push('## Saturated: throughput, latency, CPU per transaction', '');
-    L.push('kernel % = the share of the cell\'s transactions the kernel carried (pgsplice\'s SHOW BYPASS `kernel_transactions` read before and after each run, over pgbench\'s count).', '');
-    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | proxy-attr. (machine) | proxy-attr. (ours) | kernel % | peak RSS MiB | rounds |');
-    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    L.push('kernel % = the share of the cell\'s transactions the kernel carried to their end (pgsplice\'s SHOW BYPASS `kernel_transactions` read before and after each run, over pgbench\'s count); hand-backs/tx = requests the kernel passed to user space (the `fallback_*` counters: waits for a server, named statements, ...) per transaction, same cell.', '');
+    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | proxy-attr. (machine) | proxy-attr. (ours) | kernel % | hand-backs/tx | peak RSS MiB | rounds |');
+    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     for (const c of runCells) {
       const rss = r.targets.find((t) => t.label === c.target)?.peak_rss_kib;
-      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f1(c.proxy_attributable_us_per_tx)} | ${f1(c.proxy_attributable_ours_us_per_tx)} | ${pct(c.kernel_share)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
+      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f1(c.proxy_attributable_us_per_tx)} | ${f1(c.proxy_attributable_ours_us_per_tx)} | ${pct(c.kernel_share)} | ${f3(c.handbacks_per_tx)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
     }
     L.push('');
   }
@@ -231,10 +233,10 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   if (rateCells.length) {
     L.push(`## Fixed offered load (pgbench --rate; YCSB C, extended, ${o.rate_clients ?? GOAL_CLIENTS} clients)`, '');
     L.push('Latency is pgbench\'s: from each transaction\'s scheduled start, so it includes the schedule lag (how late the transaction started, shown separately). Kept up = every round completed >= 95% of the rate in its window.', '');
-    L.push('| rate tps | target | achieved tps | kept up | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | p50 ms | p99 ms | lag p50 ms | lag p99 ms | kernel % | rounds |');
-    L.push('|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    L.push('| rate tps | target | achieved tps | kept up | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | p50 ms | p99 ms | lag p50 ms | lag p99 ms | kernel % | hand-backs/tx | rounds |');
+    L.push('|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     for (const c of rateCells) {
-      L.push(`| ${f0(c.rate_tps)} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${c.kept_up === null ? '–' : c.kept_up ? 'yes' : '**no**'} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f2(c.lag_p50_ms)} | ${f2(c.lag_p99_ms)} | ${pct(c.kernel_share)} | ${c.rounds_ok}/${o.rounds} |`);
+      L.push(`| ${f0(c.rate_tps)} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${c.kept_up === null ? '–' : c.kept_up ? 'yes' : '**no**'} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f2(c.lag_p50_ms)} | ${f2(c.lag_p99_ms)} | ${pct(c.kernel_share)} | ${f3(c.handbacks_per_tx)} | ${c.rounds_ok}/${o.rounds} |`);
     }
     L.push('');
   }

@@ -16,7 +16,7 @@ import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './pr
 import { evaluateGoals, markdownReport, svgChart } from './report';
 import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
 import {
-  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, kernelTransactions, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
+  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, kernelCounts, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
 } from './targets';
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -266,10 +266,10 @@ async function main(): Promise<void> {
       const runSeconds = (warmup ? (quick ? 1 : 2) : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + extraSeconds;
       // pgsplice's own count of what the kernel carried, before and after the run, so
       // the kernel's share is this cell's, not everything since the proxy started.
-      const kernelCount = async (): Promise<number | null> => {
+      const kernelCount = async () => {
         if (warmup || !t.kind.startsWith('pgsplice')) return null;
         try {
-          return kernelTransactions(await pgspliceBypassInfo({ host: t.host, port: t.port, user: backend.user, password: backend.password }));
+          return kernelCounts(await pgspliceBypassInfo({ host: t.host, port: t.port, user: backend.user, password: backend.password }));
         } catch {
           return null;
         }
@@ -291,7 +291,10 @@ async function main(): Promise<void> {
       });
       const sm = run.summary;
       const kernelAfter = await kernelCount();
-      const kernelTx = kernelBefore !== null && kernelAfter !== null && kernelAfter >= kernelBefore ? kernelAfter - kernelBefore : null;
+      // (A proxy restarted in between has smaller counters: no figure then.)
+      const counted = kernelBefore && kernelAfter && kernelAfter.transactions >= kernelBefore.transactions && kernelAfter.handbacks >= kernelBefore.handbacks;
+      const kernelTx = counted ? kernelAfter.transactions - kernelBefore.transactions : null;
+      const handbacks = counted ? kernelAfter.handbacks - kernelBefore.handbacks : null;
       let windowS: number | null = null;
       let windowTx: number | null = null;
       let p50: number | null = null;
@@ -361,6 +364,8 @@ async function main(): Promise<void> {
         // The share of what pgbench completed (its own count over the whole run); the
         // kernel counts a transaction when it sees the server's ReadyForQuery.
         kernel_share: kernelTx !== null && sm.transactions > 0 ? r3(Math.min(1, kernelTx / sm.transactions)) : null,
+        kernel_handbacks: handbacks,
+        handbacks_per_tx: handbacks !== null && sm.transactions > 0 ? r3(handbacks / sm.transactions) : null,
       };
     };
 
@@ -438,7 +443,7 @@ async function main(): Promise<void> {
               ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} ours ${rec.cpu_us_per_tx.ours} µs/tx` +
                 (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '') +
                 (rec.lag_p99_ms !== null ? `, lag p99 ${rec.lag_p99_ms.toFixed(2)} ms${rec.kept_up ? '' : ' (did not keep up)'}` : '') +
-                (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%` : '')
+                (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%, hand-backs ${rec.handbacks_per_tx}/tx` : '')
               : `FAILED: ${rec.error}`));
         }
       }
@@ -470,11 +475,13 @@ async function main(): Promise<void> {
         };
         summaries.push({
           target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, connect_per_tx: c.connectPerTx, rate_tps: c.rateTps, rounds_ok: rs.length,
-          error: rs.length ? null : all.find((r) => r.error)?.error ?? null,
+          // (without the proxy's log tail the run record keeps)
+          error: rs.length ? null : all.find((r) => r.error)?.error?.split(' [')[0] ?? null,
           tps: med((r) => r.tps), latency_p50_ms: med((r) => r.latency_p50_ms), latency_p99_ms: med((r) => r.latency_p99_ms),
           lag_p50_ms: med((r) => r.lag_p50_ms), lag_p99_ms: med((r) => r.lag_p99_ms),
           kept_up: c.rateTps && rs.length ? rs.every((r) => r.kept_up === true) : null,
           kernel_share: med((r) => r.kernel_share),
+          handbacks_per_tx: med((r) => r.handbacks_per_tx),
           cpu_us_per_tx: {
             proxy: med((r) => r.cpu_us_per_tx.proxy), postgres: med((r) => r.cpu_us_per_tx.postgres),
             pgbench: med((r) => r.cpu_us_per_tx.pgbench), kernel: med((r) => r.cpu_us_per_tx.kernel),

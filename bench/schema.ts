@@ -48,6 +48,10 @@ export interface RunRecord {
   // over the run, and that as a share of the transactions pgbench completed.
   kernel_transactions: number | null;
   kernel_share: number | null;
+  // Growth of SHOW BYPASS's fallback_* counters (requests the kernel passed to user space:
+  // waits for a server, named statements, ...) over the run, and per transaction.
+  kernel_handbacks: number | null;
+  handbacks_per_tx: number | null;
 }
 
 export interface CellSummary {
@@ -66,6 +70,7 @@ export interface CellSummary {
   lag_p99_ms: number | null;
   kept_up: boolean | null; // --rate only: every successful round kept up
   kernel_share: number | null; // median
+  handbacks_per_tx: number | null; // median
   cpu_us_per_tx: CpuPerTx; // medians
   // machine CPU per transaction minus direct PostgreSQL's in the same cell
   proxy_attributable_us_per_tx: number | null;
@@ -203,8 +208,8 @@ const resultCheck = obj({
 // What version 2 added (fixed-rate rows, kernel shares, goal issues, mirror).
 const v2Check = obj({
   options: obj({ rate_tps: arrayOf(num), rate_clients: num, mirror: bool }),
-  runs: arrayOf(obj({ rate_tps: numOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_transactions: numOrNull, kernel_share: numOrNull })),
-  cells: arrayOf(obj({ rate_tps: numOrNull, error: strOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_share: numOrNull })),
+  runs: arrayOf(obj({ rate_tps: numOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_transactions: numOrNull, kernel_share: numOrNull, kernel_handbacks: numOrNull, handbacks_per_tx: numOrNull })),
+  cells: arrayOf(obj({ rate_tps: numOrNull, error: strOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_share: numOrNull, handbacks_per_tx: numOrNull })),
   goals: arrayOf(obj({ issue: num })),
 });
 

@@ -329,10 +329,20 @@ export async function pgspliceBypassInfo(o: { host: string; port: number; user: 
   }
 }
 
-// The kernel's transaction count from SHOW BYPASS rows; null when the kernel path is
-// not loaded (bypass: off, or auto/on without it) or the row is absent.
-export function kernelTransactions(info: Record<string, string>): number | null {
+// From SHOW BYPASS rows: the kernel's transaction count (transactions whose end the
+// kernel path carried: also those that waited for a server in user space and were bound
+// back into the kernel) and its hand-backs to user space (the fallback_* counters, one per
+// request passed up). null when the kernel path is not loaded (bypass: off, or auto/on
+// without it) or the row is absent.
+export interface KernelCounts {
+  transactions: number;
+  handbacks: number;
+}
+export function kernelCounts(info: Record<string, string>): KernelCounts | null {
   if (!/^(yes|true|on|1)$/i.test(info.loaded ?? '')) return null;
   const v = Number(info.kernel_transactions);
-  return info.kernel_transactions !== undefined && Number.isFinite(v) ? v : null;
+  if (info.kernel_transactions === undefined || !Number.isFinite(v)) return null;
+  let handbacks = 0;
+  for (const [k, x] of Object.entries(info)) if (/^fallback_/.test(k) && Number.isFinite(Number(x))) handbacks += Number(x);
+  return { transactions: v, handbacks };
 }
