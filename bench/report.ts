@@ -1,6 +1,6 @@
 // Turning a result into words and pictures: the goals of the current issues (met or
 // missed and by how much), the Markdown tables, and a hand-written SVG chart.
-import type { BenchResult, CellSummary, GoalRecord } from './schema';
+import { BenchResult, CellSummary, GoalRecord, SCHEMA_ID } from './schema';
 
 // The cells the goals read: YCSB C at 64 clients on a pool of 16 (the pool is the run's).
 export interface CellKey {
@@ -124,10 +124,15 @@ export function evaluateGoals(r: BenchResult): GoalRecord[] {
     const idle = r.idle.find((i) => i.target === t);
     const b = idle?.bytes_per_client ?? null;
     const m = t.slice('pgsplice-'.length);
+    // A slope at or below zero means RSS shrank while clients were opened (a garbage
+    // collection returned more than they took): no figure, not a met goal.
+    const shrank = b !== null && b <= 0;
     goals.push({
       issue: 14, id: `i14-idle-memory-${m}`, description: `bypass: ${m} proxy memory per idle client <= 4 KiB`, threshold: '<= 4096 B',
-      measured: b, met: b === null ? null : b <= 4096,
-      detail: b === null
+      measured: shrank ? null : b, met: b === null || shrank ? null : b <= 4096,
+      detail: shrank
+        ? `not measured: the proxy's RSS shrank while ${idle!.clients_opened.toLocaleString('en-US')} clients were opened (slope ${b} B per client: a garbage collection returned more than they took); open more clients (--idle-clients)`
+        : b === null
         ? `not measured: ${idle?.error ?? r.targets.find((x) => x.label === t)?.reason ?? `no idle run for ${t}`}`
         : `${b <= 4096 ? 'met' : 'MISSED'}: ${b} B per client${b > 4096 ? ` (${((b / 4096 - 1) * 100).toFixed(0)}% over 4096 B)` : ''}, ${idle!.clients_opened.toLocaleString('en-US')} clients`,
     });
@@ -406,6 +411,8 @@ export function dataPathSummary(b: Record<string, string>): string {
 
 // node dist/bench/report.js FILE.json...: writes FILE.md and FILE.svg again from the
 // JSON (after a change to the report), and latest.md/latest.svg for the newest file.
+// Goals are derived from the cells: for results of the current schema they are
+// evaluated again (and the JSON's goals[] rewritten); older results keep theirs.
 if (require.main === module) {
   /* eslint-disable @typescript-eslint/no-var-requires */
   const fs = require('node:fs') as typeof import('node:fs');
@@ -413,6 +420,10 @@ if (require.main === module) {
   const files = process.argv.slice(2).sort();
   for (const f of files) {
     const r = JSON.parse(fs.readFileSync(f, 'utf8')) as BenchResult;
+    if (r.schema === SCHEMA_ID) {
+      r.goals = evaluateGoals(r);
+      fs.writeFileSync(f, JSON.stringify(r, null, 1) + '\n');
+    }
     const base = f.replace(/\.json$/, '');
     const svg = svgChart(r);
     fs.writeFileSync(`${base}.svg`, svg);

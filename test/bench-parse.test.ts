@@ -190,7 +190,10 @@ t.test('result schema: the newest committed result is valid', async (t) => {
   const { file, result } = latestResult();
   t.same(validateResult(result), [], path.basename(file));
   t.ok(result.runs.length > 0, 'it has runs');
-  t.ok(result.targets.some((x) => x.label === 'direct' && x.status === 'ok'), 'direct ran');
+  // (quick runs leave direct out)
+  for (const label of ['pgsplice-off', 'pgsplice-on', 'pgsplice-auto', ...(result.options.targets.includes('direct') ? ['direct'] : [])]) {
+    t.ok(result.targets.some((x) => x.label === label && x.status === 'ok'), `${label} ran`);
+  }
   t.ok(result.targets.some((x) => x.label === 'pgbouncer' && x.status === 'ok'), 'pgbouncer ran');
   t.ok(result.runs.some((r) => r.ok && r.tps! > 0 && r.cpu_us_per_tx.machine! > 0), 'a successful run with throughput and CPU');
   t.equal(result.schema, SCHEMA_ID);
@@ -200,6 +203,11 @@ t.test('result schema: the newest committed result is valid', async (t) => {
     t.ok(ids.includes(id), `goal ${id} is reported`);
   }
   t.ok(result.cells.some((c) => c.rate_tps && c.rounds_ok > 0 && c.kept_up !== null), 'a fixed-rate cell with its keep-up verdict');
+  if (result.options.mirror) {
+    const m = result.targets.find((x) => x.label === 'pgsplice-mirror');
+    t.ok(m && (m.status === 'ok' || /^not available: .+/.test(m.reason ?? '')), 'the mirror row ran or says why it is not available');
+    t.ok(result.goals.some((g) => g.id === 'i15-mirror-tps'), 'and its goal is reported');
+  }
   // The Markdown and SVG a person reads are produced from it without error.
   t.match(markdownReport(result), /## Goals/);
   const svg = parseXml(svgChart(result));
@@ -283,8 +291,13 @@ t.test('goals: met, missed, not measured', async (t) => {
   t.equal(g['i14-rate-off-p99'].met, true, '9 <= 1.2 x 8');
   t.equal(g['i14-idle-memory-on'].met, false);
   t.equal(g['i14-idle-memory-off'].met, null, 'no idle run for off');
+  r.idle.push({ target: 'pgsplice-off', clients_requested: 500, clients_opened: 500, open_seconds: 3, opens_per_second: 165, rss_before_kib: 74.5 * 1024, rss_after_kib: 68.1 * 1024, bytes_per_client: -10847, error: null });
+  const shrank = evaluateGoals(r).find((x) => x.id === 'i14-idle-memory-off')!;
+  t.equal(shrank.met, null, 'RSS shrank while opening: no figure, not met');
+  t.match(shrank.detail, /shrank/);
   t.notOk(goals.some((x) => x.issue === 15), 'no mirror goal unless --mirror');
   r.options.mirror = true;
+  r.targets = r.targets.filter((x) => x.label !== 'pgsplice-mirror');
   r.targets.push({ label: 'pgsplice-mirror', kind: 'pgsplice-mirror', status: 'failed', reason: 'not available: databases.bench.mirrors: unknown key', host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
   const m = evaluateGoals(r).find((x) => x.id === 'i15-mirror-tps')!;
   t.equal(m.met, null);
