@@ -20,7 +20,11 @@ export interface PgbenchSummary {
   durationS: number | null;
   transactions: number;
   failed: number;
-  latencyAvgMs: number | null;
+  latencyAvgMs: number | null; // with --rate: from the scheduled start, schedule lag included
+  // With --rate: "rate limit schedule lag: avg X (max Y) ms", how late transactions
+  // started against their schedule (grows without bound when the target cannot keep up).
+  rateLagAvgMs: number | null;
+  rateLagMaxMs: number | null;
   initialConnectionMs: number | null; // without -C
   averageConnectionMs: number | null; // with -C
   tps: number | null;
@@ -65,6 +69,8 @@ export function parsePgbenchOutput(text: string): PgbenchSummary {
     transactions: num(/^number of transactions actually processed: (\d+)/m, head) ?? 0,
     failed: num(/^number of failed transactions: (\d+)/m, head) ?? 0,
     latencyAvgMs: num(/^latency average = ([\d.]+) ms/m, head),
+    rateLagAvgMs: num(/^rate limit schedule lag: avg ([\d.]+) /m, head),
+    rateLagMaxMs: num(/^rate limit schedule lag: avg [\d.]+ \(max ([\d.]+)\) ms/m, head),
     initialConnectionMs: num(/^initial connection time = ([\d.]+) ms/m, head),
     averageConnectionMs: num(/^average connection time = ([\d.]+) ms/m, head),
     tps: tpsLine ? Number(tpsLine[1]) : null,
@@ -77,9 +83,12 @@ export function parsePgbenchOutput(text: string): PgbenchSummary {
 
 // One line of a pgbench -l log: client_id transaction_no time script_no time_epoch time_us [lag]
 // where time is the transaction's latency in µs and time_epoch/time_us when it ended.
+// With --rate, time counts from the transaction's scheduled start (so it includes the
+// schedule lag) and lag is how late it actually started, in µs.
 export interface TxLogStats {
   count: number;
   latenciesUs: Float64Array; // sorted ascending
+  lagsUs: Float64Array | null; // sorted ascending; null when the log has no lag column (no --rate)
   // When every client had finished its first transaction (all connected and running),
   // over the whole log (not only the window); null for an empty log.
   allClientsStartedMs: number | null;
@@ -88,7 +97,9 @@ export interface TxLogStats {
 // Reads the per-transaction logs, keeping transactions that completed in (fromMs, toMs].
 export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity): TxLogStats {
   let lat = new Float64Array(1 << 16);
+  let lag = new Float64Array(1 << 16);
   let n = 0;
+  let lagged = 0;
   const firstEnd = new Map<string, number>();
   for (const f of files) {
     const text = fs.readFileSync(f, 'utf8');
@@ -110,12 +121,21 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
         const bigger = new Float64Array(lat.length * 2);
         bigger.set(lat);
         lat = bigger;
+        const biggerLag = new Float64Array(lag.length * 2);
+        biggerLag.set(lag);
+        lag = biggerLag;
+      }
+      if (parts.length >= 7 && parts[6] !== '') {
+        lag[n] = Number(parts[6]);
+        lagged++;
       }
       lat[n++] = latency;
     }
   }
   const out = lat.slice(0, n).sort();
-  return { count: n, latenciesUs: out, allClientsStartedMs: firstEnd.size ? Math.max(...firstEnd.values()) : null };
+  // All lines of one run have the lag column or none do.
+  const lags = lagged > 0 && lagged === n ? lag.slice(0, n).sort() : null;
+  return { count: n, latenciesUs: out, lagsUs: lags, allClientsStartedMs: firstEnd.size ? Math.max(...firstEnd.values()) : null };
 }
 
 // Nearest-rank percentile of sorted values; p in [0, 100].
@@ -144,6 +164,7 @@ export interface PgbenchRunOptions {
   clients: number;
   threads: number;
   durationS: number;
+  rateTps?: number | null; // --rate: a fixed offered load (Poisson arrivals), all clients together
   connectPerTx?: boolean; // -C
   logDir: string; // per-transaction logs go here (deleted by the caller)
   pgbench?: string;
@@ -170,6 +191,7 @@ export function runPgbench(o: PgbenchRunOptions): Promise<PgbenchRun> {
     '-M', o.mode, '-c', String(o.clients), '-j', String(Math.min(o.threads, o.clients)),
     '-T', String(o.durationS), '-P', '1', '-l', `--log-prefix=${prefix}`,
     ...(o.connectPerTx ? ['-C'] : []),
+    ...(o.rateTps ? ['-R', String(o.rateTps)] : []),
     o.db,
   ];
   return new Promise((resolve) => {
@@ -210,4 +232,14 @@ export async function pgbenchVersion(pgbench = 'pgbench'): Promise<string | null
     p.on('error', () => resolve(null));
     p.on('close', () => resolve(out.trim() || null));
   });
+}
+
+// A target kept up with a fixed offered load when it completed at least this share of
+// the scheduled transactions in the measurement window. pgbench's arrivals are Poisson,
+// so a few thousand transactions per second land within ~2% of the rate; a target that
+// cannot keep up falls behind by more and its schedule lag grows for the whole run.
+export const KEPT_UP_SHARE = 0.95;
+export function keptUpWithRate(rateTps: number, achievedTps: number | null): boolean | null {
+  if (achievedTps === null || !(rateTps > 0)) return null;
+  return achievedTps >= KEPT_UP_SHARE * rateTps;
 }

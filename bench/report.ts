@@ -1,75 +1,181 @@
-// Turning a result into words and pictures: the issue-4 goals (met or missed and by
-// how much), the Markdown table, and a hand-written SVG chart.
-import type { BenchResult, CellSummary, GoalRecord } from './schema';
+// Turning a result into words and pictures: the goals of the current issues (met or
+// missed and by how much), the Markdown tables, and a hand-written SVG chart.
+import { BenchResult, CellSummary, GoalRecord, SCHEMA_ID } from './schema';
 
-export const GOAL_CELL = { workload: 'c', clients: 64, mode: 'extended' };
+// The cells the goals read: YCSB C at 64 clients on a pool of 16 (the pool is the run's).
+export interface CellKey {
+  workload: string;
+  mode: string;
+  clients: number;
+  rate: number | null; // pgbench --rate, null: saturated
+}
+export const GOAL_CLIENTS = 64;
+export const GOAL_RATE = 5000;
+const EXT: CellKey = { workload: 'c', mode: 'extended', clients: GOAL_CLIENTS, rate: null };
+const PREP: CellKey = { workload: 'c', mode: 'prepared', clients: GOAL_CLIENTS, rate: null };
+const RATE: CellKey = { workload: 'c', mode: 'extended', clients: GOAL_CLIENTS, rate: GOAL_RATE };
 
-function cell(r: BenchResult, target: string, w = GOAL_CELL): CellSummary | undefined {
-  return r.cells.find((c) => c.target === target && c.workload === w.workload && c.clients === w.clients && c.mode === w.mode && !c.connect_per_tx);
+export function findCell(r: BenchResult, target: string, k: CellKey): CellSummary | undefined {
+  return r.cells.find((c) => c.target === target && c.workload === k.workload && c.clients === k.clients && c.mode === k.mode && !c.connect_per_tx && (c.rate_tps ?? null) === k.rate);
 }
 
-// Evaluates "num op threshold x den" literally (so a negative proxy-attributable CPU,
-// i.e. a pooler that saves PostgreSQL more than it costs, still compares correctly).
+const cellName = (k: CellKey) => `YCSB ${k.workload.toUpperCase()} ${k.mode} ${k.clients} clients${k.rate ? ` at ${k.rate.toLocaleString('en-US')} tps` : ''}`;
+
+type Op = '>=' | '<=' | 'within';
+
+// Evaluates "num op threshold x den" literally (so a negative figure still compares
+// correctly); 'within' means |num/den - 1| <= threshold.
 function ratioGoal(
-  id: string, description: string, num: number | null | undefined, den: number | null | undefined,
-  op: '>=' | '<=', threshold: number, unit: (x: number) => string, missing: string,
+  issue: number, id: string, description: string, num: number | null | undefined, den: number | null | undefined,
+  op: Op, threshold: number, unit: (x: number) => string, missing: string,
 ): GoalRecord {
-  const thr = `${op} ${threshold.toFixed(2)}x`;
-  if (num == null || den == null) return { id, description, threshold: thr, measured: null, met: null, detail: `not measured: ${missing}` };
-  const bound = threshold * den;
-  const met = op === '>=' ? num >= bound : num <= bound;
+  const thr = op === 'within' ? `within ${(threshold * 100).toFixed(0)}%` : `${op} ${threshold.toFixed(2)}x`;
+  if (num == null || den == null) return { issue, id, description, threshold: thr, measured: null, met: null, detail: `not measured: ${missing}` };
   const ratio = den > 0 ? num / den : null;
   const shown = ratio === null ? '' : `${ratio.toFixed(2)}x: `;
+  if (op === 'within') {
+    const met = ratio !== null && Math.abs(ratio - 1) <= threshold;
+    const detail = `${met ? 'met' : 'MISSED'}: ${shown}${unit(num)} vs ${unit(den)}; allowed ${unit(den * (1 - threshold))} to ${unit(den * (1 + threshold))}`;
+    return { issue, id, description, threshold: thr, measured: ratio === null ? null : round(ratio, 3), met, detail };
+  }
+  const bound = threshold * den;
+  const met = op === '>=' ? num >= bound : num <= bound;
   const gap = Math.abs(num - bound);
   const rel = bound !== 0 ? ` (${((gap / Math.abs(bound)) * 100).toFixed(0)}%)` : '';
   const detail = met
     ? `met: ${shown}${unit(num)} vs ${unit(den)}; bound ${unit(bound)}`
     : `MISSED: ${shown}${unit(num)} vs ${unit(den)}; bound ${unit(bound)}, ${op === '>=' ? 'short' : 'over'} by ${unit(gap)}${rel}`;
-  return { id, description, threshold: thr, measured: ratio === null ? null : round(ratio, 3), met, detail };
+  return { issue, id, description, threshold: thr, measured: ratio === null ? null : round(ratio, 3), met, detail };
 }
 
+const tps = (x: number) => `${Math.round(x)} tps`;
+const us = (x: number) => `${x.toFixed(1)} µs/tx`;
+const msU = (x: number) => `${x.toFixed(2)} ms`;
+
 export function evaluateGoals(r: BenchResult): GoalRecord[] {
-  const on = cell(r, 'pgsplice-on');
-  const off = cell(r, 'pgsplice-off');
-  const pgb = cell(r, 'pgbouncer');
-  const direct = cell(r, 'direct');
-  const why = (t: string, c: CellSummary | undefined) =>
-    c ? `${t} has no successful run` : r.targets.find((x) => x.label === t)?.reason ?? `no ${t} run on YCSB C / 64 clients / extended`;
-  const tps = (x: number) => `${Math.round(x)} tps`;
-  const us = (x: number) => `${x.toFixed(1)} µs/tx`;
-  // The issue defines proxy-attributable CPU from machine CPU. When other work was
-  // running on the machine, machine CPU carries it; then judge on `ours` (proxy +
-  // PostgreSQL + pgbench + kernel threads and irq time) and say so.
-  const busy = r.machine.background_busy_cpus > 0.25;
-  const cpuGoal = (): GoalRecord => {
-    const pick = (c: CellSummary | undefined) => (busy ? c?.proxy_attributable_ours_us_per_tx : c?.proxy_attributable_us_per_tx);
-    const g = ratioGoal('on-cpu-vs-pgbouncer', 'bypass: on proxy-attributable CPU/tx <= 1/3 of PgBouncer\'s', pick(on), pick(pgb), '<=', 1 / 3, us,
-      pick(on) == null ? why('pgsplice-on', on) : why('pgbouncer', pgb));
-    const other = (c: CellSummary | undefined) => (busy ? c?.proxy_attributable_us_per_tx : c?.proxy_attributable_ours_us_per_tx);
-    g.detail += busy
-      ? ` [basis: ours, the machine was busy with other work (${r.machine.background_busy_cpus} CPUs); machine basis: ${f1(other(on))} vs ${f1(other(pgb))} µs/tx]`
-      : ` [basis: machine CPU; ours basis: ${f1(other(on))} vs ${f1(other(pgb))} µs/tx]`;
-    return g;
+  // Why a figure is missing: the target did not run, its runs failed, or no such cell.
+  const why = (t: string, k: CellKey) => {
+    const c = findCell(r, t, k);
+    const tr = r.targets.find((x) => x.label === t);
+    if (tr?.status === 'failed') return `${t}: ${tr.reason}`;
+    if (c && c.rounds_ok === 0) return `${t} failed every round of ${cellName(k)}${c.error ? `: ${c.error.slice(0, 300)}` : ''}`;
+    return c ? `${t} has no such figure in ${cellName(k)}` : `no ${t} run of ${cellName(k)}`;
   };
-  const goals: GoalRecord[] = [
-    ratioGoal('on-vs-pgbouncer-tps', 'bypass: on throughput >= 1.4x PgBouncer', on?.tps, pgb?.tps, '>=', 1.4, tps,
-      !on?.tps ? why('pgsplice-on', on) : why('pgbouncer', pgb)),
-    ratioGoal('on-vs-direct-tps', 'bypass: on throughput >= 0.95x direct PostgreSQL', on?.tps, direct?.tps, '>=', 0.95, tps,
-      !on?.tps ? why('pgsplice-on', on) : why('direct', direct)),
-    cpuGoal(),
-    ratioGoal('off-vs-pgbouncer-tps', 'bypass: off throughput >= PgBouncer', off?.tps, pgb?.tps, '>=', 1.0, tps,
-      !off?.tps ? why('pgsplice-off', off) : why('pgbouncer', pgb)),
-  ];
-  const idle = r.idle.find((i) => i.target === 'pgsplice-on');
-  const b = idle?.bytes_per_client ?? null;
+  const g = (issue: number, id: string, description: string, a: [string, CellKey], b: [string, CellKey], pick: (c: CellSummary) => number | null,
+    op: Op, threshold: number, unit: (x: number) => string): GoalRecord => {
+    const ca = findCell(r, a[0], a[1]);
+    const cb = findCell(r, b[0], b[1]);
+    const na = ca && ca.rounds_ok > 0 ? pick(ca) : null;
+    const nb = cb && cb.rounds_ok > 0 ? pick(cb) : null;
+    return ratioGoal(issue, id, description, na, nb, op, threshold, unit, na == null ? why(a[0], a[1]) : why(b[0], b[1]));
+  };
+  const goals: GoalRecord[] = [];
+
+  // --- issue 13: the kernel path for named statements, waits, pipelining; auto never worse than off ---
+  const onPrep = findCell(r, 'pgsplice-on', PREP);
+  const autoPrep = findCell(r, 'pgsplice-auto', PREP);
+  const share = onPrep && onPrep.rounds_ok > 0 ? onPrep.kernel_share ?? null : null;
+  const autoShare = autoPrep?.kernel_share;
   goals.push({
-    id: 'on-idle-memory', description: 'bypass: on proxy memory per idle client <= 4 KiB', threshold: '<= 4096 B',
-    measured: b, met: b === null ? null : b <= 4096,
-    detail: b === null
-      ? `not measured: ${idle?.error ?? r.targets.find((x) => x.label === 'pgsplice-on')?.reason ?? 'no idle run for pgsplice-on'}`
-      : b <= 4096 ? `met: ${b} B per client` : `MISSED: ${b} B per client (${((b / 4096 - 1) * 100).toFixed(0)}% over 4096 B)`,
+    issue: 13, id: 'i13-prepared-kernel-share', description: `-M prepared, ${GOAL_CLIENTS} clients: the kernel carries >= 90% of bypass: on's transactions`,
+    threshold: '>= 90%', measured: share, met: share === null ? null : share >= 0.9,
+    detail: share === null
+      ? `not measured: ${onPrep && onPrep.rounds_ok > 0 ? 'no kernel transaction count (kernel path not loaded?)' : why('pgsplice-on', PREP)}`
+      : `${share >= 0.9 ? 'met' : 'MISSED'}: ${(share * 100).toFixed(1)}% (SHOW BYPASS kernel_transactions over the cell / pgbench's transactions, median of rounds)` +
+        (onPrep!.handbacks_per_tx != null ? `, ${onPrep!.handbacks_per_tx.toFixed(3)} hand-backs to user space per transaction` : '') +
+        (autoShare != null ? `; bypass: auto ${(autoShare * 100).toFixed(1)}%` : ''),
   });
+  for (const t of ['pgsplice-on', 'pgsplice-auto']) {
+    const m = t.slice('pgsplice-'.length);
+    goals.push(g(13, `i13-prepared-${m}-vs-off`, `-M prepared, ${GOAL_CLIENTS} clients: bypass: ${m} throughput >= 1.1x bypass: off`, [t, PREP], ['pgsplice-off', PREP], (c) => c.tps, '>=', 1.1, tps));
+    goals.push(g(13, `i13-prepared-${m}-vs-pgbouncer`, `-M prepared, ${GOAL_CLIENTS} clients: bypass: ${m} throughput >= PgBouncer's extended-protocol row`, [t, PREP], ['pgbouncer', EXT], (c) => c.tps, '>=', 1.0, tps));
+  }
+  goals.push(g(13, 'i13-ext-on-tps', `extended, ${GOAL_CLIENTS} clients: bypass: on throughput >= 1.1x PgBouncer`, ['pgsplice-on', EXT], ['pgbouncer', EXT], (c) => c.tps, '>=', 1.1, tps));
+  goals.push(g(13, 'i13-ext-on-p99', `extended, ${GOAL_CLIENTS} clients: bypass: on p99 latency <= PgBouncer's`, ['pgsplice-on', EXT], ['pgbouncer', EXT], (c) => c.latency_p99_ms, '<=', 1.0, msU));
+  // Machine CPU carries other users' work; on a busy machine judge on `ours` (proxy +
+  // PostgreSQL + pgbench + kernel threads) and say so.
+  const busy = r.machine.background_busy_cpus > 0.25;
+  const cpuGoal = g(13, 'i13-rate-on-cpu', `fixed ${GOAL_RATE.toLocaleString('en-US')} tps: bypass: on machine CPU/tx <= 0.75x PgBouncer's`, ['pgsplice-on', RATE], ['pgbouncer', RATE],
+    (c) => (busy ? c.cpu_us_per_tx.ours : c.cpu_us_per_tx.machine), '<=', 0.75, us);
+  const other = (t: string) => {
+    const c = findCell(r, t, RATE);
+    return f1(busy ? c?.cpu_us_per_tx.machine : c?.cpu_us_per_tx.ours);
+  };
+  cpuGoal.detail += busy
+    ? ` [basis: ours, the machine was busy with other work (${r.machine.background_busy_cpus} CPUs); machine basis: ${other('pgsplice-on')} vs ${other('pgbouncer')} µs/tx]`
+    : ` [basis: machine CPU; ours basis: ${other('pgsplice-on')} vs ${other('pgbouncer')} µs/tx]`;
+  goals.push(keptUpNote(r, cpuGoal, ['pgsplice-on', 'pgbouncer']));
+  goals.push(keptUpNote(r, g(13, 'i13-rate-on-p99', `fixed ${GOAL_RATE.toLocaleString('en-US')} tps: bypass: on p99 latency <= PgBouncer's`, ['pgsplice-on', RATE], ['pgbouncer', RATE], (c) => c.latency_p99_ms, '<=', 1.0, msU), ['pgsplice-on', 'pgbouncer']));
+  goals.push(autoNeverBelowOff(r));
+
+  // --- issue 14: the user-space path at PgBouncer's cost ---
+  for (const w of ['c', 'a']) {
+    for (const mode of ['extended', 'simple']) {
+      const k: CellKey = { workload: w, mode, clients: GOAL_CLIENTS, rate: null };
+      goals.push(g(14, `i14-off-tps-${w}-${mode}`, `YCSB ${w.toUpperCase()} ${mode}, ${GOAL_CLIENTS} clients: bypass: off throughput >= 0.9x PgBouncer`, ['pgsplice-off', k], ['pgbouncer', k], (c) => c.tps, '>=', 0.9, tps));
+    }
+  }
+  goals.push(g(14, 'i14-off-proxy-cpu', `extended, ${GOAL_CLIENTS} clients: bypass: off proxy CPU/tx <= 1.5x PgBouncer's`, ['pgsplice-off', EXT], ['pgbouncer', EXT], (c) => c.cpu_us_per_tx.proxy, '<=', 1.5, us));
+  goals.push(g(14, 'i14-off-postgres-cpu', `extended, ${GOAL_CLIENTS} clients: PostgreSQL CPU/tx through bypass: off within 10% of through PgBouncer`, ['pgsplice-off', EXT], ['pgbouncer', EXT], (c) => c.cpu_us_per_tx.postgres, 'within', 0.1, us));
+  goals.push(g(14, 'i14-off-pgbench-cpu', `extended, ${GOAL_CLIENTS} clients: pgbench CPU/tx through bypass: off within 10% of through PgBouncer`, ['pgsplice-off', EXT], ['pgbouncer', EXT], (c) => c.cpu_us_per_tx.pgbench, 'within', 0.1, us));
+  goals.push(keptUpNote(r, g(14, 'i14-rate-off-p50', `fixed ${GOAL_RATE.toLocaleString('en-US')} tps: bypass: off p50 latency <= 1.2x PgBouncer's`, ['pgsplice-off', RATE], ['pgbouncer', RATE], (c) => c.latency_p50_ms, '<=', 1.2, msU), ['pgsplice-off', 'pgbouncer']));
+  goals.push(keptUpNote(r, g(14, 'i14-rate-off-p99', `fixed ${GOAL_RATE.toLocaleString('en-US')} tps: bypass: off p99 latency <= 1.2x PgBouncer's`, ['pgsplice-off', RATE], ['pgbouncer', RATE], (c) => c.latency_p99_ms, '<=', 1.2, msU), ['pgsplice-off', 'pgbouncer']));
+  for (const t of ['pgsplice-off', 'pgsplice-on']) {
+    const idle = r.idle.find((i) => i.target === t);
+    const b = idle?.bytes_per_client ?? null;
+    const m = t.slice('pgsplice-'.length);
+    // A slope at or below zero means RSS shrank while clients were opened (a garbage
+    // collection returned more than they took): no figure, not a met goal.
+    const shrank = b !== null && b <= 0;
+    goals.push({
+      issue: 14, id: `i14-idle-memory-${m}`, description: `bypass: ${m} proxy memory per idle client <= 4 KiB`, threshold: '<= 4096 B',
+      measured: shrank ? null : b, met: b === null || shrank ? null : b <= 4096,
+      detail: shrank
+        ? `not measured: the proxy's RSS shrank while ${idle!.clients_opened.toLocaleString('en-US')} clients were opened (slope ${b} B per client: a garbage collection returned more than they took); open more clients (--idle-clients)`
+        : b === null
+        ? `not measured: ${idle?.error ?? r.targets.find((x) => x.label === t)?.reason ?? `no idle run for ${t}`}`
+        : `${b <= 4096 ? 'met' : 'MISSED'}: ${b} B per client${b > 4096 ? ` (${((b / 4096 - 1) * 100).toFixed(0)}% over 4096 B)` : ''}, ${idle!.clients_opened.toLocaleString('en-US')} clients`,
+    });
+  }
+
+  // --- issue 15: mirroring (only when the run asked for the mirror row) ---
+  if (r.options.mirror) {
+    goals.push(g(15, 'i15-mirror-tps', `extended, ${GOAL_CLIENTS} clients, bypass: on: primary throughput with one mirror >= 0.9x without`, ['pgsplice-mirror', EXT], ['pgsplice-on', EXT], (c) => c.tps, '>=', 0.9, tps));
+  }
   return goals;
+}
+
+// At a fixed rate the comparison means something only if both targets kept up.
+function keptUpNote(r: BenchResult, goal: GoalRecord, targets: string[]): GoalRecord {
+  const behind = targets.filter((t) => findCell(r, t, RATE)?.kept_up === false);
+  if (behind.length) goal.detail += ` (did not keep up with the rate: ${behind.join(', ')})`;
+  return goal;
+}
+
+// "No row has auto below off": saturated rows compare throughput; fixed-rate rows
+// compare keeping up (both did: equal work, not below).
+function autoNeverBelowOff(r: BenchResult): GoalRecord {
+  const rows: Array<{ name: string; ratio: number | null; below: boolean }> = [];
+  for (const a of r.cells.filter((c) => c.target === 'pgsplice-auto' && !c.connect_per_tx)) {
+    const o = r.cells.find((c) => c.target === 'pgsplice-off' && c.workload === a.workload && c.mode === a.mode && c.clients === a.clients && !c.connect_per_tx && (c.rate_tps ?? null) === (a.rate_tps ?? null));
+    if (!o || o.rounds_ok === 0) continue;
+    const name = cellName({ workload: a.workload, mode: a.mode, clients: a.clients, rate: a.rate_tps ?? null });
+    if (a.rounds_ok === 0) rows.push({ name, ratio: 0, below: true });
+    else if (a.rate_tps) rows.push({ name, ratio: null, below: o.kept_up === true && a.kept_up === false });
+    else if (a.tps != null && o.tps != null && o.tps > 0) rows.push({ name, ratio: a.tps / o.tps, below: a.tps < o.tps });
+  }
+  const base = { issue: 13, id: 'i13-auto-never-below-off', description: 'no row has bypass: auto below bypass: off (throughput; at a fixed rate: keeping up)', threshold: '>= 1.00x in every row' };
+  if (rows.length === 0) return { ...base, measured: null, met: null, detail: `not measured: ${r.targets.find((t) => t.label === 'pgsplice-auto')?.reason ?? 'no row with both pgsplice-auto and pgsplice-off'}` };
+  const ratios = rows.filter((x) => x.ratio !== null).map((x) => x.ratio!);
+  const worst = ratios.length ? Math.min(...ratios) : null;
+  const below = rows.filter((x) => x.below);
+  const list = (xs: typeof rows) => xs.map((x) => `${x.name} ${x.ratio === null ? 'did not keep up' : `${x.ratio.toFixed(2)}x`}`).join('; ');
+  return {
+    ...base, measured: worst === null ? null : round(worst, 3), met: below.length === 0,
+    detail: below.length === 0
+      ? `met: ${rows.length} rows, lowest auto/off ${worst === null ? '–' : `${worst.toFixed(2)}x`}`
+      : `MISSED: ${below.length} of ${rows.length} rows below off: ${list(below)}`,
+  };
 }
 
 function round(x: number, d: number): number {
@@ -80,6 +186,7 @@ function round(x: number, d: number): number {
 const f0 = (x: number | null | undefined) => (x == null ? '–' : Math.round(x).toLocaleString('en-US'));
 const f1 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(1));
 const f2 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(2));
+const f3 = (x: number | null | undefined) => (x == null ? '–' : x.toFixed(3));
 
 export function markdownReport(r: BenchResult, svgName?: string): string {
   const o = r.options;
@@ -89,10 +196,16 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   L.push(`Machine: ${r.machine.cpus} CPU (${r.machine.cpu_model}), ${r.machine.mem_gib} GiB, Linux ${r.machine.kernel}, ${r.machine.postgres ?? 'PostgreSQL ?'}, ${r.machine.pgbouncer ?? 'no PgBouncer'}, Node ${r.machine.node}; background load before the runs: ${r.machine.background_busy_cpus} busy CPUs  `);
   L.push(`YCSB usertable ${o.rows.toLocaleString('en-US')} rows, zipfian θ=${o.zipf_theta}; pool size ${o.pool_size}; ${o.rounds} interleaved round(s) of ${o.duration_s} s per cell; medians shown. CPU is µs per transaction over the steady-state window: machine = all non-idle CPU time in /proc/stat (kernel workers included, and anything else running); ours = proxy + PostgreSQL + pgbench + kernel threads (kworkers, ksoftirqd; with this kernel's tick-based accounting irq/softirq time is already charged to the running task); proxy-attr. = that figure minus direct PostgreSQL's in the same cell.`, '');
   if (svgName) L.push(`![throughput and CPU per transaction](${svgName})`, '');
-  L.push('## Goals (issue 4: YCSB C, 64 clients, pool 16, extended protocol)', '');
-  L.push('| goal | result |', '|---|---|');
-  for (const g of r.goals) L.push(`| ${g.description} | ${g.met === null ? '⚪' : g.met ? '✅' : '❌'} ${g.detail} |`);
-  L.push('');
+  L.push(`## Goals (YCSB C unless named, pool ${o.pool_size}; medians of the interleaved rounds)`, '');
+  const goalIssues = [...new Set(r.goals.map((g) => g.issue ?? 4))];
+  for (const issue of goalIssues) {
+    const gs = r.goals.filter((g) => (g.issue ?? 4) === issue);
+    const met = gs.filter((g) => g.met === true).length;
+    L.push(`### Issue ${issue}${ISSUE_TITLES[issue] ? `: ${ISSUE_TITLES[issue]}` : ''} (${met} of ${gs.length} met)`, '');
+    L.push('| goal | result |', '|---|---|');
+    for (const g of gs) L.push(`| ${g.description} | ${g.met === null ? '⚪' : g.met ? '✅' : '❌'} ${g.detail.replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`);
+    L.push('');
+  }
   const failed = r.targets.filter((t) => t.status === 'failed');
   if (failed.length) {
     L.push('Targets that did not run:', '');
@@ -108,14 +221,36 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   const notes = r.targets.filter((t) => t.note);
   for (const t of notes) L.push(`- ${t.label} said: ${t.note}`);
   if (notes.length) L.push('');
-  const runCells = r.cells.filter((c) => !c.connect_per_tx);
+  const pct = (x: number | null | undefined) => (x == null ? '–' : `${(x * 100).toFixed(1)}%`);
+  const runCells = r.cells.filter((c) => !c.connect_per_tx && !c.rate_tps);
   if (runCells.length) {
-    L.push('## Throughput, latency, CPU per transaction', '');
-    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | proxy-attr. (machine) | proxy-attr. (ours) | peak RSS MiB | rounds |');
-    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    L.push('## Saturated: throughput, latency, CPU per transaction', '');
+    L.push('kernel % = the share of the cell\'s transactions the kernel carried to their end (pgsplice\'s SHOW BYPASS `kernel_transactions` read before and after each run, over pgbench\'s count); hand-backs/tx = requests the kernel passed to user space (the `fallback_*` counters: waits for a server, named statements, ...) per transaction, same cell.', '');
+    L.push('| workload | mode | clients | target | tps | p50 ms | p99 ms | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | proxy-attr. (machine) | proxy-attr. (ours) | kernel % | hand-backs/tx | peak RSS MiB | rounds |');
+    L.push('|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
     for (const c of runCells) {
       const rss = r.targets.find((t) => t.label === c.target)?.peak_rss_kib;
-      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${f0(c.tps)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f1(c.proxy_attributable_us_per_tx)} | ${f1(c.proxy_attributable_ours_us_per_tx)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
+      L.push(`| ${c.workload.toUpperCase()} | ${c.mode} | ${c.clients} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f1(c.proxy_attributable_us_per_tx)} | ${f1(c.proxy_attributable_ours_us_per_tx)} | ${pct(c.kernel_share)} | ${f3(c.handbacks_per_tx)} | ${rss == null ? '–' : (rss / 1024).toFixed(0)} | ${c.rounds_ok}/${o.rounds} |`);
+    }
+    L.push('');
+  }
+  const rateCells = r.cells.filter((c) => !c.connect_per_tx && c.rate_tps);
+  if (rateCells.length) {
+    L.push(`## Fixed offered load (pgbench --rate; YCSB C, extended, ${o.rate_clients ?? GOAL_CLIENTS} clients)`, '');
+    L.push('Latency is pgbench\'s: from each transaction\'s scheduled start, so it includes the schedule lag (how late the transaction started, shown separately). Kept up = every round completed >= 95% of the rate in its window.', '');
+    L.push('| rate tps | target | achieved tps | kept up | machine µs/tx | ours µs/tx | proxy | postgres | pgbench | kernel | p50 ms | p99 ms | lag p50 ms | lag p99 ms | kernel % | hand-backs/tx | rounds |');
+    L.push('|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const c of rateCells) {
+      L.push(`| ${f0(c.rate_tps)} | ${c.target} | ${c.rounds_ok ? f0(c.tps) : 'failed'} | ${c.kept_up === null ? '–' : c.kept_up ? 'yes' : '**no**'} | ${f1(c.cpu_us_per_tx.machine)} | ${f1(c.cpu_us_per_tx.ours)} | ${f1(c.cpu_us_per_tx.proxy)} | ${f1(c.cpu_us_per_tx.postgres)} | ${f1(c.cpu_us_per_tx.pgbench)} | ${f1(c.cpu_us_per_tx.kernel)} | ${f2(c.latency_p50_ms)} | ${f2(c.latency_p99_ms)} | ${f2(c.lag_p50_ms)} | ${f2(c.lag_p99_ms)} | ${pct(c.kernel_share)} | ${f3(c.handbacks_per_tx)} | ${c.rounds_ok}/${o.rounds} |`);
+    }
+    L.push('');
+  }
+  const failedCells = r.cells.filter((c) => c.rounds_ok === 0);
+  if (failedCells.length) {
+    L.push('Cells in which every round failed:', '');
+    for (const c of failedCells) {
+      const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients} clients${c.rate_tps ? ` at ${c.rate_tps} tps` : ''}${c.connect_per_tx ? ' (storm)' : ''}`;
+      L.push(`- **${c.target}**, ${name}: ${(c.error ?? 'failed').replace(/\s+/g, ' ').slice(0, 400)}`);
     }
     L.push('');
   }
@@ -137,8 +272,14 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   return L.join('\n');
 }
 
+const ISSUE_TITLES: Record<number, string> = {
+  13: 'the kernel path for the traffic real applications send; auto never worse than off',
+  14: 'the user-space path at PgBouncer\'s cost',
+  15: 'workload replication (one mirror, kernel path on)',
+};
+
 const COLORS: Record<string, string> = {
-  direct: '#6b7280', pgbouncer: '#d97706', 'pgsplice-off': '#2563eb', 'pgsplice-on': '#059669',
+  direct: '#6b7280', pgbouncer: '#d97706', 'pgsplice-off': '#2563eb', 'pgsplice-on': '#059669', 'pgsplice-auto': '#0d9488', 'pgsplice-mirror': '#7c3aed',
 };
 const EXTRA_COLORS = ['#9333ea', '#db2777', '#0891b2', '#65a30d'];
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -158,11 +299,12 @@ export function svgChart(r: BenchResult): string {
   const color = (t: string) => COLORS[t] ?? EXTRA_COLORS[(targets.indexOf(t) + EXTRA_COLORS.length) % EXTRA_COLORS.length];
   const groups: Array<{ key: string; label: string; cells: Array<CellSummary | undefined> }> = [];
   for (const c of cells) {
-    const key = `${c.workload}/${c.mode}/${c.clients}`;
+    const keyOf = (x: CellSummary) => `${x.workload}/${x.mode}/${x.clients}/${x.rate_tps ?? ''}`;
+    const key = keyOf(c);
     if (!groups.find((g) => g.key === key)) {
       groups.push({
-        key, label: `${c.workload.toUpperCase()} ${c.mode === 'extended' ? 'ext' : c.mode} ${c.clients}c`,
-        cells: targets.map((t) => cells.find((x) => x.target === t && `${x.workload}/${x.mode}/${x.clients}` === key)),
+        key, label: `${c.workload.toUpperCase()} ${c.mode === 'extended' ? 'ext' : c.mode === 'prepared' ? 'prep' : c.mode} ${c.clients}c${c.rate_tps ? ` @${c.rate_tps >= 1000 ? `${c.rate_tps / 1000}k` : c.rate_tps}` : ''}`,
+        cells: targets.map((t) => cells.find((x) => x.target === t && keyOf(x) === key)),
       });
     }
   }
@@ -259,13 +401,18 @@ export function dataPathSummary(b: Record<string, string>): string {
   const share = total >= kTx && total > 0
     ? `the kernel carried ${kTx.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} transactions (${((kTx / total) * 100).toFixed(1)}%)`
     : `the kernel counted ${kTx.toLocaleString('en-US')} transactions, user space ${total.toLocaleString('en-US')} (transactions_total)`;
+  // bypass: auto says per pool which path it chose and why (rows named auto*).
+  const auto = Object.entries(b).filter(([k]) => /^auto/.test(k)).slice(0, 6);
   return `kernel path loaded; ${share}` +
     (fb.length ? `; hand-backs to user space: ${fb.map(([k, v]) => `${k} ${v.toLocaleString('en-US')}`).join(', ')}` : '') +
+    (auto.length ? `; ${auto.map(([k, v]) => `${k}: ${v}`).join(', ')}` : '') +
     ' (counters since the proxy last started)';
 }
 
 // node dist/bench/report.js FILE.json...: writes FILE.md and FILE.svg again from the
 // JSON (after a change to the report), and latest.md/latest.svg for the newest file.
+// Goals are derived from the cells: for results of the current schema they are
+// evaluated again (and the JSON's goals[] rewritten); older results keep theirs.
 if (require.main === module) {
   /* eslint-disable @typescript-eslint/no-var-requires */
   const fs = require('node:fs') as typeof import('node:fs');
@@ -273,6 +420,10 @@ if (require.main === module) {
   const files = process.argv.slice(2).sort();
   for (const f of files) {
     const r = JSON.parse(fs.readFileSync(f, 'utf8')) as BenchResult;
+    if (r.schema === SCHEMA_ID) {
+      r.goals = evaluateGoals(r);
+      fs.writeFileSync(f, JSON.stringify(r, null, 1) + '\n');
+    }
     const base = f.replace(/\.json$/, '');
     const svg = svgChart(r);
     fs.writeFileSync(`${base}.svg`, svg);

@@ -1,5 +1,6 @@
 // npm run bench [-- --quick] : YCSB through pgbench against PostgreSQL directly,
-// PgBouncer, and pgsplice with the kernel path off and on, interleaved over rounds;
+// PgBouncer, and pgsplice with the kernel path off, on and auto, interleaved over
+// rounds, saturated and at a fixed offered load (pgbench --rate);
 // writes bench/results/<timestamp>.{json,md,svg} and latest.{md,svg}.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -10,12 +11,12 @@ import { hideBin } from 'yargs/helpers';
 import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
 import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
 import { idleRun } from './idle';
-import { median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
+import { keptUpWithRate, median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
 import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
 import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
 import {
-  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
+  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, kernelCounts, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
 } from './targets';
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -41,23 +42,27 @@ function list(s: string): string[] {
 async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName('npm run bench --')
-    .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on).')
-    .option('quick', { type: 'boolean', default: false, describe: 'short run (< 4 min): 10k rows, YCSB C, extended and prepared, 64 clients, 3 rounds, storm once, 2000 idle clients' })
+    .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on/auto).')
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (~7 min on a quiet 2-CPU machine): 10k rows, YCSB C and A, simple and extended, 64 clients; prepared on C; the fixed-rate row; 2 rounds; no storm; 2000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
-    .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3)' })
+    .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3; quick 2)' })
+    .option('rate-tps', { type: 'string', describe: "fixed offered loads for pgbench --rate on YCSB C, extended, --rate-clients clients: a list, or 'none' (default 5000)" })
+    .option('rate-clients', { type: 'number', default: 64, describe: 'clients of the fixed-rate rows' })
+    .option('prepared-workloads', { type: 'string', describe: 'workloads that get the -M prepared row (default all of --workloads; quick c)' })
+    .option('mirror', { type: 'boolean', default: false, describe: "also run pgsplice-on with one mirror PostgreSQL (config 'mirrors:') on YCSB C, extended; 'not available' if the proxy rejects the key" })
     .option('duration', { type: 'number', describe: 'seconds of load per pgbench run, >= 3 (default 4); each run gets 1 s more per 64 clients for connecting' })
     .option('clients', { type: 'string', describe: 'client counts (default 16,64,256; quick 64)' })
-    .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c)` })
+    .option('workloads', { type: 'string', describe: `workloads of ${Object.keys(WORKLOADS).join(',')} (default a,b,c,rmw; quick c,a)` })
     .option('clients-simple', { type: 'string', describe: "client counts for the simple and prepared protocols ('all' = --clients; default 64, so the client sweep runs on the extended protocol the goals use)" })
-    .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default all three; quick extended,prepared)' })
-    .option('targets', { type: 'string', default: BUILTIN_TARGETS.join(','), describe: 'built-in targets to run' })
+    .option('modes', { type: 'string', describe: 'pgbench protocols simple,extended,prepared (default all three)' })
+    .option('targets', { type: 'string', describe: `built-in targets to run (default ${BUILTIN_TARGETS.join(',')}; quick: all but direct)` })
     .option('extra', { type: 'string', array: true, default: [] as string[], describe: 'another pooler: host:port:label[:pid] (routes database/user of the backend)' })
     .option('pg-url', { type: 'string', describe: 'reuse this PostgreSQL (postgres://user:pw@host:port/db) instead of a scratch one; its usertable is dropped and reloaded unless it has --rows rows' })
     .option('pool-size', { type: 'number', default: 16 })
     .option('threads', { type: 'number', default: 2, describe: 'pgbench -j' })
-    .option('storm', { type: 'boolean', default: true, describe: 'run the connection storm (pgbench -C); --no-storm skips it' })
+    .option('storm', { type: 'boolean', describe: 'run the connection storm (pgbench -C; default yes, quick no); --no-storm skips it' })
     .option('storm-clients', { type: 'number', default: 16 })
-    .option('storm-duration', { type: 'number', describe: 'seconds (default 4; quick mode runs it in one round)' })
+    .option('storm-duration', { type: 'number', describe: 'seconds (default 4)' })
     .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
     .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
     .option('quiet-wait', { type: 'number', describe: 'seconds to wait for other load on the machine to stop before starting (default 20; quick 3)' })
@@ -69,18 +74,24 @@ async function main(): Promise<void> {
 
   const quick = argv.quick;
   const rows = argv.rows ?? (quick ? 10_000 : 100_000);
-  const rounds = argv.rounds ?? 3;
+  const rounds = argv.rounds ?? (quick ? 2 : 3);
   const duration = Math.max(3, argv.duration ?? 4);
   const clients = list(argv.clients ?? (quick ? '64' : '16,64,256')).map(Number);
-  const workloads = list(argv.workloads ?? (quick ? 'c' : 'a,b,c,rmw'));
-  const modes = list(argv.modes ?? (quick ? 'extended,prepared' : 'simple,extended,prepared'));
-  const wanted = list(argv.targets);
+  const workloads = list(argv.workloads ?? (quick ? 'c,a' : 'a,b,c,rmw'));
+  const modes = list(argv.modes ?? 'simple,extended,prepared');
+  const preparedWorkloads = list(argv['prepared-workloads'] ?? (quick ? 'c' : workloads.join(',')));
+  const rateTps = argv['rate-tps'] === 'none' ? [] : list(argv['rate-tps'] ?? '5000').map(Number);
+  const rateClients = argv['rate-clients'];
+  const storm = argv.storm ?? !quick;
+  // Quick mode leaves out direct PostgreSQL: no goal reads it (--targets brings it back).
+  const wanted = list(argv.targets ?? (quick ? BUILTIN_TARGETS.filter((t) => t !== 'direct') : BUILTIN_TARGETS).join(','));
   const stormDuration = Math.max(3, argv['storm-duration'] ?? 4);
   const idleClients = argv['idle-clients'] ?? (quick ? 2000 : 10_000);
   const poolSize = argv['pool-size'];
   for (const w of workloads) if (!WORKLOADS[w]) throw new Error(`unknown workload '${w}'`);
   for (const t of wanted) if (!BUILTIN_TARGETS.includes(t as TargetKind)) throw new Error(`unknown target '${t}' (use --extra for others)`);
   for (const m of modes) if (!['simple', 'extended', 'prepared'].includes(m)) throw new Error(`unknown mode '${m}'`);
+  for (const r of rateTps) if (!(Number.isInteger(r) && r > 0)) throw new Error(`--rate-tps: '${r}' is not a positive whole number of transactions per second`);
 
   const startedAt = new Date();
   const log = (s: string) => process.stdout.write(s + '\n');
@@ -88,11 +99,13 @@ async function main(): Promise<void> {
   fs.chmodSync(tmp, 0o755);
   const running: RunningTarget[] = [];
   let scratch: ScratchPostgres | null = null;
+  let mirrorPg: ScratchPostgres | null = null;
   let cleaning: Promise<void> | null = null;
   const cleanup = () =>
     (cleaning ??= (async () => {
       for (const t of running) await t.stop().catch(() => undefined);
       if (scratch) await scratch.destroy().catch(() => undefined);
+      if (mirrorPg) await mirrorPg.destroy().catch(() => undefined);
       if (!argv['keep-tmp']) fs.rmSync(tmp, { recursive: true, force: true });
     })());
   let aborting = false;
@@ -156,14 +169,15 @@ async function main(): Promise<void> {
 
     // --- targets ---
     const targetRecords: TargetRecord[] = [];
-    const maxClientConn = Math.max(5000, idleClients + Math.max(...clients, argv['storm-clients']) + 500);
+    const maxClientConn = Math.max(5000, idleClients + Math.max(...clients, rateClients, argv['storm-clients']) + 500);
     const starters = new Map<string, () => Promise<RunningTarget>>();
     for (const kind of wanted as TargetKind[]) {
       try {
         const start = async (): Promise<RunningTarget> => {
           if (kind === 'direct') return directTarget(backend);
           if (kind === 'pgbouncer') return startPgbouncer({ dir: path.join(tmp, 'pgbouncer'), port: await freePort(), backend, poolSize, maxClientConn, scramVerifier: verifier });
-          return startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass: kind === 'pgsplice-on' ? 'on' : 'off' });
+          const bypass = kind === 'pgsplice-on' ? 'on' : kind === 'pgsplice-auto' ? 'auto' : 'off';
+          return startPgsplice({ dir: path.join(tmp, kind), port: await freePort(), backend, poolSize, maxClientConn, bypass });
         };
         const t = await start();
         starters.set(t.label, start);
@@ -176,6 +190,31 @@ async function main(): Promise<void> {
         log(`target ${kind}: FAILED: ${reason}`);
       }
     }
+    // The mirror row (issue 15): pgsplice-on whose database names a second scratch
+    // PostgreSQL (same usertable) as its mirror. A proxy that does not know `mirrors:`
+    // refuses the config; the row then says so with the proxy's words.
+    if (argv.mirror) {
+      const label = 'pgsplice-mirror';
+      try {
+        log('mirror: starting a second scratch PostgreSQL');
+        mirrorPg = await ScratchPostgres.create({ settings: PG_BENCH_SETTINGS });
+        mirrorPg.createUserAndDb('bench', 'bench', 'bench');
+        const m = mirrorPg;
+        for (const st of setupStatements(rows)) m.psql(st, 'bench');
+        m.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
+        const mirrors = [{ host: '127.0.0.1', port: m.port, dbname: 'bench', user: 'bench', password: 'bench' }];
+        const start = async () => startPgsplice({ dir: path.join(tmp, label), port: await freePort(), backend, poolSize, maxClientConn, bypass: 'on', mirrors, label });
+        const t = await start();
+        starters.set(label, start);
+        running.push(t);
+        targetRecords.push({ label, kind: 'pgsplice-mirror', status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null, bypass_after: null });
+        log(`target ${label}: ${t.host}:${t.port} pid ${t.pid}, mirror PostgreSQL on port ${m.port}`);
+      } catch (e) {
+        const reason = `not available: ${(e as Error).message}`;
+        targetRecords.push({ label, kind: 'pgsplice-mirror', status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
+        log(`target ${label}: ${reason}`);
+      }
+    }
     for (const spec of argv.extra) {
       const t = parseExtraTarget(spec);
       running.push(t);
@@ -183,7 +222,7 @@ async function main(): Promise<void> {
     }
 
     // --- the matrix, interleaved ---
-    type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; duration: number; rounds: number };
+    type Cell = { workload: string; mode: string; clients: number; connectPerTx: boolean; rateTps: number | null; duration: number; rounds: number };
     const cells: Cell[] = [];
     // The client sweep runs on the extended protocol; simple and prepared run at
     // --clients-simple (default: 64, or the first count) unless that says 'all'.
@@ -191,18 +230,29 @@ async function main(): Promise<void> {
     if (argv['clients-simple'] && argv['clients-simple'] !== 'all') simpleClients = list(argv['clients-simple']).map(Number);
     else if (!argv['clients-simple'] && !quick) simpleClients = clients.includes(64) ? [64] : [clients[0]];
     for (const workload of workloads) {
-      for (const mode of modes) for (const c of mode === 'extended' ? clients : simpleClients) cells.push({ workload, mode, clients: c, connectPerTx: false, duration, rounds });
+      for (const mode of modes) {
+        if (mode === 'prepared' && !preparedWorkloads.includes(workload)) continue;
+        for (const c of mode === 'extended' ? clients : simpleClients) cells.push({ workload, mode, clients: c, connectPerTx: false, rateTps: null, duration, rounds });
+      }
     }
-    if (argv.storm) {
+    // Fixed offered load: the same work for every target, so CPU per transaction and
+    // latency compare at equal throughput (as long as the target keeps up).
+    for (const r of rateTps) cells.push({ workload: 'c', mode: 'extended', clients: rateClients, connectPerTx: false, rateTps: r, duration, rounds });
+    if (storm) {
       const stormMode = modes.includes('extended') ? 'extended' : modes[0];
-      // Quick mode runs the storm once per target (it is not one of the goals).
-      cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, duration: stormDuration, rounds: quick ? 1 : rounds });
+      cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, rateTps: null, duration: stormDuration, rounds });
     }
+    // The mirror target runs the cell its goal compares with pgsplice-on: YCSB C,
+    // extended, 64 clients (or the first client count), saturated.
+    const mirrorClients = clients.includes(64) ? 64 : clients[0];
+    const runsCell = (label: string, c: Cell) =>
+      label !== 'pgsplice-mirror' || (c.workload === 'c' && c.mode === 'extended' && c.clients === mirrorClients && c.rateTps === null && !c.connectPerTx);
     const scriptDirs = new Map<string, string[]>();
     for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
-    const totalRuns = running.length * cells.reduce((n, c) => n + c.rounds, 0);
-    const estimate = running.length * cells.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5), 0);
-    log(`\n${cells.length} cells x ${running.length} targets, ${rounds} rounds${cells.some((c) => c.rounds !== rounds) ? ' (storm: 1)' : ''} = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
+    const pairs = cells.flatMap((c) => running.filter((t) => runsCell(t.label, c)).map(() => c));
+    const totalRuns = pairs.reduce((n, c) => n + c.rounds, 0);
+    const estimate = pairs.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5), 0);
+    log(`\n${cells.length} cells x ${running.length} targets, ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
 
     let runNo = 0;
     const runs: RunRecord[] = [];
@@ -214,10 +264,21 @@ async function main(): Promise<void> {
       // pgbench's -T clock includes connecting its clients (a SCRAM login each, ~20 ms of
       // client CPU here), so runs get an allowance for that.
       const runSeconds = (warmup ? (quick ? 1 : 2) : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + extraSeconds;
+      // pgsplice's own count of what the kernel carried, before and after the run, so
+      // the kernel's share is this cell's, not everything since the proxy started.
+      const kernelCount = async () => {
+        if (warmup || !t.kind.startsWith('pgsplice')) return null;
+        try {
+          return kernelCounts(await pgspliceBypassInfo({ host: t.host, port: t.port, user: backend.user, password: backend.password }));
+        } catch {
+          return null;
+        }
+      };
+      const kernelBefore = await kernelCount();
       const run = await runPgbench({
         host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
         scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
-        threads: argv.threads, durationS: runSeconds, connectPerTx: c.connectPerTx, logDir,
+        threads: argv.threads, durationS: runSeconds, connectPerTx: c.connectPerTx, rateTps: c.rateTps, logDir,
         onStart: (pid) => (pgbenchPid = pid),
         // Counters are read at each progress line (every second) up to second T-1: at the
         // end pgbench disconnects, and exiting backends' CPU (exit work included) lands in
@@ -229,10 +290,17 @@ async function main(): Promise<void> {
         },
       });
       const sm = run.summary;
+      const kernelAfter = await kernelCount();
+      // (A proxy restarted in between has smaller counters: no figure then.)
+      const counted = kernelBefore && kernelAfter && kernelAfter.transactions >= kernelBefore.transactions && kernelAfter.handbacks >= kernelBefore.handbacks;
+      const kernelTx = counted ? kernelAfter.transactions - kernelBefore.transactions : null;
+      const handbacks = counted ? kernelAfter.handbacks - kernelBefore.handbacks : null;
       let windowS: number | null = null;
       let windowTx: number | null = null;
       let p50: number | null = null;
       let p99: number | null = null;
+      let lag50: number | null = null;
+      let lag99: number | null = null;
       const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       // The window starts at the first reading after every client ran a transaction
@@ -247,6 +315,10 @@ async function main(): Promise<void> {
         windowTx = tx.count;
         p50 = (percentile(tx.latenciesUs, 50) ?? NaN) / 1000;
         p99 = (percentile(tx.latenciesUs, 99) ?? NaN) / 1000;
+        if (tx.lagsUs) {
+          lag50 = (percentile(tx.lagsUs, 50) ?? NaN) / 1000;
+          lag99 = (percentile(tx.lagsUs, 99) ?? NaN) / 1000;
+        }
         const d = (a: number | null, b: number | null) => (a === null || b === null ? null : Math.max(0, b - a));
         cpuS.machine = l.machine.busy - f.machine.busy;
         cpuS.proxy = d(f.proxy, l.proxy);
@@ -268,7 +340,8 @@ async function main(): Promise<void> {
       if (sm.aborted) problems.push('run aborted');
       if (sm.errors.length) problems.push(sm.errors.slice(0, 3).join('; '));
       if (!sm.tps) problems.push('no tps reported');
-      if (windowTx === null && !warmup) problems.push(`no steady-state window of 1 s or more (clients all running after ${started === null ? '?' : ((started - (snaps[0]?.atMs ?? started)) / 1000).toFixed(1) + ' s past the first progress report'}; raise --duration)`);
+      // (A run pgbench aborted has no window either; its own error says why.)
+      if (windowTx === null && !warmup && run.code === 0 && !sm.aborted) problems.push(`no steady-state window of 1 s or more (clients all running after ${started === null ? '?' : ((started - (snaps[0]?.atMs ?? started)) / 1000).toFixed(1) + ' s past the first progress report'}; raise --duration)`);
       const ok = run.code === 0 && !sm.aborted && !!sm.tps && (warmup || (windowTx !== null && windowTx > 0));
       // Connecting took longer than the allowance (a busy machine, many clients): run
       // again once, longer by what connecting took.
@@ -277,14 +350,22 @@ async function main(): Promise<void> {
         log(`  (${t.label}: clients took ${connectS} s to connect; running again ${connectS + 1} s longer)`);
         return measure(t, c, round, warmup, connectS + 1);
       }
+      const ms = (x: number | null) => (x === null || Number.isNaN(x) ? null : r3(x));
+      const windowTps = windowS && windowTx !== null ? r1(windowTx / windowS) : null;
       return {
-        target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, ok,
+        target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, rate_tps: c.rateTps, ok,
         error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label}${t.exitInfo() ? ` ${t.exitInfo()}` : ''} log: ${t.logTail().slice(-400)}]` : ''),
         tps: sm.tps === null ? null : r1(sm.tps), transactions: sm.transactions, failed: sm.failed, latency_avg_ms: sm.latencyAvgMs,
         window_s: windowS === null ? null : r3(windowS), window_transactions: windowTx,
-        window_tps: windowS && windowTx !== null ? r1(windowTx / windowS) : null,
-        latency_p50_ms: p50 === null || Number.isNaN(p50) ? null : r3(p50), latency_p99_ms: p99 === null || Number.isNaN(p99) ? null : r3(p99),
+        window_tps: windowTps, latency_p50_ms: ms(p50), latency_p99_ms: ms(p99), lag_p50_ms: ms(lag50), lag_p99_ms: ms(lag99),
+        kept_up: c.rateTps && ok ? keptUpWithRate(c.rateTps, windowTps) : null,
         cpu_s: cpuS, cpu_us_per_tx: perTx, proxy_peak_rss_kib: t.pid ? peakRssKiB(t.pid) : null,
+        kernel_transactions: kernelTx,
+        // The share of what pgbench completed (its own count over the whole run); the
+        // kernel counts a transaction when it sees the server's ReadyForQuery.
+        kernel_share: kernelTx !== null && sm.transactions > 0 ? r3(Math.min(1, kernelTx / sm.transactions)) : null,
+        kernel_handbacks: handbacks,
+        handbacks_per_tx: handbacks !== null && sm.transactions > 0 ? r3(handbacks / sm.transactions) : null,
       };
     };
 
@@ -302,7 +383,7 @@ async function main(): Promise<void> {
     log(`background load before the runs: ${backgroundCores} busy CPUs${backgroundCores > 0.25 ? ' (the machine is not idle: machine CPU figures include that work)' : ''}`);
 
     // Warm up every target once (pools filled, caches hot); not recorded.
-    const warmCell = cells.find((c) => !c.connectPerTx) ?? cells[0];
+    const warmCell = cells.find((c) => !c.connectPerTx && c.rateTps === null) ?? cells[0];
     for (const t of running) {
       const w = await measure(t, { ...warmCell, clients: Math.min(64, Math.max(...clients)) }, 0, true);
       log(`warm-up ${t.label}: ${w.tps ? `${Math.round(w.tps)} tps` : `FAILED: ${w.error}`}`);
@@ -348,6 +429,7 @@ async function main(): Promise<void> {
       for (const c of cells) {
         if (round > c.rounds) continue;
         for (const label of order) {
+          if (!runsCell(label, c)) continue;
           done++;
           if (aborting) return;
           if (dead.has(label)) continue;
@@ -355,11 +437,13 @@ async function main(): Promise<void> {
           if (!t) continue;
           const rec = await measure(t, c, round);
           runs.push(rec);
-          const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients}c${c.connectPerTx ? ' -C' : ''}`;
-          log(`[${done}/${totalRuns}] r${round} ${name.padEnd(20)} ${t.label.padEnd(13)} ` +
+          const name = `${c.workload.toUpperCase()} ${c.mode} ${c.clients}c${c.connectPerTx ? ' -C' : ''}${c.rateTps ? ` @${c.rateTps}` : ''}`;
+          log(`[${done}/${totalRuns}] r${round} ${name.padEnd(24)} ${t.label.padEnd(15)} ` +
             (rec.ok
               ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} ours ${rec.cpu_us_per_tx.ours} µs/tx` +
-                (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '')
+                (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '') +
+                (rec.lag_p99_ms !== null ? `, lag p99 ${rec.lag_p99_ms.toFixed(2)} ms${rec.kept_up ? '' : ' (did not keep up)'}` : '') +
+                (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%, hand-backs ${rec.handbacks_per_tx}/tx` : '')
               : `FAILED: ${rec.error}`));
         }
       }
@@ -382,16 +466,22 @@ async function main(): Promise<void> {
     const summaries: CellSummary[] = [];
     for (const c of cells) {
       for (const t of running) {
-        const rs = runs.filter((r) => r.ok && r.target === t.label && r.workload === c.workload && r.mode === c.mode && r.clients === c.clients && r.connect_per_tx === c.connectPerTx);
-        const all = runs.filter((r) => r.target === t.label && r.workload === c.workload && r.mode === c.mode && r.clients === c.clients && r.connect_per_tx === c.connectPerTx);
+        const all = runs.filter((r) => r.target === t.label && r.workload === c.workload && r.mode === c.mode && r.clients === c.clients && r.connect_per_tx === c.connectPerTx && r.rate_tps === c.rateTps);
+        const rs = all.filter((r) => r.ok);
         if (all.length === 0) continue;
         const med = (f: (r: RunRecord) => number | null) => {
           const m = median(rs.map(f).filter((x): x is number => x !== null));
           return m === null ? null : r3(m);
         };
         summaries.push({
-          target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, connect_per_tx: c.connectPerTx, rounds_ok: rs.length,
+          target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, connect_per_tx: c.connectPerTx, rate_tps: c.rateTps, rounds_ok: rs.length,
+          // (without the proxy's log tail the run record keeps)
+          error: rs.length ? null : all.find((r) => r.error)?.error?.split(' [')[0] ?? null,
           tps: med((r) => r.tps), latency_p50_ms: med((r) => r.latency_p50_ms), latency_p99_ms: med((r) => r.latency_p99_ms),
+          lag_p50_ms: med((r) => r.lag_p50_ms), lag_p99_ms: med((r) => r.lag_p99_ms),
+          kept_up: c.rateTps && rs.length ? rs.every((r) => r.kept_up === true) : null,
+          kernel_share: med((r) => r.kernel_share),
+          handbacks_per_tx: med((r) => r.handbacks_per_tx),
           cpu_us_per_tx: {
             proxy: med((r) => r.cpu_us_per_tx.proxy), postgres: med((r) => r.cpu_us_per_tx.postgres),
             pgbench: med((r) => r.cpu_us_per_tx.pgbench), kernel: med((r) => r.cpu_us_per_tx.kernel),
@@ -403,7 +493,7 @@ async function main(): Promise<void> {
       }
     }
     for (const s of summaries) {
-      const d = summaries.find((x) => x.target === 'direct' && x.workload === s.workload && x.mode === s.mode && x.clients === s.clients && x.connect_per_tx === s.connect_per_tx);
+      const d = summaries.find((x) => x.target === 'direct' && x.workload === s.workload && x.mode === s.mode && x.clients === s.clients && x.connect_per_tx === s.connect_per_tx && x.rate_tps === s.rate_tps);
       if (d?.cpu_us_per_tx.machine != null && s.cpu_us_per_tx.machine != null) s.proxy_attributable_us_per_tx = r1(s.cpu_us_per_tx.machine - d.cpu_us_per_tx.machine);
       if (d?.cpu_us_per_tx.ours != null && s.cpu_us_per_tx.ours != null) s.proxy_attributable_ours_us_per_tx = r1(s.cpu_us_per_tx.ours - d.cpu_us_per_tx.ours);
     }
@@ -414,7 +504,7 @@ async function main(): Promise<void> {
       for (const label of running.map((x) => x.label)) {
         if (dead.has(label)) continue;
         const t = await ensureAlive(label);
-        if (!t || t.kind === 'direct') continue;
+        if (!t || t.kind === 'direct' || t.kind === 'pgsplice-mirror') continue;
         log(`idle: opening ${idleClients} clients to ${t.label}`);
         const r = await idleRun({ host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db, clients: idleClients, proxyPid: t.pid });
         idle.push({ target: t.label, ...r });
@@ -435,6 +525,7 @@ async function main(): Promise<void> {
       options: {
         quick, rows, rounds, duration_s: duration, clients, workloads, modes, pool_size: poolSize, targets: running.map((t) => t.label).concat(targetRecords.filter((t) => t.status === 'failed' && !running.find((r) => r.label === t.label)).map((t) => t.label)),
         zipf_theta: ZIPF_THETA, storm_clients: argv['storm-clients'], storm_duration_s: stormDuration, idle_clients: argv.idle ? idleClients : 0, pg_reused: !!argv['pg-url'],
+        rate_tps: rateTps, rate_clients: rateClients, mirror: argv.mirror,
       },
       targets: targetRecords, runs, cells: summaries, idle, goals: [],
     };

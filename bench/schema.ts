@@ -2,7 +2,9 @@
 // validator. bench/README.md documents the same schema; keep them in step.
 import type { IdleResult } from './idle';
 
-export const SCHEMA_ID = 'pgsplice-bench/1';
+export const SCHEMA_ID = 'pgsplice-bench/2';
+// Results written before the fixed-rate rows and per-cell kernel shares; still readable.
+export const SCHEMA_ID_V1 = 'pgsplice-bench/1';
 
 export interface CpuPerTx {
   // CPU microseconds per transaction, by whom. null when not measurable
@@ -22,6 +24,7 @@ export interface RunRecord {
   clients: number;
   round: number;
   connect_per_tx: boolean; // pgbench -C (the connection storm)
+  rate_tps: number | null; // pgbench --rate (a fixed offered load); null: as fast as it goes
   ok: boolean;
   error: string | null;
   tps: number | null; // pgbench's figure for the whole run
@@ -33,9 +36,22 @@ export interface RunRecord {
   window_tps: number | null;
   latency_p50_ms: number | null; // from the per-transaction log, window only
   latency_p99_ms: number | null;
+  // --rate only: how late transactions started against their schedule (window only);
+  // the latency above includes it (pgbench counts from the scheduled start).
+  lag_p50_ms: number | null;
+  lag_p99_ms: number | null;
+  kept_up: boolean | null; // --rate only: window tps >= KEPT_UP_SHARE x rate
   cpu_s: CpuPerTx; // CPU seconds in the window (same keys, seconds)
   cpu_us_per_tx: CpuPerTx;
   proxy_peak_rss_kib: number | null;
+  // pgsplice with the kernel path loaded: growth of SHOW BYPASS's kernel_transactions
+  // over the run, and that as a share of the transactions pgbench completed.
+  kernel_transactions: number | null;
+  kernel_share: number | null;
+  // Growth of SHOW BYPASS's fallback_* counters (requests the kernel passed to user space:
+  // waits for a server, named statements, ...) over the run, and per transaction.
+  kernel_handbacks: number | null;
+  handbacks_per_tx: number | null;
 }
 
 export interface CellSummary {
@@ -44,10 +60,17 @@ export interface CellSummary {
   mode: string;
   clients: number;
   connect_per_tx: boolean;
+  rate_tps: number | null;
   rounds_ok: number;
+  error: string | null; // when no round succeeded: the first round's error
   tps: number | null; // median over rounds
   latency_p50_ms: number | null;
   latency_p99_ms: number | null;
+  lag_p50_ms: number | null;
+  lag_p99_ms: number | null;
+  kept_up: boolean | null; // --rate only: every successful round kept up
+  kernel_share: number | null; // median
+  handbacks_per_tx: number | null; // median
   cpu_us_per_tx: CpuPerTx; // medians
   // machine CPU per transaction minus direct PostgreSQL's in the same cell
   proxy_attributable_us_per_tx: number | null;
@@ -74,6 +97,7 @@ export interface IdleRecord extends IdleResult {
 }
 
 export interface GoalRecord {
+  issue: number; // the issue that set the goal
   id: string;
   description: string;
   threshold: string;
@@ -83,7 +107,7 @@ export interface GoalRecord {
 }
 
 export interface BenchResult {
-  schema: typeof SCHEMA_ID;
+  schema: typeof SCHEMA_ID | typeof SCHEMA_ID_V1;
   started_at: string;
   finished_at: string;
   command: string;
@@ -114,6 +138,9 @@ export interface BenchResult {
     storm_duration_s: number;
     idle_clients: number;
     pg_reused: boolean;
+    rate_tps: number[]; // the fixed offered loads (YCSB C, extended, rate_clients)
+    rate_clients: number;
+    mirror: boolean; // --mirror: pgsplice-on with one mirror PostgreSQL was asked for
   };
   targets: TargetRecord[];
   runs: RunRecord[];
@@ -152,7 +179,7 @@ const strMapOrNull: Check = (v, at, e) => {
 const cpu = obj({ proxy: numOrNull, postgres: numOrNull, pgbench: numOrNull, kernel: numOrNull, ours: numOrNull, machine: numOrNull });
 
 const resultCheck = obj({
-  schema: oneOf(SCHEMA_ID),
+  schema: oneOf(SCHEMA_ID, SCHEMA_ID_V1),
   started_at: str,
   finished_at: str,
   command: str,
@@ -178,10 +205,19 @@ const resultCheck = obj({
   goals: arrayOf(obj({ id: str, description: str, threshold: str, measured: numOrNull, met: boolOrNull, detail: str })),
 });
 
+// What version 2 added (fixed-rate rows, kernel shares, goal issues, mirror).
+const v2Check = obj({
+  options: obj({ rate_tps: arrayOf(num), rate_clients: num, mirror: bool }),
+  runs: arrayOf(obj({ rate_tps: numOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_transactions: numOrNull, kernel_share: numOrNull, kernel_handbacks: numOrNull, handbacks_per_tx: numOrNull })),
+  cells: arrayOf(obj({ rate_tps: numOrNull, error: strOrNull, lag_p50_ms: numOrNull, lag_p99_ms: numOrNull, kept_up: boolOrNull, kernel_share: numOrNull, handbacks_per_tx: numOrNull })),
+  goals: arrayOf(obj({ issue: num })),
+});
+
 // Returns the list of problems; empty when the value is a valid result.
 export function validateResult(v: unknown): string[] {
   const errs: string[] = [];
   resultCheck(v, '$', errs);
+  if (errs.length === 0 && (v as BenchResult).schema === SCHEMA_ID) v2Check(v, '$', errs);
   if (errs.length === 0) {
     const r = v as BenchResult;
     const labels = new Set(r.targets.map((t) => t.label));

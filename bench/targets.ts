@@ -1,13 +1,24 @@
 // The things a benchmark run drives: PostgreSQL directly, PgBouncer, pgsplice with
-// the kernel path off and on, and extra poolers given on the command line.
+// the kernel path off, on and auto (and on with a mirror), and extra poolers given on
+// the command line.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Client } from 'pg';
 
-export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'extra';
-export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on'];
+export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'pgsplice-auto' | 'pgsplice-mirror' | 'extra';
+export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on', 'pgsplice-auto'];
+
+// A mirror PostgreSQL for pgsplice's `mirrors:` (a database's traffic sent to a second
+// server as well); the keys are the database entry's `mirrors:` list items.
+export interface MirrorSpec {
+  host: string;
+  port: number;
+  dbname: string;
+  user: string;
+  password: string;
+}
 
 export interface Backend {
   host: string;
@@ -211,8 +222,11 @@ function fdLimit(clients: number): number {
   return Math.max(4096, clients * 2 + 1024);
 }
 
-export function pgspliceYaml(o: { port: number; backend: Backend; poolSize: number; maxClientConn: number; bypass: 'on' | 'off' | 'auto' }): string {
+export function pgspliceYaml(o: { port: number; backend: Backend; poolSize: number; maxClientConn: number; bypass: 'on' | 'off' | 'auto'; mirrors?: MirrorSpec[] }): string {
   const q = (s: string) => JSON.stringify(s);
+  const mirrors = o.mirrors?.length
+    ? `, mirrors: [${o.mirrors.map((m) => `{ host: ${m.host}, port: ${m.port}, dbname: ${q(m.dbname)}, user: ${q(m.user)}, password: ${q(m.password)} }`).join(', ')}]`
+    : '';
   return `# written by pgsplice bench/targets.ts
 listen: { host: 127.0.0.1, port: ${o.port} }
 pool_mode: transaction
@@ -221,7 +235,7 @@ max_client_conn: ${o.maxClientConn}
 bypass: ${o.bypass}
 admin_users: [${o.backend.user}]
 databases:
-  ${o.backend.db}: { host: ${o.backend.host}, port: ${o.backend.port}, dbname: ${q(o.backend.db)} }
+  ${o.backend.db}: { host: ${o.backend.host}, port: ${o.backend.port}, dbname: ${q(o.backend.db)}${mirrors} }
 users:
   ${o.backend.user}: { password: ${q(o.backend.password)} }
 `;
@@ -239,6 +253,7 @@ export async function startPgsplice(o: {
   poolSize: number;
   maxClientConn: number;
   bypass: 'on' | 'off' | 'auto';
+  mirrors?: MirrorSpec[];
   label?: string;
   logLevel?: string;
   extraNodeArgs?: string[];
@@ -273,7 +288,7 @@ export async function startPgsplice(o: {
     }
   }
   return {
-    label, kind: o.bypass === 'on' ? 'pgsplice-on' : 'pgsplice-off', host: '127.0.0.1', port: o.port,
+    label, kind: o.mirrors?.length ? 'pgsplice-mirror' : `pgsplice-${o.bypass}`, host: '127.0.0.1', port: o.port,
     pid: child.pid ?? null,
     note: said.length ? said[0].trim().slice(0, 300) : infoError ? `SHOW BYPASS failed: ${infoError.slice(0, 200)}` : info ? `SHOW BYPASS: loaded=${info.loaded ?? '?'}${info.reason ? `, reason: ${info.reason}` : ''}` : null,
     stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output, exitInfo,
@@ -312,4 +327,22 @@ export async function pgspliceBypassInfo(o: { host: string; port: number; user: 
   } finally {
     await c.end().catch(() => undefined);
   }
+}
+
+// From SHOW BYPASS rows: the kernel's transaction count (transactions whose end the
+// kernel path carried: also those that waited for a server in user space and were bound
+// back into the kernel) and its hand-backs to user space (the fallback_* counters, one per
+// request passed up). null when the kernel path is not loaded (bypass: off, or auto/on
+// without it) or the row is absent.
+export interface KernelCounts {
+  transactions: number;
+  handbacks: number;
+}
+export function kernelCounts(info: Record<string, string>): KernelCounts | null {
+  if (!/^(yes|true|on|1)$/i.test(info.loaded ?? '')) return null;
+  const v = Number(info.kernel_transactions);
+  if (info.kernel_transactions === undefined || !Number.isFinite(v)) return null;
+  let handbacks = 0;
+  for (const [k, x] of Object.entries(info)) if (/^fallback_/.test(k) && Number.isFinite(Number(x))) handbacks += Number(x);
+  return { transactions: v, handbacks };
 }

@@ -4,11 +4,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t from 'tap';
 import { slope } from '../bench/idle';
-import { median, parsePgbenchOutput, percentile, readTxLogs } from '../bench/pgbench';
+import { parse as parseYaml } from 'yaml';
+import { keptUpWithRate, median, parsePgbenchOutput, percentile, readTxLogs } from '../bench/pgbench';
 import { parseMachineCpuLine, parseProcStat, runtimeSeconds, treeCpuSeconds } from '../bench/proc';
 import { evaluateGoals, markdownReport, svgChart } from '../bench/report';
-import { BenchResult, validateResult } from '../bench/schema';
-import { parseExtraTarget, pgbouncerIni, pgspliceYaml } from '../bench/targets';
+import { BenchResult, CellSummary, SCHEMA_ID, SCHEMA_ID_V1, validateResult } from '../bench/schema';
+import { BUILTIN_TARGETS, kernelCounts, parseExtraTarget, pgbouncerIni, pgspliceYaml } from '../bench/targets';
+import { parseConfig } from '../src/config/load';
 import { parseXml } from '../bench/xml-lite';
 
 const FIX = path.join(__dirname, '..', 'bench', 'fixtures');
@@ -55,6 +57,46 @@ t.test('pgbench summary: an aborted run', async (t) => {
   t.ok(s.errors.some((e) => e.includes('zipfian parameter must be in range')), 'the cause is kept');
   t.ok(s.errors.length <= 10, 'errors are deduplicated and bounded');
   t.equal(new Set(s.errors).size, s.errors.length);
+});
+
+// Captured from pgbench 15 against a scratch PostgreSQL on this machine: YCSB C, extended,
+// 8 clients, -R 500 (kept up) and -R 200000 (could not).
+t.test('pgbench summary: a fixed offered load (--rate)', async (t) => {
+  const s = parsePgbenchOutput(fixture('pgbench-rate-extended.txt'));
+  t.equal(s.queryMode, 'extended');
+  t.equal(s.clients, 8);
+  t.equal(s.transactions, 1306);
+  t.equal(s.latencyAvgMs, 2.232, 'latency from the scheduled start');
+  t.equal(s.rateLagAvgMs, 0.822);
+  t.equal(s.rateLagMaxMs, 22.432);
+  t.equal(s.tps, 490.424333);
+  t.equal(keptUpWithRate(500, s.tps), true, '98% of the rate: kept up');
+  const over = parsePgbenchOutput(fixture('pgbench-rate-overloaded.txt'));
+  t.equal(over.rateLagAvgMs, 1044.668);
+  t.equal(over.rateLagMaxMs, 2315.834);
+  t.equal(over.tps, 5908.687797);
+  t.equal(keptUpWithRate(200000, over.tps), false, 'far below the rate: did not keep up');
+  t.equal(keptUpWithRate(5000, 4700), false, '94%: behind');
+  t.equal(keptUpWithRate(5000, 4760), true, '95.2%: within Poisson noise');
+  t.equal(keptUpWithRate(5000, null), null);
+  const plain = parsePgbenchOutput(fixture('pgbench-ycsb-a-extended.txt'));
+  t.equal(plain.rateLagAvgMs, null, 'no --rate, no lag line');
+});
+
+t.test('per-transaction log with --rate: the lag column', async (t) => {
+  const file = path.join(FIX, 'pgbench-rate-txlog-sample.log');
+  const s = readTxLogs([file]);
+  t.equal(s.count, 200);
+  t.ok(s.lagsUs, 'lag column read');
+  t.equal(s.lagsUs!.length, 200);
+  t.equal(percentile(s.latenciesUs, 50), 921);
+  t.equal(percentile(s.latenciesUs, 99), 28710);
+  t.equal(percentile(s.lagsUs!, 50), 162);
+  t.equal(percentile(s.lagsUs!, 99), 7818);
+  // pgbench's latency counts from the scheduled start: never below the lag.
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => l.split(' ').map(Number));
+  t.ok(lines.every((p) => p[2] >= p[6]), 'latency includes the schedule lag on every line');
+  t.equal(readTxLogs([path.join(FIX, 'pgbench-txlog-sample.log')]).lagsUs, null, 'no --rate: no lags');
 });
 
 t.test('per-transaction log: percentiles and the measurement window', async (t) => {
@@ -108,10 +150,33 @@ t.test('target specs and generated pooler configs', async (t) => {
   for (const line of ['pool_mode = transaction', 'default_pool_size = 16', 'max_client_conn = 9000', 'auth_type = scram-sha-256', 'unix_socket_dir =', 'bench = host=127.0.0.1 port=5555 dbname=bench']) {
     t.ok(ini.split('\n').includes(line), line);
   }
-  const yaml = pgspliceYaml({ port: 6001, backend, poolSize: 16, maxClientConn: 9000, bypass: 'on' });
-  t.match(yaml, /bypass: on/);
-  t.match(yaml, /pool_mode: transaction/);
-  t.match(yaml, /default_pool_size: 16/);
+  t.ok(BUILTIN_TARGETS.includes('pgsplice-auto'), 'auto is a default target');
+  // Each generated pgsplice config is one the proxy's own loader accepts, as written.
+  for (const bypass of ['on', 'off', 'auto'] as const) {
+    const yaml = pgspliceYaml({ port: 6001, backend, poolSize: 16, maxClientConn: 9000, bypass });
+    const c = parseConfig(yaml, `${bypass}.yaml`);
+    t.equal(c.bypass, bypass, `bypass: ${bypass}`);
+    t.equal(c.pool_mode, 'transaction');
+    t.equal(c.default_pool_size, 16);
+    t.equal(c.max_client_conn, 9000);
+    t.equal(c.databases.get('bench')?.port, 5555);
+    t.notMatch(yaml, /mirrors/, 'no mirrors unless asked');
+  }
+  // The mirror row's config: one mirror in the database entry (issue 15's key names).
+  const mirror = { host: '127.0.0.1', port: 5556, dbname: 'bench', user: 'bench', password: 'p"w' };
+  const doc = parseYaml(pgspliceYaml({ port: 6002, backend, poolSize: 16, maxClientConn: 9000, bypass: 'on', mirrors: [mirror] }));
+  t.same(doc.databases.bench.mirrors, [mirror]);
+  t.equal(doc.databases.bench.port, 5555, 'the primary stays the backend');
+  t.equal(doc.bypass, 'on');
+});
+
+t.test('SHOW BYPASS: the kernel transaction count and hand-backs', async (t) => {
+  // Rows as pgsplice-on printed them at the end of a run on this machine.
+  const rows = { mode: 'on', loaded: 'yes', reason: 'loaded', user_clientsToKernel: '6771', kernel_transactions: '35867', kernel_passed_skbs: '28704',
+    fallback_no_idle_server: '6129', fallback_terminate: '501', fallback_named_statement: '141', fallback_tls_client: '0', transactions_total: '46273' };
+  t.same(kernelCounts(rows), { transactions: 35867, handbacks: 6129 + 501 + 141 });
+  t.equal(kernelCounts({ mode: 'off', loaded: 'no', reason: 'bypass: off', transactions_total: '9' }), null, 'not loaded');
+  t.equal(kernelCounts({ loaded: 'yes' }), null, 'no such row');
 });
 
 function latestResult(): { file: string; result: BenchResult } {
@@ -125,14 +190,37 @@ t.test('result schema: the newest committed result is valid', async (t) => {
   const { file, result } = latestResult();
   t.same(validateResult(result), [], path.basename(file));
   t.ok(result.runs.length > 0, 'it has runs');
-  t.ok(result.targets.some((x) => x.label === 'direct' && x.status === 'ok'), 'direct ran');
+  // (quick runs leave direct out)
+  for (const label of ['pgsplice-off', 'pgsplice-on', 'pgsplice-auto', ...(result.options.targets.includes('direct') ? ['direct'] : [])]) {
+    t.ok(result.targets.some((x) => x.label === label && x.status === 'ok'), `${label} ran`);
+  }
   t.ok(result.targets.some((x) => x.label === 'pgbouncer' && x.status === 'ok'), 'pgbouncer ran');
   t.ok(result.runs.some((r) => r.ok && r.tps! > 0 && r.cpu_us_per_tx.machine! > 0), 'a successful run with throughput and CPU');
-  t.equal(result.goals.length, 5, 'the five issue-4 goals are reported');
+  t.equal(result.schema, SCHEMA_ID);
+  const ids = result.goals.map((g) => g.id);
+  for (const id of ['i13-prepared-kernel-share', 'i13-prepared-on-vs-off', 'i13-prepared-auto-vs-off', 'i13-ext-on-tps', 'i13-ext-on-p99', 'i13-rate-on-cpu', 'i13-rate-on-p99', 'i13-auto-never-below-off',
+    'i14-off-tps-c-extended', 'i14-off-tps-a-simple', 'i14-off-proxy-cpu', 'i14-off-postgres-cpu', 'i14-off-pgbench-cpu', 'i14-rate-off-p50', 'i14-rate-off-p99', 'i14-idle-memory-off', 'i14-idle-memory-on']) {
+    t.ok(ids.includes(id), `goal ${id} is reported`);
+  }
+  t.ok(result.cells.some((c) => c.rate_tps && c.rounds_ok > 0 && c.kept_up !== null), 'a fixed-rate cell with its keep-up verdict');
+  if (result.options.mirror) {
+    const m = result.targets.find((x) => x.label === 'pgsplice-mirror');
+    t.ok(m && (m.status === 'ok' || /^not available: .+/.test(m.reason ?? '')), 'the mirror row ran or says why it is not available');
+    t.ok(result.goals.some((g) => g.id === 'i15-mirror-tps'), 'and its goal is reported');
+  }
   // The Markdown and SVG a person reads are produced from it without error.
   t.match(markdownReport(result), /## Goals/);
   const svg = parseXml(svgChart(result));
   t.equal(svg.name, 'svg', 'the chart is well-formed SVG');
+});
+
+t.test('result schema: version 1 results stay readable', async (t) => {
+  const v1 = fs.readdirSync(RESULTS).filter((f) => f.endsWith('.json')).map((f) => JSON.parse(fs.readFileSync(path.join(RESULTS, f), 'utf8')) as BenchResult).filter((r) => r.schema === SCHEMA_ID_V1);
+  t.ok(v1.length > 0, 'committed version 1 results');
+  for (const r of v1) t.same(validateResult(r), []);
+  const noRate = JSON.parse(JSON.stringify(latestResult().result));
+  delete noRate.options.rate_tps;
+  t.ok(validateResult(noRate).includes('$.options.rate_tps: missing'), 'version 2 requires the new fields');
 });
 
 t.test('result schema: the validator finds what is wrong', async (t) => {
@@ -155,20 +243,74 @@ t.test('result schema: the validator finds what is wrong', async (t) => {
 t.test('goals: met, missed, not measured', async (t) => {
   const { result } = latestResult();
   const r: BenchResult = JSON.parse(JSON.stringify(result));
-  const mk = (target: string, tps: number, machine: number) => ({
-    target, workload: 'c', mode: 'extended', clients: 64, connect_per_tx: false, rounds_ok: 1, tps,
-    latency_p50_ms: 1, latency_p99_ms: 2, cpu_us_per_tx: { proxy: null, postgres: null, pgbench: null, kernel: null, ours: machine, machine }, proxy_attributable_us_per_tx: null as number | null, proxy_attributable_ours_us_per_tx: null as number | null,
+  r.machine.background_busy_cpus = 0;
+  const mk = (target: string, workload: string, mode: string, rate: number | null, tps: number, o: Partial<CellSummary> = {}): CellSummary => ({
+    target, workload, mode, clients: 64, connect_per_tx: false, rate_tps: rate, rounds_ok: 2, error: null, tps,
+    latency_p50_ms: 1, latency_p99_ms: 10, lag_p50_ms: rate ? 0.1 : null, lag_p99_ms: rate ? 1 : null, kept_up: rate ? true : null, kernel_share: null, handbacks_per_tx: null,
+    cpu_us_per_tx: { proxy: 30, postgres: 100, pgbench: 30, kernel: 5, ours: 170, machine: 200 }, proxy_attributable_us_per_tx: null, proxy_attributable_ours_us_per_tx: null, ...o,
   });
-  r.cells = [mk('direct', 10000, 100), mk('pgbouncer', 8000, 130), mk('pgsplice-on', 11500, 105), mk('pgsplice-off', 7000, 160)];
-  for (const c of r.cells) c.proxy_attributable_us_per_tx = c.proxy_attributable_ours_us_per_tx = c.cpu_us_per_tx.machine! - 100;
+  r.cells = [
+    mk('pgbouncer', 'c', 'extended', null, 10000, { latency_p99_ms: 30 }),
+    mk('pgsplice-on', 'c', 'extended', null, 11500, { latency_p99_ms: 25, kernel_share: 0.99 }),
+    mk('pgsplice-off', 'c', 'extended', null, 9500, { cpu_us_per_tx: { proxy: 50, postgres: 105, pgbench: 36, kernel: 5, ours: 196, machine: 220 } }),
+    mk('pgsplice-auto', 'c', 'extended', null, 9400),
+    mk('pgbouncer', 'c', 'prepared', null, 0, { rounds_ok: 0, tps: null, error: 'pgbench: error: prepared statement "P_0" already exists' }),
+    mk('pgsplice-on', 'c', 'prepared', null, 12000, { kernel_share: 0.85, handbacks_per_tx: 0.15 }),
+    mk('pgsplice-auto', 'c', 'prepared', null, 9000, { kernel_share: 0.2 }),
+    mk('pgsplice-off', 'c', 'prepared', null, 8500),
+    mk('pgbouncer', 'c', 'extended', 5000, 5000, { latency_p50_ms: 1.0, latency_p99_ms: 8 }),
+    mk('pgsplice-on', 'c', 'extended', 5000, 5000, { latency_p99_ms: 7, cpu_us_per_tx: { proxy: 5, postgres: 90, pgbench: 30, kernel: 20, ours: 145, machine: 140 } }),
+    mk('pgsplice-off', 'c', 'extended', 5000, 4600, { kept_up: false, latency_p50_ms: 1.3, latency_p99_ms: 9 }),
+    mk('pgsplice-auto', 'c', 'extended', 5000, 5000),
+  ];
   r.idle = [{ target: 'pgsplice-on', clients_requested: 10, clients_opened: 10, open_seconds: 1, opens_per_second: 10, rss_before_kib: 1, rss_after_kib: 2, bytes_per_client: 5000, error: null }];
-  const g = Object.fromEntries(evaluateGoals(r).map((x) => [x.id, x]));
-  t.equal(g['on-vs-pgbouncer-tps'].met, true, '11500 >= 1.4 x 8000');
-  t.equal(g['on-vs-direct-tps'].met, true);
-  t.equal(g['on-cpu-vs-pgbouncer'].met, true, '5 <= 30/3');
-  t.equal(g['off-vs-pgbouncer-tps'].met, false);
-  t.match(g['off-vs-pgbouncer-tps'].detail, /MISSED.*short by 1000 tps/);
-  t.equal(g['on-idle-memory'].met, false);
-  r.cells = r.cells.filter((c) => c.target !== 'pgsplice-on');
-  t.equal(evaluateGoals(r).find((x) => x.id === 'on-vs-direct-tps')!.met, null, 'no run: not measured');
+  r.options.mirror = false;
+  const goals = evaluateGoals(r);
+  const g = Object.fromEntries(goals.map((x) => [x.id, x]));
+  t.equal(g['i13-prepared-kernel-share'].met, false, '85% < 90%');
+  t.match(g['i13-prepared-kernel-share'].detail, /85\.0%.*0\.150 hand-backs.*auto 20\.0%/);
+  t.equal(g['i13-prepared-on-vs-off'].met, true, '12000 >= 1.1 x 8500');
+  t.equal(g['i13-prepared-auto-vs-off'].met, false, '9000 < 1.1 x 8500');
+  t.equal(g['i13-prepared-on-vs-pgbouncer'].met, true, "against PgBouncer's extended row, its prepared row failed");
+  t.equal(g['i13-ext-on-tps'].met, true, '11500 >= 1.1 x 10000');
+  t.equal(g['i13-ext-on-p99'].met, true);
+  t.equal(g['i13-rate-on-cpu'].met, true, '140 <= 0.75 x 200');
+  t.match(g['i13-rate-on-cpu'].detail, /basis: machine CPU/);
+  t.equal(g['i13-rate-on-p99'].met, true);
+  t.equal(g['i13-auto-never-below-off'].met, false, 'auto 9400 < off 9500 on the extended row');
+  t.match(g['i13-auto-never-below-off'].detail, /extended 64 clients 0\.99x/);
+  t.notMatch(g['i13-auto-never-below-off'].detail, /5,000 tps/, 'auto kept up where off did not: not below');
+  t.equal(g['i14-off-tps-c-extended'].met, true, '9500 >= 0.9 x 10000');
+  t.equal(g['i14-off-tps-a-simple'].met, null, 'no YCSB A cells: not measured');
+  t.equal(g['i14-off-proxy-cpu'].met, false, '50 > 1.5 x 30');
+  t.match(g['i14-off-proxy-cpu'].detail, /over by 5\.0 µs\/tx/);
+  t.equal(g['i14-off-postgres-cpu'].met, true, '105 within 10% of 100');
+  t.equal(g['i14-off-pgbench-cpu'].met, false, '36 is 20% over 30');
+  t.equal(g['i14-rate-off-p50'].met, false, '1.3 > 1.2 x 1.0');
+  t.match(g['i14-rate-off-p50'].detail, /did not keep up with the rate: pgsplice-off/);
+  t.equal(g['i14-rate-off-p99'].met, true, '9 <= 1.2 x 8');
+  t.equal(g['i14-idle-memory-on'].met, false);
+  t.equal(g['i14-idle-memory-off'].met, null, 'no idle run for off');
+  r.idle.push({ target: 'pgsplice-off', clients_requested: 500, clients_opened: 500, open_seconds: 3, opens_per_second: 165, rss_before_kib: 74.5 * 1024, rss_after_kib: 68.1 * 1024, bytes_per_client: -10847, error: null });
+  const shrank = evaluateGoals(r).find((x) => x.id === 'i14-idle-memory-off')!;
+  t.equal(shrank.met, null, 'RSS shrank while opening: no figure, not met');
+  t.match(shrank.detail, /shrank/);
+  t.notOk(goals.some((x) => x.issue === 15), 'no mirror goal unless --mirror');
+  r.options.mirror = true;
+  r.targets = r.targets.filter((x) => x.label !== 'pgsplice-mirror');
+  r.targets.push({ label: 'pgsplice-mirror', kind: 'pgsplice-mirror', status: 'failed', reason: 'not available: databases.bench.mirrors: unknown key', host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
+  const m = evaluateGoals(r).find((x) => x.id === 'i15-mirror-tps')!;
+  t.equal(m.met, null);
+  t.match(m.detail, /not available: databases\.bench\.mirrors: unknown key/);
+  // A busy machine: the CPU goal is judged on `ours` and says so.
+  r.machine.background_busy_cpus = 1;
+  t.match(evaluateGoals(r).find((x) => x.id === 'i13-rate-on-cpu')!.detail, /basis: ours/);
+  r.goals = evaluateGoals(r);
+  const md = markdownReport(r);
+  t.match(md, /### Issue 13/);
+  t.match(md, /### Issue 14/);
+  t.match(md, /## Fixed offered load/);
+  t.match(md, /\| 5,000 \| pgsplice-off \| 4,600 \| \*\*no\*\*/, 'the rate row says who did not keep up');
+  t.match(md, /\*\*pgbouncer\*\*, C prepared 64 clients: pgbench: error: prepared statement "P_0" already exists/, 'a failed cell says why');
+  t.equal(parseXml(svgChart(r)).name, 'svg');
 });
