@@ -12,36 +12,8 @@ import {
   backendCount, freePort, libpqEnv, pgClient, pgConnectError, run, sleep, startCluster, waitUntil, withTimeout,
 } from './helpers/cluster';
 import { adminRows, kernelConfig, pgbenchCounts, rssKb, statsLine } from './helpers/kernel';
-import {
-  Msg, PgError, RawConn, login, message, parseFields, simpleQuery, startupMessage, sync,
-} from './helpers/pgwire';
-
-const int32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n | 0);
-  return b;
-};
-const int16 = (n: number): Buffer => {
-  const b = Buffer.alloc(2);
-  b.writeInt16BE(n);
-  return b;
-};
-const errorsOf = (msgs: Msg[]) => msgs.filter((m) => m.type === 'E').map((m) => parseFields(m.body));
-
-// Everything the proxy sends until it closes the connection (or until ReadyForQuery).
-async function readToEnd(conn: RawConn, timeoutMs = 10000): Promise<{ msgs: Msg[]; closed: boolean }> {
-  const msgs: Msg[] = [];
-  const deadline = Date.now() + timeoutMs;
-  try {
-    for (;;) {
-      const m = await conn.readMessage(Math.max(1, deadline - Date.now()));
-      msgs.push(m);
-      if (m.type === 'Z') return { msgs, closed: false };
-    }
-  } catch {
-    return { msgs, closed: conn.closed };
-  }
-}
+import { PgError, RawConn, login, simpleQuery, startupMessage, sync } from './helpers/pgwire';
+import { MALFORMED, errorsOf, int32, readToEnd } from './helpers/hostile';
 
 async function metricsText(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -52,22 +24,6 @@ async function metricsText(port: number): Promise<string> {
     }).on('error', reject);
   });
 }
-
-// The malformed bodies a logged-in client sends; each must end with 08P01 naming the problem.
-const MALFORMED: Array<{ label: string; bytes: Buffer; closes: boolean }> = [
-  { label: 'Parse body "x" (no NUL terminators)', bytes: message('P', Buffer.from('x')), closes: true },
-  { label: 'Bind body "x"', bytes: message('B', Buffer.from('x')), closes: true },
-  { label: 'Parse with a negative parameter count', bytes: message('P', Buffer.concat([Buffer.from('s1\0SELECT 1\0'), int16(-3)])), closes: true },
-  { label: 'Parse with 2 parameter types announced, 1 sent', bytes: message('P', Buffer.concat([Buffer.from('\0SELECT $1\0'), int16(2), int32(23)])), closes: true },
-  { label: 'Bind whose parameter length runs past the body', bytes: message('B', Buffer.concat([Buffer.from('\0\0'), int16(0), int16(1), int32(1000), Buffer.from('ab'), int16(0)])), closes: true },
-  { label: 'Bind with trailing garbage', bytes: message('B', Buffer.concat([Buffer.from('\0\0'), int16(0), int16(0), int16(0), Buffer.from('zz')])), closes: true },
-  { label: 'Describe with subtype Z', bytes: message('D', Buffer.from('Zname\0')), closes: true },
-  { label: 'Describe with an empty body', bytes: message('D'), closes: true },
-  { label: 'Close "S" without a NUL', bytes: message('C', Buffer.from('Sname')), closes: true },
-  { label: 'Query without a NUL', bytes: message('Q', Buffer.from('SELECT 1')), closes: true },
-  // Execute is not read by the proxy: PostgreSQL itself answers it (ERROR 08P01, then Sync).
-  { label: 'Execute body "x" (PostgreSQL answers)', bytes: message('E', Buffer.from('x')), closes: false },
-];
 
 t.test('hostile input', async (t) => {
   const c = await startCluster(t);

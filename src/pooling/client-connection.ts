@@ -743,7 +743,9 @@ export class ClientConnection implements ServerPeer, Guarded {
   private readonly heldInput = new InputHold();
 
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
-  // client must reach it first); the server is not read meanwhile (back-pressure).
+  // client must reach it first); its server is not read meanwhile (back-pressure). A
+  // server it gave up meanwhile was resumed when it was unlinked; the one it has now
+  // (maybe a later one, paused by onServerData) is resumed here.
   holdOutput(until: Promise<void>): void {
     this.held = [];
     until.then(this.guard(() => {
