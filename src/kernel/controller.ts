@@ -198,18 +198,13 @@ export class BypassController implements KernelHost {
     return true;
   }
 
-  // A user-space client takes a server idle in the kernel, preferring one whose settings
-  // are already the client's.
-  takeIdle(pool: Pool, hint?: ClientConnection): ServerConnection | null {
+  // A user-space client takes a server idle in the kernel (its settings are applied by
+  // the client, as on any server).
+  takeIdle(pool: Pool): ServerConnection | null {
     const k = this.kernel;
     const bySig = this.kpools.get(pool);
     if (!k || !bySig) return null;
-    const kids = [...bySig.entries()];
-    if (hint) {
-      const want = signature(hint.settings);
-      kids.sort((a, b) => (a[0] === want ? -1 : b[0] === want ? 1 : 0));
-    }
-    for (const [, kid] of kids) {
+    for (const kid of bySig.values()) {
       for (;;) {
         const id = k.popIdle(kid);
         if (id === 0) break;

@@ -17,7 +17,6 @@ import { StreamScanner, captureSet } from '../protocol/stream-scanner';
 import { TransactionTracker } from '../session/transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
-import type { KernelHost } from './kernel-host';
 import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from '../session/session-parameters';
@@ -65,8 +64,18 @@ export interface ClientHost {
   cancel(pid: number, key: number): void;
   clientLoggedIn(client: ClientConnection): void;
   clientClosed(client: ClientConnection): void;
-  // The kernel path (src/pooling/kernel-host.ts): offered idle clients, handed requests, told of passes.
-  readonly kernel: KernelHost;
+  // The kernel path: offered idle clients, handed requests, told of passes.
+  readonly kernel: ClientKernel;
+}
+
+// The part of the KernelHost (src/pooling/kernel-host.ts) a client calls, declared here so
+// this module does not depend on it.
+export interface ClientKernel {
+  offerClient(client: ClientConnection, aboutToWrite: number): boolean;
+  leftKernel(client: ClientConnection): void;
+  bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  feedKernelBound(client: ClientConnection, data: Buffer): boolean;
+  reclaimBound(client: ClientConnection): boolean;
 }
 
 let nextClientId = 1;
