@@ -225,7 +225,7 @@ export class BypassController implements KernelHost {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
+    if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
     if (client.rewriter?.namedInTransaction) return false; // its next transaction would be handed back too

@@ -132,8 +132,16 @@ export class ClientConnection implements ServerPeer, Guarded {
   private settingsLearned: Promise<void> | null = null;
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
-  // When set, the admin console consumes this client's messages instead of a pool.
-  adminHandler: ((type: number, body: Buffer) => void) | null = null;
+  // When set, the admin console consumes this client's messages instead of a pool (serveAdmin).
+  private adminHandler: ((type: number, body: Buffer) => void) | null = null;
+  get isAdmin(): boolean {
+    return this.adminHandler !== null;
+  }
+
+  // The admin console takes this client's messages from now on (called at its login).
+  serveAdmin(handler: (type: number, body: Buffer) => void): void {
+    this.adminHandler = handler;
+  }
 
   constructor(
     public socket: net.Socket, // a tls.TLSSocket after an SSLRequest answered 'S'
