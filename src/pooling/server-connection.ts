@@ -107,7 +107,7 @@ export class ServerConnection extends EventEmitter {
   // read it yet pauses it again.
   leftKernel(): void {
     this.lifecycle.to(ServerState.Idle);
-    this.socket.resume();
+    this.socket?.resume(); // (none yet while connecting)
   }
   readonly params = new Map<string, string>();
   loginParams: Map<string, string> | null = null; // what it reported at login: its session defaults
@@ -376,7 +376,7 @@ export class ServerConnection extends EventEmitter {
   // never see its answers.
   unlink(): void {
     this.peer = null;
-    this.socket.resume();
+    this.socket?.resume();
     this.replies.clear();
     if (this.state === ServerState.Active) this.lifecycle.to(ServerState.Idle);
   }
