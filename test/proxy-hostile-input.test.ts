@@ -12,8 +12,8 @@ import {
   backendCount, freePort, libpqEnv, pgClient, pgConnectError, run, sleep, startCluster, waitUntil, withTimeout,
 } from './helpers/cluster';
 import { adminRows, kernelConfig, pgbenchCounts, rssKb, statsLine } from './helpers/kernel';
-import { PgError, RawConn, login, simpleQuery, startupMessage, sync } from './helpers/pgwire';
-import { MALFORMED, errorsOf, int32, readToEnd } from './helpers/hostile';
+import { PgError, RawConn, int32, login, simpleQuery, startupMessage, sync } from './helpers/pgwire';
+import { MALFORMED, errorsOf, readToEnd } from './helpers/hostile';
 
 async function metricsText(port: number): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -1,17 +1,7 @@
 // Malformed requests of a logged-in client, shared by the hostile-input tests: each must
 // end only its own connection (08P01), whatever path carried it.
-import { Msg, RawConn, message, parseFields } from './pgwire';
+import { Msg, RawConn, int16, int32, message, parseFields } from './pgwire';
 
-export const int32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n | 0);
-  return b;
-};
-export const int16 = (n: number): Buffer => {
-  const b = Buffer.alloc(2);
-  b.writeInt16BE(n);
-  return b;
-};
 export const errorsOf = (msgs: Msg[]) => msgs.filter((m) => m.type === 'E').map((m) => parseFields(m.body));
 
 // Everything the proxy sends until it closes the connection (or until ReadyForQuery).
