@@ -99,12 +99,15 @@ export function generate(obj) {
     }
     maps[variable.name] = map;
   }
-  // One line per field or map: the generated file diffs like the header it comes from.
+  // One line per struct, enum member or map: the generated file diffs like the header it
+  // comes from, without a column of same-shaped field lines per struct.
+  const flat = (v) => (v === null || typeof v !== 'object' ? JSON.stringify(v) : `{ ${Object.entries(v).map(([k, x]) => `${k}: ${flat(x)}`).join(', ')} }`);
   const format = (v, indent = '') => {
     if (v === null || typeof v !== 'object') return JSON.stringify(v);
     const entries = Object.entries(v);
+    if (typeof v.size === 'number' && v.fields) return flat(v); // a struct
     if (entries.every(([, x]) => x === null || typeof x !== 'object')) {
-      const line = `{ ${entries.map(([k, x]) => `${k}: ${JSON.stringify(x)}`).join(', ')} }`;
+      const line = flat(v);
       if (line.length <= 100) return line;
     }
     const inner = indent + '  ';

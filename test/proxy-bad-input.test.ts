@@ -4,13 +4,7 @@ import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, waitUntil, backendCount } from './helpers/cluster';
-import { RawConn, Msg, parseFields, startupMessage, message, login, query, simpleQuery, sslRequest } from './helpers/pgwire';
-
-function int32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n | 0);
-  return b;
-}
+import { RawConn, Msg, int32, parseFields, rawStartup, startupMessage, message, login, query, simpleQuery, sslRequest } from './helpers/pgwire';
 
 interface Outcome {
   errors: Record<string, string>[];
@@ -66,12 +60,12 @@ t.test('bad input', async (t) => {
       };
 
       t.test('absurd startup length (2 GB)', async (t) => {
-        const o = await sendRaw(proxy, Buffer.concat([int32(0x7ffffff0), int32(0x00030000), Buffer.from('user\0app\0')]));
+        const o = await sendRaw(proxy, rawStartup(Buffer.from('user\0app\0'), undefined, 0x7ffffff0));
         expectError(t, o, /^08P01$/, 'absurd startup length');
         await stillServing(t, 'after absurd startup length');
       });
       t.test('startup length smaller than the header', async (t) => {
-        const o = await sendRaw(proxy, Buffer.concat([int32(4), int32(0x00030000)]));
+        const o = await sendRaw(proxy, rawStartup(Buffer.alloc(0), undefined, 4));
         expectError(t, o, /^08P01$/, 'startup length 4');
         await stillServing(t, 'after tiny startup length');
       });
@@ -89,8 +83,7 @@ t.test('bad input', async (t) => {
         await stillServing(t, 'after truncated startup');
       });
       t.test('startup parameters not NUL-terminated', async (t) => {
-        const body = Buffer.concat([int32(0x00030000), Buffer.from('user\0app\0database\0ap')]);
-        const o = await sendRaw(proxy, Buffer.concat([int32(body.length + 4), body]));
+        const o = await sendRaw(proxy, rawStartup(Buffer.from('user\0app\0database\0ap')));
         expectError(t, o, /^08P01$/, 'unterminated startup parameters');
         await stillServing(t, 'after unterminated startup parameters');
       });

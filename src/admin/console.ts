@@ -90,7 +90,7 @@ function averager(pooler: Pooler): StatsAverager {
 // ---- state naming shared by SHOW POOLS / CLIENTS / SERVERS ----
 
 export function clientStateName(c: ClientConnection, kernel: KernelHost): string {
-  if (c.adminHandler) return 'active';
+  if (c.isAdmin) return 'active';
   switch (c.state) {
     case ClientState.Active:
       return 'active';
@@ -655,6 +655,6 @@ export function startAdminConsole(client: ClientConnection, pooler: Pooler, cont
     return;
   }
   const session = new AdminSession(client, pooler, control, access);
-  client.adminHandler = (type, body) => session.onMessage(type, body);
+  client.serveAdmin((type, body) => session.onMessage(type, body));
   log.info(`${client.label} admin console (${access})`);
 }

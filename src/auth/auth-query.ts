@@ -3,11 +3,13 @@
 // cached for auth_query_cache_ttl. Also what a client's login taught the proxy about
 // logging in to the server as that user (the server credentials), since the proxy never
 // sees such a user's password.
-import { ServerConnection, ServerError, ServerState, type ServerTarget } from '../pooling/server-connection';
+import { ServerConnection, ServerError, ServerState, type KernelPassListener, type ServerTarget } from '../pooling/server-connection';
 import { isMd5Hash } from './md5';
 import { scramKeysFrom, type ScramKeys } from './scram';
 import { log } from '../observe/log';
-import { USER_SPACE_ONLY } from '../pooling/kernel-host';
+
+// auth_query's own server connections are never offered to the kernel path.
+const NOT_IN_KERNEL: KernelPassListener = { serverPassed: () => undefined };
 
 // How long a "no such user" answer is kept at most: a role created a moment later should
 // not wait for the full TTL.
@@ -134,7 +136,7 @@ export class AuthQuery {
   private async connected(conn: LookupConnection, target: ServerTarget): Promise<ServerConnection> {
     if (conn.server && conn.server.isUsable && conn.server.state === ServerState.Idle) return conn.server;
     conn.server = null;
-    const server = new ServerConnection(target, USER_SPACE_ONLY); // never offered to the kernel path
+    const server = new ServerConnection(target, NOT_IN_KERNEL); // never offered to the kernel path
     try {
       await server.connect();
     } catch (e) {

@@ -198,18 +198,13 @@ export class BypassController implements KernelHost {
     return true;
   }
 
-  // A user-space client takes a server idle in the kernel, preferring one whose settings
-  // are already the client's.
-  takeIdle(pool: Pool, hint?: ClientConnection): ServerConnection | null {
+  // A user-space client takes a server idle in the kernel (its settings are applied by
+  // the client, as on any server).
+  takeIdle(pool: Pool): ServerConnection | null {
     const k = this.kernel;
     const bySig = this.kpools.get(pool);
     if (!k || !bySig) return null;
-    const kids = [...bySig.entries()];
-    if (hint) {
-      const want = signature(hint.settings);
-      kids.sort((a, b) => (a[0] === want ? -1 : b[0] === want ? 1 : 0));
-    }
-    for (const [, kid] of kids) {
+    for (const kid of bySig.values()) {
       for (;;) {
         const id = k.popIdle(kid);
         if (id === 0) break;
@@ -230,7 +225,7 @@ export class BypassController implements KernelHost {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || client.adminHandler || !isTcp(client)) return false;
+    if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
     if (client.rewriter?.namedInTransaction) return false; // its next transaction would be handed back too
@@ -364,7 +359,13 @@ export class BypassController implements KernelHost {
     const before = k.read(client.id);
     const serverId = k.takeBound(client.id);
     k.unregister(client.id);
-    if (!serverId) return;
+    if (!serverId) {
+      // No pair to take, but a server of this client's transaction may still be left in
+      // user space's Kernel state with nobody to own it: close it.
+      const known = client.kernelServer ?? (before?.peer ? this.servers.get(before.peer) : undefined);
+      if (known) this.closeOrphan(client.id, known, 'client left during a hand-over from the kernel');
+      return;
+    }
     const server = this.servers.get(serverId);
     if (!server) return;
     server.leftKernel();
@@ -380,6 +381,22 @@ export class BypassController implements KernelHost {
     // never carries a pinned client.
     const steps = stepsOnLeave({ inTransaction: true, pinned: false, mode: s.mode, resetQuery: s.resetQuery, resetQueryAlways: s.resetQueryAlways });
     cleanServer(server, steps, (x) => pool.release(x), 'reset after client left failed');
+  }
+
+  // server was inside the transaction of client clientId, which left. If user space still
+  // sees it in the kernel and the kernel still names that client as its peer, nobody else
+  // will ever take it (no release, no event): close it, it is mid-transaction, never pool
+  // it. Otherwise it has an owner: the kernel's idle stack, another client, an event on
+  // its way (params_changed, server_retired) or user space.
+  private closeOrphan(clientId: number, server: ServerConnection, why: string): void {
+    if (server.state !== ServerState.Kernel) return;
+    const k = this.kernel!;
+    const st = k.read(skid(server));
+    if (!st || st.peer !== clientId) return;
+    k.takeBound(clientId); // (no-op when the client's side is already unbound)
+    this.counters.serversFromKernel++;
+    server.leftKernel();
+    server.close(why);
   }
 
   // The server the kernel has bound to this client now, if any.
@@ -459,11 +476,9 @@ export class BypassController implements KernelHost {
       this.settling.delete(server);
       if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
       if (!this.clients.has(clientId)) {
-        // The client left during the wait: its server is inside that client's transaction,
-        // and the client's own clean-up found no pair to take. Close it, never pool it.
-        k.takeBound(clientId);
-        server.leftKernel();
-        server.close('client left during a hand-over from the kernel');
+        // The client left during the wait: its clean-up (clientClosed) took the server,
+        // unless the kernel still held it then.
+        this.closeOrphan(clientId, server, 'client left during a hand-over from the kernel');
         return true;
       }
       if (settled && this.takePair(client, server, null, null, true)) return true;

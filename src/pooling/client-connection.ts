@@ -17,7 +17,6 @@ import { StreamScanner, captureSet } from '../protocol/stream-scanner';
 import { TransactionTracker } from '../session/transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError } from './pool';
-import type { KernelHost } from './kernel-host';
 import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from '../session/session-parameters';
@@ -65,8 +64,18 @@ export interface ClientHost {
   cancel(pid: number, key: number): void;
   clientLoggedIn(client: ClientConnection): void;
   clientClosed(client: ClientConnection): void;
-  // The kernel path (src/pooling/kernel-host.ts): offered idle clients, handed requests, told of passes.
-  readonly kernel: KernelHost;
+  // The kernel path: offered idle clients, handed requests, told of passes.
+  readonly kernel: ClientKernel;
+}
+
+// The part of the KernelHost (src/pooling/kernel-host.ts) a client calls, declared here so
+// this module does not depend on it.
+export interface ClientKernel {
+  offerClient(client: ClientConnection, aboutToWrite: number): boolean;
+  leftKernel(client: ClientConnection): void;
+  bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  feedKernelBound(client: ClientConnection, data: Buffer): boolean;
+  reclaimBound(client: ClientConnection): boolean;
 }
 
 let nextClientId = 1;
@@ -123,8 +132,16 @@ export class ClientConnection implements ServerPeer, Guarded {
   private settingsLearned: Promise<void> | null = null;
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
-  // When set, the admin console consumes this client's messages instead of a pool.
-  adminHandler: ((type: number, body: Buffer) => void) | null = null;
+  // When set, the admin console consumes this client's messages instead of a pool (serveAdmin).
+  private adminHandler: ((type: number, body: Buffer) => void) | null = null;
+  get isAdmin(): boolean {
+    return this.adminHandler !== null;
+  }
+
+  // The admin console takes this client's messages from now on (called at its login).
+  serveAdmin(handler: (type: number, body: Buffer) => void): void {
+    this.adminHandler = handler;
+  }
 
   constructor(
     public socket: net.Socket, // a tls.TLSSocket after an SSLRequest answered 'S'
@@ -743,7 +760,9 @@ export class ClientConnection implements ServerPeer, Guarded {
   private readonly heldInput = new InputHold();
 
   // Holds what the server sends until `until` resolves (bytes the kernel queued for this
-  // client must reach it first); the server is not read meanwhile (back-pressure).
+  // client must reach it first); its server is not read meanwhile (back-pressure). A
+  // server it gave up meanwhile was resumed when it was unlinked; the one it has now
+  // (maybe a later one, paused by onServerData) is resumed here.
   holdOutput(until: Promise<void>): void {
     this.held = [];
     until.then(this.guard(() => {

@@ -5,12 +5,15 @@
 // BypassController (src/kernel/controller.ts) is the implementation that owns the kernel
 // path; UserSpaceOnly below is the one for `bypass: off` (or a kernel path that cannot load).
 import type { BypassMode } from '../config/types';
-import type { ClientConnection } from './client-connection';
-import type { ServerConnection } from './server-connection';
-import type { Pool } from './pool';
+import type { ClientConnection, ClientKernel } from './client-connection';
+import type { KernelPassListener, ServerConnection } from './server-connection';
+import type { Pool, PoolKernel } from './pool';
 import type { Totals } from '../observe/stats';
 
-export interface KernelHost {
+// Pools, clients and servers each declare the part they call (PoolKernel, ClientKernel,
+// KernelPassListener) so that they do not import this module: no import cycle, not even
+// of types. KernelHost is all of them and the rest, which the Pooler and the console call.
+export interface KernelHost extends PoolKernel, ClientKernel, KernelPassListener {
   // ---- pools ----
   // A pool was created: the kernel path may serve its clients.
   poolCreated(pool: Pool): void;
@@ -19,8 +22,8 @@ export interface KernelHost {
   waitersChanged(pool: Pool): void;
   // Offers a server idle in user space to the kernel's idle stack; true if the kernel owns it now.
   offerIdle(pool: Pool, server: ServerConnection): boolean;
-  // Takes a server idle in the kernel for user space (preferring one with hint's settings), or null.
-  takeIdle(pool: Pool, hint?: ClientConnection): ServerConnection | null;
+  // Takes a server idle in the kernel for user space, or null.
+  takeIdle(pool: Pool): ServerConnection | null;
   // Closes the pool's servers idle in the kernel now and marks its bound ones to close at release.
   closeIdle(pool: Pool, reason: string): void;
 

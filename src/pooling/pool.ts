@@ -2,8 +2,6 @@
 // waiting in FIFO order, sizing (pool, min, reserve), and the server lifetimes.
 import { ServerConnection, ServerError, ServerState, ServerTarget } from './server-connection';
 import type { PoolMode } from '../config/types';
-import type { ClientConnection } from './client-connection';
-import type { KernelHost } from './kernel-host';
 import { log } from '../observe/log';
 import { idleServerVerdict, lifetimeReached } from './policy';
 
@@ -61,10 +59,19 @@ interface Waiter {
   timer: NodeJS.Timeout | null;
 }
 
+// The kernel path's say over a pool's idle servers and waiters: the part of the KernelHost
+// (src/pooling/kernel-host.ts) a pool calls, declared here so this module does not depend on it.
+export interface PoolKernel {
+  waitersChanged(pool: Pool): void;
+  offerIdle(pool: Pool, server: ServerConnection): boolean;
+  takeIdle(pool: Pool): ServerConnection | null;
+  closeIdle(pool: Pool, reason: string): void;
+}
+
 // What a pool is given to work with.
 export interface PoolDeps {
   budget: ConnectionBudget; // max_db_connections across the database's pools
-  kernel: KernelHost; // the kernel path's say over idle servers and waiters
+  kernel: PoolKernel;
   newServer(target: ServerTarget): ServerConnection; // not connected yet: the pool connects it
 }
 
@@ -91,7 +98,7 @@ export class Pool {
     private readonly deps: PoolDeps,
   ) {}
 
-  private get kernel(): KernelHost {
+  private get kernel(): PoolKernel {
     return this.deps.kernel;
   }
   private get budget(): ConnectionBudget {
@@ -125,11 +132,10 @@ export class Pool {
   }
 
   // Resolves with a server for the caller, in FIFO order with other waiters.
-  // hint: the client asking (lets the kernel host prefer a server with its settings).
-  acquire(hint?: ClientConnection): Promise<ServerConnection> {
+  acquire(): Promise<ServerConnection> {
     if (!this.paused && this.waiters.length === 0) {
-      const s = this.takeIdle(hint);
-      if (s) return this.checked(s, hint);
+      const s = this.takeIdle();
+      if (s) return this.checked(s);
     }
     // server_login_retry, as PgBouncer: while logins fail and no server is up, a request
     // gets the last login error at once instead of waiting for a retry.
@@ -230,7 +236,7 @@ export class Pool {
   // longer runs the query before a client gets it; one that fails it is closed and the
   // client asks again (a new server needs no check). An empty query turns it off. Servers
   // the kernel path binds by itself are not checked (docs/kernel-path.md).
-  private checked(server: ServerConnection, hint?: ClientConnection): Promise<ServerConnection> {
+  private checked(server: ServerConnection): Promise<ServerConnection> {
     const s = this.settings;
     if (!s.checkQuery || Date.now() - server.lastUsed < s.checkDelay * 1000) return Promise.resolve(server);
     return server.runInternal(s.checkQuery).then(
@@ -241,17 +247,17 @@ export class Pool {
       (e: Error) => {
         log.info(`${server.label} server_check_query failed: ${e.message}`);
         server.close(`server_check_query failed: ${e.message}`);
-        return this.acquire(hint);
+        return this.acquire();
       },
     );
   }
 
-  private takeIdle(hint?: ClientConnection): ServerConnection | null {
+  private takeIdle(): ServerConnection | null {
     while (this.idle.length) {
       const s = this.idle.pop()!; // LIFO: the warmest server
       if (s.isUsable && s.state === ServerState.Idle) return s;
     }
-    return this.kernel.takeIdle(this, hint);
+    return this.kernel.takeIdle(this);
   }
 
   private dropWaiter(w: Waiter): void {

@@ -101,9 +101,13 @@ export class ServerConnection extends EventEmitter {
   }
 
   // User space owns it again, idle (taken from the kernel's idle stack, or a bound pair
-  // handed over: the caller links it next).
+  // handed over: the caller links it next). User space reads it from here on: a hold of
+  // its input while a hand-over settled left the socket paused (holdInput), and whoever
+  // takes it (a client, a reset, the pool) needs its answers. A new owner that must not
+  // read it yet pauses it again.
   leftKernel(): void {
     this.lifecycle.to(ServerState.Idle);
+    this.socket?.resume(); // (none yet while connecting)
   }
   readonly params = new Map<string, string>();
   loginParams: Map<string, string> | null = null; // what it reported at login: its session defaults
@@ -367,8 +371,12 @@ export class ServerConnection extends EventEmitter {
     this.lifecycle.to(ServerState.Active);
   }
 
+  // Its client no longer reads for it: a pause the client made (output held after a
+  // hand-over, back-pressure) ends here, or the reset or pool that takes it over would
+  // never see its answers.
   unlink(): void {
     this.peer = null;
+    this.socket?.resume();
     this.replies.clear();
     if (this.state === ServerState.Active) this.lifecycle.to(ServerState.Idle);
   }

@@ -6,6 +6,7 @@
 // strictly ordered, so a queue suffices; PostgreSQL's error rule (after an error in
 // an extended-protocol message everything up to Sync is skipped) is applied to it.
 import { Backend } from '../protocol/constants';
+import { SkipToSync, Unit } from './skip-to-sync';
 
 export enum ReplyAction {
   Pass = 'pass',
@@ -55,11 +56,11 @@ const ASYNC_TYPES = new Set([Backend.NoticeResponse, Backend.NotificationRespons
 export class ReplyFilter {
   private queue: Expectation[] = [];
   private head = 0;
-  private skipping = false; // an extended-protocol request failed: the server skips to Sync
+  private readonly skip = new SkipToSync(); // an extended-protocol request failed: the server skips to Sync
 
   // Nothing expected: replies pass untouched (the fast path).
   get idle(): boolean {
-    return this.head === this.queue.length && !this.skipping;
+    return this.head === this.queue.length && !this.skip.active;
   }
 
   // Queues what the reply to a request written now looks like. Synthetic replies that
@@ -86,10 +87,10 @@ export class ReplyFilter {
     if (!h) return [];
     const out: Buffer[] = [];
     if (type === Backend.ErrorResponse) {
-      if (h.end === ReplyEnd.Ready) return []; // part of a Query's reply, or a Sync's
+      if (h.end === ReplyEnd.Ready) return []; // part of a Query's reply, or a Sync's: no skip
       if (h.action === ReplyAction.ErrorAs && h.reply) out.push(h.reply);
       this.pop(false);
-      this.skipping = true;
+      this.skip.failed(Unit.Extended);
       out.push(...this.drain());
       return out;
     }
@@ -97,7 +98,6 @@ export class ReplyFilter {
     if (h.end === ReplyEnd.Finals) {
       if (FINAL_TYPES.has(type) && --h.count! <= 0) this.pop(true);
     } else if (ENDS[type]?.includes(h.end)) {
-      if (type === Backend.ReadyForQuery && h.sync) this.skipping = false;
       this.pop(true);
     }
     out.push(...this.drain());
@@ -107,7 +107,7 @@ export class ReplyFilter {
   // An extended-protocol request already failed before the filter saw its reply (the
   // kernel forwarded the error): the server skips to the next Sync.
   batchFailed(): void {
-    this.skipping = true;
+    this.skip.failed(Unit.Extended);
   }
 
   // Drops all expectations (the server is being reset or closed).
@@ -115,7 +115,7 @@ export class ReplyFilter {
     for (let i = this.head; i < this.queue.length; i++) this.queue[i].onFail?.();
     this.queue = [];
     this.head = 0;
-    this.skipping = false;
+    this.skip.reset();
   }
 
   private current(): Expectation | undefined {
@@ -133,11 +133,12 @@ export class ReplyFilter {
   }
 
   // Settles the head while it needs no server reply: synthetic replies become due, and
-  // while skipping, everything before the next Sync is skipped by the server too.
+  // while skipping, everything before the next Sync is skipped by the server too (the
+  // skip ends when the server reaches that Sync; its ReadyForQuery is still awaited).
   private drain(): Buffer[] {
     const out: Buffer[] = [];
     for (let h = this.current(); h; h = this.current()) {
-      if (this.skipping && !h.sync) this.pop(false);
+      if (!this.skip.reaches(h.sync ? Unit.Sync : h.end === ReplyEnd.Ready ? Unit.Query : Unit.Extended)) this.pop(false);
       else if (h.action === ReplyAction.Synthetic) {
         out.push(h.reply!);
         this.pop(true);

@@ -12,6 +12,7 @@
 // - in COPY FROM STDIN it ignores Sync and Flush until the client's CopyDone/CopyFail.
 // The queue is a small preallocated ring (no allocation per message).
 import { Backend, Frontend, TxStatus } from '../protocol/constants';
+import { SkipToSync, Unit } from './skip-to-sync';
 
 enum Owed {
   Sync = 1,
@@ -33,7 +34,10 @@ export class TransactionTracker {
   outstanding = 0; // ReadyForQuery the server still owes (entries in the ring)
   tailOpen = false; // bytes of a next request sent after the last sync point
   status: TxStatus = 'I';
-  skipping = false; // the server discards what the client sends until its next Sync
+  private readonly skip = new SkipToSync(); // the server discards what the client sends until its next Sync
+  get skipping(): boolean {
+    return this.skip.active;
+  }
   copyIn = false; // the server is in COPY FROM STDIN until the client's CopyDone/CopyFail
 
   // the ring: kind, extended messages before the sync point, and the client's count of
@@ -53,12 +57,12 @@ export class TransactionTracker {
     switch (type) {
       case Frontend.Sync:
         if (this.copyIn) return; // ignored by the server in COPY FROM STDIN
-        this.push(Owed.Sync, this.skipping ? 0 : this.tailExt);
-        this.skipping = false;
+        this.push(Owed.Sync, this.skip.active ? 0 : this.tailExt);
+        this.skip.reaches(Unit.Sync);
         return;
       case Frontend.Query:
       case Frontend.FunctionCall:
-        if (this.skipping) return; // discarded by the server, no ReadyForQuery for it
+        if (!this.skip.reaches(Unit.Query)) return; // discarded by the server, no ReadyForQuery for it
         this.push(Owed.Query, this.tailExt);
         return;
       case Frontend.CopyDone:
@@ -74,7 +78,7 @@ export class TransactionTracker {
       case Frontend.Execute:
       case Frontend.Close:
         if (!this.tailOpen) this.tailCopy0 = this.copyEnds;
-        if (!this.skipping) this.tailExt++;
+        if (this.skip.reaches(Unit.Extended)) this.tailExt++;
         this.tailOpen = true;
         return;
       default:
@@ -138,7 +142,7 @@ export class TransactionTracker {
     for (let i = 0; i < outstanding; i++) this.push(Owed.Unknown, 0);
     this.tailOpen = tailOpen;
     this.tailExt = tailUnanswered;
-    this.skipping = failed && outstanding === 0 && tailOpen;
+    if (failed && outstanding === 0 && tailOpen) this.skip.failed(Unit.Extended);
     this.status = 'T'; // unknown until its next ReadyForQuery: never released before that
   }
 
@@ -147,7 +151,7 @@ export class TransactionTracker {
     this.head = 0;
     this.tailOpen = false;
     this.status = 'I';
-    this.skipping = false;
+    this.skip.reset();
     this.copyIn = false;
     this.tailExt = 0;
     this.finals = 0;
@@ -198,17 +202,20 @@ export class TransactionTracker {
   private onError(): void {
     if (this.outstanding === 0) {
       // in the open batch (no sync point sent yet): skipping goes on into what comes next
-      if (this.finals < this.tailExt) this.skipping = true;
+      this.skip.failed(this.finals < this.tailExt ? Unit.Extended : Unit.Query);
       return;
     }
     const h = this.head;
     if (this.kind[h] !== Owed.Query || this.finals >= this.ext[h]) return; // answered by its ReadyForQuery
-    // A message before this Query failed: it and every Query/FunctionCall up to the next
-    // Sync are discarded; without a Sync sent yet, the server skips on into later input.
-    let n = 1;
-    while (n < this.outstanding && this.kind[this.at(n)] !== Owed.Sync) n++;
+    // A message before this Query failed: the server skips from here. What was already
+    // sent meets the skip in order: the sync points it discards leave the ring; without
+    // a Sync among them, it skips on into later input.
+    const skip = new SkipToSync();
+    skip.failed(Unit.Extended);
+    let n = 0;
+    while (n < this.outstanding && !skip.reaches(this.kind[this.at(n)] === Owed.Sync ? Unit.Sync : Unit.Query)) n++;
     this.drop(0, n);
-    if (this.outstanding === 0) this.skipping = true;
+    if (skip.active) this.skip.failed(Unit.Extended);
   }
 
   // The server began COPY FROM STDIN for the head entry (a Query, or an Execute before it):

@@ -22,6 +22,9 @@ import {
   copyDone,
   copyFail,
   startupMessage,
+  rawStartup,
+  int16,
+  int32,
   sslRequest,
   gssencRequest,
   cancelRequest,
@@ -81,21 +84,6 @@ export function caseSeed(seed: number, index: number): number {
 
 // ---- wire helpers ---------------------------------------------------------------
 
-const int32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(n | 0);
-  return b;
-};
-const uint32 = (n: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
-};
-const int16 = (n: number): Buffer => {
-  const b = Buffer.alloc(2);
-  b.writeInt16BE(n);
-  return b;
-};
 const cstr = (s: string | Buffer): Buffer => Buffer.concat([Buffer.isBuffer(s) ? s : Buffer.from(s, 'utf8'), Buffer.from([0])]);
 
 // A frontend message kept as parts, so mutations can aim at the type, length or body.
@@ -326,11 +314,8 @@ const send = (bytes: Buffer): Step => ({ kind: 'send', bytes });
 const goodStartup = (r: Rng, t: FuzzTarget): Buffer => startupMessage({ user: t.user, database: r.pick(t.databases) });
 const randomName = (r: Rng): string => r.pick(['', 'x', 'app', 'postgres', 'pgsplice', 'nobody_' + r.int(0, 1e6), 'é'.repeat(r.int(1, 20)), 'a'.repeat(r.int(60, 300))]);
 
-// A startup body with parameters as raw bytes (so they may be malformed).
-const startupWith = (version: number, params: Buffer, length?: number): Buffer => {
-  const body = Buffer.concat([uint32(version), params]);
-  return Buffer.concat([int32(length ?? body.length + 4), body]);
-};
+// A startup packet with parameters as raw bytes (so they may be malformed).
+const startupWith = (version: number, params: Buffer, length?: number): Buffer => rawStartup(params, version, length);
 
 export const PRELOGIN: Record<string, PreloginGen> = {
   'startup-truncated': (r, t) => {

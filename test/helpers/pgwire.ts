@@ -29,23 +29,27 @@ export const CANCEL_REQUEST_CODE = 80877102;
 function cstr(s: string): Buffer {
   return Buffer.concat([Buffer.from(s, 'utf8'), Buffer.from([0])]);
 }
-function int32(n: number): Buffer {
+export function int32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeInt32BE(n | 0);
   return b;
 }
-function int16(n: number): Buffer {
+export function int16(n: number): Buffer {
   const b = Buffer.alloc(2);
   b.writeInt16BE(n);
   return b;
 }
 
 export function startupMessage(params: Record<string, string>, version = PROTOCOL_3): Buffer {
-  const parts: Buffer[] = [int32(version)];
+  const parts: Buffer[] = [];
   for (const [k, v] of Object.entries(params)) parts.push(cstr(k), cstr(v));
   parts.push(Buffer.from([0]));
-  const body = Buffer.concat(parts);
-  return Buffer.concat([int32(body.length + 4), body]);
+  return rawStartup(Buffer.concat(parts), version);
+}
+// A startup packet whose parameters are raw bytes (so they may be malformed), with the
+// true length or the one given (which may lie).
+export function rawStartup(params: Buffer, version = PROTOCOL_3, length?: number): Buffer {
+  return Buffer.concat([int32(length ?? params.length + 8), int32(version), params]);
 }
 export function sslRequest(): Buffer {
   return Buffer.concat([int32(8), int32(SSL_REQUEST_CODE)]);
