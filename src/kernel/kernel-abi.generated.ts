@@ -40,7 +40,13 @@ export const ENUMS = {
     PGS_ST_FB_NAMED_STATEMENT: 20,
     PGS_ST_FB_SESSION_STATE: 21,
     PGS_ST_FB_MIXED_PROTOCOL: 22,
-    PGS_ST__MAX: 23,
+    PGS_ST_FB_STATEMENT_MISSING: 23,
+    PGS_ST_FB_NAME_TOO_SHORT: 24,
+    PGS_ST_FB_NAME_TOO_LONG: 25,
+    PGS_ST_FB_NAMES_PER_SKB: 26,
+    PGS_ST_FB_STATEMENT_CLOSE: 27,
+    PGS_ST_STMT_REWRITES: 28,
+    PGS_ST__MAX: 29,
   },
   pgs_event_type: {
     PGS_EV_PARAMS_CHANGED: 1,
@@ -62,11 +68,33 @@ export const ENUMS = {
     PGS_OP_CLIENT_TO_KERNEL_BOUND: 9,
     PGS_OP_RETIRE: 10,
   },
+  pgs_stmt_limits: {
+    PGS_STMT_NAME_MAX: 63,
+    PGS_STMT_NAMES_PER_SKB: 8,
+    PGS_STMT_MAX: 262144,
+    PGS_STMT_IDX_LIMIT: 67108864,
+    PGS_STMT_NO_NAME: 18446744073709552000,
+  },
   bpf_map_type: { BPF_MAP_TYPE_STACK: 23 },
 } as const;
 
 /** Struct sizes and, per field, its byte offset, byte size and kind (u/s integer, struct, array). */
 export const STRUCTS = {
+  pgs_stmt_key: {
+    size: 68,
+    fields: {
+      conn: { offset: 0, size: 4, kind: "u" },
+      name: { offset: 4, size: 64, kind: "array" },
+    },
+  },
+  pgs_stmt_ref: {
+    size: 12,
+    fields: {
+      conn: { offset: 0, size: 4, kind: "u" },
+      len: { offset: 4, size: 4, kind: "u" },
+      idx: { offset: 8, size: 4, kind: "u" },
+    },
+  },
   pgs_frame: {
     size: 12,
     fields: {
@@ -162,7 +190,7 @@ export const STRUCTS = {
     },
   },
   pgs_frame_test: {
-    size: 128,
+    size: 144,
     fields: {
       frame: { offset: 0, size: 12, kind: "struct", type: "pgs_frame" },
       role: { offset: 12, size: 4, kind: "u" },
@@ -179,6 +207,10 @@ export const STRUCTS = {
       inspect: { offset: 116, size: 4, kind: "u" },
       tail_msgs: { offset: 120, size: 4, kind: "u" },
       tail_answered: { offset: 124, size: 4, kind: "u" },
+      n_names: { offset: 128, size: 4, kind: "u" },
+      name_off: { offset: 132, size: 4, kind: "u" },
+      name_len: { offset: 136, size: 4, kind: "u" },
+      pad_names: { offset: 140, size: 4, kind: "u" },
     },
   },
 } as const;
@@ -187,12 +219,14 @@ export const STRUCTS = {
 export const MAPS = {
   conns: { type: 1, maxEntries: 65536, key: "u32", keySize: 4, value: "pgs_conn", valueSize: 96 },
   events: { type: 27, maxEntries: 65536 },
-  frame_test: { type: 2, maxEntries: 1, key: "u32", keySize: 4, value: "pgs_frame_test", valueSize: 128 },
+  frame_test: { type: 2, maxEntries: 1, key: "u32", keySize: 4, value: "pgs_frame_test", valueSize: 144 },
   idle: { type: 12, maxEntries: 256, key: "u32", keySize: 4 },
-  insp_state: { type: 6, maxEntries: 2, key: "u32", keySize: 4, value: "pgs_insp_slot", valueSize: 48 },
+  insp_state: { type: 6, maxEntries: 2, key: "u32", keySize: 4, value: "pgs_insp_slot", valueSize: 120 },
   pool_stats: { type: 6, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool_stats", valueSize: 48 },
   pools: { type: 2, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool", valueSize: 24 },
   sock_ids: { type: 1, maxEntries: 65536, key: "u64", keySize: 8, value: "u32", valueSize: 4 },
   socks: { type: 18, maxEntries: 65536, key: "u32", keySize: 4, value: "u32", valueSize: 4 },
-  stats: { type: 6, maxEntries: 23, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
+  stats: { type: 6, maxEntries: 29, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
+  stmt_names: { type: 1, maxEntries: 262144, key: "pgs_stmt_key", keySize: 68, value: "u32", valueSize: 4 },
+  stmt_servers: { type: 1, maxEntries: 262144, key: "pgs_stmt_ref", keySize: 12, value: "u32", valueSize: 4 },
 } as const;
