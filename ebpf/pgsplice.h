@@ -26,7 +26,7 @@ enum pgs_stmt_limits {
 	PGS_STMT_NAMES_PER_SKB = 8,
 	PGS_STMT_MAX = 262144, /* entries of each statement map */
 	PGS_STMT_IDX_LIMIT = 1 << 26, /* indexes user space may assign (packed with the length) */
-	PGS_STMT_NO_NAME = 0xffffffff,
+	PGS_STMT_NO_NAME = 1 << 26, /* a stmt_names value: no server name of that length left */
 };
 
 /* stmt_names key: a client and one of its statement names (NUL padded) -> the statement's
