@@ -99,6 +99,14 @@ async function scenario(port: number, c: Cluster, table: string): Promise<Array<
     } finally {
       c.sql(`ALTER TABLE ${table} DROP COLUMN extra`);
     }
+    // a named statement that changes session state runs in user space, which tracks it:
+    // b, on the same server, never sees a's work_mem
+    await note('a: Parse S_9 SET', round(a, parse('S_9', "SET work_mem = '7MB'"), sync()));
+    for (let i = 0; i < 3; i++) {
+      await note(`a: S_9 ${i}`, round(a, exec('S_9')));
+      await note(`b: SHOW work_mem ${i}`, query(b, 'SHOW work_mem'));
+    }
+    await note('a: SHOW work_mem', query(a, 'SHOW work_mem'));
     // DISCARD ALL mid-stream: every statement of a goes, b keeps its own
     await note('a: DISCARD ALL', query(a, 'DISCARD ALL'));
     await note('a: _pg3_0 after DISCARD ALL', round(a, exec('_pg3_0', ['1'])));

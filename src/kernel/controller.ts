@@ -196,7 +196,11 @@ export class BypassController implements KernelHost {
       const bytes = Buffer.from(name, 'utf8');
       if (!this.kernel || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
       if (st === 'gone') k.deleteClientStatement(cid, bytes);
-      else k.setClientStatement(cid, bytes, st.kernel ? st.kernel.idx : null);
+      // a statement that changes session state runs only in user space, which tracks it:
+      // no entry, so the kernel hands its Binds up (statement_missing)
+      else if (st.effects.length) k.deleteClientStatement(cid, bytes);
+      else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
+      else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
     });
   }
 

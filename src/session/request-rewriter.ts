@@ -63,18 +63,18 @@ export class RequestRewriter {
   // Reports every confirmed statement now and each change from now on.
   observe(o: ClientStatementObserver | null): void {
     this.observer = o;
-    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(name, { kernel: e.kernel });
+    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(name, e);
   }
 
   private confirmStatement(name: string, entry: ClientStatement): void {
     if (this.statements.get(name) !== entry || entry.confirmed) return;
     entry.confirmed = true;
-    this.observer?.(name, { kernel: entry.kernel });
+    this.observer?.(name, entry);
   }
 
   private setStatement(name: string, entry: ClientStatement): void {
     this.statements.set(name, entry);
-    if (entry.confirmed) this.observer?.(name, { kernel: entry.kernel });
+    if (entry.confirmed) this.observer?.(name, entry);
   }
 
   private dropStatement(name: string): void {

@@ -63,9 +63,8 @@ export function kernelNameFor(identity: string, clientName: string): { name: Ker
 // Receives the statements PostgreSQL confirmed and those that went away, so that the
 // kernel's maps hold exactly what is true (src/kernel/controller.ts fills them).
 export interface ClientStatementObserver {
-  // name: the client's; kernel: its server name, null if the kernel can't carry it
-  // (the kernel then counts why); gone: the client's name no longer exists
-  (clientName: string, state: { kernel: KernelName | null } | 'gone'): void;
+  // name: the client's; the statement it names now (confirmed by PostgreSQL), or 'gone'
+  (clientName: string, state: { kernel: KernelName | null; kernelMiss: string | null; effects: unknown[] } | 'gone'): void;
 }
 export type ServerStatementObserver = (serverName: string, present: boolean) => void;
 
