@@ -1,6 +1,6 @@
 /* Which client messages the kernel must not forward itself (docs/kernel-path.md, "Named
- * prepared statements and session state"): named statements (user space renames them
- * per server) and SQL that may change session state (user space tracks, pins or rejects
+ * prepared statements and session state"): a named Parse and a Close of a named statement
+ * (user space owns the client's statement names), and SQL that may change session state (user space tracks, pins or rejects
  * it). A second pass over an skb that parse.h has framed; like parse.h it is shared by the
  * sk_skb verdict and the SEC("tc") test wrapper. Conservative: whatever it cannot see
  * wholly inside the skb, or cannot lex simply, goes to user space (punting is always
@@ -16,6 +16,7 @@ enum pgs_insp_step {
 	I_STMT,      /* Bind: at the statement name */
 	I_PNAME,     /* Parse: at the statement name */
 	I_LEX,       /* Parse/Query: in the SQL text */
+	I_SNAME,     /* Bind/Describe: in a statement name the verdict may rewrite (statements.h) */
 };
 
 enum pgs_lex_state {
@@ -51,9 +52,14 @@ struct pgs_ictx {
 	__u32 text;       /* where the current SQL text started */
 	__u32 step;       /* enum pgs_insp_step */
 	__u32 lx;         /* enum pgs_lex_state */
-	__u32 verdict;    /* 0, PGS_ST_FB_NAMED_STATEMENT or PGS_ST_FB_SESSION_STATE */
+	__u32 verdict;    /* 0 or the fallback reason (PGS_ST_FB_*) */
 	__u8 stmt_start;  /* the next word is the first of a statement */
 	__u8 pad[3];
+	/* statement names of Bind and Describe(S), for statements.h */
+	__u32 name_start;
+	__u32 nnames;
+	__u32 name_off[PGS_STMT_NAMES_PER_SKB];
+	__u32 name_len[PGS_STMT_NAMES_PER_SKB];
 };
 
 /* The inspector's map (with maps.h's): key 0 the verdict, 1 the tc test wrapper. */
@@ -283,13 +289,23 @@ static long pgs_inspect_step(__u32 i, void *ctx)
 			return 0;
 		case 'D':
 		case 'C':
+			h[2] = h[0];
 			/* 'S' + a statement name; portals ('P') are the client's own business */
 			if (body + 2 > x->len || bpf_skb_load_bytes(l->skb, body, h, 2)) {
 				x->verdict = PGS_ST_FB_SESSION_STATE;
 				return 1;
 			}
-			if (h[0] == 'S' && h[1])
-				x->verdict = PGS_ST_FB_NAMED_STATEMENT;
+			if (h[0] == 'S' && h[1]) {
+				/* Close changes the client's name table: user space's */
+				if (h[2] == 'C') {
+					x->verdict = PGS_ST_FB_STATEMENT_CLOSE;
+					return 1;
+				}
+				x->pos = body + 1;
+				x->name_start = body + 1;
+				x->step = I_SNAME; /* Describe(S): the name the verdict rewrites */
+				return 0;
+			}
 			x->pos = x->end;
 			return 0;
 		default:
@@ -334,15 +350,37 @@ static long pgs_inspect_step(__u32 i, void *ctx)
 		return 0;
 	}
 	if (x->step == I_STMT) { /* Bind's statement name */
-		if (b)
-			x->verdict = PGS_ST_FB_NAMED_STATEMENT;
+		if (b) {
+			x->name_start = x->pos - 1;
+			x->step = I_SNAME;
+			return 0;
+		}
+		x->step = I_HDR;
+		x->pos = x->end;
+		return 0;
+	}
+	if (x->step == I_SNAME) { /* a statement name of Bind or Describe: up to its NUL */
+		__u32 n = x->nnames, nlen = x->pos - 1 - x->name_start;
+
+		if (b) {
+			if (nlen >= PGS_STMT_NAME_MAX)
+				x->verdict = PGS_ST_FB_NAME_TOO_LONG;
+			return 0;
+		}
+		if (n >= PGS_STMT_NAMES_PER_SKB) {
+			x->verdict = PGS_ST_FB_NAMES_PER_SKB;
+			return 1;
+		}
+		x->name_off[n & (PGS_STMT_NAMES_PER_SKB - 1)] = x->name_start;
+		x->name_len[n & (PGS_STMT_NAMES_PER_SKB - 1)] = nlen;
+		x->nnames = n + 1;
 		x->step = I_HDR;
 		x->pos = x->end;
 		return 0;
 	}
 	if (x->step == I_PNAME) { /* Parse's statement name, then the unnamed one's text */
 		if (b)
-			x->verdict = PGS_ST_FB_NAMED_STATEMENT;
+			x->verdict = PGS_ST_FB_NAMED_STATEMENT; /* a named Parse: user space prepares */
 		else
 			pgs_text_begin(x);
 		return 0;
@@ -363,7 +401,8 @@ static long pgs_inspect_step(__u32 i, void *ctx)
 /* Global (verified once, like pgs_frame_run): inspect skb from byte pos on, in the
  * per-CPU slot key (0 the verdict, 1 the tc wrapper: a test-run in process context can
  * be interrupted by a verdict on the same CPU). Returns 0 or the fallback reason. */
-__attribute__((noinline)) int pgs_inspect_run(struct __sk_buff *skb, __u32 key, __u32 pos)
+__attribute__((noinline)) int pgs_inspect_run(struct __sk_buff *skb, __u32 key, __u32 pos,
+					      struct pgs_names *names)
 {
 	struct pgs_lctx l = { .skb = skb, .key = key };
 	struct pgs_insp_slot *slot = bpf_map_lookup_elem(&insp_state, &key);
@@ -371,7 +410,7 @@ __attribute__((noinline)) int pgs_inspect_run(struct __sk_buff *skb, __u32 key, 
 	__u64 gen;
 	__u32 verdict;
 
-	if (!skb || !slot)
+	if (!skb || !slot || !names)
 		return PGS_ST_FB_SESSION_STATE;
 	x = &slot->x;
 	/* a run that interrupts this one on this CPU (the verdict in softirq while a
@@ -388,6 +427,12 @@ __attribute__((noinline)) int pgs_inspect_run(struct __sk_buff *skb, __u32 key, 
 			x->verdict = PGS_ST_FB_SESSION_STATE; /* bound hit: impossible */
 	}
 	verdict = x->verdict;
+	names->n = x->nnames;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < PGS_STMT_NAMES_PER_SKB; i++) {
+		names->off[i] = x->name_off[i];
+		names->len[i] = x->name_len[i] & 63;
+	}
 	if (*(volatile __u64 *)&slot->gen != gen)
 		return PGS_ST_FB_SESSION_STATE;
 	return verdict;
@@ -396,13 +441,14 @@ __attribute__((noinline)) int pgs_inspect_run(struct __sk_buff *skb, __u32 key, 
 /* What the skb framed in *fc needs: 0 (the kernel may forward it), or the fallback
  * reason. Only for transaction-pool clients: a session client owns its server. */
 static __always_inline __u32 pgs_inspect_skb(struct __sk_buff *skb, const struct pgs_fctx *fc,
-					      __u32 key)
+					      __u32 key, struct pgs_names *names)
 {
+	names->n = 0;
 	if (fc->insp_carried && pgs_interesting(fc->insp_carried))
 		return PGS_ST_FB_SESSION_STATE; /* its header began in the previous skb */
 	if (fc->insp_from >= fc->len)
 		return 0;
-	return pgs_inspect_run(skb, key, fc->insp_from);
+	return pgs_inspect_run(skb, key, fc->insp_from, names);
 }
 
 #endif

@@ -8,6 +8,7 @@
 #include "pgsplice.h"
 #include "maps.h"
 #include "parse.h"
+#include "statements.h"
 #include "inspect.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -241,6 +242,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 {
 	__u32 len = skb->len;
 	struct pgs_fctx fc;
+	struct pgs_names nm;
 	struct pgs_pool_stats *ps;
 	struct pgs_pool *pool;
 	struct pgs_conn *s;
@@ -261,9 +263,10 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	nsfq = fc.n_sync + fc.n_query + fc.n_func;
 	now = nsfq ? bpf_ktime_get_ns() : 0; /* no helper calls under the lock */
 	/* Transaction pools only: a session client keeps its server, state and all. */
+	nm.n = 0;
 	pool = bpf_map_lookup_elem(&pools, &pool_id);
 	if (pool && pool->mode == PGS_POOL_TRANSACTION) {
-		need = pgs_inspect_skb(skb, &fc, 0);
+		need = pgs_inspect_skb(skb, &fc, 0, &nm);
 		/* a Query/FunctionCall after P/B/D/E/C without Sync (this skb's or forwarded
 		 * before): if the batch fails PostgreSQL skips it and owes one ReadyForQuery
 		 * fewer than counted, so the server would never be released. User space's
@@ -284,6 +287,20 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 			if (!sid)
 				return client_fallback(c, len, PGS_ST_FB_NO_IDLE_SERVER);
 			fresh = 1;
+		}
+		/* Named statements: looked up against the server actually bound (a fresh bind
+		 * pops first). One it lacks goes to user space, which prepares it there and
+		 * records it: a fresh server goes back on its stack (user space pops it
+		 * again, LIFO), a bound one is handed over with the client. */
+		if (nm.n) {
+			__u32 why = pgs_stmt_resolve(skb, cid, sid, &nm);
+
+			if (why) {
+				if (!fresh)
+					return client_handoff(cid, c, sid, len, why);
+				unbind_to_idle(sid, cid);
+				return client_fallback(c, len, why);
+			}
 		}
 		/* Reserve: make the server's verdict see this skb's Syncs and tail before
 		 * it can decide to release at a ReadyForQuery. */
@@ -337,6 +354,9 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	s = bpf_map_lookup_elem(&conns, &sid);
 	if (s)
 		__sync_fetch_and_add(&s->redirected, len);
+	/* Committed to this server: only now may the skb carry its names */
+	if (nm.n)
+		stat_add(PGS_ST_STMT_REWRITES, pgs_stmt_rewrite(skb, &nm));
 	stat_add(PGS_ST_CLIENT_BYTES, len);
 	stat_add(PGS_ST_CLIENT_MSGS, fc.n_msgs);
 	ps = pool_stats_of(pool_id);
@@ -861,6 +881,7 @@ int pgs_frame_test(struct __sk_buff *skb)
 	__u32 k = 0;
 	struct pgs_frame_test *t = bpf_map_lookup_elem(&frame_test, &k);
 	struct pgs_fctx fc;
+	struct pgs_names nm = {};
 
 	if (!t)
 		return TC_ACT_SHOT;
@@ -892,8 +913,14 @@ int pgs_frame_test(struct __sk_buff *skb)
 	} else {
 		t->tail_msgs = fc.have_sfq ? fc.n_ext_tail : t->tail_msgs + fc.n_ext_tail;
 		/* the verdict passes the first chunk that needs user space, and all after it */
-		if (!t->inspect && !fc.error)
-			t->inspect = pgs_inspect_skb(skb, &fc, 1);
+		if (!t->inspect && !fc.error) {
+			t->inspect = pgs_inspect_skb(skb, &fc, 1, &nm);
+			if (nm.n && !t->n_names) {
+				t->name_off = nm.off[0] >= 14 ? nm.off[0] - 14 : 0;
+				t->name_len = nm.len[0];
+			}
+			t->n_names += nm.n;
+		}
 		if (!t->inspect && !fc.error && fc.mixed)
 			t->inspect = PGS_ST_FB_MIXED_PROTOCOL;
 	}

@@ -17,6 +17,32 @@ enum pgs_limits {
 	PGS_IDLE_MAX = 4096, /* entries per pool idle stack */
 };
 
+/* Named statements in the kernel (statements.h, docs/kernel-path.md). The server-side
+ * name of a statement is as long as the client's name, so the verdict rewrites it in
+ * place: PGS_STMT_NAME_MAX bounds the copy; PGS_STMT_NO_NAME in stmt_names says user space
+ * had no server name of that length left. */
+enum pgs_stmt_limits {
+	PGS_STMT_NAME_MAX = 63,
+	PGS_STMT_NAMES_PER_SKB = 8,
+	PGS_STMT_MAX = 262144, /* entries of each statement map */
+	PGS_STMT_IDX_LIMIT = 1 << 26, /* indexes user space may assign (packed with the length) */
+	PGS_STMT_NO_NAME = 1 << 26, /* a stmt_names value: no server name of that length left */
+};
+
+/* stmt_names key: a client and one of its statement names (NUL padded) -> the statement's
+ * index among the server names of that length (__u32) */
+struct pgs_stmt_key {
+	__u32 conn;
+	__u8 name[64];
+};
+
+/* stmt_servers key: a server has the statement of this name length and index prepared */
+struct pgs_stmt_ref {
+	__u32 conn;
+	__u32 len;
+	__u32 idx;
+};
+
 /* conn.word: high 16 bits mode, low 48 bits bytes passed to user space. */
 enum pgs_word {
 	PGS_MODE_SHIFT = 48,
@@ -131,6 +157,14 @@ enum pgs_stat {
 	PGS_ST_FB_NAMED_STATEMENT, /* a named Parse/Bind/Describe/Close: user space renames */
 	PGS_ST_FB_SESSION_STATE,   /* SQL that may change session state, or not wholly visible */
 	PGS_ST_FB_MIXED_PROTOCOL,  /* a Query/FunctionCall inside an unsynced extended batch */
+	/* Named statements in the kernel (statements.h): why a Bind/Describe(S) of a named
+	 * statement, or a Close(S), still went to user space */
+	PGS_ST_FB_STATEMENT_MISSING, /* the client's name, or its statement on the bound server, is not in the maps */
+	PGS_ST_FB_NAME_TOO_SHORT,    /* no server name of the client name's length was left */
+	PGS_ST_FB_NAME_TOO_LONG,     /* longer than PGS_STMT_NAME_MAX bytes */
+	PGS_ST_FB_NAMES_PER_SKB,     /* more than PGS_STMT_NAMES_PER_SKB names in one skb */
+	PGS_ST_FB_STATEMENT_CLOSE,   /* Close of a named statement: the client's name table is user space's */
+	PGS_ST_STMT_REWRITES,        /* statement names the verdict rewrote in place */
 	PGS_ST__MAX,
 };
 
@@ -217,6 +251,12 @@ struct pgs_frame_test {
 	__u32 inspect;
 	__u32 tail_msgs;     /* as pgs_conn.tail_msgs after the last chunk */
 	__u32 tail_answered; /* as pgs_conn.tail_answered after the last chunk */
+	/* client: statement names of Bind/Describe(S) the last chunk would have rewritten
+	 * (statements.h), and the offset and length of the first one */
+	__u32 n_names;
+	__u32 name_off;
+	__u32 name_len;
+	__u32 pad_names;
 };
 
 /* Every type and constant user space reads, in one struct: the BPF compiler only emits
@@ -232,6 +272,9 @@ struct pgs_abi {
 	enum pgs_stat stat;
 	enum pgs_event_type event_type;
 	enum pgs_op op;
+	enum pgs_stmt_limits stmt_limits;
+	struct pgs_stmt_key stmt_key;
+	struct pgs_stmt_ref stmt_ref;
 	struct pgs_frame frame;
 	struct pgs_conn conn;
 	struct pgs_pool pool;

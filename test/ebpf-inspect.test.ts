@@ -92,29 +92,43 @@ if (kp) {
   });
 
   t.test('named and unnamed statements and portals', async (t) => {
-    const cases: Array<[string, Buffer[], string | null]> = [
-      ['Parse named', [P('s1', 'SELECT 1')], 'named_statement'],
-      ['Parse named, harmless SQL, then Sync', [Buffer.concat([P('stmt_a', 'SELECT $1'), S()])], 'named_statement'],
-      ['Parse unnamed', [P('', 'SELECT 1')], null],
-      ['Bind unnamed portal, named statement', [B('', 's1', ['1'])], 'named_statement'],
-      ['Bind named portal, named statement', [B('C_1', 'S_1', ['x'])], 'named_statement'],
-      ['Bind named portal, unnamed statement', [B('C_1', '')], null],
-      ['Bind unnamed both', [B('', '', ['42', 'abc'])], null],
-      ['Describe statement named', [D('S', 's1')], 'named_statement'],
-      ['Describe statement unnamed', [D('S', '')], null],
-      ['Describe portal named', [D('P', 'p1')], null],
-      ['Close statement named', [C('S', 's1')], 'named_statement'],
-      ['Close statement unnamed', [C('S', '')], null],
-      ['Close portal named', [C('P', 'p1')], null],
-      ['Execute named portal', [E('p1')], null],
-      ['pgbench -M extended transaction', [Buffer.concat([P('', 'BEGIN;'), B('', ''), D('P', ''), E(), S()])], null],
-      ['unnamed batch then a named Bind', [Buffer.concat([P('', 'SELECT 1'), B('', ''), E(), S(), B('', 'P0_1', ['5']), E(), S()])], 'named_statement'],
-      ['Sync and Flush only', [Buffer.concat([msg('H'), S()])], null],
-      ['FunctionCall', [msg('F', i32(1234), i16(0), i16(0), i16(0))], null],
+    // [case, chunks, inspect, statement names the verdict would rewrite in place, the
+    // first one, found at the offset and length the verdict reports]: a named Parse and a Close of a named statement go
+    // to user space; a Bind or Describe of one stays, its name found (ebpf/statements.h)
+    const cases: Array<[string, Buffer[], string | null, number, string?]> = [
+      ['Parse named', [P('s1', 'SELECT 1')], 'named_statement', 0],
+      ['Parse named, harmless SQL, then Sync', [Buffer.concat([P('stmt_a', 'SELECT $1'), S()])], 'named_statement', 0],
+      ['Parse unnamed', [P('', 'SELECT 1')], null, 0],
+      ['Bind unnamed portal, named statement', [B('', 's1', ['1'])], null, 1, 's1'],
+      ['Bind named portal, named statement', [B('C_1', 'S_1', ['x'])], null, 1, 'S_1'],
+      ['Bind named portal, unnamed statement', [B('C_1', '')], null, 0],
+      ['Bind unnamed both', [B('', '', ['42', 'abc'])], null, 0],
+      ['Describe statement named', [D('S', 's1')], null, 1, 's1'],
+      ['Describe statement unnamed', [D('S', '')], null, 0],
+      ['Describe portal named', [D('P', 'p1')], null, 0],
+      ['Close statement named', [C('S', 's1')], 'statement_close', 0],
+      ['Close statement unnamed', [C('S', '')], null, 0],
+      ['Close portal named', [C('P', 'p1')], null, 0],
+      ['Execute named portal', [E('p1')], null, 0],
+      ['pgbench -M extended transaction', [Buffer.concat([P('', 'BEGIN;'), B('', ''), D('P', ''), E(), S()])], null, 0],
+      ['unnamed batch then a named Bind', [Buffer.concat([P('', 'SELECT 1'), B('', ''), E(), S(), B('', 'P0_1', ['5']), E(), S()])], null, 1, 'P0_1'],
+      ['pgbench -M prepared: Bind, Describe portal, Execute, Sync', [Buffer.concat([B('', 'P_0', ['5']), D('P', ''), E(), S()])], null, 1, 'P_0'],
+      ['asyncpg name', [Buffer.concat([B('', '__asyncpg_stmt_1__', []), E(), S()])], null, 1, '__asyncpg_stmt_1__'],
+      ['a name of 63 bytes', [Buffer.concat([B('', 'n'.repeat(63), []), E(), S()])], null, 1, 'n'.repeat(63)],
+      ['a name of 64 bytes: too long', [Buffer.concat([B('', 'n'.repeat(64), []), E(), S()])], 'name_too_long', 0],
+      ['8 named Binds in one skb', [Buffer.concat(Array.from({ length: 8 }, (_, i) => Buffer.concat([B('', `S_${i}`, []), E(), S()])))], null, 8, 'S_0'],
+      ['9 named Binds in one skb: more than the verdict rewrites', [Buffer.concat(Array.from({ length: 9 }, (_, i) => Buffer.concat([B('', `S_${i}`, []), E(), S()])))], 'names_per_skb', 8],
+      ['Sync and Flush only', [Buffer.concat([msg('H'), S()])], null, 0],
+      ['FunctionCall', [msg('F', i32(1234), i16(0), i16(0), i16(0))], null, 0],
     ];
-    for (const [name, chunks, expect] of cases) {
+    for (const [name, chunks, expect, names, first] of cases) {
       const r = verdict(chunks);
-      t.same({ errors: r.errors, inspect: r.inspect }, { errors: 0, inspect: expect }, name);
+      t.same({ errors: r.errors, inspect: r.inspect, names: r.names.count }, { errors: 0, inspect: expect, names }, name);
+      if (first !== undefined) {
+        const whole = Buffer.concat(chunks);
+        t.equal(whole.toString('latin1', r.names.offset, r.names.offset + r.names.length), first, `${name}: the first name's place`);
+        t.equal(whole[r.names.offset + r.names.length], 0, `${name}: its NUL follows`);
+      }
     }
   });
 
@@ -126,6 +140,8 @@ if (kp) {
     t.equal(verdict([p.subarray(0, 5), p.subarray(5)]).inspect, 'session_state', 'Parse cut after its header');
     const pn = P('named', 'SELECT 1');
     t.equal(verdict([pn.subarray(0, 7), pn.subarray(7)]).inspect, 'named_statement', 'Parse cut inside its name: non-empty is enough');
+    const bs = B('', 'stmt');
+    t.equal(verdict([bs.subarray(0, 8), bs.subarray(8)]).inspect, 'session_state', 'Bind cut inside its statement name: not rewritable here');
     t.equal(verdict([pn.subarray(0, 5), pn.subarray(5)]).inspect, 'session_state', 'Parse cut before its name');
     const bn = B('', 'stmt');
     t.equal(verdict([bn.subarray(0, 6), bn.subarray(6)]).inspect, 'session_state', 'Bind cut before its statement name');

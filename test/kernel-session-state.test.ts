@@ -1,7 +1,7 @@
-// The kernel path hands named prepared statements and session-state SQL to user space
-// (ebpf/inspect.h, docs/kernel-path.md "Named prepared statements and session state"):
-// pgbench -M extended (unnamed statements) stays in the kernel, pgbench -M prepared
-// (named) is served by user space transaction by transaction and completes, a SET through
+// The kernel path hands named Parses and session-state SQL to user space (ebpf/inspect.h,
+// docs/kernel-path.md "Named prepared statements and session state"): pgbench -M extended
+// (unnamed statements) stays in the kernel, pgbench -M prepared prepares in user space and
+// then runs its Binds in the kernel (statement names renamed in place), a SET through
 // a simple Query is punted before binding, and a SET LOCAL inside a transaction that the
 // kernel carries hands the pair over mid-way; a session pool keeps its SET in the kernel.
 // Both modes, same result checks; counter checks with bypass on.
@@ -60,9 +60,7 @@ t.test('kernel path: named statements and session state go to user space', async
       }
     });
 
-    t.test(`pgbench -M prepared is served by user space and completes ${B}`, async (t) => {
-      // One client on one server: today's user space forwards statement names unchanged,
-      // so the client must find its statements on the server it prepared them on.
+    t.test(`pgbench -M prepared: Parses in user space, then the kernel ${B}`, async (t) => {
       const cfg = await kernelConfig(c, bypass, { default_pool_size: 1, min_pool_size: 1, query_wait_timeout: 30 });
       const proxy = await startProxy(t, cfg, { logLevel: 'info' });
       const warm = await pgbench(proxy, 'extended', 1, 5);
@@ -80,14 +78,12 @@ t.test('kernel path: named statements and session state go to user space', async
       const after = await statsLine(proxy);
       const d = (k: string) => num(after[k]) - num(before[k]);
       t.comment(`${B} named_statement +${d('fallback_named_statement')} kernel_transactions +${d('kernel_transactions')} user_xacts +${d('user_xacts')}`);
-      // Every transaction starts with a Bind of a named statement: one that reaches the
-      // kernel is punted before a server is bound, and user space serves it whole. pgbench
-      // sends its next request as soon as it has the answer, before user space can hand
-      // the client back, so most later transactions start in user space already.
+      // The named Parses go to user space (named_statement); the Binds of statements the
+      // server has are renamed by the verdict (test/kernel-prepared-statements.test.ts).
       if (!t.ok(d('fallback_named_statement') >= 1, `named_statement grew (got ${d('fallback_named_statement')})`)) {
         recordFailure('kernel-session-state prepared', `named_statement +${d('fallback_named_statement')} for ${N} pgbench -M prepared transactions`, logExcerpt(proxy));
       }
-      t.ok(d('kernel_transactions') < N / 10, 'none of them was released by the kernel');
+      t.ok(d('kernel_transactions') >= N * 0.9, `the kernel released >= 90% of them (${d('kernel_transactions')})`);
     });
 
     t.test(`SET through a simple Query, and SET LOCAL inside a kernel transaction ${B}`, async (t) => {

@@ -140,7 +140,7 @@ t.test('kernel path: split-everything client streams', async (t) => {
       const d = (k: string) => num(after[k]) - num(before[k]);
       t.comment(`${B} ${name}: kernel_transactions +${d('kernel_transactions')} passed_skbs +${d('kernel_passed_skbs')} frame_error +${d('fallback_frame_error')} unhandled +${d('fallback_unhandled')} no_idle_server +${d('fallback_no_idle_server')}`);
       t.equal(d('fallback_frame_error'), 0, 'no framing error in the kernel');
-      const punts = d('fallback_named_statement') + d('fallback_session_state');
+      const punts = d('fallback_named_statement') + d('fallback_session_state') + d('fallback_statement_missing') + d('fallback_statement_close');
       t.ok(punts >= minPunts, `split or named statements went to user space (${punts} >= ${minPunts}; handoffs +${d('user_handoffs')})`);
       if (!t.ok(d('kernel_transactions') >= minKernelTx, `the kernel carried >= ${minKernelTx} of the ${queries} transactions (got ${d('kernel_transactions')})`)) {
         recordFailure(`kernel-split-stream ${name} ${B}`, `kernel_transactions +${d('kernel_transactions')} of ${queries} (frame_error +${d('fallback_frame_error')}, passed_skbs +${d('kernel_passed_skbs')})`, logExcerpt(proxy));

@@ -17,7 +17,8 @@ import { log } from '../observe/log';
 import { isTlsSocket } from '../auth/tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
-import { ConnFlags, Mode } from './kernel-abi';
+import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
+import { parseServerName } from '../session/statement-names';
 import { waitUntil } from './settle';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
@@ -169,10 +170,38 @@ export class BypassController implements KernelHost {
     const id = isServer ? skid(conn) : conn.id;
     if (isServer) k.registerServer(id, fd, kid);
     else k.registerClient(id, fd, kid);
+    this.mirrorStatements(conn);
     if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0n;
     this.kidOf.set(conn, kid);
     return 0;
+  }
+
+  // The kernel's statement maps follow what PostgreSQL confirmed (ebpf/statements.h): the
+  // client's names, and which statements each server has. Entries go when the names or
+  // statements do (Close, DEALLOCATE, DISCARD, eviction: before anything is written to
+  // the server), and all of a connection's with it (KernelPath.unregister).
+  private mirrorStatements(conn: ServerConnection | ClientConnection): void {
+    const k = this.kernel!;
+    if (conn instanceof ServerConnection) {
+      const sid = skid(conn);
+      conn.statements.observe((name, present) => {
+        const kn = parseServerName(name);
+        if (kn && this.kernel) k.setServerStatement(sid, kn.len, kn.idx, present);
+      });
+      return;
+    }
+    const cid = conn.id;
+    conn.rewriter?.observe((name, st) => {
+      const bytes = Buffer.from(name, 'utf8');
+      if (!this.kernel || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
+      if (st === 'gone') k.deleteClientStatement(cid, bytes);
+      // a statement that changes session state runs only in user space, which tracks it:
+      // no entry, so the kernel hands its Binds up (statement_missing)
+      else if (st.effects.length) k.deleteClientStatement(cid, bytes);
+      else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
+      else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
+    });
   }
 
   // A server idle in user space goes to the kernel's idle stack.
@@ -228,7 +257,6 @@ export class BypassController implements KernelHost {
     if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
-    if (client.rewriter?.namedInTransaction) return false; // its next transaction would be handed back too
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
       client.socket.once('drain', () => this.offerClient(client, 0));
@@ -356,6 +384,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     if (!k || !this.clients.has(client.id)) return;
     this.clients.delete(client.id);
+    client.rewriter?.observe(null);
     const before = k.read(client.id);
     const serverId = k.takeBound(client.id);
     k.unregister(client.id);
@@ -553,6 +582,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     this.servers.delete(skid(server));
     this.retireMarked.delete(server);
+    server.statements.observe(null);
     if (!k) return;
     const st = k.read(skid(server));
     k.unregister(skid(server));
@@ -802,6 +832,7 @@ export class BypassController implements KernelHost {
       out.client_bytes = kc.clientBytes;
       out.server_bytes = kc.serverBytes;
       out.passed_skbs = kc.passedSkbs;
+      out.statement_rewrites = kc.statementRewrites as bigint;
       for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
       out.fallback_tls_client = this.tlsFallbacks.client;
       out.fallback_tls_server = this.tlsFallbacks.server;
@@ -819,7 +850,8 @@ export class BypassController implements KernelHost {
     const kc = this.kernelCounters();
     if (kc) {
       rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],
-        ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)]);
+        ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)],
+        ['kernel_statement_rewrites', String(kc.statementRewrites)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Kept in user space by user space itself, not by the kernel: TLS connections.
       rows.push(['fallback_tls_client', String(this.tlsFallbacks.client)], ['fallback_tls_server', String(this.tlsFallbacks.server)]);

@@ -273,6 +273,9 @@ export interface FrameTest {
   inspect: number; // client: 0, or the Stat index of the first chunk's punt
   tailMessages: number;
   tailAnswered: number;
+  nNames: number; // client: statement names of Bind/Describe(S) the verdict would rewrite
+  nameOff: number; // offset of the first one in its chunk
+  nameLen: number;
 }
 
 export function encodeFrameTest(role: number): Buffer {
@@ -299,5 +302,36 @@ export function decodeFrameTest(b: Buffer): FrameTest {
     inspect: b.readUInt32LE(FRAME_TEST.inspect.offset),
     tailMessages: b.readUInt32LE(FRAME_TEST.tail_msgs.offset),
     tailAnswered: b.readUInt32LE(FRAME_TEST.tail_answered.offset),
+    nNames: b.readUInt32LE(FRAME_TEST.n_names.offset),
+    nameOff: b.readUInt32LE(FRAME_TEST.name_off.offset),
+    nameLen: b.readUInt32LE(FRAME_TEST.name_len.offset),
   };
+}
+
+// ---- named statements in the kernel (ebpf/statements.h) ----
+
+export const STMT_NAME_MAX = ENUMS.pgs_stmt_limits.PGS_STMT_NAME_MAX;
+export const STMT_NO_NAME = ENUMS.pgs_stmt_limits.PGS_STMT_NO_NAME;
+export const STMT_IDX_LIMIT = ENUMS.pgs_stmt_limits.PGS_STMT_IDX_LIMIT;
+const STMT_KEY = STRUCTS.pgs_stmt_key;
+const STMT_REF = STRUCTS.pgs_stmt_ref;
+
+/** struct pgs_stmt_key (stmt_names): a client id and its statement name, NUL padded. */
+export function encodeStmtKey(conn: number, name: Buffer): Buffer {
+  const f = STMT_KEY.fields;
+  if (name.length > STMT_NAME_MAX || name.length >= f.name.size) throw new RangeError(`statement name of ${name.length} bytes > ${STMT_NAME_MAX}`);
+  const b = Buffer.alloc(STMT_KEY.size);
+  b.writeUInt32LE(conn >>> 0, f.conn.offset);
+  name.copy(b, f.name.offset);
+  return b;
+}
+
+/** struct pgs_stmt_ref (stmt_servers): a server id, a name length and index. */
+export function encodeStmtRef(conn: number, len: number, idx: number): Buffer {
+  const f = STMT_REF.fields;
+  const b = Buffer.alloc(STMT_REF.size);
+  b.writeUInt32LE(conn >>> 0, f.conn.offset);
+  b.writeUInt32LE(len >>> 0, f.len.offset);
+  b.writeUInt32LE(idx >>> 0, f.idx.offset);
+  return b;
 }

@@ -77,6 +77,8 @@ export interface FrameRun {
   inspect: string | null;
   tailMessages: number;
   tailAnswered: number;
+  /** client: statement names (Bind/Describe(S)) the verdict would rewrite, and the first one's place */
+  names: { count: number; offset: number; length: number };
 }
 
 interface BpfObject {
@@ -144,6 +146,8 @@ export class KernelPath {
   private readonly listeners: Array<(e: KernelEvent) => void> = [];
   private readonly regs = new Map<number, Reg>();
   private readonly stacks = new Set<number>();
+  // statement map keys (hex) per conn id, so that unregister removes every entry of it
+  private readonly stmtKeys = new Map<number, Map<string, 'stmt_names' | 'stmt_servers'>>();
   private closed = false;
 
   private constructor(
@@ -276,6 +280,55 @@ export class KernelPath {
     if (reg) this.obj.mapDelete('sock_ids', abi.u64(reg.cookie));
     this.obj.mapDelete('conns', abi.u32(id));
     this.regs.delete(id);
+    for (const [hex, map] of this.stmtKeys.get(id) ?? []) this.obj.mapDelete(map, Buffer.from(hex, 'hex'));
+    this.stmtKeys.delete(id);
+  }
+
+  // ---- named statements (ebpf/statements.h): only what PostgreSQL confirmed ----
+
+  private stmtPut(id: number, map: 'stmt_names' | 'stmt_servers', key: Buffer, value: number): boolean {
+    this.check();
+    try {
+      this.obj.mapUpdate(map, key, abi.u32(value));
+    } catch {
+      return false; // map full: the kernel punts that statement (a missing entry is always safe)
+    }
+    let keys = this.stmtKeys.get(id);
+    if (!keys) this.stmtKeys.set(id, (keys = new Map()));
+    keys.set(key.toString('hex'), map);
+    return true;
+  }
+
+  private stmtDel(id: number, map: 'stmt_names' | 'stmt_servers', key: Buffer): void {
+    if (this.closed) return;
+    this.obj.mapDelete(map, key);
+    this.stmtKeys.get(id)?.delete(key.toString('hex'));
+  }
+
+  /** Client id's statement `name` (its bytes) is the statement of server name (len, idx);
+   * idx null: it has no server name the kernel can write (counted name_too_short). */
+  setClientStatement(id: number, name: Buffer, idx: number | null): boolean {
+    return this.stmtPut(id, 'stmt_names', abi.encodeStmtKey(id, name), idx ?? abi.STMT_NO_NAME);
+  }
+
+  deleteClientStatement(id: number, name: Buffer): void {
+    this.stmtDel(id, 'stmt_names', abi.encodeStmtKey(id, name));
+  }
+
+  /** Server id has the statement of server name (len, idx) prepared, or no longer has it. */
+  setServerStatement(id: number, len: number, idx: number, present: boolean): boolean {
+    const key = abi.encodeStmtRef(id, len, idx);
+    if (present) return this.stmtPut(id, 'stmt_servers', key, 1);
+    this.stmtDel(id, 'stmt_servers', key);
+    return true;
+  }
+
+  /** Entries of both statement maps (tests). */
+  statementEntries(): { names: number; servers: number } {
+    let names = 0;
+    let servers = 0;
+    for (const keys of this.stmtKeys.values()) for (const m of keys.values()) if (m === 'stmt_names') names++; else servers++;
+    return { names, servers };
   }
 
   /** USER|n -> KERNEL|n with n = bytes Node has read from the socket since registration.
@@ -434,6 +487,7 @@ export class KernelPath {
       binds: v[abi.Stat.BINDS],
       droppedClientGone: v[abi.Stat.DROPPED_CLIENT_GONE],
       staleIdle: v[abi.Stat.STALE_IDLE],
+      statementRewrites: v[abi.Stat.STMT_REWRITES],
       fallbacks,
     };
   }
@@ -506,6 +560,7 @@ export class KernelPath {
       inspect: t.inspect ? abi.FALLBACK_NAMES[t.inspect] ?? String(t.inspect) : null,
       tailMessages: t.tailMessages,
       tailAnswered: t.tailAnswered,
+      names: { count: t.nNames, offset: t.nameOff, length: t.nameLen },
     };
   }
 

@@ -550,10 +550,12 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (rw && cut < 0 && this.scanner.deliversBody) end = Math.max(lastEnd, from);
     if (end > from) units.push(chunk.subarray(from, end));
     if (this.kernelServer && units.length) {
-      if (rw && units.some((u) => rw.needsRewrite(u))) {
+      // named statements the server has are renamed here as the kernel would
+      const direct = rw ? rw.kernelRewrite(units, this.kernelServer) : rawBytes(units);
+      if (!direct) {
         if (!this.host.kernel.reclaimBound(this)) this.boundServer = null; // released meanwhile: a new request
       } else {
-        if (this.host.kernel.feedKernelBound(this, Buffer.concat(rawBytes(units)))) return;
+        if (this.host.kernel.feedKernelBound(this, Buffer.concat(direct))) return;
         this.boundServer = null; // released by the kernel: these bytes are a new request
       }
     }
@@ -691,10 +693,13 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (session) this.adoptServerParameters(server);
     if (this.state !== ClientState.Waiting) return this.pool!.release(server);
     const rw = this.rewriter;
-    if (this.scanner.atBoundary && !rw?.session.pinned && !(rw && this.pending.some((u) => rw.needsRewrite(u)))) {
+    // A request that needs no rewriting, or only the renaming of statements this server
+    // has (what the kernel does itself), goes to the kernel with its server.
+    const direct = this.scanner.atBoundary && !rw?.session.pinned ? (rw ? rw.kernelRewrite(this.pending, server) : rawBytes(this.pending)) : null;
+    if (direct) {
       const units = this.pending;
       this.pending = []; // empty while binding: the bind flips the client back only if it is quiet
-      if (this.host.kernel.bindInKernel(this, server, rawBytes(units))) {
+      if (this.host.kernel.bindInKernel(this, server, direct)) {
         this.pendingBytes = 0;
         this.requestSince = 0; // the kernel sees its answer
         this.lifecycle.to(ClientState.Kernel); // the kernel carries this transaction
@@ -889,7 +894,6 @@ export class ClientConnection implements ServerPeer, Guarded {
     cleanServer(server, steps, (s) => pool.release(s), 'server_reset_query failed', this.guard.bind(this));
     if (this.pending.length) this.requestServer();
     else this.host.kernel.offerClient(this, 0);
-    if (this.rewriter) this.rewriter.namedInTransaction = false; // a transaction without one lets it go back
   }
 
   // ---- errors and shutdown ----

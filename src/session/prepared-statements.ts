@@ -6,6 +6,7 @@ import * as crypto from 'node:crypto';
 import { ProtocolError, message } from '../protocol/messages';
 import { Frontend } from '../protocol/constants';
 import type { SessionEffect } from './sql-classifier';
+import type { KernelName, ServerStatementObserver } from './statement-names';
 
 export const SERVER_NAME_PREFIX = 'pgsplice_';
 // Never a statement name the proxy makes (those are hex): Describe of it always fails.
@@ -56,11 +57,36 @@ export interface ClientStatement {
   serverName: string;
   parse: Buffer; // the Parse message under serverName, to prepare it on any server
   effects: SessionEffect[]; // what executing it does to the session (usually nothing)
+  // its server name is as long as the client's name (statement-names.ts), so the kernel
+  // path can rewrite it in place; null: it can't (kernelMiss says why)
+  kernel: KernelName | null;
+  kernelMiss: 'name_too_long' | 'name_too_short' | null;
+  confirmed: boolean; // PostgreSQL accepted the client's Parse (ParseComplete reached it)
 }
 
-// The statements prepared on one server, least recently used first.
+// The statements prepared on one server, least recently used first. A name is
+// `confirmed` once the server's ParseComplete for it arrived: only then is it reported to
+// the observer (the kernel's map of what each server has).
 export class ServerStatementCache {
-  private readonly names = new Map<string, true>();
+  private readonly names = new Map<string, boolean>();
+  private observer: ServerStatementObserver | null = null;
+
+  // Reports every confirmed name now and each change from now on.
+  observe(o: ServerStatementObserver | null): void {
+    this.observer = o;
+    if (o) for (const [n, ok] of this.names) if (ok) o(n, true);
+  }
+
+  // The server answered its Parse: the statement exists there.
+  confirm(name: string): void {
+    if (this.names.get(name) !== false) return;
+    this.names.set(name, true);
+    this.observer?.(name, true);
+  }
+
+  isConfirmed(name: string): boolean {
+    return this.names.get(name) === true;
+  }
 
   get size(): number {
     return this.names.size;
@@ -72,16 +98,23 @@ export class ServerStatementCache {
 
   // Marks a use: the statement moves to the recent end.
   touch(name: string): void {
-    if (this.names.delete(name)) this.names.set(name, true);
+    const ok = this.names.get(name);
+    if (ok === undefined) return;
+    this.names.delete(name);
+    this.names.set(name, ok);
   }
 
+  // About to be prepared (not confirmed yet).
   add(name: string): void {
-    this.names.delete(name);
-    this.names.set(name, true);
+    this.delete(name);
+    this.names.set(name, false);
   }
 
   delete(name: string): void {
+    const ok = this.names.get(name);
+    if (ok === undefined) return;
     this.names.delete(name);
+    if (ok) this.observer?.(name, false); // before anything closes it on the server
   }
 
   // Names to close so that one more fits under max (never `keep`).
@@ -91,11 +124,11 @@ export class ServerStatementCache {
       if (this.names.size - out.length < max) break;
       if (n !== keep) out.push(n);
     }
-    for (const n of out) this.names.delete(n);
+    for (const n of out) this.delete(n);
     return out;
   }
 
   clear(): void {
-    this.names.clear();
+    for (const n of [...this.names.keys()]) this.delete(n);
   }
 }

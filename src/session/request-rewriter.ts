@@ -10,6 +10,7 @@ import {
   parseParts, serverStatementName,
 } from './prepared-statements';
 import { SessionEffect, classifySql, mayAffectSession, splitStatements } from './sql-classifier';
+import { ClientStatementObserver, kernelNameFor, serverNameFor } from './statement-names';
 import { SessionState } from './session-state';
 import type { ServerConnection } from '../pooling/server-connection';
 import type { SessionStatePolicies } from '../config/types';
@@ -47,9 +48,8 @@ export class RequestRewriter {
   readonly statements = new Map<string, ClientStatement>();
   readonly session: SessionState;
   private unnamed: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
-  // The transaction bound a named statement: the next one likely does too, and the kernel
-  // would only hand it back (the bypass controller keeps such a client in user space).
-  namedInTransaction = false;
+  // The kernel path's copy of this client's confirmed statement names (controller).
+  private observer: ClientStatementObserver | null = null;
   private bound: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
 
   constructor(
@@ -58,6 +58,64 @@ export class RequestRewriter {
     private readonly deliver: (replies: Buffer[], server: ServerConnection) => void, // synthetic replies due now
   ) {
     this.session = new SessionState(opts.policies);
+  }
+
+  // Reports every confirmed statement now and each change from now on.
+  observe(o: ClientStatementObserver | null): void {
+    this.observer = o;
+    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(name, e);
+  }
+
+  private confirmStatement(name: string, entry: ClientStatement): void {
+    if (this.statements.get(name) !== entry || entry.confirmed) return;
+    entry.confirmed = true;
+    this.observer?.(name, entry);
+  }
+
+  private setStatement(name: string, entry: ClientStatement): void {
+    this.statements.set(name, entry);
+    if (entry.confirmed) this.observer?.(name, entry);
+  }
+
+  private dropStatement(name: string): void {
+    const e = this.statements.get(name);
+    if (!e) return;
+    this.statements.delete(name);
+    if (e.confirmed) this.observer?.(name, 'gone');
+  }
+
+  private clearStatements(): void {
+    for (const name of [...this.statements.keys()]) this.dropStatement(name);
+  }
+
+  // The request's bytes for `server` when the only rewriting it needs is what the kernel
+  // does itself: Bind/Describe(S) of statements, without session effects, whose server
+  // name the kernel knows and that `server` already has (confirmed). null otherwise. Used
+  // when user space hands a waiting request to the kernel (bindInKernel, feedKernelBound),
+  // where no reply of the proxy's own may be needed.
+  kernelRewrite(units: RequestUnit[], server: ServerConnection): Buffer[] | null {
+    const out: Buffer[] = [];
+    for (const u of units) {
+      if (typeof u === 'number') continue;
+      if (Buffer.isBuffer(u)) {
+        out.push(u);
+        continue;
+      }
+      const raw = u.raw ?? Buffer.concat([messageHeader(u.type, u.body.length), u.body]);
+      if (!this.needsRewrite(u)) {
+        out.push(raw);
+        continue;
+      }
+      if (u.type !== Frontend.Bind && u.type !== Frontend.Describe) return null;
+      const isBind = u.type === Frontend.Bind;
+      const at = isBind ? bindStatement(u.body) : { name: u.body.toString('utf8', 1, u.body.length - 1), start: 1, end: u.body.length - 1 };
+      const entry = this.statements.get(at.name);
+      if (!entry || !entry.confirmed || !entry.kernel || entry.effects.length || !server.statements.isConfirmed(entry.serverName)) return null;
+      server.statements.touch(entry.serverName);
+      if (isBind) this.bound = { effects: [], onTag: undefined };
+      out.push(isBind ? bindWithStatement(u.body, at, entry.serverName) : describeStatement(entry.serverName));
+    }
+    return out;
   }
 
   // Whether the unit must be rewritten in user space (the kernel may carry the rest).
@@ -126,10 +184,10 @@ export class RequestRewriter {
           return;
         }
         // Close: the client's name goes; the server keeps the statement for others.
-        if (entry) this.statements.delete(name);
+        if (entry) this.dropStatement(name);
         this.expect(server, {
           end, action: ReplyAction.Synthetic, reply: CLOSE_COMPLETE,
-          onFail: () => { if (entry && !this.statements.has(name)) this.statements.set(name, entry); },
+          onFail: () => { if (entry && !this.statements.has(name)) this.setStatement(name, entry); },
         });
         return;
       }
@@ -190,13 +248,19 @@ export class RequestRewriter {
     if (this.statements.has(p.name)) {
       return this.failWith(server, out, SqlState.DuplicatePreparedStatement, `prepared statement "${p.name}" already exists`);
     }
-    const serverName = serverStatementName(rest, this.settings.get('search_path'));
-    const entry: ClientStatement = { serverName, parse: parseMessage(serverName, rest), effects: usable };
+    const identity = serverStatementName(rest, this.settings.get('search_path'));
+    // a server name as long as the client's, so that the kernel path can carry its Binds
+    const k = kernelNameFor(identity, p.name);
+    const serverName = k.name ? serverNameFor(k.name.len, k.name.idx) : identity;
+    const entry: ClientStatement = {
+      serverName, parse: parseMessage(serverName, rest), effects: usable, kernel: k.name, kernelMiss: k.reason, confirmed: false,
+    };
     this.statements.set(p.name, entry);
-    const forget = () => { if (this.statements.get(p.name) === entry) this.statements.delete(p.name); };
+    const forget = () => { if (this.statements.get(p.name) === entry) this.dropStatement(p.name); };
+    const confirmed = () => this.confirmStatement(p.name, entry);
     if (server.statements.has(serverName)) {
       server.statements.touch(serverName);
-      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Synthetic, reply: PARSE_COMPLETE, onFail: forget });
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Synthetic, reply: PARSE_COMPLETE, onFail: forget, onDone: confirmed });
       return;
     }
     this.makeRoom(server, serverName, out);
@@ -205,6 +269,7 @@ export class RequestRewriter {
     this.expect(server, {
       end: ReplyEnd.ParseComplete, action: ReplyAction.Pass,
       onFail: () => { server.statements.delete(serverName); forget(); },
+      onDone: () => { server.statements.confirm(serverName); confirmed(); },
     });
   }
 
@@ -225,7 +290,6 @@ export class RequestRewriter {
     }
     const entry = this.statements.get(at.name);
     if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
-    this.namedInTransaction = true;
     this.ensurePrepared(entry, server, out);
     this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
     this.session.began(entry.effects);
@@ -243,7 +307,10 @@ export class RequestRewriter {
     this.makeRoom(server, entry.serverName, out);
     server.statements.add(entry.serverName);
     out.push(entry.parse);
-    this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Drop, onFail: () => server.statements.delete(entry.serverName) });
+    this.expect(server, {
+      end: ReplyEnd.ParseComplete, action: ReplyAction.Drop,
+      onFail: () => server.statements.delete(entry.serverName), onDone: () => server.statements.confirm(entry.serverName),
+    });
   }
 
   // Closes the least recently used statements so one more fits (max_prepared_statements).
@@ -276,7 +343,7 @@ export class RequestRewriter {
   private deallocated(name: string, entry: ClientStatement, server: ServerConnection): TagHandler {
     return (tag) => {
       if (tag !== 'DEALLOCATE') return;
-      if (this.statements.get(name) === entry) this.statements.delete(name);
+      if (this.statements.get(name) === entry) this.dropStatement(name);
       server.statements.delete(entry.serverName);
     };
   }
@@ -286,7 +353,7 @@ export class RequestRewriter {
     return (tag) => {
       this.session.confirmed(effects, tag);
       if (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL') {
-        this.statements.clear(); // PostgreSQL drops the session's protocol-level statements too
+        this.clearStatements(); // PostgreSQL drops the session's protocol-level statements too
         server.statements.clear();
       }
     };
