@@ -9,6 +9,7 @@ export type PoolMode = 'session' | 'transaction' | 'statement';
 export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust' | 'hba';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type LogFormat = 'text' | 'json';
 // TLS modes, as PgBouncer's client_tls_sslmode / server_tls_sslmode (libpq's names).
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 
@@ -16,6 +17,7 @@ export interface ListenConfig {
   host: string; // '' or omitted: no TCP listener
   port: number;
   unix_socket_dir?: string; // socket file is <dir>/.s.PGSQL.<port>
+  unix_socket_mode?: number; // its permission bits (default 0o777, as PgBouncer)
 }
 
 // Prometheus endpoint (GET /metrics); absent = off.
@@ -103,6 +105,16 @@ export interface Config {
   stats_users: string[];
   bypass: BypassMode;
   log_level: LogLevel;
+  log_format: LogFormat; // text lines, or one JSON object per line
+  logfile: string; // '' = stderr only; else also appended here (reopened on SIGHUP)
+  pidfile: string; // '' = none; written at start, removed at exit
+  syslog: boolean; // accepted only as false: see load.ts
+  auth_file: string; // '' = none; PgBouncer's userlist.txt format, merged under users:
+  tcp_keepalive: boolean; // SO_KEEPALIVE on client and server TCP sockets
+  tcp_keepidle: number; // s before the first probe; 0 = the kernel's default
+  tcp_keepcnt: number; // only 0 (see load.ts)
+  tcp_keepintvl: number; // only 0
+  tcp_user_timeout: number; // ms; only 0
   max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;
