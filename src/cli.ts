@@ -2,7 +2,9 @@
 // pgsplice command line: run the proxy, check a config, read the counters.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { loadConfigFile } from './config/load';
+import * as fs from 'node:fs';
+import { loadConfigFile, parseConfig } from './config/load';
+import { importPgbouncer } from './config/import-pgbouncer';
 import * as path from 'node:path';
 import { ConfigError, type Config, type LogLevel } from './config/types';
 import { configureLogging, log, setLogLevel, setQuiet } from './observe/log';
@@ -60,7 +62,7 @@ function relativeToConfig(c: Config, file: string): string {
 
 void yargs(hideBin(process.argv))
   .scriptName('pgsplice')
-  .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config')
+  .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config\n$0 import pgbouncer.ini [userlist.txt] [-o FILE]  translate a PgBouncer config')
   .option('config', { alias: 'c', type: 'string', describe: 'YAML config file', default: 'pgsplice.yaml' })
   .option('log-level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'overrides log_level' })
   .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'with logfile set, do not also log to stderr' })
@@ -81,6 +83,36 @@ void yargs(hideBin(process.argv))
       } catch (e) {
         process.stderr.write(`pgsplice: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
         process.exit(2);
+      }
+    },
+  )
+  .command(
+    'import <ini> [userlist]',
+    'translate pgbouncer.ini (and userlist.txt) into pgsplice YAML; lists what it could not translate',
+    (y) =>
+      y
+        .positional('ini', { type: 'string', describe: 'pgbouncer.ini', demandOption: true })
+        .positional('userlist', { type: 'string', describe: "userlist.txt (PgBouncer's auth_file): its users are written under users:" })
+        .option('output', { alias: 'o', type: 'string', describe: 'write the YAML here instead of stdout' }),
+    (argv) => {
+      let r;
+      try {
+        r = importPgbouncer(argv.ini as string, argv.userlist as string | undefined);
+      } catch (e) {
+        process.stderr.write(`pgsplice import: ${(e as Error).message}\n`);
+        process.exit(2);
+      }
+      const out = argv.output as string | undefined;
+      if (out) fs.writeFileSync(out, r.yaml, { mode: 0o600 }); // it may hold passwords
+      else process.stdout.write(r.yaml);
+      for (const u of r.untranslated) process.stderr.write(`not translated: ${u}\n`);
+      // The result must load as it is: checked with the loader, as `check` would.
+      try {
+        parseConfig(r.yaml, out ?? path.join(path.dirname(path.resolve(argv.ini as string)), 'pgsplice.yaml'));
+        process.stderr.write(`pgsplice import: ${r.untranslated.length} setting(s) not translated; the YAML is a valid pgsplice config\n`);
+      } catch (e) {
+        process.stderr.write(`pgsplice import: the YAML does not load: ${(e as Error).message}\n`);
+        process.exit(1);
       }
     },
   )

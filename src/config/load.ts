@@ -135,6 +135,12 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   server_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
 };
 
+/** The value kind of a top-level setting ('string', 'int', 'duration', 'bool', 'enum',
+ * 'list'), or undefined for a key that is not one (`pgsplice import` converts by it). */
+export function settingKind(key: string): string | undefined {
+  return Object.prototype.hasOwnProperty.call(SETTINGS, key) ? SETTINGS[key as keyof Settings].kind.t : undefined;
+}
+
 /** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
 export function defaultSettings(): Settings {
   const out: Record<string, unknown> = {};
