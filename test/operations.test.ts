@@ -10,7 +10,7 @@ import * as http from 'node:http';
 import { spawn } from 'node:child_process';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, runCli, writeConfig, CLI } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, psqlVia, sleep, waitUntil, freePort, run, APP_USER, APP_PASSWORD } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, pgConnectError, psqlVia, sleep, waitUntil, freePort, run, APP_USER, APP_PASSWORD } from './helpers/cluster';
 import { kernelConfig, adminRows } from './helpers/kernel';
 
 function get(port: number, p: string): Promise<{ status: number; body: string }> {
@@ -61,6 +61,36 @@ t.test('operations', async (t) => {
       await a.end();
       const st = await proxy.waitExit(10000);
       t.equal(st?.code, 0, 'exits 0 once the client left');
+    });
+
+    t.test(`max_db_client_connections and max_user_client_connections (with per-database/user overrides) ${B}`, async (t) => {
+      c.sql(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'other') THEN CREATE ROLE other LOGIN PASSWORD 'other-pw'; END IF; END $$; GRANT ALL ON DATABASE app TO other;`);
+      const base = await proxyConfig(c, { bypass, max_db_client_connections: 2, max_user_client_connections: 3 });
+      base.databases.roomy = { host: '127.0.0.1', port: c.pg.port, dbname: 'app', max_db_client_connections: 10 };
+      base.users.other = { password: 'other-pw', max_user_client_connections: 1 };
+      const proxy = await startProxy(t, base, { logLevel: 'info' });
+      const a1 = await pgClient(t, proxy);
+      const a2 = await pgClient(t, proxy);
+      await Promise.all([a1.query('SELECT 1'), a2.query('SELECT 1')]);
+      const e = await pgConnectError(proxy);
+      t.equal(e.code, '53300', `a 3rd client of database app: 53300 (${e.message})`);
+      t.match(e.message, /max_db_client_connections 2/, 'the message names the setting');
+      const r1 = await pgClient(t, proxy, { database: 'roomy' });
+      t.same((await r1.query('SELECT 1 AS x')).rows, [{ x: 1 }], 'database roomy (its own limit 10) still takes clients: a 3rd client of user app');
+      const eu = await pgConnectError(proxy, { database: 'roomy' });
+      t.equal(eu.code, '53300', `a 4th client of user app: 53300 (${eu.message})`);
+      t.match(eu.message, /max_user_client_connections 3/, 'names max_user_client_connections');
+      const o1 = await pgClient(t, proxy, { database: 'roomy', user: 'other', password: 'other-pw' });
+      await o1.query('SELECT 1');
+      const eo = await pgConnectError(proxy, { database: 'roomy', user: 'other', password: 'other-pw' });
+      t.match(eo.message, /user "other" \(max_user_client_connections 1\)/, `user other's own limit 1 (${eo.message})`);
+      t.same(a1.errors, [], 'the admitted clients saw no error');
+      await a1.end();
+      // The proxy sees the close a moment later: retry until the place is free.
+      const a3 = await waitUntil(() => pgClient(t, proxy).catch(() => null), 10000, 'a place freed by a client that left');
+      t.same((await a3.query('SELECT 3 AS x')).rows, [{ x: 3 }], 'a client that left frees its place');
+      t.same(a2.errors, [], 'the other admitted client saw no error');
+      await proxy.stop('SIGQUIT');
     });
 
     t.test(`tcp_keepalive / tcp_keepidle on client and server sockets ${B}`, async (t) => {

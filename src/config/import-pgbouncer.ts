@@ -59,8 +59,6 @@ const NO_EQUIVALENT: Record<string, string> = {
   client_tls_ecdhcurve: 'not supported',
   client_tls_dheparams: 'not supported',
   transaction_timeout: 'not supported yet',
-  max_db_client_connections: 'not supported yet',
-  max_user_client_connections: 'not supported yet',
 };
 
 const DB_KEYS: Record<string, string> = {
@@ -68,10 +66,13 @@ const DB_KEYS: Record<string, string> = {
   min_pool_size: 'min_pool_size', reserve_pool: 'reserve_pool_size', reserve_pool_size: 'reserve_pool_size',
   pool_mode: 'pool_mode', max_db_connections: 'max_db_connections', client_encoding: 'client_encoding',
   datestyle: 'datestyle', timezone: 'timezone', application_name: 'application_name', auth_user: 'auth_user', auth_dbname: 'auth_dbname',
+  max_db_client_connections: 'max_db_client_connections',
 };
-const DB_INTS = new Set(['port', 'pool_size', 'min_pool_size', 'reserve_pool_size', 'max_db_connections']);
-const USER_KEYS: Record<string, string> = { pool_mode: 'pool_mode', pool_size: 'pool_size', max_user_connections: 'max_user_connections' };
-const USER_INTS = new Set(['pool_size', 'max_user_connections']);
+const DB_INTS = new Set(['port', 'pool_size', 'min_pool_size', 'reserve_pool_size', 'max_db_connections', 'max_db_client_connections']);
+const USER_KEYS: Record<string, string> = {
+  pool_mode: 'pool_mode', pool_size: 'pool_size', max_user_connections: 'max_user_connections', max_user_client_connections: 'max_user_client_connections',
+};
+const USER_INTS = new Set(['pool_size', 'max_user_connections', 'max_user_client_connections']);
 const AUTH_TYPES = new Set(['scram-sha-256', 'md5', 'plain', 'trust', 'hba']);
 
 interface IniLine {

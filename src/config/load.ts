@@ -81,6 +81,8 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   max_client_conn: { kind: size1, def: 100 },
   max_db_connections: { kind: size0, def: 0 },
   max_user_connections: { kind: size0, def: 0 },
+  max_db_client_connections: { kind: size0, def: 0 },
+  max_user_client_connections: { kind: size0, def: 0 },
   max_pool_variants: { kind: size0, def: 8 },
   server_reset_query: { kind: str, def: 'DISCARD ALL' },
   server_reset_query_always: { kind: { t: 'bool' }, def: false },
@@ -166,6 +168,7 @@ const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
   reserve_pool_size: size0,
   pool_mode: poolMode,
   max_db_connections: size0,
+  max_db_client_connections: size0,
   client_encoding: nonEmptyStr,
   datestyle: nonEmptyStr,
   timezone: nonEmptyStr,
@@ -179,6 +182,7 @@ const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
   pool_mode: poolMode,
   pool_size: size1,
   max_user_connections: size0,
+  max_user_client_connections: size0,
 };
 
 const METRICS_KEYS: Record<keyof MetricsConfig, Kind> = { host: nonEmptyStr, port };

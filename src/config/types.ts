@@ -56,6 +56,7 @@ export interface DatabaseConfig {
   application_name?: string;
   auth_user?: string; // overrides the top-level auth_user for this database
   auth_dbname?: string; // overrides the top-level auth_dbname for this database
+  max_db_client_connections?: number; // overrides the top-level one for this database
 }
 
 export interface UserConfig {
@@ -66,6 +67,7 @@ export interface UserConfig {
   pool_mode?: PoolMode;
   pool_size?: number;
   max_user_connections?: number;
+  max_user_client_connections?: number; // overrides the top-level one for this user
 }
 
 export interface Config {
@@ -80,6 +82,8 @@ export interface Config {
   max_client_conn: number;
   max_db_connections: number; // 0 = unlimited
   max_user_connections: number; // 0 = unlimited
+  max_db_client_connections: number; // client connections per database; 0 = unlimited
+  max_user_client_connections: number; // client connections per user; 0 = unlimited
   max_pool_variants: number; // startup-settings variant pools per (database, server user); 0 = none
   server_reset_query: string;
   server_reset_query_always: boolean;
