@@ -295,19 +295,20 @@ export async function startPgsplice(o: {
   };
 }
 
-// Asks a pgsplice process for its counters line (SIGUSR1 -> a line on stderr).
-// Returns the new output lines, or null if the process said nothing.
-export async function pgspliceCounters(t: RunningTarget, waitMs = 300): Promise<string | null> {
-  if (!t.pid || !t.kind.startsWith('pgsplice')) return null;
-  const before = t.output().length;
+// pgsplice's counters line (clients, pools, user_xacts and SHOW BYPASS's keys) from the
+// admin console's SHOW SUMMARY (SIGUSR1 is PgBouncer's PAUSE now). null if it does not answer.
+export async function pgspliceCounters(o: { host: string; port: number; user: string; password: string }): Promise<string | null> {
+  const c = new Client({ host: o.host, port: o.port, user: o.user, password: o.password, database: 'pgsplice', connectionTimeoutMillis: 5000 });
+  c.on('error', () => undefined);
   try {
-    process.kill(t.pid, 'SIGUSR1');
+    await c.connect();
+    const r = await c.query('SHOW SUMMARY');
+    return String((r.rows[0] as Record<string, unknown> | undefined)?.summary ?? '') || null;
   } catch {
     return null;
+  } finally {
+    await c.end().catch(() => undefined);
   }
-  await sleep(waitMs);
-  const added = t.output().slice(before).trim();
-  return added || null;
 }
 
 // SHOW BYPASS on pgsplice's admin console (database "pgsplice"): key/value rows

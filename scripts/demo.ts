@@ -20,10 +20,10 @@ const say = (s = '') => process.stdout.write(s + '\n');
 export type BypassRows = Record<string, string>;
 
 // Which data path carried the load, in words, from SHOW BYPASS before and after the
-// load and from what the proxy printed on SIGUSR1. The kernel path's counters are
+// load and from the admin console's SHOW SUMMARY. The kernel path's counters are
 // reported as kernel_<name> rows; this reads the ones it knows and lists the rest.
-export function describeDataPath(before: BypassRows | null, during: BypassRows | null, after: BypassRows | null, sigusr1: string | null): string {
-  if (!after) return `The proxy's admin console did not answer SHOW BYPASS, so the data path is unknown.${sigusr1 ? ` On SIGUSR1 it printed: ${sigusr1}` : ''}`;
+export function describeDataPath(before: BypassRows | null, during: BypassRows | null, after: BypassRows | null, summary: string | null): string {
+  if (!after) return `The proxy's admin console did not answer SHOW BYPASS, so the data path is unknown.${summary ? ` SHOW SUMMARY: ${summary}` : ''}`;
   const n = (r: BypassRows | null, k: string) => Number(r?.[k] ?? 0) || 0;
   const lines: string[] = [];
   const loaded = /^(yes|true|on|1)$/i.test(after.loaded ?? '');
@@ -42,7 +42,7 @@ export function describeDataPath(before: BypassRows | null, during: BypassRows |
     const moved = Object.entries(after).filter(([k, v]) => k.startsWith('kernel_') && k !== kTxKey && Number(v) - n(before, k) !== 0);
     if (moved.length) lines.push(`Kernel counters that moved: ${moved.map(([k, v]) => `${k.slice(7)} +${Number(v) - n(before, k)}`).join(', ')}.`);
   }
-  if (sigusr1) lines.push(`On SIGUSR1 the proxy printed: ${sigusr1}`);
+  if (summary) lines.push(`SHOW SUMMARY: ${summary}`);
   return lines.join('\n  ');
 }
 
@@ -108,9 +108,9 @@ async function main(): Promise<void> {
       for (const sc of s.scripts) say(`    ${sc.name.replace(/^.*ycsb-/, '').replace(/\.sql.*$/, '')}: ${sc.transactions.toLocaleString('en-US')} transactions, ${sc.latencyAvgMs} ms average`);
     }
     const after = await bypass();
-    const sigusr1 = await pgspliceCounters(proxy, 400);
+    const summary = await pgspliceCounters({ host: proxy!.host, port: proxy!.port, user: 'bench', password: 'bench' });
     say('\nWhich data path carried the load:');
-    say('  ' + describeDataPath(before, during, after, sigusr1));
+    say('  ' + describeDataPath(before, during, after, summary));
     const warnings = proxy.output().split('\n').filter((l) => /\b(warn|error)\b/i.test(l)).slice(0, 5);
     if (warnings.length) say(`\npgsplice warnings/errors during the demo:\n  ${warnings.join('\n  ')}`);
     say('\nStopping pgsplice and PostgreSQL.');

@@ -2,16 +2,21 @@
 // pgsplice command line: run the proxy, check a config, read the counters.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { loadConfigFile } from './config/load';
-import { ConfigError, LogLevel } from './config/types';
-import { log, setLogLevel } from './observe/log';
+import * as fs from 'node:fs';
+import { loadConfigFile, parseConfig } from './config/load';
+import { importPgbouncer } from './config/import-pgbouncer';
+import * as path from 'node:path';
+import { ConfigError, type Config, type LogLevel } from './config/types';
+import { configureLogging, log, setLogLevel, setQuiet } from './observe/log';
+import { claimPidfile } from './process/pidfile';
+import { installSignalHandlers } from './process/signals';
 import { Proxy } from './proxy';
 import { buildTls } from './auth/tls';
 import { installProcessBoundary } from './pooling/error-boundary';
 
 const VERSION: string = require('../../package.json').version;
 
-async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
+async function run(configPath: string, logLevel: LogLevel | undefined, quiet: boolean): Promise<void> {
   let config;
   try {
     config = loadConfigFile(configPath);
@@ -20,6 +25,14 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     process.exit(2);
   }
   setLogLevel(logLevel ?? config.log_level);
+  setQuiet(quiet);
+  try {
+    configureLogging(config);
+    if (config.pidfile) claimPidfile(relativeToConfig(config, config.pidfile));
+  } catch (e) {
+    process.stderr.write(`pgsplice: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
   let proxy: Proxy;
   try {
     proxy = new Proxy(config);
@@ -28,32 +41,11 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     process.exit(1);
   }
   // Handlers first: a signal that arrives while the listeners open must not take Node's
-  // defaults (SIGUSR1 would open the inspector).
-  process.on('SIGHUP', () => {
-    try {
-      log.info(`SIGHUP: ${proxy.control.reload()}`);
-    } catch (e) {
-      log.error(`reload failed, keeping the running configuration: ${(e as Error).message}`);
-    }
-  });
-  process.on('SIGTERM', () => {
-    log.info('SIGTERM: graceful shutdown');
-    proxy.shutdownGraceful().then(() => setTimeout(() => process.exit(0), 100));
-  });
-  process.on('SIGUSR1', () => log.info(proxy.statsLine()));
-  // PgBouncer's meaning: resume every paused database (Node's default would exit).
-  process.on('SIGUSR2', () => {
-    proxy.control.resume();
-    log.info('SIGUSR2: resumed all databases');
-  });
+  // defaults (SIGUSR1 would open the inspector, SIGUSR2 would exit).
+  installSignalHandlers(proxy);
   // Each connection has its own error boundary; this logs what escapes them all, so
   // one connection's exception never exits the process with every client.
   installProcessBoundary();
-  process.on('SIGINT', () => {
-    log.info('SIGINT: fast shutdown');
-    proxy.shutdownFast();
-    setTimeout(() => process.exit(0), 100);
-  });
   try {
     await proxy.listen();
   } catch (e) {
@@ -63,16 +55,22 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
   log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
 }
 
+// File settings (logfile, pidfile) are relative to the config file's directory, like the others.
+function relativeToConfig(c: Config, file: string): string {
+  return path.resolve(path.dirname(c.source.file), file);
+}
+
 void yargs(hideBin(process.argv))
   .scriptName('pgsplice')
-  .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config')
+  .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config\n$0 import pgbouncer.ini [userlist.txt] [-o FILE]  translate a PgBouncer config')
   .option('config', { alias: 'c', type: 'string', describe: 'YAML config file', default: 'pgsplice.yaml' })
   .option('log-level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'overrides log_level' })
+  .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'with logfile set, do not also log to stderr' })
   .command(
     ['run', '$0'],
     'run the proxy',
     () => {},
-    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined),
+    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined, argv.quiet as boolean),
   )
   .command(
     'check',
@@ -85,6 +83,36 @@ void yargs(hideBin(process.argv))
       } catch (e) {
         process.stderr.write(`pgsplice: ${e instanceof ConfigError ? e.message : (e as Error).message}\n`);
         process.exit(2);
+      }
+    },
+  )
+  .command(
+    'import <ini> [userlist]',
+    'translate pgbouncer.ini (and userlist.txt) into pgsplice YAML; lists what it could not translate',
+    (y) =>
+      y
+        .positional('ini', { type: 'string', describe: 'pgbouncer.ini', demandOption: true })
+        .positional('userlist', { type: 'string', describe: "userlist.txt (PgBouncer's auth_file): its users are written under users:" })
+        .option('output', { alias: 'o', type: 'string', describe: 'write the YAML here instead of stdout' }),
+    (argv) => {
+      let r;
+      try {
+        r = importPgbouncer(argv.ini as string, argv.userlist as string | undefined);
+      } catch (e) {
+        process.stderr.write(`pgsplice import: ${(e as Error).message}\n`);
+        process.exit(2);
+      }
+      const out = argv.output as string | undefined;
+      if (out) fs.writeFileSync(out, r.yaml, { mode: 0o600 }); // it may hold passwords
+      else process.stdout.write(r.yaml);
+      for (const u of r.untranslated) process.stderr.write(`not translated: ${u}\n`);
+      // The result must load as it is: checked with the loader, as `check` would.
+      try {
+        parseConfig(r.yaml, out ?? path.join(path.dirname(path.resolve(argv.ini as string)), 'pgsplice.yaml'));
+        process.stderr.write(`pgsplice import: ${r.untranslated.length} setting(s) not translated; the YAML is a valid pgsplice config\n`);
+      } catch (e) {
+        process.stderr.write(`pgsplice import: the YAML does not load: ${(e as Error).message}\n`);
+        process.exit(1);
       }
     },
   )

@@ -3,7 +3,7 @@
 // PostgreSQL's limits (4 clients streaming a 1 GB password message do not stall a
 // pgbench or grow the proxy); unknown user names allocate nothing (no pool, no metrics
 // series, no raw name in the log); a 100 MB Query literal costs about what it costs
-// directly; a full proxy still lets the admin console in; SIGUSR2 resumes, not kills.
+// directly; a full proxy still lets the admin console in; SIGUSR2 resumes, not kills; SIGUSR1 pauses.
 import t from 'tap';
 import * as http from 'node:http';
 import { BYPASS_MODES } from './helpers/modes';
@@ -261,7 +261,7 @@ t.test('hostile input', async (t) => {
       t.equal(e2.code, '53300', 'still 53300 for a pool client after the admin left');
     });
 
-    t.test(`SIGUSR2 resumes paused databases; SIGUSR1 logs the stats line ${B}`, async (t) => {
+    t.test(`SIGUSR2 resumes paused databases; SIGUSR1 pauses them; SHOW SUMMARY has the counters ${B}`, async (t) => {
       const proxy = await startProxy(t, await kernelConfig(c, bypass, { query_wait_timeout: 30 }), { logLevel: 'info', startTimeoutMs: 30000 });
       await proxy.waitForLog(/pgsplice .* started/);
       const pg = await pgClient(t, proxy);
@@ -284,8 +284,22 @@ t.test('hostile input', async (t) => {
       await sleep(200);
       t.equal(proxy.exited(), undefined, 'a second SIGUSR2 with nothing paused is harmless');
       const st = await statsLine(proxy);
-      t.ok(Number(st.clients) >= 1, `SIGUSR1 still logs the stats line (clients=${st.clients})`);
+      t.ok(Number(st.clients) >= 1, `SHOW SUMMARY has the counters line (clients=${st.clients})`);
       t.same((await pg.query('SELECT 1 AS x')).rows, [{ x: 1 }], 'the client still works');
+      // SIGUSR1 is PgBouncer's PAUSE: the next query waits until SIGUSR2.
+      const from2 = proxy.logs().length;
+      proxy.proc.kill('SIGUSR1');
+      await proxy.waitForLog(/SIGUSR1: paused/, 5000, from2);
+      let done2 = false;
+      const q2 = pg.query('SELECT 43 AS x').then((r) => {
+        done2 = true;
+        return r;
+      });
+      await sleep(500);
+      t.notOk(done2, 'after SIGUSR1 a query waits (paused)');
+      t.equal(proxy.exited(), undefined, 'SIGUSR1 did not stop the proxy');
+      proxy.proc.kill('SIGUSR2');
+      t.same((await withTimeout(q2, 10000, 'query after SIGUSR1 + SIGUSR2')).rows, [{ x: 43 }], 'SIGUSR2 resumed it');
     });
   }
 });

@@ -1,6 +1,7 @@
 // Lifecycle of the proxy process: --version/--help, `check` on good and bad configs
 // (key and line named), start-up refusing a bad config, the issue's minimal config as
-// written, SIGHUP reload without dropping clients, SIGTERM drain, SIGINT fast exit.
+// written, SIGHUP reload without dropping clients, and PgBouncer's shutdowns: SIGINT lets
+// transactions finish, SIGTERM waits for clients to leave, SIGQUIT and a second signal stop at once.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -213,7 +214,7 @@ users:
       t.match(proxy.logs(), /reload|config/i, 'the log mentions the reload');
     });
 
-    t.test(`SIGTERM drains: a transaction can finish, then exit 0 ${B}`, async (t) => {
+    t.test(`SIGINT (safe shutdown) drains: a transaction can finish, then exit 0 ${B}`, async (t) => {
       c.pg.psql(`CREATE TABLE IF NOT EXISTS drain (v text); ALTER TABLE drain OWNER TO app; DELETE FROM drain;`, 'app');
       const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 20 }));
       const idle = await pgClient(t, proxy);
@@ -222,7 +223,7 @@ users:
       await a.query('BEGIN');
       await a.query(`INSERT INTO drain VALUES ('drain-1')`);
       const sigAt = Date.now();
-      proxy.proc.kill('SIGTERM');
+      proxy.proc.kill('SIGINT');
       await sleep(500);
       t.equal(proxy.exited(), undefined, 'the proxy waits for the open transaction');
       const attempt = await tryConnect(proxy.port);
@@ -231,20 +232,20 @@ users:
       await a.query('COMMIT');
       t.equal(c.pg.psql(`SELECT string_agg(v, ',' ORDER BY v) FROM drain`, 'app'), 'drain-1,drain-2', 'the transaction committed');
       const st = await proxy.waitExit(8000);
-      t.ok(st, `the proxy exits once the transaction is done (${Date.now() - sigAt} ms after SIGTERM)`);
+      t.ok(st, `the proxy exits once the transaction is done, the idle client does not hold it (${Date.now() - sigAt} ms after SIGINT)`);
       t.equal(st?.code, 0, 'exit code 0');
       await waitUntil(() => backendCount(c, 'app') === 0, 5000, 'server connections closed');
       t.pass('no server connection left behind');
     });
 
-    t.test(`SIGTERM with a transaction that never ends: exit after shutdown_timeout, rolled back ${B}`, async (t) => {
+    t.test(`SIGINT with a transaction that never ends: exit after shutdown_timeout, rolled back ${B}`, async (t) => {
       c.pg.psql(`CREATE TABLE IF NOT EXISTS drain (v text); ALTER TABLE drain OWNER TO app;`, 'app');
       const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 1 }));
       const a = await pgClient(t, proxy);
       await a.query('BEGIN');
       await a.query(`INSERT INTO drain VALUES ('stuck')`);
       const sigAt = Date.now();
-      proxy.proc.kill('SIGTERM');
+      proxy.proc.kill('SIGINT');
       const st = await proxy.waitExit(10000);
       const took = Date.now() - sigAt;
       t.ok(st, `exits (${took} ms)`);
@@ -254,17 +255,54 @@ users:
       t.equal(c.pg.psql(`SELECT count(*) FROM drain WHERE v = 'stuck'`, 'app'), '0', 'the unfinished transaction was rolled back');
     });
 
-    t.test(`SIGINT: fast exit with clients connected ${B}`, async (t) => {
+    t.test(`SIGQUIT: immediate exit with clients connected ${B}`, async (t) => {
       const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 30 }));
       const a = await pgClient(t, proxy);
       await a.query('BEGIN');
       const started = Date.now();
-      proxy.proc.kill('SIGINT');
+      proxy.proc.kill('SIGQUIT');
       const st = await proxy.waitExit(5000);
       t.ok(st, `exits at once (${Date.now() - started} ms) despite an open transaction and shutdown_timeout 30`);
+      t.equal(st?.code, 0, 'exit code 0');
       t.ok(Date.now() - started < 3000, 'within 3 s');
       const attempt = await tryConnect(proxy.port);
       t.equal(attempt, 'refused', 'the port is closed');
+    });
+
+    t.test(`a second SIGINT during a safe shutdown stops at once ${B}`, async (t) => {
+      const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 30 }));
+      const a = await pgClient(t, proxy);
+      await a.query('BEGIN');
+      const from = proxy.logs().length;
+      proxy.proc.kill('SIGINT');
+      await proxy.waitForLog(/shutdown WAIT_FOR_SERVERS: new connections refused/, 5000, from);
+      t.equal(proxy.exited(), undefined, 'the first SIGINT waits for the open transaction');
+      const started = Date.now();
+      proxy.proc.kill('SIGINT');
+      const st = await proxy.waitExit(5000);
+      t.ok(st && Date.now() - started < 3000, `the second SIGINT exits at once (${Date.now() - started} ms)`);
+      t.equal(st?.code, 0, 'exit code 0');
+    });
+
+    t.test(`SIGTERM (super safe shutdown) waits for clients to disconnect, serving them meanwhile ${B}`, async (t) => {
+      const proxy = await startProxy(t, await proxyConfig(c, { bypass, shutdown_timeout: 30 }));
+      const a = await pgClient(t, proxy);
+      t.same((await a.query('SELECT 1 AS x')).rows, [{ x: 1 }], 'a connected client');
+      const from = proxy.logs().length;
+      const sigAt = Date.now();
+      proxy.proc.kill('SIGTERM');
+      await proxy.waitForLog(/shutdown WAIT_FOR_CLIENTS: new connections refused/, 5000, from);
+      await sleep(700);
+      t.equal(proxy.exited(), undefined, 'the proxy waits while a client is connected, though it is idle');
+      t.not(await tryConnect(proxy.port), 'ok', 'new clients are not served');
+      t.same((await a.query('SELECT 2 AS x')).rows, [{ x: 2 }], 'the connected client is still served (transactions too)');
+      await a.query('BEGIN');
+      await a.query('COMMIT');
+      await a.end();
+      const st = await proxy.waitExit(8000);
+      t.ok(st, `exits once the client left (${Date.now() - sigAt} ms after SIGTERM)`);
+      t.equal(st?.code, 0, 'exit code 0');
+      await waitUntil(() => backendCount(c, 'app') === 0, 5000, 'server connections closed');
     });
   }
 });

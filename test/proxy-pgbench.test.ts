@@ -81,8 +81,8 @@ t.test('pgbench through the proxy', async (t) => {
 
     t.test(`the proxy stops cleanly ${B}`, async (t) => {
       t.equal(proxy.exited(), undefined, 'still running after all runs');
-      const st = await proxy.stop('SIGTERM', 15000);
-      t.equal(st.code, 0, 'SIGTERM: exit 0');
+      const st = await proxy.stop('SIGINT', 15000);
+      t.equal(st.code, 0, 'SIGINT (safe shutdown): exit 0');
       await waitUntil(() => backendCount(c, 'app') + backendCount(c, 'bench') === 0, 5000, 'server connections closed');
     });
   }

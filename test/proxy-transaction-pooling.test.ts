@@ -340,8 +340,8 @@ SELECT 'done';
       t.equal(proxy.exited(), undefined, 'still running');
       t.notMatch(proxy.logs(), /uncaught|unhandled|TypeError|RangeError/i, 'no crash traces in the log');
       // Stop it so that the next mode starts from a PostgreSQL with no pooled servers.
-      const st = await proxy.stop('SIGTERM', 15000);
-      t.equal(st.code, 0, 'SIGTERM with only idle clients: exit 0');
+      const st = await proxy.stop('SIGINT', 15000);
+      t.equal(st.code, 0, 'SIGINT (safe shutdown) with only idle clients: exit 0');
       await waitUntil(() => backendCount(c, 'app') === 0, 5000, 'server connections closed');
     });
   }

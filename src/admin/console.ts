@@ -18,6 +18,7 @@ import { Command, CommandSyntaxError, parseCommand, splitStatements } from './pa
 import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../observe/stats';
 import { log } from '../observe/log';
 import type { KernelHost } from '../pooling/kernel-host';
+import { ShutdownMode, type Readiness } from '../proxy-state';
 
 // What the console needs from the running proxy (src/admin/control.ts builds it).
 export interface ProxyControl {
@@ -25,7 +26,12 @@ export interface ProxyControl {
   reload(): string;
   // Applies a changed in-memory config (SET); returns the keys that need a restart.
   apply(next: Config): string[];
-  shutdown(waitForClients: boolean): void;
+  // Every mode ends the process when done (ShutdownMode: PgBouncer's three).
+  shutdown(mode: ShutdownMode): void;
+  // /readyz: running and not paused as a whole.
+  readiness(): Readiness;
+  // SHOW SUMMARY: one line of counters, per data path.
+  summary(): string;
   // No new server assignments for the database (all when omitted).
   pause(db?: string): void;
   resume(db?: string): void;
@@ -49,7 +55,7 @@ export const VERSION: string = (() => {
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE|BYPASS',
+  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE|BYPASS|SUMMARY',
   'SET key = arg',
   'RELOAD',
   'PAUSE [<db>]',
@@ -57,7 +63,7 @@ const HELP = [
   'RECONNECT [<db>]',
   'KILL <db>',
   'KILL_CLIENT <id>',
-  'SHUTDOWN [WAIT_FOR_CLIENTS]',
+  'SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]',
 ];
 
 // Session settings some drivers send; accepted and ignored, as PgBouncer does.
@@ -327,13 +333,12 @@ class AdminSession {
         return Buffer.concat([notice(msg), commandComplete('RELOAD')]);
       }
       case 'SHUTDOWN': {
-        let wait = false;
-        if (arg) {
-          if (arg.toUpperCase() !== 'WAIT_FOR_CLIENTS') throw new AdminError(`SHUTDOWN: unknown option ${arg}`);
-          wait = true;
-        }
-        log.info(`admin ${this.client.user}: SHUTDOWN${wait ? ' WAIT_FOR_CLIENTS' : ''}`);
-        setImmediate(() => this.control.shutdown(wait));
+        // PgBouncer's: SHUTDOWN (immediate), WAIT_FOR_SERVERS (SIGINT), WAIT_FOR_CLIENTS (SIGTERM).
+        const modes: Record<string, ShutdownMode> = { '': ShutdownMode.Immediate, WAIT_FOR_SERVERS: ShutdownMode.WaitForServers, WAIT_FOR_CLIENTS: ShutdownMode.WaitForClients };
+        const mode = modes[(arg ?? '').toUpperCase()];
+        if (mode === undefined) throw new AdminError(`SHUTDOWN: unknown option ${arg}`);
+        log.info(`admin ${this.client.user}: SHUTDOWN${arg ? ` ${arg.toUpperCase()}` : ''}`);
+        setImmediate(() => this.control.shutdown(mode));
         return commandComplete('SHUTDOWN');
       }
       default:
@@ -421,6 +426,7 @@ class AdminSession {
     LISTS: (c) => c.showLists(),
     STATE: (c) => c.showState(),
     BYPASS: (c) => c.showBypass(),
+    SUMMARY: (c) => new ResultSet(columns('summary')).add([c.control.summary()]).toBuffer(),
   };
 
   private show(what: string): Buffer {

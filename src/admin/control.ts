@@ -3,9 +3,9 @@
 import type { Config } from '../config/types';
 import type { Pooler } from '../pooling/pooler';
 import { loadConfigFile } from '../config/load';
-import { ClientState } from '../pooling/client-connection';
-import { log, setLogLevel } from '../observe/log';
+import { configureLogging, log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
+import type { Readiness, ShutdownMode } from '../proxy-state';
 
 // What the control needs of the running proxy (src/proxy.ts), declared here so that the
 // admin modules do not import the module that builds them.
@@ -13,7 +13,9 @@ export interface ControlledProxy {
   readonly config: Config;
   readonly pooler: Pooler;
   reload(next: Config): string[]; // the keys that need a restart
-  shutdownFast(): void;
+  shutdown(mode: ShutdownMode): Promise<void>;
+  readiness(): Readiness;
+  statsLine(): string;
 }
 
 export function proxyControl(proxy: ControlledProxy): ProxyControl {
@@ -21,6 +23,13 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
     const before = proxy.config;
     const needRestart = proxy.reload(next);
     if (before.log_level !== next.log_level) setLogLevel(next.log_level);
+    // log_format and logfile follow the config; the file is reopened by name, so that a
+    // RELOAD or SIGHUP after logrotate moved it writes to a new file (as PgBouncer).
+    try {
+      configureLogging(next);
+    } catch (e) {
+      log.error(`cannot open logfile ${next.logfile}, logging where it did: ${(e as Error).message}`);
+    }
     return needRestart;
   };
 
@@ -32,24 +41,11 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
       return `configuration reloaded from ${file}${needRestart.length ? `; these keys need a restart to change: ${needRestart.join(', ')}` : ''}`;
     },
     apply,
-    shutdown(waitForClients: boolean): void {
-      const exit = () => setTimeout(() => process.exit(0), 100);
-      if (!waitForClients) {
-        proxy.shutdownFast();
-        exit();
-        return;
-      }
-      // Refuse new clients, wait until every pool client has disconnected, then stop.
-      proxy.pooler.accepting = false;
-      log.info('SHUTDOWN WAIT_FOR_CLIENTS: new connections refused; waiting for clients to disconnect');
-      const timer = setInterval(() => {
-        const left = [...proxy.pooler.clients].filter((c) => c.pool && c.state !== ClientState.Closed).length;
-        if (left > 0) return;
-        clearInterval(timer);
-        proxy.shutdownFast();
-        exit();
-      }, 100);
+    shutdown(mode: ShutdownMode): void {
+      void proxy.shutdown(mode).then(() => setTimeout(() => process.exit(0), 100));
     },
+    readiness: () => proxy.readiness(),
+    summary: () => proxy.statsLine(),
     pause: (db) => proxy.pooler.pause(db),
     resume: (db) => proxy.pooler.resume(db),
     isPaused: (db) => proxy.pooler.isPaused(db),

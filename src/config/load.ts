@@ -19,6 +19,7 @@ import {
   type Pair,
 } from 'yaml';
 import { parseScramVerifier } from '../auth/scram';
+import { parseUserlist, UserlistError } from '../auth/userlist';
 import { HbaError, readHbaFile, ruleFromEntry, type HbaEntry, type HbaRule } from '../auth/hba';
 import { tlsSettingProblem } from '../auth/tls';
 import {
@@ -28,6 +29,7 @@ import {
   type Config,
   type DatabaseConfig,
   type ListenConfig,
+  type LogFormat,
   type LogLevel,
   type MetricsConfig,
   type PoolMode,
@@ -45,7 +47,8 @@ type Kind =
   | { t: 'duration' }
   | { t: 'bool' }
   | { t: 'enum'; values: readonly string[] }
-  | { t: 'list' };
+  | { t: 'list' }
+  | { t: 'mode' }; // file permission bits, written in octal as in pgbouncer.ini (0777)
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement'];
 export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust', 'hba'];
@@ -55,6 +58,7 @@ export const DEFAULT_AUTH_QUERY =
   'SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin';
 export const BYPASS_MODES: readonly BypassMode[] = ['auto', 'on', 'off'];
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+export const LOG_FORMATS: readonly LogFormat[] = ['text', 'json'];
 export const SSL_MODES: readonly SslMode[] = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
 const str: Kind = { t: 'string' };
@@ -77,6 +81,8 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   max_client_conn: { kind: size1, def: 100 },
   max_db_connections: { kind: size0, def: 0 },
   max_user_connections: { kind: size0, def: 0 },
+  max_db_client_connections: { kind: size0, def: 0 },
+  max_user_client_connections: { kind: size0, def: 0 },
   max_pool_variants: { kind: size0, def: 8 },
   server_reset_query: { kind: str, def: 'DISCARD ALL' },
   server_reset_query_always: { kind: { t: 'bool' }, def: false },
@@ -102,6 +108,18 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   stats_users: { kind: { t: 'list' }, def: [] },
   bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
   log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
+  log_format: { kind: { t: 'enum', values: LOG_FORMATS }, def: 'text' },
+  logfile: { kind: str, def: '' },
+  pidfile: { kind: str, def: '' },
+  syslog: { kind: { t: 'bool' }, def: false },
+  auth_file: { kind: str, def: '' },
+  // PgBouncer's TCP settings. Node sets SO_KEEPALIVE and TCP_KEEPIDLE; it has no way to set
+  // the other three, so only 0 (the kernel's default) is accepted for them (crossCheck).
+  tcp_keepalive: { kind: { t: 'bool' }, def: true },
+  tcp_keepidle: { kind: duration, def: 0 },
+  tcp_keepcnt: { kind: size0, def: 0 },
+  tcp_keepintvl: { kind: duration, def: 0 },
+  tcp_user_timeout: { kind: size0, def: 0 },
   max_prepared_statements: { kind: size0, def: 200 },
   track_extra_parameters: { kind: { t: 'list' }, def: [] },
   // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/auth/tls.ts.
@@ -119,6 +137,12 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   server_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
 };
 
+/** The value kind of a top-level setting ('string', 'int', 'duration', 'bool', 'enum',
+ * 'list'), or undefined for a key that is not one (`pgsplice import` converts by it). */
+export function settingKind(key: string): string | undefined {
+  return Object.prototype.hasOwnProperty.call(SETTINGS, key) ? SETTINGS[key as keyof Settings].kind.t : undefined;
+}
+
 /** Defaults of the top-level settings (a copy), e.g. for docs and SHOW CONFIG. */
 export function defaultSettings(): Settings {
   const out: Record<string, unknown> = {};
@@ -130,6 +154,7 @@ const LISTEN_KEYS: Record<keyof ListenConfig, Kind> = {
   host: str, // '' = no TCP listener
   port,
   unix_socket_dir: str,
+  unix_socket_mode: { t: 'mode' },
 };
 
 const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
@@ -143,6 +168,7 @@ const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
   reserve_pool_size: size0,
   pool_mode: poolMode,
   max_db_connections: size0,
+  max_db_client_connections: size0,
   client_encoding: nonEmptyStr,
   datestyle: nonEmptyStr,
   timezone: nonEmptyStr,
@@ -156,6 +182,7 @@ const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
   pool_mode: poolMode,
   pool_size: size1,
   max_user_connections: size0,
+  max_user_client_connections: size0,
 };
 
 const METRICS_KEYS: Record<keyof MetricsConfig, Kind> = { host: nonEmptyStr, port };
@@ -340,6 +367,12 @@ class Loader {
     }
     const v = this.plain(n);
     switch (kind.t) {
+      case 'mode': {
+        // The digits as written are octal (0777, 777, 0o777, "0660"); YAML would read 0777 as 777.
+        const text = String((isScalar(n) && typeof n.source === 'string' ? n.source : v) ?? '').replace(/^0o/i, '');
+        if (!/^[0-7]{1,4}$/.test(text)) this.fail(path, line, `expected permission bits in octal such as 0777 or 0660, got ${describeValue(v)}`);
+        return parseInt(text, 8);
+      }
       case 'string':
         if (typeof v !== 'string') {
           const quote = typeof v === 'number' || typeof v === 'boolean' ? ' (quote it to make it a string)' : '';
@@ -521,6 +554,7 @@ class Loader {
         this.fail(`databases.${db.name}.password`, L(`databases.${db.name}.password`), 'a password needs a user (the fixed server user it belongs to)');
       }
     }
+    this.checkOperations(cfg); // first: auth_file adds users that checkAuth looks at
     this.checkAuth(cfg);
     const tls = tlsSettingProblem(cfg);
     if (tls) this.fail(tls.key, L(tls.key), tls.message);
@@ -540,6 +574,37 @@ class Loader {
           L(k),
           'is an md5 hash, which cannot authenticate clients with auth_type scram-sha-256; give the plain password or a SCRAM verifier, or set auth_type: md5',
         );
+      }
+    }
+  }
+
+  // Keys accepted for pgbouncer.ini's sake whose other values cannot be honoured, the auth_file.
+  checkOperations(cfg: Config): void {
+    const L = (k: string) => this.lines.get(k);
+    if (cfg.syslog) this.fail('syslog', L('syslog'), SYSLOG_UNSUPPORTED);
+    for (const k of ['tcp_keepcnt', 'tcp_keepintvl', 'tcp_user_timeout'] as const) {
+      if (cfg[k] !== 0) this.fail(k, L(k), `only 0 (the kernel's default) is supported: Node.js cannot set ${TCP_OPTION[k]} on its sockets`);
+    }
+    if (cfg.auth_file) {
+      const file = path.resolve(path.dirname(cfg.source.file), cfg.auth_file);
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        this.fail('auth_file', L('auth_file'), `cannot read ${file}: ${(e as Error).message}`);
+      }
+      let entries;
+      try {
+        entries = parseUserlist(text);
+      } catch (e) {
+        if (!(e instanceof UserlistError)) throw e;
+        throw new ConfigError(e.message, file, 'auth_file', e.line);
+      }
+      // users: entries win; a users: entry without a password takes the file's.
+      for (const e of entries) {
+        const own = cfg.users.get(e.name);
+        if (!own) cfg.users.set(e.name, { name: e.name, password: e.password });
+        else if (own.password === undefined) own.password = e.password;
       }
     }
   }
@@ -585,6 +650,12 @@ class Loader {
 
 // ---------------------------------------------------------------------------------
 // API
+
+/** Why syslog cannot be turned on (also listed by `pgsplice import`). */
+export const SYSLOG_UNSUPPORTED =
+  'not supported: /dev/log is a unix datagram socket and Node.js has no unix datagram sockets without a native module; ' +
+  'pgsplice logs to stderr (the journal under systemd) and to logfile';
+const TCP_OPTION = { tcp_keepcnt: 'TCP_KEEPCNT', tcp_keepintvl: 'TCP_KEEPINTVL', tcp_user_timeout: 'TCP_USER_TIMEOUT' } as const;
 
 /** Best-effort key path of a "key:" line, from indentation (for YAML syntax errors). */
 function keyPathAtLine(text: string, line: number): string | undefined {
@@ -652,6 +723,7 @@ export function describeConfig(config: Config): Array<[string, string]> {
     ['listen.host', show(config.listen.host)],
     ['listen.port', show(config.listen.port)],
     ['listen.unix_socket_dir', show(config.listen.unix_socket_dir)],
+    ['listen.unix_socket_mode', config.listen.unix_socket_mode === undefined ? '' : `0${config.listen.unix_socket_mode.toString(8)}`],
   ];
   for (const k of Object.keys(SETTINGS) as Array<keyof Settings>) out.push([k, show(config[k])]);
   for (const [k, v] of Object.entries(config.session_state)) out.push([`session_state.${k}`, v]);
@@ -680,7 +752,7 @@ export function applySetting(config: Config, key: string, text: string): Config 
 
 /** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP).
  * The one list: RELOAD, SIGHUP and the admin console's SET all read it. */
-export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'bypass', 'metrics'];
+export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'listen.unix_socket_mode', 'bypass', 'metrics', 'pidfile'];
 
 /** Which restart-only keys differ between two configs (a RELOAD applies the rest and reports these). */
 export function changesNeedingRestart(before: Config, after: Config): string[] {

@@ -9,6 +9,7 @@ export type PoolMode = 'session' | 'transaction' | 'statement';
 export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust' | 'hba';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type LogFormat = 'text' | 'json';
 // TLS modes, as PgBouncer's client_tls_sslmode / server_tls_sslmode (libpq's names).
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
 
@@ -16,6 +17,7 @@ export interface ListenConfig {
   host: string; // '' or omitted: no TCP listener
   port: number;
   unix_socket_dir?: string; // socket file is <dir>/.s.PGSQL.<port>
+  unix_socket_mode?: number; // its permission bits (default 0o777, as PgBouncer)
 }
 
 // Prometheus endpoint (GET /metrics); absent = off.
@@ -54,6 +56,7 @@ export interface DatabaseConfig {
   application_name?: string;
   auth_user?: string; // overrides the top-level auth_user for this database
   auth_dbname?: string; // overrides the top-level auth_dbname for this database
+  max_db_client_connections?: number; // overrides the top-level one for this database
 }
 
 export interface UserConfig {
@@ -64,6 +67,7 @@ export interface UserConfig {
   pool_mode?: PoolMode;
   pool_size?: number;
   max_user_connections?: number;
+  max_user_client_connections?: number; // overrides the top-level one for this user
 }
 
 export interface Config {
@@ -78,6 +82,8 @@ export interface Config {
   max_client_conn: number;
   max_db_connections: number; // 0 = unlimited
   max_user_connections: number; // 0 = unlimited
+  max_db_client_connections: number; // client connections per database; 0 = unlimited
+  max_user_client_connections: number; // client connections per user; 0 = unlimited
   max_pool_variants: number; // startup-settings variant pools per (database, server user); 0 = none
   server_reset_query: string;
   server_reset_query_always: boolean;
@@ -103,6 +109,16 @@ export interface Config {
   stats_users: string[];
   bypass: BypassMode;
   log_level: LogLevel;
+  log_format: LogFormat; // text lines, or one JSON object per line
+  logfile: string; // '' = stderr only; else also appended here (reopened on SIGHUP)
+  pidfile: string; // '' = none; written at start, removed at exit
+  syslog: boolean; // accepted only as false: see load.ts
+  auth_file: string; // '' = none; PgBouncer's userlist.txt format, merged under users:
+  tcp_keepalive: boolean; // SO_KEEPALIVE on client and server TCP sockets
+  tcp_keepidle: number; // s before the first probe; 0 = the kernel's default
+  tcp_keepcnt: number; // only 0 (see load.ts)
+  tcp_keepintvl: number; // only 0
+  tcp_user_timeout: number; // ms; only 0
   max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;

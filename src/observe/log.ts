@@ -1,16 +1,70 @@
-// One line per event on stderr: "<ISO time> <level> <message>".
-import type { LogLevel } from '../config/types';
+// One line per event, to stderr and, with `logfile`, appended to that file too (as
+// PgBouncer does; `--quiet` leaves stderr out). log_format text: "<ISO time> <LEVEL>
+// <message>"; json: one object per line {"time","level","pid","msg"}. SIGHUP reopens the
+// file so that logrotate can move it away.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Config, LogFormat, LogLevel } from '../config/types';
 
 const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 let current: LogLevel = 'info';
+let format: LogFormat = 'text';
+let toStderr = true;
+let file: { path: string; fd: number } | null = null;
 
 export function setLogLevel(level: LogLevel): void {
   current = level;
 }
 
+export function setLogFormat(f: LogFormat): void {
+  format = f;
+}
+
+let quiet = false; // --quiet: no stderr while a logfile is open
+
+export function setQuiet(q: boolean): void {
+  quiet = q;
+}
+
+/** log_format and logfile from a config (start, reload, SET). logfile is relative to the
+ * config file's directory; the same name is reopened (RELOAD after rotation). Throws when
+ * the file cannot be opened. */
+export function configureLogging(c: Pick<Config, 'log_format' | 'logfile' | 'source'>): void {
+  format = c.log_format;
+  setLogFile(c.logfile ? path.resolve(path.dirname(c.source.file), c.logfile) : '');
+  toStderr = !quiet || !file;
+}
+
+/** Opens (or reopens: same path after rotation, or a new one) the log file; '' closes it.
+ * Throws when the file cannot be opened; the previous file stays in use then. */
+export function setLogFile(path: string): void {
+  if (path === '') {
+    if (file) fs.closeSync(file.fd);
+    file = null;
+    return;
+  }
+  const fd = fs.openSync(path, 'a', 0o640);
+  if (file) fs.closeSync(file.fd);
+  file = { path, fd };
+}
+
+export function formatLine(level: LogLevel, msg: string, now = new Date()): string {
+  if (format === 'json') return JSON.stringify({ time: now.toISOString(), level, pid: process.pid, msg }) + '\n';
+  return `${now.toISOString()} ${level.toUpperCase()} ${msg}\n`;
+}
+
 function emit(level: LogLevel, msg: string): void {
   if (ORDER[level] > ORDER[current]) return;
-  process.stderr.write(`${new Date().toISOString()} ${level.toUpperCase()} ${msg}\n`);
+  const line = formatLine(level, msg);
+  if (toStderr || !file) process.stderr.write(line);
+  if (file) {
+    try {
+      fs.writeSync(file.fd, line);
+    } catch {
+      // A full disk must not stop the proxy; stderr still has the line.
+      if (!toStderr) process.stderr.write(line);
+    }
+  }
 }
 
 export const log = {

@@ -168,8 +168,20 @@ export class MetricsServer {
           );
           return;
         }
+        // Liveness: the event loop answered, so the process is not wedged.
+        if (url === '/healthz') {
+          res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok\n');
+          return;
+        }
+        // Readiness: the config is loaded, every listener is open, the proxy is not paused as a
+        // whole (PAUSE / SIGUSR1) and not shutting down. 503 with the reason otherwise.
+        if (url === '/readyz') {
+          const r = this.control.readiness();
+          res.writeHead(r.ready ? 200 : 503, { 'Content-Type': 'text/plain' }).end(`${r.ready ? 'ready' : 'not ready'}: ${r.reason}\n`);
+          return;
+        }
         if (url === '/') {
-          res.writeHead(200, { 'Content-Type': 'text/plain' }).end('pgsplice: metrics at /metrics\n');
+          res.writeHead(200, { 'Content-Type': 'text/plain' }).end('pgsplice: metrics at /metrics, health at /healthz and /readyz\n');
           return;
         }
         res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');

@@ -277,7 +277,27 @@ export class Pooler implements ClientHost, ConnectionBudget {
       return null;
     }
     const others = this.clients.size - this.adminClients.size - (this.clients.has(client) ? 1 : 0);
-    return others >= this.config.max_client_conn ? this.tooManyClients() : null;
+    if (others >= this.config.max_client_conn) return this.tooManyClients();
+    // PgBouncer's max_db_client_connections / max_user_client_connections: clients counted
+    // as max_client_conn counts them (connected, past their startup packet), by the database
+    // name they asked for and by user name.
+    const dbLimit = this.databaseConfig(client.database)?.max_db_client_connections ?? this.config.max_db_client_connections;
+    const userLimit = this.config.users.get(client.user)?.max_user_client_connections ?? this.config.max_user_client_connections;
+    if (dbLimit === 0 && userLimit === 0) return null;
+    let sameDb = 0;
+    let sameUser = 0;
+    for (const c of this.clients) {
+      if (c === client || this.adminClients.has(c) || c.state === ClientState.Closed) continue;
+      if (c.database === client.database) sameDb++;
+      if (c.user === client.user) sameUser++;
+    }
+    if (dbLimit > 0 && sameDb >= dbLimit) {
+      return { code: SqlState.TooManyConnections, message: `no more connections allowed to database "${client.database}" (max_db_client_connections ${dbLimit})` };
+    }
+    if (userLimit > 0 && sameUser >= userLimit) {
+      return { code: SqlState.TooManyConnections, message: `no more connections allowed for user "${client.user}" (max_user_client_connections ${userLimit})` };
+    }
+    return null;
   }
   private adminClients = new Set<ClientConnection>(); // not counted against max_client_conn
 

@@ -1,5 +1,5 @@
 // Helpers of the kernel-path end-to-end tests (test/kernel-*.test.ts): a config with an
-// admin user, the proxy's counters (SIGUSR1 line and SHOW BYPASS / POOLS / CLIENTS), the
+// admin user, the proxy's counters (SHOW SUMMARY and SHOW BYPASS / POOLS / CLIENTS), the
 // proxy's RSS, pgbench output, and the failure log the lead reads.
 import * as fs from 'node:fs';
 import { Cluster, proxyConfig, run, libpqEnv, sleep } from './cluster';
@@ -56,15 +56,12 @@ export function parseStatsLine(line: string): Record<string, string> {
   return out;
 }
 
-// Sends SIGUSR1 and returns the counters line the proxy logs for it.
-export async function statsLine(proxy: ProxyHandle, timeoutMs = 5000): Promise<Record<string, string>> {
-  // Node opens its inspector on a SIGUSR1 that arrives before the proxy's handler exists:
-  // wait for the line the proxy logs once its signal handlers are in place.
-  await proxy.waitForLog(/pgsplice .* started/, timeoutMs);
-  const from = proxy.logs().length;
-  proxy.proc.kill('SIGUSR1');
-  const line = await proxy.waitForLog(/stats: /, timeoutMs, from);
-  return parseStatsLine(line);
+// The counters line (clients, pools, user_xacts, then SHOW BYPASS's keys) from the admin
+// console's SHOW SUMMARY, as a record.
+export async function statsLine(proxy: ProxyHandle, timeoutMs = 20000): Promise<Record<string, string>> {
+  const rows = await adminRows(proxy, 'SHOW SUMMARY', timeoutMs);
+  if (rows.length !== 1) throw new Error(`SHOW SUMMARY: expected one row, got ${JSON.stringify(rows)}`);
+  return parseStatsLine(rows[0].summary);
 }
 
 export const num = (s: string | undefined): number => (s === undefined || s === '' ? NaN : Number(s));

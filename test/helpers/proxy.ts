@@ -22,6 +22,8 @@ export interface ProxyOptions {
   extraArgs?: string[];
   // Signal used to kill the proxy at teardown if it still runs.
   killSignal?: NodeJS.Signals;
+  // The program to run instead of node dist/src/cli.js (an installed `pgsplice` binary).
+  command?: string;
 }
 
 export interface ExitStatus {
@@ -89,8 +91,10 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   requireCli();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
   const configFile = writeConfig(config, dir);
-  const args = [CLI, '--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
-  const proc = spawn(process.execPath, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
+  const proc = opts.command
+    ? spawn(opts.command, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   let exit: ExitStatus | undefined;
   const waiters = new Set<() => void>();
