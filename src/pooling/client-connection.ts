@@ -35,6 +35,7 @@ import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from '../
 import { ReplyAction, ReplyEnd } from '../session/reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from '../protocol/request-format';
+import { joinAdjacent } from '../protocol/contiguous';
 import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 
@@ -574,7 +575,8 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private writeToServer(server: ServerConnection, units: RequestUnit[]): void {
-    const out = this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]);
+    // What passed unchanged is rejoined: usually the client's chunk goes out as it came.
+    const out = joinAdjacent(this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]));
     let ok = true;
     if (out.length > 1) server.socket.cork(); // one writev, not a write per message
     for (const b of out) ok = server.write(b);
@@ -1029,7 +1031,7 @@ function rawBytes(units: RequestUnit[]): Buffer[] {
   const out: Buffer[] = [];
   for (const u of units) {
     if (Buffer.isBuffer(u)) out.push(u);
-    else if (typeof u !== 'number') out.push(message(u.type, u.body));
+    else if (typeof u !== 'number') out.push(u.raw ?? message(u.type, u.body));
   }
-  return out;
+  return joinAdjacent(out);
 }

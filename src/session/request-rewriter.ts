@@ -90,10 +90,17 @@ export class RequestRewriter {
     if (due.length) this.deliver(due, server);
   }
 
+  // A reply that passes as it is and that nobody waits on: counted, no object queued.
+  private pass(server: ServerConnection, end: ReplyEnd, sync = false): void {
+    server.replies.expectPass(end, sync);
+  }
+
   // A message passed as raw bytes: its reply is the client's own.
   private marker(type: number, server: ServerConnection): void {
     const end = MARKER_ENDS.get(type) ?? ReplyEnd.Ready;
-    this.expect(server, { end, action: ReplyAction.Pass, sync: type === Frontend.Sync, onTag: type === Frontend.Execute ? this.bound.onTag : undefined });
+    const onTag = type === Frontend.Execute ? this.bound.onTag : undefined;
+    if (!onTag) return this.pass(server, end, type === Frontend.Sync);
+    this.expect(server, { end, action: ReplyAction.Pass, onTag });
   }
 
   private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {
@@ -113,7 +120,7 @@ export class RequestRewriter {
         if (kind !== 0x53 || name === '' || this.opts.maxPreparedStatements === 0) {
           if (!isDescribe && kind === 0x53 && name) {
             this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
-          } else this.expect(server, { end, action: ReplyAction.Pass });
+          } else this.pass(server, end);
           out.push(...raw());
           return;
         }
@@ -122,7 +129,7 @@ export class RequestRewriter {
           if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${name}" does not exist`);
           this.ensurePrepared(entry, server, out);
           out.push(describeStatement(entry.serverName));
-          this.expect(server, { end, action: ReplyAction.Pass });
+          this.pass(server, end);
           return;
         }
         // Close: the client's name goes; the server keeps the statement for others.
@@ -141,13 +148,13 @@ export class RequestRewriter {
     const effects = mayAffectSession(sql) ? classifySql(sql) : [];
     if (effects.length === 0) {
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.Ready);
       return;
     }
     const refused = this.session.rejection(effects);
     if (refused) {
       out.push(query(raiseSql(refused.message)));
-      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.Ready);
       return;
     }
     const dealloc = this.deallocateTarget(sql, effects);
@@ -178,7 +185,7 @@ export class RequestRewriter {
       } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
       if (refused || dealloc) out.push(parseMessage('', rest));
       else out.push(...raw());
-      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.ParseComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
@@ -214,13 +221,13 @@ export class RequestRewriter {
       this.bound = this.unnamed;
       this.session.began(this.bound.effects);
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.BindComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
       this.bound = { effects: [], onTag: undefined };
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.BindComplete);
       return;
     }
     const entry = this.statements.get(at.name);
@@ -230,7 +237,7 @@ export class RequestRewriter {
     this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
     this.session.began(entry.effects);
     out.push(bindWithStatement(body, at, entry.serverName));
-    this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+    this.pass(server, ReplyEnd.BindComplete);
   }
 
   // Prepares a client's statement on this server if it is not there yet; the client
