@@ -73,7 +73,11 @@ export interface ClientHost {
 let nextClientId = 1;
 const CLIENT_CAPTURE = captureSet('');
 const REWRITE_CAPTURE = captureSet(REWRITTEN_TYPES);
-const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much ahead of its server
+const encryptionBit = (code: number): number => (code === SSL_REQUEST_CODE ? 1 : 2);
+const MAX_PENDING_BYTES = 1 << 20;
+// Shared empties for what a logged-in client no longer needs (never written to).
+const NO_STARTUP: Map<string, string> = new Map();
+const NO_NAMES: Set<string> = new Set(); // stop reading a client that sends this much ahead of its server
 
 export class ClientConnection implements ServerPeer, Guarded {
   readonly id = nextClientId++;
@@ -85,7 +89,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   database = '';
   appName = '';
   readonly settings = new Map<string, string>(); // tracked and startup settings
-  private readonly startupNames = new Set<string>(); // settings the client sent at startup
+  private startupNames: Set<string> | null = null; // settings the client sent at startup (session mode)
   readonly cancelPid: number;
   readonly cancelKey: number;
   pool: Pool | null = null;
@@ -111,7 +115,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   private terminated = false;
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
-  private encryptionAnswered = new Set<number>();
+  private encryptionAnswered = 0; // bits: SSL (1) and GSS (2) requests answered
   // The server the kernel has bound to this client while its own bytes still reach user space.
   get kernelServer(): ServerConnection | null {
     return this.boundServer;
@@ -248,9 +252,9 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private onStartupPacket(pkt: Buffer): void {
     const code = pkt.readInt32BE(0);
-    if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !this.encryptionAnswered.has(code)) {
+    if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !(this.encryptionAnswered & encryptionBit(code))) {
       if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
-      this.encryptionAnswered.add(code); // a repeated request is a bad startup packet, as in PostgreSQL
+      this.encryptionAnswered |= encryptionBit(code); // a repeated request is a bad startup packet, as in PostgreSQL
       if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
       const tls = code === SSL_REQUEST_CODE ? this.host.clientTls?.(this.socket) : null;
       if (!tls) {
@@ -446,15 +450,18 @@ export class ClientConnection implements ServerPeer, Guarded {
   private finishLogin(serverParams: Map<string, string>): void {
     if (this.state !== ClientState.Login) return;
     if (this.loginTimer) clearTimeout(this.loginTimer);
+    this.loginTimer = null;
     this.framer.maxLength = MAX_MESSAGE_LENGTH; // the admin console frames after login
     for (const k of TRACKED_PARAMETERS) {
       const v = serverParams.get(k);
       if (v !== undefined) this.settings.set(k, v);
     }
+    const session = this.pool?.settings.mode === 'session';
     for (const [k, v] of startupSettings(this.startup)) {
       this.settings.set(k, v);
-      this.startupNames.add(k);
+      if (session) (this.startupNames ??= new Set()).add(k);
     }
+    this.startup = NO_STARTUP; // login is over: nothing reads the startup packet again
     this.appName = this.settings.get('application_name') ?? '';
     const pool = this.pool;
     if (pool && pool.settings.mode !== 'session') {
@@ -642,7 +649,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     const session = this.pool!.settings.mode === 'session';
     // Session mode: the pool's servers were opened with the client's startup settings;
     // only those not in the pool key can differ. Transaction mode: all the client has.
-    const sql = settingsSql(this.settings, server, session ? this.startupNames : undefined);
+    const sql = settingsSql(this.settings, server, session ? (this.startupNames ?? NO_NAMES) : undefined);
     if (sql) {
       server.runInternal(sql).then(
         this.guard(() => {
@@ -800,7 +807,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (this.pool!.settings.mode === 'session') return;
     const session = this.rewriter?.session;
     if (session?.pinned) return; // keeps its server while the state it left there exists
-    if (session && (session.pendingParameters.size || session.resetAll)) return this.readBackSettings(server);
+    if (session && (session.hasPendingParameters || session.resetAll)) return this.readBackSettings(server);
     this.detach(server);
   }
 

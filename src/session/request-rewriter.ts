@@ -37,6 +37,9 @@ const PARSE_COMPLETE = complete('1');
 const CLOSE_COMPLETE = complete('3');
 
 type TagHandler = ((tag: string) => void) | undefined;
+// What the unnamed statement (or the bound portal) does to the session: replaced, never changed.
+interface Bound { readonly effects: SessionEffect[]; readonly onTag: TagHandler }
+const NOTHING_BOUND: Bound = Object.freeze({ effects: [], onTag: undefined });
 
 export interface RewriterOptions {
   maxPreparedStatements: number; // 0: named statements pass through and pin the client
@@ -46,11 +49,11 @@ export interface RewriterOptions {
 export class RequestRewriter {
   readonly statements = new Map<string, ClientStatement>();
   readonly session: SessionState;
-  private unnamed: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  private unnamed: Bound = NOTHING_BOUND;
   // The transaction bound a named statement: the next one likely does too, and the kernel
   // would only hand it back (the bypass controller keeps such a client in user space).
   namedInTransaction = false;
-  private bound: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  private bound: Bound = NOTHING_BOUND;
 
   constructor(
     private readonly opts: RewriterOptions,
@@ -225,7 +228,7 @@ export class RequestRewriter {
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
-      this.bound = { effects: [], onTag: undefined };
+      this.bound = NOTHING_BOUND;
       out.push(...raw());
       this.pass(server, ReplyEnd.BindComplete);
       return;
