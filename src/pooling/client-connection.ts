@@ -71,6 +71,8 @@ export interface ClientHost {
 }
 
 let nextClientId = 1;
+const OWNER = Symbol('pgsplice client');
+type ClientSocket = net.Socket & { [OWNER]?: ClientConnection };
 const CLIENT_CAPTURE = captureSet('');
 const REWRITE_CAPTURE = captureSet(REWRITTEN_TYPES);
 const encryptionBit = (code: number): number => (code === SSL_REQUEST_CODE ? 1 : 2);
@@ -146,12 +148,33 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
   }
 
-  private readonly onSocketData = (d: Buffer) => this.onData(d); // onData has its own boundary
-
+  // The socket's handlers are shared by all clients and find theirs on the socket: three
+  // closures per client would be a good part of what an idle client costs.
   private listenTo(sock: net.Socket): void {
-    sock.on('data', this.onSocketData);
-    sock.on('error', this.guard((e: Error) => this.close(`socket error: ${e.message}`)));
-    sock.on('close', this.guard(() => this.close('client closed the connection')));
+    (sock as ClientSocket)[OWNER] = this;
+    sock.on('data', ClientConnection.onSocketData);
+    sock.on('error', ClientConnection.onSocketError);
+    sock.on('close', ClientConnection.onSocketClose);
+  }
+
+  private static onSocketData(this: ClientSocket, d: Buffer): void {
+    this[OWNER]?.onData(d); // onData has its own boundary
+  }
+
+  private static onSocketError(this: ClientSocket, e: Error): void {
+    this[OWNER]?.closeGuarded(`socket error: ${e.message}`);
+  }
+
+  private static onSocketClose(this: ClientSocket): void {
+    this[OWNER]?.closeGuarded('client closed the connection');
+  }
+
+  private closeGuarded(reason: string): void {
+    try {
+      this.close(reason);
+    } catch (e) {
+      this.failWith(e);
+    }
   }
 
   // ---- the error boundary: whatever this connection's handlers throw ends it alone ----
@@ -263,7 +286,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       }
       this.socket.write('S');
       // From here on the client speaks TLS: its bytes arrive through the TLS socket.
-      this.socket.off('data', this.onSocketData);
+      this.socket.off('data', ClientConnection.onSocketData);
       tls.accept(this.socket, this.guard((sock: net.Socket) => {
         if (this.state === ClientState.Closed) return sock.destroy();
         this.socket = sock;
