@@ -34,6 +34,7 @@ import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from '../
 import { ReplyAction, ReplyEnd } from '../session/reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from '../protocol/request-format';
+import { joinAdjacent } from '../protocol/contiguous';
 import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 
@@ -79,9 +80,15 @@ export interface ClientKernel {
 }
 
 let nextClientId = 1;
+const OWNER = Symbol('pgsplice client');
+type ClientSocket = net.Socket & { [OWNER]?: ClientConnection };
 const CLIENT_CAPTURE = captureSet('');
 const REWRITE_CAPTURE = captureSet(REWRITTEN_TYPES);
-const MAX_PENDING_BYTES = 1 << 20; // stop reading a client that sends this much ahead of its server
+const encryptionBit = (code: number): number => (code === SSL_REQUEST_CODE ? 1 : 2);
+const MAX_PENDING_BYTES = 1 << 20;
+// Shared empties for what a logged-in client no longer needs (never written to).
+const NO_STARTUP: Map<string, string> = new Map();
+const NO_NAMES: Set<string> = new Set(); // stop reading a client that sends this much ahead of its server
 
 export class ClientConnection implements ServerPeer, Guarded {
   readonly id = nextClientId++;
@@ -93,7 +100,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   database = '';
   appName = '';
   readonly settings = new Map<string, string>(); // tracked and startup settings
-  private readonly startupNames = new Set<string>(); // settings the client sent at startup
+  private startupNames: Set<string> | null = null; // settings the client sent at startup (session mode)
   readonly cancelPid: number;
   readonly cancelKey: number;
   pool: Pool | null = null;
@@ -119,7 +126,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   private terminated = false;
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
-  private encryptionAnswered = new Set<number>();
+  private encryptionAnswered = 0; // bits: SSL (1) and GSS (2) requests answered
   // The server the kernel has bound to this client while its own bytes still reach user space.
   get kernelServer(): ServerConnection | null {
     return this.boundServer;
@@ -158,12 +165,33 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
   }
 
-  private readonly onSocketData = (d: Buffer) => this.onData(d); // onData has its own boundary
-
+  // The socket's handlers are shared by all clients and find theirs on the socket: three
+  // closures per client would be a good part of what an idle client costs.
   private listenTo(sock: net.Socket): void {
-    sock.on('data', this.onSocketData);
-    sock.on('error', this.guard((e: Error) => this.close(`socket error: ${e.message}`)));
-    sock.on('close', this.guard(() => this.close('client closed the connection')));
+    (sock as ClientSocket)[OWNER] = this;
+    sock.on('data', ClientConnection.onSocketData);
+    sock.on('error', ClientConnection.onSocketError);
+    sock.on('close', ClientConnection.onSocketClose);
+  }
+
+  private static onSocketData(this: ClientSocket, d: Buffer): void {
+    this[OWNER]?.onData(d); // onData has its own boundary
+  }
+
+  private static onSocketError(this: ClientSocket, e: Error): void {
+    this[OWNER]?.closeGuarded(`socket error: ${e.message}`);
+  }
+
+  private static onSocketClose(this: ClientSocket): void {
+    this[OWNER]?.closeGuarded('client closed the connection');
+  }
+
+  private closeGuarded(reason: string): void {
+    try {
+      this.close(reason);
+    } catch (e) {
+      this.failWith(e);
+    }
   }
 
   // ---- the error boundary: whatever this connection's handlers throw ends it alone ----
@@ -264,9 +292,9 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private onStartupPacket(pkt: Buffer): void {
     const code = pkt.readInt32BE(0);
-    if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !this.encryptionAnswered.has(code)) {
+    if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !(this.encryptionAnswered & encryptionBit(code))) {
       if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
-      this.encryptionAnswered.add(code); // a repeated request is a bad startup packet, as in PostgreSQL
+      this.encryptionAnswered |= encryptionBit(code); // a repeated request is a bad startup packet, as in PostgreSQL
       if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
       const tls = code === SSL_REQUEST_CODE ? this.host.clientTls?.(this.socket) : null;
       if (!tls) {
@@ -275,7 +303,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       }
       this.socket.write('S');
       // From here on the client speaks TLS: its bytes arrive through the TLS socket.
-      this.socket.off('data', this.onSocketData);
+      this.socket.off('data', ClientConnection.onSocketData);
       tls.accept(this.socket, this.guard((sock: net.Socket) => {
         if (this.state === ClientState.Closed) return sock.destroy();
         this.socket = sock;
@@ -462,15 +490,18 @@ export class ClientConnection implements ServerPeer, Guarded {
   private finishLogin(serverParams: Map<string, string>): void {
     if (this.state !== ClientState.Login) return;
     if (this.loginTimer) clearTimeout(this.loginTimer);
+    this.loginTimer = null;
     this.framer.maxLength = MAX_MESSAGE_LENGTH; // the admin console frames after login
     for (const k of TRACKED_PARAMETERS) {
       const v = serverParams.get(k);
       if (v !== undefined) this.settings.set(k, v);
     }
+    const session = this.pool?.settings.mode === 'session';
     for (const [k, v] of startupSettings(this.startup)) {
       this.settings.set(k, v);
-      this.startupNames.add(k);
+      if (session) (this.startupNames ??= new Set()).add(k);
     }
+    this.startup = NO_STARTUP; // login is over: nothing reads the startup packet again
     this.appName = this.settings.get('application_name') ?? '';
     const pool = this.pool;
     if (pool && pool.settings.mode !== 'session') {
@@ -593,7 +624,8 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private writeToServer(server: ServerConnection, units: RequestUnit[]): void {
-    const out = this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]);
+    // What passed unchanged is rejoined: usually the client's chunk goes out as it came.
+    const out = joinAdjacent(this.rewriter ? this.rewriter.write(units, server) : (units as Buffer[]));
     let ok = true;
     if (out.length > 1) server.socket.cork(); // one writev, not a write per message
     for (const b of out) ok = server.write(b);
@@ -659,7 +691,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     const session = this.pool!.settings.mode === 'session';
     // Session mode: the pool's servers were opened with the client's startup settings;
     // only those not in the pool key can differ. Transaction mode: all the client has.
-    const sql = settingsSql(this.settings, server, session ? this.startupNames : undefined);
+    const sql = settingsSql(this.settings, server, session ? (this.startupNames ?? NO_NAMES) : undefined);
     if (sql) {
       server.runInternal(sql).then(
         this.guard(() => {
@@ -822,7 +854,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (this.pool!.settings.mode === 'session') return;
     const session = this.rewriter?.session;
     if (session?.pinned) return; // keeps its server while the state it left there exists
-    if (session && (session.pendingParameters.size || session.resetAll)) return this.readBackSettings(server);
+    if (session && (session.hasPendingParameters || session.resetAll)) return this.readBackSettings(server);
     this.detach(server);
   }
 
@@ -1052,7 +1084,7 @@ function rawBytes(units: RequestUnit[]): Buffer[] {
   const out: Buffer[] = [];
   for (const u of units) {
     if (Buffer.isBuffer(u)) out.push(u);
-    else if (typeof u !== 'number') out.push(message(u.type, u.body));
+    else if (typeof u !== 'number') out.push(u.raw ?? message(u.type, u.body));
   }
-  return out;
+  return joinAdjacent(out);
 }

@@ -300,8 +300,10 @@ export class ServerConnection extends EventEmitter {
   private onBytes(chunk: Buffer): void {
     const peer = this.state === ServerState.Active ? this.peer : null;
     const ready: TxStatus[] = [];
-    // While the proxy rewrites the client's requests, the replies are cut and spliced.
-    const replies = peer && !this.replies.idle ? this.replies : null;
+    // While the proxy rewrites the client's requests, the replies are cut and spliced;
+    // while every reply expected passes as it is, they are only counted.
+    const counted = peer && !this.replies.idle ? this.replies : null;
+    const replies = counted && !counted.transparent ? counted : null; // (stays transparent within a chunk: nothing is queued meanwhile)
     const tracker = peer && !this.internal ? peer.tracker : undefined;
     const pieces: Buffer[] = [];
     let from = 0;
@@ -342,7 +344,7 @@ export class ServerConnection extends EventEmitter {
             from = m.end;
             pieces.push(...extra);
           }
-        }
+        } else if (counted) counted.onMessage(m.type, m.body); // passes: nothing to add or hide
         lastEnd = m.end;
       });
     } catch (e) {

@@ -15,7 +15,7 @@ export interface ScannedMessage {
 }
 
 export class StreamScanner {
-  private header = Buffer.alloc(5);
+  private header: Buffer | null = null; // a header split across chunks, gathered (rare: allocated then)
   private headerLen = 0;
   private type = 0;
   private length = 0;
@@ -47,18 +47,19 @@ export class StreamScanner {
     this.into = null;
     this.filled = 0;
     this.bodyLost = false;
+    const header = (this.header ??= Buffer.alloc(5));
     if (pos.hdrLen >= 5) {
-      pos.hdr.copy(this.header, 0, 0, 5);
+      pos.hdr.copy(header, 0, 0, 5);
       this.headerLen = 5;
-      this.type = this.header[0];
-      this.length = this.header.readInt32BE(1);
+      this.type = header[0];
+      this.length = header.readInt32BE(1);
       this.remaining = this.length - 4 - (pos.hdrLen - 5);
       if (this.capture[this.type]) {
         this.collecting = pos.hdrLen > 5 ? [Buffer.from(pos.hdr.subarray(5, pos.hdrLen))] : [];
         this.filled = pos.hdrLen - 5;
       }
     } else if (pos.hdrLen > 0) {
-      pos.hdr.copy(this.header, 0, 0, pos.hdrLen);
+      pos.hdr.copy(header, 0, 0, pos.hdrLen);
       this.headerLen = pos.hdrLen;
       this.remaining = 0;
     } else if (pos.remaining > 0) {
@@ -79,13 +80,13 @@ export class StreamScanner {
   // none of it was lost to a resume): a caller that rewrites it holds back its bytes.
   get deliversBody(): boolean {
     if (this.atBoundary) return false;
-    if (this.headerLen < 5) return this.capture[this.header[0]] === 1;
+    if (this.headerLen < 5) return this.capture[this.header![0]] === 1;
     return this.collecting !== null && !this.bodyLost;
   }
 
   // Type of the message in progress (valid when !atBoundary and the header is complete).
   get currentType(): number {
-    return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header[0] : 0;
+    return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header![0] : 0;
   }
 
   // Calls onMessage for every message that completes inside chunk, in order.
@@ -94,20 +95,40 @@ export class StreamScanner {
     const n = chunk.length;
     while (pos < n) {
       if (this.remaining === 0 && this.headerLen < 5) {
-        if (this.headerLen === 0) this.startBase = pos;
-        const take = Math.min(5 - this.headerLen, n - pos);
-        chunk.copy(this.header, this.headerLen, pos, pos + take);
-        this.headerLen += take;
-        pos += take;
-        if (this.headerLen < 5) break;
-        this.type = this.header[0];
-        this.length = this.header.readInt32BE(1);
+        if (this.headerLen === 0 && n - pos >= 5) {
+          // the usual case: the whole header is here, read where it is
+          this.startBase = pos;
+          this.type = chunk[pos];
+          this.length = chunk.readInt32BE(pos + 1);
+          this.headerLen = 5;
+          pos += 5;
+        } else {
+          if (this.headerLen === 0) this.startBase = pos;
+          const header = (this.header ??= Buffer.alloc(5));
+          const take = Math.min(5 - this.headerLen, n - pos);
+          chunk.copy(header, this.headerLen, pos, pos + take);
+          this.headerLen += take;
+          pos += take;
+          if (this.headerLen < 5) break;
+          this.type = header[0];
+          this.length = header.readInt32BE(1);
+        }
         if (this.length < 4 || this.length > this.maxLength) {
           throw new ProtocolError(`invalid message length ${this.length} for message type "${printable(this.type)}"`);
         }
         this.remaining = this.length - 4;
-        this.collecting = this.capture[this.type] ? [] : null;
         this.bodyLost = false;
+        if (this.capture[this.type] && this.remaining <= n - pos) {
+          // a wanted body wholly in this chunk: a view of it, nothing gathered
+          const end = pos + this.remaining;
+          this.remaining = 0;
+          this.collecting = null;
+          this.headerLen = 0;
+          onMessage({ type: this.type, length: this.length, body: chunk.subarray(pos, end), start: this.startBase, end });
+          pos = end;
+          continue;
+        }
+        this.collecting = this.capture[this.type] ? [] : null;
         if (this.remaining === 0) {
           this.finish(pos, onMessage);
           continue;

@@ -53,20 +53,50 @@ const FINAL_TYPES = new Set([c('1'), c('2'), c('3'), c('T'), c('n'), c('C'), c('
 // Sent at any time; they belong to no request.
 const ASYNC_TYPES = new Set([Backend.NoticeResponse, Backend.NotificationResponse, Backend.ParameterStatus]);
 
+// A plain expectation (the reply passes as it is, nobody waits on it) is queued as a
+// number, not an object: most requests are plain, and their replies only need counting.
+type Plain = number; // ReplyEnd, | PLAIN_SYNC for a Sync
+const PLAIN_SYNC = 0x100;
+type Entry = Expectation | Plain;
+const NOTHING = Object.freeze([]) as unknown as Buffer[]; // never written to
+
+const endOf = (e: Entry): ReplyEnd => (typeof e === 'number' ? (e & 0xff) as ReplyEnd : e.end);
+const actionOf = (e: Entry): ReplyAction => (typeof e === 'number' ? ReplyAction.Pass : e.action);
+const isSync = (e: Entry): boolean => (typeof e === 'number' ? (e & PLAIN_SYNC) !== 0 : e.sync === true);
+
 export class ReplyFilter {
-  private queue: Expectation[] = [];
+  private queue: Entry[] = [];
   private head = 0;
   private readonly skip = new SkipToSync(); // an extended-protocol request failed: the server skips to Sync
+  private objects = 0; // entries in the queue that are not plain
 
   // Nothing expected: replies pass untouched (the fast path).
   get idle(): boolean {
     return this.head === this.queue.length && !this.skip.active;
   }
 
+  // Every reply now expected passes as it is: the caller forwards the server's bytes
+  // whole and only reports the messages (onMessage) to keep the count.
+  get transparent(): boolean {
+    return this.objects === 0;
+  }
+
+  // Queues a plain expectation: the reply to a request written now passes as it is.
+  expectPass(end: ReplyEnd, sync = false): void {
+    // Skipped by the server after an error (nothing ahead of it): settled at once.
+    if (this.skip.active && !sync && this.head === this.queue.length) return;
+    this.queue.push(sync ? end | PLAIN_SYNC : end);
+  }
+
   // Queues what the reply to a request written now looks like. Synthetic replies that
   // are due at once are returned for the caller to send.
   expect(e: Expectation): Buffer[] {
+    if (e.action === ReplyAction.Pass && e.end !== ReplyEnd.Finals && !e.onDone && !e.onFail && !e.onTag) {
+      this.expectPass(e.end, e.sync);
+      return NOTHING;
+    }
     this.queue.push(e);
+    this.objects++;
     return this.drain();
   }
 
@@ -74,7 +104,7 @@ export class ReplyFilter {
   hides(type: number): boolean {
     if (ASYNC_TYPES.has(type)) return false;
     const h = this.current();
-    if (!h) return false;
+    if (h === undefined || typeof h === 'number') return false;
     if (type === Backend.ErrorResponse) return h.action === ReplyAction.ErrorAs;
     return h.action === ReplyAction.Drop || h.action === ReplyAction.ErrorAs;
   }
@@ -82,26 +112,26 @@ export class ReplyFilter {
   // A whole server message went by. Returns what to send the client in its place
   // (null: the message itself, unless hides() said so) and after it.
   onMessage(type: number, body: Buffer | undefined): Buffer[] {
-    if (ASYNC_TYPES.has(type)) return [];
+    if (ASYNC_TYPES.has(type)) return NOTHING;
     const h = this.current();
-    if (!h) return [];
-    const out: Buffer[] = [];
+    if (h === undefined) return NOTHING;
+    const end = endOf(h);
     if (type === Backend.ErrorResponse) {
-      if (h.end === ReplyEnd.Ready) return []; // part of a Query's reply, or a Sync's: no skip
-      if (h.action === ReplyAction.ErrorAs && h.reply) out.push(h.reply);
+      if (end === ReplyEnd.Ready) return NOTHING; // part of a Query's reply, or a Sync's
+      const out: Buffer[] = [];
+      if (typeof h !== 'number' && h.action === ReplyAction.ErrorAs && h.reply) out.push(h.reply);
       this.pop(false);
       this.skip.failed(Unit.Extended);
-      out.push(...this.drain());
-      return out;
+      return this.drainInto(out);
     }
-    if (type === c('C') && h.onTag && body) h.onTag(body.toString('utf8', 0, Math.max(0, body.length - 1)));
-    if (h.end === ReplyEnd.Finals) {
-      if (FINAL_TYPES.has(type) && --h.count! <= 0) this.pop(true);
-    } else if (ENDS[type]?.includes(h.end)) {
+    if (typeof h !== 'number' && type === c('C') && h.onTag && body) h.onTag(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+    if (end === ReplyEnd.Finals) {
+      const f = h as Expectation;
+      if (FINAL_TYPES.has(type) && --f.count! <= 0) this.pop(true);
+    } else if (ENDS[type]?.includes(end)) {
       this.pop(true);
     }
-    out.push(...this.drain());
-    return out;
+    return this.objects === 0 ? NOTHING : this.drainInto(null);
   }
 
   // An extended-protocol request already failed before the filter saw its reply (the
@@ -112,39 +142,48 @@ export class ReplyFilter {
 
   // Drops all expectations (the server is being reset or closed).
   clear(): void {
-    for (let i = this.head; i < this.queue.length; i++) this.queue[i].onFail?.();
+    for (let i = this.head; i < this.queue.length; i++) {
+      const e = this.queue[i];
+      if (typeof e !== 'number') e.onFail?.();
+    }
     this.queue = [];
     this.head = 0;
     this.skip.reset();
+    this.objects = 0;
   }
 
-  private current(): Expectation | undefined {
+  private current(): Entry | undefined {
     return this.head < this.queue.length ? this.queue[this.head] : undefined;
   }
 
   private pop(ok: boolean): void {
     const e = this.queue[this.head++];
     if (this.head === this.queue.length) {
-      this.queue = [];
+      this.queue.length = 0; // kept: the next request reuses it
       this.head = 0;
     }
+    if (typeof e === 'number') return;
+    this.objects--;
     if (ok) e.onDone?.();
     else e.onFail?.();
+  }
+
+  private drain(): Buffer[] {
+    return this.drainInto(null);
   }
 
   // Settles the head while it needs no server reply: synthetic replies become due, and
   // while skipping, everything before the next Sync is skipped by the server too (the
   // skip ends when the server reaches that Sync; its ReadyForQuery is still awaited).
-  private drain(): Buffer[] {
-    const out: Buffer[] = [];
-    for (let h = this.current(); h; h = this.current()) {
-      if (!this.skip.reaches(h.sync ? Unit.Sync : h.end === ReplyEnd.Ready ? Unit.Query : Unit.Extended)) this.pop(false);
-      else if (h.action === ReplyAction.Synthetic) {
-        out.push(h.reply!);
+  private drainInto(out: Buffer[] | null): Buffer[] {
+    for (let h = this.current(); h !== undefined; h = this.current()) {
+      if (!this.skip.reaches(isSync(h) ? Unit.Sync : endOf(h) === ReplyEnd.Ready ? Unit.Query : Unit.Extended)) this.pop(false);
+      else if (actionOf(h) === ReplyAction.Synthetic) {
+        (out ??= []).push((h as Expectation).reply!);
         this.pop(true);
-      } else if (h.end === ReplyEnd.Finals && !(h.count! > 0)) this.pop(true);
+      } else if (endOf(h) === ReplyEnd.Finals && !((h as Expectation).count! > 0)) this.pop(true);
       else break;
     }
-    return out;
+    return out ?? NOTHING;
   }
 }

@@ -38,6 +38,9 @@ const PARSE_COMPLETE = complete('1');
 const CLOSE_COMPLETE = complete('3');
 
 type TagHandler = ((tag: string) => void) | undefined;
+// What the unnamed statement (or the bound portal) does to the session: replaced, never changed.
+interface Bound { readonly effects: SessionEffect[]; readonly onTag: TagHandler }
+const NOTHING_BOUND: Bound = Object.freeze({ effects: [], onTag: undefined });
 
 export interface RewriterOptions {
   maxPreparedStatements: number; // 0: named statements pass through and pin the client
@@ -47,10 +50,10 @@ export interface RewriterOptions {
 export class RequestRewriter {
   readonly statements = new Map<string, ClientStatement>();
   readonly session: SessionState;
-  private unnamed: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  private unnamed: Bound = NOTHING_BOUND;
   // The kernel path's copy of this client's confirmed statement names (controller).
   private observer: ClientStatementObserver | null = null;
-  private bound: { effects: SessionEffect[]; onTag: TagHandler } = { effects: [], onTag: undefined };
+  private bound: Bound = NOTHING_BOUND;
 
   constructor(
     private readonly opts: RewriterOptions,
@@ -148,10 +151,17 @@ export class RequestRewriter {
     if (due.length) this.deliver(due, server);
   }
 
+  // A reply that passes as it is and that nobody waits on: counted, no object queued.
+  private pass(server: ServerConnection, end: ReplyEnd, sync = false): void {
+    server.replies.expectPass(end, sync);
+  }
+
   // A message passed as raw bytes: its reply is the client's own.
   private marker(type: number, server: ServerConnection): void {
     const end = MARKER_ENDS.get(type) ?? ReplyEnd.Ready;
-    this.expect(server, { end, action: ReplyAction.Pass, sync: type === Frontend.Sync, onTag: type === Frontend.Execute ? this.bound.onTag : undefined });
+    const onTag = type === Frontend.Execute ? this.bound.onTag : undefined;
+    if (!onTag) return this.pass(server, end, type === Frontend.Sync);
+    this.expect(server, { end, action: ReplyAction.Pass, onTag });
   }
 
   private rewrite(m: ClientMessage, server: ServerConnection, out: Buffer[]): void {
@@ -171,7 +181,7 @@ export class RequestRewriter {
         if (kind !== 0x53 || name === '' || this.opts.maxPreparedStatements === 0) {
           if (!isDescribe && kind === 0x53 && name) {
             this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
-          } else this.expect(server, { end, action: ReplyAction.Pass });
+          } else this.pass(server, end);
           out.push(...raw());
           return;
         }
@@ -180,7 +190,7 @@ export class RequestRewriter {
           if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${name}" does not exist`);
           this.ensurePrepared(entry, server, out);
           out.push(describeStatement(entry.serverName));
-          this.expect(server, { end, action: ReplyAction.Pass });
+          this.pass(server, end);
           return;
         }
         // Close: the client's name goes; the server keeps the statement for others.
@@ -199,13 +209,13 @@ export class RequestRewriter {
     const effects = mayAffectSession(sql) ? classifySql(sql) : [];
     if (effects.length === 0) {
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.Ready);
       return;
     }
     const refused = this.session.rejection(effects);
     if (refused) {
       out.push(query(raiseSql(refused.message)));
-      this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.Ready);
       return;
     }
     const dealloc = this.deallocateTarget(sql, effects);
@@ -236,7 +246,7 @@ export class RequestRewriter {
       } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
       if (refused || dealloc) out.push(parseMessage('', rest));
       else out.push(...raw());
-      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.ParseComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
@@ -279,13 +289,13 @@ export class RequestRewriter {
       this.bound = this.unnamed;
       this.session.began(this.bound.effects);
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.BindComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
-      this.bound = { effects: [], onTag: undefined };
+      this.bound = NOTHING_BOUND;
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+      this.pass(server, ReplyEnd.BindComplete);
       return;
     }
     const entry = this.statements.get(at.name);
@@ -294,7 +304,7 @@ export class RequestRewriter {
     this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
     this.session.began(entry.effects);
     out.push(bindWithStatement(body, at, entry.serverName));
-    this.expect(server, { end: ReplyEnd.BindComplete, action: ReplyAction.Pass });
+    this.pass(server, ReplyEnd.BindComplete);
   }
 
   // Prepares a client's statement on this server if it is not there yet; the client

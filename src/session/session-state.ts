@@ -22,15 +22,27 @@ const REMOVAL_TAGS: Record<string, string[]> = {
 };
 
 export class SessionState {
-  private readonly listening = new Set<string>();
+  // The sets are made at their first entry: most clients never need one.
+  private listening: Set<string> | null = null;
   private allListening = false; // a LISTEN on a channel we could not name
   private advisoryLocks = 0;
   private tempTables = false;
-  private readonly sqlPrepared = new Set<string>();
-  private readonly holdCursors = new Set<string>();
+  private sqlPrepared: Set<string> | null = null;
+  private holdCursors: Set<string> | null = null;
   private pinnedParameters = false;
-  readonly protocolNamed = new Set<string>(); // named statements passed through (max_prepared_statements 0)
-  readonly pendingParameters = new Set<string>(); // to read back before the server is given up
+  private named: Set<string> | null = null;
+  private pending: Set<string> | null = null;
+  // Named statements passed through (max_prepared_statements 0).
+  get protocolNamed(): Set<string> {
+    return (this.named ??= new Set());
+  }
+  // Parameters to read back before the server is given up.
+  get pendingParameters(): Set<string> {
+    return (this.pending ??= new Set());
+  }
+  get hasPendingParameters(): boolean {
+    return (this.pending?.size ?? 0) > 0;
+  }
   resetAll = false; // RESET ALL / DISCARD ALL ran: every setting is read back
 
   constructor(private readonly policies: SessionStatePolicies) {}
@@ -39,23 +51,23 @@ export class SessionState {
   get pins(): PinReason[] {
     const out: PinReason[] = [];
     if (this.pinnedParameters) out.push('parameters');
-    if (this.listening.size || this.allListening) out.push('listen');
+    if (this.listening?.size || this.allListening) out.push('listen');
     if (this.advisoryLocks > 0) out.push('advisory_locks');
     if (this.tempTables) out.push('temp_tables');
-    if (this.sqlPrepared.size) out.push('prepared_sql');
-    if (this.holdCursors.size) out.push('hold_cursors');
-    if (this.protocolNamed.size) out.push('prepared_statements');
+    if (this.sqlPrepared?.size) out.push('prepared_sql');
+    if (this.holdCursors?.size) out.push('hold_cursors');
+    if (this.named?.size) out.push('prepared_statements');
     return out;
   }
 
   get pinned(): boolean {
-    return this.pinnedParameters || this.listening.size > 0 || this.allListening || this.advisoryLocks > 0 || this.tempTables
-      || this.sqlPrepared.size > 0 || this.holdCursors.size > 0 || this.protocolNamed.size > 0;
+    return this.pinnedParameters || (this.listening?.size ?? 0) > 0 || this.allListening || this.advisoryLocks > 0 || this.tempTables
+      || (this.sqlPrepared?.size ?? 0) > 0 || (this.holdCursors?.size ?? 0) > 0 || (this.named?.size ?? 0) > 0;
   }
 
   // Whether DEALLOCATE of this name is for a statement prepared with SQL PREPARE.
   hasSqlPrepared(name: string): boolean {
-    return this.sqlPrepared.has(name);
+    return !!this.sqlPrepared?.has(name);
   }
 
   // The first effect the policies refuse, checked before anything is sent.
@@ -76,7 +88,7 @@ export class SessionState {
       switch (e.kind) {
         case 'parameter':
           if (this.policies.parameters === 'pin') this.pinnedParameters = true;
-          else for (const n of e.names) this.pendingParameters.add(n);
+          else for (const n of e.names) (this.pending ??= new Set()).add(n);
           break;
         case 'reset_all':
           this.resetAll = true;
@@ -88,7 +100,7 @@ export class SessionState {
           this.pinnedParameters = true; // an extent we cannot track
           break;
         case 'listen':
-          if (e.channel) this.listening.add(e.channel);
+          if (e.channel) (this.listening ??= new Set()).add(e.channel);
           else this.allListening = true;
           break;
         case 'advisory_lock':
@@ -98,10 +110,10 @@ export class SessionState {
           this.tempTables = true;
           break;
         case 'prepare':
-          this.sqlPrepared.add(e.name);
+          (this.sqlPrepared ??= new Set()).add(e.name);
           break;
         case 'hold_cursor':
-          this.holdCursors.add(e.name);
+          (this.holdCursors ??= new Set()).add(e.name);
           break;
       }
     }
@@ -118,17 +130,17 @@ export class SessionState {
       switch (e.kind) {
         case 'unlisten':
           if (e.channel === null) {
-            this.listening.clear();
+            this.listening?.clear();
             this.allListening = false;
-          } else this.listening.delete(e.channel);
+          } else this.listening?.delete(e.channel);
           break;
         case 'deallocate':
-          if (e.name === null) this.sqlPrepared.clear();
-          else this.sqlPrepared.delete(e.name);
+          if (e.name === null) this.sqlPrepared?.clear();
+          else this.sqlPrepared?.delete(e.name);
           break;
         case 'close_cursor':
-          if (e.name === null) this.holdCursors.clear();
-          else this.holdCursors.delete(e.name);
+          if (e.name === null) this.holdCursors?.clear();
+          else this.holdCursors?.delete(e.name);
           break;
         case 'discard_temp':
           this.tempTables = false;
@@ -142,14 +154,14 @@ export class SessionState {
 
   // The server session was reset (DISCARD ALL): nothing is left on it.
   clearAll(): void {
-    this.listening.clear();
+    this.listening?.clear();
     this.allListening = false;
     this.advisoryLocks = 0;
     this.tempTables = false;
-    this.sqlPrepared.clear();
-    this.holdCursors.clear();
+    this.sqlPrepared?.clear();
+    this.holdCursors?.clear();
     this.pinnedParameters = false;
-    this.protocolNamed.clear();
+    this.named?.clear();
   }
 }
 

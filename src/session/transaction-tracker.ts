@@ -10,7 +10,8 @@
 //   message up to the next Sync, a Query or FunctionCall included, and answers only the
 //   Sync; an error of a Query, FunctionCall or Sync itself is answered at once;
 // - in COPY FROM STDIN it ignores Sync and Flush until the client's CopyDone/CopyFail.
-// The queue is a small preallocated ring (no allocation per message).
+// The queue is a small ring, allocated at a client's first request and kept (no
+// allocation per message; an idle client that never asked holds none).
 import { Backend, Frontend, TxStatus } from '../protocol/constants';
 import { SkipToSync, Unit } from './skip-to-sync';
 
@@ -21,6 +22,12 @@ enum Owed {
 }
 
 const c = (ch: string): number => ch.charCodeAt(0);
+const FIELDS = 4;
+const KIND = 0; // Owed
+const EXT = 1; // extended messages before the sync point
+const COPY0 = 2; // CopyDone/CopyFail count when its request began
+const COPY1 = 3; // ... when the sync point was sent
+const NO_RING = new Uint32Array(0);
 // The one reply that ends each P/B/C/D/E (Describe: RowDescription or NoData).
 const FINAL = new Uint8Array(256);
 for (const ch of '123nTCIs') FINAL[c(ch)] = 1;
@@ -40,12 +47,9 @@ export class TransactionTracker {
   }
   copyIn = false; // the server is in COPY FROM STDIN until the client's CopyDone/CopyFail
 
-  // the ring: kind, extended messages before the sync point, and the client's count of
-  // CopyDone/CopyFail when that prefix began and when the sync point was sent
-  private kind = new Uint8Array(16);
-  private ext = new Uint32Array(16);
-  private copy0 = new Uint32Array(16);
-  private copy1 = new Uint32Array(16);
+  // the ring, FIELDS numbers per owed sync point: its kind, extended messages before it,
+  // and the client's count of CopyDone/CopyFail when that prefix began and when it was sent
+  private ring: Uint32Array = NO_RING;
   private head = 0;
   private tailExt = 0; // P/B/D/E/C sent since the last sync point
   private tailCopy0 = 0;
@@ -103,7 +107,7 @@ export class TransactionTracker {
 
   onReadyForQuery(status: TxStatus): void {
     if (this.outstanding > 0) {
-      this.head = (this.head + 1) & (this.kind.length - 1);
+      this.head = (this.head + 1) & (this.capacity - 1);
       this.outstanding--;
     }
     this.finals = 0;
@@ -128,7 +132,7 @@ export class TransactionTracker {
     if (this.tailExt > 0 || this.skipping) return true;
     for (let i = 0; i < this.outstanding; i++) {
       const k = this.at(i);
-      if (this.kind[k] !== Owed.Sync && this.ext[k] > 0) return true;
+      if (this.ring[k * FIELDS + KIND] !== Owed.Sync && this.ring[k * FIELDS + EXT] > 0) return true;
     }
     return false;
   }
@@ -158,30 +162,29 @@ export class TransactionTracker {
   }
 
   private at(i: number): number {
-    return (this.head + i) & (this.kind.length - 1);
+    return (this.head + i) & (this.capacity - 1);
   }
 
   private push(kind: Owed, ext: number): void {
-    if (this.outstanding === this.kind.length) this.grow();
+    if (this.outstanding === this.capacity) this.grow();
     const i = this.at(this.outstanding++);
-    this.kind[i] = kind;
-    this.ext[i] = ext;
-    this.copy0[i] = this.tailOpen ? this.tailCopy0 : this.copyEnds;
-    this.copy1[i] = this.copyEnds;
+    this.ring[i * FIELDS + KIND] = kind;
+    this.ring[i * FIELDS + EXT] = ext;
+    this.ring[i * FIELDS + COPY0] = this.tailOpen ? this.tailCopy0 : this.copyEnds;
+    this.ring[i * FIELDS + COPY1] = this.copyEnds;
     this.tailExt = 0;
     this.tailOpen = false;
   }
 
+  private get capacity(): number {
+    return this.ring.length / FIELDS;
+  }
+
   private grow(): void {
-    const n = this.kind.length;
-    const move = <T extends Uint8Array | Uint32Array>(a: T, b: T): T => {
-      for (let k = 0; k < n; k++) b[k] = a[(this.head + k) & (n - 1)];
-      return b;
-    };
-    this.kind = move(this.kind, new Uint8Array(n * 2));
-    this.ext = move(this.ext, new Uint32Array(n * 2));
-    this.copy0 = move(this.copy0, new Uint32Array(n * 2));
-    this.copy1 = move(this.copy1, new Uint32Array(n * 2));
+    const n = this.capacity;
+    const ring = new Uint32Array(Math.max(16, n * 2) * FIELDS);
+    for (let k = 0; k < n; k++) ring.set(this.ring.subarray(this.at(k) * FIELDS, this.at(k) * FIELDS + FIELDS), k * FIELDS);
+    this.ring = ring;
     this.head = 0;
   }
 
@@ -190,10 +193,7 @@ export class TransactionTracker {
     for (let k = keep - 1; k >= 0; k--) {
       const from = this.at(k);
       const to = this.at(k + count);
-      this.kind[to] = this.kind[from];
-      this.ext[to] = this.ext[from];
-      this.copy0[to] = this.copy0[from];
-      this.copy1[to] = this.copy1[from];
+      this.ring.copyWithin(to * FIELDS, from * FIELDS, from * FIELDS + FIELDS);
     }
     this.head = this.at(count);
     this.outstanding -= count;
@@ -206,14 +206,14 @@ export class TransactionTracker {
       return;
     }
     const h = this.head;
-    if (this.kind[h] !== Owed.Query || this.finals >= this.ext[h]) return; // answered by its ReadyForQuery
+    if (this.ring[h * FIELDS + KIND] !== Owed.Query || this.finals >= this.ring[h * FIELDS + EXT]) return; // answered by its ReadyForQuery
     // A message before this Query failed: the server skips from here. What was already
     // sent meets the skip in order: the sync points it discards leave the ring; without
     // a Sync among them, it skips on into later input.
     const skip = new SkipToSync();
     skip.failed(Unit.Extended);
     let n = 0;
-    while (n < this.outstanding && !skip.reaches(this.kind[this.at(n)] === Owed.Sync ? Unit.Sync : Unit.Query)) n++;
+    while (n < this.outstanding && !skip.reaches(this.ring[this.at(n) * FIELDS + KIND] === Owed.Sync ? Unit.Sync : Unit.Query)) n++;
     this.drop(0, n);
     if (skip.active) this.skip.failed(Unit.Extended);
   }
@@ -221,12 +221,12 @@ export class TransactionTracker {
   // The server began COPY FROM STDIN for the head entry (a Query, or an Execute before it):
   // the Syncs sent after it and before the client's CopyDone/CopyFail are ignored.
   private onCopyIn(): void {
-    const base = this.outstanding ? this.copy0[this.head] : this.tailOpen ? this.tailCopy0 : this.copyEnds;
-    const keep = this.outstanding && this.kind[this.head] !== Owed.Sync ? 1 : 0;
+    const base = this.outstanding ? this.ring[this.head * FIELDS + COPY0] : this.tailOpen ? this.tailCopy0 : this.copyEnds;
+    const keep = this.outstanding && this.ring[this.head * FIELDS + KIND] !== Owed.Sync ? 1 : 0;
     let n = 0;
     while (keep + n < this.outstanding) {
       const i = this.at(keep + n);
-      if (this.kind[i] !== Owed.Sync || this.copy1[i] !== base) break;
+      if (this.ring[i * FIELDS + KIND] !== Owed.Sync || this.ring[i * FIELDS + COPY1] !== base) break;
       n++;
     }
     if (n) this.drop(keep, n);
