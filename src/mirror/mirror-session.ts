@@ -268,6 +268,7 @@ export class MirrorSession implements ServerPeer {
         const first = this.setup(false); // a new session: the settings and statements, no reset
         if (first.length) conn.write(Buffer.concat(first));
         this.pump();
+        if (this.closing) this.finish(); // the client left while this connection opened
       },
       (e: Error) => {
         if (this.conn !== conn) return;

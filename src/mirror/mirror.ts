@@ -49,7 +49,7 @@ export class Mirror {
 
   target(startupParams: Record<string, string>): ServerTarget {
     const c = this.config;
-    return { host: c.host, port: c.port, dbname: c.dbname, user: c.user, password: c.password, startupParams, connectTimeout: this.connectTimeout };
+    return { host: c.host, port: c.port, dbname: c.dbname, user: c.user, password: c.password, startupParams, connectTimeout: this.connectTimeout, mirror: true };
   }
 
   // Reserves room for bytes held for this mirror; false when queue_bytes would be passed.
