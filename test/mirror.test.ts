@@ -239,7 +239,16 @@ t.test('mirroring to a second cluster', async (t) => {
       const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '4', '-T', '8', 'app'], { env: libpqEnv(proxy), timeoutMs: 120000 });
       await waitUntil(async () => Number((await mirrorRow(proxy, 'app')).transactions) > Number(before.transactions) + 100, 30000, 'mirroring under way', 200);
       await mirror.pg.stop('fast');
-      await waitUntil(async () => (await mirrorRow(proxy, 'app')).state === 'down', 30000, 'the mirror is seen down', 200);
+      // (short runs keep traffic going in case the long one ended meanwhile on a slow machine)
+      const traffic = async (): Promise<void> => {
+        const again = await run('pgbench', ['-n', '-M', 'extended', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
+        if (pgbenchCounts(again.stdout).failed !== 0 || again.code !== 0) throw new Error(`pgbench failed: ${again.stderr}`);
+      };
+      await waitUntil(async () => {
+        if ((await mirrorRow(proxy, 'app')).state === 'down') return true;
+        await traffic();
+        return (await mirrorRow(proxy, 'app')).state === 'down';
+      }, 40000, 'the mirror is seen down', 200);
       await sleep(1500);
       const whileDown = await mirrorRow(proxy, 'app');
       await mirror.pg.start();
@@ -250,8 +259,7 @@ t.test('mirroring to a second cluster', async (t) => {
       t.ok(n.processed > 0, `${n.processed} transactions on the primary`);
       // Transactions after the restart are mirrored again once the back-off (at most 10 s) lets a connection be tried.
       await waitUntil(async () => {
-        const again = await run('pgbench', ['-n', '-M', 'extended', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
-        if (pgbenchCounts(again.stdout).failed !== 0 || again.code !== 0) throw new Error(`pgbench after the restart failed: ${again.stderr}`);
+        await traffic();
         const row = await mirrorRow(proxy, 'app');
         return row.state === 'up' && Number(row.transactions) > Number(whileDown.transactions) ? row : null;
       }, 40000, 'mirroring resumed after the restart', 500);

@@ -51,6 +51,7 @@ interface Txn {
   closedAt: number; // when the primary finished it
   answered: string[][]; // the mirror's outcomes, by unit
   sent: boolean; // written to the mirror connection
+  settings: Map<string, string>; // the client's settings when it began (for a setup before it)
 }
 
 // Per ReadyForQuery the mirror owes: a unit of a transaction, or one of the session setup.
@@ -86,6 +87,9 @@ export class MirrorSession implements ServerPeer {
   private link = LinkState.None;
   private conn: ServerConnection | null = null;
   private resync = false; // the mirror session may lack what a dropped transaction did
+  private fresh = false; // a new mirror connection: nothing to reset
+  // The client's settings when its current transaction began: what a setup before it applies.
+  private startSettings: Map<string, string> | null = null;
   private stopped = false;
   private closing = false; // the client left: finish what was sent, then close
   // The client's named statements as of its last finished transaction: the Parse that
@@ -112,6 +116,7 @@ export class MirrorSession implements ServerPeer {
 
   private onRequest(type: number, body: Buffer): void {
     if (type === Frontend.Terminate) return;
+    if (!this.startSettings) this.startSettings = new Map(this.client.settings);
     // COPY data follows the Query that started the COPY: it belongs to that unit.
     const last = this.sent[this.sent.length - 1];
     const unit = COPY_FOLLOWERS.has(type) && this.open.parts.length === 0 && last ? last : this.open;
@@ -183,6 +188,12 @@ export class MirrorSession implements ServerPeer {
     }
   }
 
+  // The client's settings were read back after its transaction (transaction mode): a
+  // transaction that began meanwhile and has not run yet starts from them.
+  settingsLearned(): void {
+    if (this.startSettings && this.txnUnits.length === 0) this.startSettings = new Map(this.client.settings);
+  }
+
   // What the client was sent (the primary's answers, and the proxy's own), in order.
   primaryBytes(chunk: Buffer): void {
     if (this.stopped) return;
@@ -202,7 +213,8 @@ export class MirrorSession implements ServerPeer {
     const units = this.txnUnits;
     this.txnUnits = [];
     const bytes = units.reduce((n, u) => n + u.bytes, 0);
-    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false };
+    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? new Map(this.client.settings) };
+    this.startSettings = null;
     if (units.some((u) => u.lost) || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
     this.queue.push(txn);
     this.pump();
@@ -220,7 +232,8 @@ export class MirrorSession implements ServerPeer {
     if (this.link !== LinkState.Ready) return; // connecting: the queue waits (bounded by queue_bytes)
     const conn = this.conn!;
     const out: Buffer[] = [];
-    if (this.resync && this.queue.length) out.push(...this.setup(true));
+    if (this.resync && this.queue.length) out.push(...this.setup(!this.fresh, this.queue[0].settings));
+    if (this.queue.length) this.fresh = false;
     for (const txn of this.queue.splice(0)) {
       txn.units.forEach((u, i) => {
         out.push(...u.parts);
@@ -235,14 +248,14 @@ export class MirrorSession implements ServerPeer {
 
   // Messages that give the mirror session the client's settings and named statements
   // (after a reset when the session was in use). Their answers are not compared.
-  private setup(reset: boolean): Buffer[] {
+  private setup(reset: boolean, settings: Map<string, string>): Buffer[] {
     this.resync = false;
     const out: Buffer[] = [];
     if (reset) {
       out.push(query('DISCARD ALL'));
       this.expected.push({ txn: null, unit: 0 });
     }
-    const sql = settingsSql(this.client.settings);
+    const sql = settingsSql(settings);
     if (sql) {
       out.push(query(sql));
       this.expected.push({ txn: null, unit: 0 });
@@ -265,8 +278,9 @@ export class MirrorSession implements ServerPeer {
         this.mirror.connected();
         conn.link(this);
         this.link = LinkState.Ready;
-        const first = this.setup(false); // a new session: the settings and statements, no reset
-        if (first.length) conn.write(Buffer.concat(first));
+        // A new session starts as the client's did (its startup settings); only after a gap
+        // does it need the client's settings and statements (pump), without a reset.
+        this.fresh = true;
         this.pump();
         if (this.closing) this.finish(); // the client left while this connection opened
       },

@@ -839,6 +839,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           else this.settings.set(n, v);
         });
         recordApplied(this.settings, server);
+        for (const m of this.mirrors) m.settingsLearned();
         if (this.state !== ClientState.Waiting) return this.pool!.release(server);
         this.detach(server); // as at any transaction end: release, then serve what waited or go to the kernel
       }),
