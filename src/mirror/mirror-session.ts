@@ -52,6 +52,7 @@ interface Txn {
   answered: string[][]; // the mirror's outcomes, by unit
   sent: boolean; // written to the mirror connection
   settings: Map<string, string>; // the client's settings when it began (for a setup before it)
+  afterGap: boolean; // transactions before it were dropped: the mirror session is set up first
 }
 
 // Per ReadyForQuery the mirror owes: a unit of a transaction, or one of the session setup.
@@ -86,8 +87,8 @@ export class MirrorSession implements ServerPeer {
   private expected: Expected[] = [];
   private link = LinkState.None;
   private conn: ServerConnection | null = null;
-  private resync = false; // the mirror session may lack what a dropped transaction did
-  private fresh = false; // a new mirror connection: nothing to reset
+  private gap = false; // transactions were dropped (or a used connection lost) since the last queued one
+  private used = false; // something was sent on the mirror connection: a setup resets it first
   // The client's settings when its current transaction began: what a setup before it applies.
   private startSettings: Map<string, string> | null = null;
   private stopped = false;
@@ -213,9 +214,11 @@ export class MirrorSession implements ServerPeer {
     const units = this.txnUnits;
     this.txnUnits = [];
     const bytes = units.reduce((n, u) => n + u.bytes, 0);
-    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? new Map(this.client.settings) };
+    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? new Map(this.client.settings), afterGap: false };
     this.startSettings = null;
     if (units.some((u) => u.lost) || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
+    txn.afterGap = this.gap;
+    this.gap = false;
     this.queue.push(txn);
     this.pump();
   }
@@ -232,9 +235,9 @@ export class MirrorSession implements ServerPeer {
     if (this.link !== LinkState.Ready) return; // connecting: the queue waits (bounded by queue_bytes)
     const conn = this.conn!;
     const out: Buffer[] = [];
-    if (this.resync && this.queue.length) out.push(...this.setup(!this.fresh, this.queue[0].settings));
-    if (this.queue.length) this.fresh = false;
     for (const txn of this.queue.splice(0)) {
+      if (txn.afterGap) out.push(...this.setup(this.used, txn.settings));
+      this.used = true;
       txn.units.forEach((u, i) => {
         out.push(...u.parts);
         this.expected.push({ txn, unit: i });
@@ -249,7 +252,6 @@ export class MirrorSession implements ServerPeer {
   // Messages that give the mirror session the client's settings and named statements
   // (after a reset when the session was in use). Their answers are not compared.
   private setup(reset: boolean, settings: Map<string, string>): Buffer[] {
-    this.resync = false;
     const out: Buffer[] = [];
     if (reset) {
       out.push(query('DISCARD ALL'));
@@ -280,7 +282,7 @@ export class MirrorSession implements ServerPeer {
         this.link = LinkState.Ready;
         // A new session starts as the client's did (its startup settings); only after a gap
         // does it need the client's settings and statements (pump), without a reset.
-        this.fresh = true;
+        this.used = false;
         this.pump();
         if (this.closing) this.finish(); // the client left while this connection opened
       },
@@ -341,6 +343,7 @@ export class MirrorSession implements ServerPeer {
     if (server !== this.conn) return;
     this.conn = null;
     this.link = LinkState.None;
+    if (this.used) this.gap = true; // what the client did to its session there is gone
     if (!this.stopped && !this.closing) this.mirror.failed(`connection lost: ${reason}`);
     // What was sent and not answered is unconfirmed: counted as dropped.
     const inFlight = new Set<Txn>();
@@ -363,7 +366,7 @@ export class MirrorSession implements ServerPeer {
       this.mirror.release(t.bytes);
       this.mirror.dropped++;
     }
-    if (txns.length) this.resync = true;
+    if (txns.length) this.gap = true;
   }
 
   // ---- ends ----
