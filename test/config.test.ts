@@ -193,3 +193,19 @@ t.test('changesNeedingRestart', async (t) => {
   t.same(changesNeedingRestart(a, b), ['listen.port']);
   t.same(changesNeedingRestart(a, a), []);
 });
+
+t.test('databases.<name>.mirrors: defaults, and errors naming the key and its line', async (t) => {
+  const base = 'databases:\n  app:\n    mirrors:\n';
+  const c = parseConfig(`${base}      - { host: m, dbname: d, user: u, compare: rows, sample: 0.5 }\n`, 'm.yaml');
+  t.same(c.databases.get('app')!.mirrors, [{ host: 'm', port: 5432, dbname: 'd', user: 'u', pool_size: 20, sample: 0.5, queue_bytes: 16777216, compare: 'rows' }]);
+  const bad: Array<[string, RegExp]> = [
+    [`${base}      - host: m\n        dbname: d\n        user: u\n        sample: 1.5\n`, /^m\.yaml:7: databases\.app\.mirrors\[0\]\.sample: expected a fraction/],
+    [`${base}      - host: m\n        dbname: d\n`, /^m\.yaml:4: databases\.app\.mirrors\[0\]: missing "user"/],
+    [`${base}      - host: m\n        dbname: d\n        user: u\n        queue_byte: 9000\n`, /^m\.yaml:7: databases\.app\.mirrors\[0\]\.queue_byte: unknown key \(did you mean "queue_bytes"\?\)/],
+    [`${base}      - host: m\n        dbname: d\n        user: u\n        queue_bytes: 10\n`, /queue_bytes: 10 is too small; must be >= 4096/],
+    [`${base}      - host: m\n        dbname: d\n        user: u\n        compare: everything\n`, /compare: bad value "everything"; allowed: tags, rows/],
+    [`${base}      - { host: m, dbname: d, user: u }\n      - { host: m, dbname: d, user: v }\n`, /mirrors\[1\]: mirror m:5432\/d is listed twice/],
+    ['databases:\n  app:\n    mirrors: m\n', /^m\.yaml:3: databases\.app\.mirrors: expected a list of mirrors/],
+  ];
+  for (const [text, re] of bad) t.throws(() => parseConfig(text, 'm.yaml'), re, re.source);
+});

@@ -55,7 +55,7 @@ export const VERSION: string = (() => {
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE|BYPASS|SUMMARY',
+  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS|STATE|BYPASS|SUMMARY|MIRRORS',
   'SET key = arg',
   'RELOAD',
   'PAUSE [<db>]',
@@ -427,6 +427,7 @@ class AdminSession {
     STATE: (c) => c.showState(),
     BYPASS: (c) => c.showBypass(),
     SUMMARY: (c) => new ResultSet(columns('summary')).add([c.control.summary()]).toBuffer(),
+    MIRRORS: (c) => c.showMirrors(),
   };
 
   private show(what: string): Buffer {
@@ -464,6 +465,22 @@ class AdminSession {
     rs.add(['clients_user', String(clUser)]).add(['clients_kernel', String(clKernel)]);
     rs.add(['servers_user', String(svUser)]).add(['servers_kernel', String(svKernel)]);
     rs.add(['transactions_total', String(t.xacts)]).add(['bytes_received_total', String(t.bytesIn)]).add(['bytes_sent_total', String(t.bytesOut)]);
+    return rs.toBuffer();
+  }
+
+  // One row per mirror of a database (docs/mirroring.md); the metrics carry the same numbers.
+  private showMirrors(): Buffer {
+    const rs = new ResultSet(
+      columns(
+        'database', 'mirror', 'state', 'clients:int8', 'queued_bytes:int8', 'peak_queued_bytes:int8', 'queue_bytes:int8',
+        'transactions:int8', 'dropped:int8', 'diverged:int8', 'lag_ms:int8', 'clients_mirrored:int8', 'clients_skipped:int8',
+        'last_error', 'last_divergence',
+      ),
+    );
+    for (const m of this.pooler.mirrors.all.values()) {
+      rs.add([m.database, m.name, m.state, m.sessions.size, m.queuedBytes, m.peakQueuedBytes, m.config.queue_bytes,
+        m.transactions, m.dropped, m.diverged, m.lagMs, m.clientsMirrored, m.clientsSkipped, m.lastError, m.divergences.last]);
+    }
     return rs.toBuffer();
   }
 

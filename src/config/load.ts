@@ -32,6 +32,7 @@ import {
   type LogFormat,
   type LogLevel,
   type MetricsConfig,
+  type MirrorConfig,
   type PoolMode,
   type SessionStatePolicies,
   type SslMode,
@@ -48,7 +49,8 @@ type Kind =
   | { t: 'bool' }
   | { t: 'enum'; values: readonly string[] }
   | { t: 'list' }
-  | { t: 'mode' }; // file permission bits, written in octal as in pgbouncer.ini (0777)
+  | { t: 'mode' } // file permission bits, written in octal as in pgbouncer.ini (0777)
+  | { t: 'mirrors' };
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement'];
 export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust', 'hba'];
@@ -175,7 +177,22 @@ const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
   application_name: str,
   auth_user: nonEmptyStr,
   auth_dbname: nonEmptyStr,
+  mirrors: { t: 'mirrors' },
 };
+
+// One entry of databases.<name>.mirrors (sample is a fraction, checked apart).
+const MIRROR_KEYS: Record<Exclude<keyof MirrorConfig, 'sample'>, Kind> = {
+  host: nonEmptyStr,
+  port,
+  dbname: nonEmptyStr,
+  user: nonEmptyStr,
+  password: str,
+  pool_size: size1,
+  queue_bytes: { t: 'int', min: 4096 },
+  compare: { t: 'enum', values: ['tags', 'rows'] },
+};
+const MIRROR_KEY_NAMES = [...Object.keys(MIRROR_KEYS), 'sample'];
+export const MIRROR_DEFAULTS = { port: 5432, pool_size: 20, sample: 1, queue_bytes: 16 << 20, compare: 'tags' } as const;
 
 const USER_KEYS: Record<Exclude<keyof UserConfig, 'name'>, Kind> = {
   password: str,
@@ -342,6 +359,7 @@ class Loader {
 
   value(kind: Kind, node: unknown, path: string, line: number | undefined): unknown {
     const n = this.resolve(node);
+    if (kind.t === 'mirrors') return this.mirrorList(n, path, line);
     if (kind.t === 'list') {
       if (isSeq(n)) {
         return n.items.map((it, i) => {
@@ -504,6 +522,33 @@ class Loader {
     } as Config;
     this.crossCheck(cfg, sawDatabases);
     return cfg;
+  }
+
+  /** databases.<name>.mirrors: a list of { host, port, dbname, user, password, pool_size, sample, queue_bytes, compare }. */
+  mirrorList(n: unknown, path: string, line: number | undefined): MirrorConfig[] {
+    if (!isSeq(n)) this.fail(path, line, `expected a list of mirrors ({ host, port, dbname, user, ... }), got ${describeValue(this.plain(n))}`);
+    const seen = new Set<string>();
+    return n.items.map((item, i) => {
+      const where = `${path}[${i}]`;
+      const iline = this.lineOf(this.resolve(item), line);
+      const m: Record<string, unknown> = { ...MIRROR_DEFAULTS };
+      for (const [key, kline, vnode] of this.entries(item, where, iline)) {
+        if (key === 'sample') {
+          const v = this.plain(vnode);
+          if (typeof v !== 'number' || !(v >= 0 && v <= 1)) this.fail(`${where}.sample`, kline, `expected a fraction of clients from 0.0 to 1.0, got ${describeValue(v)}`);
+          m.sample = v;
+          continue;
+        }
+        const kind = MIRROR_KEYS[key as keyof typeof MIRROR_KEYS];
+        if (!kind) this.unknownKey(where, key, kline, MIRROR_KEY_NAMES);
+        m[key] = this.value(kind, vnode, `${where}.${key}`, kline);
+      }
+      for (const key of ['host', 'dbname', 'user']) if (m[key] === undefined) this.fail(where, iline, `missing "${key}"`);
+      const id = `${m.host}:${m.port}/${m.dbname}`;
+      if (seen.has(id)) this.fail(where, iline, `mirror ${id} is listed twice`);
+      seen.add(id);
+      return m as unknown as MirrorConfig;
+    });
   }
 
   /** The inline `hba:` list: mappings of type, database, user, address, method. */

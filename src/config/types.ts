@@ -38,6 +38,20 @@ export interface SessionStatePolicies {
   hold_cursors: StatePolicy; // DECLARE ... WITH HOLD
 }
 
+// A second server that receives a copy of a database's traffic (docs/mirroring.md).
+export type MirrorCompare = 'tags' | 'rows';
+export interface MirrorConfig {
+  host: string;
+  port: number;
+  dbname: string;
+  user: string;
+  password?: string;
+  pool_size: number; // mirror connections, one per mirrored client: at most this many clients are mirrored at once
+  sample: number; // 0.0-1.0: the share of clients mirrored (whole clients)
+  queue_bytes: number; // bound on bytes held for this mirror (queued, in flight, being gathered)
+  compare: MirrorCompare; // tags: command tags, row counts, SQLSTATEs; rows: also a hash of the rows
+}
+
 export interface DatabaseConfig {
   name: string; // the name clients connect to
   host: string; // host name, IP, or a directory for a unix socket
@@ -57,6 +71,7 @@ export interface DatabaseConfig {
   auth_user?: string; // overrides the top-level auth_user for this database
   auth_dbname?: string; // overrides the top-level auth_dbname for this database
   max_db_client_connections?: number; // overrides the top-level one for this database
+  mirrors?: MirrorConfig[]; // servers that get a copy of this database's transactions
 }
 
 export interface UserConfig {

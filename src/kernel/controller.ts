@@ -255,6 +255,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
+    if (client.mirrors.length) return false; // mirrored: its bytes are copied in user space (docs/mirroring.md)
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
@@ -282,6 +283,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (client.mirrors.length) return false; // mirrored clients stay in user space
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);

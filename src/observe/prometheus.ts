@@ -14,6 +14,7 @@ import type { ProxyControl } from '../admin/console';
 import { VERSION, pairCounts, type PairCounts } from '../admin/console';
 import { poolTotals, statsEvents, type Totals } from './stats';
 import { log } from './log';
+import { type Mirror, MirrorState } from '../mirror/mirror';
 
 const TIME_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -107,6 +108,31 @@ export class MetricsServer {
         }
       },
     });
+
+    // Mirrors (SHOW MIRRORS' numbers), per (database, mirror).
+    const ml = ['database', 'mirror'];
+    const mirrorMetric = (kind: typeof Gauge | typeof Counter, name: string, help: string, pick: (m: Mirror) => number) =>
+      new kind({
+        name, help, labelNames: ml, registers: [r],
+        collect(this: Gauge | Counter) {
+          this.reset();
+          for (const m of pooler_.mirrors.all.values()) {
+            const l = { database: m.database, mirror: m.name };
+            if (this instanceof Gauge) this.set(l, pick(m));
+            else this.inc(l, pick(m));
+          }
+        },
+      });
+    mirrorMetric(Gauge, 'pgsplice_mirror_up', '1 while the mirror answers (state up or idle), 0 while down', (m) => (m.state === MirrorState.Down ? 0 : 1));
+    mirrorMetric(Gauge, 'pgsplice_mirror_clients', 'Clients mirrored now (each holds a mirror connection)', (m) => m.sessions.size);
+    mirrorMetric(Gauge, 'pgsplice_mirror_queued_bytes', 'Bytes held for the mirror: gathered, queued, sent and not yet answered', (m) => m.queuedBytes);
+    mirrorMetric(Gauge, 'pgsplice_mirror_peak_queued_bytes', 'Most bytes held for the mirror at once', (m) => m.peakQueuedBytes);
+    mirrorMetric(Gauge, 'pgsplice_mirror_queue_limit_bytes', 'queue_bytes of the mirror', (m) => m.config.queue_bytes);
+    mirrorMetric(Gauge, 'pgsplice_mirror_lag_seconds', 'From the primary ending the last mirrored transaction to the mirror answering it', (m) => m.lagMs / 1000);
+    mirrorMetric(Counter, 'pgsplice_mirror_transactions_total', 'Transactions the mirror ran and answered', (m) => Number(m.transactions));
+    mirrorMetric(Counter, 'pgsplice_mirror_dropped_total', 'Transactions not mirrored (queue full, mirror down, or lost with its connection)', (m) => Number(m.dropped));
+    mirrorMetric(Counter, 'pgsplice_mirror_diverged_total', 'Mirrored transactions whose answers differed from the primary\'s', (m) => Number(m.diverged));
+    mirrorMetric(Counter, 'pgsplice_mirror_clients_skipped_total', 'Sampled clients not mirrored because pool_size mirror connections were in use', (m) => Number(m.clientsSkipped));
 
     const wait = new Histogram({
       name: 'pgsplice_client_wait_duration_seconds', help: 'Time a client waited for a server, per wait', labelNames: ['database'],

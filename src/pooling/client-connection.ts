@@ -37,6 +37,7 @@ import { checkRequestFormat } from '../protocol/request-format';
 import { joinAdjacent } from '../protocol/contiguous';
 import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
+import type { MirrorSession } from '../mirror/mirror-session';
 
 export { ClientState } from './connection-state';
 
@@ -139,6 +140,14 @@ export class ClientConnection implements ServerPeer, Guarded {
   private settingsLearned: Promise<void> | null = null;
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
+  // Its copies toward mirrors (docs/mirroring.md); a mirrored client stays on the user-space path.
+  mirrors: MirrorSession[] = [];
+  // What a mirror connection of this client is opened with: its startup settings, application_name.
+  get mirrorStartup(): Record<string, string> {
+    const out = poolStartup(startupSettings(this.startup));
+    if (this.appName) out.application_name = this.appName;
+    return out;
+  }
   // When set, the admin console consumes this client's messages instead of a pool (serveAdmin).
   private adminHandler: ((type: number, body: Buffer) => void) | null = null;
   get isAdmin(): boolean {
@@ -541,6 +550,7 @@ export class ClientConnection implements ServerPeer, Guarded {
       this.host.kernel.leftKernel(this);
       if (this.heldInput.keep(chunk)) return; // a hand-over is settling (holdInput)
     }
+    for (const m of this.mirrors) m.clientBytes(chunk); // copied; the mirror is never waited for
     let cut = -1;
     const rw = this.rewriter;
     const units: RequestUnit[] = [];
@@ -780,6 +790,10 @@ export class ClientConnection implements ServerPeer, Guarded {
     }
     this.sendError({ severity: 'ERROR', ...f });
     if (!this.socket.destroyed) this.socket.write(readyForQuery('I'));
+    if (this.mirrors.length) {
+      const answer = Buffer.concat([errorResponse({ severity: 'ERROR', ...f }), readyForQuery('I')]);
+      for (const m of this.mirrors) m.primaryBytes(answer);
+    }
     this.tracker.onReadyForQuery('I');
     this.requestSince = this.tracker.outstanding > 0 ? Date.now() : 0;
     return true;
@@ -824,6 +838,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   onServerData(chunk: Buffer, server: ServerConnection): void {
+    for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
     this.lastActivity = Date.now();
     this.stats.bytesOut += BigInt(chunk.length);
     if (this.socket.destroyed) return;
@@ -880,6 +895,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           else this.settings.set(n, v);
         });
         recordApplied(this.settings, server);
+        for (const m of this.mirrors) m.settingsLearned();
         if (this.state !== ClientState.Waiting) return this.pool!.release(server);
         this.detach(server); // as at any transaction end: release, then serve what waited or go to the kernel
       }),
@@ -953,6 +969,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.server = null;
     if (server) this.leaveServer(server);
     this.pending = [];
+    for (const m of this.mirrors) m.clientClosed();
     if (!this.socket.destroyed) {
       // Read nothing more: a client cut off mid-message (a 1 GB password) could otherwise
       // make us read and drop its stream until the socket is destroyed.

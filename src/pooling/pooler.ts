@@ -13,6 +13,7 @@ import { log } from '../observe/log';
 import { countLogin, retireClient } from '../observe/stats';
 import { AuthQuery, ClientProof, ServerCredential, serverCredentialFrom } from '../auth/auth-query';
 import { ClientTls, TlsContexts, buildTls } from '../auth/tls';
+import { Mirrors } from '../mirror/mirror';
 
 export const ADMIN_DATABASES = new Set(['pgsplice', 'pgbouncer']);
 // Connections accepted beyond max_client_conn so that admin-console users get in on a full proxy.
@@ -36,6 +37,8 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private learned = new Map<string, ServerCredential>();
   // Secure contexts of the running config; built again (files re-read) on every reload.
   tls: TlsContexts;
+  // The databases' mirrors (docs/mirroring.md).
+  readonly mirrors: Mirrors;
 
   // kernel: the kernel path, or UserSpaceOnly (src/pooling/kernel-host.ts).
   constructor(
@@ -44,6 +47,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     private readonly adminStarter: AdminStarter,
   ) {
     this.tls = buildTls(config); // throws ConfigError naming the key: start-up fails
+    this.mirrors = new Mirrors(config);
     this.janitorTimer = setInterval(() => this.janitor(), 1000);
     this.janitorTimer.unref();
   }
@@ -238,6 +242,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   clientLoggedIn(client: ClientConnection): void {
     this.byCancelKey.set(`${client.cancelPid}:${client.cancelKey}`, client);
+    if (client.pool && !this.isAdminDatabase(client.database)) client.mirrors = this.mirrors.sessionsFor(this.config, client);
     countLogin(client);
   }
 
@@ -420,6 +425,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.tls = buildTls(next); // throws before anything changes: a bad file keeps the running config
     this.config = next;
     this.authQuery.reset(); // auth_user, auth_query or the servers may have changed
+    this.mirrors.reconcile(next);
     for (const [key, pool] of this.pools) {
       const db = this.databaseConfig(pool.database);
       if (!db) {
@@ -450,5 +456,6 @@ export class Pooler implements ClientHost, ConnectionBudget {
     this.authQuery.close();
     for (const c of [...this.clients]) c.fatal({ code: SqlState.AdminShutdown, message: 'pgsplice is shutting down' });
     for (const p of this.pools.values()) p.closeAll('pgsplice is shutting down');
+    this.mirrors.close();
   }
 }

@@ -34,6 +34,7 @@ export interface ServerTarget {
   startupParams?: Record<string, string>;
   connectTimeout: number; // seconds
   tls?: ServerTls; // server_tls_sslmode and its context
+  mirror?: boolean; // a mirror connection (src/mirror/): no client sees its errors, so they are not counted
 }
 
 // Who is told when the kernel path hands this server's bytes to user space (the KernelHost,
@@ -324,7 +325,7 @@ export class ServerConnection extends EventEmitter {
           this.rows.push(parseDataRow(m.body!));
         } else if (m.type === Backend.ErrorResponse) {
           const f = parseErrorFields(m.body!);
-          if (peer) countError('server', f.C);
+          if (peer && !this.target.mirror) countError('server', f.C);
           if (peer && (f.S === 'FATAL' || f.S === 'PANIC')) this.fatalForwarded = true;
           if (this.internal) this.internal.error = new ServerError(f.M ?? 'error', f);
           else if (!peer || f.S === 'FATAL' || f.S === 'PANIC') log.info(`${this.label} server error: ${f.S} ${f.C} ${f.M}`);

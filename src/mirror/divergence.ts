@@ -1,0 +1,107 @@
+// What a server answered to one request unit (the messages up to its ReadyForQuery), reduced
+// to what the divergence report compares: command tags (with their row counts), success vs
+// error and the SQLSTATE, and with compare: rows a hash of the rows, in the order returned.
+// Message texts, notices and parameter reports are not compared: they differ between
+// versions and configurations without the data differing.
+import * as crypto from 'node:crypto';
+import { Backend, TxStatus } from '../protocol/constants';
+import { parseErrorFields } from '../protocol/messages';
+import type { MirrorCompare } from '../config/types';
+import { log } from '../observe/log';
+
+export interface Outcome {
+  items: string[]; // e.g. ["UPDATE 1", "ERROR 23505", "SELECT 1", "ROWS 9f3c..."]
+  status: TxStatus;
+}
+
+export class OutcomeReader {
+  private items: string[] = [];
+  private hash: crypto.Hash | null = null;
+
+  constructor(private readonly compare: MirrorCompare) {}
+
+  // Reads one server message; returns the unit's outcome at its ReadyForQuery.
+  onMessage(type: number, body: Buffer): Outcome | null {
+    switch (type) {
+      case Backend.DataRow:
+        if (this.compare === 'rows') (this.hash ??= crypto.createHash('sha1')).update(body);
+        return null;
+      case Backend.CommandComplete:
+        this.flushRows();
+        this.items.push(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+        return null;
+      case Backend.ErrorResponse:
+        this.flushRows();
+        this.items.push(`ERROR ${parseErrorFields(body).C ?? '?'}`);
+        return null;
+      case Backend.EmptyQueryResponse:
+        this.items.push('EMPTY');
+        return null;
+      case Backend.ReadyForQuery: {
+        this.flushRows();
+        const out = { items: this.items, status: (body.length ? String.fromCharCode(body[0]) : 'I') as TxStatus };
+        this.items = [];
+        return out;
+      }
+      default:
+        return null;
+    }
+  }
+
+  // Forgets a half-read answer (its connection was lost).
+  reset(): void {
+    this.items = [];
+    this.hash = null;
+  }
+
+  private flushRows(): void {
+    if (!this.hash) return;
+    this.items.push(`ROWS ${this.hash.digest('hex').slice(0, 16)}`);
+    this.hash = null;
+  }
+}
+
+// The index of the first unit whose outcomes differ, or -1.
+export function firstDifference(primary: string[][], mirror: string[][]): number {
+  for (let i = 0; i < primary.length; i++) {
+    const a = primary[i] ?? [];
+    const b = mirror[i] ?? [];
+    if (a.length !== b.length || a.some((x, j) => x !== b[j])) return i;
+  }
+  return -1;
+}
+
+const MAX_STATEMENT = 200; // characters of a statement in the log and in SHOW MIRRORS
+const LOG_WINDOW_MS = 10_000;
+const LOG_PER_WINDOW = 5;
+
+// A bounded, escaped statement text for the log.
+export function statementText(sql: string): string {
+  // eslint-disable-next-line no-control-regex
+  const one = sql.replace(/\s+/g, ' ').trim().replace(/[\u0000-\u001f\u007f]/g, '?');
+  return one.length > MAX_STATEMENT ? `${one.slice(0, MAX_STATEMENT)}...(${one.length} chars)` : one;
+}
+
+// Logs divergences of one mirror, at most LOG_PER_WINDOW lines per window; the rest are counted.
+export class DivergenceLog {
+  last = ''; // the most recent divergence, for SHOW MIRRORS
+  private windowStart = 0;
+  private inWindow = 0;
+  private suppressed = 0;
+
+  constructor(private readonly name: string) {}
+
+  report(statement: string, primary: string[], mirror: string[]): void {
+    const line = `statement: ${statementText(statement) || '(unknown)'}; primary: ${primary.join(', ') || '(nothing)'}; mirror: ${mirror.join(', ') || '(nothing)'}`;
+    this.last = line;
+    const now = Date.now();
+    if (now - this.windowStart >= LOG_WINDOW_MS) {
+      if (this.suppressed) log.warn(`mirror ${this.name}: ${this.suppressed} more divergences not logged`);
+      this.windowStart = now;
+      this.inWindow = 0;
+      this.suppressed = 0;
+    }
+    if (this.inWindow++ < LOG_PER_WINDOW) log.warn(`mirror ${this.name} diverged: ${line}`);
+    else this.suppressed++;
+  }
+}

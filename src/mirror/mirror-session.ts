@@ -1,0 +1,432 @@
+// One mirrored client's copy of its traffic toward one mirror.
+//
+// The client's requests are framed into units (the messages up to a Query, Sync or
+// FunctionCall: one ReadyForQuery each). The primary's answers, as the client sees them,
+// close units in order; a unit answered with ReadyForQuery 'I' closes a transaction.
+// Only then is the transaction queued for the mirror, whole: a transaction is mirrored
+// entirely or not at all, and the primary's outcome is known to compare with. Nothing
+// here waits for the mirror on the client's path: the client's bytes are copied, the
+// mirror connection is written without regard to its back-pressure, and every byte held
+// for the mirror (gathered, queued, or sent and not yet answered) counts against the
+// mirror's queue_bytes; past it, whole transactions are dropped and counted.
+//
+// The mirror connection is this session's own (a session on the mirror), so the
+// client's SETs and named prepared statements reach it as they reach the primary.
+// After a transaction is dropped the mirror may lack what it did to the session: before
+// the next one, the mirror session is reset (DISCARD ALL) and given the client's
+// settings and named statements again (the settings as the proxy tracks them in
+// transaction mode, the statements as the client prepared them).
+import { Frontend, MAX_MESSAGE_LENGTH, TxStatus } from '../protocol/constants';
+import { MessageFramer } from '../protocol/framer';
+import { BodyReader, message, query } from '../protocol/messages';
+import { ServerConnection, type ServerPeer } from '../pooling/server-connection';
+import { log } from '../observe/log';
+import { OutcomeReader, firstDifference } from './divergence';
+import type { Mirror } from './mirror';
+
+// What a session needs of the client it mirrors.
+export interface MirroredClient {
+  readonly database: string;
+  readonly label: string;
+  // Its settings now (tracked in transaction mode: SETs read back at transaction ends).
+  readonly settings: Map<string, string>;
+  // What its servers are opened with (startup settings, application_name).
+  readonly mirrorStartup: Record<string, string>;
+}
+
+interface Unit {
+  parts: Buffer[];
+  bytes: number; // reserved in the mirror's queue
+  lost: boolean; // did not fit: its transaction is dropped
+  text: string; // the statement, for the divergence report
+  outcome: string[] | null; // the primary's answer
+  statementOps: StatementOp[]; // its Parse/Close of named statements, applied when its transaction ends
+}
+
+type StatementOp = { set: string; parse: Buffer; sql: string } | { del: string } | { clear: true };
+
+interface Txn {
+  units: Unit[];
+  bytes: number;
+  closedAt: number; // when the primary finished it
+  answered: string[][]; // the mirror's outcomes, by unit
+  sent: boolean; // written to the mirror connection
+  settings: Map<string, string>; // the client's settings when it began (for a setup before it)
+  afterGap: boolean; // transactions before it were dropped: the mirror session is set up first
+}
+
+// Per ReadyForQuery the mirror owes: a unit of a transaction, or one of the session setup.
+interface Expected {
+  txn: Txn | null;
+  unit: number;
+}
+
+enum LinkState {
+  None = 'none',
+  Connecting = 'connecting',
+  Ready = 'ready',
+}
+
+const NO_KERNEL = { serverPassed(): void {} }; // mirror connections never enter the kernel path
+const COPY_FOLLOWERS = new Set<number>([Frontend.CopyData, Frontend.CopyDone, Frontend.CopyFail]);
+
+function newUnit(): Unit {
+  return { parts: [], bytes: 0, lost: false, text: '', outcome: null, statementOps: [] };
+}
+
+export class MirrorSession implements ServerPeer {
+  private readonly requests = new MessageFramer(MAX_MESSAGE_LENGTH);
+  private readonly answers = new MessageFramer(MAX_MESSAGE_LENGTH); // the primary's, as the client got them
+  private readonly mirrorAnswers = new MessageFramer(MAX_MESSAGE_LENGTH);
+  private readonly primaryOutcome: OutcomeReader;
+  private readonly mirrorOutcome: OutcomeReader;
+  private open = newUnit(); // messages since the last Query/Sync/FunctionCall
+  private sent: Unit[] = []; // complete units the primary has not answered yet
+  private txnUnits: Unit[] = []; // answered units of the client's open transaction
+  private queue: Txn[] = []; // whole transactions waiting for the mirror connection
+  private expected: Expected[] = [];
+  private link = LinkState.None;
+  private conn: ServerConnection | null = null;
+  private gap = false; // transactions were dropped (or a used connection lost) since the last queued one
+  private used = false; // something was sent on the mirror connection: a setup resets it first
+  // The client's settings when its current transaction began: what a setup before it applies.
+  private startSettings: Map<string, string> | null = null;
+  private stopped = false;
+  private closing = false; // the client left: finish what was sent, then close
+  // The client's named statements as of its last finished transaction: the Parse that
+  // made each (sent again after a resync); and as of now, for the statement texts.
+  private readonly statements = new Map<string, { parse: Buffer; sql: string }>();
+  private readonly latest = new Map<string, string>();
+
+  constructor(
+    readonly mirror: Mirror,
+    private readonly client: MirroredClient,
+  ) {
+    this.primaryOutcome = new OutcomeReader(mirror.config.compare);
+    this.mirrorOutcome = new OutcomeReader(mirror.config.compare);
+  }
+
+  // ---- the client's side (called on the client's path: copies and counts only) ----
+
+  // Bytes the client sent, in order, as they reached the proxy.
+  clientBytes(chunk: Buffer): void {
+    if (this.stopped) return;
+    this.requests.push(chunk);
+    for (let m = this.requests.next(); m; m = this.requests.next()) this.onRequest(m.type, m.body);
+  }
+
+  private onRequest(type: number, body: Buffer): void {
+    if (type === Frontend.Terminate) return;
+    if (!this.startSettings) this.startSettings = new Map(this.client.settings);
+    // COPY data follows the Query that started the COPY: it belongs to that unit.
+    const last = this.sent[this.sent.length - 1];
+    const unit = COPY_FOLLOWERS.has(type) && this.open.parts.length === 0 && last ? last : this.open;
+    this.trackStatements(type, body, unit);
+    const raw = message(type, body);
+    if (!unit.lost) {
+      if (this.mirror.reserve(raw.length)) {
+        unit.parts.push(raw);
+        unit.bytes += raw.length;
+      } else {
+        unit.lost = true; // its transaction is dropped whole when it ends
+        this.mirror.release(unit.bytes);
+        unit.parts = [];
+        unit.bytes = 0;
+      }
+    }
+    if (!unit.text) unit.text = this.textOf(type, body);
+    if (type === Frontend.Query || type === Frontend.Sync || type === Frontend.FunctionCall) {
+      this.sent.push(this.open);
+      this.open = newUnit();
+    }
+  }
+
+  private textOf(type: number, body: Buffer): string {
+    const r = new BodyReader(body);
+    if (type === Frontend.Query) return r.cstring();
+    if (type === Frontend.Parse) {
+      r.cstring();
+      return r.cstring();
+    }
+    if (type === Frontend.Bind) {
+      r.cstring();
+      const name = r.cstring();
+      return name ? this.latest.get(name) ?? `(statement ${name})` : '';
+    }
+    return '';
+  }
+
+  private trackStatements(type: number, body: Buffer, unit: Unit): void {
+    if (type === Frontend.Parse) {
+      const r = new BodyReader(body);
+      const name = r.cstring();
+      if (!name) return;
+      const sql = r.cstring();
+      this.latest.set(name, sql);
+      unit.statementOps.push({ set: name, parse: message(type, body), sql });
+    } else if (type === Frontend.Close && body[0] === 0x53 /* S */) {
+      const name = new BodyReader(body.subarray(1)).cstring();
+      this.latest.delete(name);
+      unit.statementOps.push({ del: name });
+    } else if (type === Frontend.Query) {
+      const sql = new BodyReader(body).cstring();
+      if (/^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$/i.test(sql)) {
+        this.latest.clear();
+        unit.statementOps.push({ clear: true });
+      }
+    }
+  }
+
+  // The named statements the client has after these units (applied in transaction order,
+  // as each transaction is sent to the mirror or dropped).
+  private applyStatementOps(units: Unit[]): void {
+    for (const u of units) {
+      for (const op of u.statementOps) {
+        if ('set' in op) this.statements.set(op.set, { parse: op.parse, sql: op.sql });
+        else if ('del' in op) this.statements.delete(op.del);
+        else this.statements.clear();
+      }
+    }
+  }
+
+  // The client's settings were read back after its transaction (transaction mode): a
+  // transaction that began meanwhile and has not run yet starts from them.
+  settingsLearned(): void {
+    if (this.startSettings && this.txnUnits.length === 0) this.startSettings = new Map(this.client.settings);
+  }
+
+  // What the client was sent (the primary's answers, and the proxy's own), in order.
+  primaryBytes(chunk: Buffer): void {
+    if (this.stopped) return;
+    this.answers.push(chunk);
+    for (let m = this.answers.next(); m; m = this.answers.next()) {
+      const out = this.primaryOutcome.onMessage(m.type, m.body);
+      if (!out) continue;
+      const unit = this.sent.shift();
+      if (!unit) continue; // a ReadyForQuery of no request of the client's (none expected)
+      unit.outcome = out.items;
+      this.txnUnits.push(unit);
+      if (out.status === 'I') this.transactionEnded();
+    }
+  }
+
+  private transactionEnded(): void {
+    const units = this.txnUnits;
+    this.txnUnits = [];
+    const bytes = units.reduce((n, u) => n + u.bytes, 0);
+    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? new Map(this.client.settings), afterGap: false };
+    this.startSettings = null;
+    if (units.some((u) => u.lost) || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
+    txn.afterGap = this.gap;
+    this.gap = false;
+    this.queue.push(txn);
+    this.pump();
+  }
+
+  // ---- the mirror's side ----
+
+  private pump(): void {
+    if (this.stopped) return;
+    if (this.link === LinkState.None) {
+      if (this.queue.length && this.mirror.mayConnect()) this.connect();
+      else if (this.queue.length) this.drop(this.queue.splice(0));
+      return;
+    }
+    if (this.link !== LinkState.Ready) return; // connecting: the queue waits (bounded by queue_bytes)
+    const conn = this.conn!;
+    const out: Buffer[] = [];
+    for (const txn of this.queue.splice(0)) {
+      if (txn.afterGap) out.push(...this.setup(this.used, txn.settings));
+      this.used = true;
+      txn.units.forEach((u, i) => {
+        out.push(...u.parts);
+        this.expected.push({ txn, unit: i });
+      });
+      this.applyStatementOps(txn.units); // a setup after this one starts from here
+      txn.sent = true;
+    }
+    // Written without waiting for drain: what is unanswered stays counted in queue_bytes.
+    if (out.length) conn.write(out.length === 1 ? out[0] : Buffer.concat(out));
+  }
+
+  // Messages that give the mirror session the client's settings and named statements
+  // (after a reset when the session was in use). Their answers are not compared.
+  private setup(reset: boolean, settings: Map<string, string>): Buffer[] {
+    const out: Buffer[] = [];
+    if (reset) {
+      out.push(query('DISCARD ALL'));
+      this.expected.push({ txn: null, unit: 0 });
+    }
+    const sql = settingsSql(settings);
+    if (sql) {
+      out.push(query(sql));
+      this.expected.push({ txn: null, unit: 0 });
+    }
+    if (this.statements.size) {
+      for (const s of this.statements.values()) out.push(s.parse);
+      out.push(message(Frontend.Sync, Buffer.alloc(0)));
+      this.expected.push({ txn: null, unit: 0 });
+    }
+    return out;
+  }
+
+  private connect(): void {
+    this.link = LinkState.Connecting;
+    const conn = new ServerConnection(this.mirror.target(this.client.mirrorStartup), NO_KERNEL);
+    this.conn = conn;
+    conn.connect().then(
+      () => {
+        if (this.stopped || this.conn !== conn) return conn.close('mirror session ended');
+        this.mirror.connected();
+        conn.link(this);
+        this.link = LinkState.Ready;
+        // A new session starts as the client's did (its startup settings); only after a gap
+        // does it need the client's settings and statements (pump), without a reset.
+        this.used = false;
+        this.pump();
+        if (this.closing) this.finish(); // the client left while this connection opened
+      },
+      (e: Error) => {
+        if (this.conn !== conn) return;
+        this.conn = null;
+        this.link = LinkState.None;
+        this.mirror.failed(e.message);
+        this.drop(this.queue.splice(0));
+        if (this.closing) this.finish();
+      },
+    );
+  }
+
+  // The mirror's answers.
+  onServerData(chunk: Buffer, server: ServerConnection): void {
+    if (server !== this.conn) return;
+    this.mirrorAnswers.push(chunk);
+    for (let m = this.mirrorAnswers.next(); m; m = this.mirrorAnswers.next()) {
+      const out = this.mirrorOutcome.onMessage(m.type, m.body);
+      if (!out) continue;
+      const e = this.expected.shift();
+      if (!e) {
+        server.close('mirror answered more than it was sent', false);
+        return;
+      }
+      if (!e.txn) continue;
+      e.txn.answered[e.unit] = out.items;
+      if (e.unit === e.txn.units.length - 1) this.mirrored(e.txn);
+    }
+    if (this.closing) this.finish();
+  }
+
+  private mirrored(txn: Txn): void {
+    const m = this.mirror;
+    m.release(txn.bytes);
+    m.transactions++;
+    m.lagMs = Date.now() - txn.closedAt;
+    const primary = txn.units.map((u) => u.outcome ?? []);
+    const i = firstDifference(primary, txn.answered);
+    if (i < 0) return;
+    m.diverged++;
+    const text = txn.units[i].text || txn.units.find((u) => u.text)?.text || '';
+    m.divergences.report(text, primary[i], txn.answered[i] ?? []);
+  }
+
+  onServerPieces(pieces: Buffer[], server: ServerConnection): void {
+    for (const p of pieces) this.onServerData(p, server);
+  }
+
+  onServerReady(_status: TxStatus, _server: ServerConnection): void {
+    // (answers are counted in onServerData, in stream order)
+  }
+
+  onServerParameter(): void {}
+
+  onServerLost(server: ServerConnection, reason: string): void {
+    if (server !== this.conn) return;
+    this.conn = null;
+    this.link = LinkState.None;
+    if (this.used) this.gap = true; // what the client did to its session there is gone
+    if (!this.stopped && !this.closing) this.mirror.failed(`connection lost: ${reason}`);
+    // What was sent and not answered is unconfirmed: counted as dropped.
+    const inFlight = new Set<Txn>();
+    for (const e of this.expected) if (e.txn) inFlight.add(e.txn);
+    this.expected = [];
+    this.drop([...inFlight, ...this.queue.splice(0)]);
+    this.mirrorAnswers.takeRest();
+    this.mirrorOutcome.reset(); // forget a half-read answer
+  }
+
+  failWith(e: unknown): void {
+    log.error(`mirror session of ${this.client.label}: ${(e as Error)?.stack ?? String(e)}`);
+    this.stop('internal error');
+  }
+
+  // Transactions not mirrored: counted, their bytes freed; the mirror session is set up again first.
+  private drop(txns: Txn[]): void {
+    for (const t of txns) {
+      if (!t.sent) this.applyStatementOps(t.units);
+      this.mirror.release(t.bytes);
+      this.mirror.dropped++;
+    }
+    if (txns.length) this.gap = true;
+  }
+
+  // ---- ends ----
+
+  // The client left: what was sent is finished, then the mirror connection closes.
+  clientClosed(): void {
+    if (this.stopped || this.closing) return;
+    this.closing = true;
+    this.freeGathered();
+    if (this.link === LinkState.Ready) this.pump();
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.expected.length || this.queue.length || this.link === LinkState.Connecting) return;
+    this.stop('client closed');
+  }
+
+  // Ends this session now (the mirror was removed, or the client left and all is answered).
+  stop(reason: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.freeGathered();
+    const inFlight = new Set<Txn>();
+    for (const e of this.expected) if (e.txn) inFlight.add(e.txn);
+    this.expected = [];
+    this.drop([...inFlight, ...this.queue.splice(0)]);
+    const conn = this.conn;
+    this.conn = null;
+    this.link = LinkState.None;
+    if (conn) conn.close(reason);
+    this.mirror.sessions.delete(this);
+  }
+
+  // Frees the bytes of transactions the client had not finished.
+  private freeGathered(): void {
+    for (const u of [this.open, ...this.sent, ...this.txnUnits]) this.mirror.release(u.bytes);
+    this.open = newUnit();
+    this.sent = [];
+    this.txnUnits = [];
+  }
+}
+
+// SQL that gives a mirror session the client's settings (one Query: all or nothing).
+// role is set last, so that settings needing the session user's rights go first.
+function settingsSql(settings: Map<string, string>): string | null {
+  const stmts: string[] = [];
+  let role: string | null = null;
+  for (const [k, v] of settings) {
+    if (k === 'session_authorization') continue; // the mirror's user is the configured one
+    if (k === 'role') {
+      role = v;
+      continue;
+    }
+    stmts.push(`SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`);
+  }
+  if (role !== null && role !== 'none') stmts.push(`SELECT pg_catalog.set_config('role', ${quoteLiteral(role)}, false)`);
+  return stmts.length ? stmts.join('; ') : null;
+}
+
+function quoteLiteral(s: string): string {
+  return `'${s.replace(/'/g, "''")}'`;
+}

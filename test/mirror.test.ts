@@ -1,0 +1,314 @@
+// Workload mirroring (docs/mirroring.md), against two real clusters: a primary behind the
+// proxy and a mirror. Deterministic pgbench runs leave both with the same data; a mirror
+// stopped mid-run costs the primary nothing and receives only whole transactions; a row
+// missing on the mirror is reported with its statement; SET and named prepared statements
+// reach the mirror; a slow mirror never makes the proxy hold more than queue_bytes.
+import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Client } from 'pg';
+import { BYPASS_MODES } from './helpers/modes';
+import { startProxy, type ProxyHandle } from './helpers/proxy';
+import { type Cluster, freePort, libpqEnv, proxyConfig, run, sleep, startCluster, waitUntil } from './helpers/cluster';
+
+type Row = Record<string, string>;
+
+async function adminRows(proxy: ProxyHandle, sql: string): Promise<Row[]> {
+  const r = await run('psql', ['-X', '-q', '-A', '-F', '|', '-P', 'footer=off', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
+    env: libpqEnv(proxy, 'pgsplice'), timeoutMs: 30000,
+  });
+  if (r.code !== 0) throw new Error(`psql ${sql} failed (${r.code}): ${r.stderr.trim()}`);
+  const lines = r.stdout.split('\n').filter((l) => l !== '');
+  const cols = lines[0]?.split('|') ?? [];
+  return lines.slice(1).map((l) => Object.fromEntries(cols.map((c, i) => [c, l.split('|')[i] ?? ''])));
+}
+
+async function mirrorRow(proxy: ProxyHandle, database: string): Promise<Row> {
+  const rows = await adminRows(proxy, 'SHOW MIRRORS');
+  const row = rows.find((r) => r.database === database);
+  if (!row) throw new Error(`no SHOW MIRRORS row for ${database}: ${JSON.stringify(rows)}`);
+  return row;
+}
+
+function pgbenchCounts(out: string): { processed: number; failed: number } {
+  const p = /number of transactions actually processed: (\d+)/.exec(out);
+  const f = /number of failed transactions: (\d+)/.exec(out);
+  return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
+}
+
+const CHECKSUMS = {
+  accounts: `SELECT md5(string_agg(t::text, ',' ORDER BY aid)) FROM pgbench_accounts t`,
+  tellers: `SELECT md5(string_agg(t::text, ',' ORDER BY tid)) FROM pgbench_tellers t`,
+  branches: `SELECT md5(string_agg(t::text, ',' ORDER BY bid)) FROM pgbench_branches t`,
+  history: `SELECT count(*) || ' ' || coalesce(sum(delta), 0) FROM pgbench_history`,
+};
+
+async function pgbenchInit(c: Cluster): Promise<void> {
+  const r = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], {
+    env: { PGPASSWORD: 'app-pw' }, timeoutMs: 120000,
+  });
+  if (r.code !== 0) throw new Error(`pgbench -i: ${r.stderr.slice(-500)}`);
+}
+
+// Waits until the mirror has answered everything it was sent (nothing queued or in flight).
+async function drained(proxy: ProxyHandle, database: string): Promise<Row> {
+  return waitUntil(async () => {
+    const r = await mirrorRow(proxy, database);
+    return r.queued_bytes === '0' && r.clients === '0' ? r : null;
+  }, 60000, `mirror of ${database} drained`, 250);
+}
+
+t.test('mirroring to a second cluster', async (t) => {
+  const primary = await startCluster(t);
+  const mirror = await startCluster(t);
+  const both = (sql: string) => {
+    primary.sql(sql);
+    mirror.sql(sql);
+  };
+  both(`CREATE TABLE probe (id int, v text); CREATE TABLE div_probe (id int PRIMARY KEY, v int);
+        CREATE TABLE slow_probe (id serial, pad text); GRANT ALL ON probe, div_probe, slow_probe, slow_probe_id_seq TO app`);
+  // On the mirror only: every row inserted into slow_probe takes 500 ms (a slow mirror).
+  mirror.sql(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+              CREATE TRIGGER slow BEFORE INSERT ON slow_probe FOR EACH ROW EXECUTE FUNCTION slow()`);
+  const mirrorOf = (extra: Record<string, unknown> = {}) => ({
+    host: '127.0.0.1', port: mirror.pg.port, dbname: 'app', user: 'app', password: 'app-pw', ...extra,
+  });
+
+  for (const bypass of BYPASS_MODES) {
+    const B = `[bypass=${bypass}]`;
+    const cfg = await proxyConfig(primary, {
+      bypass,
+      default_pool_size: 4,
+      admin_users: ['app'],
+      query_wait_timeout: 60,
+      metrics: { host: '127.0.0.1', port: await freePort() },
+      databases: {
+        app: { host: '127.0.0.1', port: primary.pg.port, dbname: 'app', mirrors: [mirrorOf({ compare: 'rows' })] },
+        app_slow: { host: '127.0.0.1', port: primary.pg.port, dbname: 'app', mirrors: [mirrorOf({ queue_bytes: 65536 })] },
+        app_plain: { host: '127.0.0.1', port: primary.pg.port, dbname: 'app' },
+      },
+    });
+    let proxy: ProxyHandle;
+    t.before(async () => {
+      await pgbenchInit(primary);
+      await pgbenchInit(mirror);
+      both('TRUNCATE probe, div_probe, slow_probe; INSERT INTO div_probe SELECT g, 0 FROM generate_series(1, 10) g');
+      proxy = await startProxy(t, cfg, { logLevel: 'info' });
+    });
+
+    const pgbench = async (t: tap.Test, args: string[], label: string) => {
+      const r = await run('pgbench', ['-n', ...args, 'app'], { env: libpqEnv(proxy), timeoutMs: 120000 });
+      const n = pgbenchCounts(r.stdout);
+      t.equal(r.code, 0, `${label}: pgbench exits 0 (${r.stderr.slice(-800)})`);
+      t.equal(n.failed, 0, `${label}: no failed transactions on the primary`);
+      return n;
+    };
+
+    t.test(`deterministic pgbench, -M extended and -M prepared: both clusters end with the same data ${B}`, async (t) => {
+      const before = await mirrorRow(proxy, 'app');
+      const e = await pgbench(t, ['-M', 'extended', '-c', '4', '-j', '4', '-t', '150', '--random-seed=7'], 'extended');
+      t.equal(e.processed, 600, 'extended: 600 transactions');
+      const p = await pgbench(t, ['-M', 'prepared', '-c', '4', '-j', '4', '-t', '150', '--random-seed=8'], 'prepared');
+      t.equal(p.processed, 600, 'prepared: 600 transactions');
+      const row = await drained(proxy, 'app');
+      t.equal(row.state, 'up', 'the mirror is up');
+      t.equal(row.dropped, before.dropped, 'nothing dropped');
+      t.equal(row.diverged, before.diverged, `no divergence (${row.last_divergence})`);
+      // 1200 pgbench transactions plus -M prepared's 4 x 5 PQprepare round trips (each its own transaction)
+      t.ok(Number(row.transactions) - Number(before.transactions) >= 1200, `mirrored ${Number(row.transactions) - Number(before.transactions)} transactions`);
+      for (const [name, sql] of Object.entries(CHECKSUMS)) {
+        t.equal(mirror.sql(sql), primary.sql(sql), `${name}: same on the mirror as on the primary`);
+      }
+    });
+
+    t.test(`SET and named prepared statements reach the mirror ${B}`, async (t) => {
+      const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
+      await c.connect();
+      try {
+        await c.query(`SET TimeZone = 'Asia/Tokyo'`);
+        await c.query(`SET DateStyle = 'SQL, DMY'`);
+        const ins = { name: 'ins_probe', text: `INSERT INTO probe VALUES ($1, $2::timestamptz::text)` };
+        for (let i = 1; i <= 5; i++) await c.query({ ...ins, values: [i, '2020-01-02 03:04:05+00'] });
+        await c.query('BEGIN');
+        await c.query({ ...ins, values: [6, '2021-06-07 08:09:10+00'] });
+        await c.query(`SET LOCAL TimeZone = 'UTC'`);
+        await c.query({ ...ins, values: [7, '2021-06-07 08:09:10+00'] });
+        await c.query('COMMIT');
+        await c.query({ name: 'sel_probe', text: 'SELECT count(*) FROM probe WHERE v = $1', values: ['02/01/2020 12:04:05 JST'] });
+      } finally {
+        await c.end();
+      }
+      const before = await mirrorRow(proxy, 'app');
+      await drained(proxy, 'app');
+      const sql = 'SELECT string_agg(id || \'=\' || v, \', \' ORDER BY id) FROM probe';
+      const onPrimary = primary.sql(sql);
+      t.match(onPrimary, /1=02\/01\/2020 12:04:05 JST/, `the primary has the client's settings applied (${onPrimary})`);
+      t.equal(mirror.sql(sql), onPrimary, 'the mirror has the same rows, written with the same settings');
+      const after = await mirrorRow(proxy, 'app');
+      t.equal(after.diverged, before.diverged, `no divergence (${after.last_divergence})`);
+    });
+
+    t.test(`after a dropped transaction the mirror session gets the client's settings and statements again ${B}`, async (t) => {
+      const before = await mirrorRow(proxy, 'app_slow');
+      const ts = '2020-01-02 03:04:05+00';
+      const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app_slow' });
+      await c.connect();
+      try {
+        await c.query(`SET TimeZone = 'Asia/Tokyo'`);
+        await c.query({ name: 'ins_a', text: 'INSERT INTO probe VALUES ($1, $2::timestamptz::text)', values: [50, ts] });
+        // Larger than queue_bytes (65536): not mirrored, and it changes the session.
+        await c.query(`SELECT length('${'x'.repeat(70000)}'); SET DateStyle = 'SQL, DMY'`);
+        // A named statement prepared in a transaction that is not mirrored either.
+        const insB = { name: 'ins_b', text: 'INSERT INTO probe SELECT $1, $2::timestamptz::text WHERE length($3) > 0' };
+        await c.query({ ...insB, values: [51, ts, 'y'.repeat(70000)] });
+        await c.query({ ...insB, values: [52, ts, 'y'] }); // Bind of ins_b only: the mirror must have it
+        await c.query({ name: 'ins_a', text: 'INSERT INTO probe VALUES ($1, $2::timestamptz::text)', values: [53, ts] });
+      } finally {
+        await c.end();
+      }
+      const row = await drained(proxy, 'app_slow');
+      t.equal(Number(row.dropped) - Number(before.dropped), 2, 'the two large transactions were dropped and counted');
+      t.equal(Number(row.diverged), Number(before.diverged), `no divergence after the gap (${row.last_divergence})`);
+      const sql = `SELECT string_agg(id || '=' || v, ', ' ORDER BY id) FROM probe WHERE id BETWEEN 50 AND 59`;
+      t.equal(primary.sql(sql), '50=2020-01-02 12:04:05+09, 51=02/01/2020 12:04:05 JST, 52=02/01/2020 12:04:05 JST, 53=02/01/2020 12:04:05 JST', 'the primary ran all four');
+      t.equal(mirror.sql(sql), '50=2020-01-02 12:04:05+09, 52=02/01/2020 12:04:05 JST, 53=02/01/2020 12:04:05 JST',
+        'the mirror ran the others with the settings and statement made in the dropped ones');
+    });
+
+    t.test(`a row missing on the mirror is reported with its statement ${B}`, async (t) => {
+      mirror.sql('DELETE FROM div_probe WHERE id = 5');
+      const before = await mirrorRow(proxy, 'app');
+      const from = proxy.logs().length;
+      const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
+      await c.connect();
+      try {
+        const r = await c.query('UPDATE div_probe SET v = v + 1 WHERE id = 5');
+        t.equal(r.rowCount, 1, 'the client gets the primary\'s answer (UPDATE 1)');
+        await c.query('UPDATE div_probe SET v = v + 1 WHERE id = 6'); // the same on both
+      } finally {
+        await c.end();
+      }
+      const row = await drained(proxy, 'app');
+      t.equal(Number(row.diverged) - Number(before.diverged), 1, 'one divergence counted');
+      t.match(row.last_divergence, /statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5; primary: UPDATE 1; mirror: UPDATE 0/, 'SHOW MIRRORS names the statement and both answers');
+      const line = await proxy.waitForLog(/mirror app -> .* diverged: statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5/, 10000, from);
+      t.ok(line, 'the divergence is logged with the statement');
+      t.equal(mirror.sql('SELECT v FROM div_probe WHERE id = 6'), '1', 'the statement after it was mirrored');
+    });
+
+    t.test(`a slow mirror never makes the proxy hold more than queue_bytes ${B}`, async (t) => {
+      const before = await mirrorRow(proxy, 'app_slow');
+      const started = Date.now();
+      let peakSeen = 0;
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          const r = await mirrorRow(proxy, 'app_slow').catch(() => null);
+          if (r) peakSeen = Math.max(peakSeen, Number(r.queued_bytes));
+          await sleep(100);
+        }
+      })();
+      // 4 clients x 100 inserts of 1 kB: the mirror needs 500 ms per row (50 s per client's
+      // inserts), the primary far less.
+      const script = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-mirror-')), 'slow.sql');
+      fs.writeFileSync(script, `INSERT INTO slow_probe (pad) VALUES ('${'x'.repeat(1000)}');\n`); // 1 kB requests
+      const r = await run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '4', '-t', '100', '-f', script, 'app_slow'], {
+        env: libpqEnv(proxy, 'app_slow'), timeoutMs: 120000,
+      });
+      const elapsed = Date.now() - started;
+      sampling = false;
+      await sampler;
+      const n = pgbenchCounts(r.stdout);
+      t.equal(r.code, 0, `pgbench exits 0 (${r.stderr.slice(-500)})`);
+      t.equal(n.processed, 400, 'the primary did all 400 inserts');
+      t.equal(n.failed, 0, 'none failed');
+      const row = await drained(proxy, 'app_slow');
+      t.ok(Number(row.peak_queued_bytes) <= 65536, `the proxy held at most queue_bytes for the mirror: peak ${row.peak_queued_bytes} of 65536`);
+      t.ok(peakSeen <= 65536, `sampled queued_bytes stayed within queue_bytes (max seen ${peakSeen})`);
+      const dropped = Number(row.dropped) - Number(before.dropped);
+      const mirrored = Number(row.transactions) - Number(before.transactions);
+      t.ok(dropped > 0, `transactions were dropped and counted: ${dropped} dropped, ${mirrored} mirrored`);
+      t.equal(dropped + mirrored, 400, 'every transaction was mirrored or counted as dropped');
+      t.equal(mirror.sql('SELECT count(*) FROM slow_probe'), String(mirrored), 'the mirror holds exactly the mirrored inserts');
+      t.ok(elapsed < 50000, `the primary did not wait for the mirror: 400 inserts through the proxy in ${elapsed} ms, the mirror needs >= 50000 ms for them`);
+    });
+
+    t.test(`a mirror stopped mid-run: the primary is unaffected, drops are counted, transactions stay whole ${B}`, async (t) => {
+      const before = await mirrorRow(proxy, 'app');
+      const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '4', '-T', '8', 'app'], { env: libpqEnv(proxy), timeoutMs: 120000 });
+      await waitUntil(async () => Number((await mirrorRow(proxy, 'app')).transactions) > Number(before.transactions) + 100, 30000, 'mirroring under way', 200);
+      await mirror.pg.stop('fast');
+      // (short runs keep traffic going in case the long one ended meanwhile on a slow machine)
+      const traffic = async (): Promise<void> => {
+        const again = await run('pgbench', ['-n', '-M', 'extended', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
+        if (pgbenchCounts(again.stdout).failed !== 0 || again.code !== 0) throw new Error(`pgbench failed: ${again.stderr}`);
+      };
+      await waitUntil(async () => {
+        if ((await mirrorRow(proxy, 'app')).state === 'down') return true;
+        await traffic();
+        return (await mirrorRow(proxy, 'app')).state === 'down';
+      }, 40000, 'the mirror is seen down', 200);
+      await sleep(1500);
+      const whileDown = await mirrorRow(proxy, 'app');
+      await mirror.pg.start();
+      const r = await bench;
+      const n = pgbenchCounts(r.stdout);
+      t.equal(r.code, 0, `pgbench exits 0 (${r.stderr.slice(-800)})`);
+      t.equal(n.failed, 0, 'the primary had no failed transaction');
+      t.ok(n.processed > 0, `${n.processed} transactions on the primary`);
+      // Transactions after the restart are mirrored again once the back-off (at most 10 s) lets a connection be tried.
+      await waitUntil(async () => {
+        await traffic();
+        const row = await mirrorRow(proxy, 'app');
+        return row.state === 'up' && Number(row.transactions) > Number(whileDown.transactions) ? row : null;
+      }, 40000, 'mirroring resumed after the restart', 500);
+      const row = await drained(proxy, 'app');
+      t.ok(Number(row.dropped) > Number(before.dropped), `drops counted: ${Number(row.dropped) - Number(before.dropped)}`);
+      t.ok(Number(row.transactions) > Number(whileDown.transactions), 'mirroring resumed');
+      // Each pgbench transaction adds the same delta to an account, a teller and a branch:
+      // the sums stay equal on the mirror only if every transaction there is whole.
+      const sums = mirror.sql('SELECT (SELECT sum(abalance) FROM pgbench_accounts) || \' \' || (SELECT sum(tbalance) FROM pgbench_tellers) || \' \' || (SELECT sum(bbalance) FROM pgbench_branches)').split(' ');
+      t.ok(sums[0] === sums[1] && sums[1] === sums[2], `balances agree on the mirror: ${sums.join(' ')}`);
+      t.ok(Number(mirror.sql('SELECT count(*) FROM pgbench_history')) < Number(primary.sql('SELECT count(*) FROM pgbench_history')), 'the mirror missed the dropped transactions');
+    });
+
+    t.test(`the metrics carry SHOW MIRRORS' numbers ${B}`, async (t) => {
+      await drained(proxy, 'app');
+      const rows = await adminRows(proxy, 'SHOW MIRRORS');
+      const text = await (await fetch(`http://127.0.0.1:${cfg.metrics.port}/metrics`)).text();
+      const value = (name: string, db: string) => {
+        const m = new RegExp(`^${name}\\{database="${db}",mirror="[^"]+"\\} (\\S+)$`, 'm').exec(text);
+        return m ? Number(m[1]) : NaN;
+      };
+      for (const r of rows) {
+        t.equal(value('pgsplice_mirror_transactions_total', r.database), Number(r.transactions), `${r.database}: transactions`);
+        t.equal(value('pgsplice_mirror_dropped_total', r.database), Number(r.dropped), `${r.database}: dropped`);
+        t.equal(value('pgsplice_mirror_diverged_total', r.database), Number(r.diverged), `${r.database}: diverged`);
+        t.equal(value('pgsplice_mirror_peak_queued_bytes', r.database), Number(r.peak_queued_bytes), `${r.database}: peak queued bytes`);
+        t.equal(value('pgsplice_mirror_queue_limit_bytes', r.database), Number(r.queue_bytes), `${r.database}: queue_bytes`);
+        t.equal(value('pgsplice_mirror_up', r.database), 1, `${r.database}: up`);
+      }
+      t.equal(rows.length, 2, 'one row per mirror');
+    });
+
+    t.test(`reload removes and adds mirrors ${B}`, async (t) => {
+      const without = JSON.parse(JSON.stringify(cfg));
+      delete without.databases.app.mirrors;
+      await proxy.reload(without);
+      await waitUntil(async () => !(await adminRows(proxy, 'SHOW MIRRORS')).some((r) => r.database === 'app'), 10000, 'mirror removed');
+      const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
+      await c.connect();
+      await c.query('INSERT INTO probe VALUES (100, \'not mirrored\')');
+      await c.end();
+      await proxy.reload(cfg);
+      await waitUntil(async () => (await adminRows(proxy, 'SHOW MIRRORS')).some((r) => r.database === 'app'), 10000, 'mirror added back');
+      const c2 = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
+      await c2.connect();
+      await c2.query('INSERT INTO probe VALUES (101, \'mirrored\')');
+      await c2.end();
+      await drained(proxy, 'app');
+      t.equal(mirror.sql('SELECT string_agg(id::text, \',\' ORDER BY id) FROM probe WHERE id >= 100'), '101', 'only the insert made while the mirror was configured reached it');
+    });
+  }
+});
