@@ -8,10 +8,13 @@ import { log, setLogLevel } from './observe/log';
 import { Proxy } from './proxy';
 import { buildTls } from './auth/tls';
 import { installProcessBoundary } from './pooling/error-boundary';
+import { workerCount, workerRole } from './workers/role';
+import { runPrimary } from './workers/primary';
+import { serveAsWorker } from './workers/worker';
 
 const VERSION: string = require('../../package.json').version;
 
-async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
+async function run(configPath: string, logLevel?: LogLevel, takeover = false): Promise<void> {
   let config;
   try {
     config = loadConfigFile(configPath);
@@ -20,6 +23,17 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     process.exit(2);
   }
   setLogLevel(logLevel ?? config.log_level);
+  // workers: N > 1: this process forks the workers and serves nothing itself.
+  const role = workerRole();
+  if (!role && workerCount(config) > 1) {
+    try {
+      await runPrimary(config, takeover);
+    } catch (e) {
+      log.error((e as Error).message);
+      process.exit(1);
+    }
+    return;
+  }
   let proxy: Proxy;
   try {
     proxy = new Proxy(config);
@@ -60,19 +74,30 @@ async function run(configPath: string, logLevel?: LogLevel): Promise<void> {
     log.error((e as Error).message);
     process.exit(1);
   }
-  log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
+  // A worker's takeover is its primary's, once all workers listen.
+  if (role) serveAsWorker(proxy);
+  else if (takeover) {
+    try {
+      await proxy.takeOver();
+    } catch (e) {
+      log.error((e as Error).message);
+    }
+  }
+  const who = role ? `, worker ${role.index} of ${role.count}, peer_id ${role.peerId}` : proxy.peerId ? `, peer_id ${proxy.peerId}` : '';
+  log.info(`pgsplice ${VERSION} started (pid ${process.pid}${who}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
 }
 
 void yargs(hideBin(process.argv))
   .scriptName('pgsplice')
   .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config')
   .option('config', { alias: 'c', type: 'string', describe: 'YAML config file', default: 'pgsplice.yaml' })
+  .option('takeover', { type: 'boolean', default: false, describe: 'once listening (so_reuseport), make the pgsplice already on the port drain and exit' })
   .option('log-level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'overrides log_level' })
   .command(
     ['run', '$0'],
     'run the proxy',
     () => {},
-    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined),
+    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined, argv.takeover as boolean),
   )
   .command(
     'check',

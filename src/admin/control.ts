@@ -3,7 +3,6 @@
 import type { Config } from '../config/types';
 import type { Pooler } from '../pooling/pooler';
 import { loadConfigFile } from '../config/load';
-import { ClientState } from '../pooling/client-connection';
 import { log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
 
@@ -14,6 +13,10 @@ export interface ControlledProxy {
   readonly pooler: Pooler;
   reload(next: Config): string[]; // the keys that need a restart
   shutdownFast(): void;
+  // SHUTDOWN WAIT_FOR_CLIENTS: resolves once every pool client has left.
+  drain(): Promise<void>;
+  // A worker passes a SHUTDOWN to its primary, which sends it to every worker (true then).
+  relayShutdown(waitForClients: boolean): boolean;
 }
 
 export function proxyControl(proxy: ControlledProxy): ProxyControl {
@@ -33,6 +36,7 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
     },
     apply,
     shutdown(waitForClients: boolean): void {
+      if (proxy.relayShutdown(waitForClients)) return;
       const exit = () => setTimeout(() => process.exit(0), 100);
       if (!waitForClients) {
         proxy.shutdownFast();
@@ -40,15 +44,8 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
         return;
       }
       // Refuse new clients, wait until every pool client has disconnected, then stop.
-      proxy.pooler.accepting = false;
-      log.info('SHUTDOWN WAIT_FOR_CLIENTS: new connections refused; waiting for clients to disconnect');
-      const timer = setInterval(() => {
-        const left = [...proxy.pooler.clients].filter((c) => c.pool && c.state !== ClientState.Closed).length;
-        if (left > 0) return;
-        clearInterval(timer);
-        proxy.shutdownFast();
-        exit();
-      }, 100);
+      log.info('SHUTDOWN WAIT_FOR_CLIENTS: waiting for clients to disconnect');
+      void proxy.drain().then(exit);
     },
     pause: (db) => proxy.pooler.pause(db),
     resume: (db) => proxy.pooler.resume(db),
