@@ -21,8 +21,8 @@ t.test('workers', async (t) => {
     t.test(`two workers share the port, the pool size and the cancel keys ${B}`, async (t) => {
       const proxy = await startProxy(t, await proxyConfig(c, {
         bypass, workers: 2, default_pool_size: 4, admin_users: ['app'], server_idle_timeout: 600,
-      }), { logLevel: 'info' });
-      await proxy.waitForLog(/2 workers listening/, 20000);
+      }), { logLevel: 'info', startTimeoutMs: 90000 });
+      await proxy.waitForLog(/2 workers listening/, 90000);
 
       // pgbench: every transaction succeeds; 16 connections land on both workers.
       const r = await run('pgbench', ['-n', '-M', 'extended', '-c', '16', '-j', '2', '-T', '5', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
