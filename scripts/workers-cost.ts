@@ -44,10 +44,10 @@ function treeCpu(root: number): number {
 }
 
 async function main(): Promise<void> {
-  const pg = await ScratchPostgres.create({ hbaMethod: 'trust', settings: { max_connections: 200 } });
+  const pg = await ScratchPostgres.create({ settings: { max_connections: 200 } });
   try {
     pg.createUserAndDb('app', 'app-pw', 'app');
-    execFileSync('pgbench', ['-i', '-q', '-s', '1', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'app', 'app'], { stdio: 'ignore' });
+    execFileSync('pgbench', ['-i', '-q', '-s', '1', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'app', 'app'], { stdio: 'ignore', env: { ...process.env, PGPASSWORD: 'app-pw' } });
     const pgPid = Number(fs.readFileSync(path.join(pg.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     const rows: string[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
@@ -58,14 +58,14 @@ async function main(): Promise<void> {
           const cfg = path.join(dir, 'pgsplice.yaml');
           fs.writeFileSync(cfg, [
             `listen: { host: 127.0.0.1, port: ${port} }`, `bypass: ${bypass}`, `workers: ${workers}`, 'pool_mode: transaction',
-            'default_pool_size: 8', 'auth_type: trust', 'log_level: warn',
-            `databases: { app: { host: 127.0.0.1, port: ${pg.port}, dbname: app } }`, 'users: { app: {} }',
+            'default_pool_size: 8', 'log_level: warn',
+            `databases: { app: { host: 127.0.0.1, port: ${pg.port}, dbname: app } }`, 'users: { app: { password: app-pw } }',
           ].join('\n'));
           const proxy = spawn(process.execPath, [CLI, '-c', cfg], { stdio: 'ignore' });
           await new Promise((r) => setTimeout(r, 3000 + 2000 * workers));
           const cpu0 = treeCpu(proxy.pid!);
           const pg0 = treeCpu(pgPid);
-          const out = execFileSync('pgbench', ['-n', '-S', '-M', 'extended', '-c', '32', '-j', '2', '-T', String(SECONDS), '-h', '127.0.0.1', '-p', String(port), '-U', 'app', 'app'], { encoding: 'utf8' });
+          const out = execFileSync('pgbench', ['-n', '-S', '-M', 'extended', '-c', '32', '-j', '2', '-T', String(SECONDS), '-h', '127.0.0.1', '-p', String(port), '-U', 'app', 'app'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: 'app-pw' } });
           const cpu = treeCpu(proxy.pid!) - cpu0;
           const pgCpu = treeCpu(pgPid) - pg0;
           const servers = Number(pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'`, 'app').trim());
