@@ -58,11 +58,20 @@ async function main(): Promise<void> {
           const cfg = path.join(dir, 'pgsplice.yaml');
           fs.writeFileSync(cfg, [
             `listen: { host: 127.0.0.1, port: ${port} }`, `bypass: ${bypass}`, `workers: ${workers}`, 'pool_mode: transaction',
-            'default_pool_size: 8', 'log_level: warn',
+            'default_pool_size: 8', 'log_level: info',
             `databases: { app: { host: 127.0.0.1, port: ${pg.port}, dbname: app } }`, 'users: { app: { password: app-pw } }',
           ].join('\n'));
-          const proxy = spawn(process.execPath, [CLI, '-c', cfg], { stdio: 'ignore' });
-          await new Promise((r) => setTimeout(r, 3000 + 2000 * workers));
+          const proxy = spawn(process.execPath, [CLI, '-c', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+          // Measured from the moment every worker listens (start-up CPU is not per transaction).
+          const ready = workers > 1 ? new RegExp(`${workers} workers listening`) : /started \(/;
+          await new Promise<void>((resolve) => {
+            let log = '';
+            proxy.stderr!.on('data', (d) => {
+              log += d;
+              if (ready.test(log)) resolve();
+            });
+          });
+          await new Promise((r) => setTimeout(r, 1000));
           const cpu0 = treeCpu(proxy.pid!);
           const pg0 = treeCpu(pgPid);
           const out = execFileSync('pgbench', ['-n', '-S', '-M', 'extended', '-c', '32', '-j', '2', '-T', String(SECONDS), '-h', '127.0.0.1', '-p', String(port), '-U', 'app', 'app'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: 'app-pw' } });
