@@ -11,6 +11,7 @@ import { ScratchPostgres, freePort } from './scratch-postgres';
 
 const SECONDS = Number(process.argv[2] ?? 10);
 const ROUNDS = Number(process.argv[3] ?? 2);
+const MODES = (process.env.WORKERS_COST_MODES ?? 'off,on').split(',');
 const CLK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 const CLI = path.resolve(__dirname, '..', 'src', 'cli.js');
 
@@ -51,43 +52,49 @@ async function main(): Promise<void> {
     const pgPid = Number(fs.readFileSync(path.join(pg.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     const rows: string[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      for (const bypass of ['off', 'on']) {
-        for (const workers of [1, 2]) {
+      for (const bypass of MODES) {
+        for (const variant of (process.env.WORKERS_COST_VARIANTS ?? '1,2').split(',')) {
+          // N: workers: N; Nr: the same with so_reuseport (for workers: 1, the shared-port listener alone)
+          const workers = parseInt(variant, 10);
+          const reuse = variant.endsWith('r');
           const port = await freePort();
           const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cost-'));
           const cfg = path.join(dir, 'pgsplice.yaml');
           fs.writeFileSync(cfg, [
-            `listen: { host: 127.0.0.1, port: ${port} }`, `bypass: ${bypass}`, `workers: ${workers}`, 'pool_mode: transaction',
+            `listen: { host: 127.0.0.1, port: ${port} }`, `bypass: ${bypass}`, `workers: ${workers}`, `so_reuseport: ${reuse}`, 'pool_mode: transaction',
             'default_pool_size: 8', 'log_level: info',
             `databases: { app: { host: 127.0.0.1, port: ${pg.port}, dbname: app } }`, 'users: { app: { password: app-pw } }',
           ].join('\n'));
           const proxy = spawn(process.execPath, [CLI, '-c', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
           // Measured from the moment every worker listens (start-up CPU is not per transaction).
           const ready = workers > 1 ? new RegExp(`${workers} workers listening`) : /started \(/;
+          let log = '';
           await new Promise<void>((resolve) => {
-            let log = '';
             proxy.stderr!.on('data', (d) => {
               log += d;
               if (ready.test(log)) resolve();
             });
           });
           await new Promise((r) => setTimeout(r, 1000));
+          const logAt = log.length;
           const cpu0 = treeCpu(proxy.pid!);
           const pg0 = treeCpu(pgPid);
           const out = execFileSync('pgbench', ['-n', '-S', '-M', 'extended', '-c', '32', '-j', '2', '-T', String(SECONDS), '-h', '127.0.0.1', '-p', String(port), '-U', 'app', 'app'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: 'app-pw' } });
           const cpu = treeCpu(proxy.pid!) - cpu0;
           const pgCpu = treeCpu(pgPid) - pg0;
           const servers = Number(pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'`, 'app').trim());
+          const opened = (log.slice(logAt).match(/new server connection/g) ?? []).length;
+          if (process.env.WORKERS_COST_LOG) fs.writeFileSync(`${process.env.WORKERS_COST_LOG}-${bypass}-${workers}.log`, log.slice(logAt));
           const tx = Number(/actually processed: (\d+)/.exec(out)![1]);
           const failed = Number(/failed transactions: (\d+)/.exec(out)?.[1] ?? 0);
-          rows.push(`| ${round} | ${bypass} | ${workers} | ${(tx / SECONDS).toFixed(0)} | ${((cpu / tx) * 1e6).toFixed(1)} | ${((pgCpu / tx) * 1e6).toFixed(1)} | ${servers} | ${failed} |`);
+          rows.push(`| ${round} | ${bypass} | ${variant} | ${(tx / SECONDS).toFixed(0)} | ${((cpu / tx) * 1e6).toFixed(1)} | ${((pgCpu / tx) * 1e6).toFixed(1)} | ${servers} | ${opened} | ${failed} |`);
           console.log(rows[rows.length - 1]);
           proxy.kill('SIGINT');
           await new Promise((r) => proxy.once('exit', r));
         }
       }
     }
-    console.log('| round | bypass | workers | tps | pgsplice CPU µs/tx | PostgreSQL CPU µs/tx | server conns | failed |');
+    console.log('| round | bypass | workers | tps | pgsplice CPU µs/tx | PostgreSQL CPU µs/tx | server conns | servers opened | failed |');
     console.log(rows.join('\n'));
   } finally {
     await pg.destroy();
