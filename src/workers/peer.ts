@@ -44,6 +44,9 @@ function peerFiles(dir: string, port: number): number[] {
 // Sends one request to a peer; resolves true once the peer has read it, false when no
 // process listens there (a stale file, which is removed).
 function send(file: string, msg: Buffer | null): Promise<boolean> {
+  // Only a socket of our own user is a peer: in a shared directory such as /tmp another
+  // user could put one there to collect cancel keys or ignore drains.
+  if (!ownSocket(file)) return Promise.resolve(false);
   return new Promise((resolve) => {
     const sock = net.connect(file);
     sock.setTimeout(2000, () => sock.destroy(new Error('timeout')));
@@ -65,6 +68,15 @@ function send(file: string, msg: Buffer | null): Promise<boolean> {
       }
     });
   });
+}
+
+function ownSocket(file: string): boolean {
+  try {
+    const st = fs.lstatSync(file);
+    return st.isSocket() && st.uid === process.getuid?.();
+  } catch {
+    return false;
+  }
 }
 
 function isLive(file: string): Promise<boolean> {
