@@ -13,10 +13,13 @@ import { installSignalHandlers } from './process/signals';
 import { Proxy } from './proxy';
 import { buildTls } from './auth/tls';
 import { installProcessBoundary } from './pooling/error-boundary';
+import { workerCount, workerRole } from './workers/role';
+import { runPrimary } from './workers/primary';
+import { serveAsWorker } from './workers/worker';
 
 const VERSION: string = require('../../package.json').version;
 
-async function run(configPath: string, logLevel: LogLevel | undefined, quiet: boolean): Promise<void> {
+async function run(configPath: string, logLevel: LogLevel | undefined, quiet: boolean, takeover = false): Promise<void> {
   let config;
   try {
     config = loadConfigFile(configPath);
@@ -26,12 +29,24 @@ async function run(configPath: string, logLevel: LogLevel | undefined, quiet: bo
   }
   setLogLevel(logLevel ?? config.log_level);
   setQuiet(quiet);
+  // workers: N > 1: this process forks the workers and serves nothing itself.
+  const role = workerRole();
   try {
     configureLogging(config);
-    if (config.pidfile) claimPidfile(relativeToConfig(config, config.pidfile));
+    // The pidfile is the primary's (or the only process's): a worker is not what operators signal.
+    if (config.pidfile && !role) claimPidfile(relativeToConfig(config, config.pidfile));
   } catch (e) {
     process.stderr.write(`pgsplice: ${(e as Error).message}\n`);
     process.exit(1);
+  }
+  if (!role && workerCount(config) > 1) {
+    try {
+      await runPrimary(config, takeover);
+    } catch (e) {
+      log.error((e as Error).message);
+      process.exit(1);
+    }
+    return;
   }
   let proxy: Proxy;
   try {
@@ -52,7 +67,17 @@ async function run(configPath: string, logLevel: LogLevel | undefined, quiet: bo
     log.error((e as Error).message);
     process.exit(1);
   }
-  log.info(`pgsplice ${VERSION} started (pid ${process.pid}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
+  // A worker's takeover is its primary's, once all workers listen.
+  if (role) serveAsWorker(proxy);
+  else if (takeover) {
+    try {
+      await proxy.takeOver();
+    } catch (e) {
+      log.error((e as Error).message);
+    }
+  }
+  const who = role ? `, worker ${role.index} of ${role.count}, peer_id ${role.peerId}` : proxy.peerId ? `, peer_id ${proxy.peerId}` : '';
+  log.info(`pgsplice ${VERSION} started (pid ${process.pid}${who}, pool_mode ${config.pool_mode}, bypass ${config.bypass})`);
 }
 
 // File settings (logfile, pidfile) are relative to the config file's directory, like the others.
@@ -64,13 +89,14 @@ void yargs(hideBin(process.argv))
   .scriptName('pgsplice')
   .usage('$0 [--config FILE]  run the proxy\n$0 check --config FILE  validate a config\n$0 import pgbouncer.ini [userlist.txt] [-o FILE]  translate a PgBouncer config')
   .option('config', { alias: 'c', type: 'string', describe: 'YAML config file', default: 'pgsplice.yaml' })
+  .option('takeover', { type: 'boolean', default: false, describe: 'once listening (so_reuseport), make the pgsplice already on the port drain and exit' })
   .option('log-level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'overrides log_level' })
   .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'with logfile set, do not also log to stderr' })
   .command(
     ['run', '$0'],
     'run the proxy',
     () => {},
-    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined, argv.quiet as boolean),
+    (argv) => run(argv.config as string, argv['log-level'] as LogLevel | undefined, argv.quiet as boolean, argv.takeover as boolean),
   )
   .command(
     'check',

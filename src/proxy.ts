@@ -17,18 +17,28 @@ import { MetricsServer, startMetrics } from './observe/prometheus';
 import { ProxyState, ShutdownMode, type Readiness } from './proxy-state';
 
 export { ProxyState, ShutdownMode, type Readiness };
+import { workerRole, sharesPort } from './workers/role';
+import { workerShare } from './workers/share';
+import { PeerChannel, choosePeerIds, drainOthers, peerDir } from './workers/peer';
+import { setLocalPeerId } from './workers/cancel-key';
+import { Listener, replaceUnixSocket, reusePortFd, stillOurs, temporaryUnixName } from './workers/listen';
 
 export class Proxy {
   readonly pooler: Pooler;
   // The kernel path, or UserSpaceOnly for bypass: off (src/pooling/kernel-host.ts).
   readonly kernel: KernelHost;
-  private servers: net.Server[] = [];
+  private servers: Listener[] = [];
   state = ProxyState.Starting;
+  // The peer socket, when other processes share the port (src/workers/peer.ts).
+  private peer: PeerChannel | null = null;
+  // Worker i of n, or null for the only process.
+  private readonly role = workerRole();
   // Admin console and metrics.
   readonly control: ProxyControl;
   private metrics: MetricsServer | null = null;
 
   constructor(public config: Config) {
+    config = this.config = workerShare(config, this.role?.count ?? 1); // each worker's part of the server limits
     trackExtraParameters(config.track_extra_parameters);
     configureKeepalive(config);
     // Throws for 'on' without a kernel path. It reads the config the pooler runs with now.
@@ -52,29 +62,72 @@ export class Proxy {
     return `stats: clients=${this.pooler.clients.size} pools=${this.pooler.pools.size} user_xacts=${xacts} ${rows.join(' ')}`;
   }
 
+  // The peer id this process issues cancel keys under (0: the port is not shared).
+  get peerId(): number {
+    return this.peer?.id ?? 0;
+  }
+
   async listen(): Promise<void> {
-    // Metrics first: once "listening on" is logged for clients, everything is up.
-    if (this.config.metrics) this.metrics = await startMetrics(this.config.metrics, this.pooler, this.control);
+    const shared = sharesPort(this.config);
     const { host, port, unix_socket_dir } = this.config.listen;
+    // The peer socket first: a cancel key names it from the first client on.
+    if (shared) {
+      const dir = peerDir(this.config);
+      const id = this.role ? this.role.peerId : (await choosePeerIds(dir, port, 1, this.config.peer_id))[0];
+      setLocalPeerId(id);
+      this.peer = new PeerChannel(dir, port, id, {
+        cancel: (pid, key) => this.pooler.cancel(pid, key, true),
+        // A new generation took the port over: exit once drained (a worker's primary sees exit 0 as done).
+        drain: () => void this.drain().then(() => setTimeout(() => process.exit(0), 100)),
+      });
+      await this.peer.open();
+      this.pooler.forwardCancel = (pid, key) => this.peer?.forwardCancel(pid, key) ?? false;
+    }
+    // Metrics next: once "listening on" is logged for clients, everything is up.
+    if (this.config.metrics) this.metrics = await startMetrics(this.config.metrics, this.pooler, this.control, shared);
     if (host) {
       for (const h of host.split(',').map((s) => s.trim()).filter(Boolean)) {
-        await this.listenOn({ host: h === '*' ? '0.0.0.0' : h, port }, `${h}:${port}`);
+        const addr = h === '*' ? '0.0.0.0' : h;
+        const opts = shared ? { fd: reusePortFd(addr, port, 4096) } : { host: addr, port };
+        await this.listenOn(opts, `${h}:${port}`);
       }
     }
-    if (unix_socket_dir) {
+    // With workers the first one serves the unix socket (one file, one listener).
+    if (unix_socket_dir && (this.role?.index ?? 1) === 1) {
       const file = path.join(unix_socket_dir, `.s.PGSQL.${port}`);
-      try {
-        fs.unlinkSync(file); // a stale socket of a previous run
-      } catch {
-        /* none */
+      if (shared) {
+        // Bound aside and renamed over the path: a running generation keeps serving until then.
+        const tmp = temporaryUnixName(file);
+        try {
+          fs.unlinkSync(tmp);
+        } catch {
+          /* none */
+        }
+        const l = await this.listenOn({ path: tmp }, file);
+        fs.chmodSync(tmp, this.config.listen.unix_socket_mode ?? 0o777);
+        l.unixFile = file;
+        l.unixIno = replaceUnixSocket(tmp, file);
+      } else {
+        try {
+          fs.unlinkSync(file); // a stale socket of a previous run
+        } catch {
+          /* none */
+        }
+        await this.listenOn({ path: file }, file);
+        fs.chmodSync(file, this.config.listen.unix_socket_mode ?? 0o777);
       }
-      await this.listenOn({ path: file }, file);
-      fs.chmodSync(file, this.config.listen.unix_socket_mode ?? 0o777);
     }
     this.state = ProxyState.Running;
   }
 
-  private listenOn(opts: net.ListenOptions, label: string): Promise<void> {
+  // --takeover: once this process listens, every other pgsplice on the port drains.
+  async takeOver(ownPeerIds: readonly number[] = [this.peerId]): Promise<void> {
+    if (!this.peer) throw new Error('--takeover needs so_reuseport: true (or workers > 1) in this and the running pgsplice');
+    const asked = await drainOthers(peerDir(this.config), this.config.listen.port, ownPeerIds);
+    log.info(asked.length ? `takeover: asked peer ${asked.join(', ')} to drain` : 'takeover: no other pgsplice on this port');
+  }
+
+  private listenOn(opts: net.ListenOptions, label: string): Promise<Listener> {
     return new Promise((resolve, reject) => {
       const tcp = opts.path === undefined;
       const srv = net.createServer({ noDelay: true }, (sock) => {
@@ -87,8 +140,9 @@ export class Proxy {
         srv.removeAllListeners('error');
         srv.on('error', (e) => log.error(`listener ${label}: ${e.message}`));
         log.info(`listening on ${label}`);
-        this.servers.push(srv);
-        resolve();
+        const l: Listener = { server: srv, label };
+        this.servers.push(l);
+        resolve(l);
       });
     });
   }
@@ -96,6 +150,7 @@ export class Proxy {
   // Applies what can change while running; returns the changed keys that need a restart
   // (the caller reports them: RELOAD, SIGHUP, the admin console's SET).
   reload(next: Config): string[] {
+    next = workerShare(next, this.role?.count ?? 1);
     const needRestart = changesNeedingRestart(this.config, next);
     trackExtraParameters(next.track_extra_parameters);
     configureKeepalive(next);
@@ -107,21 +162,41 @@ export class Proxy {
   // Stops accepting; the metrics listener stays up (it answers /readyz "shutting down")
   // until the process is done.
   private stopListening(): void {
-    this.state = ProxyState.ShuttingDown;
-    for (const s of this.servers) s.close();
+    for (const l of this.servers) this.closeListener(l);
     this.servers = [];
     this.pooler.accepting = false;
+  }
+
+  // Closing a Node unix listener removes its file by name: a file that a newer generation
+  // renamed over ours is left alone (our socket is unreachable already; it goes at exit).
+  private closeListener(l: Listener): void {
+    if (l.unixFile === undefined) {
+      l.server.close();
+      return;
+    }
+    if (!stillOurs(l.unixFile, l.unixIno!)) return;
+    try {
+      fs.unlinkSync(l.unixFile);
+    } catch {
+      /* gone */
+    }
+    l.server.close();
   }
 
   // Resolves when the shutdown is complete (everything closed). A second call while one is
   // under way with a waiting mode turns it into an immediate one (PgBouncer: a second
   // SIGINT/SIGTERM). Waiting is bounded by shutdown_timeout (0: no bound).
+  // New clients: a process alone on its port keeps its listeners open while it waits and
+  // refuses them with 57P03, as PgBouncer; a process sharing its port (so_reuseport,
+  // workers, a takeover) closes them, so the kernel gives new connections to the others.
   shutdown(mode: ShutdownMode): Promise<void> {
     if (this.shuttingDown) {
       this.abortWait?.();
       return this.shuttingDown;
     }
-    this.stopListening();
+    this.state = ProxyState.ShuttingDown;
+    this.pooler.accepting = false;
+    if (mode === ShutdownMode.Immediate || this.peer) this.stopListening();
     this.shuttingDown = (async () => {
       if (mode !== ShutdownMode.Immediate) {
         const waiting = () =>
@@ -129,7 +204,7 @@ export class Proxy {
             ? this.pooler.activeClients.length
             : [...this.pooler.clients].filter((c) => c.pool && c.state !== ClientState.Closed).length;
         const limit = this.config.shutdown_timeout;
-        log.info(`shutdown ${mode}: new connections refused; waiting${limit > 0 ? ` up to ${limit}s` : ''} for ${waiting()} client(s)${mode === ShutdownMode.WaitForServers ? ' in transactions' : ' to disconnect'}`);
+        log.info(`shutdown ${mode}: new connections ${this.peer ? 'go to the other processes on this port' : 'refused'}; waiting${limit > 0 ? ` up to ${limit}s` : ''} for ${waiting()} client(s)${mode === ShutdownMode.WaitForServers ? ' in transactions' : ' to disconnect'}`);
         const deadline = limit > 0 ? Date.now() + limit * 1000 : Infinity;
         let aborted = false;
         const abort = new Promise<void>((r) => (this.abortWait = () => { aborted = true; r(); }));
@@ -138,9 +213,12 @@ export class Proxy {
         }
         if (aborted) log.info('shutdown: second signal, closing everything now');
         else if (waiting() > 0) log.info(`shutdown: shutdown_timeout reached, closing ${waiting()} client(s)`);
+        else log.info(`shutdown ${mode}: nothing left to wait for`);
       }
+      this.stopListening();
       this.pooler.close();
       this.kernel.close();
+      this.peer?.close();
       this.metrics?.close();
     })();
     return this.shuttingDown;
@@ -148,7 +226,20 @@ export class Proxy {
   private shuttingDown: Promise<void> | null = null;
   private abortWait: (() => void) | null = null;
 
+  // A takeover's drain (a newer generation took the port over) and a worker whose primary
+  // is gone: serve the connected clients until they disconnect, then stop.
+  drain(): Promise<void> {
+    return this.shutdown(ShutdownMode.WaitForClients);
+  }
+
   shutdownFast(): void {
     void this.shutdown(ShutdownMode.Immediate);
+  }
+
+  // A worker passes a SHUTDOWN to its primary, which sends it to every worker (true then).
+  relayShutdown(mode: ShutdownMode): boolean {
+    if (!this.role || !process.send) return false;
+    process.send({ type: 'shutdown', mode });
+    return true;
   }
 }

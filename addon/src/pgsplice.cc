@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
+#include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -431,6 +432,43 @@ Napi::Value TcpBytesWritten(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(env, acked + (uint64_t)outq);
 }
 
+// listenReusePort(host, port, backlog) -> fd: a listening TCP socket with SO_REUSEPORT
+// (Node 20's net has no reusePort option). Several pgsplice processes (workers, or an old
+// and a new generation during a takeover) bind the same port; the kernel spreads new
+// connections over them. The fd is handed to net.Server.listen({ fd }).
+Napi::Value ListenReusePort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string host = info[0].As<Napi::String>().Utf8Value();
+  int port = info[1].As<Napi::Number>().Int32Value();
+  int backlog = info[2].As<Napi::Number>().Int32Value();
+  struct addrinfo hints, *res = nullptr;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
+  if (rc) throw Napi::Error::New(env, std::string("getaddrinfo(") + host + "): " + gai_strerror(rc));
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    freeaddrinfo(res);
+    throw Napi::Error::New(env, Errno("socket", errno));
+  }
+  int one = 1;
+  const char* step = nullptr;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))) step = "setsockopt(SO_REUSEADDR)";
+  else if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) step = "setsockopt(SO_REUSEPORT)";
+  else if (bind(fd, res->ai_addr, res->ai_addrlen)) step = "bind";
+  else if (listen(fd, backlog)) step = "listen";
+  int err = errno;
+  freeaddrinfo(res);
+  if (step) {
+    close(fd);
+    throw Napi::Error::New(env, Errno(step, err));
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -443,6 +481,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
   exports.Set("tcpBytesWritten", Napi::Function::New(env, TcpBytesWritten));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
+  exports.Set("listenReusePort", Napi::Function::New(env, ListenReusePort));
   return exports;
 }
 

@@ -19,6 +19,8 @@ import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '..
 import { log } from '../observe/log';
 import type { KernelHost } from '../pooling/kernel-host';
 import { ShutdownMode, type Readiness } from '../proxy-state';
+import { workerRole } from '../workers/role';
+import { getLocalPeerId } from '../workers/cancel-key';
 
 // What the console needs from the running proxy (src/admin/control.ts builds it).
 export interface ProxyControl {
@@ -434,7 +436,15 @@ class AdminSession {
     if (what === 'HELP') return Buffer.concat([notice('Console usage', HELP.join('\n\t')), commandComplete('SHOW')]);
     if (what === 'VERSION') return new ResultSet(columns('version')).add([`pgsplice ${VERSION}`]).toBuffer();
     const table = AdminSession.SHOW_TABLES[what];
-    if (table) return table(this);
+    if (table) {
+      // With workers, or during a takeover, each process has its own clients, pools and
+      // servers: say whose these are.
+      const peer = getLocalPeerId();
+      if (peer === 0) return table(this);
+      const w = workerRole();
+      const who = `${w ? `worker ${w.index} of ${w.count}` : 'process'} (peer_id ${peer}, pid ${process.pid})`;
+      return Buffer.concat([notice(`${who}: SHOW ${what} shows this ${w ? 'worker' : 'process'} only`), table(this)]);
+    }
     const fake = FAKE_PARAMS[what.toLowerCase()];
     if (fake !== undefined) return new ResultSet(columns(what.toLowerCase())).add([fake]).toBuffer();
     throw new AdminError(`invalid command 'SHOW ${what}', use SHOW HELP;`);

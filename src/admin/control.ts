@@ -16,6 +16,8 @@ export interface ControlledProxy {
   shutdown(mode: ShutdownMode): Promise<void>;
   readiness(): Readiness;
   statsLine(): string;
+  // A worker passes a SHUTDOWN to its primary, which sends it to every worker (true then).
+  relayShutdown(mode: ShutdownMode): boolean;
 }
 
 export function proxyControl(proxy: ControlledProxy): ProxyControl {
@@ -42,6 +44,7 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
     },
     apply,
     shutdown(mode: ShutdownMode): void {
+      if (proxy.relayShutdown(mode)) return;
       void proxy.shutdown(mode).then(() => setTimeout(() => process.exit(0), 100));
     },
     readiness: () => proxy.readiness(),

@@ -50,7 +50,8 @@ type Kind =
   | { t: 'enum'; values: readonly string[] }
   | { t: 'list' }
   | { t: 'mode' } // file permission bits, written in octal as in pgbouncer.ini (0777)
-  | { t: 'mirrors' };
+  | { t: 'mirrors' }
+  | { t: 'countOrAuto'; min: number; max: number };
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement'];
 export const AUTH_TYPES: readonly AuthType[] = ['scram-sha-256', 'md5', 'plain', 'trust', 'hba'];
@@ -100,6 +101,11 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   server_connect_timeout: { kind: duration, def: 15 },
   server_login_retry: { kind: duration, def: 15 },
   shutdown_timeout: { kind: duration, def: 30 },
+  // Processes (docs/workers.md): how many serve clients, whether the port is bound with
+  // SO_REUSEPORT (a takeover needs it), and this process's id in proxy-issued cancel keys.
+  workers: { kind: { t: 'countOrAuto', min: 1, max: 64 }, def: 1 },
+  so_reuseport: { kind: { t: 'bool' }, def: false },
+  peer_id: { kind: { t: 'int', min: 0, max: 16383 }, def: 0 },
   auth_type: { kind: { t: 'enum', values: AUTH_TYPES }, def: 'scram-sha-256' },
   auth_hba_file: { kind: str, def: '' },
   auth_user: { kind: str, def: '' },
@@ -429,6 +435,13 @@ class Loader {
           if (['false', 'off', 'no', '0'].includes(s)) return false;
         }
         this.fail(path, line, `expected true or false, got ${describeValue(v)}`);
+      }
+      case 'countOrAuto': {
+        if (v === 'auto') return v;
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < kind.min || v > kind.max) {
+          this.fail(path, line, `expected a whole number ${kind.min}..${kind.max} or "auto", got ${describeValue(v)}`);
+        }
+        return v;
       }
       case 'enum': {
         let s = v;
@@ -797,7 +810,7 @@ export function applySetting(config: Config, key: string, text: string): Config 
 
 /** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP).
  * The one list: RELOAD, SIGHUP and the admin console's SET all read it. */
-export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'listen.unix_socket_mode', 'bypass', 'metrics', 'pidfile'];
+export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'listen.unix_socket_mode', 'bypass', 'metrics', 'pidfile', 'workers', 'so_reuseport', 'peer_id'];
 
 /** Which restart-only keys differ between two configs (a RELOAD applies the rest and reports these). */
 export function changesNeedingRestart(before: Config, after: Config): string[] {

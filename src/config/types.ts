@@ -114,6 +114,9 @@ export interface Config {
   server_connect_timeout: number;
   server_login_retry: number;
   shutdown_timeout: number; // SIGTERM: how long clients get to finish
+  workers: number | 'auto'; // worker processes; 'auto' = one per core (docs/workers.md)
+  so_reuseport: boolean; // bind TCP listeners with SO_REUSEPORT (a takeover needs it)
+  peer_id: number; // 0 = chosen at start; else this process's id in cancel keys (1..16383)
   auth_type: AuthType;
   auth_hba_file: string; // '' = none; pg_hba.conf format (auth_type hba)
   auth_user: string; // '' = no auth_query lookups

@@ -101,6 +101,7 @@ interface Addon {
   socketCookie(fd: number): bigint;
   tcpBytesWritten(fd: number): bigint;
   libbpfVersion(): string;
+  listenReusePort(host: string, port: number, backlog: number): number;
 }
 
 const ADDON_REL = path.join('addon', 'build', 'Release', 'pgsplice.node');
@@ -120,7 +121,8 @@ function findUp(rel: string): string | null {
 }
 
 let addonCache: Addon | null = null;
-function loadAddon(): Addon {
+// Also used for SO_REUSEPORT listeners (src/workers/listen.ts).
+export function loadAddon(): Addon {
   if (addonCache) return addonCache;
   const p = process.env.PGSPLICE_ADDON ?? findUp(ADDON_REL);
   if (!p) throw new Error(`kernel path unavailable: addon not built (${ADDON_REL} not found; run scripts/bootstrap)`);

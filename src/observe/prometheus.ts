@@ -15,6 +15,7 @@ import { VERSION, pairCounts, type PairCounts } from '../admin/console';
 import { poolTotals, statsEvents, type Totals } from './stats';
 import { log } from './log';
 import { type Mirror, MirrorState } from '../mirror/mirror';
+import { reusePortFd } from '../workers/listen';
 
 const TIME_BUCKETS = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -179,7 +180,8 @@ export class MetricsServer {
     return this.registry.metrics();
   }
 
-  listen(cfg: MetricsConfig): Promise<void> {
+  // shared: bound with SO_REUSEPORT, as the client listeners of processes sharing a port.
+  listen(cfg: MetricsConfig, shared = false): Promise<void> {
     return new Promise((resolve, reject) => {
       const srv = http.createServer((req, res) => {
         const url = (req.url ?? '/').split('?')[0];
@@ -213,7 +215,8 @@ export class MetricsServer {
         res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
       });
       srv.once('error', (e) => reject(new Error(`cannot listen on metrics ${cfg.host}:${cfg.port}: ${e.message}`)));
-      srv.listen(cfg.port, cfg.host, () => {
+      const where = shared ? { fd: reusePortFd(cfg.host, cfg.port, 511) } : { port: cfg.port, host: cfg.host };
+      srv.listen(where, () => {
         srv.removeAllListeners('error');
         srv.on('error', (e) => log.error(`metrics listener: ${e.message}`));
         this.server = srv;
@@ -233,8 +236,8 @@ export class MetricsServer {
   }
 }
 
-export async function startMetrics(cfg: MetricsConfig, pooler: Pooler, control: ProxyControl): Promise<MetricsServer> {
+export async function startMetrics(cfg: MetricsConfig, pooler: Pooler, control: ProxyControl, shared = false): Promise<MetricsServer> {
   const m = new MetricsServer(pooler, control);
-  await m.listen(cfg);
+  await m.listen(cfg, shared);
   return m;
 }

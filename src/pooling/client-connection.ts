@@ -38,6 +38,7 @@ import { joinAdjacent } from '../protocol/contiguous';
 import { CLIENT_MOVES, ClientState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 import type { MirrorSession } from '../mirror/mirror-session';
+import { newCancelPid } from '../workers/cancel-key';
 
 export { ClientState } from './connection-state';
 
@@ -163,7 +164,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     public socket: net.Socket, // a tls.TLSSocket after an SSLRequest answered 'S'
     private readonly host: ClientHost,
   ) {
-    this.cancelPid = crypto.randomInt(1, 0x7fffffff);
+    this.cancelPid = newCancelPid(); // names this process when it has peers (src/workers/)
     this.cancelKey = crypto.randomInt(-0x80000000, 0x7fffffff);
     socket.setNoDelay(true);
     this.listenTo(socket);

@@ -32,6 +32,8 @@ export class Pooler implements ClientHost, ConnectionBudget {
   private dbConnections = new Map<string, number>();
   private janitorTimer: NodeJS.Timeout;
   accepting = true;
+  // Set when other pgsplice processes serve this port: sends a key they issued to its owner.
+  forwardCancel: ((pid: number, key: number) => boolean) | null = null;
   readonly authQuery = new AuthQuery(() => this.config.server_idle_timeout);
   // Server logins learned from clients for users without a usable password in the config.
   private learned = new Map<string, ServerCredential>();
@@ -210,9 +212,12 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // (not given to another client) until the request's own connection to PostgreSQL has
   // closed: PostgreSQL signals the backend before it closes it, so a query of the next
   // client on that server cannot be the one cancelled (PgBouncer's rule).
-  cancel(pid: number, key: number): void {
+  // A key this process did not issue goes to the peer that did (src/workers/peer.ts), unless
+  // the request came from a peer already.
+  cancel(pid: number, key: number, fromPeer = false): void {
     const client = this.byCancelKey.get(`${pid}:${key}`);
     if (!client) {
+      if (!fromPeer && this.forwardCancel?.(pid, key)) return;
       log.info(`cancel request with an unknown key ignored`);
       return;
     }
@@ -449,6 +454,11 @@ export class Pooler implements ClientHost, ConnectionBudget {
       (c) => c.state === ClientState.Active || c.state === ClientState.Waiting || c.kernelServer !== null
         || (c.state === ClientState.Kernel && this.kernel.clientBound(c)),
     );
+  }
+
+  // Connected clients other than admin-console users (a drain waits for them to leave).
+  get poolClientCount(): number {
+    return this.clients.size - this.adminClients.size;
   }
 
   close(): void {
