@@ -19,10 +19,28 @@
 import { Frontend, MAX_MESSAGE_LENGTH, TxStatus } from '../protocol/constants';
 import { MessageFramer } from '../protocol/framer';
 import { BodyReader, message, query } from '../protocol/messages';
-import { ServerConnection, type ServerPeer } from '../pooling/server-connection';
+import { ServerConnection, type ServerPeer, type ServerTarget } from '../pooling/server-connection';
 import { log } from '../observe/log';
-import { OutcomeReader, firstDifference } from './divergence';
-import type { Mirror } from './mirror';
+import { OutcomeReader, firstDifference, type DivergenceLog } from './divergence';
+import type { MirrorCompare } from '../config/types';
+
+// What a session needs of its mirror (src/mirror/mirror.ts implements it): its queue
+// bound, connection state and counters. Declared here so the two modules import one way.
+export interface MirrorLink {
+  readonly config: { compare: MirrorCompare };
+  readonly sessions: Set<MirrorSession>;
+  readonly divergences: DivergenceLog;
+  transactions: bigint;
+  dropped: bigint;
+  diverged: bigint;
+  lagMs: number;
+  target(startupParams: Record<string, string>): ServerTarget;
+  reserve(bytes: number): boolean;
+  release(bytes: number): void;
+  mayConnect(): boolean;
+  connected(): void;
+  failed(reason: string): void;
+}
 
 // What a session needs of the client it mirrors.
 export interface MirroredClient {
@@ -99,7 +117,7 @@ export class MirrorSession implements ServerPeer {
   private readonly latest = new Map<string, string>();
 
   constructor(
-    readonly mirror: Mirror,
+    readonly mirror: MirrorLink,
     private readonly client: MirroredClient,
   ) {
     this.primaryOutcome = new OutcomeReader(mirror.config.compare);
