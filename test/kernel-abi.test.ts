@@ -194,7 +194,7 @@ t.test('a changed header changes the generated module', async (t) => {
   execFileSync('make', ['-s', '-C', dir, '-o', 'session-words.h', 'pgsplice.bpf.o', 'GEN_ABI='], { stdio: 'pipe' });
   const changed = generateFrom(path.join(dir, 'pgsplice.bpf.o'), dir);
   t.not(changed, fs.readFileSync(committed, 'utf8'));
-  const peer = /pgs_conn: \{\n\s+size: (\d+),[\s\S]*?peer: \{ offset: (\d+)/.exec(changed);
+  const peer = /pgs_conn: \{ size: (\d+),[^\n]*?peer: \{ offset: (\d+)/.exec(changed);
   t.ok(peer, 'pgs_conn.peer in the generated text');
   t.equal(Number(peer![2]), STRUCTS.pgs_conn.fields.peer.offset + 4, 'peer moved by the added u32');
   t.ok(Number(peer![1]) > STRUCTS.pgs_conn.size, 'struct grew');
