@@ -1,7 +1,8 @@
 // Restart without dropping clients, in both data paths: a pgsplice with so_reuseport
 // serves a pgbench run; a second pgsplice started with --takeover binds the same port and
 // makes the first drain. The first keeps serving pgbench's connections to the end of the
-// run (zero failed transactions) and exits once they are gone; every new connection after
+// run (zero failed transactions), as it does four sessions held open across the takeover,
+// and exits once they are gone; every new connection after
 // the takeover (admin console, a second pgbench) is served by the second one.
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
@@ -25,11 +26,31 @@ t.test('takeover', async (t) => {
       // Long-lived connections on the old process (no -C): they must finish there.
       const bench1 = run('pgbench', ['-n', '-c', '4', '-j', '2', '-T', '25', 'app'], { env: libpqEnv(old), timeoutMs: 120000 });
       await waitUntil(async () => (await showOnce(old, 'CLIENTS')).rows.filter((r) => r.database === 'app').length === 4, 30000, 'pgbench connected to the old process');
+      // And four sessions that run transactions until the test ends them, whatever the
+      // machine's speed: they are on the old process for the whole takeover.
+      let stop = false;
+      let done = 0;
+      const errors: Error[] = [];
+      const held = await Promise.all([1, 2, 3, 4].map(() => pgClient(t, old)));
+      const loops = held.map(async (pg) => {
+        while (!stop) {
+          try {
+            await pg.query('BEGIN');
+            await pg.query('SELECT count(*) FROM pgbench_branches');
+            await pg.query('COMMIT');
+            done++;
+          } catch (e) {
+            errors.push(e as Error);
+            return;
+          }
+        }
+      });
 
       const next = await startProxy(t, cfg, { ...opts, extraArgs: ['--takeover'] });
       await old.waitForLog(/draining: new connections go to the other processes/, 60000);
       t.ok(await next.waitForLog(/takeover: asked peer \d+ to drain/, 30000), 'the new process asked the old one to drain');
 
+      const doneAtDrain = done;
       // Every new connection now reaches the new process.
       for (let i = 0; i < 8; i++) {
         const a = await showOnce(next, 'CLIENTS');
@@ -40,6 +61,13 @@ t.test('takeover', async (t) => {
       t.equal(bench2.code, 0, `pgbench on the new process exits 0 (${bench2.stderr.slice(-800)})`);
       t.equal(c2.failed, 0, 'no failed transaction on the new process');
       t.ok(c2.processed > 0, `${c2.processed} transactions on the new process`);
+
+      stop = true;
+      await Promise.all(loops);
+      t.same(errors.map((e) => e.message), [], 'no error in the sessions held across the takeover');
+      t.ok(done > doneAtDrain, `they ran transactions on the old process while it drained (${done - doneAtDrain})`);
+      for (const pg of held) await pg.end();
+      t.same(held.flatMap((pg) => pg.errors), [], 'no connection error');
 
       const r1 = await bench1;
       const c1 = pgbenchCounts(r1.stdout);
@@ -53,7 +81,7 @@ t.test('takeover', async (t) => {
       const log = old.logs();
       const drainAt = log.search(/draining: new connections/);
       const ended = (log.slice(drainAt).match(/app@app \S+ closed: client sent Terminate/g) ?? []).length;
-      t.equal(ended, 4, 'the four pgbench connections ended on the old process after the drain began');
+      t.ok(ended >= 4, `the held sessions (and pgbench's, if it outlasted the takeover) ended on the old process after the drain began (${ended})`);
       t.ok(log.search(/drained: every client has disconnected/) > drainAt, 'then it drained');
       const pg = await pgClient(t, next);
       t.same((await pg.query('SELECT 1 AS ok')).rows, [{ ok: 1 }], 'the new process serves on');
