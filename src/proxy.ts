@@ -186,17 +186,15 @@ export class Proxy {
   // Resolves when the shutdown is complete (everything closed). A second call while one is
   // under way with a waiting mode turns it into an immediate one (PgBouncer: a second
   // SIGINT/SIGTERM). Waiting is bounded by shutdown_timeout (0: no bound).
-  // New clients: a process alone on its port keeps its listeners open while it waits and
-  // refuses them with 57P03, as PgBouncer; a process sharing its port (so_reuseport,
-  // workers, a takeover) closes them, so the kernel gives new connections to the others.
+  // The listeners close at once, as in PgBouncer 1.23+: new connections are refused, or,
+  // when the port is shared (so_reuseport, workers, a takeover), go to the other processes.
   shutdown(mode: ShutdownMode): Promise<void> {
     if (this.shuttingDown) {
       this.abortWait?.();
       return this.shuttingDown;
     }
     this.state = ProxyState.ShuttingDown;
-    this.pooler.accepting = false;
-    if (mode === ShutdownMode.Immediate || this.peer) this.stopListening();
+    this.stopListening();
     this.shuttingDown = (async () => {
       if (mode !== ShutdownMode.Immediate) {
         const waiting = () =>
@@ -215,7 +213,6 @@ export class Proxy {
         else if (waiting() > 0) log.info(`shutdown: shutdown_timeout reached, closing ${waiting()} client(s)`);
         else log.info(`shutdown ${mode}: nothing left to wait for`);
       }
-      this.stopListening();
       this.pooler.close();
       this.kernel.close();
       this.peer?.close();

@@ -440,8 +440,9 @@ t.test('admin console', async (t) => {
     t.equal(r.code, 0, r.stderr);
     await sleep(500);
     t.notOk(proxy.exited(), 'still running while a client is connected');
+    // The listener is closed (PgBouncer 1.23+), so that another process on the port takes them.
     const refused = await pgConnectError(proxy);
-    t.equal(refused.code, '57P03', 'new clients refused');
+    t.equal(refused.code, 'ECONNREFUSED', `new clients refused: the listener is closed (${refused.message})`);
     t.equal((await cl.query('SELECT 5 AS v')).rows[0].v, 5, 'the connected client is still served');
     await cl.end();
     const st = await proxy.waitExit(5000);
