@@ -99,13 +99,23 @@ t.test('operations', async (t) => {
         const a = await pgClient(t, proxy);
         await a.query('SELECT 1');
         const pid = proxy.proc.pid!;
-        const client = await sockets(pid, `( sport = :${proxy.port} )`);
-        const server = await sockets(pid, `( dport = :${c.pg.port} )`);
+        // ss shows one timer per socket: right after traffic it can be the retransmit
+        // timer ("on") until the last segment is acked; the keepalive timer shows after.
+        let client: string[] = [];
+        let server: string[] = [];
+        for (let i = 0; i < 50; i++) {
+          client = await sockets(pid, `( sport = :${proxy.port} )`);
+          server = await sockets(pid, `( dport = :${c.pg.port} )`);
+          const settled = [client[0], server[0]].every((l) => l !== undefined && (keepalive ? /timer:\(keepalive/.test(l) : !/timer:\(on/.test(l)));
+          if (settled) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
         t.ok(client.length >= 1 && server.length >= 1, `ss sees the proxy's client (${client.length}) and server (${server.length}) sockets`);
         if (keepalive) {
           for (const [what, lines] of [['client', client], ['server', server]] as const) {
             // ss prints the time left as "6.480ms" (seconds.milliseconds), "119min" past a minute.
             const m = /timer:\(keepalive,([^,)]*)/.exec(lines[0]);
+            if (!m) t.comment(`${what}: ${lines.join(" | ")}`); // what ss showed instead
             t.ok(m, `${what} socket has a keepalive timer: ${m?.[0]}`);
             const left = m?.[1] ?? '';
             t.ok(!/min/.test(left) && parseFloat(left) <= 7, `${what}: first probe within tcp_keepidle 7 s (${left}; the kernel's default is 7200 s)`);
