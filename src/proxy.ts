@@ -201,8 +201,11 @@ export class Proxy {
           mode === ShutdownMode.WaitForServers
             ? this.pooler.activeClients.length
             : [...this.pooler.clients].filter((c) => c.pool && c.state !== ClientState.Closed).length;
-        const limit = this.config.shutdown_timeout;
-        log.info(`shutdown ${mode}: new connections ${this.peer ? 'go to the other processes on this port' : 'refused'}; waiting${limit > 0 ? ` up to ${limit}s` : ''} for ${waiting()} client(s)${mode === ShutdownMode.WaitForServers ? ' in transactions' : ' to disconnect'}`);
+        // A takeover's drain is not bounded: the point of a rolling restart is that no
+        // client is dropped (a signal still ends it, as a second signal ends any wait).
+        const limit = this.takeoverDrain ? 0 : this.config.shutdown_timeout;
+        const what = this.takeoverDrain ? 'draining' : `shutdown ${mode}`;
+        log.info(`${what}: new connections ${this.peer ? 'go to the other processes on this port' : 'refused'}; waiting${limit > 0 ? ` up to ${limit}s` : ''} for ${waiting()} client(s)${mode === ShutdownMode.WaitForServers ? ' in transactions' : ' to disconnect'}`);
         const deadline = limit > 0 ? Date.now() + limit * 1000 : Infinity;
         let aborted = false;
         const abort = new Promise<void>((r) => (this.abortWait = () => { aborted = true; r(); }));
@@ -211,7 +214,7 @@ export class Proxy {
         }
         if (aborted) log.info('shutdown: second signal, closing everything now');
         else if (waiting() > 0) log.info(`shutdown: shutdown_timeout reached, closing ${waiting()} client(s)`);
-        else log.info(`shutdown ${mode}: nothing left to wait for`);
+        else log.info(this.takeoverDrain ? 'drained: every client has disconnected' : `shutdown ${mode}: nothing left to wait for`);
       }
       this.pooler.close();
       this.kernel.close();
@@ -221,11 +224,13 @@ export class Proxy {
     return this.shuttingDown;
   }
   private shuttingDown: Promise<void> | null = null;
+  private takeoverDrain = false;
   private abortWait: (() => void) | null = null;
 
   // A takeover's drain (a newer generation took the port over) and a worker whose primary
   // is gone: serve the connected clients until they disconnect, then stop.
   drain(): Promise<void> {
+    if (!this.shuttingDown) this.takeoverDrain = true;
     return this.shutdown(ShutdownMode.WaitForClients);
   }
 
