@@ -22,6 +22,7 @@ import { workerShare } from './workers/share';
 import { PeerChannel, choosePeerIds, drainOthers, peerDir } from './workers/peer';
 import { setLocalPeerId } from './workers/cancel-key';
 import { Listener, replaceUnixSocket, reusePortFd, stillOurs, temporaryUnixName } from './workers/listen';
+import { exitSoon } from './process/exit';
 
 export class Proxy {
   readonly pooler: Pooler;
@@ -78,7 +79,7 @@ export class Proxy {
       this.peer = new PeerChannel(dir, port, id, {
         cancel: (pid, key) => this.pooler.cancel(pid, key, true),
         // A new generation took the port over: exit once drained (a worker's primary sees exit 0 as done).
-        drain: () => void this.drain().then(() => setTimeout(() => process.exit(0), 100)),
+        drain: () => void this.drain().then(exitSoon),
       });
       await this.peer.open();
       this.pooler.forwardCancel = (pid, key) => this.peer?.forwardCancel(pid, key) ?? false;

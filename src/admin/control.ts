@@ -6,6 +6,7 @@ import { loadConfigFile } from '../config/load';
 import { configureLogging, log, setLogLevel } from '../observe/log';
 import type { ProxyControl } from './console';
 import type { Readiness, ShutdownMode } from '../proxy-state';
+import { exitSoon } from '../process/exit';
 
 // What the control needs of the running proxy (src/proxy.ts), declared here so that the
 // admin modules do not import the module that builds them.
@@ -45,7 +46,7 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
     apply,
     shutdown(mode: ShutdownMode): void {
       if (proxy.relayShutdown(mode)) return;
-      void proxy.shutdown(mode).then(() => setTimeout(() => process.exit(0), 100));
+      void proxy.shutdown(mode).then(exitSoon);
     },
     readiness: () => proxy.readiness(),
     summary: () => proxy.statsLine(),

@@ -9,6 +9,7 @@
 import { log } from '../observe/log';
 import type { Proxy } from '../proxy';
 import { ShutdownMode } from '../proxy-state';
+import { exitSoon } from './exit';
 
 export function installSignalHandlers(proxy: Proxy): void {
   process.on('SIGHUP', () => {
@@ -20,7 +21,7 @@ export function installSignalHandlers(proxy: Proxy): void {
   });
   const shutdown = (signal: string, mode: ShutdownMode) => () => {
     log.info(`${signal}: shutdown ${mode}`);
-    void proxy.shutdown(mode).then(() => setTimeout(() => process.exit(0), 100));
+    void proxy.shutdown(mode).then(exitSoon);
   };
   process.on('SIGTERM', shutdown('SIGTERM', ShutdownMode.WaitForClients));
   process.on('SIGINT', shutdown('SIGINT', ShutdownMode.WaitForServers));

@@ -3,6 +3,7 @@
 import { log } from '../observe/log';
 import type { WorkerMessage } from './primary';
 import type { ShutdownMode } from '../proxy-state';
+import { exitSoon } from '../process/exit';
 
 interface Drainable {
   drain(): Promise<void>;
@@ -10,15 +11,14 @@ interface Drainable {
 }
 
 export function serveAsWorker(proxy: Drainable): void {
-  const exit = () => setTimeout(() => process.exit(0), 100);
   process.on('message', (m: WorkerMessage) => {
     if (m?.type !== 'shutdown') return;
-    void proxy.shutdown(m.mode).then(exit);
+    void proxy.shutdown(m.mode).then(exitSoon);
   });
   // Killed primary: nobody would pass signals on any more; serve who is here, then stop.
   process.on('disconnect', () => {
     log.warn('the primary is gone: draining');
-    void proxy.drain().then(exit);
+    void proxy.drain().then(exitSoon);
   });
   process.send?.({ type: 'listening' } satisfies WorkerMessage);
 }
