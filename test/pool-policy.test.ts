@@ -30,8 +30,8 @@ t.test('stepsOnLeave: what a server runs after its client left', async (t) => {
 
 t.test('clientTimeout: the same rule for both data paths', async (t) => {
   const now = 1_000_000;
-  const cfg = { query_timeout: 5, idle_transaction_timeout: 3, client_idle_timeout: 10 };
-  const act = (a: Partial<ClientActivity>): ClientActivity => ({ busySince: 0, quietSince: now, idleInTransaction: false, betweenTransactions: false, ...a });
+  const cfg = { query_timeout: 5, idle_transaction_timeout: 3, client_idle_timeout: 10, transaction_timeout: 20 };
+  const act = (a: Partial<ClientActivity>): ClientActivity => ({ busySince: 0, quietSince: now, idleInTransaction: false, betweenTransactions: false, transactionAge: 0, ...a });
   const cases: Array<[string, Partial<ClientActivity>, string | null]> = [
     ['busy 4 s of 5', { busySince: now - 4000 }, null],
     ['busy 6 s of 5: query_timeout', { busySince: now - 6000 }, SqlState.QueryCanceled],
@@ -41,11 +41,18 @@ t.test('clientTimeout: the same rule for both data paths', async (t) => {
     ['between transactions 11 s of 10', { betweenTransactions: true, quietSince: now - 11000 }, SqlState.IdleSessionTimeout],
     ['quiet 11 s inside a transaction: not client_idle_timeout', { quietSince: now - 11000 }, null],
     ['query_timeout wins over idle', { busySince: now - 6000, betweenTransactions: true, quietSince: now - 11000 }, SqlState.QueryCanceled],
+    ['in a transaction 19 s of 20', { transactionAge: 19_000 }, null],
+    ['in a transaction 21 s of 20, busy all along: transaction_timeout', { transactionAge: 21_000, busySince: now - 1000 }, SqlState.ProtocolViolation],
+    ['idle_transaction_timeout before transaction_timeout (PgBouncer\'s order)', { transactionAge: 21_000, idleInTransaction: true, quietSince: now - 4000 }, SqlState.IdleInTransactionTimeout],
   ];
   for (const [what, a, code] of cases) t.equal(clientTimeout(cfg, act(a), now)?.code ?? null, code, what);
   t.equal(clientTimeout(cfg, act({ busySince: now - 6000 }), now)?.cancelQuery, true, 'query_timeout cancels the query on the server');
-  const off = { query_timeout: 0, idle_transaction_timeout: 0, client_idle_timeout: 0 };
-  t.equal(clientTimeout(off, act({ busySince: 1, betweenTransactions: true, quietSince: 1 }), now), null, '0 turns each off');
+  const tx = clientTimeout(cfg, act({ transactionAge: 21_000, busySince: now - 1000 }), now);
+  t.same(tx && { message: tx.message, cancelQuery: tx.cancelQuery, closeServer: tx.closeServer },
+    { message: 'transaction timeout', cancelQuery: true, closeServer: true }, 'transaction_timeout: PgBouncer\'s message, the running query cancelled, the server closed');
+  t.equal(clientTimeout(cfg, act({ transactionAge: 21_000 }), now)?.cancelQuery, false, 'transaction_timeout with no query running cancels nothing');
+  const off = { query_timeout: 0, idle_transaction_timeout: 0, client_idle_timeout: 0, transaction_timeout: 0 };
+  t.equal(clientTimeout(off, act({ busySince: 1, betweenTransactions: true, quietSince: 1, transactionAge: 1e9 }), now), null, '0 turns each off');
 });
 
 t.test('idleServerVerdict: RECONNECT, server_idle_timeout, server_lifetime', async (t) => {

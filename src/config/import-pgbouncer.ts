@@ -22,8 +22,6 @@ const RENAMED: Record<string, string> = {
 
 // [pgbouncer] keys with nothing to translate to, and why.
 const NO_EQUIVALENT: Record<string, string> = {
-  so_reuseport: 'not supported by this version',
-  peer_id: 'not supported by this version (no [peers])',
   user: 'run pgsplice as that user (systemd User=, the container USER)',
   ignore_startup_parameters: 'not needed: pgsplice tracks every startup parameter per client',
   stats_period: 'SHOW STATS averages are computed over pgsplice\'s own period',
@@ -58,7 +56,6 @@ const NO_EQUIVALENT: Record<string, string> = {
   server_tls13_ciphers: 'not supported (TLS 1.3 suites are OpenSSL\'s defaults)',
   client_tls_ecdhcurve: 'not supported',
   client_tls_dheparams: 'not supported',
-  transaction_timeout: 'not supported yet',
 };
 
 const DB_KEYS: Record<string, string> = {

@@ -96,6 +96,7 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   client_idle_timeout: { kind: duration, def: 0 },
   client_login_timeout: { kind: duration, def: 60 },
   idle_transaction_timeout: { kind: duration, def: 0 },
+  transaction_timeout: { kind: duration, def: 0 },
   server_idle_timeout: { kind: duration, def: 600 },
   server_lifetime: { kind: duration, def: 3600 },
   server_connect_timeout: { kind: duration, def: 15 },

@@ -109,6 +109,7 @@ export interface Config {
   client_idle_timeout: number;
   client_login_timeout: number;
   idle_transaction_timeout: number;
+  transaction_timeout: number; // s: a transaction holding a server longer is ended, its server closed; 0 = off
   server_idle_timeout: number;
   server_lifetime: number;
   server_connect_timeout: number;

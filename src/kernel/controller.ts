@@ -402,6 +402,10 @@ export class BypassController implements KernelHost {
     server.leftKernel();
     this.counters.serversFromKernel++;
     const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
+    if (client.serverCloseReason) {
+      server.close(client.serverCloseReason, false);
+      return;
+    }
     if (!quiet || !server.isUsable) {
       server.close('client left while its request was in progress in the kernel', false);
       return;
@@ -704,7 +708,11 @@ export class BypassController implements KernelHost {
     this.sampleStats();
     this.kernelClientTimeouts(now);
     // A server marked for a cancel whose release event was lost (ring buffer full).
-    for (const x of [...this.retireMarked]) if (x.state === ServerState.Kernel) this.retireIfReleased(x);
+    // One closed meanwhile (its client timed out, the kernel's pair taken) is forgotten.
+    for (const x of [...this.retireMarked]) {
+      if (x.state === ServerState.Closed) this.retireMarked.delete(x);
+      else if (x.state === ServerState.Kernel) this.retireIfReleased(x);
+    }
     for (const [pool, bySig] of this.kpools) {
       const s = pool.settings;
       const reconnect = [...pool.servers].some((x) => x.closeNeeded && x.state === ServerState.Kernel);
@@ -735,9 +743,11 @@ export class BypassController implements KernelHost {
   }
   private lastSweep = new Map<Pool, number>();
 
-  // client_idle_timeout, idle_transaction_timeout and query_timeout for clients whose
-  // traffic the kernel carries: activity is seen from the kernel's counters (bytes
-  // redirected to the client, its binding, its outstanding requests), sampled here.
+  // client_idle_timeout, idle_transaction_timeout, query_timeout and transaction_timeout
+  // for clients whose traffic the kernel carries: activity is seen from the kernel's
+  // counters (bytes redirected to the client, its binding, its outstanding requests),
+  // sampled here; a transaction's age from the start time the verdict records at its first
+  // request (conn.xact_start, cleared at its ReadyForQuery 'I').
   private kernelClientTimeouts(now: number): void {
     const k = this.kernel!;
     const c = this.config();
@@ -752,9 +762,15 @@ export class BypassController implements KernelHost {
       const busySince = st.outstanding > 0 ? (prev && prev.outstanding > 0 ? prev.busySince : now) : 0;
       this.seen.set(client, { redirected: st.redirected, peer: st.peer, outstanding: st.outstanding, since, busySince });
       client.lastActivity = Math.max(client.lastActivity, since);
-      const why = clientTimeout(c, { busySince, quietSince: since, idleInTransaction: st.peer !== 0 && st.outstanding === 0, betweenTransactions: !st.peer }, now);
+      const xactNs = c.transaction_timeout > 0 && st.peer !== 0 ? k.clocks(client.id).xactNs : null;
+      const why = clientTimeout(c, {
+        busySince, quietSince: since, idleInTransaction: st.peer !== 0 && st.outstanding === 0, betweenTransactions: !st.peer,
+        transactionAge: xactNs === null ? 0 : Number(xactNs / 1_000_000n),
+      }, now);
       if (why) {
         if (why.cancelQuery) client.cancelRunningQuery();
+        // Closed rather than cleaned when clientClosed takes it from the kernel.
+        if (why.closeServer) client.serverCloseReason = why.message;
         this.timingOut.add(client);
         this.whenFlushed(client).then(() => client.fatal({ code: why.code, message: why.message }));
       }

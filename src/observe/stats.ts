@@ -71,6 +71,11 @@ export class ClientTiming {
     this.waitStart = nowUs();
   }
 
+  // ms its open transaction has run in user space so far (0 when none): transaction_timeout.
+  get transactionAgeMs(): number {
+    return this.xactStart ? (nowUs() - this.xactStart) / 1000 : 0;
+  }
+
   // µs the client has been waiting so far (0 when not waiting).
   get waitingFor(): number {
     return this.waitStart ? nowUs() - this.waitStart : 0;

@@ -21,7 +21,7 @@ import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from '../session/session-parameters';
 import { runEach } from './server-reset';
-import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave } from './policy';
+import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave, type TimeoutVerdict } from './policy';
 import { ScramServerSession, mockScramVerifier } from '../auth/scram';
 import { ClientAuthType, chooseAuthMethod, clientAuthType, verifyPlainPassword } from '../auth/verifier';
 import type { ClientProof } from '../auth/auth-query';
@@ -986,6 +986,10 @@ export class ClientConnection implements ServerPeer, Guarded {
     server.unlink();
     const pool = this.pool!;
     const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
+    if (this.serverCloseReason) {
+      server.close(this.serverCloseReason, false);
+      return;
+    }
     if (server.retiring) {
       // It has the client's Terminate: a graceful end lets PostgreSQL finish what came before.
       server.close('client sent Terminate with answers outstanding', true);
@@ -1004,8 +1008,9 @@ export class ClientConnection implements ServerPeer, Guarded {
     cleanServer(server, steps, (x) => pool.release(x), 'reset after client left failed', this.guard.bind(this));
   }
 
-  // Applies client_idle_timeout, idle_transaction_timeout and query_timeout (user-space path;
-  // the bypass controller applies them to clients in the kernel).
+  // Applies client_idle_timeout, idle_transaction_timeout, query_timeout and
+  // transaction_timeout (user-space path; the bypass controller applies them to clients in
+  // the kernel).
   checkTimeouts(now: number): void {
     if (this.state === ClientState.Kernel) return; // the bypass controller watches these
     const why = clientTimeout(this.host.config, {
@@ -1013,11 +1018,23 @@ export class ClientConnection implements ServerPeer, Guarded {
       quietSince: this.lastActivity,
       idleInTransaction: this.server !== null && this.tracker.waitingForClient,
       betweenTransactions: this.state === ClientState.Idle,
+      transactionAge: this.server !== null ? this.timing.transactionAgeMs : 0, // its wait for a server does not count
     }, now);
     if (!why) return;
+    this.endForTimeout(why);
+  }
+
+  // Ends the client for a timeout: the running query is cancelled on the server when the
+  // timeout says so, and its server closed rather than cleaned (transaction_timeout).
+  endForTimeout(why: TimeoutVerdict): void {
     if (why.cancelQuery) this.cancelRunningQuery(); // stop the query on the server, not just the client
+    if (why.closeServer) this.serverCloseReason = why.message;
     this.fatal({ code: why.code, message: why.message });
   }
+
+  // Set when the server this client holds must be closed when it leaves, not cleaned and
+  // pooled (transaction_timeout); read by leaveServer and the bypass controller.
+  serverCloseReason: string | null = null;
 
   // ---- moves the kernel path makes (called by the bypass controller only) ----
 

@@ -75,6 +75,7 @@ export interface TimeoutSettings {
   query_timeout: number; // s, 0 = off
   idle_transaction_timeout: number;
   client_idle_timeout: number;
+  transaction_timeout: number;
 }
 
 export interface ClientActivity {
@@ -82,30 +83,38 @@ export interface ClientActivity {
   quietSince: number; // ms: its last activity (a byte either way)
   idleInTransaction: boolean; // holds a server inside a transaction with nothing outstanding
   betweenTransactions: boolean; // holds no server
+  transactionAge: number; // ms its open transaction has held a server so far, 0 = none
 }
 
 export interface TimeoutVerdict extends ErrorFields {
   cancelQuery: boolean; // stop the query on the server too, not just the client
+  closeServer: boolean; // close the client's server instead of cleaning it for the pool
 }
 
-// client_idle_timeout, idle_transaction_timeout and query_timeout: the error that ends the
-// client now, or null.
+// client_idle_timeout, idle_transaction_timeout, query_timeout and transaction_timeout:
+// the error that ends the client now, or null. Checked in PgBouncer's order.
 export function clientTimeout(c: TimeoutSettings, a: ClientActivity, now: number): TimeoutVerdict | null {
   if (c.query_timeout > 0 && a.busySince && now - a.busySince > c.query_timeout * 1000) {
-    return { code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout', cancelQuery: true };
+    return { code: SqlState.QueryCanceled, message: 'query_timeout: the query ran longer than query_timeout', cancelQuery: true, closeServer: false };
   }
   const quietFor = now - a.quietSince;
   if (c.idle_transaction_timeout > 0 && a.idleInTransaction && quietFor > c.idle_transaction_timeout * 1000) {
-    return { code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long', cancelQuery: false };
+    return { code: SqlState.IdleInTransactionTimeout, message: 'idle_transaction_timeout: transaction left idle too long', cancelQuery: false, closeServer: false };
+  }
+  // As PgBouncer: its server is closed (not rolled back and pooled: a transaction this long
+  // may be stuck), the client gets FATAL 08P01 "transaction timeout". A query still running
+  // is cancelled too, so that its backend does not run on after the close.
+  if (c.transaction_timeout > 0 && a.transactionAge > c.transaction_timeout * 1000) {
+    return { code: SqlState.ProtocolViolation, message: 'transaction timeout', cancelQuery: a.busySince !== 0, closeServer: true };
   }
   if (c.client_idle_timeout > 0 && a.betweenTransactions && quietFor > c.client_idle_timeout * 1000) {
-    return { code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long', cancelQuery: false };
+    return { code: SqlState.IdleSessionTimeout, message: 'client_idle_timeout: connection idle too long', cancelQuery: false, closeServer: false };
   }
   return null;
 }
 
 export function anyClientTimeout(c: TimeoutSettings): boolean {
-  return c.query_timeout > 0 || c.idle_transaction_timeout > 0 || c.client_idle_timeout > 0;
+  return c.query_timeout > 0 || c.idle_transaction_timeout > 0 || c.client_idle_timeout > 0 || c.transaction_timeout > 0;
 }
 
 // ---- idle servers: lifetime, idle timeout, RECONNECT ----
