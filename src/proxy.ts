@@ -9,7 +9,7 @@ import type { KernelHost } from './pooling/kernel-host';
 import type { Config } from './config/types';
 import { changesNeedingRestart } from './config/load';
 import { trackExtraParameters } from './session/session-parameters';
-import { applyKeepalive, configureKeepalive } from './pooling/tcp-keepalive';
+import { applyTcpOptions, configureTcp } from './pooling/tcp-options';
 import { log } from './observe/log';
 import { ProxyControl, startAdminConsole } from './admin/console';
 import { proxyControl } from './admin/control';
@@ -41,7 +41,7 @@ export class Proxy {
   constructor(public config: Config) {
     config = this.config = workerShare(config, this.role?.count ?? 1); // each worker's part of the server limits
     trackExtraParameters(config.track_extra_parameters);
-    configureKeepalive(config);
+    configureTcp(config);
     // Throws for 'on' without a kernel path. It reads the config the pooler runs with now.
     this.kernel = openKernelHost(config.bypass, () => this.pooler.config);
     this.pooler = new Pooler(config, this.kernel, (c) => startAdminConsole(c, this.pooler, this.control));
@@ -132,7 +132,7 @@ export class Proxy {
     return new Promise((resolve, reject) => {
       const tcp = opts.path === undefined;
       const srv = net.createServer({ noDelay: true }, (sock) => {
-        if (tcp) applyKeepalive(sock);
+        if (tcp) applyTcpOptions(sock);
         this.pooler.accept(sock);
       });
       srv.maxConnections = Math.max(this.config.max_client_conn + 100, 1000);
@@ -154,7 +154,7 @@ export class Proxy {
     next = workerShare(next, this.role?.count ?? 1);
     const needRestart = changesNeedingRestart(this.config, next);
     trackExtraParameters(next.track_extra_parameters);
-    configureKeepalive(next);
+    configureTcp(next);
     this.pooler.reload(next);
     this.config = next;
     return needRestart;

@@ -1,13 +1,14 @@
 // Operating pgsplice: /healthz and /readyz on the metrics listener, log_format json,
 // logfile (reopened on SIGHUP after a rotation), pidfile, the TCP keepalive settings on
 // client and server sockets, auth_file (userlist.txt), unix_socket_mode, and the keys
-// that are refused with a reason (syslog, tcp_keepcnt ...).
+// that are refused with a reason; tcp_keepcnt/keepintvl/user_timeout read back from the
+// proxy's sockets, and refused at start-up without the addon that sets them.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as http from 'node:http';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, runCli, writeConfig, CLI } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, psqlVia, sleep, waitUntil, freePort, run, APP_USER, APP_PASSWORD } from './helpers/cluster';
@@ -29,6 +30,37 @@ function get(port: number, p: string): Promise<{ status: number; body: string }>
 async function sockets(pid: number, filter: string): Promise<string[]> {
   const r = await run('ss', ['-tnopH', 'state', 'established', filter]);
   return r.stdout.split('\n').filter((l) => l.includes(`pid=${pid},`));
+}
+
+// The TCP options of sockets another process holds, read back from the sockets
+// themselves: python duplicates each fd with pidfd_getfd (we run as root) and calls
+// getsockopt on it.
+const SOCKOPTS_PY = `
+import ctypes, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = libc.syscall(434, int(sys.argv[1]), 0)  # pidfd_open
+out = {}
+for target in sys.argv[2:]:
+    fd = libc.syscall(438, pidfd, int(target), 0)  # pidfd_getfd
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), 'pidfd_getfd')
+    s = socket.socket(fileno=fd)
+    g = lambda level, opt: s.getsockopt(level, opt)
+    out[target] = {'keepalive': g(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 'keepidle': g(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                   'keepcnt': g(socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 'keepintvl': g(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                   'user_timeout': g(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)}
+    s.detach()
+    os.close(fd)
+print(json.dumps(out))
+`;
+const sysctl = (name: string) => Number(fs.readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim());
+type SockOpts = { keepalive: number; keepidle: number; keepcnt: number; keepintvl: number; user_timeout: number };
+async function sockopts(pid: number, ssLine: string): Promise<SockOpts> {
+  const fd = /pid=\d+,fd=(\d+)/.exec(ssLine)?.[1];
+  if (!fd) throw new Error(`no fd in ${ssLine}`);
+  const r = await run('python3', ['-c', SOCKOPTS_PY, String(pid), fd]);
+  if (r.code !== 0) throw new Error(`getsockopt through pidfd_getfd failed: ${r.stderr}`);
+  return JSON.parse(r.stdout)[fd] as SockOpts;
 }
 
 t.test('operations', async (t) => {
@@ -93,9 +125,11 @@ t.test('operations', async (t) => {
       await proxy.stop('SIGQUIT');
     });
 
-    t.test(`tcp_keepalive / tcp_keepidle on client and server sockets ${B}`, async (t) => {
+    t.test(`tcp_keepalive, tcp_keepidle, tcp_keepcnt, tcp_keepintvl, tcp_user_timeout on client and server sockets ${B}`, async (t) => {
       for (const [keepalive, idle] of [[true, 7], [false, 0]] as const) {
-        const proxy = await startProxy(t, await proxyConfig(c, { bypass, tcp_keepalive: keepalive, tcp_keepidle: idle }), { logLevel: 'info' });
+        const proxy = await startProxy(t, await proxyConfig(c, {
+          bypass, tcp_keepalive: keepalive, tcp_keepidle: idle, tcp_keepcnt: 4, tcp_keepintvl: 3, tcp_user_timeout: 12345,
+        }), { logLevel: 'info' });
         const a = await pgClient(t, proxy);
         await a.query('SELECT 1');
         const pid = proxy.proc.pid!;
@@ -111,6 +145,16 @@ t.test('operations', async (t) => {
           await new Promise((r) => setTimeout(r, 100));
         }
         t.ok(client.length >= 1 && server.length >= 1, `ss sees the proxy's client (${client.length}) and server (${server.length}) sockets`);
+        // Read back from the proxy's own sockets. As PgBouncer: the keepalive counts only
+        // with tcp_keepalive on (else the kernel's defaults, net.ipv4.tcp_keepalive_*), the user
+        // timeout in any case.
+        for (const [what, lines] of [['client', client], ['server', server]] as const) {
+          const o = await sockopts(pid, lines[0]);
+          t.same(o, keepalive
+            ? { keepalive: 1, keepidle: 7, keepcnt: 4, keepintvl: 3, user_timeout: 12345 }
+            : { keepalive: 0, keepidle: sysctl('tcp_keepalive_time'), keepcnt: sysctl('tcp_keepalive_probes'), keepintvl: sysctl('tcp_keepalive_intvl'), user_timeout: 12345 },
+          `${what} socket (tcp_keepalive ${keepalive}): ${JSON.stringify(o)}`);
+        }
         if (keepalive) {
           for (const [what, lines] of [['client', client], ['server', server]] as const) {
             // ss prints the time left as "6.480ms" (seconds.milliseconds), "119min" past a minute.
@@ -220,9 +264,9 @@ t.test('operations', async (t) => {
     const cases: Array<[Record<string, unknown>, RegExp]> = [
       [{ syslog: 1 }, /syslog: not supported: .*unix datagram/],
       [{ syslog_ident: 'pgbouncer' }, /syslog_ident: unknown key/],
-      [{ tcp_keepcnt: 5 }, /tcp_keepcnt: only 0 .*TCP_KEEPCNT/],
-      [{ tcp_keepintvl: 10 }, /tcp_keepintvl: only 0 .*TCP_KEEPINTVL/],
-      [{ tcp_user_timeout: 1000 }, /tcp_user_timeout: only 0 .*TCP_USER_TIMEOUT/],
+      [{ tcp_keepcnt: 128 }, /tcp_keepcnt: .*127/],
+      [{ tcp_keepintvl: 40000 }, /tcp_keepintvl: at most 32767/],
+      [{ tcp_user_timeout: -1 }, /tcp_user_timeout: /],
       [{ auth_file: '/nonexistent/userlist.txt' }, /auth_file: cannot read/],
       [{ listen: { host: '127.0.0.1', port: 6432, unix_socket_mode: '0999' } }, /unix_socket_mode: expected permission bits/],
     ];
@@ -233,6 +277,21 @@ t.test('operations', async (t) => {
     }
     const ok = runCli(['check', '--config', writeConfig({ ...base, syslog: 0, tcp_keepcnt: 0, tcp_keepintvl: 0, tcp_user_timeout: 0 })], 30000);
     t.equal(ok.code, 0, `their defaults (0) are accepted, as pgbouncer.ini files carry them ${ok.stderr}`);
+  });
+
+  t.test('tcp_keepcnt without the addon: a start-up error naming the key', async (t) => {
+    const cfg = writeConfig(await proxyConfig(c, { bypass: 'off', tcp_keepcnt: 5, tcp_user_timeout: 1000 }));
+    const env = { ...process.env, PGSPLICE_ADDON: '/nonexistent/pgsplice.node' };
+    const r = spawnSync(process.execPath, [CLI, '--config', cfg], { encoding: 'utf8', timeout: 30000, env });
+    t.not(r.status, 0, `it does not start (exit ${r.status})`);
+    t.match(r.stderr, /tcp_keepcnt, tcp_user_timeout: .*needs the pgsplice addon/, 'the error names the keys and the addon');
+    const zero = writeConfig(await proxyConfig(c, { bypass: 'off' }));
+    const started = spawn(process.execPath, [CLI, '--config', zero], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    started.stderr!.on('data', (d) => (out += d));
+    await waitUntil(() => /started/.test(out) || started.exitCode !== null, 20000, 'start without the addon');
+    t.match(out, /started/, 'with them at 0 it starts without the addon (bypass: off)');
+    started.kill('SIGQUIT');
   });
 });
 void sleep;

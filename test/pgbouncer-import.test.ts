@@ -36,6 +36,7 @@ t.test('pgsplice import', async (t) => {
   t.equal(y.max_client_conn, 500, 'numbers stay numbers');
   t.equal(y.tcp_keepalive, true, 'booleans from 0/1');
   t.equal(y.tcp_keepidle, 30, 'tcp_keepidle');
+  t.same([y.tcp_keepcnt, y.tcp_keepintvl], [5, 10], 'tcp_keepcnt, tcp_keepintvl');
   t.equal(y.so_reuseport, true, 'so_reuseport');
   t.equal(y.transaction_timeout, 600, 'transaction_timeout');
   t.equal(y.logfile, path.join(dir, 'pgbouncer.log'), 'file names relative to the ini, made absolute');
@@ -53,7 +54,7 @@ t.test('pgsplice import', async (t) => {
     t.ok(notTranslated.some((l) => re.test(l)), `listed as not translated: ${what}`);
     t.match(text, re, `and in the YAML header: ${what}`);
   }
-  t.notOk(notTranslated.some((l) => /\] (listen_port|default_pool_size|auth_type|syslog|tcp_keepcnt|tcp_keepidle|auth_file|so_reuseport|transaction_timeout) = /.test(l)), 'translated keys are not listed');
+  t.notOk(notTranslated.some((l) => /\] (listen_port|default_pool_size|auth_type|syslog|tcp_keepcnt|tcp_keepintvl|tcp_keepidle|auth_file|so_reuseport|transaction_timeout) = /.test(l)), 'translated keys are not listed');
   t.equal(notTranslated.length, 9, `9 items not translated:\n${notTranslated.join('\n')}`);
 
   for (const bypass of BYPASS_MODES) {

@@ -469,6 +469,30 @@ Napi::Value ListenReusePort(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// tcpOption(fd, name[, value]) -> number: sets (with value) and reads back one of the TCP
+// options PgBouncer sets that Node's net cannot: "keepcnt" (TCP_KEEPCNT), "keepintvl"
+// (TCP_KEEPINTVL, s), "user_timeout" (TCP_USER_TIMEOUT, ms). Nothing else.
+Napi::Value TcpOption(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  std::string name = info[1].As<Napi::String>().Utf8Value();
+  int opt;
+  if (name == "keepcnt") opt = TCP_KEEPCNT;
+  else if (name == "keepintvl") opt = TCP_KEEPINTVL;
+  else if (name == "user_timeout") opt = TCP_USER_TIMEOUT;
+  else throw Napi::Error::New(env, "tcpOption: unknown option " + name);
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    int v = info[2].As<Napi::Number>().Int32Value();
+    if (setsockopt(fd, IPPROTO_TCP, opt, &v, sizeof(v)))
+      throw Napi::Error::New(env, Errno("setsockopt(TCP " + name + ")", errno));
+  }
+  int got = 0;
+  socklen_t len = sizeof(got);
+  if (getsockopt(fd, IPPROTO_TCP, opt, &got, &len))
+    throw Napi::Error::New(env, Errno("getsockopt(TCP " + name + ")", errno));
+  return Napi::Number::New(env, got);
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -482,6 +506,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tcpBytesWritten", Napi::Function::New(env, TcpBytesWritten));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   exports.Set("listenReusePort", Napi::Function::New(env, ListenReusePort));
+  exports.Set("tcpOption", Napi::Function::New(env, TcpOption));
   return exports;
 }
 

@@ -178,8 +178,6 @@ export function importPgbouncer(iniFile: string, userlistFile?: string): ImportR
         if (Number(e.value) > 0) top.log_level = 'debug';
       } else if (k === 'syslog') {
         if (typed('bool', e.value)) skip(e, `syslog ${SYSLOG_UNSUPPORTED}`);
-      } else if (['tcp_keepcnt', 'tcp_keepintvl', 'tcp_user_timeout'].includes(k) && Number(e.value) !== 0) {
-        skip(e, `Node.js cannot set ${k.replace('tcp_', 'TCP_').toUpperCase()}; left at the kernel's default`);
       } else if (k in NO_EQUIVALENT) {
         skip(e, NO_EQUIVALENT[k]);
       } else if (['logfile', 'pidfile', 'auth_hba_file', 'client_tls_key_file', 'client_tls_cert_file', 'client_tls_ca_file', 'server_tls_key_file', 'server_tls_cert_file', 'server_tls_ca_file'].includes(k)) {

@@ -122,13 +122,13 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   pidfile: { kind: str, def: '' },
   syslog: { kind: { t: 'bool' }, def: false },
   auth_file: { kind: str, def: '' },
-  // PgBouncer's TCP settings. Node sets SO_KEEPALIVE and TCP_KEEPIDLE; it has no way to set
-  // the other three, so only 0 (the kernel's default) is accepted for them (crossCheck).
+  // PgBouncer's TCP settings (src/pooling/tcp-options.ts): Node sets SO_KEEPALIVE and
+  // TCP_KEEPIDLE, the addon the other three (0 = the kernel's default).
   tcp_keepalive: { kind: { t: 'bool' }, def: true },
   tcp_keepidle: { kind: duration, def: 0 },
-  tcp_keepcnt: { kind: size0, def: 0 },
+  tcp_keepcnt: { kind: { t: 'int', min: 0, max: 127 }, def: 0 }, // the kernel's limits
   tcp_keepintvl: { kind: duration, def: 0 },
-  tcp_user_timeout: { kind: size0, def: 0 },
+  tcp_user_timeout: { kind: { t: 'int', min: 0, max: 2147483647 }, def: 0 }, // ms
   max_prepared_statements: { kind: size0, def: 200 },
   track_extra_parameters: { kind: { t: 'list' }, def: [] },
   // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/auth/tls.ts.
@@ -641,9 +641,7 @@ class Loader {
   checkOperations(cfg: Config): void {
     const L = (k: string) => this.lines.get(k);
     if (cfg.syslog) this.fail('syslog', L('syslog'), SYSLOG_UNSUPPORTED);
-    for (const k of ['tcp_keepcnt', 'tcp_keepintvl', 'tcp_user_timeout'] as const) {
-      if (cfg[k] !== 0) this.fail(k, L(k), `only 0 (the kernel's default) is supported: Node.js cannot set ${TCP_OPTION[k]} on its sockets`);
-    }
+    if (cfg.tcp_keepintvl > 32767) this.fail('tcp_keepintvl', L('tcp_keepintvl'), 'at most 32767 s (the kernel\'s limit for TCP_KEEPINTVL)');
     if (cfg.auth_file) {
       const file = path.resolve(path.dirname(cfg.source.file), cfg.auth_file);
       let text: string;
@@ -714,7 +712,6 @@ class Loader {
 export const SYSLOG_UNSUPPORTED =
   'not supported: /dev/log is a unix datagram socket and Node.js has no unix datagram sockets without a native module; ' +
   'pgsplice logs to stderr (the journal under systemd) and to logfile';
-const TCP_OPTION = { tcp_keepcnt: 'TCP_KEEPCNT', tcp_keepintvl: 'TCP_KEEPINTVL', tcp_user_timeout: 'TCP_USER_TIMEOUT' } as const;
 
 /** Best-effort key path of a "key:" line, from indentation (for YAML syntax errors). */
 function keyPathAtLine(text: string, line: number): string | undefined {

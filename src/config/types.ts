@@ -135,9 +135,9 @@ export interface Config {
   auth_file: string; // '' = none; PgBouncer's userlist.txt format, merged under users:
   tcp_keepalive: boolean; // SO_KEEPALIVE on client and server TCP sockets
   tcp_keepidle: number; // s before the first probe; 0 = the kernel's default
-  tcp_keepcnt: number; // only 0 (see load.ts)
-  tcp_keepintvl: number; // only 0
-  tcp_user_timeout: number; // ms; only 0
+  tcp_keepcnt: number; // keepalive probes before the connection is dropped; 0 = the kernel's default
+  tcp_keepintvl: number; // s between keepalive probes; 0 = the kernel's default
+  tcp_user_timeout: number; // ms unacknowledged data may wait before the connection is dropped; 0 = the kernel's default
   max_prepared_statements: number; // per server, transaction mode; 0 = named statements pin the client
   track_extra_parameters: string[]; // reported parameters carried besides the built-in ones
   session_state: SessionStatePolicies;

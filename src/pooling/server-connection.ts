@@ -1,7 +1,7 @@
 // One pooled connection to PostgreSQL: login, the parameters it reports, the
 // queries the proxy runs on it itself, and forwarding its bytes to the client it
 // serves while user space carries the data path.
-import { applyKeepalive } from './tcp-keepalive';
+import { applyTcpOptions } from './tcp-options';
 import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { AuthCode, Backend, TxStatus } from '../protocol/constants';
@@ -158,7 +158,7 @@ export class ServerConnection extends EventEmitter {
         : net.connect({ host: t.host, port: t.port });
       this.socket = sock;
       sock.setNoDelay(true);
-      if (!t.host.startsWith('/')) applyKeepalive(sock);
+      if (!t.host.startsWith('/')) applyTcpOptions(sock);
       let settled = false;
       const fail = (e: Error) => {
         if (settled) return;
