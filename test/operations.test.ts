@@ -259,11 +259,10 @@ t.test('operations', async (t) => {
     t.match(wrong, /password authentication failed/, 'a wrong password is refused');
   });
 
-  t.test('keys that cannot be honoured are refused with the reason', async (t) => {
+  t.test('values that cannot be honoured are refused with the reason', async (t) => {
     const base = await proxyConfig(c);
     const cases: Array<[Record<string, unknown>, RegExp]> = [
-      [{ syslog: 1 }, /syslog: not supported: .*unix datagram/],
-      [{ syslog_ident: 'pgbouncer' }, /syslog_ident: unknown key/],
+      [{ syslog_facility: 'kern' }, /syslog_facility: /],
       [{ tcp_keepcnt: 128 }, /tcp_keepcnt: .*127/],
       [{ tcp_keepintvl: 40000 }, /tcp_keepintvl: at most 32767/],
       [{ tcp_user_timeout: -1 }, /tcp_user_timeout: /],

@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <string>
@@ -493,6 +494,26 @@ Napi::Value TcpOption(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, got);
 }
 
+// sendDatagram(path, buffer) -> 0 or an errno: sends one datagram to the unix datagram
+// socket at path (syslog's /dev/log; Node has no unix datagram sockets). Never blocks
+// (a full receiver drops the line, as a logger must not stall the proxy) and never throws:
+// the caller decides what a failure is worth. One unbound socket is kept for all sends.
+Napi::Value SendDatagram(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  static int fd = -1;
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(sa.sun_path)) return Napi::Number::New(env, ENAMETOOLONG);
+  memcpy(sa.sun_path, path.data(), path.size());
+  if (fd < 0) fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Napi::Number::New(env, errno);
+  ssize_t n = sendto(fd, buf.Data(), buf.Length(), MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr*)&sa, sizeof(sa));
+  return Napi::Number::New(env, n < 0 ? errno : 0);
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -507,6 +528,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   exports.Set("listenReusePort", Napi::Function::New(env, ListenReusePort));
   exports.Set("tcpOption", Napi::Function::New(env, TcpOption));
+  exports.Set("sendDatagram", Napi::Function::New(env, SendDatagram));
   return exports;
 }
 

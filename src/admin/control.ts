@@ -26,12 +26,12 @@ export function proxyControl(proxy: ControlledProxy): ProxyControl {
     const before = proxy.config;
     const needRestart = proxy.reload(next);
     if (before.log_level !== next.log_level) setLogLevel(next.log_level);
-    // log_format and logfile follow the config; the file is reopened by name, so that a
-    // RELOAD or SIGHUP after logrotate moved it writes to a new file (as PgBouncer).
+    // log_format, logfile and syslog follow the config; the file is reopened by name, so
+    // that a RELOAD or SIGHUP after logrotate moved it writes to a new file (as PgBouncer).
     try {
       configureLogging(next);
     } catch (e) {
-      log.error(`cannot open logfile ${next.logfile}, logging where it did: ${(e as Error).message}`);
+      log.error(`logging where it did (${next.logfile ? `logfile ${next.logfile}` : 'syslog'}): ${(e as Error).message}`);
     }
     return needRestart;
   };

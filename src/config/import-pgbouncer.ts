@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import YAML from 'yaml';
 import { parseUserlist } from '../auth/userlist';
-import { SYSLOG_UNSUPPORTED, settingKind } from './load';
+import { settingKind } from './load';
 
 export interface ImportResult {
   yaml: string;
@@ -29,8 +29,6 @@ const NO_EQUIVALENT: Record<string, string> = {
   log_disconnections: 'disconnections are logged at log_level info',
   log_pooler_errors: 'errors sent to clients are logged at log_level info',
   log_stats: 'use SHOW STATS or the Prometheus metrics',
-  syslog_ident: `syslog ${SYSLOG_UNSUPPORTED}`,
-  syslog_facility: `syslog ${SYSLOG_UNSUPPORTED}`,
   dns_max_ttl: 'server host names are resolved at each connect',
   dns_nxdomain_ttl: 'server host names are resolved at each connect',
   dns_zone_check_period: 'server host names are resolved at each connect',
@@ -176,8 +174,6 @@ export function importPgbouncer(iniFile: string, userlistFile?: string): ImportR
         if (!userlistFile) top.auth_file = path.resolve(iniDir, e.value);
       } else if (k === 'verbose') {
         if (Number(e.value) > 0) top.log_level = 'debug';
-      } else if (k === 'syslog') {
-        if (typed('bool', e.value)) skip(e, `syslog ${SYSLOG_UNSUPPORTED}`);
       } else if (k in NO_EQUIVALENT) {
         skip(e, NO_EQUIVALENT[k]);
       } else if (['logfile', 'pidfile', 'auth_hba_file', 'client_tls_key_file', 'client_tls_cert_file', 'client_tls_ca_file', 'server_tls_key_file', 'server_tls_cert_file', 'server_tls_ca_file'].includes(k)) {

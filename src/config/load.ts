@@ -24,6 +24,7 @@ import { HbaError, readHbaFile, ruleFromEntry, type HbaEntry, type HbaRule } fro
 import { tlsSettingProblem } from '../auth/tls';
 import {
   ConfigError,
+  SYSLOG_FACILITIES,
   type AuthType,
   type BypassMode,
   type Config,
@@ -121,6 +122,9 @@ const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
   logfile: { kind: str, def: '' },
   pidfile: { kind: str, def: '' },
   syslog: { kind: { t: 'bool' }, def: false },
+  syslog_ident: { kind: nonEmptyStr, def: 'pgsplice' },
+  syslog_facility: { kind: { t: 'enum', values: Object.keys(SYSLOG_FACILITIES) }, def: 'daemon' },
+  syslog_socket: { kind: nonEmptyStr, def: '/dev/log' }, // pgsplice's own (PgBouncer always uses /dev/log)
   auth_file: { kind: str, def: '' },
   // PgBouncer's TCP settings (src/pooling/tcp-options.ts): Node sets SO_KEEPALIVE and
   // TCP_KEEPIDLE, the addon the other three (0 = the kernel's default).
@@ -640,7 +644,6 @@ class Loader {
   // Keys accepted for pgbouncer.ini's sake whose other values cannot be honoured, the auth_file.
   checkOperations(cfg: Config): void {
     const L = (k: string) => this.lines.get(k);
-    if (cfg.syslog) this.fail('syslog', L('syslog'), SYSLOG_UNSUPPORTED);
     if (cfg.tcp_keepintvl > 32767) this.fail('tcp_keepintvl', L('tcp_keepintvl'), 'at most 32767 s (the kernel\'s limit for TCP_KEEPINTVL)');
     if (cfg.auth_file) {
       const file = path.resolve(path.dirname(cfg.source.file), cfg.auth_file);
@@ -707,11 +710,6 @@ class Loader {
 
 // ---------------------------------------------------------------------------------
 // API
-
-/** Why syslog cannot be turned on (also listed by `pgsplice import`). */
-export const SYSLOG_UNSUPPORTED =
-  'not supported: /dev/log is a unix datagram socket and Node.js has no unix datagram sockets without a native module; ' +
-  'pgsplice logs to stderr (the journal under systemd) and to logfile';
 
 /** Best-effort key path of a "key:" line, from indentation (for YAML syntax errors). */
 function keyPathAtLine(text: string, line: number): string | undefined {

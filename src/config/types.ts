@@ -9,6 +9,12 @@ export type PoolMode = 'session' | 'transaction' | 'statement';
 export type AuthType = 'scram-sha-256' | 'md5' | 'plain' | 'trust' | 'hba';
 export type BypassMode = 'auto' | 'on' | 'off';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+// The syslog facilities PgBouncer accepts, with their codes (src/observe/syslog.ts).
+export const SYSLOG_FACILITIES = {
+  auth: 4, authpriv: 10, daemon: 3, user: 1,
+  local0: 16, local1: 17, local2: 18, local3: 19, local4: 20, local5: 21, local6: 22, local7: 23,
+} as const;
+export type SyslogFacility = keyof typeof SYSLOG_FACILITIES;
 export type LogFormat = 'text' | 'json';
 // TLS modes, as PgBouncer's client_tls_sslmode / server_tls_sslmode (libpq's names).
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
@@ -131,7 +137,10 @@ export interface Config {
   log_format: LogFormat; // text lines, or one JSON object per line
   logfile: string; // '' = stderr only; else also appended here (reopened on SIGHUP)
   pidfile: string; // '' = none; written at start, removed at exit
-  syslog: boolean; // accepted only as false: see load.ts
+  syslog: boolean; // also log to syslog (src/observe/syslog.ts)
+  syslog_ident: string;
+  syslog_facility: SyslogFacility;
+  syslog_socket: string; // pgsplice's own: the syslog daemon's unix datagram socket
   auth_file: string; // '' = none; PgBouncer's userlist.txt format, merged under users:
   tcp_keepalive: boolean; // SO_KEEPALIVE on client and server TCP sockets
   tcp_keepidle: number; // s before the first probe; 0 = the kernel's default

@@ -103,6 +103,7 @@ interface Addon {
   libbpfVersion(): string;
   listenReusePort(host: string, port: number, backlog: number): number;
   tcpOption(fd: number, name: 'keepcnt' | 'keepintvl' | 'user_timeout', value?: number): number; // src/pooling/tcp-options.ts
+  sendDatagram(path: string, data: Buffer): number; // src/observe/syslog.ts
 }
 
 const ADDON_REL = path.join('addon', 'build', 'Release', 'pgsplice.node');
@@ -122,7 +123,7 @@ function findUp(rel: string): string | null {
 }
 
 let addonCache: Addon | null = null;
-// Also used for SO_REUSEPORT listeners (src/workers/listen.ts) and TCP options (src/pooling/tcp-options.ts).
+// Also used for SO_REUSEPORT listeners (src/workers/listen.ts) TCP options (src/pooling/tcp-options.ts) and syslog (src/observe/syslog.ts).
 export function loadAddon(): Addon {
   if (addonCache) return addonCache;
   const p = process.env.PGSPLICE_ADDON ?? findUp(ADDON_REL);

@@ -1,16 +1,19 @@
 // One line per event, to stderr and, with `logfile`, appended to that file too (as
-// PgBouncer does; `--quiet` leaves stderr out). log_format text: "<ISO time> <LEVEL>
+// PgBouncer does; `--quiet` leaves stderr out); with `syslog`, also sent to syslog
+// (src/observe/syslog.ts). log_format text: "<ISO time> <LEVEL>
 // <message>"; json: one object per line {"time","level","pid","msg"}. SIGHUP reopens the
 // file so that logrotate can move it away.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Config, LogFormat, LogLevel } from '../config/types';
+import { SyslogSink } from './syslog';
 
 const ORDER: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
 let current: LogLevel = 'info';
 let format: LogFormat = 'text';
 let toStderr = true;
 let file: { path: string; fd: number } | null = null;
+let syslog: SyslogSink | null = null;
 
 export function setLogLevel(level: LogLevel): void {
   current = level;
@@ -29,9 +32,11 @@ export function setQuiet(q: boolean): void {
 /** log_format and logfile from a config (start, reload, SET). logfile is relative to the
  * config file's directory; the same name is reopened (RELOAD after rotation). Throws when
  * the file cannot be opened. */
-export function configureLogging(c: Pick<Config, 'log_format' | 'logfile' | 'source'>): void {
+export function configureLogging(c: Pick<Config, 'log_format' | 'logfile' | 'source' | 'syslog' | 'syslog_ident' | 'syslog_facility' | 'syslog_socket'>): void {
+  const nextSyslog = c.syslog ? SyslogSink.open(c) : null; // throws before anything changes
   format = c.log_format;
   setLogFile(c.logfile ? path.resolve(path.dirname(c.source.file), c.logfile) : '');
+  syslog = nextSyslog;
   toStderr = !quiet || !file;
 }
 
@@ -55,6 +60,7 @@ export function formatLine(level: LogLevel, msg: string, now = new Date()): stri
 
 function emit(level: LogLevel, msg: string): void {
   if (ORDER[level] > ORDER[current]) return;
+  syslog?.write(level, msg); // its own framing: the daemon adds nothing we would repeat
   const line = formatLine(level, msg);
   if (toStderr || !file) process.stderr.write(line);
   if (file) {
