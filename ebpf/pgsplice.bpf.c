@@ -635,12 +635,61 @@ static __always_inline int ctl_pop_idle(struct pgs_ctl *a)
 	return stack ? pop_idle(stack, pool, PGS_USER, 0, 64) : 0;
 }
 
+/* The role of the connection an operation acts on; 0: either (READ, and an unknown
+ * operation, which is refused as such). */
+static __always_inline __u8 ctl_role(__u32 op)
+{
+	switch (op) {
+	case PGS_OP_CLIENT_TO_KERNEL:
+	case PGS_OP_CLIENT_TO_USER:
+	case PGS_OP_TAKE_BOUND:
+	case PGS_OP_BIND:
+	case PGS_OP_ADD:
+	case PGS_OP_CLIENT_TO_KERNEL_BOUND:
+		return PGS_ROLE_CLIENT;
+	case PGS_OP_SERVER_TO_IDLE:
+	case PGS_OP_RETIRE:
+		return PGS_ROLE_SERVER;
+	default:
+		return 0;
+	}
+}
+
+/* Forgets c's transaction: its counts, flags and clocks. Called with c->lock held. */
+static __always_inline void clear_xact(struct pgs_conn *c)
+{
+	c->outstanding = 0;
+	c->tail_open = 0;
+	c->tail_msgs = 0;
+	c->tail_answered = 0;
+	c->flags = 0;
+	c->xact_start = 0;
+	c->query_start = 0;
+}
+
+/* Moves c from USER (its word still w) to mode, re-homed to pool (0: its own) in place: a
+ * USER verdict never reads pool_id, and unregistering would drop skbs passed but not yet
+ * read. Its pool is restored if the word changed meanwhile. Called with c->lock held. */
+static __always_inline int move_rehomed(struct pgs_conn *c, __u64 w, __u32 mode, __u32 pool)
+{
+	__u32 was = c->pool_id;
+	int ok;
+
+	if (pool)
+		c->pool_id = pool;
+	ok = CAS(&c->word, w, MKWORD(mode, w));
+	if (!ok)
+		c->pool_id = was;
+	return ok;
+}
+
 SEC("syscall")
 int pgs_ctl(struct pgs_ctl *a)
 {
 	__u32 id = a->id;
 	struct pgs_conn *c, *s;
 	__u64 w;
+	__u8 need;
 	int ok = 0;
 
 	if (a->op == PGS_OP_POP_IDLE) {
@@ -652,39 +701,24 @@ int pgs_ctl(struct pgs_ctl *a)
 		a->ret = -2; /* ENOENT */
 		return 0;
 	}
+	need = ctl_role(a->op);
+	if (need && c->role != need)
+		goto done; /* an operation on the other kind of connection does nothing */
 	switch (a->op) {
 	case PGS_OP_CLIENT_TO_KERNEL:
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
-			__u32 was = c->pool_id;
-
 			/* still USER: the verdict does not touch frame/pair fields now */
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
-			c->outstanding = 0;
-			c->tail_open = 0;
-			c->tail_msgs = 0;
-			c->tail_answered = 0;
-			c->flags = 0;
-			c->xact_start = 0;
-			c->query_start = 0;
+			clear_xact(c);
 			if (a->written)
 				c->acked_base = a->written - c->redirected;
-			/* re-homing in place (a USER verdict never reads pool_id): unregistering
-			 * would drop skbs passed but not yet read */
-			if (a->pool)
-				c->pool_id = a->pool;
-			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
-			if (!ok)
-				c->pool_id = was;
+			ok = move_rehomed(c, w, PGS_KERNEL, a->pool);
 		}
 		bpf_spin_unlock(&c->lock);
 		break;
 	case PGS_OP_CLIENT_TO_USER:
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (c->peer == 0)
@@ -692,20 +726,12 @@ int pgs_ctl(struct pgs_ctl *a)
 		bpf_spin_unlock(&c->lock);
 		break;
 	case PGS_OP_SERVER_TO_IDLE:
-		if (c->role != PGS_ROLE_SERVER)
-			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (w == MKWORD(PGS_USER, a->expected) && c->peer == 0) {
-			__u32 was = c->pool_id;
-
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
-			if (a->pool)
-				c->pool_id = a->pool; /* re-homing in place, as for clients */
-			ok = CAS(&c->word, w, MKWORD(PGS_IDLE, w));
-			if (!ok)
-				c->pool_id = was;
-			else
+			ok = move_rehomed(c, w, PGS_IDLE, a->pool);
+			if (ok)
 				c->flags &= ~PGS_F_RETIRE; /* user space reuses it: a mark is spent */
 		}
 		bpf_spin_unlock(&c->lock);
@@ -715,8 +741,6 @@ int pgs_ctl(struct pgs_ctl *a)
 	case PGS_OP_TAKE_BOUND: {
 		__u32 sid;
 
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		if (MODE(w) == PGS_KERNEL)
@@ -752,25 +776,18 @@ int pgs_ctl(struct pgs_ctl *a)
 		__u64 now = bpf_ktime_get_ns();
 		int bound = 0;
 
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		s = bpf_map_lookup_elem(&conns, &sid);
 		if (!s || s->role != PGS_ROLE_SERVER)
 			break;
 		bpf_spin_lock(&s->lock);
 		w = s->word;
 		if (w == MKWORD(PGS_USER, a->expected) && s->peer == 0) {
-			__u32 was = s->pool_id;
-
 			__builtin_memset(&s->frame, 0, sizeof(s->frame));
-			if (a->pool)
-				s->pool_id = a->pool;
-			bound = CAS(&s->word, w, MKWORD(PGS_BOUND, w));
+			bound = move_rehomed(s, w, PGS_BOUND, a->pool);
 			if (bound) {
 				s->peer = id;
 				s->flags &= ~PGS_F_RETIRE; /* user space reuses it: a mark is spent */
-			} else
-				s->pool_id = was;
+			}
 		}
 		bpf_spin_unlock(&s->lock);
 		if (!bound)
@@ -807,8 +824,6 @@ int pgs_ctl(struct pgs_ctl *a)
 	case PGS_OP_ADD: {
 		__u64 now = bpf_ktime_get_ns();
 
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		bpf_spin_lock(&c->lock);
 		/* a hand-over in progress: user space adopts the server instead */
 		if (c->peer == a->sid && a->sid && !(c->flags & PGS_F_HANDOFF)) {
@@ -824,8 +839,6 @@ int pgs_ctl(struct pgs_ctl *a)
 		break;
 	}
 	case PGS_OP_CLIENT_TO_KERNEL_BOUND:
-		if (c->role != PGS_ROLE_CLIENT)
-			break;
 		bpf_spin_lock(&c->lock);
 		w = c->word;
 		/* Released with PARAMS_CHANGED meanwhile: the client's settings are no longer
@@ -835,23 +848,14 @@ int pgs_ctl(struct pgs_ctl *a)
 		    !(c->peer && (c->flags & PGS_F_HANDOFF))) {
 			/* user space is at a message boundary of the client stream */
 			__builtin_memset(&c->frame, 0, sizeof(c->frame));
-			if (c->peer == 0) {
-				c->outstanding = 0;
-				c->tail_open = 0;
-				c->tail_msgs = 0;
-				c->tail_answered = 0;
-				c->flags = 0;
-				c->xact_start = 0;
-				c->query_start = 0;
-			}
+			if (c->peer == 0)
+				clear_xact(c);
 			ok = CAS(&c->word, w, MKWORD(PGS_KERNEL, w));
 		}
 		bpf_spin_unlock(&c->lock);
 		break;
 	case PGS_OP_RETIRE:
 		/* RECONNECT: an idle server comes out now, a bound one at its release */
-		if (c->role != PGS_ROLE_SERVER)
-			break;
 		bpf_spin_lock(&c->lock);
 		c->flags |= PGS_F_RETIRE;
 		w = c->word;
@@ -868,6 +872,7 @@ int pgs_ctl(struct pgs_ctl *a)
 		a->ret = -22; /* EINVAL */
 		return 0;
 	}
+done:
 	ctl_read(a, c);
 	a->ret = ok;
 	return 0;

@@ -43,6 +43,14 @@ struct {
 /* Resolves every name of nm for client cid on server sid: 0 when the server has each
  * statement (nm->idx filled), else the fallback reason. Reads only; nothing is written to
  * the skb until the verdict has committed to redirecting it (pgs_stmt_rewrite). */
+/* The length of name i of nm, 0 when it is out of range (1..PGS_STMT_NAME_MAX). */
+static __always_inline __u32 pgs_stmt_len_at(const struct pgs_names *nm, __u32 i)
+{
+	__u32 len = PGS_STMT_LEN(nm->len[i]);
+
+	return len >= 1 && len <= PGS_STMT_NAME_MAX ? len : 0;
+}
+
 __attribute__((noinline)) int pgs_stmt_resolve(struct __sk_buff *skb, __u32 cid, __u32 sid,
 					       struct pgs_names *nm)
 {
@@ -55,13 +63,10 @@ __attribute__((noinline)) int pgs_stmt_resolve(struct __sk_buff *skb, __u32 cid,
 	n = nm->n;
 	if (n > PGS_STMT_NAMES_PER_SKB)
 		return PGS_ST_FB_NAMES_PER_SKB;
-	for (__u32 i = 0; i < PGS_STMT_NAMES_PER_SKB; i++) {
-		__u32 len;
+	for (__u32 i = 0; i < n && i < PGS_STMT_NAMES_PER_SKB; i++) {
+		__u32 len = pgs_stmt_len_at(nm, i);
 
-		if (i >= n)
-			break;
-		len = PGS_STMT_LEN(nm->len[i]);
-		if (len < 1 || len > PGS_STMT_NAME_MAX)
+		if (!len)
 			return PGS_ST_FB_NAME_TOO_LONG;
 		__builtin_memset(&key, 0, sizeof(key));
 		key.conn = cid;
@@ -109,13 +114,10 @@ __attribute__((noinline)) int pgs_stmt_rewrite(struct __sk_buff *skb, struct pgs
 	if (!skb || !nm)
 		return 0;
 	n = nm->n;
-	for (__u32 i = 0; i < PGS_STMT_NAMES_PER_SKB; i++) {
-		__u32 len;
+	for (__u32 i = 0; i < n && i < PGS_STMT_NAMES_PER_SKB; i++) {
+		__u32 len = pgs_stmt_len_at(nm, i);
 
-		if (i >= n)
-			break;
-		len = PGS_STMT_LEN(nm->len[i]);
-		if (len < 1 || len > PGS_STMT_NAME_MAX)
+		if (!len)
 			break;
 		pgs_stmt_name(name, len, PGS_STMT_IDX(nm->len[i]));
 		if (bpf_skb_store_bytes(skb, nm->off[i], name, len, 0))

@@ -6,6 +6,8 @@ import t from 'tap';
 import {
   CLIENT_MOVES, ClientState, SERVER_MOVES, ServerState, StateOf, illegalMoves, isLegalClientMove, isLegalServerMove,
 } from '../src/pooling/connection-state';
+import * as net from 'node:net';
+import { ClientConnection, ClientHost } from '../src/pooling/client-connection';
 import { ServerConnection } from '../src/pooling/server-connection';
 import { USER_SPACE_ONLY } from '../src/pooling/kernel-host';
 import { setLogLevel } from '../src/observe/log';
@@ -26,7 +28,14 @@ t.test('client moves', async (t) => {
     [C.Idle, C.Waiting, true, 'a request'],
     [C.Idle, C.Kernel, true, 'moved to the kernel'],
     [C.Waiting, C.Active, true, 'got a server'],
-    [C.Waiting, C.Kernel, true, 'request bound in the kernel'],
+    [C.Waiting, C.KernelBound, true, 'request bound in the kernel, its bytes still come here'],
+    [C.Waiting, C.Kernel, false, 'a bound request is KernelBound first'],
+    [C.Idle, C.KernelBound, true, 'passed up while the kernel carries its transaction'],
+    [C.KernelBound, C.Kernel, true, 'quiet again: its bytes go to the kernel too'],
+    [C.KernelBound, C.Idle, true, 'its bytes came up, or the kernel released its server'],
+    [C.KernelBound, C.Active, true, 'its pair handed to user space'],
+    [C.KernelBound, C.Waiting, false, 'its bytes go to the bound server first'],
+    [C.Kernel, C.KernelBound, false, 'bound again only after being passed up (Idle)'],
     [C.Active, C.Idle, true, 'transaction end'],
     [C.Active, C.Kernel, false, 'a linked client is not moved to the kernel'],
     [C.Kernel, C.Idle, true, 'the kernel passed its bytes up'],
@@ -75,4 +84,24 @@ t.test("ServerConnection's named moves are checked", async (t) => {
   t.equal(server.state, S.Idle);
   server.enteredKernel();
   t.equal(illegalMoves.count, before + 1, 'Idle -> Kernel -> Idle is legal');
+});
+
+t.test("ClientConnection's kernel moves are checked, and its bound server goes with KernelBound", async (t) => {
+  // A client that never connects: only its state machine is used (no login timer, no pool).
+  const host = { config: { client_login_timeout: 0 }, kernel: USER_SPACE_ONLY, clientClosed: () => {} } as unknown as ClientHost;
+  const client = new ClientConnection(new net.Socket(), host);
+  const server = new ServerConnection({ host: '127.0.0.1', port: 1, dbname: 'd', user: 'u', connectTimeout: 1 }, USER_SPACE_ONLY);
+  t.equal(client.state, C.Startup);
+  t.equal(client.kernelServer, null, 'no bound server outside KernelBound');
+  const before = illegalMoves.count;
+  client.boundInKernel(server); // the kernel binds only clients that are logged in
+  t.equal(illegalMoves.count, before + 1, 'Startup -> KernelBound is reported');
+  t.equal(client.state, C.KernelBound, 'and still made');
+  t.equal(client.kernelServer, server, 'the bound server is part of the state');
+  client.enteredKernel();
+  t.equal(illegalMoves.count, before + 1, 'KernelBound -> Kernel is legal');
+  t.equal(client.kernelServer, null, 'leaving KernelBound drops the bound server');
+  client.close('test over', true);
+  t.equal(client.state, C.Closed);
+  server.close('test over', false);
 });

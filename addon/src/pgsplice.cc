@@ -153,6 +153,15 @@ class Obj : public Napi::ObjectWrap<Obj> {
     return b;
   }
 
+  // The outcome of a map call that returned rc (errno set by it): true if done, false if the
+  // key or element is absent (ENOENT: the caller answers null or false), else thrown, naming
+  // the operation and the map.
+  static bool Done(Napi::Env env, int rc, const char* op, struct bpf_map* m) {
+    if (rc == 0) return true;
+    if (errno == ENOENT) return false;
+    throw Napi::Error::New(env, Errno(std::string(op) + " " + bpf_map__name(m), errno));
+  }
+
   // attachSockmapVerdict(progName, mapName): libbpf 1.1 has no attach helper for this.
   Napi::Value AttachSockmapVerdict(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -184,10 +193,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     auto k = Buf(info, 1, bpf_map__key_size(m), "key");
     uint64_t flags = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int64Value() : 0;
     auto out = Napi::Buffer<uint8_t>::New(env, bpf_map__value_size(m));
-    if (bpf_map_lookup_elem_flags(bpf_map__fd(m), k.Data(), out.Data(), flags)) {
-      if (errno == ENOENT) return env.Null();
-      throw Napi::Error::New(env, Errno(std::string("lookup ") + bpf_map__name(m), errno));
-    }
+    if (!Done(env, bpf_map_lookup_elem_flags(bpf_map__fd(m), k.Data(), out.Data(), flags), "lookup", m)) return env.Null();
     return out;
   }
 
@@ -200,10 +206,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     if (ncpu <= 0) throw Napi::Error::New(env, Errno("libbpf_num_possible_cpus", ncpu));
     size_t vs = (bpf_map__value_size(m) + 7) & ~7u;
     std::vector<uint8_t> raw(vs * ncpu);
-    if (bpf_map_lookup_elem(bpf_map__fd(m), k.Data(), raw.data())) {
-      if (errno == ENOENT) return env.Null();
-      throw Napi::Error::New(env, Errno(std::string("lookup ") + bpf_map__name(m), errno));
-    }
+    if (!Done(env, bpf_map_lookup_elem(bpf_map__fd(m), k.Data(), raw.data()), "lookup", m)) return env.Null();
     auto arr = Napi::Array::New(env, ncpu);
     for (int i = 0; i < ncpu; i++)
       arr.Set(i, Napi::Buffer<uint8_t>::Copy(env, raw.data() + i * vs, bpf_map__value_size(m)));
@@ -214,11 +217,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     Napi::Env env = info.Env();
     struct bpf_map* m = Map(info, 0);
     auto k = Buf(info, 1, bpf_map__key_size(m), "key");
-    if (bpf_map_delete_elem(bpf_map__fd(m), k.Data())) {
-      if (errno == ENOENT) return Napi::Boolean::New(env, false);
-      throw Napi::Error::New(env, Errno(std::string("delete ") + bpf_map__name(m), errno));
-    }
-    return Napi::Boolean::New(env, true);
+    return Napi::Boolean::New(env, Done(env, bpf_map_delete_elem(bpf_map__fd(m), k.Data()), "delete", m));
   }
 
   Napi::Value MapPush(const Napi::CallbackInfo& info) {
@@ -234,10 +233,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     Napi::Env env = info.Env();
     struct bpf_map* m = Map(info, 0);
     auto out = Napi::Buffer<uint8_t>::New(env, bpf_map__value_size(m));
-    if (bpf_map_lookup_and_delete_elem(bpf_map__fd(m), nullptr, out.Data())) {
-      if (errno == ENOENT) return env.Null();
-      throw Napi::Error::New(env, Errno(std::string("pop ") + bpf_map__name(m), errno));
-    }
+    if (!Done(env, bpf_map_lookup_and_delete_elem(bpf_map__fd(m), nullptr, out.Data()), "pop", m)) return env.Null();
     return out;
   }
 

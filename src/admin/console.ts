@@ -106,6 +106,8 @@ export function clientStateName(c: ClientConnection, kernel: KernelHost): string
       return 'waiting';
     case ClientState.Login:
       return 'login';
+    case ClientState.KernelBound:
+      return 'active';
     case ClientState.Kernel:
       return kernel.clientBound(c) ? 'active' : 'idle';
     default:
@@ -458,7 +460,7 @@ class AdminSession {
     let clKernel = 0;
     for (const c of this.pooler.clients) {
       if (!c.pool || c.state === ClientState.Closed || c.state === ClientState.Startup || c.state === ClientState.Auth || c.state === ClientState.AuthLookup) continue;
-      if (c.state === ClientState.Kernel) clKernel++;
+      if (c.state === ClientState.Kernel || c.state === ClientState.KernelBound) clKernel++;
       else clUser++;
     }
     let svUser = 0;
@@ -563,7 +565,7 @@ class AdminSession {
       'C', c.user, c.database, clientStateName(c, this.pooler.kernel), s.remoteAddress ?? 'unix', s.remotePort ?? 0, s.localAddress ?? 'unix', s.localPort ?? 0,
       pgTime(c.connectedAt), pgTime(c.timing.lastRequestAt || c.connectedAt), Math.floor(w / 1e6), w % 1e6, 0,
       `C-${c.id}`, c.server ? `S-${c.server.id}` : '', 0, tlsInfo(s), c.appName, c.id,
-      c.state === ClientState.Kernel ? 'kernel' : 'user',
+      c.state === ClientState.Kernel || c.state === ClientState.KernelBound ? 'kernel' : 'user',
       c.rewriter?.session.pins.join(',') ?? '',
     ];
   }

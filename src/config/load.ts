@@ -72,82 +72,59 @@ const size1: Kind = { t: 'int', min: 1 };
 const port: Kind = { t: 'int', min: 1, max: 65535 };
 const duration: Kind = { t: 'duration' };
 const poolMode: Kind = { t: 'enum', values: POOL_MODES };
+const bool: Kind = { t: 'bool' };
+const list: Kind = { t: 'list' };
 
 type Settings = Omit<Config, 'listen' | 'databases' | 'users' | 'source' | 'metrics' | 'session_state' | 'hba' | 'hbaRules'>;
 
-/** Top-level scalar settings, their kinds and PgBouncer's defaults, in SHOW CONFIG order. */
-const SETTINGS: { [K in keyof Settings]: { kind: Kind; def: Settings[K] } } = {
-  pool_mode: { kind: poolMode, def: 'session' },
-  default_pool_size: { kind: size1, def: 20 },
-  min_pool_size: { kind: size0, def: 0 },
-  reserve_pool_size: { kind: size0, def: 0 },
-  reserve_pool_timeout: { kind: duration, def: 5 },
-  max_client_conn: { kind: size1, def: 100 },
-  max_db_connections: { kind: size0, def: 0 },
-  max_user_connections: { kind: size0, def: 0 },
-  max_db_client_connections: { kind: size0, def: 0 },
-  max_user_client_connections: { kind: size0, def: 0 },
-  max_pool_variants: { kind: size0, def: 8 },
-  server_reset_query: { kind: str, def: 'DISCARD ALL' },
-  server_reset_query_always: { kind: { t: 'bool' }, def: false },
-  server_check_query: { kind: str, def: 'select 1' },
-  server_check_delay: { kind: duration, def: 30 },
-  query_wait_timeout: { kind: duration, def: 120 },
-  query_timeout: { kind: duration, def: 0 },
-  client_idle_timeout: { kind: duration, def: 0 },
-  client_login_timeout: { kind: duration, def: 60 },
-  idle_transaction_timeout: { kind: duration, def: 0 },
-  transaction_timeout: { kind: duration, def: 0 },
-  server_idle_timeout: { kind: duration, def: 600 },
-  server_lifetime: { kind: duration, def: 3600 },
-  server_connect_timeout: { kind: duration, def: 15 },
-  server_login_retry: { kind: duration, def: 15 },
-  shutdown_timeout: { kind: duration, def: 30 },
+interface Setting<T> {
+  kind: Kind;
+  def: T;
+}
+const setting = <T>(kind: Kind, def: T): Setting<T> => ({ kind, def });
+
+/** Top-level scalar settings: each key's kind and PgBouncer's default, a line per concern, in
+ * SHOW CONFIG order. */
+const SETTINGS: { [K in keyof Settings]: Setting<Settings[K]> } = {
+  // Pools: mode and sizes.
+  pool_mode: setting(poolMode, 'session'), default_pool_size: setting(size1, 20), min_pool_size: setting(size0, 0), reserve_pool_size: setting(size0, 0),
+  reserve_pool_timeout: setting(duration, 5),
+  // Connection limits.
+  max_client_conn: setting(size1, 100), max_db_connections: setting(size0, 0), max_user_connections: setting(size0, 0), max_db_client_connections: setting(size0, 0),
+  max_user_client_connections: setting(size0, 0), max_pool_variants: setting(size0, 8),
+  // Server reset and health check.
+  server_reset_query: setting(str, 'DISCARD ALL'), server_reset_query_always: setting(bool, false), server_check_query: setting(str, 'select 1'),
+  server_check_delay: setting(duration, 30),
+  // Client timeouts.
+  query_wait_timeout: setting(duration, 120), query_timeout: setting(duration, 0), client_idle_timeout: setting(duration, 0), client_login_timeout: setting(duration, 60),
+  idle_transaction_timeout: setting(duration, 0), transaction_timeout: setting(duration, 0),
+  // Server timeouts and lifetime.
+  server_idle_timeout: setting(duration, 600), server_lifetime: setting(duration, 3600), server_connect_timeout: setting(duration, 15),
+  server_login_retry: setting(duration, 15), shutdown_timeout: setting(duration, 30),
   // Processes (docs/workers.md): how many serve clients, whether the port is bound with
   // SO_REUSEPORT (a takeover needs it), and this process's id in proxy-issued cancel keys.
-  workers: { kind: { t: 'countOrAuto', min: 1, max: 64 }, def: 1 },
-  so_reuseport: { kind: { t: 'bool' }, def: false },
-  peer_id: { kind: { t: 'int', min: 0, max: 16383 }, def: 0 },
-  auth_type: { kind: { t: 'enum', values: AUTH_TYPES }, def: 'scram-sha-256' },
-  auth_hba_file: { kind: str, def: '' },
-  auth_user: { kind: str, def: '' },
-  auth_query: { kind: nonEmptyStr, def: DEFAULT_AUTH_QUERY },
-  auth_dbname: { kind: str, def: '' },
-  auth_query_cache_ttl: { kind: duration, def: 60 },
-  admin_users: { kind: { t: 'list' }, def: [] },
-  stats_users: { kind: { t: 'list' }, def: [] },
-  bypass: { kind: { t: 'enum', values: BYPASS_MODES }, def: 'auto' },
-  log_level: { kind: { t: 'enum', values: LOG_LEVELS }, def: 'info' },
-  log_format: { kind: { t: 'enum', values: LOG_FORMATS }, def: 'text' },
-  logfile: { kind: str, def: '' },
-  pidfile: { kind: str, def: '' },
-  syslog: { kind: { t: 'bool' }, def: false },
-  syslog_ident: { kind: nonEmptyStr, def: 'pgsplice' },
-  syslog_facility: { kind: { t: 'enum', values: Object.keys(SYSLOG_FACILITIES) }, def: 'daemon' },
-  syslog_socket: { kind: nonEmptyStr, def: '/dev/log' }, // pgsplice's own (PgBouncer always uses /dev/log)
-  auth_file: { kind: str, def: '' },
+  workers: setting({ t: 'countOrAuto', min: 1, max: 64 }, 1), so_reuseport: setting(bool, false), peer_id: setting({ t: 'int', min: 0, max: 16383 }, 0),
+  // Authentication.
+  auth_type: setting({ t: 'enum', values: AUTH_TYPES }, 'scram-sha-256'), auth_hba_file: setting(str, ''), auth_user: setting(str, ''),
+  auth_query: setting(nonEmptyStr, DEFAULT_AUTH_QUERY), auth_dbname: setting(str, ''), auth_query_cache_ttl: setting(duration, 60), admin_users: setting(list, []),
+  stats_users: setting(list, []),
+  // Data path and logging.
+  bypass: setting({ t: 'enum', values: BYPASS_MODES }, 'auto'), log_level: setting({ t: 'enum', values: LOG_LEVELS }, 'info'),
+  log_format: setting({ t: 'enum', values: LOG_FORMATS }, 'text'), logfile: setting(str, ''), pidfile: setting(str, ''), syslog: setting(bool, false),
+  syslog_ident: setting(nonEmptyStr, 'pgsplice'), syslog_facility: setting({ t: 'enum', values: Object.keys(SYSLOG_FACILITIES) }, 'daemon'),
+  syslog_socket: setting(nonEmptyStr, '/dev/log'), // pgsplice's own (PgBouncer always uses /dev/log)
+  auth_file: setting(str, ''),
   // PgBouncer's TCP settings (src/pooling/tcp-options.ts): Node sets SO_KEEPALIVE and
-  // TCP_KEEPIDLE, the addon the other three (0 = the kernel's default).
-  tcp_keepalive: { kind: { t: 'bool' }, def: true },
-  tcp_keepidle: { kind: duration, def: 0 },
-  tcp_keepcnt: { kind: { t: 'int', min: 0, max: 127 }, def: 0 }, // the kernel's limits
-  tcp_keepintvl: { kind: duration, def: 0 },
-  tcp_user_timeout: { kind: { t: 'int', min: 0, max: 2147483647 }, def: 0 }, // ms
-  max_prepared_statements: { kind: size0, def: 200 },
-  track_extra_parameters: { kind: { t: 'list' }, def: [] },
+  // TCP_KEEPIDLE, the addon the other three (0 = the kernel's default; their limits are the kernel's).
+  tcp_keepalive: setting(bool, true), tcp_keepidle: setting(duration, 0), tcp_keepcnt: setting({ t: 'int', min: 0, max: 127 }, 0),
+  tcp_keepintvl: setting(duration, 0), tcp_user_timeout: setting({ t: 'int', min: 0, max: 2147483647 }, 0),
+  // Session state in transaction pools.
+  max_prepared_statements: setting(size0, 200), track_extra_parameters: setting(list, []),
   // PgBouncer's TLS keys and defaults; files and protocols are checked in crossCheck and src/auth/tls.ts.
-  client_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'disable' },
-  client_tls_key_file: { kind: str, def: '' },
-  client_tls_cert_file: { kind: str, def: '' },
-  client_tls_ca_file: { kind: str, def: '' },
-  client_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
-  client_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
-  server_tls_sslmode: { kind: { t: 'enum', values: SSL_MODES }, def: 'prefer' },
-  server_tls_ca_file: { kind: str, def: '' },
-  server_tls_key_file: { kind: str, def: '' },
-  server_tls_cert_file: { kind: str, def: '' },
-  server_tls_protocols: { kind: { t: 'list' }, def: ['secure'] },
-  server_tls_ciphers: { kind: nonEmptyStr, def: 'default' },
+  client_tls_sslmode: setting({ t: 'enum', values: SSL_MODES }, 'disable'), client_tls_key_file: setting(str, ''), client_tls_cert_file: setting(str, ''),
+  client_tls_ca_file: setting(str, ''), client_tls_protocols: setting(list, ['secure']), client_tls_ciphers: setting(nonEmptyStr, 'default'),
+  server_tls_sslmode: setting({ t: 'enum', values: SSL_MODES }, 'prefer'), server_tls_ca_file: setting(str, ''), server_tls_key_file: setting(str, ''),
+  server_tls_cert_file: setting(str, ''), server_tls_protocols: setting(list, ['secure']), server_tls_ciphers: setting(nonEmptyStr, 'default'),
 };
 
 /** The value kind of a top-level setting ('string', 'int', 'duration', 'bool', 'enum',
@@ -170,13 +147,13 @@ const LISTEN_KEYS: Record<keyof ListenConfig, Kind> = {
   unix_socket_mode: { t: 'mode' },
 };
 
+// Where a server is and how many connections to it: keys of a database and of its mirrors.
+const SERVER_KEYS: Record<'host' | 'port' | 'dbname' | 'user' | 'password' | 'pool_size', Kind> = {
+  host: nonEmptyStr, port, dbname: nonEmptyStr, user: nonEmptyStr, password: str, pool_size: size1,
+};
+
 const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
-  host: nonEmptyStr,
-  port,
-  dbname: nonEmptyStr,
-  user: nonEmptyStr,
-  password: str,
-  pool_size: size1,
+  ...SERVER_KEYS,
   min_pool_size: size0,
   reserve_pool_size: size0,
   pool_mode: poolMode,
@@ -193,12 +170,7 @@ const DATABASE_KEYS: Record<Exclude<keyof DatabaseConfig, 'name'>, Kind> = {
 
 // One entry of databases.<name>.mirrors (sample is a fraction, checked apart).
 const MIRROR_KEYS: Record<Exclude<keyof MirrorConfig, 'sample'>, Kind> = {
-  host: nonEmptyStr,
-  port,
-  dbname: nonEmptyStr,
-  user: nonEmptyStr,
-  password: str,
-  pool_size: size1,
+  ...SERVER_KEYS,
   queue_bytes: { t: 'int', min: 4096 },
   compare: { t: 'enum', values: ['tags', 'rows'] },
 };

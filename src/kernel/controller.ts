@@ -257,7 +257,7 @@ export class BypassController implements KernelHost {
     if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (client.mirrors.length) return false; // mirrored: its bytes are copied in user space (docs/mirroring.md)
     if (this.tlsBound(client, pool)) return false;
-    if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
+    if (client.state !== ClientState.Idle || !client.quiet || this.refreshes.has(client.id) || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
       // Bytes Node still holds for it would be overtaken by kernel redirects: wait for them.
       client.socket.once('drain', () => this.offerClient(client, 0));
@@ -310,7 +310,7 @@ export class BypassController implements KernelHost {
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
     for (const b of request) server.socket.write(b);
-    client.kernelBoundTo(server);
+    client.boundInKernel(server);
     this.refreshed.delete(client);
     this.counters.bindsFromUser++;
     this.tryFlipBound(client);
@@ -326,8 +326,7 @@ export class BypassController implements KernelHost {
     if (!k.addOutstanding(client.id, skid(server), t.outstanding, t.tailOpen)) return false;
     t.reset();
     client.timing.toKernel(); // the kernel answers and times these requests
-    server.socket.write(data);
-    client.enteredKernel(); // the kernel carries its transaction
+    server.socket.write(data); // (it stays KernelBound: the kernel carries its transaction)
     this.tryFlipBound(client);
     return true;
   }
@@ -366,7 +365,7 @@ export class BypassController implements KernelHost {
   private tryFlipBound(client: ClientConnection): void {
     if (!client.quietExceptKernelServer) return;
     if (this.kernel!.clientToKernelBound(client.id, client.bytesRead)) {
-      client.kernelBoundTo(null);
+      client.enteredKernel();
       this.counters.clientsToKernel++;
     }
     // else: its next bytes are already on their way to user space; they come through feedKernelBound
@@ -654,12 +653,16 @@ export class BypassController implements KernelHost {
         return;
       }
     }
-    if (st && st.peer) client.kernelBoundTo(this.servers.get(st.peer) ?? null);
+    const bound = st && st.peer ? this.servers.get(st.peer) : undefined;
+    if (bound) client.boundInKernel(bound); // it still carries the transaction
     // The kernel's flag stays set until the client is back in the kernel: a refresh done
-    // since then already answered it.
-    if (this.refreshes.has(client.id) || (st && st.flags & ConnFlags.PARAMS_CHANGED && !this.refreshed.has(client))) {
-      client.awaitSettings(this.refreshFor(client.id).promise);
-    }
+    // since then already answered it. Its next server waits (settingsLearned).
+    if (st && st.flags & ConnFlags.PARAMS_CHANGED && !this.refreshed.has(client)) this.refreshFor(client.id);
+  }
+
+  // The refresh of settings the client changed in the kernel, while one is under way.
+  settingsLearned(client: ClientConnection): Promise<void> | null {
+    return this.refreshes.get(client.id)?.promise ?? null;
   }
 
   private onKernelEvent(e: KernelEvent): void {
@@ -753,7 +756,7 @@ export class BypassController implements KernelHost {
     const c = this.config();
     if (!anyClientTimeout(c)) return;
     for (const client of this.clients.values()) {
-      if (client.state !== ClientState.Kernel || this.timingOut.has(client)) continue;
+      if ((client.state !== ClientState.Kernel && client.state !== ClientState.KernelBound) || this.timingOut.has(client)) continue;
       const st = k.read(client.id);
       if (!st) continue;
       const prev = this.seen.get(client);
@@ -861,7 +864,7 @@ export class BypassController implements KernelHost {
   // Rows for SHOW BYPASS and the SIGUSR1 line.
   info(): Array<[string, string]> {
     let clientsInKernel = 0;
-    for (const c of this.clients.values()) if (c.state === ClientState.Kernel) clientsInKernel++;
+    for (const c of this.clients.values()) if (c.state === ClientState.Kernel || c.state === ClientState.KernelBound) clientsInKernel++;
     let serversInKernel = 0;
     for (const s of this.servers.values()) if (s.state === ServerState.Kernel) serversInKernel++;
     const rows = statusRows(this.status, this.counters, clientsInKernel, serversInKernel);

@@ -79,6 +79,8 @@ export interface ClientKernel {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
   feedKernelBound(client: ClientConnection, data: Buffer): boolean;
   reclaimBound(client: ClientConnection): boolean;
+  // Settings the client changed in the kernel still being read back (its next server waits), or null.
+  settingsLearned(client: ClientConnection): Promise<void> | null;
 }
 
 let nextClientId = 1;
@@ -129,16 +131,12 @@ export class ClientConnection implements ServerPeer, Guarded {
   private loginTimer: NodeJS.Timeout | null = null;
   private startup = new Map<string, string>();
   private encryptionAnswered = 0; // bits: SSL (1) and GSS (2) requests answered
-  // The server the kernel has bound to this client while its own bytes still reach user space.
+  // The server the kernel has bound to this client in state KernelBound (kept once it closed,
+  // for the controller to take back), else null.
   get kernelServer(): ServerConnection | null {
-    return this.boundServer;
+    return this.state === ClientState.KernelBound || this.state === ClientState.Closed ? this.boundServer : null;
   }
-  private boundServer: ServerConnection | null = null;
-  // Set while the client's settings are being learned after it changed them in the kernel path.
-  get settingsReady(): Promise<void> | null {
-    return this.settingsLearned;
-  }
-  private settingsLearned: Promise<void> | null = null;
+  private boundServer: ServerConnection | null = null; // set only by boundInKernel
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
   // Its copies toward mirrors (docs/mirroring.md); a mirrored client stays on the user-space path.
@@ -219,7 +217,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     } catch (e2) {
       // Even the error path failed: drop the socket, and still leave the registry.
       log.error(`${this.label} closing after an internal error failed: ${(e2 as Error).stack}`);
-      if (this.state !== ClientState.Closed) this.lifecycle.to(ClientState.Closed);
+      if (this.state !== ClientState.Closed) this.move(ClientState.Closed);
       this.socket.destroy();
       try {
         this.host.clientClosed(this);
@@ -367,7 +365,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private beginAuth(): void {
-    this.lifecycle.to(ClientState.Auth);
+    this.move(ClientState.Auth);
     const local = this.socket.remoteAddress === undefined; // the unix-socket listener
     const encrypted = (this.socket as { encrypted?: boolean }).encrypted === true; // a TLSSocket, once TLS is in
     const hba = clientAuthType(this.host.config, { local, ssl: encrypted, address: this.socket.remoteAddress, database: this.database, user: this.user });
@@ -376,12 +374,12 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.secret = this.host.userSecret(this.user);
     const lookup = this.secret === undefined && !this.host.isAdminDatabase(this.database) ? this.host.lookupSecret?.(this) : undefined;
     if (!lookup) return this.askForPassword();
-    this.lifecycle.to(ClientState.AuthLookup);
+    this.move(ClientState.AuthLookup);
     lookup.then(
       this.guard((secret: string | undefined) => {
         if (this.state !== ClientState.AuthLookup) return;
         this.secret = secret;
-        this.lifecycle.to(ClientState.Auth);
+        this.move(ClientState.Auth);
         this.askForPassword();
         this.resumeReading();
         if ((this.state as ClientState) === ClientState.Auth) this.onData(Buffer.alloc(0)); // messages that came early
@@ -466,7 +464,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private authenticated(): void {
-    this.lifecycle.to(ClientState.Login);
+    this.move(ClientState.Login);
     this.loggedIn = true;
     this.scram = null;
     if (this.host.isAdminDatabase(this.database)) {
@@ -528,7 +526,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     for (const [k, v] of this.settings) if (isReported(k)) reported.set(k, v);
     for (const [k, v] of reported) out.push(parameterStatus(k, v));
     out.push(backendKeyData(this.cancelPid, this.cancelKey), readyForQuery('I'));
-    this.lifecycle.to(ClientState.Idle);
+    this.move(ClientState.Idle);
     this.host.clientLoggedIn(this);
     log.info(`${this.label} login ok${this.appName ? ` (${this.appName})` : ''}`);
     // The kernel path sees every byte after registration, so register before the client can answer.
@@ -545,8 +543,8 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private onRequestBytes(chunk: Buffer): void {
     if (this.heldInput.keep(chunk)) return;
-    if (this.state === ClientState.Kernel) {
-      this.lifecycle.to(ClientState.Idle); // the kernel passed it up
+    if (this.state === ClientState.Kernel || this.state === ClientState.KernelBound) {
+      this.move(ClientState.Idle); // the kernel passed it up (leftKernel binds it again if it still carries it)
       this.requestSince = 0;
       this.host.kernel.leftKernel(this);
       if (this.heldInput.keep(chunk)) return; // a hand-over is settling (holdInput)
@@ -595,10 +593,10 @@ export class ClientConnection implements ServerPeer, Guarded {
       // named statements the server has are renamed here as the kernel would
       const direct = rw ? rw.kernelRewrite(units, this.kernelServer) : rawBytes(units);
       if (!direct) {
-        if (!this.host.kernel.reclaimBound(this)) this.boundServer = null; // released meanwhile: a new request
+        if (!this.host.kernel.reclaimBound(this)) this.move(ClientState.Idle); // released meanwhile: a new request
       } else {
         if (this.host.kernel.feedKernelBound(this, Buffer.concat(direct))) return;
-        this.boundServer = null; // released by the kernel: these bytes are a new request
+        this.move(ClientState.Idle); // released by the kernel: these bytes are a new request
       }
     }
     if (units.length) this.forward(units);
@@ -654,7 +652,7 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private requestServer(): void {
     const pool = this.pool!;
-    this.lifecycle.to(ClientState.Waiting);
+    this.move(ClientState.Waiting);
     this.timing.waiting(pool);
     pool.acquire().then(
       this.guard((server: ServerConnection) => {
@@ -676,12 +674,10 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   private attach(server: ServerConnection): void {
-    if (this.settingsReady) {
-      const ready = this.settingsReady;
-      ready.then(this.guard(() => {
-        if (this.settingsLearned === ready) this.settingsLearned = null;
-        this.attach(server);
-      }));
+    // Settings it changed in the kernel are being read back: its server waits for them.
+    const learning = this.host.kernel.settingsLearned(this);
+    if (learning) {
+      learning.then(this.guard(() => this.attach(server)));
       return;
     }
     if (needsReset(this.settings, server)) {
@@ -726,7 +722,7 @@ export class ClientConnection implements ServerPeer, Guarded {
           if (!failed) return this.fatal({ code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}` });
           if (this.pending.length) this.requestServer();
           else {
-            this.lifecycle.to(ClientState.Idle);
+            this.move(ClientState.Idle);
             this.host.kernel.offerClient(this, 0);
           }
         }),
@@ -744,15 +740,14 @@ export class ClientConnection implements ServerPeer, Guarded {
       this.pending = []; // empty while binding: the bind flips the client back only if it is quiet
       if (this.host.kernel.bindInKernel(this, server, direct)) {
         this.pendingBytes = 0;
-        this.requestSince = 0; // the kernel sees its answer
-        this.lifecycle.to(ClientState.Kernel); // the kernel carries this transaction
+        this.requestSince = 0; // the kernel sees its answer (the controller moved it to KernelBound or Kernel)
         this.socket.resume();
         return;
       }
       this.pending = units;
     }
     this.server = server;
-    this.lifecycle.to(ClientState.Active);
+    this.move(ClientState.Active);
     this.timing.attached();
     server.link(this);
     const pending = this.pending;
@@ -885,7 +880,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     if (names.size === 0) return this.detach(server);
     const list = [...names];
     this.server = null;
-    this.lifecycle.to(ClientState.Waiting); // requests meanwhile wait in pending
+    this.move(ClientState.Waiting); // requests meanwhile wait in pending
     server.unlink();
     const sql = `SELECT ${list.map((n) => `coalesce(pg_catalog.current_setting('${n.replace(/'/g, "''")}', true), '${UNSET}')`).join(', ')}`;
     server.queryValues(sql).then(
@@ -936,7 +931,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   // Gives the server back at a transaction end; the client stays, idle.
   private detach(server: ServerConnection): void {
     this.server = null;
-    this.lifecycle.to(ClientState.Idle);
+    this.move(ClientState.Idle);
     server.unlink();
     const pool = this.pool!;
     const steps = stepsAtTransactionEnd(pool.settings.resetQuery, pool.settings.resetQueryAlways);
@@ -963,7 +958,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
-    this.lifecycle.to(ClientState.Closed);
+    this.move(ClientState.Closed);
     if (this.loginTimer) clearTimeout(this.loginTimer);
     if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);
     const server = this.server;
@@ -1012,7 +1007,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   // transaction_timeout (user-space path; the bypass controller applies them to clients in
   // the kernel).
   checkTimeouts(now: number): void {
-    if (this.state === ClientState.Kernel) return; // the bypass controller watches these
+    if (this.state === ClientState.Kernel || this.state === ClientState.KernelBound) return; // the bypass controller watches these
     const why = clientTimeout(this.host.config, {
       busySince: this.requestSince,
       quietSince: this.lastActivity,
@@ -1038,21 +1033,25 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   // ---- moves the kernel path makes (called by the bypass controller only) ----
 
-  // The kernel carries this client's traffic now (moved there idle, or its request fed to
-  // the server the kernel has bound to it).
+  // The kernel carries this client's traffic now: moved there idle, or quiet again after
+  // KernelBound.
   enteredKernel(): void {
-    this.lifecycle.to(ClientState.Kernel);
+    this.move(ClientState.Kernel);
   }
 
-  // The kernel has bound server to this client while the client's bytes still reach user
-  // space (null: it no longer has, or the client is wholly in the kernel again).
-  kernelBoundTo(server: ServerConnection | null): void {
+  // The kernel has bound server to this client (and carries that transaction) while the
+  // client's bytes still reach user space: its request was bound from Waiting, or the kernel
+  // passed it up mid-transaction (from Idle).
+  boundInKernel(server: ServerConnection): void {
+    this.move(ClientState.KernelBound);
     this.boundServer = server;
   }
 
-  // Its next server waits until `ready` (its settings, changed in the kernel, are learned).
-  awaitSettings(ready: Promise<void>): void {
-    this.settingsLearned = ready;
+  // Every move of the lifecycle; the server of KernelBound goes with that state (a closed
+  // client keeps it for the controller's clientClosed).
+  private move(next: ClientState): void {
+    this.lifecycle.to(next);
+    if (next !== ClientState.KernelBound && next !== ClientState.Closed) this.boundServer = null;
   }
 
   // Sends a cancel request for the query this client is running (query_timeout).
@@ -1069,12 +1068,11 @@ export class ClientConnection implements ServerPeer, Guarded {
   adoptedTail: { tailMessages: number; tailAnswered: number; failed?: boolean } | null = null;
   adoptServer(server: ServerConnection, outstanding: number, tailOpen: boolean, tail?: { tailMessages: number; tailAnswered: number; failed?: boolean }): void {
     this.adoptedTail = tail ?? null;
-    this.boundServer = null;
     const failed = !!tail?.failed && outstanding === 0 && tailOpen;
     // (status 'T' until its next ReadyForQuery: never released before that)
     this.tracker.adopt(outstanding, tailOpen, tail ? tail.tailMessages - (outstanding === 0 ? tail.tailAnswered : 0) : 0, failed);
     this.server = server;
-    this.lifecycle.to(ClientState.Active);
+    this.move(ClientState.Active);
     server.link(this);
     if (this.rewriter) {
       // What the kernel forwarded is answered first: the rewriter's replies queue behind it.

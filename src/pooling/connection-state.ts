@@ -12,6 +12,9 @@ export enum ClientState {
   Idle = 'idle', // between transactions, no server
   Waiting = 'waiting', // has a request, waits for a server
   Active = 'active', // linked to a server in user space
+  // The kernel has bound a server to it and carries that transaction, but the client's own
+  // bytes reach user space, which feeds them to that server (ClientConnection.kernelServer).
+  KernelBound = 'kernel-bound',
   Kernel = 'kernel', // the kernel path carries its data
   Closed = 'closed',
 }
@@ -33,13 +36,19 @@ export const CLIENT_MOVES: Readonly<Record<ClientState, readonly ClientState[]>>
   [C.Auth]: [C.AuthLookup, C.Login, C.Closed],
   [C.AuthLookup]: [C.Auth, C.Closed],
   [C.Login]: [C.Idle, C.Closed],
-  // Idle -> Active: the kernel handed over the pair it carried after passing the client up.
-  [C.Idle]: [C.Waiting, C.Kernel, C.Active, C.Closed],
-  // Waiting -> Waiting: another server is asked for (the first could not be reset).
-  [C.Waiting]: [C.Waiting, C.Active, C.Kernel, C.Idle, C.Closed],
+  // Idle -> Active: the kernel handed over the pair it carried after passing the client up;
+  // -> KernelBound: it passed the client up while it still carries its transaction.
+  [C.Idle]: [C.Waiting, C.Kernel, C.KernelBound, C.Active, C.Closed],
+  // Waiting -> Waiting: another server is asked for (the first could not be reset);
+  // -> KernelBound: its request and server were bound in the kernel.
+  [C.Waiting]: [C.Waiting, C.Active, C.KernelBound, C.Idle, C.Closed],
   [C.Active]: [C.Idle, C.Waiting, C.Closed],
+  // KernelBound -> Kernel: quiet again, its bytes go to the kernel too; -> Idle: its bytes
+  // came up again, or the kernel released the server (they are a new request); -> Active:
+  // the pair was handed to user space.
+  [C.KernelBound]: [C.Kernel, C.Idle, C.Active, C.Closed],
   // Kernel -> Idle: the kernel passed its bytes up; -> Active: it handed its pair over.
-  [C.Kernel]: [C.Idle, C.Active, C.Kernel, C.Closed],
+  [C.Kernel]: [C.Idle, C.Active, C.Closed],
   [C.Closed]: [],
 };
 

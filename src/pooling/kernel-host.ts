@@ -133,6 +133,7 @@ export class UserSpaceOnly implements KernelHost {
   bindInKernel: KernelHost['bindInKernel'] = no;
   feedKernelBound: KernelHost['feedKernelBound'] = no;
   reclaimBound: KernelHost['reclaimBound'] = no;
+  settingsLearned: KernelHost['settingsLearned'] = none;
   clientClosed: KernelHost['clientClosed'] = nothing;
   cancelServer: KernelHost['cancelServer'] = none;
   clientBound: KernelHost['clientBound'] = no;

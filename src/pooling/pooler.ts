@@ -451,7 +451,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // Clients inside a transaction, in user space or in the kernel.
   get activeClients(): ClientConnection[] {
     return [...this.clients].filter(
-      (c) => c.state === ClientState.Active || c.state === ClientState.Waiting || c.kernelServer !== null
+      (c) => c.state === ClientState.Active || c.state === ClientState.Waiting || c.state === ClientState.KernelBound
         || (c.state === ClientState.Kernel && this.kernel.clientBound(c)),
     );
   }

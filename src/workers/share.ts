@@ -10,34 +10,32 @@ const split = (v: number, n: number): number => (v <= 0 ? v : Math.max(1, Math.f
 // A minimum split n ways, rounded down (0 allowed).
 const splitMin = (v: number, n: number): number => Math.floor(v / n);
 
+type Rule = (v: number, n: number) => number;
+
+// Which limits are split, and how, where each can be set: a database, a user, the top level.
+const DATABASE_SHARE: Partial<Record<keyof DatabaseConfig, Rule>> = {
+  pool_size: split, min_pool_size: splitMin, reserve_pool_size: splitMin, max_db_connections: split,
+};
+const USER_SHARE: Partial<Record<keyof UserConfig, Rule>> = { pool_size: split, max_user_connections: split };
+const TOP_SHARE: Partial<Record<keyof Config, Rule>> = {
+  default_pool_size: split, min_pool_size: splitMin, reserve_pool_size: splitMin, max_db_connections: split, max_user_connections: split,
+};
+
+// A copy of o with each limit that is set split n ways by its rule.
+function shareOf<T extends object>(o: T, rules: Partial<Record<keyof T, Rule>>, n: number): T {
+  const out = { ...o } as Record<string, unknown>;
+  for (const [key, rule] of Object.entries(rules) as Array<[string, Rule]>) {
+    const v = out[key];
+    if (typeof v === 'number') out[key] = rule(v, n);
+  }
+  return out as T;
+}
+
 export function workerShare(config: Config, workers: number): Config {
   if (workers <= 1) return config;
   const databases = new Map<string, DatabaseConfig>();
-  for (const [name, db] of config.databases) {
-    databases.set(name, {
-      ...db,
-      ...(db.pool_size !== undefined ? { pool_size: split(db.pool_size, workers) } : {}),
-      ...(db.min_pool_size !== undefined ? { min_pool_size: splitMin(db.min_pool_size, workers) } : {}),
-      ...(db.reserve_pool_size !== undefined ? { reserve_pool_size: splitMin(db.reserve_pool_size, workers) } : {}),
-      ...(db.max_db_connections !== undefined ? { max_db_connections: split(db.max_db_connections, workers) } : {}),
-    });
-  }
+  for (const [name, db] of config.databases) databases.set(name, shareOf(db, DATABASE_SHARE, workers));
   const users = new Map<string, UserConfig>();
-  for (const [name, u] of config.users) {
-    users.set(name, {
-      ...u,
-      ...(u.pool_size !== undefined ? { pool_size: split(u.pool_size, workers) } : {}),
-      ...(u.max_user_connections !== undefined ? { max_user_connections: split(u.max_user_connections, workers) } : {}),
-    });
-  }
-  return {
-    ...config,
-    databases,
-    users,
-    default_pool_size: split(config.default_pool_size, workers),
-    min_pool_size: splitMin(config.min_pool_size, workers),
-    reserve_pool_size: splitMin(config.reserve_pool_size, workers),
-    max_db_connections: split(config.max_db_connections, workers),
-    max_user_connections: split(config.max_user_connections, workers),
-  };
+  for (const [name, u] of config.users) users.set(name, shareOf(u, USER_SHARE, workers));
+  return { ...shareOf(config, TOP_SHARE, workers), databases, users };
 }

@@ -3,6 +3,7 @@
 // Speaks protocol 3.0 only; enough SCRAM/md5/cleartext to log in through the proxy.
 import * as crypto from 'node:crypto';
 import * as net from 'node:net';
+import { parseErrorFields } from '../../src/protocol/messages';
 
 export interface Msg {
   type: string;
@@ -113,18 +114,8 @@ export function extendedQuery(sql: string, params: (string | null)[] = []): Buff
 
 // ---- message parsers --------------------------------------------------------
 
-export function parseFields(body: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let i = 0;
-  while (i < body.length && body[i] !== 0) {
-    const code = String.fromCharCode(body[i]);
-    const end = body.indexOf(0, i + 1);
-    if (end < 0) break;
-    out[code] = body.toString('utf8', i + 1, end);
-    i = end + 1;
-  }
-  return out;
-}
+// The fields of an ErrorResponse/NoticeResponse by code: the proxy's own parser (one copy).
+export const parseFields = parseErrorFields;
 export function parseDataRow(body: Buffer): (string | null)[] {
   const n = body.readInt16BE(0);
   const cols: (string | null)[] = [];
