@@ -20,6 +20,7 @@ import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
 import { parseServerName } from '../session/statement-names';
 import { waitUntil } from './settle';
+import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
 // space only. 'on' throws when it cannot load. config: the running config (reload changes it).
@@ -129,14 +130,70 @@ export class BypassController implements KernelHost {
     this.kpools.set(pool, new Map());
   }
 
-  // While clients wait (or the pool is paused) the kernel binds no new transaction:
-  // requests queue in user space, FIFO, behind the waiters.
+  // While clients wait (or the pool is paused, or bypass: auto serves it in user space)
+  // the kernel binds no new transaction: requests queue in user space, FIFO, behind the waiters.
   waitersChanged(pool: Pool): void {
     for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, this.holdKernel(pool));
   }
 
   private holdKernel(pool: Pool): boolean {
-    return pool.waitingCount > 0 || pool.paused;
+    return pool.waitingCount > 0 || pool.paused || this.userPools.has(pool);
+  }
+
+  // ---- bypass: auto, per pool (src/pooling/bypass-auto.ts) ----
+
+  private auto = new AutoBypass<Pool>(autoTimingFromEnv());
+  private userPools = new WeakSet<Pool>(); // served in user space by the auto policy
+  private autoVerdicts = new Map<Pool, AutoVerdict>();
+
+  private autoStep(now: number): void {
+    const byPool = this.poolStats.byPool();
+    for (const pool of this.kpools.keys()) {
+      const v = this.auto.update(pool, { kernelXacts: byPool.get(pool)?.xacts ?? 0n, userXacts: pool.stats.xacts }, now);
+      const prev = this.autoVerdicts.get(pool);
+      this.autoVerdicts.set(pool, v);
+      const toUser = v.path === 'user';
+      if (toUser !== this.userPools.has(pool)) {
+        log.info(`pool ${pool.label}: ${toUser ? 'served in user space' : 'back on the kernel path'} (bypass: auto): ${v.reason}`);
+        if (toUser) this.poolToUser(pool);
+        else this.poolToKernel(pool);
+      } else if (toUser) {
+        this.drainIdle(pool); // servers a transaction in flight at the switch released since
+      } else if (prev?.state !== v.state) {
+        log.info(`pool ${pool.label}: ${v.reason}`);
+      }
+    }
+  }
+
+  // The kernel binds nothing new for the pool (held), its clients idle in the kernel come
+  // to user space with their next request, and its servers idle in the kernel come out.
+  private poolToUser(pool: Pool): void {
+    this.userPools.add(pool);
+    this.waitersChanged(pool);
+    for (const client of this.clients.values()) {
+      if (client.pool === pool && client.state === ClientState.Kernel) this.kernel?.clientToUser(client.id); // refused while bound: it leaves at its release
+    }
+    this.drainIdle(pool);
+  }
+
+  private poolToKernel(pool: Pool): void {
+    this.userPools.delete(pool);
+    this.waitersChanged(pool);
+    pool.reofferIdle(); // clients follow at their next transaction end (offerClient)
+  }
+
+  private drainIdle(pool: Pool): void {
+    const k = this.kernel;
+    if (!k) return;
+    for (const kid of this.kpools.get(pool)?.values() ?? []) {
+      for (let id = k.popIdle(kid); id !== 0; id = k.popIdle(kid)) {
+        const server = this.servers.get(id);
+        if (!server || !server.isUsable) continue;
+        server.leftKernel();
+        this.counters.serversFromKernel++;
+        pool.serverAvailable(server);
+      }
+    }
   }
 
   // The kernel pool for this Pool and settings, created on first use; null when none can be had.
@@ -207,7 +264,7 @@ export class BypassController implements KernelHost {
   // A server idle in user space goes to the kernel's idle stack.
   offerIdle(pool: Pool, server: ServerConnection): boolean {
     const k = this.kernel;
-    if (!k || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
       return false;
@@ -254,7 +311,7 @@ export class BypassController implements KernelHost {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (client.mirrors.length) return false; // mirrored: its bytes are copied in user space (docs/mirroring.md)
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || client.settingsReady || client.rewriter?.session.pinned) return false;
@@ -282,7 +339,7 @@ export class BypassController implements KernelHost {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
     if (client.mirrors.length) return false; // mirrored clients stay in user space
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
@@ -702,6 +759,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     if (!k) return;
     this.sampleStats();
+    if (this.status.mode === 'auto') this.autoStep(now);
     this.kernelClientTimeouts(now);
     // A server marked for a cancel whose release event was lost (ring buffer full).
     for (const x of [...this.retireMarked]) if (x.state === ServerState.Kernel) this.retireIfReleased(x);
@@ -855,6 +913,14 @@ export class BypassController implements KernelHost {
         ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)],
         ['kernel_statement_rewrites', String(kc.statementRewrites)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
+      // Which path serves each pool, and why (bypass: auto decides per pool).
+      for (const pool of this.kpools.keys()) {
+        const v = this.autoVerdicts.get(pool);
+        const path = this.status.mode !== 'auto' ? 'kernel: bypass: on'
+          : !v ? 'kernel: measuring'
+          : `${v.path}${v.state === AutoState.Probe ? ' (probe)' : ''}: ${v.reason}`;
+        rows.push([`pool ${pool.label}`, path]);
+      }
       // Kept in user space by user space itself, not by the kernel: TLS connections.
       rows.push(['fallback_tls_client', String(this.tlsFallbacks.client)], ['fallback_tls_server', String(this.tlsFallbacks.server)]);
     }
