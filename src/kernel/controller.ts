@@ -390,7 +390,9 @@ export class BypassController implements KernelHost {
     server.enteredKernel();
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
+    if (request.length > 1) server.socket.cork(); // one writev, not a write (and a segment) per message
     for (const b of request) server.socket.write(b);
+    if (request.length > 1) server.socket.uncork();
     client.kernelBoundTo(server);
     this.refreshed.delete(client);
     this.counters.bindsFromUser++;
