@@ -1,6 +1,7 @@
 // bypass: auto per pool, through the proxy: a pool whose transactions the kernel punts
 // (session-state SQL in every transaction) is served in user space and SHOW BYPASS says
-// why; when its traffic changes, the next probe brings it back to the kernel path.
+// why; when its traffic changes, the next probe brings it back to the kernel path. A pool
+// whose requests mostly wait for a server in user space goes there too.
 // bypass: on keeps the kernel path whatever the traffic. (bypass: off has no kernel path
 // to switch: covered by every other kernel-*.test.ts.) Short windows through
 // PGSPLICE_BYPASS_AUTO_TIMING (2 s windows, 8 transactions, probe after 8 s).
@@ -26,8 +27,11 @@ t.test('bypass: auto serves a mostly punted pool in user space, and returns', as
   fs.writeFileSync(punted, "\\set id random(1, 100)\nBEGIN;\nSET LOCAL statement_timeout = '5s';\nSELECT v FROM ba WHERE id = :id;\nCOMMIT;\n");
   const plain = path.join(dir, 'plain.sql');
   fs.writeFileSync(plain, '\\set id random(1, 100)\nSELECT v FROM ba WHERE id = :id;\n');
+  // Plain traffic runs as many clients as the pool has servers, so that no request waits
+  // for one in user space (a pool whose requests mostly wait goes to user space too: below).
   const bench = async (proxy: ProxyHandle, script: string, secs: number) => {
-    const r = await run('pgbench', ['-n', '-c', '8', '-j', '2', '-T', String(secs), '-f', script], { env: libpqEnv(proxy), timeoutMs: 120_000 });
+    const clients = script === plain ? '2' : '8';
+    const r = await run('pgbench', ['-n', '-c', clients, '-j', '2', '-T', String(secs), '-f', script], { env: libpqEnv(proxy), timeoutMs: 120_000 });
     const n = pgbenchCounts(r.stdout);
     t.equal(n.failed, 0, `pgbench ${path.basename(script)}: 0 failed (${n.processed} processed)`);
     return n;
@@ -61,6 +65,22 @@ t.test('bypass: auto serves a mostly punted pool in user space, and returns', as
     const before = Number((await showBypass(proxy)).kernel_transactions);
     await bench(proxy, plain, 2);
     t.ok(Number((await showBypass(proxy)).kernel_transactions) > before, 'the kernel carries the pool again');
+  });
+
+  t.test('bypass: auto serves a pool whose requests mostly wait for a server in user space', async (t) => {
+    // 16 clients on a pool of 2: nearly every request finds no idle server, waits in user
+    // space and is bound in the kernel from there, costing both paths.
+    const proxy = await startProxy(t, await kernelConfig(c, 'auto', { default_pool_size: 2 }), { startTimeoutMs: 60_000 });
+    let row = '';
+    await waitUntil(async () => {
+      const r = await run('pgbench', ['-n', '-c', '16', '-j', '1', '-T', '3', '-f', plain], { env: libpqEnv(proxy), timeoutMs: 120_000 });
+      t.equal(pgbenchCounts(r.stdout).failed, 0, 'pgbench: 0 failed');
+      row = await poolRow(proxy);
+      return /^user: /.test(row);
+    }, 90_000, 'the waiting pool served in user space', 0).catch((e: Error) => {
+      throw new Error(`${e.message}; SHOW BYPASS pool row: ${row}`);
+    });
+    t.match(row, /\(< 50%\): served in user space/, `reason given: ${row}`);
   });
 
   t.test('bypass: on keeps the kernel path', async (t) => {

@@ -169,11 +169,25 @@ export class BypassController implements KernelHost {
   private auto = new AutoBypass<Pool>(autoTimingFromEnv());
   private userPools = new WeakSet<Pool>(); // served in user space by the auto policy
   private autoVerdicts = new Map<Pool, AutoVerdict>();
+  private boundFromUser = new Map<Pool, bigint>(); // requests user space bound in the kernel, per pool
+  // per pool, the counters at the last auto step, and what they added up to since
+  private autoRaw = new Map<Pool, { kernel: bigint; user: bigint; bound: bigint; whole: bigint; others: bigint }>();
 
   private autoStep(now: number): void {
     const byPool = this.poolStats.byPool();
     for (const pool of this.kpools.keys()) {
-      const v = this.auto.update(pool, { kernelXacts: byPool.get(pool)?.xacts ?? 0n, userXacts: pool.stats.xacts }, now);
+      // A transaction whose request was passed up (no idle server, a statement to
+      // prepare, ...) and bound in the kernel by user space ended in the kernel but cost
+      // both paths: it counts as user space's.
+      // (A bound request whose transaction user space took back ended in user space and
+      // is counted there already: hence the floor per sample, which errs towards user space.)
+      const raw = { kernel: byPool.get(pool)?.xacts ?? 0n, user: pool.stats.xacts, bound: this.boundFromUser.get(pool) ?? 0n };
+      const last = this.autoRaw.get(pool) ?? { ...raw, whole: 0n, others: 0n };
+      const dk = raw.kernel - last.kernel;
+      const whole = dk > raw.bound - last.bound ? dk - (raw.bound - last.bound) : 0n;
+      const next = { ...raw, whole: last.whole + whole, others: last.others + dk - whole + (raw.user - last.user) };
+      this.autoRaw.set(pool, next);
+      const v = this.auto.update(pool, { kernelXacts: next.whole, userXacts: next.others }, now);
       const prev = this.autoVerdicts.get(pool);
       this.autoVerdicts.set(pool, v);
       const toUser = v.path === 'user';
@@ -396,6 +410,7 @@ export class BypassController implements KernelHost {
     client.kernelBoundTo(server);
     this.refreshed.delete(client);
     this.counters.bindsFromUser++;
+    this.boundFromUser.set(pool, (this.boundFromUser.get(pool) ?? 0n) + 1n);
     this.tryFlipBound(client);
     return true;
   }

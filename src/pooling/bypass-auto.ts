@@ -5,14 +5,16 @@
 // space, and probed again now and then: traffic changes. `bypass: on` never switches.
 //
 // The decision is made from two cumulative counters per pool, sampled by the bypass
-// controller once a second: transactions the kernel ended (its per-pool `pool_stats`) and
-// transactions user space ended. Pure: the caller passes the clock.
+// controller once a second: transactions the kernel carried whole (ended in the kernel,
+// per-pool `pool_stats`, less those whose request waited in user space for a server and
+// was bound in the kernel from there: they cost both paths too) and the others. Pure:
+// the caller passes the clock.
 
 export type PoolPath = 'kernel' | 'user';
 
 export interface PathSample {
-  kernelXacts: bigint; // cumulative, ended in the kernel
-  userXacts: bigint; // cumulative, ended in user space
+  kernelXacts: bigint; // cumulative, carried whole by the kernel
+  userXacts: bigint; // cumulative, the others (ended in user space, or waited there)
 }
 
 export interface AutoTiming {
