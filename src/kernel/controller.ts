@@ -20,6 +20,7 @@ import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
 import { parseServerName } from '../session/statement-names';
 import { waitUntil } from './settle';
+import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
 // space only. 'on' throws when it cannot load. config: the running config (reload changes it).
@@ -48,6 +49,10 @@ const HANDOFF_SETTLE_MS = 1000;
 // pair over and TCP back-pressure slows the server instead (invariant 5, docs/invariants.md).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
 const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
+// How long a client waits in user space before its pool holds the kernel's clients back
+// for it (waitersChanged). 0, at once: ages of 5-50 ms measured no better (docs/kernel-path.md,
+// "Waiting for a server"); PGSPLICE_KERNEL_WAIT_AGE_MS sets it for measurements.
+const WAIT_AGE_MS = Number(process.env.PGSPLICE_KERNEL_WAIT_AGE_MS ?? 0) || 0;
 // Kernel conn ids: clients use their id, servers a disjoint range.
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
@@ -129,14 +134,104 @@ export class BypassController implements KernelHost {
     this.kpools.set(pool, new Map());
   }
 
-  // While clients wait (or the pool is paused) the kernel binds no new transaction:
-  // requests queue in user space, FIFO, behind the waiters.
+  // While the pool is paused, or bypass: auto serves it in user space, or a client has
+  // waited in user space for WAIT_AGE_MS, the kernel binds no new transaction and
+  // reports each release (server_released), so that user space serves its waiters, FIFO,
+  // before the kernel's clients take a server again. A younger waiter does not hold the
+  // pool: it is served when user space finds a server idle (its request's arrival, a
+  // release it sees), and meanwhile the kernel's clients keep the servers busy, because
+  // a hold costs every release a user-space wake-up while its server waits, and makes
+  // each kernel client that asks meanwhile wait in user space too (docs/kernel-path.md).
   waitersChanged(pool: Pool): void {
-    for (const kid of this.kpools.get(pool)?.values() ?? []) this.kernel?.setPoolWaiters(kid, this.holdKernel(pool));
+    const k = this.kernel;
+    if (!k) return;
+    const now = Date.now();
+    const oldest = pool.oldestWaitSince;
+    const hold = pool.paused || this.userPools.has(pool) || now - oldest >= WAIT_AGE_MS;
+    for (const kid of this.kpools.get(pool)?.values() ?? []) k.setPoolWaiters(kid, hold);
+    // the oldest waiter comes of age later: look again then
+    if (!hold && oldest !== Infinity && !this.ageTimers.has(pool)) {
+      const t = setTimeout(() => {
+        this.ageTimers.delete(pool);
+        if (pool.waitingCount > 0) pool.serviceWaiters(); // servers idle meanwhile, then waitersChanged
+      }, Math.max(1, oldest + WAIT_AGE_MS - now));
+      this.ageTimers.set(pool, t);
+    }
   }
+  private ageTimers = new Map<Pool, NodeJS.Timeout>();
 
   private holdKernel(pool: Pool): boolean {
-    return pool.waitingCount > 0 || pool.paused;
+    return pool.paused || this.userPools.has(pool) || Date.now() - pool.oldestWaitSince >= WAIT_AGE_MS;
+  }
+
+  // ---- bypass: auto, per pool (src/pooling/bypass-auto.ts) ----
+
+  private auto = new AutoBypass<Pool>(autoTimingFromEnv());
+  private userPools = new WeakSet<Pool>(); // served in user space by the auto policy
+  private autoVerdicts = new Map<Pool, AutoVerdict>();
+  private boundFromUser = new Map<Pool, bigint>(); // requests user space bound in the kernel, per pool
+  // per pool, the counters at the last auto step, and what they added up to since
+  private autoRaw = new Map<Pool, { kernel: bigint; user: bigint; bound: bigint; whole: bigint; others: bigint }>();
+
+  private autoStep(now: number): void {
+    const byPool = this.poolStats.byPool();
+    for (const pool of this.kpools.keys()) {
+      // A transaction whose request was passed up (no idle server, a statement to
+      // prepare, ...) and bound in the kernel by user space ended in the kernel but cost
+      // both paths: it counts as user space's.
+      // (A bound request whose transaction user space took back ended in user space and
+      // is counted there already: hence the floor per sample, which errs towards user space.)
+      const raw = { kernel: byPool.get(pool)?.xacts ?? 0n, user: pool.stats.xacts, bound: this.boundFromUser.get(pool) ?? 0n };
+      const last = this.autoRaw.get(pool) ?? { ...raw, whole: 0n, others: 0n };
+      const dk = raw.kernel - last.kernel;
+      const whole = dk > raw.bound - last.bound ? dk - (raw.bound - last.bound) : 0n;
+      const next = { ...raw, whole: last.whole + whole, others: last.others + dk - whole + (raw.user - last.user) };
+      this.autoRaw.set(pool, next);
+      const v = this.auto.update(pool, { kernelXacts: next.whole, userXacts: next.others }, now);
+      const prev = this.autoVerdicts.get(pool);
+      this.autoVerdicts.set(pool, v);
+      const toUser = v.path === 'user';
+      if (toUser !== this.userPools.has(pool)) {
+        log.info(`pool ${pool.label}: ${toUser ? 'served in user space' : 'back on the kernel path'} (bypass: auto): ${v.reason}`);
+        if (toUser) this.poolToUser(pool);
+        else this.poolToKernel(pool);
+      } else if (toUser) {
+        this.drainIdle(pool); // servers a transaction in flight at the switch released since
+      } else if (prev?.state !== v.state) {
+        log.info(`pool ${pool.label}: ${v.reason}`);
+      }
+    }
+  }
+
+  // The kernel binds nothing new for the pool (held), its clients idle in the kernel come
+  // to user space with their next request, and its servers idle in the kernel come out.
+  private poolToUser(pool: Pool): void {
+    this.userPools.add(pool);
+    this.waitersChanged(pool);
+    for (const client of this.clients.values()) {
+      if (client.pool === pool && client.state === ClientState.Kernel) this.kernel?.clientToUser(client.id); // refused while bound: it leaves at its release
+    }
+    this.drainIdle(pool);
+  }
+
+  private poolToKernel(pool: Pool): void {
+    this.userPools.delete(pool);
+    this.waitersChanged(pool);
+    pool.reofferIdle(); // clients follow at their next transaction end (offerClient)
+  }
+
+  private drainIdle(pool: Pool): void {
+    const k = this.kernel;
+    if (!k) return;
+    for (const kid of this.kpools.get(pool)?.values() ?? []) {
+      for (let id = k.popIdle(kid); id !== 0; id = k.popIdle(kid)) {
+        const server = this.servers.get(id);
+        if (!server || !server.isUsable) continue;
+        server.leftKernel();
+        this.counters.serversFromKernel++;
+        pool.serverAvailable(server);
+      }
+    }
   }
 
   // The kernel pool for this Pool and settings, created on first use; null when none can be had.
@@ -207,7 +302,7 @@ export class BypassController implements KernelHost {
   // A server idle in user space goes to the kernel's idle stack.
   offerIdle(pool: Pool, server: ServerConnection): boolean {
     const k = this.kernel;
-    if (!k || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
       return false;
@@ -254,7 +349,7 @@ export class BypassController implements KernelHost {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || client.isAdmin || !isTcp(client)) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || client.isAdmin || !isTcp(client)) return false;
     if (client.mirrors.length) return false; // mirrored: its bytes are copied in user space (docs/mirroring.md)
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || this.refreshes.has(client.id) || client.rewriter?.session.pinned) return false;
@@ -282,7 +377,7 @@ export class BypassController implements KernelHost {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
     if (client.mirrors.length) return false; // mirrored clients stay in user space
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
@@ -309,10 +404,13 @@ export class BypassController implements KernelHost {
     server.enteredKernel();
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
+    if (request.length > 1) server.socket.cork(); // one writev, not a write (and a segment) per message
     for (const b of request) server.socket.write(b);
+    if (request.length > 1) server.socket.uncork();
     client.boundInKernel(server);
     this.refreshed.delete(client);
     this.counters.bindsFromUser++;
+    this.boundFromUser.set(pool, (this.boundFromUser.get(pool) ?? 0n) + 1n);
     this.tryFlipBound(client);
     return true;
   }
@@ -709,6 +807,7 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     if (!k) return;
     this.sampleStats();
+    if (this.status.mode === 'auto') this.autoStep(now);
     this.kernelClientTimeouts(now);
     // A server marked for a cancel whose release event was lost (ring buffer full).
     // One closed meanwhile (its client timed out, the kernel's pair taken) is forgotten.
@@ -874,6 +973,14 @@ export class BypassController implements KernelHost {
         ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)],
         ['kernel_statement_rewrites', String(kc.statementRewrites)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
+      // Which path serves each pool, and why (bypass: auto decides per pool).
+      for (const pool of this.kpools.keys()) {
+        const v = this.autoVerdicts.get(pool);
+        const path = this.status.mode !== 'auto' ? 'kernel: bypass: on'
+          : !v ? 'kernel: measuring'
+          : `${v.path}${v.state === AutoState.Probe ? ' (probe)' : ''}: ${v.reason}`;
+        rows.push([`pool ${pool.label}`, path]);
+      }
       // Kept in user space by user space itself, not by the kernel: TLS connections.
       rows.push(['fallback_tls_client', String(this.tlsFallbacks.client)], ['fallback_tls_server', String(this.tlsFallbacks.server)]);
     }
@@ -881,6 +988,8 @@ export class BypassController implements KernelHost {
   }
 
   close(): void {
+    for (const t of this.ageTimers.values()) clearTimeout(t);
+    this.ageTimers.clear();
     this.kernel?.close();
     this.kernel = null;
   }

@@ -238,11 +238,16 @@ export class KernelPath {
   setPoolWaiters(poolId: number, waiting: boolean): void {
     this.check();
     this.checkPool(poolId);
+    // Only user space writes the flag: what it last wrote is known, and an unchanged
+    // value costs no map read (this is called on every change of a pool's waiters).
+    if (this.waitersSet.get(poolId) === waiting) return;
     const cur = this.poolEntry(poolId);
+    this.waitersSet.set(poolId, waiting);
     if (cur.waiters === waiting) return;
     // read-modify-write: only idle_count (best effort) can lose a concurrent update
     this.obj.mapUpdate('pools', abi.u32(poolId), abi.encodePool({ ...cur, waiters: waiting }));
   }
+  private readonly waitersSet = new Map<number, boolean>();
 
   private register(id: number, fd: number, poolId: number, role: number): void {
     this.check();

@@ -218,6 +218,14 @@ export class Pool {
     return true;
   }
 
+  // The kernel path takes this pool again (bypass: auto): its idle servers go back to it.
+  reofferIdle(): void {
+    for (const s of this.idle.splice(0)) {
+      if (!s.isUsable || s.state !== ServerState.Idle) continue;
+      if (!this.kernel.offerIdle(this, s)) this.idle.push(s);
+    }
+  }
+
   // Called by the kernel side when a server it owned is usable by user space again.
   serverAvailable(server: ServerConnection): void {
     this.handOut(server);
