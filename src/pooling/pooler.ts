@@ -349,6 +349,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   }
   // The pools that may use the freed slot grow, the one whose client has waited longest first.
   freed(pool: Pool): void {
+    if (this.pools.size === 1) return; // (called at every release: the usual single pool allocates nothing)
     const waiting = [...this.pools.values()].filter((p) => p !== pool && (p.database === pool.database || p.user === pool.user) && p.waitingCount);
     waiting.sort((a, b) => a.oldestWaitSince - b.oldestWaitSince);
     for (const p of waiting) p.grow();
