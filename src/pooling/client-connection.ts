@@ -663,12 +663,15 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     this.lifecycle.to(ClientState.Waiting);
     this.timing.waiting(pool);
     const server = pool.acquireFor(this); // null: serverGranted/serverRefused come later
-    if (server) this.gotServer(server); // (an exception reaches the caller's error boundary)
+    if (!server) return;
+    if (this.host.kernel.bindsRequests) this.later(() => this.gotServer(server));
+    else this.gotServer(server); // (an exception reaches the caller's error boundary)
   }
 
   // The pool's answer to a client that waited (PoolWaiter): called from whatever freed
   // the server (another client's transaction end), so this client's errors stay its own.
   serverGranted(server: ServerConnection): void {
+    if (this.host.kernel.bindsRequests) return this.later(() => this.gotServer(server));
     try {
       this.gotServer(server);
     } catch (e) {
@@ -677,11 +680,20 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   }
 
   serverRefused(e: Error): void {
+    if (this.host.kernel.bindsRequests) return this.later(() => this.noServer(e));
     try {
       this.noServer(e);
     } catch (e2) {
       this.failWith(e2);
     }
+  }
+
+  // With the kernel path in play a server is taken up once the code that freed it is done
+  // (a microtask): binding it in the kernel from inside the kernel host's own callbacks,
+  // or inside the released server's read, would re-enter them. User space alone has no
+  // such callbacks and takes it at once.
+  private later(fn: () => void): void {
+    queueMicrotask(this.guard(fn));
   }
 
   private gotServer(server: ServerConnection): void {
