@@ -64,12 +64,18 @@ export function poolStartup(settings: Map<string, string>): Record<string, strin
   return out;
 }
 
-// What a server was opened with (its session defaults), by canonical name.
-export function serverStartup(server: ServerConnection): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const [k, v] of Object.entries(server.target.startupParams ?? {})) out.set(canonicalName(k), v);
+// What a server was opened with (its session defaults), by canonical name. Read at every
+// attach: made once per target (a server's target never changes).
+export function serverStartup(server: ServerConnection): ReadonlyMap<string, string> {
+  let out = startupByTarget.get(server.target);
+  if (!out) {
+    out = new Map<string, string>();
+    for (const [k, v] of Object.entries(server.target.startupParams ?? {})) out.set(canonicalName(k), v);
+    startupByTarget.set(server.target, out);
+  }
   return out;
 }
+const startupByTarget = new WeakMap<object, Map<string, string>>();
 
 // The settings a server has now: the tracked reported ones, its startup settings and
 // what the proxy SET on it (the kernel path pairs clients and servers by these).
