@@ -57,7 +57,7 @@ export class Proxy {
 
   // One line with what each data path carried (the admin console's SHOW SUMMARY).
   statsLine(): string {
-    let xacts = 0n;
+    let xacts = 0;
     for (const p of this.pooler.pools.values()) xacts += p.stats.xacts;
     const rows = this.kernel.info().map(([k, v]) => `${k}=${/\s/.test(v) ? JSON.stringify(v) : v}`);
     return `stats: clients=${this.pooler.clients.size} pools=${this.pooler.pools.size} user_xacts=${xacts} ${rows.join(' ')}`;

@@ -194,6 +194,65 @@ t.test('Pool: waiters are served FIFO within the pool size', async (t) => {
   t.same(order, [1, 2], 'first come, first served');
 });
 
+// A waiter as a client is one: records what the pool calls back, and when.
+class Recorder {
+  got: Array<ServerConnection | Error> = [];
+  serverGranted(s: ServerConnection): void {
+    this.got.push(s);
+  }
+  serverRefused(e: Error): void {
+    this.got.push(e);
+  }
+}
+
+t.test('Pool: an idle server is had in the same tick, a waiter is called back by the release', async (t) => {
+  const { pool, made } = fixture({ size: 1, checkQuery: '' });
+  const first = new Recorder();
+  t.equal(pool.acquireFor(first), null, 'no server yet: the caller waits');
+  made[0].loginOk();
+  await new Promise((r) => setImmediate(r)); // the login's promise settles
+  t.same(first.got, [made[0]], 'the waiter got the new server');
+  const s = first.got[0] as ServerConnection;
+  const second = new Recorder();
+  const third = new Recorder();
+  t.equal(pool.acquireFor(second), null, 'the only server is busy: second waits');
+  t.equal(pool.acquireFor(third), null, 'third waits behind it');
+  pool.release(s);
+  t.same(second.got, [s], 'the release hands the server to the first waiter synchronously');
+  t.same(third.got, [], 'the next waiter still waits');
+  pool.cancelWait(third);
+  t.equal(pool.waitingCount, 0, 'a waiter that gives up leaves the queue');
+  pool.release(s);
+  t.same(third.got, [], 'nothing for a waiter that left');
+  t.equal(pool.acquireFor(new Recorder()), s, 'idle and nobody waiting: the server is returned at once');
+});
+
+t.test('Pool: query_wait_timeout refuses the waiters in order, each when its time is up', async (t) => {
+  const { pool, made } = fixture({ size: 1, queryWaitTimeout: 0.2, checkQuery: '' });
+  const a = new Recorder();
+  pool.acquireFor(a);
+  made[0].loginOk();
+  await new Promise((r) => setImmediate(r));
+  const b = new Recorder();
+  const c = new Recorder();
+  const since = { b: Date.now(), c: 0 };
+  pool.acquireFor(b);
+  await new Promise((r) => setTimeout(r, 100));
+  since.c = Date.now();
+  pool.acquireFor(c);
+  const refusedAt: Record<string, number> = {};
+  for (let i = 0; i < 500 && !(b.got.length && c.got.length); i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    if (b.got.length) refusedAt.b ??= Date.now();
+    if (c.got.length) refusedAt.c ??= Date.now();
+  }
+  t.match(b.got, [{ code: '08P01', message: 'query_wait_timeout' }], 'the oldest waiter is refused');
+  t.match(c.got, [{ code: '08P01', message: 'query_wait_timeout' }], 'then the next');
+  t.ok(refusedAt.b - since.b >= 195 && refusedAt.c - since.c >= 195, 'neither before its query_wait_timeout');
+  t.ok(refusedAt.b <= refusedAt.c, 'in the order they came');
+  t.equal(pool.waitingCount, 0);
+});
+
 t.test('Pool: a failed login fails the waiters, and server_login_retry answers at once', async (t) => {
   const { pool, made } = fixture();
   const w = pool.acquire();

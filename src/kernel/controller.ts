@@ -181,7 +181,7 @@ export class BypassController implements KernelHost {
       // both paths: it counts as user space's.
       // (A bound request whose transaction user space took back ended in user space and
       // is counted there already: hence the floor per sample, which errs towards user space.)
-      const raw = { kernel: byPool.get(pool)?.xacts ?? 0n, user: pool.stats.xacts, bound: this.boundFromUser.get(pool) ?? 0n };
+      const raw = { kernel: byPool.get(pool)?.xacts ?? 0n, user: BigInt(pool.stats.xacts), bound: this.boundFromUser.get(pool) ?? 0n };
       const last = this.autoRaw.get(pool) ?? { ...raw, whole: 0n, others: 0n };
       const dk = raw.kernel - last.kernel;
       const whole = dk > raw.bound - last.bound ? dk - (raw.bound - last.bound) : 0n;
@@ -267,7 +267,7 @@ export class BypassController implements KernelHost {
     else k.registerClient(id, fd, kid);
     this.mirrorStatements(conn);
     if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
-    conn.bytesRead = 0n;
+    conn.bytesRead = 0;
     this.kidOf.set(conn, kid);
     return 0;
   }
@@ -315,7 +315,7 @@ export class BypassController implements KernelHost {
     }
     const move = this.home(server, kid);
     if (move === false) return false;
-    if (!k.serverToIdle(skid(server), server.bytesRead, move)) return false;
+    if (!k.serverToIdle(skid(server), BigInt(server.bytesRead), move)) return false;
     this.kidOf.set(server, kid);
     server.enteredKernel();
     this.counters.serversToKernel++;
@@ -363,7 +363,7 @@ export class BypassController implements KernelHost {
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
     const move = this.home(client, kid);
     if (move === false) return false;
-    if (!k.clientToKernel(client.id, client.bytesRead, aboutToWrite, move)) return false; // passed bytes still unread: retried later
+    if (!k.clientToKernel(client.id, BigInt(client.bytesRead), aboutToWrite, move)) return false; // passed bytes still unread: retried later
     this.kidOf.set(client, kid);
     client.enteredKernel();
     this.refreshed.delete(client);
@@ -374,6 +374,10 @@ export class BypassController implements KernelHost {
   // A waiting request got server: instead of forwarding the transaction in user space,
   // bind the pair in the kernel, write the request, and let the kernel carry the response
   // and release the server at its ReadyForQuery (docs/kernel-path.md, "bind from user space").
+  get bindsRequests(): boolean {
+    return this.kernel !== null;
+  }
+
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
     const k = this.kernel;
     const pool = client.pool;
@@ -398,7 +402,7 @@ export class BypassController implements KernelHost {
     const moveClient = this.home(client, kid);
     if (moveServer === false || moveClient === false) return false;
     const t = client.tracker;
-    if (!k.bind(client.id, skid(server), server.bytesRead, t.outstanding, t.tailOpen, moveServer || moveClient)) return false;
+    if (!k.bind(client.id, skid(server), BigInt(server.bytesRead), t.outstanding, t.tailOpen, moveServer || moveClient)) return false;
     this.kidOf.set(server, kid);
     this.kidOf.set(client, kid);
     server.enteredKernel();
@@ -462,7 +466,7 @@ export class BypassController implements KernelHost {
 
   private tryFlipBound(client: ClientConnection): void {
     if (!client.quietExceptKernelServer) return;
-    if (this.kernel!.clientToKernelBound(client.id, client.bytesRead)) {
+    if (this.kernel!.clientToKernelBound(client.id, BigInt(client.bytesRead))) {
       client.enteredKernel();
       this.counters.clientsToKernel++;
     }

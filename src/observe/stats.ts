@@ -14,7 +14,7 @@ export interface CountedPool {
 export interface CountedClient<P extends CountedPool = CountedPool> {
   readonly pool: P | null;
   readonly database: string;
-  readonly stats: { xacts: bigint; queries: bigint; bytesIn: bigint; bytesOut: bigint };
+  readonly stats: { xacts: number; queries: number; bytesIn: number; bytesOut: number }; // counted as numbers on the hot path
   readonly timing: ClientTiming;
 }
 
@@ -144,10 +144,10 @@ export function zeroTotals(): Totals {
 }
 
 function addClient(t: Totals, c: CountedClient): void {
-  t.xacts += c.stats.xacts;
-  t.queries += c.stats.queries;
-  t.bytesIn += c.stats.bytesIn;
-  t.bytesOut += c.stats.bytesOut;
+  t.xacts += BigInt(c.stats.xacts);
+  t.queries += BigInt(c.stats.queries);
+  t.bytesIn += BigInt(c.stats.bytesIn);
+  t.bytesOut += BigInt(c.stats.bytesOut);
   t.xactUs += c.timing.xactUs;
   t.queryUs += c.timing.queryUs;
   t.waitUs += c.timing.waitUs + c.timing.waitingFor;

@@ -16,7 +16,7 @@ import {
 import { StreamScanner, captureSet } from '../protocol/stream-scanner';
 import { TransactionTracker } from '../session/transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
-import { Pool, PoolError } from './pool';
+import { Pool, PoolError, type PoolWaiter } from './pool';
 import {
   RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
 } from '../session/session-parameters';
@@ -77,6 +77,9 @@ export interface ClientKernel {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean;
   leftKernel(client: ClientConnection): void;
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
+  // Whether bindInKernel can take anything (false: user space only): a request is not
+  // prepared for the kernel when it cannot.
+  readonly bindsRequests: boolean;
   feedKernelBound(client: ClientConnection, data: Buffer): boolean;
   reclaimBound(client: ClientConnection): boolean;
   // Settings the client changed in the kernel still being read back (its next server waits), or null.
@@ -94,7 +97,7 @@ const MAX_PENDING_BYTES = 1 << 20;
 const NO_STARTUP: Map<string, string> = new Map();
 const NO_NAMES: Set<string> = new Set(); // stop reading a client that sends this much ahead of its server
 
-export class ClientConnection implements ServerPeer, Guarded {
+export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   readonly id = nextClientId++;
   private readonly lifecycle = new StateOf(`C-${this.id}`, CLIENT_MOVES, ClientState.Startup); // checked moves only
   get state(): ClientState {
@@ -113,8 +116,9 @@ export class ClientConnection implements ServerPeer, Guarded {
   readonly connectedAt = Date.now();
   lastActivity = Date.now(); // last byte from the client or its server (user space only)
   requestSince = 0; // when the oldest outstanding request was sent, 0 = none
-  bytesRead = 0n; // since the socket was registered with the kernel path
-  stats = { xacts: 0n, queries: 0n, bytesIn: 0n, bytesOut: 0n };
+  bytesRead = 0; // since the socket was registered with the kernel path
+  // Plain numbers, not BigInt (no allocation per chunk): a double counts exactly to 2^53 (8 PiB).
+  stats = { xacts: 0, queries: 0, bytesIn: 0, bytesOut: 0 };
   readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
   // Before login only startup packets (10000 bytes) and password messages fit.
   private framer = new MessageFramer(MAX_AUTH_MESSAGE_LENGTH);
@@ -241,8 +245,8 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   private onData(chunk: Buffer): void {
     this.lastActivity = Date.now();
-    this.bytesRead += BigInt(chunk.length);
-    this.stats.bytesIn += BigInt(chunk.length);
+    this.bytesRead += chunk.length;
+    this.stats.bytesIn += chunk.length;
     try {
       switch (this.state) {
         case ClientState.Startup:
@@ -650,27 +654,61 @@ export class ClientConnection implements ServerPeer, Guarded {
     });
   }
 
+  // An idle server (the common case) is attached and written to in this same tick, with
+  // no promise and no closure; only a client that must wait gets the pool's promise.
   private requestServer(): void {
     const pool = this.pool!;
     this.move(ClientState.Waiting);
     this.timing.waiting(pool);
-    pool.acquire().then(
-      this.guard((server: ServerConnection) => {
-        if (this.state !== ClientState.Waiting) return pool.release(server);
-        try {
-          this.attach(server);
-        } catch (e) {
-          // Not linked to this client yet: nobody else would close it.
-          if (this.server !== server && this.kernelServer !== server) server.close('client failed before using it', false);
-          throw e;
-        }
-      }),
-      this.guard((e: Error) => {
-        if (this.state !== ClientState.Waiting) return;
-        const code = e instanceof PoolError ? e.code : SqlState.ConnectionFailure;
-        this.fatal({ code, message: e.message });
-      }),
-    );
+    const server = pool.acquireFor(this); // null: serverGranted/serverRefused come later
+    if (!server) return;
+    if (this.host.kernel.bindsRequests) this.later(() => this.gotServer(server));
+    else this.gotServer(server); // (an exception reaches the caller's error boundary)
+  }
+
+  // The pool's answer to a client that waited (PoolWaiter): called from whatever freed
+  // the server (another client's transaction end), so this client's errors stay its own.
+  serverGranted(server: ServerConnection): void {
+    if (this.host.kernel.bindsRequests) return this.later(() => this.gotServer(server));
+    try {
+      this.gotServer(server);
+    } catch (e) {
+      this.failWith(e);
+    }
+  }
+
+  serverRefused(e: Error): void {
+    if (this.host.kernel.bindsRequests) return this.later(() => this.noServer(e));
+    try {
+      this.noServer(e);
+    } catch (e2) {
+      this.failWith(e2);
+    }
+  }
+
+  // With the kernel path in play a server is taken up once the code that freed it is done
+  // (a microtask): binding it in the kernel from inside the kernel host's own callbacks,
+  // or inside the released server's read, would re-enter them. User space alone has no
+  // such callbacks and takes it at once.
+  private later(fn: () => void): void {
+    queueMicrotask(this.guard(fn));
+  }
+
+  private gotServer(server: ServerConnection): void {
+    if (this.state !== ClientState.Waiting) return this.pool!.release(server);
+    try {
+      this.attach(server);
+    } catch (e) {
+      // Not linked to this client yet: nobody else would close it.
+      if (this.server !== server && this.kernelServer !== server) server.close('client failed before using it', false);
+      throw e;
+    }
+  }
+
+  private noServer(e: Error): void {
+    if (this.state !== ClientState.Waiting) return;
+    const code = e instanceof PoolError ? e.code : SqlState.ConnectionFailure;
+    this.fatal({ code, message: e.message });
   }
 
   private attach(server: ServerConnection): void {
@@ -684,14 +722,14 @@ export class ClientConnection implements ServerPeer, Guarded {
       // Another client's settings are on it: back to the session defaults first. A server
       // that cannot be reset is closed and this client gets another one.
       runEach(server, RESET_SESSION).then(
-        () => {
+        this.guard(() => {
           server.applied.clear();
           this.attach(server);
-        },
-        (e: Error) => {
+        }),
+        this.guard((e: Error) => {
           server.close(`resetting another client's settings failed: ${e.message}`);
           if (this.state === ClientState.Waiting) this.requestServer();
-        },
+        }),
       );
       return;
     }
@@ -734,7 +772,8 @@ export class ClientConnection implements ServerPeer, Guarded {
     const rw = this.rewriter;
     // A request that needs no rewriting, or only the renaming of statements this server
     // has (what the kernel does itself), goes to the kernel with its server.
-    const direct = this.scanner.atBoundary && !rw?.session.pinned ? (rw ? rw.kernelRewrite(this.pending, server) : rawBytes(this.pending)) : null;
+    const direct = this.host.kernel.bindsRequests && this.scanner.atBoundary && !rw?.session.pinned
+      ? (rw ? rw.kernelRewrite(this.pending, server) : rawBytes(this.pending)) : null;
     if (direct) {
       const units = this.pending;
       this.pending = []; // empty while binding: the bind flips the client back only if it is quiet
@@ -836,7 +875,7 @@ export class ClientConnection implements ServerPeer, Guarded {
   onServerData(chunk: Buffer, server: ServerConnection): void {
     for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
     this.lastActivity = Date.now();
-    this.stats.bytesOut += BigInt(chunk.length);
+    this.stats.bytesOut += chunk.length;
     if (this.socket.destroyed) return;
     if (this.held) {
       this.held.push(chunk);
@@ -932,10 +971,13 @@ export class ClientConnection implements ServerPeer, Guarded {
   private detach(server: ServerConnection): void {
     this.server = null;
     this.move(ClientState.Idle);
-    server.unlink();
     const pool = this.pool!;
     const steps = stepsAtTransactionEnd(pool.settings.resetQuery, pool.settings.resetQueryAlways);
-    cleanServer(server, steps, (s) => pool.release(s), 'server_reset_query failed', this.guard.bind(this));
+    if (steps.length === 0) pool.release(server); // (unlinks it) the common case: no closure, no promise
+    else {
+      server.unlink();
+      cleanServer(server, steps, (s) => pool.release(s), 'server_reset_query failed', this.guard.bind(this));
+    }
     if (this.pending.length) this.requestServer();
     else this.host.kernel.offerClient(this, 0);
   }
@@ -958,7 +1000,9 @@ export class ClientConnection implements ServerPeer, Guarded {
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
+    const wasWaiting = this.state === ClientState.Waiting;
     this.move(ClientState.Closed);
+    if (wasWaiting) this.pool?.cancelWait(this); // (a server granted later goes back: gotServer)
     if (this.loginTimer) clearTimeout(this.loginTimer);
     if (!quiet && wasLoggedIn) log.info(`${this.label} closed: ${reason}`);
     const server = this.server;

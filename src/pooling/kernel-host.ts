@@ -131,6 +131,7 @@ export class UserSpaceOnly implements KernelHost {
   offerClient: KernelHost['offerClient'] = no;
   leftKernel: KernelHost['leftKernel'] = nothing;
   bindInKernel: KernelHost['bindInKernel'] = no;
+  readonly bindsRequests = false;
   feedKernelBound: KernelHost['feedKernelBound'] = no;
   reclaimBound: KernelHost['reclaimBound'] = no;
   settingsLearned: KernelHost['settingsLearned'] = none;

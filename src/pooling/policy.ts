@@ -35,12 +35,13 @@ export function stepsOnLeave(f: LeaveFacts): string[] {
 
 // The statements a server runs at a transaction end in transaction mode before it goes
 // back to its pool (server_reset_query_always); empty: none.
-export function stepsAtTransactionEnd(resetQuery: string, resetQueryAlways: boolean): string[] {
-  return resetQueryAlways && resetQuery ? [resetQuery] : [];
+export function stepsAtTransactionEnd(resetQuery: string, resetQueryAlways: boolean): readonly string[] {
+  return resetQueryAlways && resetQuery ? [resetQuery] : NO_STEPS;
 }
+const NO_STEPS: readonly string[] = Object.freeze([]); // shared: asked at every transaction end
 
 // Whether these statements drop the server's prepared statements.
-export function dropsStatements(sqls: string[]): boolean {
+export function dropsStatements(sqls: readonly string[]): boolean {
   return sqls.some((q) => classifySql(q).some((e) => e.kind === 'discard_all' || (e.kind === 'deallocate' && e.name === null)));
 }
 
@@ -55,7 +56,7 @@ export interface CleanableServer {
 // Runs the steps, forgets what they undid (settings, prepared statements), then calls
 // done(); a server that fails a step is closed. wrap: the caller's error boundary.
 export function cleanServer<S extends CleanableServer>(
-  server: S, steps: string[], done: (server: S) => void, failure: string,
+  server: S, steps: readonly string[], done: (server: S) => void, failure: string,
   wrap: <A extends unknown[]>(fn: (...a: A) => void) => (...a: A) => void = (fn) => fn,
 ): void {
   if (steps.length === 0) return done(server);

@@ -52,11 +52,16 @@ export class PoolError extends Error {
   }
 }
 
+// Who waits for a server (a client). Called back synchronously, from whatever gave the
+// server back: neither method may throw (each is the waiter's own error boundary).
+export interface PoolWaiter {
+  serverGranted(server: ServerConnection): void;
+  serverRefused(e: Error): void;
+}
+
 interface Waiter {
-  resolve: (s: ServerConnection | Promise<ServerConnection>) => void;
-  reject: (e: Error) => void;
+  who: PoolWaiter;
   since: number;
-  timer: NodeJS.Timeout | null;
 }
 
 // The kernel path's say over a pool's idle servers and waiters: the part of the KernelHost
@@ -88,7 +93,7 @@ export class Pool {
   private loginFailedAt = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   // Stats (SHOW POOLS / STATS).
-  stats = { waitedMicros: 0n, served: 0n, xacts: 0n, maxWaitMs: 0 };
+  stats = { waitedMicros: 0, served: 0, xacts: 0, maxWaitMs: 0 }; // numbers: exact to 2^53
 
   constructor(
     readonly database: string,
@@ -133,31 +138,73 @@ export class Pool {
 
   // Resolves with a server for the caller, in FIFO order with other waiters.
   acquire(): Promise<ServerConnection> {
+    return new Promise((resolve, reject) => {
+      const s = this.acquireFor({ serverGranted: resolve, serverRefused: reject });
+      if (s) resolve(s);
+    });
+  }
+
+  // A server at once when one is idle, nobody waits before the caller and it needs no
+  // server_check_query: the common case, served in the caller's tick with no promise, no
+  // microtask and no closure. Otherwise null, and the waiter is called back (granted or
+  // refused) in FIFO order: from the release that frees a server, in that same tick.
+  acquireFor(who: PoolWaiter): ServerConnection | null {
     if (!this.paused && this.waiters.length === 0) {
       const s = this.takeIdle();
-      if (s) return this.checked(s);
+      if (s) {
+        if (!this.checkDue(s)) return s;
+        this.check(s, who);
+        return null;
+      }
     }
     // server_login_retry, as PgBouncer: while logins fail and no server is up, a request
     // gets the last login error at once instead of waiting for a retry.
     const failed = this.lastConnectError;
     if (failed && this.loginBackoffLeft() > 0 && !this.hasLiveServer()) {
-      return Promise.reject(new PoolError(failed.message, failed.fields?.C ?? '08006'));
+      who.serverRefused(new PoolError(failed.message, failed.fields?.C ?? '08006'));
+      return null;
     }
-    return new Promise((resolve, reject) => {
-      const w: Waiter = { resolve, reject, since: Date.now(), timer: null };
-      const t = this.settings.queryWaitTimeout;
-      if (t > 0) {
-        w.timer = setTimeout(() => {
-          this.dropWaiter(w);
-          reject(new PoolError('query_wait_timeout', '08P01'));
-        }, t * 1000);
+    this.waiters.push({ who, since: Date.now() });
+    this.armWaitTimer();
+    this.kernel.waitersChanged(this);
+    // A server the kernel released before it learned of this waiter raised no event:
+    // look again now that it knows.
+    this.serviceWaiters();
+    return null;
+  }
+
+  // A waiter gave up (its client closed): it leaves the queue.
+  cancelWait(who: PoolWaiter): void {
+    const i = this.waiters.findIndex((w) => w.who === who);
+    if (i < 0) return;
+    this.waiters.splice(i, 1);
+    this.kernel.waitersChanged(this);
+  }
+
+  // query_wait_timeout: one timer per pool, for the oldest waiter (the queue is FIFO, so
+  // the others are due later), not one per waiting request.
+  private armWaitTimer(): void {
+    const t = this.settings.queryWaitTimeout;
+    if (t <= 0 || this.waitTimer || this.waiters.length === 0) return;
+    const due = this.waiters[0].since + t * 1000 - Date.now();
+    this.waitTimer = setTimeout(() => {
+      this.waitTimer = null;
+      this.expireWaiters();
+    }, Math.max(0, due));
+  }
+  private waitTimer: NodeJS.Timeout | null = null;
+
+  private expireWaiters(): void {
+    const t = this.settings.queryWaitTimeout;
+    if (t > 0) {
+      const limit = Date.now() - t * 1000;
+      while (this.waiters.length && this.waiters[0].since <= limit) {
+        const w = this.waiters.shift()!;
+        this.kernel.waitersChanged(this);
+        w.who.serverRefused(new PoolError('query_wait_timeout', '08P01'));
       }
-      this.waiters.push(w);
-      this.kernel.waitersChanged(this);
-      // A server the kernel released before it learned of this waiter raised no event:
-      // look again now that it knows.
-      this.serviceWaiters();
-    });
+    }
+    this.armWaitTimer();
   }
 
   // A clean, idle server comes back from a client.
@@ -202,7 +249,7 @@ export class Pool {
       const w = this.waiters.shift();
       if (w) {
         this.kernel.waitersChanged(this);
-        this.giveToWaiter(w, server);
+        this.giveToWaiter(w, server, false);
         return;
       }
     }
@@ -231,31 +278,37 @@ export class Pool {
     this.handOut(server);
   }
 
-  private giveToWaiter(w: Waiter, server: ServerConnection | Promise<ServerConnection>): void {
-    if (w.timer) clearTimeout(w.timer);
+  // check: the server was idle (maybe long enough for server_check_query); false for one
+  // just released or logged in.
+  private giveToWaiter(w: Waiter, server: ServerConnection, check: boolean): void {
     const waited = Date.now() - w.since;
-    this.stats.waitedMicros += BigInt(waited * 1000);
+    this.stats.waitedMicros += waited * 1000;
     if (waited > this.stats.maxWaitMs) this.stats.maxWaitMs = waited;
     this.stats.served++;
-    w.resolve(server);
+    if (check && this.checkDue(server)) this.check(server, w.who);
+    else w.who.serverGranted(server);
   }
 
   // server_check_query (PgBouncer's meaning): a server idle for server_check_delay or
   // longer runs the query before a client gets it; one that fails it is closed and the
   // client asks again (a new server needs no check). An empty query turns it off. Servers
   // the kernel path binds by itself are not checked (docs/kernel-path.md).
-  private checked(server: ServerConnection): Promise<ServerConnection> {
+  private checkDue(server: ServerConnection): boolean {
     const s = this.settings;
-    if (!s.checkQuery || Date.now() - server.lastUsed < s.checkDelay * 1000) return Promise.resolve(server);
-    return server.runInternal(s.checkQuery).then(
+    return !!s.checkQuery && Date.now() - server.lastUsed >= s.checkDelay * 1000;
+  }
+
+  private check(server: ServerConnection, who: PoolWaiter): void {
+    server.runInternal(this.settings.checkQuery).then(
       () => {
         server.lastUsed = Date.now();
-        return server;
+        who.serverGranted(server);
       },
       (e: Error) => {
         log.info(`${server.label} server_check_query failed: ${e.message}`);
         server.close(`server_check_query failed: ${e.message}`);
-        return this.acquire();
+        const s = this.acquireFor(who); // asks again, behind those who wait now
+        if (s) who.serverGranted(s);
       },
     );
   }
@@ -268,19 +321,13 @@ export class Pool {
     return this.kernel.takeIdle(this);
   }
 
-  private dropWaiter(w: Waiter): void {
-    const i = this.waiters.indexOf(w);
-    if (i >= 0) this.waiters.splice(i, 1);
-    this.kernel.waitersChanged(this);
-  }
-
   // Wakes waiters when a server may be had (e.g. the kernel released one).
   serviceWaiters(): void {
     while (this.waiters.length && !this.paused) {
       const s = this.takeIdle();
       if (!s) break;
       const w = this.waiters.shift()!;
-      this.giveToWaiter(w, this.checked(s));
+      this.giveToWaiter(w, s, true);
     }
     this.kernel.waitersChanged(this);
     this.grow();
@@ -371,10 +418,7 @@ export class Pool {
     const ws = this.waiters;
     this.waiters = [];
     this.kernel.waitersChanged(this);
-    for (const w of ws) {
-      if (w.timer) clearTimeout(w.timer);
-      w.reject(new PoolError(e.message, e.fields?.C ?? '08006'));
-    }
+    for (const w of ws) w.who.serverRefused(new PoolError(e.message, e.fields?.C ?? '08006'));
   }
 
   private emitChanged(): void {

@@ -24,6 +24,14 @@ export type AdminStarter = (client: ClientConnection) => void;
 
 // The (database, server user) pair whose variant pools share pool_size.
 const pairKey = (database: string, user: string): string => `${database}\0${user}`;
+const BLOCKED_PAIR = 1;
+const BLOCKED_DB = 2;
+const BLOCKED_USER = 4;
+// (no array of keys: asked for every waiting request)
+function isEmpty(o: object): boolean {
+  for (const _ in o) return false;
+  return true;
+}
 
 export class Pooler implements ClientHost, ConnectionBudget {
   readonly clients = new Set<ClientConnection>();
@@ -322,18 +330,16 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // them; a pool opens one only when all allow it.
 
   canOpen(pool: Pool, limit: number): boolean {
-    const b = this.blockedBy(pool, limit);
-    return !b.pair && !b.db && !b.user;
+    return this.blockedBy(pool, limit) === 0;
   }
-  // Which limits are taken for this pool now (limit: the pair's size, with the reserve if due).
-  private blockedBy(pool: Pool, limit: number): { pair: boolean; db: boolean; user: boolean } {
+  // Which limits are taken for this pool now (limit: the pair's size, with the reserve if
+  // due), as bits (asked for every waiting request: no object).
+  private blockedBy(pool: Pool, limit: number): number {
     const maxDb = this.databaseConfig(pool.database)?.max_db_connections ?? this.config.max_db_connections;
     const maxUser = this.config.users.get(pool.user)?.max_user_connections ?? this.config.max_user_connections;
-    return {
-      pair: this.pairServers(pool) >= limit,
-      db: maxDb > 0 && (this.dbConnections.get(pool.database) ?? 0) >= maxDb,
-      user: maxUser > 0 && (this.userConnections.get(pool.user) ?? 0) >= maxUser,
-    };
+    return (this.pairServers(pool) >= limit ? BLOCKED_PAIR : 0)
+      | (maxDb > 0 && (this.dbConnections.get(pool.database) ?? 0) >= maxDb ? BLOCKED_DB : 0)
+      | (maxUser > 0 && (this.userConnections.get(pool.user) ?? 0) >= maxUser ? BLOCKED_USER : 0);
   }
   opened(pool: Pool): void {
     const pair = pairKey(pool.database, pool.user);
@@ -349,6 +355,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
   }
   // The pools that may use the freed slot grow, the one whose client has waited longest first.
   freed(pool: Pool): void {
+    if (this.pools.size === 1) return; // (called at every release: the usual single pool allocates nothing)
     const waiting = [...this.pools.values()].filter((p) => p !== pool && (p.database === pool.database || p.user === pool.user) && p.waitingCount);
     waiting.sort((a, b) => a.oldestWaitSince - b.oldestWaitSince);
     for (const p of waiting) p.grow();
@@ -356,7 +363,8 @@ export class Pooler implements ClientHost, ConnectionBudget {
   // Only a pool under every limit that blocks this one frees a slot it can use (the pair's
   // limit: a sibling variant pool).
   evictIdleFor(pool: Pool, limit: number): boolean {
-    const b = this.blockedBy(pool, limit);
+    const bits = this.blockedBy(pool, limit);
+    const b = { pair: (bits & BLOCKED_PAIR) !== 0, db: (bits & BLOCKED_DB) !== 0, user: (bits & BLOCKED_USER) !== 0 };
     for (const p of this.pools.values()) {
       if (p === pool || ((b.db || b.pair) && p.database !== pool.database) || ((b.user || b.pair) && p.user !== pool.user)) continue;
       if (p.closeOneIdle(`evicted for pool ${pool.label} (${b.pair ? 'pool_size shared by startup variants' : 'connection limit'})`)) return true;
@@ -364,13 +372,15 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return false;
   }
   pairServers(pool: Pool): number {
-    return this.pairConnections.get(pairKey(pool.database, pool.user)) ?? 0;
+    let key = this.pairOf.get(pool);
+    if (key === undefined) this.pairOf.set(pool, (key = pairKey(pool.database, pool.user)));
+    return this.pairConnections.get(key) ?? 0;
   }
   // min_pool_size is opened by the pair's plain pool, or by its oldest pool while it has none.
   warms(pool: Pool): boolean {
     for (const p of this.pools.values()) {
       if (p.database !== pool.database || p.user !== pool.user) continue;
-      if (Object.keys(this.startupOf(p)).length === 0) return p === pool;
+      if (isEmpty(this.startupOf(p))) return p === pool;
     }
     for (const p of this.pools.values()) if (p.database === pool.database && p.user === pool.user) return p === pool;
     return false;
@@ -390,6 +400,7 @@ export class Pooler implements ClientHost, ConnectionBudget {
     return best;
   }
   private pairConnections = new Map<string, number>();
+  private pairOf = new WeakMap<Pool, string>(); // each pool's pair key, made once (asked at every release and wait)
   private userConnections = new Map<string, number>();
 
   // ---- PAUSE / RESUME: no new server assignments for a database (all when omitted) ----

@@ -120,7 +120,7 @@ export class ServerConnection extends EventEmitter {
   lastUsed = Date.now();
   socket!: net.Socket;
   peer: ServerPeer | null = null;
-  bytesRead = 0n; // since the socket was registered with the kernel path
+  bytesRead = 0; // since the socket was registered with the kernel path (a number: exact to 2^53)
   closeNeeded = false; // RECONNECT: close instead of returning to the pool
   // The linked client was sent this server's FATAL error: when the server then closes,
   // the client is closed without a second error of the proxy's own.
@@ -281,7 +281,7 @@ export class ServerConnection extends EventEmitter {
   }
 
   private onData(chunk: Buffer): void {
-    this.bytesRead += BigInt(chunk.length);
+    this.bytesRead += chunk.length;
     this.lastUsed = Date.now();
     if (this.state === ServerState.Kernel && !this.heldInput.active) this.kernel.serverPassed(this);
     if (this.heldInput.keep(chunk)) return;

@@ -142,11 +142,14 @@ export class ReplyFilter {
 
   // Drops all expectations (the server is being reset or closed).
   clear(): void {
-    for (let i = this.head; i < this.queue.length; i++) {
-      const e = this.queue[i];
-      if (typeof e !== 'number') e.onFail?.();
+    const q = this.queue;
+    if (this.objects > 0) {
+      for (let i = this.head; i < q.length; i++) {
+        const e = q[i];
+        if (typeof e !== 'number') e.onFail?.();
+      }
     }
-    this.queue = [];
+    q.length = 0; // kept: cleared at every release, reused by the next client
     this.head = 0;
     this.skip.reset();
     this.objects = 0;

@@ -64,12 +64,18 @@ export function poolStartup(settings: Map<string, string>): Record<string, strin
   return out;
 }
 
-// What a server was opened with (its session defaults), by canonical name.
-export function serverStartup(server: ServerConnection): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const [k, v] of Object.entries(server.target.startupParams ?? {})) out.set(canonicalName(k), v);
+// What a server was opened with (its session defaults), by canonical name. Read at every
+// attach: made once per target (a server's target never changes).
+export function serverStartup(server: ServerConnection): ReadonlyMap<string, string> {
+  let out = startupByTarget.get(server.target);
+  if (!out) {
+    out = new Map<string, string>();
+    for (const [k, v] of Object.entries(server.target.startupParams ?? {})) out.set(canonicalName(k), v);
+    startupByTarget.set(server.target, out);
+  }
   return out;
 }
+const startupByTarget = new WeakMap<object, Map<string, string>>();
 
 // The settings a server has now: the tracked reported ones, its startup settings and
 // what the proxy SET on it (the kernel path pairs clients and servers by these).
@@ -105,18 +111,20 @@ function replayRank(k: string): number {
 // The SQL that makes server match the client's settings, or null when it already does.
 // Run as one Query: an implicit transaction, so a failure changes nothing on the server.
 export function settingsSql(client: Map<string, string>, server: ServerConnection, only?: Set<string>): string | null {
-  const stmts: [number, string][] = [];
+  let stmts: [number, string][] | null = null; // (made only when something differs: this runs at every attach)
   const defaults = serverStartup(server);
-  for (const [k, v] of client) {
+  for (const k of client.keys()) {
     if (only && !only.has(k)) continue;
+    const v = client.get(k)!;
     const current = isReported(k) ? server.params.get(k) : (server.applied.get(k) ?? defaults.get(k));
     if (current === v) continue;
     if (isDefaultIdentity(k, v, server) && !server.applied.has(k)) continue;
     // set_config takes the value as the server shows it (a list such as search_path included)
-    stmts.push([replayRank(k), isReported(k) ? `SET ${quoteIdent(k)} = ${quoteLiteral(v)}` : `SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`]);
+    (stmts ??= []).push([replayRank(k), isReported(k) ? `SET ${quoteIdent(k)} = ${quoteLiteral(v)}` : `SELECT pg_catalog.set_config(${quoteLiteral(k)}, ${quoteLiteral(v)}, false)`]);
   }
+  if (!stmts) return null;
   stmts.sort((a, b) => a[0] - b[0]);
-  return stmts.length ? stmts.map((s) => s[1]).join('; ') : null;
+  return stmts.map((s) => s[1]).join('; ');
 }
 
 // Records on the server what settingsSql applied (reported ones arrive as ParameterStatus);
