@@ -79,6 +79,8 @@ export interface ClientKernel {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean;
   feedKernelBound(client: ClientConnection, data: Buffer): boolean;
   reclaimBound(client: ClientConnection): boolean;
+  // Before user space feeds the client's mirror sessions: what the kernel copied first.
+  beforeMirrorFeed(client: ClientConnection): void;
 }
 
 let nextClientId = 1;
@@ -141,7 +143,8 @@ export class ClientConnection implements ServerPeer, Guarded {
   private settingsLearned: Promise<void> | null = null;
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
-  // Its copies toward mirrors (docs/mirroring.md); a mirrored client stays on the user-space path.
+  // Its copies toward mirrors (docs/mirroring.md); on the kernel path the verdicts copy its
+  // traffic and BypassController feeds them (src/mirror/kernel-feed.ts).
   mirrors: MirrorSession[] = [];
   // What a mirror connection of this client is opened with: its startup settings, application_name.
   get mirrorStartup(): Record<string, string> {
@@ -551,7 +554,10 @@ export class ClientConnection implements ServerPeer, Guarded {
       this.host.kernel.leftKernel(this);
       if (this.heldInput.keep(chunk)) return; // a hand-over is settling (holdInput)
     }
-    for (const m of this.mirrors) m.clientBytes(chunk); // copied; the mirror is never waited for
+    if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
+      for (const m of this.mirrors) m.clientBytes(chunk); // copied; the mirror is never waited for
+    }
     let cut = -1;
     const rw = this.rewriter;
     const units: RequestUnit[] = [];
@@ -792,6 +798,7 @@ export class ClientConnection implements ServerPeer, Guarded {
     this.sendError({ severity: 'ERROR', ...f });
     if (!this.socket.destroyed) this.socket.write(readyForQuery('I'));
     if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
       const answer = Buffer.concat([errorResponse({ severity: 'ERROR', ...f }), readyForQuery('I')]);
       for (const m of this.mirrors) m.primaryBytes(answer);
     }
@@ -839,7 +846,10 @@ export class ClientConnection implements ServerPeer, Guarded {
   }
 
   onServerData(chunk: Buffer, server: ServerConnection): void {
-    for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
+    if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
+      for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
+    }
     this.lastActivity = Date.now();
     this.stats.bytesOut += BigInt(chunk.length);
     if (this.socket.destroyed) return;
@@ -962,6 +972,8 @@ export class ClientConnection implements ServerPeer, Guarded {
 
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
+    // what the kernel copied of its last transactions reaches the sessions before they end
+    if (this.mirrors.length) this.host.kernel.beforeMirrorFeed(this);
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
     this.lifecycle.to(ClientState.Closed);
     if (this.loginTimer) clearTimeout(this.loginTimer);

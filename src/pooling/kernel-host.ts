@@ -130,6 +130,7 @@ export class UserSpaceOnly implements KernelHost {
   closeIdle: KernelHost['closeIdle'] = nothing;
   offerClient: KernelHost['offerClient'] = no;
   leftKernel: KernelHost['leftKernel'] = nothing;
+  beforeMirrorFeed: KernelHost['beforeMirrorFeed'] = nothing;
   bindInKernel: KernelHost['bindInKernel'] = no;
   feedKernelBound: KernelHost['feedKernelBound'] = no;
   reclaimBound: KernelHost['reclaimBound'] = no;
