@@ -890,6 +890,9 @@ export class BypassController implements KernelHost {
       for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
       out.fallback_tls_client = this.tlsFallbacks.client;
       out.fallback_tls_server = this.tlsFallbacks.server;
+      out.mirror_records = this.mirrorTotals.records;
+      out.mirror_bytes = this.mirrorTotals.bytes;
+      out.mirror_resyncs = this.mirrorTotals.resyncs;
     }
     return out;
   }
