@@ -51,6 +51,7 @@ struct RingSub {
   uv_poll_t* poll = nullptr;
   Napi::FunctionReference cb;
   std::deque<std::vector<uint8_t>> pending;  // consumed, not yet delivered (in ring order)
+  bool batch = false;  // deliver all pending records in one call (u32 length + bytes each)
 };
 
 class Obj : public Napi::ObjectWrap<Obj> {
@@ -370,6 +371,29 @@ class Obj : public Napi::ObjectWrap<Obj> {
   // Delivers pending records one at a time from the front: a callback that drains the
   // same ring (drainEvents) continues the same queue, so records keep their ring order.
   static void Deliver(RingSub* s, Napi::Env env, bool make) {
+    if (s->batch && !s->pending.empty()) {
+      size_t total = 0;
+      for (auto& rec : s->pending) total += 4 + rec.size();
+      auto buf = Napi::Buffer<uint8_t>::New(env, total);
+      uint8_t* p = buf.Data();
+      for (auto& rec : s->pending) {
+        uint32_t n = rec.size();
+        memcpy(p, &n, 4);
+        memcpy(p + 4, rec.data(), n);
+        p += 4 + n;
+      }
+      s->pending.clear();
+      if (!make) {
+        s->cb.Call(env.Global(), {buf});
+        return;
+      }
+      try {
+        s->cb.MakeCallback(env.Global(), {buf});
+      } catch (const Napi::Error& e) {
+        napi_fatal_exception(env, e.Value());
+      }
+      return;
+    }
     while (!s->pending.empty()) {
       if (!s->owner || s->cb.IsEmpty()) return;  // the callback closed the object
       std::vector<uint8_t> rec = std::move(s->pending.front());
@@ -432,6 +456,9 @@ class Obj : public Napi::ObjectWrap<Obj> {
     // do not keep the process alive just for events
     uv_unref(reinterpret_cast<uv_handle_t*>(s->poll));
     s->cb = Napi::Persistent(info[1].As<Napi::Function>());
+    // onEvents(map, cb, true): cb gets every record consumed at once, each as a
+    // little-endian u32 length and its bytes (one call per wake-up, not per record)
+    s->batch = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
     subs_.push_back(s);
     return env.Undefined();
   }

@@ -92,7 +92,7 @@ interface BpfObject {
   mapInfo(map: string): { fd: number; type: number; keySize: number; valueSize: number; maxEntries: number };
   createInnerMap(outer: string, key: Buffer, type: number, keySize: number, valueSize: number, maxEntries: number): number;
   progTestRun(prog: string, data: Buffer | null, ctx: Buffer | null): { retval: number; dataOut: Buffer | null; ctxOut: Buffer | null; duration: number };
-  onEvents(map: string, cb: (b: Buffer) => void): void;
+  onEvents(map: string, cb: (b: Buffer) => void, batch?: boolean): void;
   drainEvents(map: string): void;
   close(): void;
 }
@@ -197,7 +197,7 @@ export class KernelPath {
     }
     const kp = new KernelPath(addon, obj);
     obj.onEvents('events', (b) => kp.dispatch(b));
-    obj.onEvents('mirror_ring', (b) => kp.mirrorListener?.(abi.decodeMirrorRecord(b)));
+    obj.onEvents('mirror_ring', (b) => kp.mirrorBatch(b), true);
     return kp;
   }
 
@@ -301,7 +301,25 @@ export class KernelPath {
   /** Delivers the records already in the ring now (before bytes that reached user space
    * another way, which they precede). */
   drainMirror(): void {
-    if (!this.closed) this.obj.drainEvents('mirror_ring');
+    if (!this.closed && !this.deliveringMirror) this.obj.drainEvents('mirror_ring');
+  }
+
+  // A batch of ring records (u32 length + record each), delivered in order; a drain from
+  // inside would deliver later records before the rest of this batch, so it waits.
+  private deliveringMirror = false;
+  private mirrorBatch(b: Buffer): void {
+    const cb = this.mirrorListener;
+    if (!cb) return;
+    this.deliveringMirror = true;
+    try {
+      for (let at = 0; at + 4 <= b.length; ) {
+        const n = b.readUInt32LE(at);
+        cb(abi.decodeMirrorRecord(b.subarray(at + 4, at + 4 + n)));
+        at += 4 + n;
+      }
+    } finally {
+      this.deliveringMirror = false;
+    }
   }
 
   /** A mirrored client's copy state: lost = the kernel stopped copying it after a record
