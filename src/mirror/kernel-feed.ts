@@ -44,8 +44,13 @@ export class KernelMirrorFeed {
     this.totals.records++;
     this.totals.bytes += r.data.length;
     for (const m of this.sessions()) {
-      if (i === 0) m.clientBytes(r.data);
-      else m.primaryBytes(r.data);
+      // a session's failure ends that session, never the proxy (this runs from the ring's poll)
+      try {
+        if (i === 0) m.clientBytes(r.data);
+        else m.primaryBytes(r.data);
+      } catch (e) {
+        m.failWith(e);
+      }
     }
   }
 
