@@ -352,27 +352,37 @@ t.test('mirroring to a second cluster', async (t) => {
         const r = await c.query(`INSERT INTO probe VALUES (310, 'big'); SELECT repeat('x', 1000) FROM generate_series(1, 200)`);
         t.equal((r as unknown as Array<{ rowCount: number }>)[1].rowCount, 200, 'the client got the whole answer');
         for (let i = 0; i < 5; i++) await c.query(`INSERT INTO probe VALUES (${320 + i}, 'after')`);
+        // The copy is lost in the kernel, then the transaction is handed to user space
+        // (SET LOCAL) and finished there: dropped whole too, and mirroring goes on.
+        await c.query('BEGIN');
+        await c.query(`INSERT INTO probe VALUES (330, 'big, handed over')`);
+        await c.query(`SELECT repeat('x', 1000) FROM generate_series(1, 200)`);
+        await c.query(`SET LOCAL work_mem = '8MB'`);
+        await c.query(`INSERT INTO probe VALUES (331, 'big, handed over')`);
+        await c.query('COMMIT');
+        for (let i = 0; i < 5; i++) await c.query(`INSERT INTO probe VALUES (${340 + i}, 'after')`);
       } finally {
         await c.end();
       }
       const row = await drained(p2, 'app');
       const dropped = Number(row.dropped) - Number(before.dropped);
       const ids = (where: string) => mirror.sql(`SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM probe WHERE ${where}`);
-      t.equal(primary.sql(`SELECT count(*) FROM probe WHERE id BETWEEN 300 AND 329`), '11', 'the primary ran all 11 transactions');
-      const small = ids('id BETWEEN 300 AND 329 AND id <> 310');
+      t.equal(primary.sql(`SELECT count(*) FROM probe WHERE id BETWEEN 300 AND 349`), '18', 'the primary ran all 17 transactions');
+      const small = ids('id BETWEEN 300 AND 349 AND id NOT IN (310, 330, 331)');
       const mirroredSmall = small ? small.split(',').length : 0;
       t.equal(Number(row.diverged), Number(before.diverged), `no divergence (${row.last_divergence})`);
       if (bypass === 'on') {
         const by = await bypassCounters(p2);
-        t.comment(`${B} tiny ring: dropped ${dropped}, resyncs +${by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs}, kernel transactions +${by.kernel_transactions - by0!.kernel_transactions}, mirrored small: ${small}`);
-        t.ok(by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs >= 1, 'the kernel reported a lost copy and where it starts again');
-        t.ok(dropped >= 1, `the transaction that did not fit was dropped and counted (${dropped})`);
-        t.equal(ids('id = 310'), '', 'none of it reached the mirror: dropped whole');
-        t.equal(mirroredSmall + dropped, 11, 'every transaction was mirrored or counted as dropped');
-        t.ok(small.split(',').some((id) => Number(id) >= 320), `mirroring went on after the drop (${small})`);
+        t.comment(`${B} tiny ring: dropped ${dropped}, resyncs +${by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs}, kernel transactions +${by.kernel_transactions - by0!.kernel_transactions}, hand-overs +${by.user_handoffs - by0!.user_handoffs}, mirrored small: ${small}`);
+        t.ok(by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs >= 2, 'both losses were seen and resynced at a transaction boundary');
+        t.ok(by.user_handoffs - by0!.user_handoffs >= 1, 'the SET LOCAL transaction was handed over to user space after its copy was lost');
+        t.ok(dropped >= 2, `the transactions that did not fit were dropped and counted (${dropped})`);
+        t.equal(ids('id IN (310, 330, 331)'), '', 'none of them reached the mirror: dropped whole');
+        t.equal(mirroredSmall + dropped, 17, 'every transaction was mirrored or counted as dropped');
+        t.ok(small.split(',').some((id) => Number(id) >= 340), `mirroring went on after the drops (${small})`);
       } else {
         t.equal(dropped, 0, 'in user space nothing is dropped (the queue holds it)');
-        t.equal(ids('id BETWEEN 300 AND 329'), '300,301,302,303,304,310,320,321,322,323,324', 'all 11 reached the mirror');
+        t.equal(ids('id BETWEEN 300 AND 349'), '300,301,302,303,304,310,320,321,322,323,324,330,331,340,341,342,343,344', 'all 17 reached the mirror');
       }
     });
   }
