@@ -140,20 +140,20 @@ export class BypassController implements KernelHost {
 
   // The client entered the kernel path: its traffic may be copied there from now on.
   private mirroredInKernel(client: ClientConnection): void {
-    if (client.mirrors.length) this.mirrorFeed(client).unchecked = true;
+    if (client.mirrors.length) this.mirrorFeed(client);
   }
 
   // User space is about to feed the client's mirror sessions bytes it read or wrote: what
-  // the kernel copied before them goes first, and a copy the kernel lost before handing
-  // the client over is known before user-space bytes land on a broken stream.
+  // the kernel copied before them goes first, and a copy the kernel lost (and could not
+  // yet report with a RESYNC, or lost before handing the client over) is known before
+  // user-space bytes land on a broken stream. One map lookup, for clients that have been
+  // on the kernel path only.
   beforeMirrorFeed(client: ClientConnection): void {
     const k = this.kernel;
     const f = this.mirrorFeeds.get(client);
     if (!k || !f) return;
     k.drainMirror();
-    if (!f.unchecked) return;
-    f.unchecked = false;
-    if (k.mirrorState(client.id)?.lost) f.lose();
+    if (f.state === FeedState.Clean && k.mirrorState(client.id)?.lost) f.lose();
   }
 
   // The client is idle in user space, nothing in flight either way: a clean boundary of

@@ -25,9 +25,6 @@ export interface KernelMirrorTotals {
 
 export class KernelMirrorFeed {
   state = FeedState.Clean;
-  // the client was in the kernel since the kernel's copy state was last read (a hand-over
-  // may bring it to user space after a loss the kernel has not reported yet)
-  unchecked = false;
   private readonly next = [0, 0]; // expected seq of REQUEST, REPLY records
 
   constructor(
