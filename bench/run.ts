@@ -202,7 +202,8 @@ async function main(): Promise<void> {
         const m = mirrorPg;
         for (const st of setupStatements(rows)) m.psql(st, 'bench');
         m.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
-        const mirrors = [{ host: '127.0.0.1', port: m.port, dbname: 'bench', user: 'bench', password: 'bench' }];
+        // pool_size: every client of the largest cell is mirrored (the default 20 would skip most)
+        const mirrors = [{ host: '127.0.0.1', port: m.port, dbname: 'bench', user: 'bench', password: 'bench', pool_size: Math.max(64, ...clients) }];
         const start = async () => startPgsplice({ dir: path.join(tmp, label), port: await freePort(), backend, poolSize, maxClientConn, bypass: 'on', mirrors, label });
         const t = await start();
         starters.set(label, start);

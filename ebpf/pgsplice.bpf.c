@@ -10,6 +10,7 @@
 #include "parse.h"
 #include "statements.h"
 #include "inspect.h"
+#include "mirror.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -354,6 +355,9 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	s = bpf_map_lookup_elem(&conns, &sid);
 	if (s)
 		__sync_fetch_and_add(&s->redirected, len);
+	/* the mirror gets the client's bytes as sent: copied before the names are rewritten */
+	if (c->mirror)
+		pgs_mirror_copy(skb, cid, PGS_MIRROR_REQUEST, 0);
 	/* Committed to this server: only now may the skb carry its names */
 	if (nm.n)
 		stat_add(PGS_ST_STMT_REWRITES, pgs_stmt_rewrite(skb, &nm));
@@ -560,6 +564,8 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
 		return SK_DROP; /* the client is gone: nobody is owed these bytes */
 	}
+	if (c->mirror)
+		pgs_mirror_copy(skb, cid, PGS_MIRROR_REPLY, action != 0);
 	__sync_fetch_and_add(&c->redirected, len);
 	if (ps)
 		ps->server_bytes += len;

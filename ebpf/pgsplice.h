@@ -106,7 +106,9 @@ struct pgs_conn {
 	/* server: 1 while its verdict has committed a frame but not yet applied it to the
 	 * client (outstanding, tail_answered): a hand-over waits for 0 */
 	__u32 applying;
-	__u32 pad;
+	/* client: nonzero while it has mirror sessions (set by user space at registration):
+	 * the verdicts copy its traffic to mirror_ring (mirror.h, docs/mirroring.md) */
+	__u32 mirror;
 };
 
 struct pgs_pool {
@@ -259,6 +261,8 @@ struct pgs_frame_test {
 	__u32 pad_names;
 };
 
+#include "mirror-abi.h"
+
 /* Every type and constant user space reads, in one struct: the BPF compiler only emits
  * BTF for types something references, and the enums above are otherwise used only as
  * values. pgsplice.bpf.c references it from pgs_abi_anchor. */
@@ -282,6 +286,10 @@ struct pgs_abi {
 	struct pgs_event event;
 	struct pgs_ctl ctl;
 	struct pgs_frame_test frame_test;
+	enum pgs_mirror_limits mirror_limits;
+	enum pgs_mirror_kind mirror_kind;
+	struct pgs_mirror_rec mirror_rec;
+	struct pgs_mirror_state mirror_state;
 };
 
 #endif

@@ -51,6 +51,10 @@ async function pgbenchInit(c: Cluster): Promise<void> {
   if (r.code !== 0) throw new Error(`pgbench -i: ${r.stderr.slice(-500)}`);
 }
 
+async function bypassCounters(proxy: ProxyHandle): Promise<Record<string, number>> {
+  return Object.fromEntries((await adminRows(proxy, 'SHOW BYPASS')).map((r) => [r.key, Number(r.value)]));
+}
+
 // Waits until the mirror has answered everything it was sent (nothing queued or in flight).
 async function drained(proxy: ProxyHandle, database: string): Promise<Row> {
   return waitUntil(async () => {
@@ -107,7 +111,9 @@ t.test('mirroring to a second cluster', async (t) => {
 
     t.test(`deterministic pgbench, -M extended and -M prepared: both clusters end with the same data ${B}`, async (t) => {
       const before = await mirrorRow(proxy, 'app');
+      const by0 = await bypassCounters(proxy);
       const e = await pgbench(t, ['-M', 'extended', '-c', '4', '-j', '4', '-t', '150', '--random-seed=7'], 'extended');
+      const by1 = await bypassCounters(proxy);
       t.equal(e.processed, 600, 'extended: 600 transactions');
       const p = await pgbench(t, ['-M', 'prepared', '-c', '4', '-j', '4', '-t', '150', '--random-seed=8'], 'prepared');
       t.equal(p.processed, 600, 'prepared: 600 transactions');
@@ -119,6 +125,16 @@ t.test('mirroring to a second cluster', async (t) => {
       t.ok(Number(row.transactions) - Number(before.transactions) >= 1200, `mirrored ${Number(row.transactions) - Number(before.transactions)} transactions`);
       for (const [name, sql] of Object.entries(CHECKSUMS)) {
         t.equal(mirror.sql(sql), primary.sql(sql), `${name}: same on the mirror as on the primary`);
+      }
+      if (bypass === 'on') {
+        // Mirrored clients stay on the kernel path: the verdicts copy their traffic.
+        const by2 = await bypassCounters(proxy);
+        const kx = by1.kernel_transactions - by0.kernel_transactions;
+        t.comment(`${B} kernel-carried: extended ${kx} of 600, prepared ${by2.kernel_transactions - by1.kernel_transactions} of 600;` +
+          ` ${by2.mirror_kernel_records - by0.mirror_kernel_records} records, ${by2.mirror_kernel_bytes - by0.mirror_kernel_bytes} bytes copied`);
+        t.ok(kx >= 300, `most -M extended transactions were carried by the kernel (${kx} of 600)`);
+        t.ok(by2.mirror_kernel_records - by0.mirror_kernel_records >= 2 * kx, 'the kernel copied their requests and replies for the mirror');
+        t.equal(by2.mirror_kernel_resyncs, by0.mirror_kernel_resyncs, 'the default ring lost nothing');
       }
     });
 
@@ -179,6 +195,7 @@ t.test('mirroring to a second cluster', async (t) => {
     t.test(`a row missing on the mirror is reported with its statement ${B}`, async (t) => {
       mirror.sql('DELETE FROM div_probe WHERE id = 5');
       const before = await mirrorRow(proxy, 'app');
+      const by0 = await bypassCounters(proxy);
       const from = proxy.logs().length;
       const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
       await c.connect();
@@ -190,6 +207,10 @@ t.test('mirroring to a second cluster', async (t) => {
         await c.end();
       }
       const row = await drained(proxy, 'app');
+      if (bypass === 'on') {
+        const by = await bypassCounters(proxy);
+        t.ok(by.kernel_transactions - by0.kernel_transactions >= 1, `the updates were carried by the kernel (${by.kernel_transactions - by0.kernel_transactions} of 2)`);
+      }
       t.equal(Number(row.diverged) - Number(before.diverged), 1, 'one divergence counted');
       t.match(row.last_divergence, /statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5; primary: UPDATE 1; mirror: UPDATE 0/, 'SHOW MIRRORS names the statement and both answers');
       const line = await proxy.waitForLog(/mirror app -> .* diverged: statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5/, 10000, from);
@@ -309,6 +330,60 @@ t.test('mirroring to a second cluster', async (t) => {
       await c2.end();
       await drained(proxy, 'app');
       t.equal(mirror.sql('SELECT string_agg(id::text, \',\' ORDER BY id) FROM probe WHERE id >= 100'), '101', 'only the insert made while the mirror was configured reached it');
+    });
+
+    // A ring too small for a reply (8 KiB here, 4 MiB by default): the transaction whose
+    // copy did not fit is dropped whole and counted, and mirroring goes on after it.
+    t.test(`a full mirror ring is a counted drop of the whole transaction ${B}`, async (t) => {
+      const cfg2 = await proxyConfig(primary, {
+        bypass,
+        default_pool_size: 2,
+        admin_users: ['app'],
+        databases: { app: { host: '127.0.0.1', port: primary.pg.port, dbname: 'app', mirrors: [mirrorOf()] } },
+      });
+      const p2 = await startProxy(t, cfg2, { logLevel: 'info', env: { PGSPLICE_MIRROR_RING_BYTES: '8192' } });
+      const before = await mirrorRow(p2, 'app');
+      const by0 = bypass === 'on' ? await bypassCounters(p2) : null;
+      const c = new Client({ host: p2.host, port: p2.port, user: 'app', password: 'app-pw', database: 'app' });
+      await c.connect();
+      try {
+        for (let i = 0; i < 5; i++) await c.query(`INSERT INTO probe VALUES (${300 + i}, 'before')`);
+        // One transaction (a multi-statement Query) with a ~200 kB answer
+        const r = await c.query(`INSERT INTO probe VALUES (310, 'big'); SELECT repeat('x', 1000) FROM generate_series(1, 200)`);
+        t.equal((r as unknown as Array<{ rowCount: number }>)[1].rowCount, 200, 'the client got the whole answer');
+        for (let i = 0; i < 5; i++) await c.query(`INSERT INTO probe VALUES (${320 + i}, 'after')`);
+        // The copy is lost in the kernel, then the transaction is handed to user space
+        // (SET LOCAL) and finished there: dropped whole too, and mirroring goes on.
+        await c.query('BEGIN');
+        await c.query(`INSERT INTO probe VALUES (330, 'big, handed over')`);
+        await c.query(`SELECT repeat('x', 1000) FROM generate_series(1, 200)`);
+        await c.query(`SET LOCAL work_mem = '8MB'`);
+        await c.query(`INSERT INTO probe VALUES (331, 'big, handed over')`);
+        await c.query('COMMIT');
+        for (let i = 0; i < 5; i++) await c.query(`INSERT INTO probe VALUES (${340 + i}, 'after')`);
+      } finally {
+        await c.end();
+      }
+      const row = await drained(p2, 'app');
+      const dropped = Number(row.dropped) - Number(before.dropped);
+      const ids = (where: string) => mirror.sql(`SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM probe WHERE ${where}`);
+      t.equal(primary.sql(`SELECT count(*) FROM probe WHERE id BETWEEN 300 AND 349`), '18', 'the primary ran all 17 transactions');
+      const small = ids('id BETWEEN 300 AND 349 AND id NOT IN (310, 330, 331)');
+      const mirroredSmall = small ? small.split(',').length : 0;
+      t.equal(Number(row.diverged), Number(before.diverged), `no divergence (${row.last_divergence})`);
+      if (bypass === 'on') {
+        const by = await bypassCounters(p2);
+        t.comment(`${B} tiny ring: dropped ${dropped}, resyncs +${by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs}, kernel transactions +${by.kernel_transactions - by0!.kernel_transactions}, hand-overs +${by.user_handoffs - by0!.user_handoffs}, mirrored small: ${small}`);
+        t.ok(by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs >= 2, 'both losses were seen and resynced at a transaction boundary');
+        t.ok(by.user_handoffs - by0!.user_handoffs >= 1, 'the SET LOCAL transaction was handed over to user space after its copy was lost');
+        t.ok(dropped >= 2, `the transactions that did not fit were dropped and counted (${dropped})`);
+        t.equal(ids('id IN (310, 330, 331)'), '', 'none of them reached the mirror: dropped whole');
+        t.equal(mirroredSmall + dropped, 17, 'every transaction was mirrored or counted as dropped');
+        t.ok(small.split(',').some((id) => Number(id) >= 340), `mirroring went on after the drops (${small})`);
+      } else {
+        t.equal(dropped, 0, 'in user space nothing is dropped (the queue holds it)');
+        t.equal(ids('id BETWEEN 300 AND 349'), '300,301,302,303,304,310,320,321,322,323,324,330,331,340,341,342,343,344', 'all 17 reached the mirror');
+      }
     });
   }
 });

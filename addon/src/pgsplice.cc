@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -47,9 +48,11 @@ class Obj;
 struct RingSub {
   Obj* owner = nullptr;
   struct ring_buffer* rb = nullptr;
+  struct bpf_map* map = nullptr;
   uv_poll_t* poll = nullptr;
   Napi::FunctionReference cb;
-  std::vector<std::vector<uint8_t>> pending;
+  std::deque<std::vector<uint8_t>> pending;  // consumed, not yet delivered (in ring order)
+  bool batch = false;  // deliver all pending records in one call (u32 length + bytes each)
 };
 
 class Obj : public Napi::ObjectWrap<Obj> {
@@ -70,6 +73,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
                            InstanceMethod("createInnerMap", &Obj::CreateInnerMap),
                            InstanceMethod("progTestRun", &Obj::ProgTestRun),
                            InstanceMethod("onEvents", &Obj::OnEvents),
+                           InstanceMethod("drainEvents", &Obj::DrainEvents),
                            InstanceMethod("close", &Obj::Close),
                        });
   }
@@ -86,6 +90,25 @@ class Obj : public Napi::ObjectWrap<Obj> {
     if (err) {
       obj_ = nullptr;
       throw Napi::Error::New(env, Errno("bpf_object__open_file(" + path + ")", err) + "\n" + LogTail());
+    }
+    // load(path, { mapSizes: { name: entries } }): sizes set before the maps are created
+    if (info.Length() > 1 && info[1].IsObject()) {
+      Napi::Object opts = info[1].As<Napi::Object>();
+      if (opts.Has("mapSizes") && opts.Get("mapSizes").IsObject()) {
+        Napi::Object sizes = opts.Get("mapSizes").As<Napi::Object>();
+        Napi::Array names = sizes.GetPropertyNames();
+        for (uint32_t i = 0; i < names.Length(); i++) {
+          std::string name = names.Get(i).As<Napi::String>();
+          uint32_t n = sizes.Get(name).As<Napi::Number>().Uint32Value();
+          struct bpf_map* m = bpf_object__find_map_by_name(obj_, name.c_str());
+          int e = m ? bpf_map__set_max_entries(m, n) : -ENOENT;
+          if (e) {
+            bpf_object__close(obj_);
+            obj_ = nullptr;
+            throw Napi::Error::New(env, Errno("map size of " + name, -e));
+          }
+        }
+      }
     }
     err = bpf_object__load(obj_);
     if (err) {
@@ -339,19 +362,66 @@ class Obj : public Napi::ObjectWrap<Obj> {
     }
     Napi::Env env = s->cb.Env();
     Napi::HandleScope scope(env);
-    std::vector<std::vector<uint8_t>> batch;
-    batch.swap(s->pending);
-    for (auto& rec : batch) {
-      if (!s->owner || s->cb.IsEmpty()) break;  // the callback closed the object
+    Deliver(s, env, true);
+  }
+
+  // Delivers pending records one at a time from the front: a callback that drains the
+  // same ring (drainEvents) continues the same queue, so records keep their ring order.
+  static void Deliver(RingSub* s, Napi::Env env, bool make) {
+    if (s->batch && !s->pending.empty()) {
+      size_t total = 0;
+      for (auto& rec : s->pending) total += 4 + rec.size();
+      auto buf = Napi::Buffer<uint8_t>::New(env, total);
+      uint8_t* p = buf.Data();
+      for (auto& rec : s->pending) {
+        uint32_t n = rec.size();
+        memcpy(p, &n, 4);
+        memcpy(p + 4, rec.data(), n);
+        p += 4 + n;
+      }
+      s->pending.clear();
+      if (!make) {
+        s->cb.Call(env.Global(), {buf});
+        return;
+      }
+      try {
+        s->cb.MakeCallback(env.Global(), {buf});
+      } catch (const Napi::Error& e) {
+        napi_fatal_exception(env, e.Value());
+      }
+      return;
+    }
+    while (!s->pending.empty()) {
+      if (!s->owner || s->cb.IsEmpty()) return;  // the callback closed the object
+      std::vector<uint8_t> rec = std::move(s->pending.front());
+      s->pending.pop_front();
+      auto buf = Napi::Buffer<uint8_t>::Copy(env, rec.data(), rec.size());
+      if (!make) {
+        s->cb.Call(env.Global(), {buf});  // a throw propagates to the JS caller
+        continue;
+      }
       // MakeCallback: runs microtasks after the call, like any libuv-driven callback;
       // a throw becomes process 'uncaughtException' instead of vanishing.
       try {
-        s->cb.MakeCallback(env.Global(), {Napi::Buffer<uint8_t>::Copy(env, rec.data(), rec.size())});
+        s->cb.MakeCallback(env.Global(), {buf});
       } catch (const Napi::Error& e) {
         napi_fatal_exception(env, e.Value());
         return;
       }
     }
+  }
+
+  // drainEvents(mapName): delivers the records already in that ring now, synchronously
+  // (a caller that must see them before bytes that reached it another way).
+  Napi::Value DrainEvents(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    struct bpf_map* m = Map(info, 0);
+    for (RingSub* s : subs_) {
+      if (s->map != m || !s->rb) continue;
+      ring_buffer__consume(s->rb);
+      Deliver(s, env, false);
+    }
+    return env.Undefined();
   }
 
   // onEvents(mapName, cb): a RINGBUF consumer woken by libuv (no polling).
@@ -361,6 +431,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "callback expected");
     RingSub* s = new RingSub();
     s->owner = this;
+    s->map = m;
     s->rb = ring_buffer__new(bpf_map__fd(m), &Obj::OnRecord, s, nullptr);
     if (!s->rb) {
       int e = errno;
@@ -382,6 +453,9 @@ class Obj : public Napi::ObjectWrap<Obj> {
     // do not keep the process alive just for events
     uv_unref(reinterpret_cast<uv_handle_t*>(s->poll));
     s->cb = Napi::Persistent(info[1].As<Napi::Function>());
+    // onEvents(map, cb, true): cb gets every record consumed at once, each as a
+    // little-endian u32 length and its bytes (one call per wake-up, not per record)
+    s->batch = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
     subs_.push_back(s);
     return env.Undefined();
   }
@@ -395,6 +469,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
 Napi::FunctionReference* Obj::ctor = nullptr;
 
 Napi::Value Load(const Napi::CallbackInfo& info) {
+  if (info.Length() > 1) return Obj::ctor->New({info[0], info[1]});
   return Obj::ctor->New({info[0]});
 }
 

@@ -21,6 +21,8 @@ import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
 import { parseServerName } from '../session/statement-names';
 import { waitUntil } from './settle';
 import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
+import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/kernel-feed';
+import type { MirrorRecord } from './kernel-abi';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
 // space only. 'on' throws when it cannot load. config: the running config (reload changes it).
@@ -122,6 +124,54 @@ export class BypassController implements KernelHost {
   ) {
     this.kernel = kernel;
     kernel.onEvent((e) => this.onKernelEvent(e));
+    kernel.onMirrorRecord((r) => this.onMirrorRecord(r));
+  }
+
+  // ---- mirroring: what the verdicts copied for mirrored clients (src/mirror/kernel-feed.ts) ----
+
+  private readonly mirrorFeeds = new WeakMap<ClientConnection, KernelMirrorFeed>();
+  readonly mirrorTotals: KernelMirrorTotals = { records: 0, bytes: 0, resyncs: 0 };
+
+  private mirrorFeed(client: ClientConnection): KernelMirrorFeed {
+    let f = this.mirrorFeeds.get(client);
+    if (!f) this.mirrorFeeds.set(client, (f = new KernelMirrorFeed(() => client.mirrors, this.mirrorTotals)));
+    return f;
+  }
+
+  private onMirrorRecord(r: MirrorRecord): void {
+    const client = this.clients.get(r.conn);
+    if (client && client.mirrors.length) this.mirrorFeed(client).record(r);
+  }
+
+  // The client entered the kernel path: its traffic may be copied there from now on.
+  private mirroredInKernel(client: ClientConnection): void {
+    if (client.mirrors.length) this.mirrorFeed(client);
+  }
+
+  // User space is about to feed the client's mirror sessions bytes it read or wrote: what
+  // the kernel copied before them goes first, and a copy the kernel lost (and could not
+  // yet report with a RESYNC, or lost before handing the client over) is known before
+  // user-space bytes land on a broken stream. One map lookup, for clients that have been
+  // on the kernel path only.
+  beforeMirrorFeed(client: ClientConnection): void {
+    const k = this.kernel;
+    const f = this.mirrorFeeds.get(client);
+    if (!k || !f) return;
+    k.drainMirror();
+    if (f.state === FeedState.Clean && k.mirrorState(client.id)?.lost) f.lose();
+  }
+
+  // The client is idle in user space, nothing in flight either way: a clean boundary of
+  // both streams, where a lost copy starts again (the kernel copies nothing of it now).
+  private resumeMirrorAtIdle(client: ClientConnection): void {
+    const k = this.kernel;
+    const f = this.mirrorFeeds.get(client);
+    if (!k || !f) return;
+    this.beforeMirrorFeed(client);
+    if (f.state !== FeedState.Lost) return;
+    const lost = k.mirrorState(client.id)?.lostXacts ?? 0;
+    k.resumeMirror(client.id);
+    f.resume(lost);
   }
 
   // ---- pools ----
@@ -264,7 +314,7 @@ export class BypassController implements KernelHost {
     const isServer = conn instanceof ServerConnection;
     const id = isServer ? skid(conn) : conn.id;
     if (isServer) k.registerServer(id, fd, kid);
-    else k.registerClient(id, fd, kid);
+    else k.registerClient(id, fd, kid, conn.mirrors.length > 0); // mirrored: the verdicts copy its traffic
     this.mirrorStatements(conn);
     if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0;
@@ -350,7 +400,6 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || client.isAdmin || !isTcp(client)) return false;
-    if (client.mirrors.length) return false; // mirrored: its bytes are copied in user space (docs/mirroring.md)
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || this.refreshes.has(client.id) || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
@@ -363,8 +412,10 @@ export class BypassController implements KernelHost {
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
     const move = this.home(client, kid);
     if (move === false) return false;
+    this.resumeMirrorAtIdle(client);
     if (!k.clientToKernel(client.id, BigInt(client.bytesRead), aboutToWrite, move)) return false; // passed bytes still unread: retried later
     this.kidOf.set(client, kid);
+    this.mirroredInKernel(client);
     client.enteredKernel();
     this.refreshed.delete(client);
     this.counters.clientsToKernel++;
@@ -382,7 +433,6 @@ export class BypassController implements KernelHost {
     const k = this.kernel;
     const pool = client.pool;
     if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
-    if (client.mirrors.length) return false; // mirrored clients stay in user space
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
@@ -406,6 +456,7 @@ export class BypassController implements KernelHost {
     this.kidOf.set(server, kid);
     this.kidOf.set(client, kid);
     server.enteredKernel();
+    this.mirroredInKernel(client);
     t.reset(); // the kernel counts this transaction now
     client.timing.toKernel(); // its wait ends here; its clocks run in the kernel (BIND)
     if (request.length > 1) server.socket.cork(); // one writev, not a write (and a segment) per message
@@ -429,6 +480,7 @@ export class BypassController implements KernelHost {
     t.reset();
     client.timing.toKernel(); // the kernel answers and times these requests
     server.socket.write(data); // (it stays KernelBound: the kernel carries its transaction)
+    this.mirroredInKernel(client);
     this.tryFlipBound(client);
     return true;
   }
@@ -960,6 +1012,9 @@ export class BypassController implements KernelHost {
       for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
       out.fallback_tls_client = this.tlsFallbacks.client;
       out.fallback_tls_server = this.tlsFallbacks.server;
+      out.mirror_records = this.mirrorTotals.records;
+      out.mirror_bytes = this.mirrorTotals.bytes;
+      out.mirror_resyncs = this.mirrorTotals.resyncs;
     }
     return out;
   }
@@ -976,6 +1031,9 @@ export class BypassController implements KernelHost {
       rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],
         ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)],
         ['kernel_statement_rewrites', String(kc.statementRewrites)]);
+      // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
+      rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
+        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Which path serves each pool, and why (bypass: auto decides per pool).
       for (const pool of this.kpools.keys()) {

@@ -75,6 +75,13 @@ export const ENUMS = {
     PGS_STMT_IDX_LIMIT: 67108864,
     PGS_STMT_NO_NAME: 67108864,
   },
+  pgs_mirror_limits: {
+    PGS_MIRROR_RING_BYTES: 4194304,
+    PGS_MIRROR_SMALL: 256,
+    PGS_MIRROR_LARGE: 4096,
+    PGS_MIRROR_CHUNKS: 64,
+  },
+  pgs_mirror_kind: { PGS_MIRROR_REQUEST: 1, PGS_MIRROR_REPLY: 2, PGS_MIRROR_RESYNC: 3 },
   bpf_map_type: { BPF_MAP_TYPE_STACK: 23 },
 } as const;
 
@@ -84,12 +91,14 @@ export const STRUCTS = {
   pgs_stmt_ref: { size: 12, fields: { conn: { offset: 0, size: 4, kind: "u" }, len: { offset: 4, size: 4, kind: "u" }, idx: { offset: 8, size: 4, kind: "u" } } },
   pgs_frame: { size: 12, fields: { remaining: { offset: 0, size: 4, kind: "u" }, cur_type: { offset: 4, size: 1, kind: "u" }, hdr_len: { offset: 5, size: 1, kind: "u" }, hdr: { offset: 6, size: 6, kind: "array" } } },
   bpf_spin_lock: { size: 4, fields: { val: { offset: 0, size: 4, kind: "u" } } },
-  pgs_conn: { size: 96, fields: { word: { offset: 0, size: 8, kind: "u" }, lock: { offset: 8, size: 4, kind: "struct", type: "bpf_spin_lock" }, peer: { offset: 12, size: 4, kind: "u" }, outstanding: { offset: 16, size: 4, kind: "u" }, tail_open: { offset: 20, size: 4, kind: "u" }, flags: { offset: 24, size: 4, kind: "u" }, pool_id: { offset: 28, size: 4, kind: "u" }, role: { offset: 32, size: 4, kind: "u" }, frame: { offset: 36, size: 12, kind: "struct", type: "pgs_frame" }, redirected: { offset: 48, size: 8, kind: "u" }, acked_base: { offset: 56, size: 8, kind: "u" }, xact_start: { offset: 64, size: 8, kind: "u" }, query_start: { offset: 72, size: 8, kind: "u" }, tail_msgs: { offset: 80, size: 4, kind: "u" }, tail_answered: { offset: 84, size: 4, kind: "u" }, applying: { offset: 88, size: 4, kind: "u" }, pad: { offset: 92, size: 4, kind: "u" } } },
+  pgs_conn: { size: 96, fields: { word: { offset: 0, size: 8, kind: "u" }, lock: { offset: 8, size: 4, kind: "struct", type: "bpf_spin_lock" }, peer: { offset: 12, size: 4, kind: "u" }, outstanding: { offset: 16, size: 4, kind: "u" }, tail_open: { offset: 20, size: 4, kind: "u" }, flags: { offset: 24, size: 4, kind: "u" }, pool_id: { offset: 28, size: 4, kind: "u" }, role: { offset: 32, size: 4, kind: "u" }, frame: { offset: 36, size: 12, kind: "struct", type: "pgs_frame" }, redirected: { offset: 48, size: 8, kind: "u" }, acked_base: { offset: 56, size: 8, kind: "u" }, xact_start: { offset: 64, size: 8, kind: "u" }, query_start: { offset: 72, size: 8, kind: "u" }, tail_msgs: { offset: 80, size: 4, kind: "u" }, tail_answered: { offset: 84, size: 4, kind: "u" }, applying: { offset: 88, size: 4, kind: "u" }, mirror: { offset: 92, size: 4, kind: "u" } } },
   pgs_pool: { size: 24, fields: { mode: { offset: 0, size: 4, kind: "u" }, waiters: { offset: 4, size: 4, kind: "u" }, inflight_limit: { offset: 8, size: 8, kind: "u" }, idle_count: { offset: 16, size: 8, kind: "s" } } },
   pgs_pool_stats: { size: 48, fields: { xacts: { offset: 0, size: 8, kind: "u" }, queries: { offset: 8, size: 8, kind: "u" }, client_bytes: { offset: 16, size: 8, kind: "u" }, server_bytes: { offset: 24, size: 8, kind: "u" }, xact_ns: { offset: 32, size: 8, kind: "u" }, query_ns: { offset: 40, size: 8, kind: "u" } } },
   pgs_event: { size: 16, fields: { type: { offset: 0, size: 4, kind: "u" }, a: { offset: 4, size: 4, kind: "u" }, b: { offset: 8, size: 4, kind: "u" }, c: { offset: 12, size: 4, kind: "u" } } },
   pgs_ctl: { size: 120, fields: { op: { offset: 0, size: 4, kind: "u" }, id: { offset: 4, size: 4, kind: "u" }, pool: { offset: 8, size: 4, kind: "u" }, ret: { offset: 12, size: 4, kind: "s" }, expected: { offset: 16, size: 8, kind: "u" }, word: { offset: 24, size: 8, kind: "u" }, peer: { offset: 32, size: 4, kind: "u" }, outstanding: { offset: 36, size: 4, kind: "u" }, tail_open: { offset: 40, size: 4, kind: "u" }, flags: { offset: 44, size: 4, kind: "u" }, role: { offset: 48, size: 4, kind: "u" }, pool_id: { offset: 52, size: 4, kind: "u" }, frame: { offset: 56, size: 12, kind: "struct", type: "pgs_frame" }, redirected: { offset: 72, size: 8, kind: "u" }, written: { offset: 80, size: 8, kind: "u" }, sid: { offset: 88, size: 4, kind: "u" }, out_in: { offset: 92, size: 4, kind: "u" }, tail_in: { offset: 96, size: 4, kind: "u" }, pad_in: { offset: 100, size: 4, kind: "u" }, tail_msgs: { offset: 104, size: 4, kind: "u" }, tail_answered: { offset: 108, size: 4, kind: "u" }, applying: { offset: 112, size: 4, kind: "u" }, pad_out: { offset: 116, size: 4, kind: "u" } } },
   pgs_frame_test: { size: 144, fields: { frame: { offset: 0, size: 12, kind: "struct", type: "pgs_frame" }, role: { offset: 12, size: 4, kind: "u" }, n_sync: { offset: 16, size: 4, kind: "u" }, n_query: { offset: 20, size: 4, kind: "u" }, n_func: { offset: 24, size: 4, kind: "u" }, n_z: { offset: 28, size: 4, kind: "u" }, n_param: { offset: 32, size: 4, kind: "u" }, n_msgs: { offset: 36, size: 4, kind: "u" }, n_term: { offset: 40, size: 4, kind: "u" }, errors: { offset: 44, size: 4, kind: "u" }, last_tail: { offset: 48, size: 4, kind: "u" }, z_status: { offset: 52, size: 64, kind: "array" }, inspect: { offset: 116, size: 4, kind: "u" }, tail_msgs: { offset: 120, size: 4, kind: "u" }, tail_answered: { offset: 124, size: 4, kind: "u" }, n_names: { offset: 128, size: 4, kind: "u" }, name_off: { offset: 132, size: 4, kind: "u" }, name_len: { offset: 136, size: 4, kind: "u" }, pad_names: { offset: 140, size: 4, kind: "u" } } },
+  pgs_mirror_rec: { size: 16, fields: { conn: { offset: 0, size: 4, kind: "u" }, kind: { offset: 4, size: 2, kind: "u" }, len: { offset: 6, size: 2, kind: "u" }, seq: { offset: 8, size: 4, kind: "u" }, lost_xacts: { offset: 12, size: 4, kind: "u" }, data: { offset: 16, size: 0, kind: "array" } } },
+  pgs_mirror_state: { size: 24, fields: { seq_request: { offset: 0, size: 4, kind: "u" }, seq_reply: { offset: 4, size: 4, kind: "u" }, lost: { offset: 8, size: 4, kind: "u" }, lost_xacts: { offset: 12, size: 4, kind: "u" }, lost_records: { offset: 16, size: 8, kind: "u" } } },
 } as const;
 
 /** The BPF maps: map type, max entries, key and value types (C struct name, or u32/u64...). */
@@ -99,6 +108,8 @@ export const MAPS = {
   frame_test: { type: 2, maxEntries: 1, key: "u32", keySize: 4, value: "pgs_frame_test", valueSize: 144 },
   idle: { type: 12, maxEntries: 256, key: "u32", keySize: 4 },
   insp_state: { type: 6, maxEntries: 2, key: "u32", keySize: 4, value: "pgs_insp_slot", valueSize: 120 },
+  mirror_ring: { type: 27, maxEntries: 4194304 },
+  mirror_state: { type: 1, maxEntries: 65536, key: "u32", keySize: 4, value: "pgs_mirror_state", valueSize: 24 },
   pool_stats: { type: 6, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool_stats", valueSize: 48 },
   pools: { type: 2, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool", valueSize: 24 },
   sock_ids: { type: 1, maxEntries: 65536, key: "u64", keySize: 8, value: "u32", valueSize: 4 },

@@ -96,8 +96,9 @@ export function u64(n: bigint): Buffer {
 }
 
 /** struct pgs_conn as user space writes it at registration (lock field left zero). */
-export function encodeConn(c: { role: number; poolId: number; word?: bigint; ackedBase?: bigint }): Buffer {
+export function encodeConn(c: { role: number; poolId: number; word?: bigint; ackedBase?: bigint; mirror?: boolean }): Buffer {
   const b = Buffer.alloc(SIZEOF.conn);
+  b.writeUInt32LE(c.mirror ? 1 : 0, CONN.mirror.offset);
   b.writeBigUInt64LE(c.word ?? 0n, CONN.word.offset);
   b.writeUInt32LE(c.poolId >>> 0, CONN.pool_id.offset);
   b.writeUInt32LE(c.role, CONN.role.offset);
@@ -245,6 +246,58 @@ export interface KernelEventRaw {
   a: number;
   b: number;
   c: number;
+}
+
+// ---- mirroring from the kernel path (ebpf/mirror.h) ----
+
+export const MirrorKind = strip(ENUMS.pgs_mirror_kind, 'PGS_MIRROR_');
+export const MIRROR_RING_BYTES = ENUMS.pgs_mirror_limits.PGS_MIRROR_RING_BYTES;
+const MIRROR_REC = STRUCTS.pgs_mirror_rec.fields;
+const MIRROR_STATE = STRUCTS.pgs_mirror_state.fields;
+
+/** A record of mirror_ring: data is a view of b (the record is the caller's to keep). */
+export interface MirrorRecord {
+  conn: number;
+  kind: number;
+  seq: number;
+  lostXacts: number;
+  data: Buffer;
+}
+
+export function decodeMirrorRecord(b: Buffer): MirrorRecord {
+  const len = b.readUInt16LE(MIRROR_REC.len.offset);
+  const at = MIRROR_REC.data.offset;
+  return {
+    conn: b.readUInt32LE(MIRROR_REC.conn.offset),
+    kind: b.readUInt16LE(MIRROR_REC.kind.offset),
+    seq: b.readUInt32LE(MIRROR_REC.seq.offset),
+    lostXacts: b.readUInt32LE(MIRROR_REC.lost_xacts.offset),
+    data: b.subarray(at, Math.min(b.length, at + len)),
+  };
+}
+
+export interface MirrorState {
+  lost: boolean;
+  lostXacts: number;
+  lostRecords: bigint;
+}
+
+export function decodeMirrorState(b: Buffer): MirrorState {
+  return {
+    lost: b.readUInt32LE(MIRROR_STATE.lost.offset) !== 0,
+    lostXacts: b.readUInt32LE(MIRROR_STATE.lost_xacts.offset),
+    lostRecords: b.readBigUInt64LE(MIRROR_STATE.lost_records.offset),
+  };
+}
+
+export const SIZEOF_MIRROR_STATE = STRUCTS.pgs_mirror_state.size;
+
+/** The state with lost and lost_xacts cleared (user space counted them), seqs kept. */
+export function mirrorStateResumed(b: Buffer): Buffer {
+  const out = Buffer.from(b);
+  out.writeUInt32LE(0, MIRROR_STATE.lost.offset);
+  out.writeUInt32LE(0, MIRROR_STATE.lost_xacts.offset);
+  return out;
 }
 
 export function decodeEvent(b: Buffer): KernelEventRaw {

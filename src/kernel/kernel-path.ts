@@ -92,12 +92,13 @@ interface BpfObject {
   mapInfo(map: string): { fd: number; type: number; keySize: number; valueSize: number; maxEntries: number };
   createInnerMap(outer: string, key: Buffer, type: number, keySize: number, valueSize: number, maxEntries: number): number;
   progTestRun(prog: string, data: Buffer | null, ctx: Buffer | null): { retval: number; dataOut: Buffer | null; ctxOut: Buffer | null; duration: number };
-  onEvents(map: string, cb: (b: Buffer) => void): void;
+  onEvents(map: string, cb: (b: Buffer) => void, batch?: boolean): void;
+  drainEvents(map: string): void;
   close(): void;
 }
 
 interface Addon {
-  load(objPath: string): BpfObject;
+  load(objPath: string, opts?: { mapSizes?: Record<string, number> }): BpfObject;
   socketCookie(fd: number): bigint;
   tcpBytesWritten(fd: number): bigint;
   libbpfVersion(): string;
@@ -146,8 +147,20 @@ interface Reg {
   written: bigint; // TCP bytes written at registration
 }
 
+// The size of the ring the verdicts copy mirrored traffic into (ebpf/mirror.h): a power of
+// two of at least a page; PGSPLICE_MIRROR_RING_BYTES sets another (tests use a tiny one).
+function mirrorRingBytes(): number {
+  const v = process.env.PGSPLICE_MIRROR_RING_BYTES;
+  if (!v) return abi.MIRROR_RING_BYTES;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 4096 || (n & (n - 1)) !== 0)
+    throw new Error(`PGSPLICE_MIRROR_RING_BYTES=${v}: a power of two, at least 4096`);
+  return n;
+}
+
 export class KernelPath {
   private readonly listeners: Array<(e: KernelEvent) => void> = [];
+  private mirrorListener: ((r: abi.MirrorRecord) => void) | null = null;
   private readonly regs = new Map<number, Reg>();
   private readonly stacks = new Set<number>();
   // statement map keys (hex) per conn id, so that unregister removes every entry of it
@@ -160,14 +173,15 @@ export class KernelPath {
   ) {}
 
   /** Load the BPF object and attach the verdict. Throws an Error saying why not. */
-  static open(opts: { objPath?: string } = {}): KernelPath {
+  static open(opts: { objPath?: string; mirrorRingBytes?: number } = {}): KernelPath {
     const addon = loadAddon();
     const objPath = opts.objPath ?? process.env.PGSPLICE_BPF_OBJ ?? findUp(OBJ_REL);
     if (!objPath || !fs.existsSync(objPath))
       throw new Error(`kernel path unavailable: BPF object not built (${OBJ_REL}; run scripts/bootstrap)`);
     let obj: BpfObject;
+    const ring = opts.mirrorRingBytes ?? mirrorRingBytes();
     try {
-      obj = addon.load(objPath);
+      obj = addon.load(objPath, ring === abi.MIRROR_RING_BYTES ? undefined : { mapSizes: { mirror_ring: ring } });
     } catch (e) {
       const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
       const [first, ...log] = (e as Error).message.split('\n');
@@ -185,6 +199,7 @@ export class KernelPath {
     }
     const kp = new KernelPath(addon, obj);
     obj.onEvents('events', (b) => kp.dispatch(b));
+    obj.onEvents('mirror_ring', (b) => kp.mirrorBatch(b), true);
     return kp;
   }
 
@@ -249,7 +264,7 @@ export class KernelPath {
   }
   private readonly waitersSet = new Map<number, boolean>();
 
-  private register(id: number, fd: number, poolId: number, role: number): void {
+  private register(id: number, fd: number, poolId: number, role: number, mirror = false): void {
     this.check();
     this.checkPool(poolId);
     if (!Number.isInteger(id) || id <= 0 || id > 0xffffffff) throw new RangeError(`conn id ${id} must be 1..2^32-1`);
@@ -258,7 +273,7 @@ export class KernelPath {
     const written = this.addon.tcpBytesWritten(fd);
     const ackedBase = role === abi.Role.CLIENT ? written : 0n;
     // state first, socket last: the verdict never sees a socket without its state
-    this.obj.mapUpdate('conns', abi.u32(id), abi.encodeConn({ role, poolId, ackedBase }));
+    this.obj.mapUpdate('conns', abi.u32(id), abi.encodeConn({ role, poolId, ackedBase, mirror }));
     this.obj.mapUpdate('sock_ids', abi.u64(cookie), abi.u32(id));
     try {
       this.obj.mapUpdate('socks', abi.u32(id), abi.u32(fd));
@@ -272,8 +287,63 @@ export class KernelPath {
 
   /** Mode USER, counters 0. Drain the socket (read to EAGAIN) before: bytes already
    * queued when a socket is inserted are not seen by the verdict. */
-  registerClient(id: number, fd: number, poolId: number): void {
-    this.register(id, fd, poolId, abi.Role.CLIENT);
+  registerClient(id: number, fd: number, poolId: number, mirror = false): void {
+    // mirror state first: a verdict that sees conn.mirror finds it (ebpf/mirror.h)
+    if (mirror) this.obj.mapUpdate('mirror_state', abi.u32(id), Buffer.alloc(abi.SIZEOF_MIRROR_STATE));
+    try {
+      this.register(id, fd, poolId, abi.Role.CLIENT, mirror);
+    } catch (e) {
+      if (mirror) this.obj.mapDelete('mirror_state', abi.u32(id));
+      throw e;
+    }
+  }
+
+  // ---- mirroring (ebpf/mirror.h, docs/mirroring.md) ----
+
+  /** Records the verdicts copied for mirrored clients, in ring order. */
+  onMirrorRecord(cb: (r: abi.MirrorRecord) => void): void {
+    this.mirrorListener = cb;
+  }
+
+  /** Delivers the records already in the ring now (before bytes that reached user space
+   * another way, which they precede). */
+  drainMirror(): void {
+    if (!this.closed && !this.deliveringMirror) this.obj.drainEvents('mirror_ring');
+  }
+
+  // A batch of ring records (u32 length + record each), delivered in order; a drain from
+  // inside would deliver later records before the rest of this batch, so it waits.
+  private deliveringMirror = false;
+  private mirrorBatch(b: Buffer): void {
+    const cb = this.mirrorListener;
+    if (!cb) return;
+    this.deliveringMirror = true;
+    try {
+      for (let at = 0; at + 4 <= b.length; ) {
+        const n = b.readUInt32LE(at);
+        cb(abi.decodeMirrorRecord(b.subarray(at + 4, at + 4 + n)));
+        at += 4 + n;
+      }
+    } finally {
+      this.deliveringMirror = false;
+    }
+  }
+
+  /** A mirrored client's copy state: lost = the kernel stopped copying it after a record
+   * did not fit, until a transaction of it ends in the kernel. */
+  mirrorState(id: number): abi.MirrorState | null {
+    if (this.closed) return null;
+    const b = this.obj.mapLookup('mirror_state', abi.u32(id));
+    return b ? abi.decodeMirrorState(b) : null;
+  }
+
+  /** User space found a clean boundary itself (the client idle in user space, where no
+   * verdict copies it): the kernel copies it again from the next transaction. */
+  resumeMirror(id: number): void {
+    if (this.closed || !this.regs.has(id)) return;
+    const b = this.obj.mapLookup('mirror_state', abi.u32(id));
+    if (!b) return;
+    this.obj.mapUpdate('mirror_state', abi.u32(id), abi.mirrorStateResumed(b));
   }
 
   registerServer(id: number, fd: number, poolId: number): void {
@@ -288,6 +358,7 @@ export class KernelPath {
     this.obj.mapDelete('socks', abi.u32(id));
     if (reg) this.obj.mapDelete('sock_ids', abi.u64(reg.cookie));
     this.obj.mapDelete('conns', abi.u32(id));
+    this.obj.mapDelete('mirror_state', abi.u32(id));
     this.regs.delete(id);
     for (const [hex, map] of this.stmtKeys.get(id) ?? []) this.obj.mapDelete(map, Buffer.from(hex, 'hex'));
     this.stmtKeys.delete(id);

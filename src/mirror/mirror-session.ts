@@ -110,6 +110,7 @@ export class MirrorSession implements ServerPeer {
   // The client's settings when its current transaction began: what a setup before it applies.
   private startSettings: Map<string, string> | null = null;
   private stopped = false;
+  private lost = false; // the kernel's copy of the client's streams has a hole (kernel-feed.ts)
   private closing = false; // the client left: finish what was sent, then close
   // The client's named statements as of its last finished transaction: the Parse that
   // made each (sent again after a resync); and as of now, for the statement texts.
@@ -128,7 +129,7 @@ export class MirrorSession implements ServerPeer {
 
   // Bytes the client sent, in order, as they reached the proxy.
   clientBytes(chunk: Buffer): void {
-    if (this.stopped) return;
+    if (this.stopped || this.lost) return;
     this.requests.push(chunk);
     for (let m = this.requests.next(); m; m = this.requests.next()) this.onRequest(m.type, m.body);
   }
@@ -215,7 +216,7 @@ export class MirrorSession implements ServerPeer {
 
   // What the client was sent (the primary's answers, and the proxy's own), in order.
   primaryBytes(chunk: Buffer): void {
-    if (this.stopped) return;
+    if (this.stopped || this.lost) return;
     this.answers.push(chunk);
     for (let m = this.answers.next(); m; m = this.answers.next()) {
       const out = this.primaryOutcome.onMessage(m.type, m.body);
@@ -239,6 +240,28 @@ export class MirrorSession implements ServerPeer {
     this.gap = false;
     this.queue.push(txn);
     this.pump();
+  }
+
+  // Bytes of the client's streams did not reach the proxy (the kernel path's ring was
+  // full): what it gathered of its open transaction is dropped, and nothing is taken until
+  // both streams are at a transaction boundary again (streamResumed).
+  streamLost(): void {
+    if (this.stopped || this.lost) return;
+    this.lost = true;
+    this.freeGathered();
+    this.startSettings = null;
+  }
+
+  // Both streams start clean after a transaction boundary; `transactions` ended meanwhile,
+  // none of them mirrored. The mirror session is set up again before the next one.
+  streamResumed(transactions: number): void {
+    if (this.stopped || !this.lost) return;
+    this.lost = false;
+    this.requests.takeRest();
+    this.answers.takeRest();
+    this.primaryOutcome.reset();
+    this.mirror.dropped += BigInt(transactions);
+    this.gap = true;
   }
 
   // ---- the mirror's side ----

@@ -84,6 +84,8 @@ export interface ClientKernel {
   reclaimBound(client: ClientConnection): boolean;
   // Settings the client changed in the kernel still being read back (its next server waits), or null.
   settingsLearned(client: ClientConnection): Promise<void> | null;
+  // Before user space feeds the client's mirror sessions: what the kernel copied first.
+  beforeMirrorFeed(client: ClientConnection): void;
 }
 
 let nextClientId = 1;
@@ -143,7 +145,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   private boundServer: ServerConnection | null = null; // set only by boundInKernel
   // Transaction mode: renames statements and watches session state (null in session mode).
   rewriter: RequestRewriter | null = null;
-  // Its copies toward mirrors (docs/mirroring.md); a mirrored client stays on the user-space path.
+  // Its copies toward mirrors (docs/mirroring.md); on the kernel path the verdicts copy its
+  // traffic and BypassController feeds them (src/mirror/kernel-feed.ts).
   mirrors: MirrorSession[] = [];
   // What a mirror connection of this client is opened with: its startup settings, application_name.
   get mirrorStartup(): Record<string, string> {
@@ -553,7 +556,10 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       this.host.kernel.leftKernel(this);
       if (this.heldInput.keep(chunk)) return; // a hand-over is settling (holdInput)
     }
-    for (const m of this.mirrors) m.clientBytes(chunk); // copied; the mirror is never waited for
+    if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
+      for (const m of this.mirrors) m.clientBytes(chunk); // copied; the mirror is never waited for
+    }
     let cut = -1;
     const rw = this.rewriter;
     const units: RequestUnit[] = [];
@@ -826,6 +832,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     this.sendError({ severity: 'ERROR', ...f });
     if (!this.socket.destroyed) this.socket.write(readyForQuery('I'));
     if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
       const answer = Buffer.concat([errorResponse({ severity: 'ERROR', ...f }), readyForQuery('I')]);
       for (const m of this.mirrors) m.primaryBytes(answer);
     }
@@ -873,7 +880,10 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   }
 
   onServerData(chunk: Buffer, server: ServerConnection): void {
-    for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
+    if (this.mirrors.length) {
+      this.host.kernel.beforeMirrorFeed(this);
+      for (const m of this.mirrors) m.primaryBytes(chunk); // what the mirror's answers are compared with
+    }
     this.lastActivity = Date.now();
     this.stats.bytesOut += chunk.length;
     if (this.socket.destroyed) return;
@@ -999,6 +1009,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
 
   close(reason: string, quiet = false): void {
     if (this.state === ClientState.Closed) return;
+    // what the kernel copied of its last transactions reaches the sessions before they end
+    if (this.mirrors.length) this.host.kernel.beforeMirrorFeed(this);
     const wasLoggedIn = this.state !== ClientState.Startup && this.state !== ClientState.Auth && this.state !== ClientState.AuthLookup;
     const wasWaiting = this.state === ClientState.Waiting;
     this.move(ClientState.Closed);

@@ -130,6 +130,7 @@ export class UserSpaceOnly implements KernelHost {
   closeIdle: KernelHost['closeIdle'] = nothing;
   offerClient: KernelHost['offerClient'] = no;
   leftKernel: KernelHost['leftKernel'] = nothing;
+  beforeMirrorFeed: KernelHost['beforeMirrorFeed'] = nothing;
   bindInKernel: KernelHost['bindInKernel'] = no;
   readonly bindsRequests = false;
   feedKernelBound: KernelHost['feedKernelBound'] = no;

@@ -24,6 +24,8 @@ export interface ProxyOptions {
   killSignal?: NodeJS.Signals;
   // The program to run instead of node dist/src/cli.js (an installed `pgsplice` binary).
   command?: string;
+  // Added to the proxy's environment.
+  env?: Record<string, string>;
 }
 
 export interface ExitStatus {
@@ -92,9 +94,10 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
   const configFile = writeConfig(config, dir);
   const args = ['--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
+  const env = opts.env ? { ...process.env, ...opts.env } : process.env;
   const proc = opts.command
-    ? spawn(opts.command, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn(opts.command, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
+    : spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
   let log = '';
   let exit: ExitStatus | undefined;
   const waiters = new Set<() => void>();

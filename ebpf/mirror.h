@@ -1,0 +1,130 @@
+/* Mirroring from the kernel path (docs/mirroring.md): the verdicts copy what they redirect
+ * for a mirrored client (pgs_conn.mirror) into mirror_ring, which user space drains into
+ * the same mirror sessions that user-space traffic feeds. The copy is the bytes, not a
+ * summary: the divergence report needs the primary's command tags, SQLSTATEs and, with
+ * compare: rows, its rows, which only a full parse of the replies gives.
+ *
+ * A record is a chunk of one skb. A reservation's size must be a constant, so a chunk
+ * takes a small record when what is left of the skb fits one and large ones otherwise.
+ * When the ring has no room, the client's copy is lost: nothing more of it is written
+ * until one of its transactions ends in the kernel (its server released), where a RESYNC
+ * record tells user space that both streams start clean after it; user space drops the
+ * transactions in between whole and counts them. */
+#ifndef PGS_MIRROR_H
+#define PGS_MIRROR_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PGS_MIRROR_RING_BYTES);
+} mirror_ring SEC(".maps");
+
+/* client id -> struct pgs_mirror_state, for mirrored clients only */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PGS_MAX_CONNS);
+	__type(key, __u32);
+	__type(value, struct pgs_mirror_state);
+} mirror_state SEC(".maps");
+
+#define PGS_MIRROR_HDR ((__u32)sizeof(struct pgs_mirror_rec))
+
+struct pgs_mirror_ctx {
+	struct __sk_buff *skb;
+	struct pgs_mirror_state *st;
+	__u32 conn;
+	__u32 kind;
+	__u32 off;
+	__u32 len;
+	__u32 failed;
+};
+
+/* One record: the next chunk of the skb. */
+static long pgs_mirror_chunk(__u32 i, void *ctx)
+{
+	struct pgs_mirror_ctx *m = ctx;
+	struct pgs_mirror_rec *r;
+	__u32 left, n;
+
+	if (m->off >= m->len)
+		return 1;
+	left = m->len - m->off;
+	if (left <= PGS_MIRROR_SMALL - PGS_MIRROR_HDR) {
+		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+		n = left;
+	} else {
+		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_LARGE, 0);
+		n = left < PGS_MIRROR_LARGE - PGS_MIRROR_HDR ? left : PGS_MIRROR_LARGE - PGS_MIRROR_HDR;
+	}
+	if (!r) {
+		m->failed = 1;
+		return 1;
+	}
+	/* n is 1..LARGE-HDR; said so the verifier sees it */
+	if (n < 1 || n > PGS_MIRROR_LARGE - PGS_MIRROR_HDR ||
+	    bpf_skb_load_bytes(m->skb, m->off, r->data, n)) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		m->failed = 1;
+		return 1;
+	}
+	r->conn = m->conn;
+	r->kind = m->kind;
+	r->len = n;
+	r->lost_xacts = 0;
+	if (m->kind == PGS_MIRROR_REQUEST)
+		r->seq = __sync_fetch_and_add(&m->st->seq_request, 1);
+	else
+		r->seq = __sync_fetch_and_add(&m->st->seq_reply, 1);
+	bpf_ringbuf_submit(r, 0);
+	m->off += n;
+	return 0;
+}
+
+/* Copies the skb the verdict is about to redirect for mirrored client conn (kind REQUEST
+ * from its own verdict, REPLY from its server's). ended: this skb ended a transaction and
+ * released the server, the point where a lost copy starts again. Global, so that the
+ * verifier checks it once, not once per caller state. */
+__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 ended)
+{
+	struct pgs_mirror_ctx m = {};
+	struct pgs_mirror_state *st;
+	struct pgs_mirror_rec *r;
+
+	if (!skb)
+		return 0;
+	st = bpf_map_lookup_elem(&mirror_state, &conn);
+	if (!st)
+		return 0;
+	if (!*(volatile __u32 *)&st->lost) {
+		m.skb = skb;
+		m.st = st;
+		m.conn = conn;
+		m.kind = kind;
+		m.len = skb->len;
+		if (m.len > PGS_MIRROR_CHUNKS * (PGS_MIRROR_LARGE - PGS_MIRROR_HDR))
+			m.failed = 1;
+		else
+			bpf_loop(PGS_MIRROR_CHUNKS, pgs_mirror_chunk, &m, 0);
+		if (!m.failed)
+			goto end;
+		st->lost = 1;
+	}
+	__sync_fetch_and_add(&st->lost_records, 1);
+end:
+	if (!ended || !*(volatile __u32 *)&st->lost)
+		return 0;
+	/* a transaction ended while lost: start again after it, if the ring has room */
+	__sync_fetch_and_add(&st->lost_xacts, 1);
+	r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+	if (!r)
+		return 0;
+	r->conn = conn;
+	r->kind = PGS_MIRROR_RESYNC;
+	r->len = 0;
+	r->seq = 0;
+	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
+	st->lost = 0;
+	bpf_ringbuf_submit(r, 0);
+	return 0;
+}
+
+#endif
