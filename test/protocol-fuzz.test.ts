@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
+import { startCluster, proxyConfig, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
 import { runFuzz, FuzzTarget, listening } from './helpers/fuzz';
 import { login, simpleQuery } from './helpers/pgwire';
 
@@ -43,8 +43,7 @@ t.test('protocol fuzz', async (t) => {
   const c = await startCluster(t);
   c.sql('CREATE TABLE fuzz_t (v int)');
   c.sql('GRANT ALL ON fuzz_t TO app');
-  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
-  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
+  await pgbenchInit(t, c);
 
   for (const bypass of BYPASS_MODES) {
     t.test(`mutated sessions against the proxy while pgbench runs [bypass=${bypass}]`, async (t) => {
