@@ -4,7 +4,7 @@
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, pgbenchInit, poolingDatabases, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
+import { startCluster, pgbenchInit, poolingConfig, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
 
 // pgbench's summary: processed and failed transaction counts.
 function pgbenchCounts(out: string): { processed: number; failed: number } {
@@ -22,15 +22,7 @@ t.test('pgbench through the proxy', async (t) => {
   c.sql('GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO bench');
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 8,
-      max_client_conn: 300,
-      query_wait_timeout: 30,
-      databases: poolingDatabases(c),
-      users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } },
-    });
+    const cfg = await poolingConfig(c, bypass, { users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } } });
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {

@@ -30,23 +30,8 @@ t.test('prepared statements in transaction mode', async (t) => {
   await pgbenchInit(t, c);
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 2,
-      max_client_conn: 200,
-      max_prepared_statements: 200,
-      databases: poolingDatabases(c, ['app', 'app_one']),
-      users: { app: { password: 'app-pw' } },
-    });
-    const cfgSmall = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 1,
-      max_prepared_statements: 3,
-      databases: poolingDatabases(c, ['app']),
-      users: { app: { password: 'app-pw' } },
-    });
+    const cfg = await proxyConfig(c, { bypass, default_pool_size: 2, max_client_conn: 200, max_prepared_statements: 200, databases: poolingDatabases(c, ['app', 'app_one']) });
+    const cfgSmall = await proxyConfig(c, { bypass, default_pool_size: 1, max_prepared_statements: 3 });
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {

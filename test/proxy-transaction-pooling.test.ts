@@ -8,8 +8,8 @@ import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import {
-  startCluster, proxyConfig, pgClient, psqlVia, run, libpqEnv, pythonWithPsycopg2, FIXTURES,
-  waitUntil, withTimeout, sleep, Cluster, backendCount, poolingDatabases,
+  startCluster, pgClient, psqlVia, run, libpqEnv, pythonWithPsycopg2, FIXTURES,
+  waitUntil, withTimeout, sleep, Cluster, backendCount, poolingConfig,
 } from './helpers/cluster';
 import { checkJdbcRun, haveJdbc, runJdbcClient } from './helpers/jdbc';
 import { login, extendedQuery, query, summarize, Msg, simpleQuery, parse, bind, execute, sync, copyData, copyFail, copyDone, parseFields } from './helpers/pgwire';
@@ -27,14 +27,7 @@ t.test('transaction pooling with real clients', async (t) => {
          CREATE TABLE jdbc_items (v text); ALTER TABLE jdbc_items OWNER TO app;`);
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 8,
-      max_client_conn: 300,
-      query_wait_timeout: 30,
-      databases: poolingDatabases(c),
-    });
+    const cfg = await poolingConfig(c, bypass);
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {

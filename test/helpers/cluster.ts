@@ -63,6 +63,12 @@ export function poolingDatabases(c: Cluster, names: Array<'app' | 'app_one' | 'a
   return Object.fromEntries(names.map((n) => [n, all[n]]));
 }
 
+// The proxy config of the pooling tests with real clients: the three databases above, a
+// pool of 8 per database, room for 300 clients, 30 s of query_wait_timeout.
+export async function poolingConfig(c: Cluster, bypass: string, overrides: Record<string, unknown> = {}): Promise<Record<string, any>> {
+  return proxyConfig(c, { bypass, default_pool_size: 8, max_client_conn: 300, query_wait_timeout: 30, databases: poolingDatabases(c), ...overrides });
+}
+
 // pgbench's tables (scale 1) in the app database, created directly (not through the proxy).
 export async function pgbenchInit(t: Test, c: Cluster): Promise<void> {
   const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', c.user, c.db], { timeoutMs: 60000 });
