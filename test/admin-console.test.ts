@@ -10,28 +10,14 @@ import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, configText, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, run, libpqEnv, waitUntil, sleep, Cluster } from './helpers/cluster';
+import { adminRows as consoleRows, Row } from './helpers/kernel';
 import { login, extendedQuery, simpleQuery, summarize, RawConn, startupMessage, query } from './helpers/pgwire';
 
 const ADMIN = { user: 'admin', password: 'admin-pw' };
 const STATS = { user: 'watcher', password: 'watcher-pw' };
 
-type Row = Record<string, string>;
-
-// psql against the console; returns the rows as objects keyed by column name.
-async function adminRows(proxy: ProxyHandle, sql: string, who = ADMIN): Promise<Row[]> {
-  const r = await run('psql', ['-X', '-q', '-A', '-F', '|', '-P', 'footer=off', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
-    env: libpqEnv(proxy, 'pgsplice', who.user, who.password),
-    timeoutMs: 30000,
-  });
-  if (r.code !== 0) throw new Error(`psql ${sql} failed (${r.code}): ${r.stderr.trim()}`);
-  const lines = r.stdout.split('\n').filter((l) => l !== '');
-  if (lines.length === 0) return [];
-  const cols = lines[0].split('|');
-  return lines.slice(1).map((l) => {
-    const cells = l.split('|');
-    return Object.fromEntries(cols.map((c, i) => [c, cells[i] ?? '']));
-  });
-}
+// psql against the console as this file's admin (or another user): rows keyed by column name.
+const adminRows = (proxy: ProxyHandle, sql: string, who = ADMIN): Promise<Row[]> => consoleRows(proxy, sql, 30000, who);
 
 // psql -At against the console; resolves with {code, stdout, stderr}.
 function adminRun(proxy: ProxyHandle, sql: string, who = ADMIN) {

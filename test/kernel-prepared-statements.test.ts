@@ -10,11 +10,10 @@
 // direct PostgreSQL message by message; with bypass on, the kernel's own counters say
 // how much it carried.
 import t from 'tap';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Client } from 'pg';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, run, libpqEnv, withTimeout, Cluster, JDBC_JAR, FIXTURES } from './helpers/cluster';
+import { startCluster, run, libpqEnv, withTimeout, Cluster } from './helpers/cluster';
+import { checkJdbcRun, haveJdbc, runJdbcClient } from './helpers/jdbc';
 import { KERNEL_TEST_MODES, kernelConfig, statsLine, num, pgbenchCounts, recordFailure, logExcerpt } from './helpers/kernel';
 import { login, parse, bind, execute, sync, message, describePortal, summarize, simpleQuery, Session } from './helpers/pgwire';
 
@@ -229,22 +228,12 @@ t.test('named prepared statements on the kernel path', async (t) => {
       t.ok(d('kernel_statement_rewrites') >= 160, 'most named executions renamed by the verdict');
     });
 
-    t.test(`JDBC with prepareThreshold=1 ${B}`, { skip: fs.existsSync(JDBC_JAR) ? false : 'no JDBC driver' }, async (t) => {
+    t.test(`JDBC with prepareThreshold=1 ${B}`, { skip: haveJdbc() ? false : 'no JDBC driver' }, async (t) => {
       const cfg = await kernelConfig(c, bypass, { default_pool_size: 2, min_pool_size: 2, query_wait_timeout: 30 });
       const proxy = await startProxy(t, cfg, { logLevel: 'info' });
       const before = await counters(proxy);
-      const runs = await Promise.all([0, 1, 2].map((i) =>
-        run('java', ['-cp', JDBC_JAR, path.join(FIXTURES, 'JdbcClient.java'), proxy.host, String(proxy.port), 'app', 'app-pw', 'app', 'kps_jdbc', '1', `k${i}-`], { timeoutMs: 90000 })));
-      for (const [i, r] of runs.entries()) {
-        t.equal(r.code, 0, `JDBC client ${i} exits 0 (${r.stderr.slice(-1500)})`);
-        const kv = Object.fromEntries(r.stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-        t.equal(kv.sum, String(2 * 210), `client ${i}: 20 executions of a named statement`);
-        t.equal(kv.batch, '50', `client ${i}: batch insert`);
-        t.equal(kv.error, '22012', `client ${i}: error inside a transaction`);
-        t.equal(kv.aborted, '25P02', `client ${i}: then the transaction is aborted`);
-        t.equal(kv.count, '50', `client ${i}: its own rows, commit kept, rollback dropped`);
-        t.equal(kv.done, 'ok');
-      }
+      const runs = await Promise.all([0, 1, 2].map((i) => runJdbcClient(proxy, { db: 'app', table: 'kps_jdbc', prepareThreshold: '1', rowPrefix: `k${i}-`, timeoutMs: 90000 })));
+      for (const [i, r] of runs.entries()) checkJdbcRun(t, r, `client ${i}: `);
       c.sql('TRUNCATE kps_jdbc');
       if (bypass !== 'on') return;
       const after = await counters(proxy);

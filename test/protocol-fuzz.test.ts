@@ -12,8 +12,9 @@ import * as fs from 'node:fs';
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
+import { startCluster, proxyConfig, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
 import { runFuzz, FuzzTarget, listening } from './helpers/fuzz';
+import { pgbenchCounts, rssKb } from './helpers/kernel';
 import { login, simpleQuery } from './helpers/pgwire';
 
 const SECONDS = Number(process.env.PGSPLICE_FUZZ_SECONDS ?? 20);
@@ -33,18 +34,12 @@ t.setTimeout(Math.max(420, BYPASS_MODES.length * (SECONDS + 90)) * 1000);
 t.comment(`fuzz seed ${SEED} (replay: PGSPLICE_FUZZ_SEED=${SEED}${ONLY_CASE !== undefined ? ` PGSPLICE_FUZZ_CASE=${ONLY_CASE}` : ''}), ${SECONDS} s per mode, ${WORKERS} workers`);
 
 const fdCount = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length;
-const rssKb = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
-const pgbenchCounts = (out: string) => ({
-  processed: Number(/number of transactions actually processed: (\d+)/.exec(out)?.[1] ?? -1),
-  failed: Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0),
-});
 
 t.test('protocol fuzz', async (t) => {
   const c = await startCluster(t);
   c.sql('CREATE TABLE fuzz_t (v int)');
   c.sql('GRANT ALL ON fuzz_t TO app');
-  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
-  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
+  await pgbenchInit(t, c);
 
   for (const bypass of BYPASS_MODES) {
     t.test(`mutated sessions against the proxy while pgbench runs [bypass=${bypass}]`, async (t) => {

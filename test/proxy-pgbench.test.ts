@@ -4,7 +4,7 @@
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
+import { startCluster, pgbenchInit, poolingConfig, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
 
 // pgbench's summary: processed and failed transaction counts.
 function pgbenchCounts(out: string): { processed: number; failed: number } {
@@ -18,24 +18,11 @@ t.test('pgbench through the proxy', async (t) => {
   // A role of its own for the 64-client run, so its server connections can be counted apart.
   c.sql(`CREATE ROLE bench LOGIN PASSWORD 'bench-pw'`);
   // pgbench tables, created directly (not through the proxy).
-  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
-  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
+  await pgbenchInit(t, c);
   c.sql('GRANT ALL ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO bench');
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 8,
-      max_client_conn: 300,
-      query_wait_timeout: 30,
-      databases: {
-        app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' },
-        app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
-        app_session: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_mode: 'session' },
-      },
-      users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } },
-    });
+    const cfg = await poolingConfig(c, bypass, { users: { app: { password: 'app-pw' }, bench: { password: 'bench-pw' } } });
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {

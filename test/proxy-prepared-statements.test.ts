@@ -2,16 +2,14 @@
 // clients: pgbench -M prepared, JDBC past its prepareThreshold, node-postgres named
 // queries, names reused with other SQL, the LRU bound, and each error as PostgreSQL sends it.
 import t from 'tap';
-import * as path from 'node:path';
-import * as fs from 'node:fs';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, run, libpqEnv, JDBC_JAR } from './helpers/cluster';
+import { startCluster, proxyConfig, pgbenchInit, poolingDatabases, run, libpqEnv } from './helpers/cluster';
+import { checkJdbcRun, haveJdbc, runJdbcClient } from './helpers/jdbc';
 import { pgbenchCounts } from './helpers/kernel';
 import { login, parse, bind, execute, sync, message, describePortal, summarize, simpleQuery, Session } from './helpers/pgwire';
 
-const FIXTURES = path.join(__dirname, 'fixtures');
 
 
 const cstr = (s: string): Buffer => Buffer.from(`${s}\0`);
@@ -29,30 +27,11 @@ t.test('prepared statements in transaction mode', async (t) => {
   c.sql(`CREATE TABLE ps_items (id int PRIMARY KEY, v text); ALTER TABLE ps_items OWNER TO app;
          INSERT INTO ps_items SELECT g, 'v' || g FROM generate_series(1, 100) g;
          CREATE TABLE jdbc_items (v text); ALTER TABLE jdbc_items OWNER TO app;`);
-  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', 'app', 'app'], { timeoutMs: 60000 });
-  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
+  await pgbenchInit(t, c);
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 2,
-      max_client_conn: 200,
-      max_prepared_statements: 200,
-      databases: {
-        app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' },
-        app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
-      },
-      users: { app: { password: 'app-pw' } },
-    });
-    const cfgSmall = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 1,
-      max_prepared_statements: 3,
-      databases: { app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' } },
-      users: { app: { password: 'app-pw' } },
-    });
+    const cfg = await proxyConfig(c, { bypass, default_pool_size: 2, max_client_conn: 200, max_prepared_statements: 200, databases: poolingDatabases(c, ['app', 'app_one']) });
+    const cfgSmall = await proxyConfig(c, { bypass, default_pool_size: 1, max_prepared_statements: 3 });
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {
@@ -73,19 +52,9 @@ t.test('prepared statements in transaction mode', async (t) => {
       t.equal(pgbenchCounts(s.stdout).processed, 4800, 'select-only: every transaction done');
     });
 
-    t.test(`JDBC with the default prepareThreshold, 4 clients at once on 2 servers ${B}`, { skip: fs.existsSync(JDBC_JAR) ? false : 'no JDBC driver' }, async (t) => {
-      const runs = await Promise.all([0, 1, 2, 3].map((i) =>
-        run('java', ['-cp', JDBC_JAR, path.join(FIXTURES, 'JdbcClient.java'), proxy.host, String(proxy.port), 'app', 'app-pw', 'app', 'jdbc_items', '5', `p${i}-`], { timeoutMs: 60000 })));
-      for (const [i, r] of runs.entries()) {
-        t.equal(r.code, 0, `JDBC client ${i} exits 0 (${r.stderr.slice(-1500)})`);
-        const kv = Object.fromEntries(r.stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-        t.equal(kv.sum, String(2 * 210), `client ${i}: prepared statement results (20 runs, named after 5)`);
-        t.equal(kv.batch, '50', `client ${i}: batch insert`);
-        t.equal(kv.error, '22012', `client ${i}: error inside a transaction`);
-        t.equal(kv.aborted, '25P02', `client ${i}: then the transaction is aborted`);
-        t.equal(kv.count, '50', `client ${i}: its own rows, commit kept, rollback dropped`);
-        t.equal(kv.done, 'ok');
-      }
+    t.test(`JDBC with the default prepareThreshold, 4 clients at once on 2 servers ${B}`, { skip: haveJdbc() ? false : 'no JDBC driver' }, async (t) => {
+      const runs = await Promise.all([0, 1, 2, 3].map((i) => runJdbcClient(proxy, { db: 'app', table: 'jdbc_items', prepareThreshold: '5', rowPrefix: `p${i}-` })));
+      for (const [i, r] of runs.entries()) checkJdbcRun(t, r, `client ${i}: `);
       c.sql('TRUNCATE jdbc_items');
     });
 

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy } from './helpers/proxy';
+import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, psqlVia, run, libpqEnv, freePort } from './helpers/cluster';
 import { login, md5Hash, scramVerifier, PgError, simpleQuery, RawConn, sslRequest, gssencRequest, startupMessage, parseFields } from './helpers/pgwire';
 
@@ -18,9 +18,13 @@ t.test('startup and authentication', async (t) => {
   // A second role for stored-hash tests; the proxy logs in to PostgreSQL as "app"
   // through a database entry with a fixed user (the stored hash cannot log in upstream).
   for (const bypass of BYPASS_MODES) {
+    // The subtests that need nothing but the default config (scram-sha-256) share one proxy
+    // per mode, started by the first of them (a start with bypass: on costs ~2 s of CPU).
+    let shared: Promise<ProxyHandle> | undefined;
+    const defaultProxy = async () => (shared ??= proxyConfig(c, { bypass }).then((cfg) => startProxy(t, cfg)));
     for (const auth of ['scram-sha-256', 'md5', 'plain', 'trust'] as const) {
       t.test(`auth_type ${auth}: psql, pg and raw clients log in [bypass=${bypass}]`, async (t) => {
-        const proxy = await startProxy(t, await proxyConfig(c, { auth_type: auth, bypass }));
+        const proxy = auth === 'scram-sha-256' ? await defaultProxy() : await startProxy(t, await proxyConfig(c, { auth_type: auth, bypass }));
         const pg = await pgClient(t, proxy);
         const r = await pg.query('SELECT current_user AS u, current_database() AS d, 1 + 1 AS two');
         t.same(r.rows, [{ u: 'app', d: 'app', two: 2 }], 'pg client runs a query as app on app');
@@ -75,7 +79,7 @@ t.test('startup and authentication', async (t) => {
     });
 
     t.test(`unknown database and unknown user [bypass=${bypass}]`, async (t) => {
-      const proxy = await startProxy(t, await proxyConfig(c, { bypass }));
+      const proxy = await defaultProxy();
       const e1 = await pgConnectError(proxy, { database: 'no_such_db' });
       t.equal(e1.code, '3D000', `unknown database -> 3D000 (${e1.message})`);
       t.match(e1.message, /no_such_db/, 'the message names the database');
@@ -95,7 +99,7 @@ t.test('startup and authentication', async (t) => {
     });
 
     t.test(`SSLRequest and GSSENCRequest answered N, then plain login [bypass=${bypass}]`, async (t) => {
-      const proxy = await startProxy(t, await proxyConfig(c, { bypass }));
+      const proxy = await defaultProxy();
       const s1 = await login(proxy.port, { user: 'app', password: 'app-pw', sslFirst: true });
       t.same((await simpleQuery(s1.conn, 'SELECT 1')).rows, [['1']], 'login after SSLRequest works');
       s1.conn.destroy();
@@ -125,7 +129,7 @@ t.test('startup and authentication', async (t) => {
     });
 
     t.test(`parameters reported after login [bypass=${bypass}]`, async (t) => {
-      const proxy = await startProxy(t, await proxyConfig(c, { bypass }));
+      const proxy = await defaultProxy();
       const s = await login(proxy.port, { user: 'app', password: 'app-pw', params: { application_name: 'param-check' } });
       for (const k of ['server_version', 'client_encoding', 'DateStyle', 'TimeZone', 'integer_datetimes', 'standard_conforming_strings', 'application_name', 'server_encoding', 'IntervalStyle', 'is_superuser', 'session_authorization']) {
         t.ok(s.params.has(k), `ParameterStatus ${k} = ${s.params.get(k)}`);

@@ -8,9 +8,10 @@ import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import {
-  startCluster, proxyConfig, pgClient, psqlVia, run, libpqEnv, pythonWithPsycopg2, FIXTURES, JDBC_JAR,
-  waitUntil, withTimeout, sleep, Cluster, backendCount,
+  startCluster, pgClient, psqlVia, run, libpqEnv, pythonWithPsycopg2, FIXTURES,
+  waitUntil, withTimeout, sleep, Cluster, backendCount, poolingConfig,
 } from './helpers/cluster';
+import { checkJdbcRun, haveJdbc, runJdbcClient } from './helpers/jdbc';
 import { login, extendedQuery, query, summarize, Msg, simpleQuery, parse, bind, execute, sync, copyData, copyFail, copyDone, parseFields } from './helpers/pgwire';
 
 async function readRounds(conn: import('./helpers/pgwire').RawConn, n: number, timeoutMs = 20000): Promise<Msg[][]> {
@@ -26,18 +27,7 @@ t.test('transaction pooling with real clients', async (t) => {
          CREATE TABLE jdbc_items (v text); ALTER TABLE jdbc_items OWNER TO app;`);
 
   for (const bypass of BYPASS_MODES) {
-    const cfg = await proxyConfig(c, {
-      bypass,
-      pool_mode: 'transaction',
-      default_pool_size: 8,
-      max_client_conn: 300,
-      query_wait_timeout: 30,
-      databases: {
-        app: { host: '127.0.0.1', port: c.pg.port, dbname: 'app' },
-        app_one: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_size: 1 },
-        app_session: { host: '127.0.0.1', port: c.pg.port, dbname: 'app', pool_mode: 'session' },
-      },
-    });
+    const cfg = await poolingConfig(c, bypass);
     const B = `[bypass=${bypass}]`;
     let proxy: ProxyHandle;
     t.before(async () => {
@@ -108,18 +98,12 @@ SELECT 'done';
     });
 
     for (const [db, threshold, mode] of [['app', '0', 'transaction'], ['app_session', '5', 'session']] as const) {
-      t.test(`JDBC in ${mode} mode (prepareThreshold=${threshold}) ${B}`, { skip: require('node:fs').existsSync(JDBC_JAR) ? false : 'no JDBC driver' }, async (t) => {
-        const r = await run('java', ['-cp', JDBC_JAR, path.join(FIXTURES, 'JdbcClient.java'), proxy.host, String(proxy.port), 'app', 'app-pw', db, 'jdbc_items', threshold], { timeoutMs: 20000 });
-        t.equal(r.code, 0, `JDBC client exits 0 (${r.stderr.slice(-1500)})`);
-        const kv = Object.fromEntries(r.stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
-        t.equal(kv.sum, String(2 * 210), 'prepared statement results (20 runs)');
-        t.equal(kv.batch, '50', 'batch insert');
-        t.equal(kv.error, '22012', 'error inside a transaction');
-        t.equal(kv.aborted, '25P02', 'then the transaction is aborted');
-        t.equal(kv.count, '50', 'commit kept, rollback dropped');
+      t.test(`JDBC in ${mode} mode (prepareThreshold=${threshold}) ${B}`, { skip: haveJdbc() ? false : 'no JDBC driver' }, async (t) => {
+        const r = await runJdbcClient(proxy, { db, table: 'jdbc_items', prepareThreshold: threshold, timeoutMs: 20000 });
+        checkJdbcRun(t, r, '');
+        const kv = r.kv;
         t.match(kv.notice, /jdbc notice/, 'NOTICE delivered as a warning');
         t.equal(kv.application_name, 'jdbc-e2e', 'application_name from the startup packet');
-        t.equal(kv.done, 'ok');
         c.sql('TRUNCATE jdbc_items');
       });
     }

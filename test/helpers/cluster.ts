@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Client, ClientConfig } from 'pg';
+import type { Test } from 'tap';
 import { freePort, ScratchPostgres } from '../../scripts/scratch-postgres';
 import { TeardownHost } from './proxy';
 
@@ -49,6 +50,29 @@ export async function proxyConfig(c: Cluster, overrides: Record<string, unknown>
     users: { [c.user]: { password: c.password } },
     ...overrides,
   };
+}
+
+// The databases of the pooling tests, all on the app database: app (default_pool_size),
+// app_one (a pool of one server: clients must share it) and app_session (session mode).
+export function poolingDatabases(c: Cluster, names: Array<'app' | 'app_one' | 'app_session'> = ['app', 'app_one', 'app_session']): Record<string, object> {
+  const all: Record<string, object> = {
+    app: { host: '127.0.0.1', port: c.pg.port, dbname: c.db },
+    app_one: { host: '127.0.0.1', port: c.pg.port, dbname: c.db, pool_size: 1 },
+    app_session: { host: '127.0.0.1', port: c.pg.port, dbname: c.db, pool_mode: 'session' },
+  };
+  return Object.fromEntries(names.map((n) => [n, all[n]]));
+}
+
+// The proxy config of the pooling tests with real clients: the three databases above, a
+// pool of 8 per database, room for 300 clients, 30 s of query_wait_timeout.
+export async function poolingConfig(c: Cluster, bypass: string, overrides: Record<string, unknown> = {}): Promise<Record<string, any>> {
+  return proxyConfig(c, { bypass, default_pool_size: 8, max_client_conn: 300, query_wait_timeout: 30, databases: poolingDatabases(c), ...overrides });
+}
+
+// pgbench's tables (scale 1) in the app database, created directly (not through the proxy).
+export async function pgbenchInit(t: Test, c: Cluster): Promise<void> {
+  const init = await run('pgbench', ['-i', '-q', '-s', '1', '-h', c.pg.socketDir, '-p', String(c.pg.port), '-U', c.user, c.db], { timeoutMs: 60000 });
+  t.equal(init.code, 0, `pgbench -i (${init.stderr.slice(-300)})`);
 }
 
 export interface Endpoint {

@@ -25,10 +25,10 @@ export async function kernelConfig(c: Cluster, bypass: string, overrides: Record
 
 export type Row = Record<string, string>;
 
-// psql against the admin console; rows as objects keyed by column name.
-export async function adminRows(proxy: ProxyHandle, sql: string, timeoutMs = 20000): Promise<Row[]> {
+// psql against the admin console (as ADMIN unless told); rows as objects keyed by column name.
+export async function adminRows(proxy: ProxyHandle, sql: string, timeoutMs = 20000, who: { user: string; password: string } = ADMIN): Promise<Row[]> {
   const r = await run('psql', ['-X', '-q', '-A', '-F', '|', '-P', 'footer=off', '-v', 'ON_ERROR_STOP=1', '-c', sql], {
-    env: libpqEnv(proxy, 'pgsplice', ADMIN.user, ADMIN.password),
+    env: libpqEnv(proxy, 'pgsplice', who.user, who.password),
     timeoutMs,
   });
   if (r.code !== 0) throw new Error(`psql ${sql} failed (${r.code}): ${r.stderr.trim()}`);
