@@ -51,10 +51,6 @@ const HANDOFF_SETTLE_MS = 1000;
 // pair over and TCP back-pressure slows the server instead (invariant 5, docs/invariants.md).
 export const KERNEL_INFLIGHT_LIMIT = 8 << 20;
 const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in the kernel
-// How long a client waits in user space before its pool holds the kernel's clients back
-// for it (waitersChanged). 0, at once: ages of 5-50 ms measured no better (docs/kernel-path.md,
-// "Waiting for a server"); PGSPLICE_KERNEL_WAIT_AGE_MS sets it for measurements.
-const WAIT_AGE_MS = Number(process.env.PGSPLICE_KERNEL_WAIT_AGE_MS ?? 0) || 0;
 // Kernel conn ids: clients use their id, servers a disjoint range.
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
@@ -184,34 +180,22 @@ export class BypassController implements KernelHost {
     this.kpools.set(pool, new Map());
   }
 
-  // While the pool is paused, or bypass: auto serves it in user space, or a client has
-  // waited in user space for WAIT_AGE_MS, the kernel binds no new transaction and
-  // reports each release (server_released), so that user space serves its waiters, FIFO,
-  // before the kernel's clients take a server again. A younger waiter does not hold the
-  // pool: it is served when user space finds a server idle (its request's arrival, a
-  // release it sees), and meanwhile the kernel's clients keep the servers busy, because
-  // a hold costs every release a user-space wake-up while its server waits, and makes
-  // each kernel client that asks meanwhile wait in user space too (docs/kernel-path.md).
+  // While the pool is paused, or bypass: auto serves it in user space, or a client waits
+  // in user space, the kernel binds no new transaction and reports each release
+  // (server_released), so that user space serves its waiters, FIFO, before the kernel's
+  // clients take a server again. At once: holding only for a waiter that has waited some
+  // milliseconds measured no better in throughput or p99 and worse in per-client spread,
+  // and never holding gave twice the spread and a longer tail (docs/kernel-path.md,
+  // "Waiting for a server").
   waitersChanged(pool: Pool): void {
     const k = this.kernel;
     if (!k) return;
-    const now = Date.now();
-    const oldest = pool.oldestWaitSince;
-    const hold = pool.paused || this.userPools.has(pool) || now - oldest >= WAIT_AGE_MS;
+    const hold = this.holdKernel(pool);
     for (const kid of this.kpools.get(pool)?.values() ?? []) k.setPoolWaiters(kid, hold);
-    // the oldest waiter comes of age later: look again then
-    if (!hold && oldest !== Infinity && !this.ageTimers.has(pool)) {
-      const t = setTimeout(() => {
-        this.ageTimers.delete(pool);
-        if (pool.waitingCount > 0) pool.serviceWaiters(); // servers idle meanwhile, then waitersChanged
-      }, Math.max(1, oldest + WAIT_AGE_MS - now));
-      this.ageTimers.set(pool, t);
-    }
   }
-  private ageTimers = new Map<Pool, NodeJS.Timeout>();
 
   private holdKernel(pool: Pool): boolean {
-    return pool.paused || this.userPools.has(pool) || Date.now() - pool.oldestWaitSince >= WAIT_AGE_MS;
+    return pool.paused || this.userPools.has(pool) || pool.waitingCount > 0;
   }
 
   // ---- bypass: auto, per pool (src/pooling/bypass-auto.ts) ----
@@ -1050,8 +1034,6 @@ export class BypassController implements KernelHost {
   }
 
   close(): void {
-    for (const t of this.ageTimers.values()) clearTimeout(t);
-    this.ageTimers.clear();
     this.kernel?.close();
     this.kernel = null;
   }
