@@ -149,10 +149,14 @@ static __always_inline __u32 bind_idle(__u32 pool, __u32 cid)
 	struct pgs_pool *p = bpf_map_lookup_elem(&pools, &pool);
 	__u32 sid;
 
+	if (!stack)
+		return 0;
 	/* Clients already wait in user space (FIFO): a new request queues behind them
 	 * instead of taking the next released server first. */
-	if (!stack || (p && p->waiters))
+	if (p && p->waiters) {
+		stat_add(PGS_ST_HELD_FOR_WAITERS, 1);
 		return 0;
+	}
 	sid = pop_idle(stack, pool, PGS_BOUND, cid, 8);
 	if (sid)
 		stat_add(PGS_ST_BINDS, 1);

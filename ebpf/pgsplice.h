@@ -167,6 +167,7 @@ enum pgs_stat {
 	PGS_ST_FB_NAMES_PER_SKB,     /* more than PGS_STMT_NAMES_PER_SKB names in one skb */
 	PGS_ST_FB_STATEMENT_CLOSE,   /* Close of a named statement: the client's name table is user space's */
 	PGS_ST_STMT_REWRITES,        /* statement names the verdict rewrote in place */
+	PGS_ST_HELD_FOR_WAITERS,     /* no_idle_server because the pool was held for user space's waiters, not empty */
 	PGS_ST__MAX,
 };
 

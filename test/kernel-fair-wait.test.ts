@@ -61,6 +61,9 @@ t.test('fair waiting for a server', async (t) => {
       if (bypass === 'on') {
         const b = await showBypass(proxy);
         t.ok(Number(b.kernel_transactions) > 0, `the kernel carried transactions (${b.kernel_transactions} of ${n.processed})`);
+        // With clients waiting in user space, the kernel's clients queue behind them.
+        t.ok(Number(b.kernel_held_for_waiters) > 0,
+          `requests held behind the waiters (${b.kernel_held_for_waiters} of ${b.fallback_no_idle_server} without a server)`);
       }
     });
 

@@ -993,6 +993,7 @@ export class BypassController implements KernelHost {
       out.server_bytes = kc.serverBytes;
       out.passed_skbs = kc.passedSkbs;
       out.statement_rewrites = kc.statementRewrites as bigint;
+      out.held_for_waiters = kc.heldForWaiters as bigint;
       for (const [r, v] of Object.entries(kc.fallbacks)) out[`fallback_${r}`] = v;
       out.fallback_tls_client = this.tlsFallbacks.client;
       out.fallback_tls_server = this.tlsFallbacks.server;
@@ -1014,7 +1015,7 @@ export class BypassController implements KernelHost {
     if (kc) {
       rows.push(['kernel_transactions', String(kc.transactions)], ['kernel_client_bytes', String(kc.clientBytes)],
         ['kernel_server_bytes', String(kc.serverBytes)], ['kernel_passed_skbs', String(kc.passedSkbs)],
-        ['kernel_statement_rewrites', String(kc.statementRewrites)]);
+        ['kernel_statement_rewrites', String(kc.statementRewrites)], ['kernel_held_for_waiters', String(kc.heldForWaiters)]);
       // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
       rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
         ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)]);

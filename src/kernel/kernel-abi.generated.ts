@@ -46,7 +46,8 @@ export const ENUMS = {
     PGS_ST_FB_NAMES_PER_SKB: 26,
     PGS_ST_FB_STATEMENT_CLOSE: 27,
     PGS_ST_STMT_REWRITES: 28,
-    PGS_ST__MAX: 29,
+    PGS_ST_HELD_FOR_WAITERS: 29,
+    PGS_ST__MAX: 30,
   },
   pgs_event_type: {
     PGS_EV_PARAMS_CHANGED: 1,
@@ -114,7 +115,7 @@ export const MAPS = {
   pools: { type: 2, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool", valueSize: 24 },
   sock_ids: { type: 1, maxEntries: 65536, key: "u64", keySize: 8, value: "u32", valueSize: 4 },
   socks: { type: 18, maxEntries: 65536, key: "u32", keySize: 4, value: "u32", valueSize: 4 },
-  stats: { type: 6, maxEntries: 29, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
+  stats: { type: 6, maxEntries: 30, key: "u32", keySize: 4, value: "u64", valueSize: 8 },
   stmt_names: { type: 1, maxEntries: 262144, key: "pgs_stmt_key", keySize: 68, value: "u32", valueSize: 4 },
   stmt_servers: { type: 1, maxEntries: 262144, key: "pgs_stmt_ref", keySize: 12, value: "u32", valueSize: 4 },
 } as const;

@@ -568,6 +568,7 @@ export class KernelPath {
       droppedClientGone: v[abi.Stat.DROPPED_CLIENT_GONE],
       staleIdle: v[abi.Stat.STALE_IDLE],
       statementRewrites: v[abi.Stat.STMT_REWRITES],
+      heldForWaiters: v[abi.Stat.HELD_FOR_WAITERS],
       fallbacks,
     };
   }
