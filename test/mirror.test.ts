@@ -339,9 +339,10 @@ t.test('mirroring to a second cluster', async (t) => {
         bypass,
         default_pool_size: 2,
         admin_users: ['app'],
+        mirror_ring_bytes: 8192,
         databases: { app: { host: '127.0.0.1', port: primary.pg.port, dbname: 'app', mirrors: [mirrorOf()] } },
       });
-      const p2 = await startProxy(t, cfg2, { logLevel: 'info', env: { PGSPLICE_MIRROR_RING_BYTES: '8192' } });
+      const p2 = await startProxy(t, cfg2, { logLevel: 'info' });
       const before = await mirrorRow(p2, 'app');
       const by0 = bypass === 'on' ? await bypassCounters(p2) : null;
       const c = new Client({ host: p2.host, port: p2.port, user: 'app', password: 'app-pw', database: 'app' });

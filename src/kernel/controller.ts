@@ -25,14 +25,15 @@ import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/
 import type { MirrorRecord } from './kernel-abi';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
-// space only. 'on' throws when it cannot load. config: the running config (reload changes it).
-export function openKernelHost(mode: BypassMode, config: () => Config): KernelHost {
+// space only. 'on' throws when it cannot load. config: the running config (reload changes it);
+// mirrorRingBytes: mirror_ring_bytes of the config at start (a restart-only key).
+export function openKernelHost(mode: BypassMode, config: () => Config, mirrorRingBytes?: number): KernelHost {
   if (mode === 'off') return new UserSpaceOnly({ mode, loaded: false, reason: 'bypass: off' });
   let kernel: KernelPathType;
   try {
     // Loaded lazily so 'off' never needs the addon or root.
     const { KernelPath } = require('./kernel-path') as typeof import('./kernel-path');
-    kernel = KernelPath.open();
+    kernel = KernelPath.open({ mirrorRingBytes });
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
     if (mode === 'on') throw new Error(`bypass: on, but the kernel path cannot be used: ${why}`);
