@@ -314,10 +314,26 @@ t.test('mirroring to a second cluster', async (t) => {
     });
 
     t.test(`reload removes and adds mirrors ${B}`, async (t) => {
+      // A client mirrored before the reload and still connected after it.
+      const kept = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
+      await kept.connect();
+      t.teardown(() => kept.end().catch(() => {}));
+      await kept.query('INSERT INTO probe VALUES (98, \'mirrored, before the reload\')');
+      await waitUntil(async () => mirror.sql('SELECT count(*) FROM probe WHERE id = 98') === '1', 30000, 'the insert reached the mirror', 250);
       const without = JSON.parse(JSON.stringify(cfg));
       delete without.databases.app.mirrors;
       await proxy.reload(without);
       await waitUntil(async () => !(await adminRows(proxy, 'SHOW MIRRORS')).some((r) => r.database === 'app'), 10000, 'mirror removed');
+      // Its traffic stops being copied at once, not when it disconnects: in the kernel too.
+      const by0 = bypass === 'on' ? await bypassCounters(proxy) : null;
+      for (let i = 0; i < 5; i++) await kept.query(`INSERT INTO probe VALUES (${110 + i}, 'after the reload, same client')`);
+      if (by0) {
+        const by1 = await bypassCounters(proxy);
+        t.ok(by1.kernel_transactions - by0.kernel_transactions >= 1, `its transactions were carried by the kernel (${by1.kernel_transactions - by0.kernel_transactions} of 5)`);
+        t.equal(by1.mirror_kernel_ignored - by0.mirror_kernel_ignored, 0, 'the kernel copied none of them (no record to ignore)');
+        t.equal(by1.mirror_kernel_records - by0.mirror_kernel_records, 0, 'and delivered none');
+      }
+      await kept.end();
       const c = new Client({ host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', database: 'app' });
       await c.connect();
       await c.query('INSERT INTO probe VALUES (100, \'not mirrored\')');
@@ -329,7 +345,7 @@ t.test('mirroring to a second cluster', async (t) => {
       await c2.query('INSERT INTO probe VALUES (101, \'mirrored\')');
       await c2.end();
       await drained(proxy, 'app');
-      t.equal(mirror.sql('SELECT string_agg(id::text, \',\' ORDER BY id) FROM probe WHERE id >= 100'), '101', 'only the insert made while the mirror was configured reached it');
+      t.equal(mirror.sql('SELECT string_agg(id::text, \',\' ORDER BY id) FROM probe WHERE id >= 98 AND id < 200'), '98,101', 'only the inserts made while the mirror was configured reached it');
     });
 
     // A ring too small for a reply (8 KiB here, 4 MiB by default): the transaction whose

@@ -131,7 +131,7 @@ export class BypassController implements KernelHost {
   // ---- mirroring: what the verdicts copied for mirrored clients (src/mirror/kernel-feed.ts) ----
 
   private readonly mirrorFeeds = new WeakMap<ClientConnection, KernelMirrorFeed>();
-  readonly mirrorTotals: KernelMirrorTotals = { records: 0, bytes: 0, resyncs: 0 };
+  readonly mirrorTotals: KernelMirrorTotals = { records: 0, bytes: 0, resyncs: 0, ignored: 0 };
 
   private mirrorFeed(client: ClientConnection): KernelMirrorFeed {
     let f = this.mirrorFeeds.get(client);
@@ -142,6 +142,18 @@ export class BypassController implements KernelHost {
   private onMirrorRecord(r: MirrorRecord): void {
     const client = this.clients.get(r.conn);
     if (client && client.mirrors.length) this.mirrorFeed(client).record(r);
+    else this.mirrorTotals.ignored++; // copied before its mirrors were removed, or it left
+  }
+
+  // The client's mirrors were all removed (a reload): the verdicts stop copying it now.
+  // Its mirror state goes, so the copy finds none (one lookup per skb until it leaves);
+  // conn.mirror stays set, as rewriting conns from user space could lose the verdicts'
+  // concurrent writes to it.
+  mirrorsEnded(client: ClientConnection): void {
+    const k = this.kernel;
+    if (!k || !this.kidOf.has(client)) return; // never registered: nothing to stop
+    k.stopMirror(client.id);
+    this.mirrorFeeds.delete(client);
   }
 
   // The client entered the kernel path: its traffic may be copied there from now on.
@@ -1016,6 +1028,7 @@ export class BypassController implements KernelHost {
       out.mirror_records = this.mirrorTotals.records;
       out.mirror_bytes = this.mirrorTotals.bytes;
       out.mirror_resyncs = this.mirrorTotals.resyncs;
+      out.mirror_ignored = this.mirrorTotals.ignored;
     }
     return out;
   }
@@ -1034,7 +1047,7 @@ export class BypassController implements KernelHost {
         ['kernel_statement_rewrites', String(kc.statementRewrites)]);
       // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
       rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
-        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)]);
+        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Which path serves each pool, and why (bypass: auto decides per pool).
       for (const pool of this.kpools.keys()) {

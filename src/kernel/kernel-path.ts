@@ -337,6 +337,13 @@ export class KernelPath {
     this.obj.mapUpdate('mirror_state', abi.u32(id), abi.mirrorStateResumed(b));
   }
 
+  /** The client is no longer mirrored: its mirror state goes, and with it the copies
+   * (pgs_mirror_copy finds no state and copies nothing). */
+  stopMirror(id: number): void {
+    if (this.closed || !this.regs.has(id)) return;
+    this.obj.mapDelete('mirror_state', abi.u32(id));
+  }
+
   registerServer(id: number, fd: number, poolId: number): void {
     this.register(id, fd, poolId, abi.Role.SERVER);
   }

@@ -21,6 +21,7 @@ export interface KernelMirrorTotals {
   records: number;
   bytes: number;
   resyncs: number;
+  ignored: number; // records of clients no longer mirrored (copied before that was known)
 }
 
 export class KernelMirrorFeed {

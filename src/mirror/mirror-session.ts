@@ -50,6 +50,9 @@ export interface MirroredClient {
   readonly settings: Map<string, string>;
   // What its servers are opened with (startup settings, application_name).
   readonly mirrorStartup: Record<string, string>;
+  // One of its sessions ended (the mirror was removed, or the client left): its traffic
+  // stops being copied for it (on the kernel path too, once no session is left).
+  mirrorEnded(session: MirrorSession): void;
 }
 
 interface Unit {
@@ -440,6 +443,7 @@ export class MirrorSession implements ServerPeer {
     this.link = LinkState.None;
     if (conn) conn.close(reason);
     this.mirror.sessions.delete(this);
+    this.client.mirrorEnded(this);
   }
 
   // Frees the bytes of transactions the client had not finished.

@@ -86,6 +86,8 @@ export interface ClientKernel {
   settingsLearned(client: ClientConnection): Promise<void> | null;
   // Before user space feeds the client's mirror sessions: what the kernel copied first.
   beforeMirrorFeed(client: ClientConnection): void;
+  // The client has no mirror session left: nothing of its traffic is copied from now on.
+  mirrorsEnded(client: ClientConnection): void;
 }
 
 let nextClientId = 1;
@@ -148,6 +150,13 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // Its copies toward mirrors (docs/mirroring.md); on the kernel path the verdicts copy its
   // traffic and BypassController feeds them (src/mirror/kernel-feed.ts).
   mirrors: MirrorSession[] = [];
+  // A mirror session of it ended (docs/mirroring.md): no more copies for it; with none
+  // left (its mirrors were removed on reload) the kernel stops copying its traffic too.
+  mirrorEnded(session: MirrorSession): void {
+    this.mirrors = this.mirrors.filter((m) => m !== session);
+    if (!this.mirrors.length && this.state !== ClientState.Closed) this.host.kernel.mirrorsEnded(this);
+  }
+
   // What a mirror connection of this client is opened with: its startup settings, application_name.
   get mirrorStartup(): Record<string, string> {
     const out = poolStartup(startupSettings(this.startup));

@@ -131,6 +131,7 @@ export class UserSpaceOnly implements KernelHost {
   offerClient: KernelHost['offerClient'] = no;
   leftKernel: KernelHost['leftKernel'] = nothing;
   beforeMirrorFeed: KernelHost['beforeMirrorFeed'] = nothing;
+  mirrorsEnded: KernelHost['mirrorsEnded'] = nothing;
   bindInKernel: KernelHost['bindInKernel'] = no;
   readonly bindsRequests = false;
   feedKernelBound: KernelHost['feedKernelBound'] = no;
