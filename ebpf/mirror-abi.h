@@ -35,7 +35,7 @@ struct pgs_mirror_rec {
 struct pgs_mirror_state {
 	__u32 seq_request;
 	__u32 seq_reply;
-	__u32 lost;       /* a record did not fit: copying stops until a RESYNC is written */
+	__u32 lost;       /* enum pgs_mirror_lost (mirror.h): nonzero while nothing is copied */
 	__u32 lost_xacts; /* transactions that ended while lost */
 	__u64 lost_records; /* skbs not copied since the start (SHOW BYPASS mirror_lost) */
 };

@@ -9,7 +9,14 @@
  * When the ring has no room, the client's copy is lost: nothing more of it is written
  * until one of its transactions ends in the kernel (its server released), where a RESYNC
  * record tells user space that both streams start clean after it; user space drops the
- * transactions in between whole and counts them. */
+ * transactions in between whole and counts them.
+ *
+ * A pipelining client may have sent its next transaction before the release's verdict
+ * writes the RESYNC: the first request of that transaction (a fresh bind) finds the copy
+ * still lost, is not copied, and marks it (PGS_MIRROR_LOST_NEXT), so that the RESYNC is
+ * not written there (the streams after it would miss that request and pair its replies
+ * with the next one's) but at the end of that transaction. The RESYNC is reserved before
+ * the state goes clean, so that every record copied after it follows it in the ring. */
 #ifndef PGS_MIRROR_H
 #define PGS_MIRROR_H
 
@@ -36,6 +43,12 @@ struct pgs_mirror_ctx {
 	__u32 off;
 	__u32 len;
 	__u32 failed;
+};
+
+enum pgs_mirror_lost {
+	PGS_MIRROR_CLEAN = 0,
+	PGS_MIRROR_LOST = 1,      /* a record did not fit: nothing is copied until a RESYNC */
+	PGS_MIRROR_LOST_NEXT = 2, /* and the next transaction began while lost: lost too */
 };
 
 /* One record: the next chunk of the skb. */
@@ -80,20 +93,25 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 }
 
 /* Copies the skb the verdict is about to redirect for mirrored client conn (kind REQUEST
- * from its own verdict, REPLY from its server's). ended: this skb ended a transaction and
- * released the server, the point where a lost copy starts again. Global, so that the
- * verifier checks it once, not once per caller state. */
-__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 ended)
+ * from its own verdict, REPLY from its server's). edge: for a REPLY, this skb ended a
+ * transaction and released the server, the point where a lost copy starts again; for a
+ * REQUEST, it is the first of a transaction (its client was unbound). Global, so that
+ * the verifier checks it once, not once per caller state. */
+__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 edge)
 {
 	struct pgs_mirror_ctx m = {};
 	struct pgs_mirror_state *st;
 	struct pgs_mirror_rec *r;
+	__u32 was;
 
 	if (!skb)
 		return 0;
 	st = bpf_map_lookup_elem(&mirror_state, &conn);
 	if (!st)
 		return 0;
+	/* a transaction begins while lost: it is lost too (see above) */
+	if (kind == PGS_MIRROR_REQUEST && edge)
+		__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_LOST_NEXT);
 	if (!*(volatile __u32 *)&st->lost) {
 		m.skb = skb;
 		m.st = st;
@@ -106,23 +124,31 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 			bpf_loop(PGS_MIRROR_CHUNKS, pgs_mirror_chunk, &m, 0);
 		if (!m.failed)
 			goto end;
-		st->lost = 1;
+		/* (a verdict of the other direction may have marked it lost meanwhile) */
+		__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_CLEAN, PGS_MIRROR_LOST);
 	}
 	__sync_fetch_and_add(&st->lost_records, 1);
 end:
-	if (!ended || !*(volatile __u32 *)&st->lost)
+	if (kind != PGS_MIRROR_REPLY || !edge || !*(volatile __u32 *)&st->lost)
 		return 0;
 	/* a transaction ended while lost: start again after it, if the ring has room */
 	__sync_fetch_and_add(&st->lost_xacts, 1);
 	r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
 	if (!r)
 		return 0;
+	was = __sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_CLEAN);
+	if (was != PGS_MIRROR_LOST) {
+		/* the next transaction began uncopied: it ends lost too, and resyncs there */
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		if (was == PGS_MIRROR_LOST_NEXT)
+			__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_NEXT, PGS_MIRROR_LOST);
+		return 0;
+	}
 	r->conn = conn;
 	r->kind = PGS_MIRROR_RESYNC;
 	r->len = 0;
 	r->seq = 0;
 	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
-	st->lost = 0;
 	bpf_ringbuf_submit(r, 0);
 	return 0;
 }

@@ -171,7 +171,7 @@ export class BypassController implements KernelHost {
     const f = this.mirrorFeeds.get(client);
     if (!k || !f) return;
     k.drainMirror();
-    if (f.state === FeedState.Clean && k.mirrorState(client.id)?.lost) f.lose();
+    f.beforeUserBytes(() => k.mirrorState(client.id)?.lost ?? false);
   }
 
   // The client is idle in user space, nothing in flight either way: a clean boundary of
