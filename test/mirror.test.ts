@@ -522,6 +522,7 @@ t.test('mirroring to a second cluster', async (t) => {
       const dropped3 = Number(row3.dropped) - Number(before3.dropped);
       const mirrored3 = Number(row3.transactions) - Number(before3.transactions);
       t.comment(`${B} pipelined: ${sentTxns} transactions, ${mirrored3} mirrored, ${dropped3} counted dropped, inserts on the mirror: ${onMirror.split(',').length} of 48`);
+      t.equal(mirrored3 + dropped3, sentTxns, 'every pipelined transaction was mirrored or counted as dropped (each request lost in a pipeline counts)');
       if (by2) {
         const by = await bypassCounters(p2);
         t.ok(by.mirror_kernel_resyncs > by2.mirror_kernel_resyncs, 'the big answers overflowed the ring');
