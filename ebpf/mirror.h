@@ -15,8 +15,10 @@
  * writes the RESYNC: the first request of that transaction (a fresh bind) finds the copy
  * still lost, is not copied, and marks it (PGS_MIRROR_LOST_NEXT), so that the RESYNC is
  * not written there (the streams after it would miss that request and pair its replies
- * with the next one's) but at the end of that transaction. The RESYNC is reserved before
- * the state goes clean, so that every record copied after it follows it in the ring. */
+ * with the next one's) but at the end of that transaction. When a release finds no room
+ * for its RESYNC, the copy waits at that end (LOST_AT_END) and the first request of the
+ * next transaction writes it before its own copy. A RESYNC is reserved before the state
+ * goes clean, so that every record copied after it follows it in the ring. */
 #ifndef PGS_MIRROR_H
 #define PGS_MIRROR_H
 
@@ -49,7 +51,37 @@ enum pgs_mirror_lost {
 	PGS_MIRROR_CLEAN = 0,
 	PGS_MIRROR_LOST = 1,      /* a record did not fit: nothing is copied until a RESYNC */
 	PGS_MIRROR_LOST_NEXT = 2, /* and the next transaction began while lost: lost too */
+	PGS_MIRROR_LOST_AT_END = 3, /* lost, at a transaction end whose RESYNC did not fit:
+				     * the next transaction's first request writes it */
 };
+
+enum pgs_mirror_resynced {
+	PGS_MIRROR_RESYNC_NO_ROOM = 0,
+	PGS_MIRROR_RESYNC_WRITTEN = 1,
+	PGS_MIRROR_RESYNC_MOVED = 2, /* the state was no longer `from` */
+};
+
+/* Writes a RESYNC record and makes the copy clean, if it is still in state from. The
+ * record is reserved before the state changes, so that whatever a verdict copies once it
+ * sees the copy clean follows the record in the ring. */
+static __always_inline int pgs_mirror_resync(struct pgs_mirror_state *st, __u32 conn, __u32 from)
+{
+	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+
+	if (!r)
+		return PGS_MIRROR_RESYNC_NO_ROOM;
+	if (__sync_val_compare_and_swap(&st->lost, from, PGS_MIRROR_CLEAN) != from) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return PGS_MIRROR_RESYNC_MOVED;
+	}
+	r->conn = conn;
+	r->kind = PGS_MIRROR_RESYNC;
+	r->len = 0;
+	r->seq = 0;
+	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
+	bpf_ringbuf_submit(r, 0);
+	return PGS_MIRROR_RESYNC_WRITTEN;
+}
 
 /* One record: the next chunk of the skb. */
 static long pgs_mirror_chunk(__u32 i, void *ctx)
@@ -101,17 +133,25 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 {
 	struct pgs_mirror_ctx m = {};
 	struct pgs_mirror_state *st;
-	struct pgs_mirror_rec *r;
 	__u32 was;
+	int res;
 
 	if (!skb)
 		return 0;
 	st = bpf_map_lookup_elem(&mirror_state, &conn);
 	if (!st)
 		return 0;
-	/* a transaction begins while lost: it is lost too (see above) */
-	if (kind == PGS_MIRROR_REQUEST && edge)
-		__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_LOST_NEXT);
+	/* The first request of a transaction while lost: after a release whose RESYNC did not
+	 * fit, it writes the RESYNC (or its transaction is lost too); during a release whose
+	 * verdict has not written it yet, its transaction is lost too (see above). */
+	if (kind == PGS_MIRROR_REQUEST && edge) {
+		was = *(volatile __u32 *)&st->lost;
+		if (was == PGS_MIRROR_LOST)
+			was = __sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_LOST_NEXT);
+		if (was == PGS_MIRROR_LOST_AT_END &&
+		    pgs_mirror_resync(st, conn, PGS_MIRROR_LOST_AT_END) == PGS_MIRROR_RESYNC_NO_ROOM)
+			__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_AT_END, PGS_MIRROR_LOST);
+	}
 	if (!*(volatile __u32 *)&st->lost) {
 		m.skb = skb;
 		m.st = st;
@@ -129,27 +169,25 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 	}
 	__sync_fetch_and_add(&st->lost_records, 1);
 end:
-	if (kind != PGS_MIRROR_REPLY || !edge || !*(volatile __u32 *)&st->lost)
+	if (kind != PGS_MIRROR_REPLY || !edge)
+		return 0;
+	was = *(volatile __u32 *)&st->lost;
+	if (was == PGS_MIRROR_CLEAN)
 		return 0;
 	/* a transaction ended while lost: start again after it, if the ring has room */
 	__sync_fetch_and_add(&st->lost_xacts, 1);
-	r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
-	if (!r)
-		return 0;
-	was = __sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_CLEAN);
-	if (was != PGS_MIRROR_LOST) {
-		/* the next transaction began uncopied: it ends lost too, and resyncs there */
-		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
-		if (was == PGS_MIRROR_LOST_NEXT)
-			__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_NEXT, PGS_MIRROR_LOST);
-		return 0;
+	if (was != PGS_MIRROR_LOST_NEXT) {
+		res = pgs_mirror_resync(st, conn, was);
+		if (res == PGS_MIRROR_RESYNC_WRITTEN)
+			return 0;
+		/* no room: the next transaction's first request writes it */
+		if (res == PGS_MIRROR_RESYNC_NO_ROOM &&
+		    __sync_val_compare_and_swap(&st->lost, was, PGS_MIRROR_LOST_AT_END) == was)
+			return 0;
 	}
-	r->conn = conn;
-	r->kind = PGS_MIRROR_RESYNC;
-	r->len = 0;
-	r->seq = 0;
-	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
-	bpf_ringbuf_submit(r, 0);
+	/* The next transaction began uncopied (LOST_NEXT, before or during this): it ends
+	 * lost too, and resyncs there. */
+	__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_NEXT, PGS_MIRROR_LOST);
 	return 0;
 }
 
