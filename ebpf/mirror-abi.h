@@ -7,7 +7,8 @@
 enum pgs_mirror_limits {
 	PGS_MIRROR_RING_BYTES = 4 << 20, /* default mirror_ring size (user space may set another) */
 	PGS_MIRROR_SMALL = 256,          /* record sizes (header included): a reservation's size */
-	PGS_MIRROR_LARGE = 4096,         /* must be a constant, so a copy picks one of two */
+	PGS_MIRROR_MEDIUM = 1024,        /* must be a constant, so a copy picks one of three */
+	PGS_MIRROR_LARGE = 4096,
 	PGS_MIRROR_CHUNKS = 64,          /* records per skb at most: a longer skb is a loss */
 };
 

@@ -5,7 +5,8 @@
  * compare: rows, its rows, which only a full parse of the replies gives.
  *
  * A record is a chunk of one skb. A reservation's size must be a constant, so a chunk
- * takes a small record when what is left of the skb fits one and large ones otherwise.
+ * takes the smallest of three record sizes that what is left of the skb fits, and large
+ * ones otherwise.
  * When the ring has no room, the client's copy is lost: nothing more of it is written
  * until one of its transactions ends in the kernel (its server released), where a RESYNC
  * record tells user space that both streams start clean after it; user space drops the
@@ -95,6 +96,10 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 	left = m->len - m->off;
 	if (left <= PGS_MIRROR_SMALL - PGS_MIRROR_HDR) {
 		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+		n = left;
+	} else if (left <= PGS_MIRROR_MEDIUM - PGS_MIRROR_HDR) {
+		/* (a row or two: a quarter of the ring a large record would take) */
+		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_MEDIUM, 0);
 		n = left;
 	} else {
 		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_LARGE, 0);
