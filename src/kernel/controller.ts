@@ -62,7 +62,7 @@ const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 const isTcp = (c: ClientConnection): boolean => c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6';
 
 // A stable name for a set of session settings.
-export function signature(settings: Map<string, string>): string {
+export function signature(settings: ReadonlyMap<string, string>): string {
   return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
 }
 
@@ -842,7 +842,7 @@ export class BypassController implements KernelHost {
           // The ParameterStatus went straight to the client: the server's own record is stale too.
           TRACKED_PARAMETERS.forEach((p, i) => server.params.set(p, values[i]));
           if (client && client.state !== ClientState.Closed) {
-            TRACKED_PARAMETERS.forEach((p, i) => client.settings.set(p, values[i]));
+            TRACKED_PARAMETERS.forEach((p, i) => client.setSetting(p, values[i]));
             client.appName = client.settings.get('application_name') ?? '';
           }
           this.finishRefresh(e.client);
