@@ -18,7 +18,7 @@ import { isTlsSocket } from '../auth/tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
-import { parseServerName } from '../session/statement-names';
+import { parseServerName, type ClientStatementObserver } from '../session/statement-names';
 import { waitUntil } from './settle';
 import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
 import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/kernel-feed';
@@ -336,18 +336,22 @@ export class BypassController implements KernelHost {
       });
       return;
     }
-    const cid = conn.id;
-    conn.rewriter?.observe((name, st) => {
-      const bytes = Buffer.from(name, 'utf8');
-      if (!this.kernel || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
-      if (st === 'gone') k.deleteClientStatement(cid, bytes);
-      // a statement that changes session state runs only in user space, which tracks it:
-      // no entry, so the kernel hands its Binds up (statement_missing)
-      else if (st.effects.length) k.deleteClientStatement(cid, bytes);
-      else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
-      else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
-    });
+    conn.rewriter?.observe(this.clientStatementChanged, conn.id);
   }
+
+  // One observer for all clients' statement names (a closure per client would be memory
+  // every idle client pays): the rewriter says whose name changed.
+  private readonly clientStatementChanged: ClientStatementObserver = (cid, name, st) => {
+    const k = this.kernel;
+    const bytes = Buffer.from(name, 'utf8');
+    if (!k || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
+    if (st === 'gone') k.deleteClientStatement(cid, bytes);
+    // a statement that changes session state runs only in user space, which tracks it:
+    // no entry, so the kernel hands its Binds up (statement_missing)
+    else if (st.effects.length) k.deleteClientStatement(cid, bytes);
+    else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
+    else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
+  };
 
   // A server idle in user space goes to the kernel's idle stack.
   offerIdle(pool: Pool, server: ServerConnection): boolean {

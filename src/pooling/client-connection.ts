@@ -124,7 +124,7 @@ const NO_NAMES: Set<string> = new Set(); // stop reading a client that sends thi
 
 export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   readonly id = nextClientId++;
-  private readonly lifecycle = new StateOf(`C-${this.id}`, CLIENT_MOVES, ClientState.Startup); // checked moves only
+  private readonly lifecycle = new StateOf<ClientState>(this, CLIENT_MOVES, ClientState.Startup); // checked moves only
   get state(): ClientState {
     return this.lifecycle.current;
   }

@@ -68,6 +68,7 @@ export class RequestRewriter {
   private unnamed: Bound = NOTHING_BOUND;
   // The kernel path's copy of this client's confirmed statement names (controller).
   private observer: ClientStatementObserver | null = null;
+  private observedAs = 0; // the id the observer knows this client by
   private bound: Bound = NOTHING_BOUND;
 
   // `opts` may be shared by all clients of a config (never written).
@@ -78,28 +79,30 @@ export class RequestRewriter {
     this.session = new SessionState(opts.policies);
   }
 
-  // Reports every confirmed statement now and each change from now on.
-  observe(o: ClientStatementObserver | null): void {
+  // Reports every confirmed statement now and each change from now on. One observer serves
+  // all clients (no closure per client): it is told whose name changed (id).
+  observe(o: ClientStatementObserver | null, id = 0): void {
     this.observer = o;
-    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(name, e);
+    this.observedAs = id;
+    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(id, name, e);
   }
 
   private confirmStatement(name: string, entry: ClientStatement): void {
     if (this.statements.get(name) !== entry || entry.confirmed) return;
     entry.confirmed = true;
-    this.observer?.(name, entry);
+    this.observer?.(this.observedAs, name, entry);
   }
 
   private setStatement(name: string, entry: ClientStatement): void {
     (this.ownStatements ??= new Map()).set(name, entry);
-    if (entry.confirmed) this.observer?.(name, entry);
+    if (entry.confirmed) this.observer?.(this.observedAs, name, entry);
   }
 
   private dropStatement(name: string): void {
     const e = this.statements.get(name);
     if (!e) return;
     this.ownStatements!.delete(name);
-    if (e.confirmed) this.observer?.(name, 'gone');
+    if (e.confirmed) this.observer?.(this.observedAs, name, 'gone');
   }
 
   private clearStatements(): void {
