@@ -514,6 +514,9 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
       throw e;
     }
+    // The pool's copies of the same names: one string per pool, not two per idle client.
+    if (pool.database === this.database) this.database = pool.database;
+    if (pool.user === this.user) this.user = pool.user;
     // What the pool's newest server reported at its login: the defaults of a session opened
     // now (ALTER DATABASE/ROLE ... SET reaches servers opened after it). In session mode
     // the server the client gets later corrects what differs (ParameterStatus).
