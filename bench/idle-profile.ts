@@ -26,17 +26,18 @@ async function main(): Promise<void> {
   try {
     pg.createUserAndDb('bench', 'bench', 'bench');
     const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
-    const iport = await freePort();
     const t = await startPgsplice({
       dir: tmp, port: await freePort(), backend, poolSize: 16, maxClientConn: argv.clients + 1000,
-      bypass: argv.bypass as 'on' | 'off', extraNodeArgs: [...argv['node-arg'], `--inspect=127.0.0.1:${iport}`],
+      bypass: argv.bypass as 'on' | 'off', extraNodeArgs: argv['node-arg'],
     });
-    const insp = await Inspector.connect(iport);
+    let insp: Inspector | null = null;
     try {
-      const r = await idleRun({ ...backend, port: t.port, clients: argv.clients, proxyPid: t.pid, settleSeconds: argv.settle, log: (s) => console.log(s), probe: () => insp.memory(), snapshot: argv.snapshot ? (label: string) => insp.snapshotSummary(path.join(tmp, `${label}.heapsnapshot`)) : undefined });
+      insp = await Inspector.connect(t.inspectPort!);
+      const i = insp;
+      const r = await idleRun({ ...backend, port: t.port, clients: argv.clients, proxyPid: t.pid, settleSeconds: argv.settle, log: (s) => console.log(s), probe: () => i.memory(), snapshot: argv.snapshot ? (label: string) => i.snapshotSummary(path.join(tmp, `${label}.heapsnapshot`)) : undefined });
       console.log(JSON.stringify(r, null, 1));
     } finally {
-      insp.close();
+      insp?.close();
       await t.stop();
     }
   } finally {
