@@ -274,7 +274,7 @@ export async function startPgsplice(o: {
   const { child, output, exitInfo } = await startServer({
     label, cmd: 'bash',
     args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
-    host: '127.0.0.1', port: o.port, readyLine: /listening on \S+:\d+/,
+    host: '127.0.0.1', port: o.port, readyLine: /(?<!Debugger )listening on \S+:\d+/, // (not the inspector's line)
   });
   await sleep(300); // let start-up warnings (kernel path) arrive
   const said = output().split('\n').filter((l) => KERNEL_PATH_UNAVAILABLE.test(l));
