@@ -19,6 +19,7 @@ export interface MirrorSpec {
   dbname: string;
   user: string;
   password: string;
+  pool_size?: number; // mirrored clients at most (the proxy's default is 20)
 }
 
 export interface Backend {
@@ -229,7 +230,7 @@ function fdLimit(clients: number): number {
 export function pgspliceYaml(o: { port: number; backend: Backend; poolSize: number; maxClientConn: number; bypass: 'on' | 'off' | 'auto'; mirrors?: MirrorSpec[] }): string {
   const q = (s: string) => JSON.stringify(s);
   const mirrors = o.mirrors?.length
-    ? `, mirrors: [${o.mirrors.map((m) => `{ host: ${m.host}, port: ${m.port}, dbname: ${q(m.dbname)}, user: ${q(m.user)}, password: ${q(m.password)} }`).join(', ')}]`
+    ? `, mirrors: [${o.mirrors.map((m) => `{ host: ${m.host}, port: ${m.port}, dbname: ${q(m.dbname)}, user: ${q(m.user)}, password: ${q(m.password)}${m.pool_size ? `, pool_size: ${m.pool_size}` : ''} }`).join(', ')}]`
     : '';
   return `# written by pgsplice bench/targets.ts
 listen: { host: 127.0.0.1, port: ${o.port} }

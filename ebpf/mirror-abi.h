@@ -7,7 +7,8 @@
 enum pgs_mirror_limits {
 	PGS_MIRROR_RING_BYTES = 4 << 20, /* default mirror_ring size (user space may set another) */
 	PGS_MIRROR_SMALL = 256,          /* record sizes (header included): a reservation's size */
-	PGS_MIRROR_LARGE = 4096,         /* must be a constant, so a copy picks one of two */
+	PGS_MIRROR_MEDIUM = 1024,        /* must be a constant, so a copy picks one of three */
+	PGS_MIRROR_LARGE = 4096,
 	PGS_MIRROR_CHUNKS = 64,          /* records per skb at most: a longer skb is a loss */
 };
 
@@ -35,7 +36,7 @@ struct pgs_mirror_rec {
 struct pgs_mirror_state {
 	__u32 seq_request;
 	__u32 seq_reply;
-	__u32 lost;       /* a record did not fit: copying stops until a RESYNC is written */
+	__u32 lost;       /* enum pgs_mirror_lost (mirror.h): nonzero while nothing is copied */
 	__u32 lost_xacts; /* transactions that ended while lost */
 	__u64 lost_records; /* skbs not copied since the start (SHOW BYPASS mirror_lost) */
 };

@@ -5,11 +5,21 @@
  * compare: rows, its rows, which only a full parse of the replies gives.
  *
  * A record is a chunk of one skb. A reservation's size must be a constant, so a chunk
- * takes a small record when what is left of the skb fits one and large ones otherwise.
+ * takes the smallest of three record sizes that what is left of the skb fits, and large
+ * ones otherwise.
  * When the ring has no room, the client's copy is lost: nothing more of it is written
  * until one of its transactions ends in the kernel (its server released), where a RESYNC
  * record tells user space that both streams start clean after it; user space drops the
- * transactions in between whole and counts them. */
+ * transactions in between whole and counts them.
+ *
+ * A pipelining client may have sent its next transaction before the release's verdict
+ * writes the RESYNC: the first request of that transaction (a fresh bind) finds the copy
+ * still lost, is not copied, and marks it (PGS_MIRROR_LOST_NEXT), so that the RESYNC is
+ * not written there (the streams after it would miss that request and pair its replies
+ * with the next one's) but at the end of that transaction. When a release finds no room
+ * for its RESYNC, the copy waits at that end (LOST_AT_END) and the first request of the
+ * next transaction writes it before its own copy. A RESYNC is reserved before the state
+ * goes clean, so that every record copied after it follows it in the ring. */
 #ifndef PGS_MIRROR_H
 #define PGS_MIRROR_H
 
@@ -38,6 +48,42 @@ struct pgs_mirror_ctx {
 	__u32 failed;
 };
 
+enum pgs_mirror_lost {
+	PGS_MIRROR_CLEAN = 0,
+	PGS_MIRROR_LOST = 1,      /* a record did not fit: nothing is copied until a RESYNC */
+	PGS_MIRROR_LOST_NEXT = 2, /* and the next transaction began while lost: lost too */
+	PGS_MIRROR_LOST_AT_END = 3, /* lost, at a transaction end whose RESYNC did not fit:
+				     * the next transaction's first request writes it */
+};
+
+enum pgs_mirror_resynced {
+	PGS_MIRROR_RESYNC_NO_ROOM = 0,
+	PGS_MIRROR_RESYNC_WRITTEN = 1,
+	PGS_MIRROR_RESYNC_MOVED = 2, /* the state was no longer `from` */
+};
+
+/* Writes a RESYNC record and makes the copy clean, if it is still in state from. The
+ * record is reserved before the state changes, so that whatever a verdict copies once it
+ * sees the copy clean follows the record in the ring. */
+static __always_inline int pgs_mirror_resync(struct pgs_mirror_state *st, __u32 conn, __u32 from)
+{
+	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+
+	if (!r)
+		return PGS_MIRROR_RESYNC_NO_ROOM;
+	if (__sync_val_compare_and_swap(&st->lost, from, PGS_MIRROR_CLEAN) != from) {
+		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		return PGS_MIRROR_RESYNC_MOVED;
+	}
+	r->conn = conn;
+	r->kind = PGS_MIRROR_RESYNC;
+	r->len = 0;
+	r->seq = 0;
+	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
+	bpf_ringbuf_submit(r, 0);
+	return PGS_MIRROR_RESYNC_WRITTEN;
+}
+
 /* One record: the next chunk of the skb. */
 static long pgs_mirror_chunk(__u32 i, void *ctx)
 {
@@ -50,6 +96,10 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 	left = m->len - m->off;
 	if (left <= PGS_MIRROR_SMALL - PGS_MIRROR_HDR) {
 		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+		n = left;
+	} else if (left <= PGS_MIRROR_MEDIUM - PGS_MIRROR_HDR) {
+		/* (a row or two: a quarter of the ring a large record would take) */
+		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_MEDIUM, 0);
 		n = left;
 	} else {
 		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_LARGE, 0);
@@ -80,20 +130,33 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 }
 
 /* Copies the skb the verdict is about to redirect for mirrored client conn (kind REQUEST
- * from its own verdict, REPLY from its server's). ended: this skb ended a transaction and
- * released the server, the point where a lost copy starts again. Global, so that the
- * verifier checks it once, not once per caller state. */
-__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 ended)
+ * from its own verdict, REPLY from its server's). edge: for a REPLY, this skb ended a
+ * transaction and released the server, the point where a lost copy starts again; for a
+ * REQUEST, it is the first of a transaction (its client was unbound). Global, so that
+ * the verifier checks it once, not once per caller state. */
+__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 edge)
 {
 	struct pgs_mirror_ctx m = {};
 	struct pgs_mirror_state *st;
-	struct pgs_mirror_rec *r;
+	__u32 was;
+	int res;
 
 	if (!skb)
 		return 0;
 	st = bpf_map_lookup_elem(&mirror_state, &conn);
 	if (!st)
 		return 0;
+	/* The first request of a transaction while lost: after a release whose RESYNC did not
+	 * fit, it writes the RESYNC (or its transaction is lost too); during a release whose
+	 * verdict has not written it yet, its transaction is lost too (see above). */
+	if (kind == PGS_MIRROR_REQUEST && edge) {
+		was = *(volatile __u32 *)&st->lost;
+		if (was == PGS_MIRROR_LOST)
+			was = __sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST, PGS_MIRROR_LOST_NEXT);
+		if (was == PGS_MIRROR_LOST_AT_END &&
+		    pgs_mirror_resync(st, conn, PGS_MIRROR_LOST_AT_END) == PGS_MIRROR_RESYNC_NO_ROOM)
+			__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_AT_END, PGS_MIRROR_LOST);
+	}
 	if (!*(volatile __u32 *)&st->lost) {
 		m.skb = skb;
 		m.st = st;
@@ -106,24 +169,30 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 			bpf_loop(PGS_MIRROR_CHUNKS, pgs_mirror_chunk, &m, 0);
 		if (!m.failed)
 			goto end;
-		st->lost = 1;
+		/* (a verdict of the other direction may have marked it lost meanwhile) */
+		__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_CLEAN, PGS_MIRROR_LOST);
 	}
 	__sync_fetch_and_add(&st->lost_records, 1);
 end:
-	if (!ended || !*(volatile __u32 *)&st->lost)
+	if (kind != PGS_MIRROR_REPLY || !edge)
+		return 0;
+	was = *(volatile __u32 *)&st->lost;
+	if (was == PGS_MIRROR_CLEAN)
 		return 0;
 	/* a transaction ended while lost: start again after it, if the ring has room */
 	__sync_fetch_and_add(&st->lost_xacts, 1);
-	r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
-	if (!r)
-		return 0;
-	r->conn = conn;
-	r->kind = PGS_MIRROR_RESYNC;
-	r->len = 0;
-	r->seq = 0;
-	r->lost_xacts = __sync_lock_test_and_set(&st->lost_xacts, 0);
-	st->lost = 0;
-	bpf_ringbuf_submit(r, 0);
+	if (was != PGS_MIRROR_LOST_NEXT) {
+		res = pgs_mirror_resync(st, conn, was);
+		if (res == PGS_MIRROR_RESYNC_WRITTEN)
+			return 0;
+		/* no room: the next transaction's first request writes it */
+		if (res == PGS_MIRROR_RESYNC_NO_ROOM &&
+		    __sync_val_compare_and_swap(&st->lost, was, PGS_MIRROR_LOST_AT_END) == was)
+			return 0;
+	}
+	/* The next transaction began uncopied (LOST_NEXT, before or during this): it ends
+	 * lost too, and resyncs there. */
+	__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_LOST_NEXT, PGS_MIRROR_LOST);
 	return 0;
 }
 

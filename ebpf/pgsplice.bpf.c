@@ -355,9 +355,10 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	s = bpf_map_lookup_elem(&conns, &sid);
 	if (s)
 		__sync_fetch_and_add(&s->redirected, len);
-	/* the mirror gets the client's bytes as sent: copied before the names are rewritten */
+	/* the mirror gets the client's bytes as sent: copied before the names are rewritten;
+	 * fresh: the first request of a transaction (mirror.h) */
 	if (c->mirror)
-		pgs_mirror_copy(skb, cid, PGS_MIRROR_REQUEST, 0);
+		pgs_mirror_copy(skb, cid, PGS_MIRROR_REQUEST, fresh);
 	/* Committed to this server: only now may the skb carry its names */
 	if (nm.n)
 		stat_add(PGS_ST_STMT_REWRITES, pgs_stmt_rewrite(skb, &nm));

@@ -43,7 +43,7 @@ export class Proxy {
     trackExtraParameters(config.track_extra_parameters);
     configureTcp(config);
     // Throws for 'on' without a kernel path. It reads the config the pooler runs with now.
-    this.kernel = openKernelHost(config.bypass, () => this.pooler.config);
+    this.kernel = openKernelHost(config.bypass, () => this.pooler.config, config.mirror_ring_bytes);
     this.pooler = new Pooler(config, this.kernel, (c) => startAdminConsole(c, this.pooler, this.control));
     this.control = proxyControl(this);
   }

@@ -163,9 +163,9 @@ t.test('target specs and generated pooler configs', async (t) => {
     t.notMatch(yaml, /mirrors/, 'no mirrors unless asked');
   }
   // The mirror row's config: one mirror in the database entry (issue 15's key names).
-  const mirror = { host: '127.0.0.1', port: 5556, dbname: 'bench', user: 'bench', password: 'p"w' };
+  const mirror = { host: '127.0.0.1', port: 5556, dbname: 'bench', user: 'bench', password: 'p"w', pool_size: 64 };
   const doc = parseYaml(pgspliceYaml({ port: 6002, backend, poolSize: 16, maxClientConn: 9000, bypass: 'on', mirrors: [mirror] }));
-  t.same(doc.databases.bench.mirrors, [mirror]);
+  t.same(doc.databases.bench.mirrors, [mirror], 'every key, pool_size too (the default 20 would leave most of 64 clients unmirrored)');
   t.equal(doc.databases.bench.port, 5555, 'the primary stays the backend');
   t.equal(doc.bypass, 'on');
 });

@@ -209,3 +209,17 @@ t.test('databases.<name>.mirrors: defaults, and errors naming the key and its li
   ];
   for (const [text, re] of bad) t.throws(() => parseConfig(text, 'm.yaml'), re, re.source);
 });
+
+t.test('mirror_ring_bytes: a power of two of at least a page, needs a restart; errors name the key and its line', async (t) => {
+  t.equal(parseConfig('bypass: off\ndatabases: { app: {} }\n', 'm.yaml').mirror_ring_bytes, 4 << 20, 'default 4 MiB');
+  const c = parseConfig('bypass: off\ndatabases: { app: {} }\nmirror_ring_bytes: 65536\n', 'm.yaml');
+  t.equal(c.mirror_ring_bytes, 65536);
+  t.same(changesNeedingRestart(parseConfig('bypass: off\ndatabases: { app: {} }\n', 'm.yaml'), c), ['mirror_ring_bytes'], 'a change needs a restart');
+  const bad: Array<[string, RegExp]> = [
+    ['bypass: off\ndatabases: { app: {} }\nmirror_ring_bytes: 100000\n', /^m\.yaml:3: mirror_ring_bytes: 100000 is not a power of two/],
+    ['bypass: off\ndatabases: { app: {} }\nmirror_ring_bytes: 2048\n', /^m\.yaml:3: mirror_ring_bytes: 2048 is out of range; must be 4096\.\.1073741824/],
+    ['bypass: off\ndatabases: { app: {} }\nmirror_ring_bytes: 2147483648\n', /^m\.yaml:3: mirror_ring_bytes: 2147483648 is out of range/],
+    ['bypass: off\ndatabases: { app: {} }\nmirror_ring_bytes: 4 MiB\n', /^m\.yaml:3: mirror_ring_bytes: expected a whole number/],
+  ];
+  for (const [text, re] of bad) t.throws(() => parseConfig(text, 'm.yaml'), re, re.source);
+});

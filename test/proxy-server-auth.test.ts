@@ -4,7 +4,7 @@
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, backendCount } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, backendCount, waitUntil } from './helpers/cluster';
 
 for (const method of ['md5', 'trust'] as const) {
   t.test(`PostgreSQL with ${method} authentication`, async (t) => {
@@ -83,19 +83,19 @@ t.test('upstream problems and per-user pool settings', async (t) => {
       t.ok(row.p === s1pid || c.pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${s1pid}`) === '0', `then gets the server back (${s1pid} -> ${row.p}, the old one reused or closed)`);
       t.ok(backendCount(c, 'solo') <= 1, 'never more than one solo server');
       t.not(row.tz, 'Asia/Tokyo', 'reset between the two sessions');
-      // app: transaction mode, pool size 4: four concurrent sleeps run side by side.
+      // app: transaction mode, pool size 4: four concurrent queries run side by side. Each
+      // waits on an advisory lock a direct connection holds (a user of its own), so all four
+      // are seen at once however slow the machine, and then released.
+      c.sql(`DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gate') THEN CREATE ROLE gate LOGIN PASSWORD 'gate-pw'; END IF; END $$`);
+      const gate = await pgClient(t, { host: '127.0.0.1', port: c.pg.port }, { user: 'gate', password: 'gate-pw' });
+      await gate.query('SELECT pg_advisory_lock(4243)');
       const apps = await Promise.all([0, 1, 2, 3].map(() => pgClient(t, proxy)));
-      let maxActive = 0;
-      const sampler = setInterval(() => {
-        try {
-          maxActive = Math.max(maxActive, backendCount(c, 'app', `state = 'active' AND query LIKE '%pg_sleep(0.8)%'`));
-        } catch {
-          /* sampling */
-        }
-      }, 100);
-      await Promise.all(apps.map((a) => a.query('SELECT pg_sleep(0.8)')));
-      clearInterval(sampler);
-      t.ok(maxActive >= 3 && maxActive <= 4, `app's pool of 4 runs the sleeps side by side (saw ${maxActive} at once)`);
+      const queries = Promise.all(apps.map((a) => a.query('SELECT pg_advisory_xact_lock_shared(4243)')));
+      const waiting = () => backendCount(c, 'app', `state = 'active' AND query LIKE '%pg_advisory_xact_lock_shared%'`);
+      const maxActive = await waitUntil(() => (waiting() === 4 ? 4 : 0), 30_000, 'four queries at once').catch(() => waiting());
+      await gate.query('SELECT pg_advisory_unlock(4243)');
+      await queries;
+      t.equal(maxActive, 4, `app's pool of 4 runs the four queries side by side (saw ${maxActive} at once)`);
     });
   }
 });

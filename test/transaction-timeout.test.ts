@@ -50,6 +50,15 @@ t.test('transaction_timeout', async (t) => {
 
       // A transaction that stays busy (a query every 250 ms) but lasts too long.
       const busyTx = await pgClient(t, proxy);
+      if (bypass === 'on') {
+        // Idle in the kernel first, so that its BEGIN is bound there (on a loaded machine
+        // the hand-over after login can lag the first queries).
+        const port = streamOf(busyTx).localPort;
+        await waitUntil(async () => {
+          await busyTx.query('SELECT 1');
+          return (await adminRows(proxy, 'SHOW CLIENTS')).find((r) => Number(r.port) === port)?.path === 'kernel';
+        }, 20_000, 'the client idle on the kernel path', 250);
+      }
       await busyTx.query('BEGIN');
       const busyPid = Number((await busyTx.query('SELECT pg_backend_pid() AS p')).rows[0].p);
       const started = Date.now();

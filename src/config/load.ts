@@ -45,7 +45,7 @@ import {
 
 type Kind =
   | { t: 'string'; nonEmpty?: boolean }
-  | { t: 'int'; min: number; max?: number }
+  | { t: 'int'; min: number; max?: number; pow2?: boolean } // pow2: a power of two (then min, a page, makes it a page multiple)
   | { t: 'duration' }
   | { t: 'bool' }
   | { t: 'enum'; values: readonly string[] }
@@ -109,7 +109,10 @@ const SETTINGS: { [K in keyof Settings]: Setting<Settings[K]> } = {
   auth_query: setting(nonEmptyStr, DEFAULT_AUTH_QUERY), auth_dbname: setting(str, ''), auth_query_cache_ttl: setting(duration, 60), admin_users: setting(list, []),
   stats_users: setting(list, []),
   // Data path and logging.
-  bypass: setting({ t: 'enum', values: BYPASS_MODES }, 'auto'), log_level: setting({ t: 'enum', values: LOG_LEVELS }, 'info'),
+  bypass: setting({ t: 'enum', values: BYPASS_MODES }, 'auto'),
+  // The ring the kernel path copies mirrored clients' traffic into (docs/mirroring.md): 4 MiB.
+  mirror_ring_bytes: setting({ t: 'int', min: 4096, max: 1 << 30, pow2: true }, 4 << 20),
+  log_level: setting({ t: 'enum', values: LOG_LEVELS }, 'info'),
   log_format: setting({ t: 'enum', values: LOG_FORMATS }, 'text'), logfile: setting(str, ''), pidfile: setting(str, ''), syslog: setting(bool, false),
   syslog_ident: setting(nonEmptyStr, 'pgsplice'), syslog_facility: setting({ t: 'enum', values: Object.keys(SYSLOG_FACILITIES) }, 'daemon'),
   syslog_socket: setting(nonEmptyStr, '/dev/log'), // pgsplice's own (PgBouncer always uses /dev/log)
@@ -389,6 +392,7 @@ class Loader {
           this.fail(path, line, `${v} is out of range; must be ${kind.min}..${kind.max}`);
         }
         if (v < kind.min) this.fail(path, line, `${v} is too small; must be >= ${kind.min}`);
+        if (kind.pow2 && (v & (v - 1)) !== 0) this.fail(path, line, `${v} is not a power of two (such as ${kind.min}, 65536 or 4194304)`);
         return v;
       }
       case 'duration': {
@@ -778,7 +782,7 @@ export function applySetting(config: Config, key: string, text: string): Config 
 
 /** Keys whose change takes effect only after a restart (everything else reloads on SIGHUP).
  * The one list: RELOAD, SIGHUP and the admin console's SET all read it. */
-export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'listen.unix_socket_mode', 'bypass', 'metrics', 'pidfile', 'workers', 'so_reuseport', 'peer_id'];
+export const RESTART_KEYS: readonly string[] = ['listen.host', 'listen.port', 'listen.unix_socket_dir', 'listen.unix_socket_mode', 'bypass', 'mirror_ring_bytes', 'metrics', 'pidfile', 'workers', 'so_reuseport', 'peer_id'];
 
 /** Which restart-only keys differ between two configs (a RELOAD applies the rest and reports these). */
 export function changesNeedingRestart(before: Config, after: Config): string[] {

@@ -133,6 +133,7 @@ export interface Config {
   admin_users: string[];
   stats_users: string[];
   bypass: BypassMode;
+  mirror_ring_bytes: number; // the kernel path's ring for mirrored clients' traffic (restart)
   log_level: LogLevel;
   log_format: LogFormat; // text lines, or one JSON object per line
   logfile: string; // '' = stderr only; else also appended here (reopened on SIGHUP)

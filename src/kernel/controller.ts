@@ -25,14 +25,15 @@ import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/
 import type { MirrorRecord } from './kernel-abi';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
-// space only. 'on' throws when it cannot load. config: the running config (reload changes it).
-export function openKernelHost(mode: BypassMode, config: () => Config): KernelHost {
+// space only. 'on' throws when it cannot load. config: the running config (reload changes it);
+// mirrorRingBytes: mirror_ring_bytes of the config at start (a restart-only key).
+export function openKernelHost(mode: BypassMode, config: () => Config, mirrorRingBytes?: number): KernelHost {
   if (mode === 'off') return new UserSpaceOnly({ mode, loaded: false, reason: 'bypass: off' });
   let kernel: KernelPathType;
   try {
     // Loaded lazily so 'off' never needs the addon or root.
     const { KernelPath } = require('./kernel-path') as typeof import('./kernel-path');
-    kernel = KernelPath.open();
+    kernel = KernelPath.open({ mirrorRingBytes });
   } catch (e) {
     const why = (e as Error).message.split('\n')[0];
     if (mode === 'on') throw new Error(`bypass: on, but the kernel path cannot be used: ${why}`);
@@ -130,7 +131,7 @@ export class BypassController implements KernelHost {
   // ---- mirroring: what the verdicts copied for mirrored clients (src/mirror/kernel-feed.ts) ----
 
   private readonly mirrorFeeds = new WeakMap<ClientConnection, KernelMirrorFeed>();
-  readonly mirrorTotals: KernelMirrorTotals = { records: 0, bytes: 0, resyncs: 0 };
+  readonly mirrorTotals: KernelMirrorTotals = { records: 0, bytes: 0, resyncs: 0, ignored: 0 };
 
   private mirrorFeed(client: ClientConnection): KernelMirrorFeed {
     let f = this.mirrorFeeds.get(client);
@@ -141,6 +142,18 @@ export class BypassController implements KernelHost {
   private onMirrorRecord(r: MirrorRecord): void {
     const client = this.clients.get(r.conn);
     if (client && client.mirrors.length) this.mirrorFeed(client).record(r);
+    else this.mirrorTotals.ignored++; // copied before its mirrors were removed, or it left
+  }
+
+  // The client's mirrors were all removed (a reload): the verdicts stop copying it now.
+  // Its mirror state goes, so the copy finds none (one lookup per skb until it leaves);
+  // conn.mirror stays set, as rewriting conns from user space could lose the verdicts'
+  // concurrent writes to it.
+  mirrorsEnded(client: ClientConnection): void {
+    const k = this.kernel;
+    if (!k || !this.kidOf.has(client)) return; // never registered: nothing to stop
+    k.stopMirror(client.id);
+    this.mirrorFeeds.delete(client);
   }
 
   // The client entered the kernel path: its traffic may be copied there from now on.
@@ -158,7 +171,7 @@ export class BypassController implements KernelHost {
     const f = this.mirrorFeeds.get(client);
     if (!k || !f) return;
     k.drainMirror();
-    if (f.state === FeedState.Clean && k.mirrorState(client.id)?.lost) f.lose();
+    f.beforeUserBytes(() => k.mirrorState(client.id)?.lost ?? false);
   }
 
   // The client is idle in user space, nothing in flight either way: a clean boundary of
@@ -1019,6 +1032,7 @@ export class BypassController implements KernelHost {
       out.mirror_records = this.mirrorTotals.records;
       out.mirror_bytes = this.mirrorTotals.bytes;
       out.mirror_resyncs = this.mirrorTotals.resyncs;
+      out.mirror_ignored = this.mirrorTotals.ignored;
     }
     return out;
   }
@@ -1037,7 +1051,7 @@ export class BypassController implements KernelHost {
         ['kernel_statement_rewrites', String(kc.statementRewrites)]);
       // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
       rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
-        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)]);
+        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Which path serves each pool, and why (bypass: auto decides per pool).
       for (const pool of this.kpools.keys()) {

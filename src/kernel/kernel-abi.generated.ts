@@ -78,6 +78,7 @@ export const ENUMS = {
   pgs_mirror_limits: {
     PGS_MIRROR_RING_BYTES: 4194304,
     PGS_MIRROR_SMALL: 256,
+    PGS_MIRROR_MEDIUM: 1024,
     PGS_MIRROR_LARGE: 4096,
     PGS_MIRROR_CHUNKS: 64,
   },

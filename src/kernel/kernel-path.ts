@@ -147,17 +147,6 @@ interface Reg {
   written: bigint; // TCP bytes written at registration
 }
 
-// The size of the ring the verdicts copy mirrored traffic into (ebpf/mirror.h): a power of
-// two of at least a page; PGSPLICE_MIRROR_RING_BYTES sets another (tests use a tiny one).
-function mirrorRingBytes(): number {
-  const v = process.env.PGSPLICE_MIRROR_RING_BYTES;
-  if (!v) return abi.MIRROR_RING_BYTES;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 4096 || (n & (n - 1)) !== 0)
-    throw new Error(`PGSPLICE_MIRROR_RING_BYTES=${v}: a power of two, at least 4096`);
-  return n;
-}
-
 export class KernelPath {
   private readonly listeners: Array<(e: KernelEvent) => void> = [];
   private mirrorListener: ((r: abi.MirrorRecord) => void) | null = null;
@@ -172,14 +161,16 @@ export class KernelPath {
     private readonly obj: BpfObject,
   ) {}
 
-  /** Load the BPF object and attach the verdict. Throws an Error saying why not. */
+  /** Load the BPF object and attach the verdict. Throws an Error saying why not.
+   * mirrorRingBytes: the size of the ring mirrored traffic is copied into (ebpf/mirror.h;
+   * config key mirror_ring_bytes, a power of two of at least a page). */
   static open(opts: { objPath?: string; mirrorRingBytes?: number } = {}): KernelPath {
     const addon = loadAddon();
     const objPath = opts.objPath ?? process.env.PGSPLICE_BPF_OBJ ?? findUp(OBJ_REL);
     if (!objPath || !fs.existsSync(objPath))
       throw new Error(`kernel path unavailable: BPF object not built (${OBJ_REL}; run scripts/bootstrap)`);
     let obj: BpfObject;
-    const ring = opts.mirrorRingBytes ?? mirrorRingBytes();
+    const ring = opts.mirrorRingBytes ?? abi.MIRROR_RING_BYTES;
     try {
       obj = addon.load(objPath, ring === abi.MIRROR_RING_BYTES ? undefined : { mapSizes: { mirror_ring: ring } });
     } catch (e) {
@@ -344,6 +335,13 @@ export class KernelPath {
     const b = this.obj.mapLookup('mirror_state', abi.u32(id));
     if (!b) return;
     this.obj.mapUpdate('mirror_state', abi.u32(id), abi.mirrorStateResumed(b));
+  }
+
+  /** The client is no longer mirrored: its mirror state goes, and with it the copies
+   * (pgs_mirror_copy finds no state and copies nothing). */
+  stopMirror(id: number): void {
+    if (this.closed || !this.regs.has(id)) return;
+    this.obj.mapDelete('mirror_state', abi.u32(id));
   }
 
   registerServer(id: number, fd: number, poolId: number): void {

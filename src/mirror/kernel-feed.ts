@@ -8,6 +8,12 @@
 // kernel writes nothing more for the client until one of its transactions ends there
 // (a RESYNC record), or user space finds the client idle itself (resumed). In between the
 // sessions take nothing, and what they had gathered is dropped whole and counted.
+//
+// Bytes user space itself skipped while the copy was lost (a request the kernel passed up
+// while a pipelining client's previous transaction was ending) are not covered by a
+// RESYNC the kernel writes afterwards: the streams after it would lack them. Such a
+// RESYNC is counted but not trusted; the feed starts again when user space finds the
+// client idle, where nothing is in flight either way.
 import { MirrorKind, type MirrorRecord } from '../kernel/kernel-abi';
 import type { MirrorSession } from './mirror-session';
 
@@ -21,11 +27,14 @@ export interface KernelMirrorTotals {
   records: number;
   bytes: number;
   resyncs: number;
+  ignored: number; // records of clients no longer mirrored (copied before that was known)
 }
 
 export class KernelMirrorFeed {
   state = FeedState.Clean;
   private readonly next = [0, 0]; // expected seq of REQUEST, REPLY records
+  private skippedUserBytes = false; // while lost, user space had bytes of its own for the sessions
+  private pendingTransactions = 0; // lost ones a RESYNC reported that was not trusted
 
   constructor(
     private readonly sessions: () => readonly MirrorSession[],
@@ -33,7 +42,12 @@ export class KernelMirrorFeed {
   ) {}
 
   record(r: MirrorRecord): void {
-    if (r.kind === MirrorKind.RESYNC) return this.resume(r.lostXacts);
+    if (r.kind === MirrorKind.RESYNC) {
+      if (!this.skippedUserBytes) return this.resume(r.lostXacts);
+      this.lose();
+      this.pendingTransactions += r.lostXacts;
+      return;
+    }
     const i = r.kind === MirrorKind.REQUEST ? 0 : 1;
     if (r.seq !== this.next[i]) this.lose();
     this.next[i] = r.seq + 1;
@@ -51,6 +65,13 @@ export class KernelMirrorFeed {
     }
   }
 
+  // User space is about to feed the sessions bytes of its own (after draining the ring);
+  // kernelLost: the kernel's state says the copy is lost (read only while clean).
+  beforeUserBytes(kernelLost: () => boolean): void {
+    if (this.state === FeedState.Clean && kernelLost()) this.lose();
+    if (this.state === FeedState.Lost) this.skippedUserBytes = true;
+  }
+
   // Bytes of the client's streams are missing: its sessions stop taking any.
   lose(): void {
     if (this.state === FeedState.Lost) return;
@@ -64,6 +85,9 @@ export class KernelMirrorFeed {
     this.lose(); // a RESYNC is the kernel's report of a loss not seen yet
     this.state = FeedState.Clean;
     this.totals.resyncs++;
-    for (const m of this.sessions()) m.streamResumed(Math.max(1, transactions));
+    const lost = transactions + this.pendingTransactions;
+    this.pendingTransactions = 0;
+    this.skippedUserBytes = false;
+    for (const m of this.sessions()) m.streamResumed(Math.max(1, lost));
   }
 }

@@ -15,7 +15,10 @@
 // After a transaction is dropped the mirror may lack what it did to the session: before
 // the next one, the mirror session is reset (DISCARD ALL) and given the client's
 // settings and named statements again (the settings as the proxy tracks them in
-// transaction mode, the statements as the client prepared them).
+// transaction mode, the statements as the client prepared them). A Bind or Describe of
+// a statement the mirror session lacks all the same (its Parse was in a transaction the
+// kernel's copy lost) gets the statement prepared first, as the transaction-mode pool
+// prepares a statement on a server that lacks it.
 import { Frontend, MAX_MESSAGE_LENGTH, TxStatus } from '../protocol/constants';
 import { MessageFramer } from '../protocol/framer';
 import { BodyReader, message, query } from '../protocol/messages';
@@ -50,6 +53,14 @@ export interface MirroredClient {
   readonly settings: ReadonlyMap<string, string>;
   // What its servers are opened with (startup settings, application_name).
   readonly mirrorStartup: Record<string, string>;
+  // Its named statements as the proxy tracks them in transaction mode: name -> the Parse
+  // that made it, under the client's name (null: none, or not tracked in this pool mode).
+  statementsNow(): Map<string, Buffer> | null;
+  statementNow(name: string): Buffer | null; // one of them
+
+  // One of its sessions ended (the mirror was removed, or the client left): its traffic
+  // stops being copied for it (on the kernel path too, once no session is left).
+  mirrorEnded(session: MirrorSession): void;
 }
 
 interface Unit {
@@ -111,11 +122,17 @@ export class MirrorSession implements ServerPeer {
   private startSettings: Map<string, string> | null = null;
   private stopped = false;
   private lost = false; // the kernel's copy of the client's streams has a hole (kernel-feed.ts)
+  // When it was lost, the requests awaiting answers beyond the first: a pipelining client's
+  // transactions that end in the hole, which the kernel counts as one (one release).
+  private lostPipelined = 0;
   private closing = false; // the client left: finish what was sent, then close
   // The client's named statements as of its last finished transaction: the Parse that
   // made each (sent again after a resync); and as of now, for the statement texts.
   private readonly statements = new Map<string, { parse: Buffer; sql: string }>();
   private readonly latest = new Map<string, string>();
+  // The named statements the mirror session has, as sent to it (setups, the client's
+  // Parse and Close, and those prepared on demand).
+  private readonly mirrorHas = new Set<string>();
 
   constructor(
     readonly mirror: MirrorLink,
@@ -170,7 +187,11 @@ export class MirrorSession implements ServerPeer {
     if (type === Frontend.Bind) {
       r.cstring();
       const name = r.cstring();
-      return name ? this.latest.get(name) ?? `(statement ${name})` : '';
+      if (!name) return '';
+      const sql = this.latest.get(name);
+      if (sql !== undefined) return sql;
+      const parse = this.client.statementNow(name); // prepared in a transaction whose copy was lost
+      return parse ? parseSql(parse) : `(statement ${name})`;
     }
     return '';
   }
@@ -189,7 +210,7 @@ export class MirrorSession implements ServerPeer {
       unit.statementOps.push({ del: name });
     } else if (type === Frontend.Query) {
       const sql = new BodyReader(body).cstring();
-      if (/^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$/i.test(sql)) {
+      if (RESETS_STATEMENTS.test(sql)) {
         this.latest.clear();
         unit.statementOps.push({ clear: true });
       }
@@ -248,6 +269,7 @@ export class MirrorSession implements ServerPeer {
   streamLost(): void {
     if (this.stopped || this.lost) return;
     this.lost = true;
+    this.lostPipelined = Math.max(0, this.sent.length - 1);
     this.freeGathered();
     this.startSettings = null;
   }
@@ -260,8 +282,20 @@ export class MirrorSession implements ServerPeer {
     this.requests.takeRest();
     this.answers.takeRest();
     this.primaryOutcome.reset();
-    this.mirror.dropped += BigInt(transactions);
+    this.mirror.dropped += BigInt(transactions + this.lostPipelined);
+    this.lostPipelined = 0;
     this.gap = true;
+    // Parses and Closes of the lost transactions were not seen: the client's statements
+    // are what the proxy's map says it has now (the setup before the next one prepares them).
+    const now = this.client.statementsNow();
+    if (!now) return;
+    this.statements.clear();
+    this.latest.clear();
+    for (const [name, parse] of now) {
+      const sql = parseSql(parse);
+      this.statements.set(name, { parse, sql });
+      this.latest.set(name, sql);
+    }
   }
 
   // ---- the mirror's side ----
@@ -280,7 +314,7 @@ export class MirrorSession implements ServerPeer {
       if (txn.afterGap) out.push(...this.setup(this.used, txn.settings));
       this.used = true;
       txn.units.forEach((u, i) => {
-        out.push(...u.parts);
+        for (const part of u.parts) this.sendMessage(part, out);
         this.expected.push({ txn, unit: i });
       });
       this.applyStatementOps(txn.units); // a setup after this one starts from here
@@ -290,6 +324,29 @@ export class MirrorSession implements ServerPeer {
     if (out.length) conn.write(out.length === 1 ? out[0] : Buffer.concat(out));
   }
 
+  // One of the client's messages toward the mirror, after a Parse of the named statement
+  // it uses when the mirror session lacks it; follows what the session has.
+  private sendMessage(m: Buffer, out: Buffer[]): void {
+    const type = m[0];
+    if (type === Frontend.Bind || type === Frontend.Describe || type === Frontend.Parse || type === Frontend.Close) {
+      const name = statementNameOf(type, m);
+      if (name === null) {
+        // (not a named statement: a portal, or the unnamed statement)
+      } else if (type === Frontend.Parse) this.mirrorHas.add(name);
+      else if (type === Frontend.Close) this.mirrorHas.delete(name);
+      else if (!this.mirrorHas.has(name)) {
+        const parse = this.statements.get(name)?.parse ?? this.client.statementNow(name);
+        if (parse) {
+          out.push(parse); // its ParseComplete is not compared (OutcomeReader skips it)
+          this.mirrorHas.add(name);
+        }
+      }
+    } else if (type === Frontend.Query && RESETS_STATEMENTS.test(m.toString('utf8', 5, Math.min(m.length - 1, 5 + 64)))) {
+      this.mirrorHas.clear();
+    }
+    out.push(m);
+  }
+
   // Messages that give the mirror session the client's settings and named statements
   // (after a reset when the session was in use). Their answers are not compared.
   private setup(reset: boolean, settings: Map<string, string>): Buffer[] {
@@ -297,6 +354,7 @@ export class MirrorSession implements ServerPeer {
     if (reset) {
       out.push(query('DISCARD ALL'));
       this.expected.push({ txn: null, unit: 0 });
+      this.mirrorHas.clear();
     }
     const sql = settingsSql(settings);
     if (sql) {
@@ -304,7 +362,10 @@ export class MirrorSession implements ServerPeer {
       this.expected.push({ txn: null, unit: 0 });
     }
     if (this.statements.size) {
-      for (const s of this.statements.values()) out.push(s.parse);
+      for (const [name, s] of this.statements) {
+        out.push(s.parse);
+        this.mirrorHas.add(name);
+      }
       out.push(message(Frontend.Sync, Buffer.alloc(0)));
       this.expected.push({ txn: null, unit: 0 });
     }
@@ -324,6 +385,7 @@ export class MirrorSession implements ServerPeer {
         // A new session starts as the client's did (its startup settings); only after a gap
         // does it need the client's settings and statements (pump), without a reset.
         this.used = false;
+        this.mirrorHas.clear();
         this.pump();
         if (this.closing) this.finish(); // the client left while this connection opened
       },
@@ -440,6 +502,7 @@ export class MirrorSession implements ServerPeer {
     this.link = LinkState.None;
     if (conn) conn.close(reason);
     this.mirror.sessions.delete(this);
+    this.client.mirrorEnded(this);
   }
 
   // Frees the bytes of transactions the client had not finished.
@@ -449,6 +512,31 @@ export class MirrorSession implements ServerPeer {
     this.sent = [];
     this.txnUnits = [];
   }
+}
+
+// A Query that drops the session's named statements.
+const RESETS_STATEMENTS = /^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$/i;
+
+// The named statement a Parse, Bind, Close or Describe message (whole, with its header)
+// is about; null for the unnamed statement, a portal, or a malformed message.
+function statementNameOf(type: number, m: Buffer): string | null {
+  let at = 5;
+  if (type === Frontend.Bind) {
+    at = m.indexOf(0, at) + 1; // the portal name first
+    if (at === 0) return null;
+  } else if (type === Frontend.Close || type === Frontend.Describe) {
+    if (m[at] !== 0x53 /* S */) return null;
+    at++;
+  }
+  const end = m.indexOf(0, at);
+  return end > at ? m.toString('utf8', at, end) : null;
+}
+
+// The query text of a Parse message (whole, with its header).
+function parseSql(m: Buffer): string {
+  const r = new BodyReader(m.subarray(5));
+  r.cstring();
+  return r.cstring();
 }
 
 // SQL that gives a mirror session the client's settings (one Query: all or nothing).

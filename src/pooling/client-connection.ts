@@ -30,6 +30,7 @@ import type { AuthType, Config } from '../config/types';
 import { ClientTls, clientRefusal } from '../auth/tls';
 import { log } from '../observe/log';
 import { ClientTiming, countError } from '../observe/stats';
+import { parseMessage } from '../session/prepared-statements';
 import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit, type RewriterOptions } from '../session/request-rewriter';
 import { ReplyAction, ReplyEnd } from '../session/reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
@@ -86,6 +87,8 @@ export interface ClientKernel {
   settingsLearned(client: ClientConnection): Promise<void> | null;
   // Before user space feeds the client's mirror sessions: what the kernel copied first.
   beforeMirrorFeed(client: ClientConnection): void;
+  // The client has no mirror session left: nothing of its traffic is copied from now on.
+  mirrorsEnded(client: ClientConnection): void;
 }
 
 let nextClientId = 1;
@@ -175,6 +178,30 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // Its copies toward mirrors (docs/mirroring.md); on the kernel path the verdicts copy its
   // traffic and BypassController feeds them (src/mirror/kernel-feed.ts).
   mirrors: MirrorSession[] = NO_MIRRORS; // (the pooler assigns a client's own list, if any)
+  // A mirror session of it ended (docs/mirroring.md): no more copies for it; with none
+  // left (its mirrors were removed on reload) the kernel stops copying its traffic too.
+  mirrorEnded(session: MirrorSession): void {
+    this.mirrors = this.mirrors.filter((m) => m !== session);
+    if (!this.mirrors.length && this.state !== ClientState.Closed) this.host.kernel.mirrorsEnded(this);
+  }
+
+  // Its named statements for its mirror sessions (transaction mode: the rewriter's map),
+  // each as the Parse under the client's own name.
+  statementsNow(): Map<string, Buffer> | null {
+    const statements = this.rewriter?.statements;
+    if (!statements) return null;
+    const out = new Map<string, Buffer>();
+    for (const name of statements.keys()) out.set(name, this.statementNow(name)!);
+    return out;
+  }
+
+  statementNow(name: string): Buffer | null {
+    const e = this.rewriter?.statements.get(name);
+    if (!e) return null;
+    const body = e.parse.subarray(5); // server name, then the client's text and types
+    return parseMessage(name, body.subarray(body.indexOf(0) + 1));
+  }
+
   // What a mirror connection of this client is opened with: its startup settings, application_name.
   get mirrorStartup(): Record<string, string> {
     const out = poolStartup(startupSettings(this.startup));

@@ -124,7 +124,7 @@ export class UserSpaceOnly implements KernelHost {
   private readonly counters = zeroUserPathCounters();
   constructor(readonly status: BypassStatus) {}
   // Told of something (a pool, waiters, a client leaving, the janitor's tick): nothing to do.
-  poolCreated = nothing; waitersChanged = nothing; closeIdle = nothing; leftKernel = nothing; beforeMirrorFeed = nothing; clientClosed = nothing; serverPassed = nothing; janitor = nothing;
+  poolCreated = nothing; waitersChanged = nothing; closeIdle = nothing; leftKernel = nothing; beforeMirrorFeed = nothing; mirrorsEnded = nothing; clientClosed = nothing; serverPassed = nothing; janitor = nothing;
   // Asked to take something: it takes nothing.
   offerIdle = no; offerClient = no; bindInKernel = no; feedKernelBound = no; reclaimBound = no; clientBound = no; serverBound = no;
   // Asked for something it would hold: it holds nothing.

@@ -85,12 +85,14 @@ export type PgTestClient = Client & { errors: Error[]; processID: number | null;
 
 // A connected node-postgres client through the proxy, ended at teardown.
 // Unexpected connection errors are recorded in client.errors instead of crashing the test.
+// 30 s to log in: a SCRAM login through a proxy that just started (and, with bypass: on, just
+// verified its BPF programs) took over 10 s on a machine at load 20.
 export async function pgClient(
   t: TeardownHost,
   ep: Endpoint,
   cfg: Partial<ClientConfig> = {},
 ): Promise<PgTestClient> {
-  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 10000, ...cfg }) as PgTestClient;
+  const c = new Client({ host: ep.host, port: ep.port, user: APP_USER, password: APP_PASSWORD, database: APP_DB, connectionTimeoutMillis: 30000, ...cfg }) as PgTestClient;
   c.errors = [];
   c.on('error', (e) => c.errors.push(e));
   t.teardown(() => c.end().catch(() => undefined));

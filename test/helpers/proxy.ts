@@ -66,14 +66,14 @@ export function requireCli(): void {
 }
 
 // Runs the CLI to completion (check, --version, --help ...).
-export function runCli(args: string[], timeoutMs = 20000): { code: number | null; stdout: string; stderr: string } {
+export function runCli(args: string[], timeoutMs = 60000): { code: number | null; stdout: string; stderr: string } {
   requireCli();
   const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: timeoutMs });
   return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
 // The same, without blocking: several CLI runs can go side by side.
-export function runCliAsync(args: string[], timeoutMs = 20000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCliAsync(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   requireCli();
   return new Promise((resolve) => {
     const p = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
