@@ -3,6 +3,7 @@
 // opening them took and how much the proxy's resident memory grew per client.
 import { Client } from 'pg';
 import { rssKiB } from './proc';
+import type { ProxyMemory } from './inspector';
 
 // The client side of a SCRAM login spends most of its time in PBKDF2 (4096 rounds).
 // Every login here uses the same password, and the proxy's salt per user does not
@@ -42,6 +43,22 @@ export interface IdleResult {
   // Slope of a least-squares line through (clients open, proxy RSS) samples taken
   // while opening: robust against a garbage collection shrinking the RSS once.
   bytes_per_client: number | null;
+  // With a probe (the proxy's memory read after a full collection in it, before the
+  // clients and after): what the idle clients keep alive, apart from the garbage and the
+  // young generation V8 grew during the logins and keeps (its size is no per-client cost).
+  after_gc?: {
+    rss_bytes_per_client: number;
+    heap_used_bytes_per_client: number;
+    // RSS growth less the young generation's growth: what the clients themselves hold.
+    rss_less_young_gen_bytes_per_client: number;
+    young_gen_growth_bytes: number;
+    external_bytes_per_client: number;
+    // RSS growth outside V8's heap pages: native socket state (libuv handle, Node's TCP
+    // wrap), the kernel-path addon, malloc's overhead and fragmentation.
+    outside_v8_heap_bytes_per_client: number;
+  } | null;
+  // With a snapshot hook: the heap objects the clients added, per constructor, per client.
+  heap_growth?: Array<{ what: string; count_per_client: number; bytes_per_client: number }>;
   error: string | null;
 }
 
@@ -69,6 +86,9 @@ export async function idleRun(o: {
   proxyPid: number | null;
   concurrency?: number;
   log?: (s: string) => void;
+  probe?: () => Promise<ProxyMemory>;
+  settleSeconds?: number;
+  snapshot?: (label: string) => Promise<Array<{ what: string; count: number; bytes: number }>>;
 }): Promise<IdleResult> {
   installScramCache();
   const open: Client[] = [];
@@ -91,6 +111,8 @@ export async function idleRun(o: {
   }
   const warm = open.length;
   await new Promise((r) => setTimeout(r, 300));
+  const mem0 = o.probe ? await o.probe().catch(() => null) : null;
+  const snap0 = o.snapshot ? await o.snapshot('before') : null;
   const before = o.proxyPid ? rssKiB(o.proxyPid) : null;
   const t0 = process.hrtime.bigint();
   let next = 0;
@@ -116,10 +138,40 @@ export async function idleRun(o: {
   await Promise.all(Array.from({ length: o.concurrency ?? 64 }, worker));
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   await new Promise((r) => setTimeout(r, 1000));
+  if (o.settleSeconds && o.proxyPid) {
+    const series: number[] = [];
+    for (let i = 0; i < o.settleSeconds; i++) {
+      series.push(rssKiB(o.proxyPid) ?? 0);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    o.log?.(`settle RSS KiB: ${series.join(' ')}`);
+  }
   const after = o.proxyPid ? rssKiB(o.proxyPid) : null;
   const opened = open.length - warm;
   if (after !== null) samples.push([opened, after * 1024]);
   const perClient = slope(samples);
+  const mem1 = mem0 && o.probe ? await o.probe().catch(() => null) : null;
+  let afterGc: IdleResult['after_gc'] = null;
+  if (mem0 && mem1 && opened > 0) {
+    const young = (mem1.spaces.new_space ?? 0) - (mem0.spaces.new_space ?? 0);
+    afterGc = {
+      rss_bytes_per_client: round((mem1.rss - mem0.rss) / opened, 0),
+      heap_used_bytes_per_client: round((mem1.heap_used - mem0.heap_used) / opened, 0),
+      rss_less_young_gen_bytes_per_client: round((mem1.rss - mem0.rss - young) / opened, 0),
+      young_gen_growth_bytes: young,
+      external_bytes_per_client: round((mem1.external - mem0.external) / opened, 0),
+      outside_v8_heap_bytes_per_client: round((mem1.rss - mem0.rss - (sum(mem1.spaces) - sum(mem0.spaces))) / opened, 0),
+    };
+  }
+  let heapGrowth: IdleResult['heap_growth'];
+  if (snap0 && o.snapshot && opened > 0) {
+    const snap1 = await o.snapshot('after');
+    const was = new Map(snap0.map((e) => [e.what, e]));
+    heapGrowth = snap1
+      .map((e) => ({ what: e.what, count_per_client: round((e.count - (was.get(e.what)?.count ?? 0)) / opened, 2), bytes_per_client: round((e.bytes - (was.get(e.what)?.bytes ?? 0)) / opened, 1) }))
+      .filter((e) => Math.abs(e.bytes_per_client) >= 8)
+      .sort((a, b) => b.bytes_per_client - a.bytes_per_client);
+  }
   // Prove the clients are alive: one round trip on a few of them.
   try {
     await Promise.all(open.slice(-5).map((c) => c.query('SELECT 1')));
@@ -136,8 +188,14 @@ export async function idleRun(o: {
     rss_before_kib: before,
     rss_after_kib: after,
     bytes_per_client: perClient === null ? null : round(perClient, 0),
+    after_gc: afterGc,
+    ...(heapGrowth ? { heap_growth: heapGrowth } : {}),
     error,
   };
+}
+
+function sum(spaces: Record<string, number>): number {
+  return Object.values(spaces).reduce((a, b) => a + b, 0);
 }
 
 function round(x: number, digits: number): number {

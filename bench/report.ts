@@ -122,7 +122,10 @@ export function evaluateGoals(r: BenchResult): GoalRecord[] {
   goals.push(keptUpNote(r, g(14, 'i14-rate-off-p99', `fixed ${GOAL_RATE.toLocaleString('en-US')} tps: bypass: off p99 latency <= 1.2x PgBouncer's`, ['pgsplice-off', RATE], ['pgbouncer', RATE], (c) => c.latency_p99_ms, '<=', 1.2, msU), ['pgsplice-off', 'pgbouncer']));
   for (const t of ['pgsplice-off', 'pgsplice-on']) {
     const idle = r.idle.find((i) => i.target === t);
-    const b = idle?.bytes_per_client ?? null;
+    // After a full collection in the proxy when the run could ask for one (the young
+    // generation V8 keeps after a burst of logins is not a cost per client); else the slope.
+    const gc = idle?.after_gc ?? null;
+    const b = gc ? gc.rss_bytes_per_client : (idle?.bytes_per_client ?? null);
     const m = t.slice('pgsplice-'.length);
     // A slope at or below zero means RSS shrank while clients were opened (a garbage
     // collection returned more than they took): no figure, not a met goal.
@@ -134,7 +137,7 @@ export function evaluateGoals(r: BenchResult): GoalRecord[] {
         ? `not measured: the proxy's RSS shrank while ${idle!.clients_opened.toLocaleString('en-US')} clients were opened (slope ${b} B per client: a garbage collection returned more than they took); open more clients (--idle-clients)`
         : b === null
         ? `not measured: ${idle?.error ?? r.targets.find((x) => x.label === t)?.reason ?? `no idle run for ${t}`}`
-        : `${b <= 4096 ? 'met' : 'MISSED'}: ${b} B per client${b > 4096 ? ` (${((b / 4096 - 1) * 100).toFixed(0)}% over 4096 B)` : ''}, ${idle!.clients_opened.toLocaleString('en-US')} clients`,
+        : `${b <= 4096 ? 'met' : 'MISSED'}: ${b} B per client${b > 4096 ? ` (${((b / 4096 - 1) * 100).toFixed(0)}% over 4096 B)` : ''}, ${idle!.clients_opened.toLocaleString('en-US')} clients${gc ? `, RSS after a full collection (JS heap ${gc.heap_used_bytes_per_client} B of it; RSS while opening, young generation included: ${idle!.bytes_per_client ?? '?'} B)` : ''}`,
     });
   }
 
@@ -263,10 +266,11 @@ export function markdownReport(r: BenchResult, svgName?: string): string {
   }
   if (r.idle.length) {
     L.push(`## Idle connections (${o.idle_clients.toLocaleString('en-US')} clients logged in with SCRAM and left idle)`, '');
-    L.push('| target | opened | seconds | logins/s | proxy RSS before MiB | after MiB | bytes per client | error |', '|---|---:|---:|---:|---:|---:|---:|---|');
+    L.push('| target | opened | seconds | logins/s | proxy RSS before MiB | after MiB | RSS B/client while opening | RSS B/client after a collection | JS heap B/client after a collection | error |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|');
     for (const i of r.idle) {
-      L.push(`| ${i.target} | ${i.clients_opened} | ${f1(i.open_seconds)} | ${f0(i.opens_per_second)} | ${i.rss_before_kib == null ? '–' : (i.rss_before_kib / 1024).toFixed(1)} | ${i.rss_after_kib == null ? '–' : (i.rss_after_kib / 1024).toFixed(1)} | ${f0(i.bytes_per_client)} | ${i.error ?? ''} |`);
+      L.push(`| ${i.target} | ${i.clients_opened} | ${f1(i.open_seconds)} | ${f0(i.opens_per_second)} | ${i.rss_before_kib == null ? '–' : (i.rss_before_kib / 1024).toFixed(1)} | ${i.rss_after_kib == null ? '–' : (i.rss_after_kib / 1024).toFixed(1)} | ${f0(i.bytes_per_client)} | ${f0(i.after_gc?.rss_bytes_per_client ?? null)} | ${f0(i.after_gc?.heap_used_bytes_per_client ?? null)} | ${i.error ?? ''} |`);
     }
+    L.push('', 'RSS while opening: slope of the proxy\'s RSS over the clients opened, as the process grows (V8 keeps the young generation it grew during the logins, up to 32 MiB). After a collection: pgsplice only, a full garbage collection in the proxy (through its loopback inspector) before the reading before the clients and the one after; the issue-14 goal reads this figure where there is one.');
     L.push('');
   }
   return L.join('\n');

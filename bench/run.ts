@@ -11,6 +11,7 @@ import { hideBin } from 'yargs/helpers';
 import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
 import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
 import { idleRun } from './idle';
+import { Inspector } from './inspector';
 import { keptUpWithRate, median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
 import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
   const argv = await yargs(hideBin(process.argv))
     .scriptName('npm run bench --')
     .usage('$0 [options]\n\nYCSB via pgbench: direct PostgreSQL vs PgBouncer vs pgsplice (bypass off/on/auto).')
-    .option('quick', { type: 'boolean', default: false, describe: 'short run (~7 min on a quiet 2-CPU machine): 10k rows, YCSB C and A, simple and extended, 64 clients; prepared on C; the fixed-rate row; 2 rounds; no storm; 2000 idle clients' })
+    .option('quick', { type: 'boolean', default: false, describe: 'short run (~7 min on a quiet 2-CPU machine): 10k rows, YCSB C and A, simple and extended, 64 clients; prepared on C; the fixed-rate row; 2 rounds; no storm; 10000 idle clients' })
     .option('rows', { type: 'number', describe: 'usertable rows (default 100000; quick 10000)' })
     .option('rounds', { type: 'number', describe: 'interleaved rounds per cell (default 3; quick 2)' })
     .option('rate-tps', { type: 'string', describe: "fixed offered loads for pgbench --rate on YCSB C, extended, --rate-clients clients: a list, or 'none' (default 5000)" })
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
     .option('storm-clients', { type: 'number', default: 16 })
     .option('storm-duration', { type: 'number', describe: 'seconds (default 4)' })
     .option('idle', { type: 'boolean', default: true, describe: 'run the idle-connections test; --no-idle skips it' })
-    .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000; quick 2000)' })
+    .option('idle-clients', { type: 'number', describe: 'idle clients to open (default 10000, quick too)' })
     .option('quiet-wait', { type: 'number', describe: 'seconds to wait for other load on the machine to stop before starting (default 20; quick 3)' })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results'), describe: 'directory for the results' })
     .option('keep-tmp', { type: 'boolean', default: false })
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
   // Quick mode leaves out direct PostgreSQL: no goal reads it (--targets brings it back).
   const wanted = list(argv.targets ?? (quick ? BUILTIN_TARGETS.filter((t) => t !== 'direct') : BUILTIN_TARGETS).join(','));
   const stormDuration = Math.max(3, argv['storm-duration'] ?? 4);
-  const idleClients = argv['idle-clients'] ?? (quick ? 2000 : 10_000);
+  const idleClients = argv['idle-clients'] ?? 10_000;
   const poolSize = argv['pool-size'];
   for (const w of workloads) if (!WORKLOADS[w]) throw new Error(`unknown workload '${w}'`);
   for (const t of wanted) if (!BUILTIN_TARGETS.includes(t as TargetKind)) throw new Error(`unknown target '${t}' (use --extra for others)`);
@@ -507,9 +508,18 @@ async function main(): Promise<void> {
         const t = await ensureAlive(label);
         if (!t || t.kind === 'direct' || t.kind === 'pgsplice-mirror') continue;
         log(`idle: opening ${idleClients} clients to ${t.label}`);
-        const r = await idleRun({ host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db, clients: idleClients, proxyPid: t.pid });
-        idle.push({ target: t.label, ...r });
-        log(`  ${t.label}: ${r.clients_opened} opened in ${r.open_seconds} s, ${r.bytes_per_client ?? '?'} B/client${r.error ? `, error: ${r.error}` : ''}`);
+        // pgsplice: read after a full collection in the proxy (through its inspector), so
+        // the figure is what the clients hold, not garbage or the young generation V8 grew
+        // during the logins and keeps (a constant, not a cost per client).
+        const insp = t.inspectPort ? await Inspector.connect(t.inspectPort).catch(() => null) : null;
+        try {
+          const r = await idleRun({ host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db, clients: idleClients, proxyPid: t.pid, probe: insp ? () => insp.memory() : undefined });
+          idle.push({ target: t.label, ...r });
+          const gc = r.after_gc ? `; after a collection: RSS ${r.after_gc.rss_bytes_per_client} B/client, JS heap ${r.after_gc.heap_used_bytes_per_client} B/client` : '';
+          log(`  ${t.label}: ${r.clients_opened} opened in ${r.open_seconds} s, RSS while opening ${r.bytes_per_client ?? '?'} B/client${gc}${r.error ? `, error: ${r.error}` : ''}`);
+        } finally {
+          insp?.close();
+        }
       }
     }
 

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Client } from 'pg';
+import { freePort } from '../scripts/scratch-postgres';
 
 export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'pgsplice-auto' | 'pgsplice-mirror' | 'extra';
 export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on', 'pgsplice-auto'];
@@ -35,6 +36,9 @@ export interface RunningTarget {
   host: string;
   port: number;
   pid: number | null; // the proxy process, for CPU and memory; null for direct
+  // pgsplice: its inspector's loopback port, through which the idle-clients run collects
+  // garbage in it before reading its memory (bench/inspector.ts).
+  inspectPort?: number;
   note: string | null; // e.g. what the proxy said about its data path
   stop(): Promise<void>;
   logTail(): string;
@@ -264,11 +268,14 @@ export async function startPgsplice(o: {
   fs.mkdirSync(o.dir, { recursive: true });
   const cfg = path.join(o.dir, `${label}.yaml`);
   fs.writeFileSync(cfg, pgspliceYaml(o));
-  const nodeArgs = [...(o.extraNodeArgs ?? []), PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
+  // The inspector listens on loopback and stays detached until the idle-clients run (the
+  // last) asks for a collection; detached, it costs the proxy nothing measurable.
+  const inspectPort = await freePort();
+  const nodeArgs = [...(o.extraNodeArgs ?? []), `--inspect=127.0.0.1:${inspectPort}`, PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
   const { child, output, exitInfo } = await startServer({
     label, cmd: 'bash',
     args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
-    host: '127.0.0.1', port: o.port, readyLine: /listening on \S+:\d+/,
+    host: '127.0.0.1', port: o.port, readyLine: /(?<!Debugger )listening on \S+:\d+/, // (not the inspector's line)
   });
   await sleep(300); // let start-up warnings (kernel path) arrive
   const said = output().split('\n').filter((l) => KERNEL_PATH_UNAVAILABLE.test(l));
@@ -290,7 +297,7 @@ export async function startPgsplice(o: {
   }
   return {
     label, kind: o.mirrors?.length ? 'pgsplice-mirror' : `pgsplice-${o.bypass}`, host: '127.0.0.1', port: o.port,
-    pid: child.pid ?? null,
+    pid: child.pid ?? null, inspectPort,
     note: said.length ? said[0].trim().slice(0, 300) : infoError ? `SHOW BYPASS failed: ${infoError.slice(0, 200)}` : info ? `SHOW BYPASS: loaded=${info.loaded ?? '?'}${info.reason ? `, reason: ${info.reason}` : ''}` : null,
     stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output, exitInfo,
   };

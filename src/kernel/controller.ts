@@ -18,7 +18,7 @@ import { isTlsSocket } from '../auth/tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
 import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
-import { parseServerName } from '../session/statement-names';
+import { parseServerName, type ClientStatementObserver } from '../session/statement-names';
 import { waitUntil } from './settle';
 import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
 import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/kernel-feed';
@@ -59,7 +59,7 @@ const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 const isTcp = (c: ClientConnection): boolean => c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6';
 
 // A stable name for a set of session settings.
-export function signature(settings: Map<string, string>): string {
+export function signature(settings: ReadonlyMap<string, string>): string {
   return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
 }
 
@@ -333,18 +333,22 @@ export class BypassController implements KernelHost {
       });
       return;
     }
-    const cid = conn.id;
-    conn.rewriter?.observe((name, st) => {
-      const bytes = Buffer.from(name, 'utf8');
-      if (!this.kernel || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
-      if (st === 'gone') k.deleteClientStatement(cid, bytes);
-      // a statement that changes session state runs only in user space, which tracks it:
-      // no entry, so the kernel hands its Binds up (statement_missing)
-      else if (st.effects.length) k.deleteClientStatement(cid, bytes);
-      else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
-      else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
-    });
+    conn.rewriter?.observe(this.clientStatementChanged, conn.id);
   }
+
+  // One observer for all clients' statement names (a closure per client would be memory
+  // every idle client pays): the rewriter says whose name changed.
+  private readonly clientStatementChanged: ClientStatementObserver = (cid, name, st) => {
+    const k = this.kernel;
+    const bytes = Buffer.from(name, 'utf8');
+    if (!k || bytes.length > STMT_NAME_MAX) return; // the kernel counts name_too_long itself
+    if (st === 'gone') k.deleteClientStatement(cid, bytes);
+    // a statement that changes session state runs only in user space, which tracks it:
+    // no entry, so the kernel hands its Binds up (statement_missing)
+    else if (st.effects.length) k.deleteClientStatement(cid, bytes);
+    else if (st.kernel) k.setClientStatement(cid, bytes, st.kernel.idx);
+    else if (st.kernelMiss === 'name_too_short') k.setClientStatement(cid, bytes, null);
+  };
 
   // A server idle in user space goes to the kernel's idle stack.
   offerIdle(pool: Pool, server: ServerConnection): boolean {
@@ -839,7 +843,7 @@ export class BypassController implements KernelHost {
           // The ParameterStatus went straight to the client: the server's own record is stale too.
           TRACKED_PARAMETERS.forEach((p, i) => server.params.set(p, values[i]));
           if (client && client.state !== ClientState.Closed) {
-            TRACKED_PARAMETERS.forEach((p, i) => client.settings.set(p, values[i]));
+            TRACKED_PARAMETERS.forEach((p, i) => client.setSetting(p, values[i]));
             client.appName = client.settings.get('application_name') ?? '';
           }
           this.finishRefresh(e.client);

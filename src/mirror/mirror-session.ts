@@ -50,7 +50,7 @@ export interface MirroredClient {
   readonly database: string;
   readonly label: string;
   // Its settings now (tracked in transaction mode: SETs read back at transaction ends).
-  readonly settings: Map<string, string>;
+  readonly settings: ReadonlyMap<string, string>;
   // What its servers are opened with (startup settings, application_name).
   readonly mirrorStartup: Record<string, string>;
   // Its named statements as the proxy tracks them in transaction mode: name -> the Parse

@@ -31,7 +31,7 @@ import { ClientTls, clientRefusal } from '../auth/tls';
 import { log } from '../observe/log';
 import { ClientTiming, countError } from '../observe/stats';
 import { parseMessage } from '../session/prepared-statements';
-import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit } from '../session/request-rewriter';
+import { MARKED_TYPES, REWRITTEN_TYPES, RequestRewriter, RequestUnit, type RewriterOptions } from '../session/request-rewriter';
 import { ReplyAction, ReplyEnd } from '../session/reply-filter';
 import { Guarded, errorFieldsFor, guard } from './error-boundary';
 import { checkRequestFormat } from '../protocol/request-format';
@@ -100,18 +100,44 @@ const encryptionBit = (code: number): number => (code === SSL_REQUEST_CODE ? 1 :
 const MAX_PENDING_BYTES = 1 << 20;
 // Shared empties for what a logged-in client no longer needs (never written to).
 const NO_STARTUP: Map<string, string> = new Map();
+const NO_SETTINGS: ReadonlyMap<string, string> = new Map();
+const NO_MIRRORS = Object.freeze([]) as unknown as MirrorSession[];
+// The settings the last client of a pool logged in with. A client whose are the same
+// shares that Map until it changes a setting (most clients of a pool send the same
+// startup packet and get the same defaults): one Map per pool, not one per idle client.
+const LAST_LOGIN_SETTINGS = new WeakMap<object, ReadonlyMap<string, string>>();
+function sharedSettings(key: object, own: ReadonlyMap<string, string>): ReadonlyMap<string, string> {
+  const last = LAST_LOGIN_SETTINGS.get(key);
+  if (last && last.size === own.size) {
+    let same = true;
+    for (const [k, v] of own) if (last.get(k) !== v) { same = false; break; }
+    if (same) return last;
+  }
+  LAST_LOGIN_SETTINGS.set(key, own);
+  return own;
+}
+// The rewriter's options are the config's: one object per config, not per client.
+const REWRITER_OPTIONS = new WeakMap<Config, RewriterOptions>();
+function rewriterOptions(c: Config): RewriterOptions {
+  let o = REWRITER_OPTIONS.get(c);
+  if (!o) REWRITER_OPTIONS.set(c, (o = { maxPreparedStatements: c.max_prepared_statements, policies: c.session_state }));
+  return o;
+}
 const NO_NAMES: Set<string> = new Set(); // stop reading a client that sends this much ahead of its server
 
 export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   readonly id = nextClientId++;
-  private readonly lifecycle = new StateOf(`C-${this.id}`, CLIENT_MOVES, ClientState.Startup); // checked moves only
+  private readonly lifecycle = new StateOf<ClientState>(this, CLIENT_MOVES, ClientState.Startup); // checked moves only
   get state(): ClientState {
     return this.lifecycle.current;
   }
   user = '';
   database = '';
   appName = '';
-  readonly settings = new Map<string, string>(); // tracked and startup settings
+  // Tracked and startup settings; possibly shared with other clients (sharedSettings), so
+  // written only through setSetting/deleteSetting, which copy it first.
+  settings: ReadonlyMap<string, string> = NO_SETTINGS;
+  private settingsShared = true;
   private startupNames: Set<string> | null = null; // settings the client sent at startup (session mode)
   readonly cancelPid: number;
   readonly cancelKey: number;
@@ -126,7 +152,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   stats = { xacts: 0, queries: 0, bytesIn: 0, bytesOut: 0 };
   readonly timing = new ClientTiming(); // wait/query/xact time for SHOW STATS and metrics
   // Before login only startup packets (10000 bytes) and password messages fit.
-  private framer = new MessageFramer(MAX_AUTH_MESSAGE_LENGTH);
+  // Dropped at login unless the admin console reads through it: the data phase scans.
+  private framer: MessageFramer | null = new MessageFramer(MAX_AUTH_MESSAGE_LENGTH);
   private readPaused = false; // stopped reading while login is pending (bytes buffered in the framer)
   private scanner = new StreamScanner(CLIENT_CAPTURE);
   private pending: RequestUnit[] = [];
@@ -150,7 +177,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   rewriter: RequestRewriter | null = null;
   // Its copies toward mirrors (docs/mirroring.md); on the kernel path the verdicts copy its
   // traffic and BypassController feeds them (src/mirror/kernel-feed.ts).
-  mirrors: MirrorSession[] = [];
+  mirrors: MirrorSession[] = NO_MIRRORS; // (the pooler assigns a client's own list, if any)
   // A mirror session of it ended (docs/mirroring.md): no more copies for it; with none
   // left (its mirrors were removed on reload) the kernel stops copying its traffic too.
   mirrorEnded(session: MirrorSession): void {
@@ -281,13 +308,13 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       switch (this.state) {
         case ClientState.Startup:
         case ClientState.Auth:
-          this.framer.push(chunk);
+          this.framer!.push(chunk);
           this.drainLogin();
           return;
         case ClientState.Login:
         case ClientState.AuthLookup:
-          this.framer.push(chunk); // kept until login completes / the lookup answers
-          if (this.framer.buffered > MAX_PENDING_BYTES && !this.readPaused) {
+          this.framer!.push(chunk); // kept until login completes / the lookup answers
+          if (this.framer!.buffered > MAX_PENDING_BYTES && !this.readPaused) {
             this.readPaused = true; // read on once login is done: no unbounded buffering meanwhile
             this.socket.pause();
           }
@@ -296,8 +323,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
           return;
         default:
           if (this.adminHandler) {
-            this.framer.push(chunk);
-            for (let m = this.framer.next(); m; m = this.framer.next()) {
+            this.framer!.push(chunk);
+            for (let m = this.framer!.next(); m; m = this.framer!.next()) {
               if (m.type === Frontend.Terminate) return this.close('client sent Terminate');
               this.adminHandler(m.type, m.body);
             }
@@ -319,11 +346,11 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   private drainLogin(): void {
     while (this.state === ClientState.Startup || this.state === ClientState.Auth) {
       if (this.state === ClientState.Startup) {
-        const pkt = this.framer.nextStartup();
+        const pkt = this.framer!.nextStartup();
         if (!pkt) return;
         this.onStartupPacket(pkt);
       } else {
-        const m = this.framer.next();
+        const m = this.framer!.next();
         if (!m) return;
         if (m.type === Frontend.Terminate) return this.close('client sent Terminate during login');
         if (m.type !== Frontend.Password) throw new ProtocolError(`expected password message, got "${printable(m.type)}"`);
@@ -337,7 +364,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     if ((code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) && !(this.encryptionAnswered & encryptionBit(code))) {
       if (pkt.length !== 4) throw new ProtocolError('invalid SSL/GSS request length');
       this.encryptionAnswered |= encryptionBit(code); // a repeated request is a bad startup packet, as in PostgreSQL
-      if (this.framer.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
+      if (this.framer!.buffered > 0) throw new ProtocolError('data sent before the SSL/GSS response');
       const tls = code === SSL_REQUEST_CODE ? this.host.clientTls?.(this.socket) : null;
       if (!tls) {
         this.socket.write('N');
@@ -514,6 +541,9 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       if (e instanceof PoolError) return this.fatal({ code: e.code, message: e.message });
       throw e;
     }
+    // The pool's copies of the same names: one string per pool, not two per idle client.
+    if (pool.database === this.database) this.database = pool.database;
+    if (pool.user === this.user) this.user = pool.user;
     // What the pool's newest server reported at its login: the defaults of a session opened
     // now (ALTER DATABASE/ROLE ... SET reaches servers opened after it). In session mode
     // the server the client gets later corrects what differs (ParameterStatus).
@@ -533,26 +563,23 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     if (this.state !== ClientState.Login) return;
     if (this.loginTimer) clearTimeout(this.loginTimer);
     this.loginTimer = null;
-    this.framer.maxLength = MAX_MESSAGE_LENGTH; // the admin console frames after login
+    this.framer!.maxLength = MAX_MESSAGE_LENGTH; // the admin console frames after login
+    const settings = new Map<string, string>();
     for (const k of TRACKED_PARAMETERS) {
       const v = serverParams.get(k);
-      if (v !== undefined) this.settings.set(k, v);
+      if (v !== undefined) settings.set(k, v);
     }
     const session = this.pool?.settings.mode === 'session';
     for (const [k, v] of startupSettings(this.startup)) {
-      this.settings.set(k, v);
+      settings.set(k, v);
       if (session) (this.startupNames ??= new Set()).add(k);
     }
+    this.settings = sharedSettings(this.pool ?? this.host, settings);
     this.startup = NO_STARTUP; // login is over: nothing reads the startup packet again
     this.appName = this.settings.get('application_name') ?? '';
     const pool = this.pool;
     if (pool && pool.settings.mode !== 'session') {
-      const c = this.host.config;
-      this.rewriter = new RequestRewriter(
-        { maxPreparedStatements: c.max_prepared_statements, policies: c.session_state },
-        this.settings,
-        (replies, server) => { for (const r of replies) this.onServerData(r, server); },
-      );
+      this.rewriter = new RequestRewriter(rewriterOptions(this.host.config), this);
       this.scanner.capture = REWRITE_CAPTURE; // at a boundary: nothing was read yet
     }
     const out: Buffer[] = [authenticationOk()];
@@ -569,7 +596,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     this.socket.write(response);
     this.resumeReading(); // (events come later: the early bytes below go first)
     if (this.adminHandler) return this.onData(Buffer.alloc(0)); // the console reads any early messages from the framer
-    const early = this.framer.takeRest();
+    const early = this.framer!.takeRest();
+    this.framer = null;
     if (early.length && !toKernel) this.onRequestBytes(early);
   }
 
@@ -774,9 +802,9 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
         this.guard(() => {
           recordApplied(this.settings, server);
           // The server reports the normalized form ('ISO' becomes 'ISO, MDY'): adopt it.
-          for (const k of this.settings.keys()) {
+          for (const k of [...this.settings.keys()]) {
             const v = server.params.get(k);
-            if (isReported(k) && v !== undefined) this.settings.set(k, v);
+            if (isReported(k) && v !== undefined) this.setSetting(k, v);
           }
           this.attach(server);
         }),
@@ -835,7 +863,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     for (const k of TRACKED_PARAMETERS) {
       const v = server.params.get(k);
       if (v === undefined || this.settings.get(k) === v) continue;
-      this.settings.set(k, v);
+      this.setSetting(k, v);
       out.push(parameterStatus(k, v));
       if (k === 'application_name') this.appName = v;
     }
@@ -962,8 +990,8 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       this.guard((values: string[]) => {
         list.forEach((n, i) => {
           const v = values[i];
-          if (v === UNSET) this.settings.delete(n);
-          else this.settings.set(n, v);
+          if (v === UNSET) this.deleteSetting(n);
+          else this.setSetting(n, v);
         });
         recordApplied(this.settings, server);
         for (const m of this.mirrors) m.settingsLearned();
@@ -979,8 +1007,32 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
 
   onServerParameter(name: string, value: string): void {
     const k = canonicalName(name);
-    if (this.settings.has(k) || isReported(k)) this.settings.set(k, value);
+    if (this.settings.has(k) || isReported(k)) this.setSetting(k, value);
     if (k === 'application_name') this.appName = value;
+  }
+
+  // A setting changed: on this client's own copy of its settings (the first change copies
+  // a shared Map). Setting what it already is copies nothing.
+  setSetting(k: string, v: string): void {
+    if (this.settings.get(k) === v) return;
+    this.ownSettings().set(k, v);
+  }
+
+  private deleteSetting(k: string): void {
+    if (this.settings.has(k)) this.ownSettings().delete(k);
+  }
+
+  private ownSettings(): Map<string, string> {
+    if (this.settingsShared) {
+      this.settings = new Map(this.settings);
+      this.settingsShared = false;
+    }
+    return this.settings as Map<string, string>;
+  }
+
+  // The rewriter's synthetic replies that are due now (RewriterClient).
+  deliverReplies(replies: Buffer[], server: ServerConnection): void {
+    for (const r of replies) this.onServerData(r, server);
   }
 
   onServerLost(server: ServerConnection, reason: string): void {
@@ -1174,12 +1226,12 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // As quiet, but for a request of its own that the kernel is carrying (bound there).
   get quietExceptKernelServer(): boolean {
     return this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.pending.length === 0 && this.scanner.atBoundary
-      && this.framer.buffered === 0 && !this.server;
+      && (this.framer?.buffered ?? 0) === 0 && !this.server;
   }
 
   // Nothing of this client is held in user space or in flight to a server.
   get quiet(): boolean {
-    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && this.framer.buffered === 0 && !this.server
+    return this.tracker.idle && this.pending.length === 0 && this.scanner.atBoundary && (this.framer?.buffered ?? 0) === 0 && !this.server
       && !this.kernelServer && !this.held;
   }
 }

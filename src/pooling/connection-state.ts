@@ -82,8 +82,10 @@ function illegal(label: string, from: string, to: string): void {
 
 // The state of one connection: read by anyone, changed only by a checked move.
 export class StateOf<S extends string> {
+  // label: a name, or the connection itself (its label read only if a move is illegal,
+  // so no name string is kept per connection).
   constructor(
-    private readonly label: string,
+    private readonly label: string | { readonly label: string },
     private readonly moves: Readonly<Record<S, readonly S[]>>,
     private now: S,
   ) {}
@@ -93,7 +95,7 @@ export class StateOf<S extends string> {
   }
 
   to(next: S): void {
-    if (!this.moves[this.now].includes(next)) illegal(this.label, this.now, next);
+    if (!this.moves[this.now].includes(next)) illegal(typeof this.label === 'string' ? this.label : this.label.label, this.now, next);
     this.now = next;
   }
 }

@@ -255,7 +255,10 @@ export class Pooler implements ClientHost, ConnectionBudget {
 
   clientLoggedIn(client: ClientConnection): void {
     this.byCancelKey.set(`${client.cancelPid}:${client.cancelKey}`, client);
-    if (client.pool && !this.isAdminDatabase(client.database)) client.mirrors = this.mirrors.sessionsFor(this.config, client);
+    if (client.pool && !this.isAdminDatabase(client.database)) {
+      const mirrors = this.mirrors.sessionsFor(this.config, client);
+      if (mirrors.length) client.mirrors = mirrors; // else the shared empty list stays
+    }
     countLogin(client);
   }
 

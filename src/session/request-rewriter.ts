@@ -47,44 +47,62 @@ export interface RewriterOptions {
   policies: SessionStatePolicies;
 }
 
+// The client a rewriter works for: its current settings (search_path names statements)
+// and where synthetic replies due now go. An interface rather than a Map and a closure: the
+// client's settings may be replaced (shared until first changed), and a closure per idle
+// client is memory.
+export interface RewriterClient {
+  readonly settings: ReadonlyMap<string, string>;
+  deliverReplies(replies: Buffer[], server: ServerConnection): void;
+}
+
+// Until a client names its first statement, its statement map is this shared empty one.
+const NO_STATEMENTS: ReadonlyMap<string, ClientStatement> = new Map();
+
 export class RequestRewriter {
-  readonly statements = new Map<string, ClientStatement>();
+  private ownStatements: Map<string, ClientStatement> | null = null; // made at the first statement
+  get statements(): ReadonlyMap<string, ClientStatement> {
+    return this.ownStatements ?? NO_STATEMENTS;
+  }
   readonly session: SessionState;
   private unnamed: Bound = NOTHING_BOUND;
   // The kernel path's copy of this client's confirmed statement names (controller).
   private observer: ClientStatementObserver | null = null;
+  private observedAs = 0; // the id the observer knows this client by
   private bound: Bound = NOTHING_BOUND;
 
+  // `opts` may be shared by all clients of a config (never written).
   constructor(
     private readonly opts: RewriterOptions,
-    private readonly settings: Map<string, string>,
-    private readonly deliver: (replies: Buffer[], server: ServerConnection) => void, // synthetic replies due now
+    private readonly client: RewriterClient,
   ) {
     this.session = new SessionState(opts.policies);
   }
 
-  // Reports every confirmed statement now and each change from now on.
-  observe(o: ClientStatementObserver | null): void {
+  // Reports every confirmed statement now and each change from now on. One observer serves
+  // all clients (no closure per client): it is told whose name changed (id).
+  observe(o: ClientStatementObserver | null, id = 0): void {
     this.observer = o;
-    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(name, e);
+    this.observedAs = id;
+    if (o) for (const [name, e] of this.statements) if (e.confirmed) o(id, name, e);
   }
 
   private confirmStatement(name: string, entry: ClientStatement): void {
     if (this.statements.get(name) !== entry || entry.confirmed) return;
     entry.confirmed = true;
-    this.observer?.(name, entry);
+    this.observer?.(this.observedAs, name, entry);
   }
 
   private setStatement(name: string, entry: ClientStatement): void {
-    this.statements.set(name, entry);
-    if (entry.confirmed) this.observer?.(name, entry);
+    (this.ownStatements ??= new Map()).set(name, entry);
+    if (entry.confirmed) this.observer?.(this.observedAs, name, entry);
   }
 
   private dropStatement(name: string): void {
     const e = this.statements.get(name);
     if (!e) return;
-    this.statements.delete(name);
-    if (e.confirmed) this.observer?.(name, 'gone');
+    this.ownStatements!.delete(name);
+    if (e.confirmed) this.observer?.(this.observedAs, name, 'gone');
   }
 
   private clearStatements(): void {
@@ -148,7 +166,7 @@ export class RequestRewriter {
 
   private expect(server: ServerConnection, e: Parameters<ServerConnection['replies']['expect']>[0]): void {
     const due = server.replies.expect(e);
-    if (due.length) this.deliver(due, server);
+    if (due.length) this.client.deliverReplies(due, server);
   }
 
   // A reply that passes as it is and that nobody waits on: counted, no object queued.
@@ -258,14 +276,14 @@ export class RequestRewriter {
     if (this.statements.has(p.name)) {
       return this.failWith(server, out, SqlState.DuplicatePreparedStatement, `prepared statement "${p.name}" already exists`);
     }
-    const identity = serverStatementName(rest, this.settings.get('search_path'));
+    const identity = serverStatementName(rest, this.client.settings.get('search_path'));
     // a server name as long as the client's, so that the kernel path can carry its Binds
     const k = kernelNameFor(identity, p.name);
     const serverName = k.name ? serverNameFor(k.name.len, k.name.idx) : identity;
     const entry: ClientStatement = {
       serverName, parse: parseMessage(serverName, rest), effects: usable, kernel: k.name, kernelMiss: k.reason, confirmed: false,
     };
-    this.statements.set(p.name, entry);
+    (this.ownStatements ??= new Map()).set(p.name, entry);
     const forget = () => { if (this.statements.get(p.name) === entry) this.dropStatement(p.name); };
     const confirmed = () => this.confirmStatement(p.name, entry);
     if (server.statements.has(serverName)) {

@@ -96,7 +96,7 @@ export function serverSettings(server: ServerConnection): Map<string, string> {
 export const RESET_SESSION = ['RESET SESSION AUTHORIZATION', 'RESET ROLE', 'RESET ALL'];
 
 // Whether the server carries settings a client must not inherit (a previous client's).
-export function needsReset(client: Map<string, string>, server: ServerConnection): boolean {
+export function needsReset(client: ReadonlyMap<string, string>, server: ServerConnection): boolean {
   for (const k of server.applied.keys()) if (!client.has(k)) return true;
   return false;
 }
@@ -110,7 +110,7 @@ function replayRank(k: string): number {
 
 // The SQL that makes server match the client's settings, or null when it already does.
 // Run as one Query: an implicit transaction, so a failure changes nothing on the server.
-export function settingsSql(client: Map<string, string>, server: ServerConnection, only?: Set<string>): string | null {
+export function settingsSql(client: ReadonlyMap<string, string>, server: ServerConnection, only?: Set<string>): string | null {
   let stmts: [number, string][] | null = null; // (made only when something differs: this runs at every attach)
   const defaults = serverStartup(server);
   for (const k of client.keys()) {
@@ -129,7 +129,7 @@ export function settingsSql(client: Map<string, string>, server: ServerConnectio
 
 // Records on the server what settingsSql applied (reported ones arrive as ParameterStatus);
 // a value equal to the server's startup setting is its default, not applied.
-export function recordApplied(client: Map<string, string>, server: ServerConnection): void {
+export function recordApplied(client: ReadonlyMap<string, string>, server: ServerConnection): void {
   server.applied.clear();
   const defaults = serverStartup(server);
   for (const [k, v] of client) if (!isReported(k) && defaults.get(k) !== v && !isDefaultIdentity(k, v, server)) server.applied.set(k, v);

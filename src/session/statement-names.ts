@@ -63,8 +63,9 @@ export function kernelNameFor(identity: string, clientName: string): { name: Ker
 // Receives the statements PostgreSQL confirmed and those that went away, so that the
 // kernel's maps hold exactly what is true (src/kernel/controller.ts fills them).
 export interface ClientStatementObserver {
-  // name: the client's; the statement it names now (confirmed by PostgreSQL), or 'gone'
-  (clientName: string, state: { kernel: KernelName | null; kernelMiss: string | null; effects: unknown[] } | 'gone'): void;
+  // clientId: whose (as given to observe); clientName: the client's; the statement it
+  // names now (confirmed by PostgreSQL), or 'gone'
+  (clientId: number, clientName: string, state: { kernel: KernelName | null; kernelMiss: string | null; effects: unknown[] } | 'gone'): void;
 }
 export type ServerStatementObserver = (serverName: string, present: boolean) => void;
 

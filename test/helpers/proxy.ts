@@ -173,7 +173,8 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
     if (illegal.length) throw new Error(`the proxy made ${illegal.length} illegal state transition(s):\n${illegal.slice(0, 5).join('\n')}`);
   });
 
-  const listenLine = await waitForLog(/listening on/, opts.startTimeoutMs ?? 60000);
+  // (not node's own "Debugger listening on ws://..." when started with --inspect)
+  const listenLine = await waitForLog(/(?<!Debugger )listening on/, opts.startTimeoutMs ?? 60000);
   const cfgObj: any = typeof config === 'string' ? YAML.parse(config) : config;
   let host: string = cfgObj?.listen?.host ?? '127.0.0.1';
   let port: number = Number(cfgObj?.listen?.port);
