@@ -18,7 +18,7 @@ import { ServerStatementCache } from '../session/prepared-statements';
 import { md5Response } from '../auth/md5';
 import { log } from '../observe/log';
 import { countError } from '../observe/stats';
-import { ServerTls, resetAndDestroy, serverTlsAttempted, startServerTls } from '../auth/tls';
+import { ServerTls, resetAndDestroy, startServerTls } from '../auth/tls';
 import { SERVER_MOVES, ServerState, StateOf } from './connection-state';
 import { InputHold } from './input-hold';
 
@@ -164,8 +164,8 @@ export class ServerConnection extends EventEmitter {
   connect(): Promise<void> {
     return new Promise((resolve, reject) => {
       const t = this.target;
-      // TLS reads the raw socket through 'data' events: its own read buffer only without it
-      const onread = serverTlsAttempted(t.host, t.tls) ? undefined : { buffer: () => this.nextReadBuffer(), callback: (n: number, buf: Uint8Array) => this.onRead(n, buf as Buffer) };
+      // Read into a buffer of its own (after TLS, the TLS socket reads the raw one itself)
+      const onread = { buffer: () => this.nextReadBuffer(), callback: (n: number, buf: Uint8Array) => this.onRead(n, buf as Buffer) };
       const sock = t.host.startsWith('/')
         ? net.connect({ path: `${t.host}/.s.PGSQL.${t.port}`, onread })
         : net.connect({ host: t.host, port: t.port, onread });
@@ -202,7 +202,7 @@ export class ServerConnection extends EventEmitter {
               s.on('error', (e) => (settled ? this.close(`socket error: ${e.message}`) : fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`))));
               s.on('close', () => (settled ? this.close('server closed the connection') : fail(new ServerError(`server ${t.host}:${t.port} closed the connection during login`))));
             }
-            if (onread) this.loginReader = onLoginData;
+            if (s === sock) this.loginReader = onLoginData;
             else s.on('data', onLoginData);
             s.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
           },
@@ -265,7 +265,7 @@ export class ServerConnection extends EventEmitter {
                 this.lifecycle.to(ServerState.Idle);
                 this.loginParams = new Map(this.params);
                 const rest = this.framer.takeRest();
-                if (!onread) this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
+                if (this.socket !== sock) this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
                 if (rest.length) this.onDataGuarded(rest);
                 log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
                 resolve();
@@ -301,6 +301,10 @@ export class ServerConnection extends EventEmitter {
     if (this.loginReader) {
       this.readKept = true; // the login framer keeps what it has not framed yet
       this.loginReader(chunk);
+    } else if (this.state === ServerState.Login) {
+      // the answer to an SSLRequest, which startServerTls reads as a 'data' event
+      this.readKept = true;
+      this.socket.emit('data', chunk);
     } else this.onDataGuarded(chunk);
     return true; // read on (pause() stops reading)
   }
@@ -393,7 +397,7 @@ export class ServerConnection extends EventEmitter {
       this.close(`protocol error from server: ${(e as Error).message}`);
       return;
     }
-    if (this.scanner.holdsInput) this.readKept = true; // a body it gathers across reads
+    if (this.scanner.holdsInput) this.readKept = true; // a body it gathers across reads // a body it gathers across reads
     if (!peer) return;
     if (replies) {
       // the message still open is hidden too if the filter would hide it
