@@ -42,8 +42,8 @@ t.test('pgbench through the proxy', async (t) => {
       t.equal(s.processed, 1600, 'simple: every transaction done');
       const e = await bench(t, ['-M', 'extended', '-c', '16', '-j', '2', '-t', '100'], 'app', 'extended');
       t.equal(e.processed, 1600, 'extended: every transaction done');
-      const sel = await bench(t, ['-M', 'extended', '-S', '-c', '32', '-j', '2', '-t', '200'], 'app_one', 'extended -S, pool size 1');
-      t.equal(sel.processed, 6400, 'select-only through one server');
+      const sel = await bench(t, ['-M', 'extended', '-S', '-c', '32', '-j', '2', '-t', '50'], 'app_one', 'extended -S, pool size 1');
+      t.equal(sel.processed, 1600, 'select-only through one server');
     });
     t.test(`pgbench -M prepared in session mode ${B}`, async (t) => {
       const p = await bench(t, ['-M', 'prepared', '-c', '8', '-j', '2', '-t', '200'], 'app_session', 'prepared');

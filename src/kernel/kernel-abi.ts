@@ -57,6 +57,41 @@ const EVENT = STRUCTS.pgs_event.fields;
 const CTL = STRUCTS.pgs_ctl.fields;
 const FRAME_TEST = STRUCTS.pgs_frame_test.fields;
 
+interface Field {
+  readonly offset: number;
+  readonly size: number;
+  readonly kind: string;
+}
+type Scalar = number | bigint;
+// TypeScript names that are not their C name in camelCase.
+const ALIAS: Record<string, string> = { tail_msgs: 'tailMessages' };
+
+// Every integer field of a struct (padding aside), read at its BTF offset and size and
+// named in camelCase (tail_open: tailOpen): the decoders follow the C layout, with no
+// hand-written list of offsets to drift from it. Structs and arrays are the caller's.
+function readScalars(b: Buffer, fields: Readonly<Record<string, Field>>, base = 0): Record<string, Scalar> {
+  const out: Record<string, Scalar> = {};
+  for (const name in fields) {
+    const f = fields[name];
+    if ((f.kind !== 'u' && f.kind !== 's') || name.startsWith('pad')) continue;
+    out[ALIAS[name] ?? name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())] = readInt(b, base + f.offset, f.size, f.kind === 's');
+  }
+  return out;
+}
+
+function readInt(b: Buffer, at: number, size: number, signed: boolean): Scalar {
+  switch (size) {
+    case 8:
+      return signed ? b.readBigInt64LE(at) : b.readBigUInt64LE(at);
+    case 4:
+      return signed ? b.readInt32LE(at) : b.readUInt32LE(at);
+    case 2:
+      return signed ? b.readInt16LE(at) : b.readUInt16LE(at);
+    default:
+      return signed ? b.readInt8(at) : b.readUInt8(at);
+  }
+}
+
 export function modeOf(word: bigint): number {
   return Number(word >> MODE_SHIFT);
 }
@@ -75,13 +110,9 @@ export interface Frame {
 }
 
 export function decodeFrame(b: Buffer, off = 0): Frame {
-  const hdrLen = b.readUInt8(off + FRAME.hdr_len.offset);
-  return {
-    remaining: b.readUInt32LE(off + FRAME.remaining.offset),
-    curType: b.readUInt8(off + FRAME.cur_type.offset),
-    hdrLen,
-    hdr: Buffer.from(b.subarray(off + FRAME.hdr.offset, off + FRAME.hdr.offset + Math.min(hdrLen, FRAME.hdr.size))),
-  };
+  const r = readScalars(b, FRAME, off) as unknown as Omit<Frame, 'hdr'>;
+  const at = off + FRAME.hdr.offset;
+  return { ...r, hdr: Buffer.from(b.subarray(at, at + Math.min(r.hdrLen, FRAME.hdr.size))) };
 }
 
 export function u32(n: number): Buffer {
@@ -125,23 +156,7 @@ export interface ConnState {
 }
 
 export function decodeConn(b: Buffer): ConnState {
-  return {
-    word: b.readBigUInt64LE(CONN.word.offset),
-    peer: b.readUInt32LE(CONN.peer.offset),
-    outstanding: b.readUInt32LE(CONN.outstanding.offset),
-    tailOpen: b.readUInt32LE(CONN.tail_open.offset),
-    flags: b.readUInt32LE(CONN.flags.offset),
-    poolId: b.readUInt32LE(CONN.pool_id.offset),
-    role: b.readUInt32LE(CONN.role.offset),
-    frame: decodeFrame(b, CONN.frame.offset),
-    redirected: b.readBigUInt64LE(CONN.redirected.offset),
-    ackedBase: b.readBigUInt64LE(CONN.acked_base.offset),
-    xactStart: b.readBigUInt64LE(CONN.xact_start.offset),
-    queryStart: b.readBigUInt64LE(CONN.query_start.offset),
-    tailMessages: b.readUInt32LE(CONN.tail_msgs.offset),
-    tailAnswered: b.readUInt32LE(CONN.tail_answered.offset),
-    applying: b.readUInt32LE(CONN.applying.offset),
-  };
+  return { ...readScalars(b, CONN), frame: decodeFrame(b, CONN.frame.offset) } as unknown as ConnState;
 }
 
 /** struct pgs_pool_stats: what one kernel pool carried (one CPU's share, or their sum). */
@@ -155,14 +170,7 @@ export interface PoolStats {
 }
 
 export function decodePoolStats(b: Buffer): PoolStats {
-  return {
-    xacts: b.readBigUInt64LE(POOL_STATS.xacts.offset),
-    queries: b.readBigUInt64LE(POOL_STATS.queries.offset),
-    clientBytes: b.readBigUInt64LE(POOL_STATS.client_bytes.offset),
-    serverBytes: b.readBigUInt64LE(POOL_STATS.server_bytes.offset),
-    xactNs: b.readBigUInt64LE(POOL_STATS.xact_ns.offset),
-    queryNs: b.readBigUInt64LE(POOL_STATS.query_ns.offset),
-  };
+  return readScalars(b, POOL_STATS) as unknown as PoolStats;
 }
 
 export function encodePool(p: { mode: number; waiters: boolean; inflightLimit: bigint; idleCount?: bigint }): Buffer {
@@ -175,12 +183,8 @@ export function encodePool(p: { mode: number; waiters: boolean; inflightLimit: b
 }
 
 export function decodePool(b: Buffer): { mode: number; waiters: boolean; inflightLimit: bigint; idleCount: bigint } {
-  return {
-    mode: b.readUInt32LE(POOL.mode.offset),
-    waiters: b.readUInt32LE(POOL.waiters.offset) !== 0,
-    inflightLimit: b.readBigUInt64LE(POOL.inflight_limit.offset),
-    idleCount: b.readBigInt64LE(POOL.idle_count.offset),
-  };
+  const r = readScalars(b, POOL) as { mode: number; waiters: number; inflightLimit: bigint; idleCount: bigint };
+  return { ...r, waiters: r.waiters !== 0 };
 }
 
 export interface CtlArgs {
@@ -224,21 +228,7 @@ export function encodeCtl(a: CtlArgs): Buffer {
 }
 
 export function decodeCtl(b: Buffer): CtlResult {
-  return {
-    ret: b.readInt32LE(CTL.ret.offset),
-    word: b.readBigUInt64LE(CTL.word.offset),
-    peer: b.readUInt32LE(CTL.peer.offset),
-    outstanding: b.readUInt32LE(CTL.outstanding.offset),
-    tailOpen: b.readUInt32LE(CTL.tail_open.offset),
-    flags: b.readUInt32LE(CTL.flags.offset),
-    role: b.readUInt32LE(CTL.role.offset),
-    poolId: b.readUInt32LE(CTL.pool_id.offset),
-    frame: decodeFrame(b, CTL.frame.offset),
-    redirected: b.readBigUInt64LE(CTL.redirected.offset),
-    tailMessages: b.readUInt32LE(CTL.tail_msgs.offset),
-    tailAnswered: b.readUInt32LE(CTL.tail_answered.offset),
-    applying: b.readUInt32LE(CTL.applying.offset),
-  };
+  return { ...readScalars(b, CTL), frame: decodeFrame(b, CTL.frame.offset) } as unknown as CtlResult;
 }
 
 export interface KernelEventRaw {
@@ -265,15 +255,9 @@ export interface MirrorRecord {
 }
 
 export function decodeMirrorRecord(b: Buffer): MirrorRecord {
-  const len = b.readUInt16LE(MIRROR_REC.len.offset);
+  const r = readScalars(b, MIRROR_REC) as { conn: number; kind: number; len: number; seq: number; lostXacts: number };
   const at = MIRROR_REC.data.offset;
-  return {
-    conn: b.readUInt32LE(MIRROR_REC.conn.offset),
-    kind: b.readUInt16LE(MIRROR_REC.kind.offset),
-    seq: b.readUInt32LE(MIRROR_REC.seq.offset),
-    lostXacts: b.readUInt32LE(MIRROR_REC.lost_xacts.offset),
-    data: b.subarray(at, Math.min(b.length, at + len)),
-  };
+  return { conn: r.conn, kind: r.kind, seq: r.seq, lostXacts: r.lostXacts, data: b.subarray(at, Math.min(b.length, at + r.len)) };
 }
 
 export interface MirrorState {
@@ -283,11 +267,8 @@ export interface MirrorState {
 }
 
 export function decodeMirrorState(b: Buffer): MirrorState {
-  return {
-    lost: b.readUInt32LE(MIRROR_STATE.lost.offset) !== 0,
-    lostXacts: b.readUInt32LE(MIRROR_STATE.lost_xacts.offset),
-    lostRecords: b.readBigUInt64LE(MIRROR_STATE.lost_records.offset),
-  };
+  const r = readScalars(b, MIRROR_STATE) as { lost: number; lostXacts: number; lostRecords: bigint };
+  return { lost: r.lost !== 0, lostXacts: r.lostXacts, lostRecords: r.lostRecords };
 }
 
 export const SIZEOF_MIRROR_STATE = STRUCTS.pgs_mirror_state.size;
@@ -301,12 +282,7 @@ export function mirrorStateResumed(b: Buffer): Buffer {
 }
 
 export function decodeEvent(b: Buffer): KernelEventRaw {
-  return {
-    type: b.readUInt32LE(EVENT.type.offset),
-    a: b.readUInt32LE(EVENT.a.offset),
-    b: b.readUInt32LE(EVENT.b.offset),
-    c: b.readUInt32LE(EVENT.c.offset),
-  };
+  return readScalars(b, EVENT) as unknown as KernelEventRaw;
 }
 
 /** struct pgs_frame_test: the tc framing wrapper's state/results (key 0 of `frame_test`). */
@@ -338,27 +314,10 @@ export function encodeFrameTest(role: number): Buffer {
 }
 
 export function decodeFrameTest(b: Buffer): FrameTest {
-  const nZ = b.readUInt32LE(FRAME_TEST.n_z.offset);
-  return {
-    frame: decodeFrame(b, FRAME_TEST.frame.offset),
-    role: b.readUInt32LE(FRAME_TEST.role.offset),
-    nSync: b.readUInt32LE(FRAME_TEST.n_sync.offset),
-    nQuery: b.readUInt32LE(FRAME_TEST.n_query.offset),
-    nFunc: b.readUInt32LE(FRAME_TEST.n_func.offset),
-    nZ,
-    nParam: b.readUInt32LE(FRAME_TEST.n_param.offset),
-    nMsgs: b.readUInt32LE(FRAME_TEST.n_msgs.offset),
-    nTerm: b.readUInt32LE(FRAME_TEST.n_term.offset),
-    errors: b.readUInt32LE(FRAME_TEST.errors.offset),
-    lastTail: b.readUInt32LE(FRAME_TEST.last_tail.offset),
-    zStatus: b.subarray(FRAME_TEST.z_status.offset, FRAME_TEST.z_status.offset + Math.min(nZ, FRAME_TEST.z_status.size)).toString('latin1'),
-    inspect: b.readUInt32LE(FRAME_TEST.inspect.offset),
-    tailMessages: b.readUInt32LE(FRAME_TEST.tail_msgs.offset),
-    tailAnswered: b.readUInt32LE(FRAME_TEST.tail_answered.offset),
-    nNames: b.readUInt32LE(FRAME_TEST.n_names.offset),
-    nameOff: b.readUInt32LE(FRAME_TEST.name_off.offset),
-    nameLen: b.readUInt32LE(FRAME_TEST.name_len.offset),
-  };
+  const r = readScalars(b, FRAME_TEST) as unknown as Omit<FrameTest, 'frame' | 'zStatus'>;
+  const at = FRAME_TEST.z_status.offset;
+  const zStatus = b.subarray(at, at + Math.min(r.nZ, FRAME_TEST.z_status.size)).toString('latin1');
+  return { ...r, frame: decodeFrame(b, FRAME_TEST.frame.offset), zStatus };
 }
 
 // ---- named statements in the kernel (ebpf/statements.h) ----

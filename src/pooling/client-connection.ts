@@ -675,20 +675,19 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // The pool's answer to a client that waited (PoolWaiter): called from whatever freed
   // the server (another client's transaction end), so this client's errors stay its own.
   serverGranted(server: ServerConnection): void {
-    if (this.host.kernel.bindsRequests) return this.later(() => this.gotServer(server));
-    try {
-      this.gotServer(server);
-    } catch (e) {
-      this.failWith(e);
-    }
+    this.poolAnswered(() => this.gotServer(server));
   }
 
   serverRefused(e: Error): void {
-    if (this.host.kernel.bindsRequests) return this.later(() => this.noServer(e));
+    this.poolAnswered(() => this.noServer(e));
+  }
+
+  private poolAnswered(take: () => void): void {
+    if (this.host.kernel.bindsRequests) return this.later(take);
     try {
-      this.noServer(e);
-    } catch (e2) {
-      this.failWith(e2);
+      take();
+    } catch (e) {
+      this.failWith(e);
     }
   }
 

@@ -123,25 +123,13 @@ const none = (): null => null;
 export class UserSpaceOnly implements KernelHost {
   private readonly counters = zeroUserPathCounters();
   constructor(readonly status: BypassStatus) {}
-  poolCreated: KernelHost['poolCreated'] = nothing;
-  waitersChanged: KernelHost['waitersChanged'] = nothing;
-  offerIdle: KernelHost['offerIdle'] = no;
-  takeIdle: KernelHost['takeIdle'] = none;
-  closeIdle: KernelHost['closeIdle'] = nothing;
-  offerClient: KernelHost['offerClient'] = no;
-  leftKernel: KernelHost['leftKernel'] = nothing;
-  beforeMirrorFeed: KernelHost['beforeMirrorFeed'] = nothing;
-  bindInKernel: KernelHost['bindInKernel'] = no;
+  // Told of something (a pool, waiters, a client leaving, the janitor's tick): nothing to do.
+  poolCreated = nothing; waitersChanged = nothing; closeIdle = nothing; leftKernel = nothing; beforeMirrorFeed = nothing; clientClosed = nothing; serverPassed = nothing; janitor = nothing;
+  // Asked to take something: it takes nothing.
+  offerIdle = no; offerClient = no; bindInKernel = no; feedKernelBound = no; reclaimBound = no; clientBound = no; serverBound = no;
+  // Asked for something it would hold: it holds nothing.
+  takeIdle = none; settingsLearned = none; cancelServer = none;
   readonly bindsRequests = false;
-  feedKernelBound: KernelHost['feedKernelBound'] = no;
-  reclaimBound: KernelHost['reclaimBound'] = no;
-  settingsLearned: KernelHost['settingsLearned'] = none;
-  clientClosed: KernelHost['clientClosed'] = nothing;
-  cancelServer: KernelHost['cancelServer'] = none;
-  clientBound: KernelHost['clientBound'] = no;
-  serverBound: KernelHost['serverBound'] = no;
-  serverPassed: KernelHost['serverPassed'] = nothing;
-  janitor: KernelHost['janitor'] = nothing;
   trafficByPool(): Map<Pool, Partial<Totals>> {
     return new Map();
   }

@@ -590,15 +590,17 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
     }
     // Liveness probe: a connection the proxy kept must still be served correctly.
     conn.write(Buffer.concat([query('ROLLBACK'), query("SELECT 'fuzz-alive'")]));
+    // Read up to the probe's own ReadyForQuery: on a loaded machine the session's last
+    // replies can still arrive after the 300 ms of quiet above, ahead of the probe's.
     const probe: Msg[] = [];
-    let zs = 0;
-    while (zs < 2) {
+    let alive = false;
+    for (;;) {
       const m = await conn.readMessage(timeoutMs).catch(() => undefined);
       if (!m) break;
       probe.push(m);
-      if (m.type === 'Z') zs++;
+      if (m.type === 'D' && m.body.includes(Buffer.from('fuzz-alive'))) alive = true;
+      else if (m.type === 'Z' && alive) break;
     }
-    const alive = probe.some((m) => m.type === 'D' && m.body.includes(Buffer.from('fuzz-alive')));
     if (!alive && !conn.closed) {
       res.failure = `liveness probe failed after the session: got ${probe.map((m) => m.type + (m.type === 'E' ? `(${parseFields(m.body).C} ${parseFields(m.body).M})` : '')).join(' ') || 'nothing'}`;
       return res;

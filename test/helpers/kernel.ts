@@ -74,6 +74,14 @@ export function rssKb(pid: number): number {
   return Number(m[1]);
 }
 
+// CPU time (user + system) a process has used, in ms: what a request cost it, whatever
+// else the machine was doing meanwhile (wall time on a loaded machine says little).
+export function cpuMs(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields from the 3rd (state) on
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in USER_HZ (100)
+}
+
 // Memory charged to TCP sockets machine-wide (/proc/net/sockstat "TCP: ... mem N", pages)
 // in kB; the kernel path's redirected-but-unsent bytes show here, not in the proxy's RSS.
 export function tcpMemKb(): number {
