@@ -233,7 +233,8 @@ function serverCertProblem(sock: tls.TLSSocket, mode: SslMode, host: string): st
 // Runs the SSLRequest exchange on a freshly connected server socket, as libpq does for
 // prefer and stronger modes, and resolves with the socket to log in on: the TLS socket,
 // or the plain one when the server says 'N' and the mode allows it. disable and allow
-// (which libpq tries plain first) and unix sockets send no SSLRequest.
+// (which libpq tries plain first) and unix sockets send no SSLRequest. The answer is read
+// as a 'data' event (a socket that reads with onread emits it itself).
 export function startServerTls(raw: net.Socket, host: string, t: ServerTls | undefined): Promise<net.Socket> {
   if (!t || !t.context || t.mode === 'disable' || t.mode === 'allow' || host.startsWith('/')) return Promise.resolve(raw);
   const context = t.context;

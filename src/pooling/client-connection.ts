@@ -952,6 +952,12 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     }
   }
 
+  // Bytes of its server's last read are still referenced after onServerData/Pieces: a
+  // write the socket has not finished, output held, or a mirror's copy.
+  keepsServerBytes(): boolean {
+    return this.held !== null || this.mirrors.length > 0 || this.socket.writableLength > 0;
+  }
+
   // (the tracker has read the ReadyForQuery, with the rest of the chunk, in stream order)
   onServerReady(status: TxStatus, server: ServerConnection): void {
     // Statement pooling: the server goes back after every statement, so a transaction

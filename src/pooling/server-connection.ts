@@ -52,6 +52,9 @@ export interface ServerPeer {
   readonly tracker?: TransactionTracker;
   onServerParameter(name: string, value: string): void;
   onServerLost(server: ServerConnection, reason: string): void;
+  // Whether bytes handed to it by the call that just returned may still be referenced
+  // (a write still queued, output held, a mirror's copy); a peer without it is assumed to.
+  keepsServerBytes?(): boolean;
   // The connection's error boundary: ends the client for an exception (src/pooling/error-boundary.ts).
   failWith?(e: unknown): void;
 }
@@ -70,7 +73,12 @@ export class ServerError extends Error {
 }
 
 let nextServerId = 1;
-const DATA_CAPTURE = captureSet('ZSEC'); // C: CommandComplete tags confirm session-state changes
+const DATA_CAPTURE = captureSet('ZSEC');
+// A plain server socket reads into a buffer of its own that is used again for the next
+// read (no allocation per read), unless something still references the bytes of the last
+// one; a read that fills it moves the socket to the larger size.
+const READ_BUFFER_BYTES = 16 * 1024;
+const LARGE_READ_BUFFER_BYTES = 64 * 1024; // C: CommandComplete tags confirm session-state changes
 const INTERNAL_CAPTURE = captureSet('ZSEDC');
 
 function parseDataRow(body: Buffer): string[] {
@@ -135,6 +143,9 @@ export class ServerConnection extends EventEmitter {
   private framer = new MessageFramer();
   private scanner = new StreamScanner(DATA_CAPTURE);
   private rows: string[][] | null = null;
+  private readBuf: Buffer | null = null;
+  private readKept = false; // the last read's bytes are still referenced: the next read gets a new buffer
+  private loginReader: ((chunk: Buffer) => void) | null = null; // login's reader, with the own read buffer
   private internal: { resolve: () => void; reject: (e: Error) => void; error?: ServerError } | null = null;
 
   // kernel: told when the kernel path hands this server's bytes to user space.
@@ -153,9 +164,11 @@ export class ServerConnection extends EventEmitter {
   connect(): Promise<void> {
     return new Promise((resolve, reject) => {
       const t = this.target;
+      // Read into a buffer of its own (after TLS, the TLS socket reads the raw one itself)
+      const onread = { buffer: () => this.nextReadBuffer(), callback: (n: number, buf: Uint8Array) => this.onRead(n, buf as Buffer) };
       const sock = t.host.startsWith('/')
-        ? net.connect(`${t.host}/.s.PGSQL.${t.port}`)
-        : net.connect({ host: t.host, port: t.port });
+        ? net.connect({ path: `${t.host}/.s.PGSQL.${t.port}`, onread })
+        : net.connect({ host: t.host, port: t.port, onread });
       this.socket = sock;
       sock.setNoDelay(true);
       if (!t.host.startsWith('/')) applyTcpOptions(sock);
@@ -189,7 +202,8 @@ export class ServerConnection extends EventEmitter {
               s.on('error', (e) => (settled ? this.close(`socket error: ${e.message}`) : fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`))));
               s.on('close', () => (settled ? this.close('server closed the connection') : fail(new ServerError(`server ${t.host}:${t.port} closed the connection during login`))));
             }
-            s.on('data', onLoginData);
+            if (s === sock) this.loginReader = onLoginData;
+            else s.on('data', onLoginData);
             s.write(startupMessage({ user: t.user, database: t.dbname, ...t.startupParams }));
           },
           (e: Error) => fail(new ServerError(`server ${t.host}:${t.port}: ${e.message}`)),
@@ -247,10 +261,11 @@ export class ServerConnection extends EventEmitter {
                 settled = true;
                 clearTimeout(timer);
                 this.socket.off('data', onLoginData);
+                this.loginReader = null;
                 this.lifecycle.to(ServerState.Idle);
                 this.loginParams = new Map(this.params);
                 const rest = this.framer.takeRest();
-                this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
+                if (this.socket !== sock) this.socket.on('data', (d: Buffer) => this.onDataGuarded(d));
                 if (rest.length) this.onDataGuarded(rest);
                 log.debug(`${this.label} login ok (backend pid ${this.backendPid})`);
                 resolve();
@@ -265,6 +280,33 @@ export class ServerConnection extends EventEmitter {
         }
       };
     });
+  }
+
+  // The read buffer for the socket's next read: the same one again unless the last read's
+  // bytes are still referenced (then they stay where they are and a new buffer takes the next).
+  private nextReadBuffer(): Buffer {
+    if (!this.readBuf || this.readKept) {
+      this.readBuf = Buffer.allocUnsafeSlow(this.readBuf?.length ?? READ_BUFFER_BYTES);
+      this.readKept = false;
+    }
+    return this.readBuf;
+  }
+
+  private onRead(n: number, buf: Buffer): true {
+    if (n === buf.length && buf.length < LARGE_READ_BUFFER_BYTES) {
+      this.readBuf = Buffer.allocUnsafeSlow(LARGE_READ_BUFFER_BYTES); // a large reply: read it in larger pieces
+      this.readKept = false;
+    }
+    const chunk = buf.subarray(0, n);
+    if (this.loginReader) {
+      this.readKept = true; // the login framer keeps what it has not framed yet
+      this.loginReader(chunk);
+    } else if (this.state === ServerState.Login) {
+      // the answer to an SSLRequest, which startServerTls reads as a 'data' event
+      this.readKept = true;
+      this.socket.emit('data', chunk);
+    } else this.onDataGuarded(chunk);
+    return true; // read on (pause() stops reading)
   }
 
   // The server connection's error boundary: an exception while handling its bytes (in
@@ -284,7 +326,10 @@ export class ServerConnection extends EventEmitter {
     this.bytesRead += chunk.length;
     this.lastUsed = Date.now();
     if (this.state === ServerState.Kernel && !this.heldInput.active) this.kernel.serverPassed(this);
-    if (this.heldInput.keep(chunk)) return;
+    if (this.heldInput.keep(chunk)) {
+      this.readKept = true;
+      return;
+    }
     this.onBytes(chunk);
   }
 
@@ -352,6 +397,7 @@ export class ServerConnection extends EventEmitter {
       this.close(`protocol error from server: ${(e as Error).message}`);
       return;
     }
+    if (this.scanner.holdsInput) this.readKept = true; // a body it gathers across reads // a body it gathers across reads
     if (!peer) return;
     if (replies) {
       // the message still open is hidden too if the filter would hide it
@@ -362,6 +408,7 @@ export class ServerConnection extends EventEmitter {
       // Forward first: a ReadyForQuery may release this server to another client.
       peer.onServerData(chunk, this);
     }
+    if (peer.keepsServerBytes?.() !== false) this.readKept = true;
     for (const status of ready) if (this.peer === peer) peer.onServerReady(status, this);
   }
 

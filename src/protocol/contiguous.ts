@@ -4,20 +4,29 @@
 export function joinAdjacent(parts: Buffer[]): Buffer[] {
   if (parts.length < 2) return parts;
   let out: Buffer[] | null = null; // allocated only once two parts do not touch
-  let cur = parts[0];
+  // the run being joined: its first part and its length (one view made per run, at its end)
+  let first = parts[0];
+  let len = first.length;
   for (let i = 1; i < parts.length; i++) {
     const p = parts[i];
     if (p.length === 0) continue;
-    if (cur.length === 0) {
-      cur = p;
-    } else if (p.buffer === cur.buffer && p.byteOffset === cur.byteOffset + cur.length) {
-      cur = Buffer.from(cur.buffer, cur.byteOffset, cur.length + p.length); // a view, not a copy
+    if (len === 0) {
+      first = p;
+      len = p.length;
+    } else if (p.buffer === first.buffer && p.byteOffset === first.byteOffset + len) {
+      len += p.length;
     } else {
-      (out ??= []).push(cur);
-      cur = p;
+      (out ??= []).push(span(first, len));
+      first = p;
+      len = p.length;
     }
   }
-  if (!out) return [cur];
-  out.push(cur);
+  if (!out) return [span(first, len)];
+  out.push(span(first, len));
   return out;
+}
+
+// len bytes from where first starts: first itself, or a view over the joined run (not a copy).
+function span(first: Buffer, len: number): Buffer {
+  return len === first.length ? first : Buffer.from(first.buffer, first.byteOffset, len);
 }

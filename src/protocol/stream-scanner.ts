@@ -84,6 +84,12 @@ export class StreamScanner {
     return this.collecting !== null && !this.bodyLost;
   }
 
+  // Views of earlier chunks are held for the message in progress (a body gathered across
+  // chunks): those chunks' bytes must stay as they are.
+  get holdsInput(): boolean {
+    return this.collecting !== null && this.collecting.length > 0;
+  }
+
   // Type of the message in progress (valid when !atBoundary and the header is complete).
   get currentType(): number {
     return this.headerLen === 5 ? this.type : this.headerLen > 0 ? this.header![0] : 0;
