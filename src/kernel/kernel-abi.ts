@@ -167,10 +167,15 @@ export interface ConnState {
   applying: number;
 }
 
+// A struct that embeds a struct pgs_frame (pgs_conn, pgs_ctl): its integers and its frame.
+function withFrame<T>(b: Buffer, fields: Readonly<Record<string, Field>> & { frame: Field }): T {
+  const r = readScalars(b, fields) as Record<string, unknown>;
+  r.frame = decodeFrame(b, fields.frame.offset);
+  return r as T;
+}
+
 export function decodeConn(b: Buffer): ConnState {
-  const r = readScalars(b, CONN) as unknown as ConnState;
-  r.frame = decodeFrame(b, CONN.frame.offset);
-  return r;
+  return withFrame<ConnState>(b, CONN);
 }
 
 /** struct pgs_pool_stats: what one kernel pool carried (one CPU's share, or their sum). */
@@ -212,20 +217,9 @@ export interface CtlArgs {
   tailIn?: number;
 }
 
-export interface CtlResult {
+/** What a control operation returns: its result code and the connection's state (struct pgs_ctl). */
+export interface CtlResult extends Omit<ConnState, 'ackedBase' | 'xactStart' | 'queryStart'> {
   ret: number;
-  word: bigint;
-  peer: number;
-  outstanding: number;
-  tailOpen: number;
-  flags: number;
-  role: number;
-  poolId: number;
-  frame: Frame;
-  redirected: bigint;
-  tailMessages: number;
-  tailAnswered: number;
-  applying: number;
 }
 
 export function encodeCtl(a: CtlArgs): Buffer {
@@ -242,9 +236,7 @@ export function encodeCtl(a: CtlArgs): Buffer {
 }
 
 export function decodeCtl(b: Buffer): CtlResult {
-  const r = readScalars(b, CTL) as unknown as CtlResult;
-  r.frame = decodeFrame(b, CTL.frame.offset);
-  return r;
+  return withFrame<CtlResult>(b, CTL);
 }
 
 export interface KernelEventRaw {

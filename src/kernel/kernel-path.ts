@@ -554,19 +554,12 @@ export class KernelPath {
     for (let i = 0; i < abi.STAT_COUNT; i++) v.push(this.stat(i));
     const fallbacks: Record<string, bigint> = {};
     for (const [idx, name] of Object.entries(abi.FALLBACK_NAMES)) fallbacks[name] = v[Number(idx)];
+    const S = abi.Stat;
     return {
-      transactions: v[abi.Stat.TRANSACTIONS],
-      clientBytes: v[abi.Stat.CLIENT_BYTES],
-      clientMessages: v[abi.Stat.CLIENT_MSGS],
-      serverBytes: v[abi.Stat.SERVER_BYTES],
-      serverMessages: v[abi.Stat.SERVER_MSGS],
-      passedSkbs: v[abi.Stat.PASSED_SKBS],
-      passedBytes: v[abi.Stat.PASSED_BYTES],
-      binds: v[abi.Stat.BINDS],
-      droppedClientGone: v[abi.Stat.DROPPED_CLIENT_GONE],
-      staleIdle: v[abi.Stat.STALE_IDLE],
-      statementRewrites: v[abi.Stat.STMT_REWRITES],
-      heldForWaiters: v[abi.Stat.HELD_FOR_WAITERS],
+      transactions: v[S.TRANSACTIONS], binds: v[S.BINDS], statementRewrites: v[S.STMT_REWRITES],
+      clientBytes: v[S.CLIENT_BYTES], clientMessages: v[S.CLIENT_MSGS], serverBytes: v[S.SERVER_BYTES], serverMessages: v[S.SERVER_MSGS],
+      passedSkbs: v[S.PASSED_SKBS], passedBytes: v[S.PASSED_BYTES], heldForWaiters: v[S.HELD_FOR_WAITERS],
+      droppedClientGone: v[S.DROPPED_CLIENT_GONE], staleIdle: v[S.STALE_IDLE],
       fallbacks,
     };
   }
