@@ -25,6 +25,18 @@ export function setLogFormat(f: LogFormat): void {
 
 let quiet = false; // --quiet: no stderr while a logfile is open
 
+// A stderr whose reader went away (the terminal or log shipper that started us exited)
+// fails every write with EPIPE. Unhandled, that error reached the uncaught-exception
+// logger, whose own line failed again: the proxy spun at full CPU. Once it fails, the
+// logs go only to the logfile and syslog.
+let stderrGone = false;
+process.stderr.on('error', () => {
+  stderrGone = true;
+});
+const toStderrStream = (line: string): void => {
+  if (!stderrGone) process.stderr.write(line);
+};
+
 export function setQuiet(q: boolean): void {
   quiet = q;
 }
@@ -62,13 +74,13 @@ function emit(level: LogLevel, msg: string): void {
   if (ORDER[level] > ORDER[current]) return;
   syslog?.write(level, msg); // its own framing: the daemon adds nothing we would repeat
   const line = formatLine(level, msg);
-  if (toStderr || !file) process.stderr.write(line);
+  if (toStderr || !file) toStderrStream(line);
   if (file) {
     try {
       fs.writeSync(file.fd, line);
     } catch {
       // A full disk must not stop the proxy; stderr still has the line.
-      if (!toStderr) process.stderr.write(line);
+      if (!toStderr) toStderrStream(line);
     }
   }
 }

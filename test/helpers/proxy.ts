@@ -89,6 +89,13 @@ export function runCliAsync(args: string[], timeoutMs = 60000): Promise<{ code: 
   });
 }
 
+// Proxies still running when this test process exits (a file ended by tap's timeout runs
+// no teardown) are killed by pid, so none outlives its test.
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
 export async function startProxy(t: TeardownHost, config: object | string, opts: ProxyOptions = {}): Promise<ProxyHandle> {
   requireCli();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-cfg-'));
@@ -98,6 +105,8 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   const proc = opts.command
     ? spawn(opts.command, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
     : spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   let log = '';
   let exit: ExitStatus | undefined;
   const waiters = new Set<() => void>();
