@@ -38,6 +38,21 @@ function pgbenchCounts(out: string): { processed: number; failed: number } {
   return { processed: p ? Number(p[1]) : -1, failed: f ? Number(f[1]) : 0 };
 }
 
+// pgbench's TPC-B-like transaction without its SELECT abalance: that read is the one
+// statement whose answer depends on the order of two clients' transactions on the same
+// account, and the mirror keeps each client's order, not the order between clients (two
+// such transactions close together came out in the other order once: a real, expected
+// divergence). The updates add up to the same data in any order.
+const TPCB_WRITES = [
+  '\\set aid random(1, 100000 * :scale)', '\\set bid random(1, 1 * :scale)', '\\set tid random(1, 10 * :scale)',
+  '\\set delta random(-5000, 5000)', 'BEGIN;',
+  'UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;',
+  'UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;',
+  'UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;',
+  'INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);',
+  'END;', '',
+].join('\n');
+
 const CHECKSUMS = {
   accounts: `SELECT md5(string_agg(t::text, ',' ORDER BY aid)) FROM pgbench_accounts t`,
   tellers: `SELECT md5(string_agg(t::text, ',' ORDER BY tid)) FROM pgbench_tellers t`,
@@ -113,10 +128,13 @@ t.test('mirroring to a second cluster', async (t) => {
     t.test(`deterministic pgbench, -M extended and -M prepared: both clusters end with the same data ${B}`, async (t) => {
       const before = await mirrorRow(proxy, 'app');
       const by0 = await bypassCounters(proxy);
-      const e = await pgbench(t, ['-M', 'extended', '-c', '4', '-j', '4', '-t', '150', '--random-seed=7'], 'extended');
+      const script = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-mirror-tpcb-')), 'tpcb-writes.sql');
+      fs.writeFileSync(script, TPCB_WRITES);
+      t.teardown(() => fs.rmSync(path.dirname(script), { recursive: true, force: true }));
+      const e = await pgbench(t, ['-M', 'extended', '-c', '4', '-j', '4', '-t', '150', '--random-seed=7', '-f', script], 'extended');
       const by1 = await bypassCounters(proxy);
       t.equal(e.processed, 600, 'extended: 600 transactions');
-      const p = await pgbench(t, ['-M', 'prepared', '-c', '4', '-j', '4', '-t', '150', '--random-seed=8'], 'prepared');
+      const p = await pgbench(t, ['-M', 'prepared', '-c', '4', '-j', '4', '-t', '150', '--random-seed=8', '-f', script], 'prepared');
       t.equal(p.processed, 600, 'prepared: 600 transactions');
       const row = await drained(proxy, 'app');
       t.equal(row.state, 'up', 'the mirror is up');
