@@ -6,6 +6,7 @@ import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, sleep, waitUntil, backendCount } from './helpers/cluster';
 import { RawConn, startupMessage, parseFields } from './helpers/pgwire';
+import { kernelConfig, showBypass } from './helpers/kernel';
 
 t.test('limits', async (t) => {
   const c = await startCluster(t);
@@ -101,6 +102,27 @@ t.test('limits', async (t) => {
       t.pass('all idle servers closed after server_idle_timeout');
       t.same((await clients[0].query('SELECT 6 AS x')).rows, [{ x: 6 }], 'the clients stay connected and get a new server');
       t.same(clients[0].errors, [], 'no client error');
+    });
+
+    // The sweep for server_idle_timeout and server_lifetime runs every few seconds; with no
+    // server due it must leave the servers where they are: on the kernel path, taking them
+    // out of the kernel's idle stack and putting them back sent every request arriving
+    // meanwhile to wait in user space, a bump in the latency tail every 5 s.
+    t.test(`servers not due for closing stay idle where they are across sweeps ${B}`, async (t) => {
+      const proxy = await startProxy(t, await kernelConfig(c, bypass, { default_pool_size: 3, min_pool_size: 0, server_idle_timeout: 600 }));
+      const clients = await Promise.all([0, 1, 2].map(() => pgClient(t, proxy)));
+      const pids = (await Promise.all(clients.map((cl) => cl.query('SELECT pg_backend_pid() AS p, pg_sleep(0.3)')))).map((r) => r.rows[0].p).sort();
+      const before = await showBypass(proxy);
+      await sleep(6500); // more than one sweep period (5 s with these timeouts)
+      const after = await showBypass(proxy);
+      const now = c.pg.psql(`SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE usename = 'app' AND pid IN (${pids.join(',')})`);
+      t.equal(now, [...pids].sort((a, b) => a - b).join(','), 'the same server connections are still open');
+      if (bypass === 'on') {
+        t.equal(after.user_serversToKernel, before.user_serversToKernel, `no server put back into the kernel (${before.user_serversToKernel} -> ${after.user_serversToKernel})`);
+        t.equal(after.user_serversFromKernel, before.user_serversFromKernel, 'none taken out');
+        t.equal(after.servers_in_kernel, '3', 'all three idle in the kernel');
+      }
+      t.same((await clients[0].query('SELECT 7 AS x')).rows, [{ x: 7 }], 'clients are served');
     });
 
     t.test(`server_lifetime replaces old servers, never mid-transaction ${B}`, async (t) => {
