@@ -92,6 +92,10 @@ export interface TxLogStats {
   // When every client had finished its first transaction (all connected and running),
   // over the whole log (not only the window); null for an empty log.
   allClientsStartedMs: number | null;
+  // When the load began: the earliest transaction start in the whole log (end minus
+  // latency; with --rate the latency counts from the scheduled start, so this is the
+  // first scheduled start). null for an empty log.
+  loadStartedMs: number | null;
 }
 
 // Reads the per-transaction logs, keeping transactions that completed in (fromMs, toMs].
@@ -101,6 +105,7 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
   let n = 0;
   let lagged = 0;
   const firstEnd = new Map<string, number>();
+  let loadStarted = Infinity;
   for (const f of files) {
     const text = fs.readFileSync(f, 'utf8');
     let pos = 0;
@@ -116,6 +121,7 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
       const endMs = Number(parts[4]) * 1000 + Number(parts[5]) / 1000;
       const prev = firstEnd.get(parts[0]);
       if (prev === undefined || endMs < prev) firstEnd.set(parts[0], endMs);
+      if (Number.isFinite(latency) && endMs - latency / 1000 < loadStarted) loadStarted = endMs - latency / 1000;
       if (!Number.isFinite(latency) || endMs <= fromMs || endMs > toMs) continue;
       if (n === lat.length) {
         const bigger = new Float64Array(lat.length * 2);
@@ -135,7 +141,11 @@ export function readTxLogs(files: string[], fromMs = -Infinity, toMs = Infinity)
   const out = lat.slice(0, n).sort();
   // All lines of one run have the lag column or none do.
   const lags = lagged > 0 && lagged === n ? lag.slice(0, n).sort() : null;
-  return { count: n, latenciesUs: out, lagsUs: lags, allClientsStartedMs: firstEnd.size ? Math.max(...firstEnd.values()) : null };
+  return {
+    count: n, latenciesUs: out, lagsUs: lags,
+    allClientsStartedMs: firstEnd.size ? Math.max(...firstEnd.values()) : null,
+    loadStartedMs: Number.isFinite(loadStarted) ? loadStarted : null,
+  };
 }
 
 // Nearest-rank percentile of sorted values; p in [0, 100].
@@ -239,6 +249,22 @@ export async function pgbenchVersion(pgbench = 'pgbench'): Promise<string | null
 // so a few thousand transactions per second land within ~2% of the rate; a target that
 // cannot keep up falls behind by more and its schedule lag grows for the whole run.
 export const KEPT_UP_SHARE = 0.95;
+
+// A fixed-rate run's measurement window starts this long after its load began (pgbench's
+// first scheduled transaction), for every target alike. pgbench's -T and progress clock
+// start before its clients connect, so "the first reading after every client ran" came
+// sooner after the load began for a target whose logins took longer, and its window held
+// more of the start-up (the first transactions of 64 clients, a backlog then drained):
+// through pgsplice the logins took 0.3-0.6 s, through PgBouncer 0.25-0.3 s.
+export const RATE_SETTLE_MS = 1000;
+
+// Where a run's measurement window may start: once every client has run a transaction
+// and, at a fixed rate, RATE_SETTLE_MS after the load began.
+export function windowStartMs(log: Pick<TxLogStats, 'allClientsStartedMs' | 'loadStartedMs'>, fixedRate: boolean): number | null {
+  if (log.allClientsStartedMs === null) return null;
+  if (!fixedRate || log.loadStartedMs === null) return log.allClientsStartedMs;
+  return Math.max(log.allClientsStartedMs, log.loadStartedMs + RATE_SETTLE_MS);
+}
 export function keptUpWithRate(rateTps: number, achievedTps: number | null): boolean | null {
   if (achievedTps === null || !(rateTps > 0)) return null;
   return achievedTps >= KEPT_UP_SHARE * rateTps;

@@ -12,7 +12,7 @@ import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
 import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
 import { idleRun } from './idle';
 import { Inspector } from './inspector';
-import { keptUpWithRate, median, pgbenchVersion, percentile, readTxLogs, runPgbench } from './pgbench';
+import { RATE_SETTLE_MS, keptUpWithRate, median, pgbenchVersion, percentile, readTxLogs, runPgbench, windowStartMs } from './pgbench';
 import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
 import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
@@ -253,7 +253,7 @@ async function main(): Promise<void> {
     for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
     const pairs = cells.flatMap((c) => running.filter((t) => runsCell(t.label, c)).map(() => c));
     const totalRuns = pairs.reduce((n, c) => n + c.rounds, 0);
-    const estimate = pairs.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + 1.5), 0);
+    const estimate = pairs.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + (c.rateTps ? RATE_SETTLE_MS / 1000 : 0) + 1.5), 0);
     log(`\n${cells.length} cells x ${running.length} targets, ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
 
     let runNo = 0;
@@ -265,7 +265,8 @@ async function main(): Promise<void> {
       const snaps: CpuSnapshot[] = [];
       // pgbench's -T clock includes connecting its clients (a SCRAM login each, ~20 ms of
       // client CPU here), so runs get an allowance for that.
-      const runSeconds = (warmup ? (quick ? 1 : 2) : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + extraSeconds;
+      // Fixed-rate runs get RATE_SETTLE_MS more: their window starts that long after the load began.
+      const runSeconds = (warmup ? (quick ? 1 : 2) : c.duration) + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + (c.rateTps && !warmup ? RATE_SETTLE_MS / 1000 : 0) + extraSeconds;
       // pgsplice's own count of what the kernel carried, before and after the run, so
       // the kernel's share is this cell's, not everything since the proxy started.
       const kernelCount = async () => {
@@ -306,8 +307,9 @@ async function main(): Promise<void> {
       const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       // The window starts at the first reading after every client ran a transaction
-      // (all connected: steady state) and ends at the last reading.
-      const started = run.logFiles.length ? readTxLogs(run.logFiles, Infinity, Infinity).allClientsStartedMs : null;
+      // (all connected: steady state) and, at a fixed rate, RATE_SETTLE_MS after the load
+      // began (the same start-up left out for every target); it ends at the last reading.
+      const started = run.logFiles.length ? windowStartMs(readTxLogs(run.logFiles, Infinity, Infinity), !!c.rateTps) : null;
       // (In the storm every transaction connects anew: no set-up phase to skip.)
       const f = c.connectPerTx ? snaps[0] ?? null : snaps.find((x) => started !== null && x.atMs >= started) ?? null;
       const l = snaps.length ? snaps[snaps.length - 1] : null;

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import t from 'tap';
 import { slope } from '../bench/idle';
 import { parse as parseYaml } from 'yaml';
-import { keptUpWithRate, median, parsePgbenchOutput, percentile, readTxLogs } from '../bench/pgbench';
+import { RATE_SETTLE_MS, keptUpWithRate, median, parsePgbenchOutput, percentile, readTxLogs, windowStartMs } from '../bench/pgbench';
 import { parseMachineCpuLine, parseProcStat, runtimeSeconds, treeCpuSeconds } from '../bench/proc';
 import { evaluateGoals, markdownReport, svgChart } from '../bench/report';
 import { BenchResult, CellSummary, SCHEMA_ID, SCHEMA_ID_V1, validateResult } from '../bench/schema';
@@ -118,6 +118,24 @@ t.test('per-transaction log: percentiles and the measurement window', async (t) 
   t.equal(median([3, 1, 2]), 2);
   t.equal(median([4, 1, 2, 3]), 2.5);
   t.equal(median([]), null);
+});
+
+t.test('the window of a fixed-rate run starts RATE_SETTLE_MS after the load began', async (t) => {
+  const file = path.join(FIX, 'pgbench-rate-txlog-sample.log');
+  const s = readTxLogs([file]);
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => l.split(' ').map(Number));
+  // the earliest start: end (epoch s + µs) minus latency (µs, from the scheduled start)
+  const firstStart = Math.min(...lines.map((p) => p[4] * 1000 + p[5] / 1000 - p[2] / 1000));
+  t.ok(Math.abs(s.loadStartedMs! - firstStart) < 1e-3, `load began at the first scheduled start (${s.loadStartedMs} vs ${firstStart})`);
+  t.ok(s.allClientsStartedMs! >= s.loadStartedMs!, 'every client ran after the load began');
+  t.equal(windowStartMs(s, false), s.allClientsStartedMs, 'saturated: when every client has run a transaction');
+  t.equal(windowStartMs(s, true), Math.max(s.allClientsStartedMs!, s.loadStartedMs! + RATE_SETTLE_MS), 'fixed rate: not before RATE_SETTLE_MS after the load began');
+  // Two targets whose clients took different times to log in get the same start-up left out.
+  const slowLogins = { allClientsStartedMs: 10_050, loadStartedMs: 10_000 };
+  const fastLogins = { allClientsStartedMs: 20_030, loadStartedMs: 20_000 };
+  t.equal(windowStartMs(slowLogins, true)! - slowLogins.loadStartedMs, windowStartMs(fastLogins, true)! - fastLogins.loadStartedMs, 'the same offset from the load start for both');
+  t.equal(windowStartMs({ allClientsStartedMs: null, loadStartedMs: null }, true), null, 'an empty log: no window');
+  t.equal(readTxLogs([]).loadStartedMs, null);
 });
 
 t.test('/proc parsing', async (t) => {
