@@ -8,14 +8,10 @@ import t, { Test } from 'tap';
 import * as net from 'net';
 import { openKernelPath, socketPair, fdOf } from './helpers/kernel';
 import { Mode } from '../src/kernel/kernel-abi';
+import { message } from './helpers/pgwire';
 
-const msg = (type: string, body: Buffer | string = ''): Buffer => {
-  const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
-  const h = Buffer.alloc(5);
-  h.write(type, 0, 'latin1');
-  h.writeUInt32BE(4 + b.length, 1);
-  return Buffer.concat([h, b]);
-};
+const msg = (type: string, body: Buffer | string = ''): Buffer =>
+  message(type, Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1'));
 const row = (text: string) => {
   const v = Buffer.from(text);
   const b = Buffer.alloc(6 + v.length);
