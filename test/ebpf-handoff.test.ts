@@ -6,16 +6,12 @@
 // Needs root: a KernelPath that can't open fails the test with the reason.
 import t, { Test } from 'tap';
 import * as net from 'net';
-import { openKernelPath } from './helpers/kernel';
+import { openKernelPath, socketPair, fdOf } from './helpers/kernel';
 import { Mode } from '../src/kernel/kernel-abi';
+import { message } from './helpers/pgwire';
 
-const msg = (type: string, body: Buffer | string = ''): Buffer => {
-  const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
-  const h = Buffer.alloc(5);
-  h.write(type, 0, 'latin1');
-  h.writeUInt32BE(4 + b.length, 1);
-  return Buffer.concat([h, b]);
-};
+const msg = (type: string, body: Buffer | string = ''): Buffer =>
+  message(type, Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1'));
 const row = (text: string) => {
   const v = Buffer.from(text);
   const b = Buffer.alloc(6 + v.length);
@@ -38,19 +34,6 @@ function frames(buf: Buffer): { msgs: Array<{ type: string; body: Buffer }>; res
   return { msgs, rest: buf.subarray(off) };
 }
 
-async function pair(): Promise<[net.Socket, net.Socket]> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  const accepted = new Promise<net.Socket>((r) => srv.once('connection', r));
-  const outer = net.connect(port, '127.0.0.1');
-  await new Promise<void>((r) => outer.once('connect', () => r()));
-  const inner = await accepted;
-  srv.close();
-  for (const s of [outer, inner]) s.setNoDelay(true);
-  return [outer, inner];
-}
-const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
 
 const kp = openKernelPath(t);
 
@@ -75,7 +58,7 @@ if (kp) {
     const servers = new Map<number, Srv>();
     const errors: string[] = [];
     for (let i = 0; i < SERVERS; i++) {
-      const [pg, px] = await pair();
+      const [pg, px] = await socketPair({ noDelay: true });
       sockets.push(pg, px);
       let acc = Buffer.alloc(0);
       pg.on('data', (d) => {
@@ -131,7 +114,7 @@ if (kp) {
 
     const clients: Cli[] = [];
     for (let i = 0; i < CLIENTS; i++) {
-      const [app, px] = await pair();
+      const [app, px] = await socketPair({ noDelay: true });
       sockets.push(app, px);
       const c: Cli = { id: POOL * 100 + 50 + i, app, px, read: 0n, pending: Buffer.alloc(0), busy: false };
       px.on('data', (d) => {

@@ -6,16 +6,12 @@
 import t from 'tap';
 import * as net from 'net';
 import { KernelPath } from '../src/kernel/kernel-path';
-import { openKernelPath } from './helpers/kernel';
+import { openKernelPath, socketPair, fdOf } from './helpers/kernel';
 import { Mode } from '../src/kernel/kernel-abi';
+import { message } from './helpers/pgwire';
 
-const msg = (type: string, body: Buffer | string = ''): Buffer => {
-  const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
-  const h = Buffer.alloc(5);
-  h.write(type, 0, 'latin1');
-  h.writeUInt32BE(4 + b.length, 1);
-  return Buffer.concat([h, b]);
-};
+const msg = (type: string, body: Buffer | string = ''): Buffer =>
+  message(type, Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1'));
 const Q = (sql: string) => msg('Q', sql + '\0');
 const Z = (st: string) => msg('Z', st);
 const C = (tag: string) => msg('C', tag + '\0');
@@ -50,19 +46,6 @@ async function until(cond: () => boolean, what: string, ms = 3000): Promise<void
 }
 const settle = (ms = 50) => new Promise((r) => setTimeout(r, ms));
 
-/** A connected loopback pair: [outer end, proxy-side end]. */
-async function pair(): Promise<[net.Socket, net.Socket]> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  const accepted = new Promise<net.Socket>((r) => srv.once('connection', r));
-  const outer = net.connect(port, '127.0.0.1');
-  await new Promise<void>((r) => outer.once('connect', () => r()));
-  const inner = await accepted;
-  srv.close();
-  return [outer, inner];
-}
-const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
 
 const kp = openKernelPath(t);
 
@@ -81,8 +64,8 @@ interface Rig {
 async function rig(k: KernelPath, mode: 'transaction' | 'session' = 'transaction', inflightLimit = 0): Promise<Rig> {
   const pool = nextId % 200;
   k.configurePool(pool, { mode, maxIdle: 16, inflightLimit });
-  const [app, cpx] = await pair();
-  const [pg, spx] = await pair();
+  const [app, cpx] = await socketPair();
+  const [pg, spx] = await socketPair();
   for (const s of [app, cpx, pg, spx]) s.setNoDelay(true);
   const cid = nextId++;
   const sid = nextId++;

@@ -2,6 +2,7 @@
 // admin user, the proxy's counters (SHOW SUMMARY and SHOW BYPASS / POOLS / CLIENTS), the
 // proxy's RSS, pgbench output, and the failure log the lead reads.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import { Cluster, proxyConfig, run, libpqEnv, sleep } from './cluster';
 import type { ProxyHandle } from './proxy';
 import { KernelPath } from '../../src/kernel/kernel-path';
@@ -210,3 +211,19 @@ export function openKernelPath(t: { fail(msg: string): unknown; teardown(fn: () 
     return null;
   }
 }
+
+/** A connected loopback pair for sockmap tests: [outer end, the end a proxy would own]. */
+export async function socketPair(opts: { noDelay?: boolean } = {}): Promise<[net.Socket, net.Socket]> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const accepted = new Promise<net.Socket>((r) => srv.once('connection', r));
+  const outer = net.connect(port, '127.0.0.1');
+  await new Promise<void>((r) => outer.once('connect', () => r()));
+  const inner = await accepted;
+  srv.close();
+  if (opts.noDelay) for (const s of [outer, inner]) s.setNoDelay(true);
+  return [outer, inner];
+}
+/** The file descriptor under a socket (what the sockhash is given). */
+export const fdOf = (s: net.Socket): number => (s as unknown as { _handle: { fd: number } })._handle.fd;
