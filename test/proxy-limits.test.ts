@@ -2,9 +2,10 @@
 // min_pool_size kept warm, server_idle_timeout and server_lifetime closing servers,
 // max_db_connections and the pool size capping server connections.
 import t from 'tap';
+import * as net from 'node:net';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, sleep, waitUntil, backendCount } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, sleep, waitUntil, backendCount, freePort } from './helpers/cluster';
 import { RawConn, startupMessage, parseFields } from './helpers/pgwire';
 import { kernelConfig, showBypass } from './helpers/kernel';
 
@@ -102,6 +103,55 @@ t.test('limits', async (t) => {
       t.pass('all idle servers closed after server_idle_timeout');
       t.same((await clients[0].query('SELECT 6 AS x')).rows, [{ x: 6 }], 'the clients stay connected and get a new server');
       t.same(clients[0].errors, [], 'no client error');
+    });
+
+    // A pool grows for its waiting clients in parallel: each request that finds no idle
+    // server starts a login of its own, without waiting for another login to finish. Here
+    // a gate in front of PostgreSQL holds every connection until four are pending at once;
+    // logins opened one after another would never get four there (the gate then gives up
+    // after 5 s, and the test fails instead of hanging).
+    t.test(`a pool opens servers for its waiting clients concurrently ${B}`, async (t) => {
+      const N = 4;
+      const pending: Array<() => void> = [];
+      let open = false;
+      let maxPending = 0;
+      let openedBy = '';
+      const release = (why: string) => {
+        if (open) return;
+        open = true;
+        openedBy = why;
+        for (const go of pending.splice(0)) go();
+      };
+      const gate = net.createServer((sock) => {
+        sock.pause();
+        const go = () => {
+          const up = net.connect(c.pg.port, '127.0.0.1');
+          sock.pipe(up).pipe(sock);
+          sock.resume();
+          const done = () => { sock.destroy(); up.destroy(); };
+          sock.on('error', done);
+          up.on('error', done);
+          sock.on('close', done);
+          up.on('close', done);
+        };
+        if (open) return go();
+        pending.push(go);
+        maxPending = Math.max(maxPending, pending.length);
+        if (pending.length >= N) release('four logins pending at once');
+      });
+      const gatePort = await freePort();
+      await new Promise<void>((r) => gate.listen(gatePort, '127.0.0.1', () => r()));
+      const timer = setTimeout(() => release('timeout'), 5000);
+      t.teardown(() => {
+        clearTimeout(timer);
+        gate.close();
+      });
+      const cfg = await kernelConfig(c, bypass, { default_pool_size: N, min_pool_size: 0, databases: { app: { host: '127.0.0.1', port: gatePort, dbname: 'app' } } });
+      const proxy = await startProxy(t, cfg);
+      const clients = await Promise.all(Array.from({ length: N }, () => pgClient(t, proxy)));
+      const rows = await withTimeout(Promise.all(clients.map((cl, i) => cl.query(`SELECT ${i} AS i, pg_sleep(0.2)`))), 20000, 'queries through the gate');
+      t.same(rows.map((r) => r.rows[0].i), [0, 1, 2, 3], 'every client is answered');
+      t.equal(openedBy, 'four logins pending at once', `the gate opened because ${N} server logins were under way together (most pending: ${maxPending})`);
     });
 
     // The sweep for server_idle_timeout and server_lifetime runs every few seconds; with no
