@@ -262,16 +262,18 @@ export async function startPgsplice(o: {
   label?: string;
   logLevel?: string;
   extraNodeArgs?: string[];
+  cli?: string; // another build's dist/src/cli.js (bench/build-ab.ts); this build's by default
 }): Promise<RunningTarget> {
   const label = o.label ?? `pgsplice-${o.bypass}`;
-  if (!fs.existsSync(PGSPLICE_CLI)) throw new TargetStartError(`${label}: ${PGSPLICE_CLI} does not exist (proxy not built)`);
+  const cli = o.cli ?? PGSPLICE_CLI;
+  if (!fs.existsSync(cli)) throw new TargetStartError(`${label}: ${cli} does not exist (proxy not built)`);
   fs.mkdirSync(o.dir, { recursive: true });
   const cfg = path.join(o.dir, `${label}.yaml`);
   fs.writeFileSync(cfg, pgspliceYaml(o));
   // The inspector listens on loopback and stays detached until the idle-clients run (the
   // last) asks for a collection; detached, it costs the proxy nothing measurable.
   const inspectPort = await freePort();
-  const nodeArgs = [...(o.extraNodeArgs ?? []), `--inspect=127.0.0.1:${inspectPort}`, PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
+  const nodeArgs = [...(o.extraNodeArgs ?? []), `--inspect=127.0.0.1:${inspectPort}`, cli, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
   const { child, output, exitInfo } = await startServer({
     label, cmd: 'bash',
     args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
