@@ -108,7 +108,7 @@ async function main(): Promise<void> {
     (cleaning ??= (async () => {
       for (const t of running) await t.stop().catch(() => undefined);
       if (scratch) await scratch.destroy().catch(() => undefined);
-      for (const m of mirrorServers.values()) await m.pg.destroy().catch(() => undefined);
+      for (const m of mirrorServers.values()) await m.destroy().catch(() => undefined);
       if (!argv['keep-tmp']) fs.rmSync(tmp, { recursive: true, force: true });
     })());
   let aborting = false;
@@ -211,9 +211,11 @@ async function main(): Promise<void> {
           const t = await start();
           starters.set(label, start);
           running.push(t);
-          const note = priority === 'idle' ? `mirror PostgreSQL at idle CPU priority (SCHED_IDLE), standing in for a mirror on another host` : 'mirror PostgreSQL on the same cores at equal CPU priority';
+          const note = priority === 'idle'
+            ? `mirror PostgreSQL at idle CPU priority (SCHED_IDLE${m.idleGroup ? `, in a CPU cgroup with ${m.idleGroup.knob}` : ''}), standing in for a mirror on another host`
+            : 'mirror PostgreSQL on the same cores at equal CPU priority';
           targetRecords.push({ label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note ? `${note}; ${t.note}` : note, peak_rss_kib: null, bypass_after: null });
-          log(`target ${label}: ${t.host}:${t.port} pid ${t.pid}, mirror PostgreSQL on port ${m.pg.port} (postmaster ${m.pmPid}, ${priority} priority)`);
+          log(`target ${label}: ${t.host}:${t.port} pid ${t.pid}, mirror PostgreSQL on port ${m.pg.port} (postmaster ${m.pmPid}, ${priority} priority${m.idleGroup ? `, cgroup ${m.idleGroup.dir} with ${m.idleGroup.knob}` : ''})`);
         } catch (e) {
           const reason = `not available: ${(e as Error).message}`;
           targetRecords.push({ label, kind, status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
@@ -304,7 +306,7 @@ async function main(): Promise<void> {
       let policies: PolicyCount | null = null;
       const readPolicies = mirrorServer
         ? (table: ProcTable) => {
-            const n = policyCount(mirrorServer.pmPid, table);
+            const n = policyCount(mirrorServer.pmPid, table, mirrorServer.idleGroup);
             if (!policies || n.processes > policies.processes) policies = n;
           }
         : undefined;
