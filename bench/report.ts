@@ -182,6 +182,11 @@ function mirrorDetail(r: BenchResult, target: string): string {
   const p = c.cpu_us_per_tx.proxy;
   const po = on && on.rounds_ok > 0 ? on.cpu_us_per_tx.proxy : null;
   if (p != null && po != null && po > 0) parts.push(`proxy CPU ${us(p)} vs ${us(po)} (${((p / po - 1) * 100).toFixed(0)}%)`);
+  // Proxy + primary PostgreSQL + pgbench + kernel threads: the primary side's CPU, the
+  // mirror PostgreSQL not included (steadier than throughput on a shared machine).
+  const o = c.cpu_us_per_tx.ours;
+  const oo = on && on.rounds_ok > 0 ? on.cpu_us_per_tx.ours : null;
+  if (o != null && oo != null && oo > 0) parts.push(`primary-side CPU (ours) ${us(o)} vs ${us(oo)} (${((o / oo - 1) * 100).toFixed(0)}%)`);
   const m = c.mirror;
   if (m) {
     parts.push(`SHOW MIRRORS over ${m.rounds} round(s): ${m.transactions.toLocaleString('en-US')} of ${m.pgbench_transactions.toLocaleString('en-US')} transactions mirrored (${m.mirrored_share === null ? '?' : `${(m.mirrored_share * 100).toFixed(1)}%`}), ${m.dropped.toLocaleString('en-US')} dropped, ${m.diverged.toLocaleString('en-US')} diverged` +
@@ -325,19 +330,19 @@ function mirrorSection(r: BenchResult, L: string[]): void {
   const rows = r.runs.filter((x) => x.mirror !== undefined && !x.connect_per_tx && !x.rate_tps);
   if (!rows.length) return;
   L.push(`## Mirroring (issue 15): YCSB C, extended, ${rows[0].clients} clients, bypass: on, one mirror, every client mirrored`, '');
-  L.push('Two rows, both against `pgsplice-on` in the same round. `pgsplice-mirror`: the mirror PostgreSQL on the same cores at equal CPU priority; it replays every statement, and PostgreSQL is over half the CPU of a transaction, so it takes that share from the primary whatever the proxy does. `pgsplice-mirror-idle`: the mirror PostgreSQL at idle CPU priority (SCHED_IDLE, checked in `/proc/PID/sched` of each of its processes during the run), standing in for a mirror on another host: it gets only the CPU the primary side leaves, so the primary pays what mirroring costs the proxy. Mirrored/dropped/diverged: growth of SHOW MIRRORS over the run, read after the mirror answered what was queued (drained = seconds that took after pgbench ended). The mirror PostgreSQL\'s CPU is not in the CPU columns above.', '');
-  L.push('| round | row | tps | pgsplice-on tps | ratio | proxy µs/tx | pgsplice-on proxy µs/tx | ratio | mirrored | pgbench tx | share | dropped | diverged | drained s | SCHED_IDLE processes | mirror PostgreSQL µs/tx |');
-  L.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  L.push('Two rows, both against `pgsplice-on` in the same round. `pgsplice-mirror`: the mirror PostgreSQL on the same cores at equal CPU priority; it replays every statement, and PostgreSQL is over half the CPU of a transaction, so it takes that share from the primary whatever the proxy does. `pgsplice-mirror-idle`: the mirror PostgreSQL at idle CPU priority (SCHED_IDLE and a CPU cgroup with cpu.idle, checked for each of its processes during the run), standing in for a mirror on another host: it gets only the CPU the primary side leaves, so the primary pays what mirroring costs the proxy; on a saturated machine that is little, and the mirror then falls behind and drops (share and dropped show how much was really mirrored). Mirrored/dropped/diverged: growth of SHOW MIRRORS over the run, read after the mirror answered what was queued (drained = seconds that took after pgbench ended). The mirror PostgreSQL\'s CPU is not in the CPU columns above.', '');
+  L.push('| round | row | tps | pgsplice-on tps | ratio | proxy µs/tx | pgsplice-on proxy µs/tx | ratio | ours µs/tx | pgsplice-on ours µs/tx | ratio | mirrored | pgbench tx | share | dropped | diverged | drained s | processes at idle priority | mirror PostgreSQL µs/tx |');
+  L.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const x2 = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || !(b > 0) ? '–' : `${(a / b).toFixed(2)}x`);
   for (const m of rows.sort((a, b) => a.round - b.round || a.target.localeCompare(b.target))) {
     const on = r.runs.find((x) => x.target === 'pgsplice-on' && x.round === m.round && x.workload === m.workload && x.mode === m.mode && x.clients === m.clients && !x.connect_per_tx && !x.rate_tps && x.ok);
     const s = m.mirror;
     const tpsOf = (x: typeof m | undefined) => (x?.ok ? x.tps : null);
-    L.push(`| ${m.round} | ${m.target} | ${m.ok ? f0(m.tps) : 'failed'} | ${f0(tpsOf(on))} | ${x2(tpsOf(m), tpsOf(on))} | ${f1(m.cpu_us_per_tx.proxy)} | ${f1(on?.cpu_us_per_tx.proxy)} | ${x2(m.cpu_us_per_tx.proxy, on?.cpu_us_per_tx.proxy)} | ` +
+    L.push(`| ${m.round} | ${m.target} | ${m.ok ? f0(m.tps) : 'failed'} | ${f0(tpsOf(on))} | ${x2(tpsOf(m), tpsOf(on))} | ${f1(m.cpu_us_per_tx.proxy)} | ${f1(on?.cpu_us_per_tx.proxy)} | ${x2(m.cpu_us_per_tx.proxy, on?.cpu_us_per_tx.proxy)} | ${f1(m.cpu_us_per_tx.ours)} | ${f1(on?.cpu_us_per_tx.ours)} | ${x2(m.cpu_us_per_tx.ours, on?.cpu_us_per_tx.ours)} | ` +
       (s ? `${f0(s.transactions)} | ${f0(m.transactions)} | ${s.mirrored_share == null ? '–' : `${(s.mirrored_share * 100).toFixed(1)}%`} | ${f0(s.dropped)} | ${f0(s.diverged)} | ${s.drain_s == null ? '**not drained**' : s.drain_s.toFixed(1)} | ${s.server_processes == null ? '–' : `${s.server_processes_idle}/${s.server_processes}`} | ${f1(s.postgres_cpu_us_per_tx)} |`
         : '– | – | – | – | – | – | – | – |'));
   }
-  L.push('');
+  L.push('', 'ours = proxy + primary PostgreSQL + pgbench + kernel threads per transaction (the mirror PostgreSQL not included): where the primary is CPU-bound and the mirror has CPU of its own, throughput goes as its inverse.', '');
 }
 
 const ISSUE_TITLES: Record<number, string> = {

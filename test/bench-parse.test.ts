@@ -430,6 +430,7 @@ t.test('mirror rows: counters over a cell, the two goals, the per-round table', 
   t.equal(g['i15-mirror-tps'].measured, 0.58);
   t.match(g['i15-mirror-tps'].detail, /^MISSED: 0\.58x.*32,000 of 40,000 transactions mirrored \(80\.0%\), 8,000 dropped, 0 diverged/);
   t.match(g['i15-mirror-tps'].detail, /proxy CPU 31\.0 µs\/tx vs 28\.0 µs\/tx \(11%\)/);
+  t.match(g['i15-mirror-tps'].detail, /primary-side CPU \(ours\) 165\.0 µs\/tx vs 165\.0 µs\/tx \(0%\)/);
   t.equal(g['i15-mirror-idle-tps'].met, true, '9300 >= 0.9 x 10000 with 98.4% mirrored');
   t.match(g['i15-mirror-idle-tps'].detail, /^met: 0\.93x.*60,000 of 61,000 transactions mirrored \(98\.4%\), 1,000 dropped, 2 diverged, 1 round\(s\) still queued/);
   g = setCells({ ...cell, transactions: 3000, dropped: 58000, mirrored_share: 0.049 });
@@ -454,8 +455,8 @@ t.test('mirror rows: counters over a cell, the two goals, the per-round table', 
   r.targets.push({ label: 'pgsplice-on', kind: 'pgsplice-on', status: 'ok', reason: null, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
   const md = markdownReport(r);
   t.match(md, /## Mirroring \(issue 15\)/);
-  t.match(md, /\| 1 \| pgsplice-mirror \| 5,800 \| 10,000 \| 0\.58x \| 31\.0 \| 28\.0 \| 1\.11x \| 18,400 \| 23,000 \| 80\.0% \| 4,600 \| 0 \| 0\.4 \| 0\/70 \| 90\.0 \|/);
-  t.match(md, /\| 2 \| pgsplice-mirror-idle \| 7,600 \| 8,000 \| 0\.95x \| 33\.0 \| 30\.0 \| 1\.10x \| 29,000 \| 30,000 \| 96\.7% \| 0 \| 0 \| \*\*not drained\*\* \| 70\/70 \|/, 'against round 2 of pgsplice-on; an undrained round says so');
+  t.match(md, /\| 1 \| pgsplice-mirror \| 5,800 \| 10,000 \| 0\.58x \| 31\.0 \| 28\.0 \| 1\.11x \| 165\.0 \| 165\.0 \| 1\.00x \| 18,400 \| 23,000 \| 80\.0% \| 4,600 \| 0 \| 0\.4 \| 0\/70 \| 90\.0 \|/);
+  t.match(md, /\| 2 \| pgsplice-mirror-idle \| 7,600 \| 8,000 \| 0\.95x \| 33\.0 \| 30\.0 \| 1\.10x \| 165\.0 \| 165\.0 \| 1\.00x \| 29,000 \| 30,000 \| 96\.7% \| 0 \| 0 \| \*\*not drained\*\* \| 70\/70 \|/, 'against round 2 of pgsplice-on; an undrained round says so');
   t.notMatch(markdownReport(latestResult().result), /## Mirroring/, 'no section without mirror runs');
 
   // The schema: mirror fields are optional, checked when present.
