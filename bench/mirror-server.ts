@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ScratchPostgres } from '../scripts/scratch-postgres';
 import { setupStatements } from '../scripts/ycsb';
-import { SCHED_IDLE, postmasterPid, readProcTable, schedPolicy, treePids } from './proc';
+import { SCHED_IDLE, postmasterPid, readProcStat, readProcTable, schedPolicy, treePids } from './proc';
 
 export type MirrorPriority = 'normal' | 'idle';
 
@@ -36,7 +36,8 @@ export interface IdleCpuGroup {
 }
 
 // Processes of a tree and how many of them run at idle priority: SCHED_IDLE and, when a
-// group is given, in it.
+// group is given, in it. Exiting processes are left out: the cgroup v1 hierarchy shows an
+// exited backend (a zombie until the postmaster reaps it) in the root group.
 export interface PolicyCount {
   processes: number;
   idle: number;
@@ -46,6 +47,8 @@ export function policyCount(rootPid: number, table = readProcTable(), group: Idl
   let processes = 0;
   let idle = 0;
   for (const pid of treePids(rootPid, table)) {
+    const st = readProcStat(pid);
+    if (!st || st.state === 'Z' || st.state === 'X') continue;
     const p = schedPolicy(pid);
     if (p === null) continue; // exited meanwhile
     const inGroup = group === null || cpuCgroupOf(pid) === group.relPath;

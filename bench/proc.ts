@@ -18,6 +18,7 @@ export function clockTicks(): number {
 export interface ProcStat {
   pid: number;
   comm: string;
+  state: string; // R, S, D, Z (zombie), X (dead), ...
   ppid: number;
   utime: number; // ticks
   stime: number;
@@ -45,6 +46,7 @@ export function parseProcStat(text: string): ProcStat | null {
   return {
     pid: Number(text.slice(0, open).trim()),
     comm: text.slice(open + 1, close),
+    state: rest[0],
     ppid: Number(rest[1]),
     utime: Number(rest[11]),
     stime: Number(rest[12]),

@@ -8,7 +8,7 @@ import { parse as parseYaml } from 'yaml';
 import { keptUpWithRate, median, parsePgbenchOutput, percentile, readTxLogs } from '../bench/pgbench';
 import { spawn } from 'node:child_process';
 import { IdleCpuGroup, cpuControllerMount, makeIdleCpuGroup, parseCpuCgroup, policyCount, removeIdleCpuGroup, setIdlePriority } from '../bench/mirror-server';
-import { SCHED_IDLE, parseMachineCpuLine, parseProcStat, parseSchedPolicy, runtimeSeconds, schedPolicy, treeCpuSeconds } from '../bench/proc';
+import { SCHED_IDLE, parseMachineCpuLine, parseProcStat, parseSchedPolicy, readProcTable, runtimeSeconds, schedPolicy, treeCpuSeconds } from '../bench/proc';
 import { mirrorCell } from '../bench/run';
 import { evaluateGoals, markdownReport, svgChart } from '../bench/report';
 import { BenchResult, CellSummary, MirrorRunStats, RunRecord, SCHEMA_ID, SCHEMA_ID_V1, validateResult } from '../bench/schema';
@@ -125,7 +125,7 @@ t.test('per-transaction log: percentiles and the measurement window', async (t) 
 
 t.test('/proc parsing', async (t) => {
   const st = parseProcStat('4242 (postgres: bench (x) idle) S 100 4242 4242 0 -1 4194560 1 0 0 0 17 5 3 2 20 0 1 0 123 0 0');
-  t.same(st, { pid: 4242, comm: 'postgres: bench (x) idle', ppid: 100, utime: 17, stime: 5, cutime: 3, cstime: 2 });
+  t.same(st, { pid: 4242, comm: 'postgres: bench (x) idle', state: 'S', ppid: 100, utime: 17, stime: 5, cutime: 3, cstime: 2 });
   const m = parseMachineCpuLine('cpu  1000 10 500 9000 50 5 20 1 0 0');
   t.equal(m.busy, (1000 + 10 + 500 + 5 + 20 + 1) / 100);
   t.equal(m.total, (1000 + 10 + 500 + 5 + 20 + 1 + 9000 + 50) / 100);
@@ -385,6 +385,17 @@ t.test('scheduling policy: SCHED_IDLE set on a process tree is inherited by what
   t.equal(parseCpuCgroup('0::/user.slice/x\n'), '/user.slice/x', 'v2 only');
   t.same(cpuControllerMount('cgroup /sys/fs/cgroup/cpuacct cgroup rw,cpuacct 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n'), { dir: '/sys/fs/cgroup/cpu', version: 1 });
   t.equal(cpuControllerMount('cgroup /sys/fs/cgroup/cpuacct cgroup rw,cpuacct 0 0\n'), null, 'cpuacct is not cpu');
+  // An exited child not yet reaped (a backend the postmaster has not reaped yet) is not
+  // counted: cgroup v1 shows it in the root group. Here the parent never reaps.
+  const z = spawn('bash', ['-c', 'sleep 0.05 & exec sleep 30'], { stdio: 'ignore', detached: true });
+  const zUntil = Date.now() + 10_000;
+  const zombie = () => (readProcTable().get(z.pid!) ?? []).some((c) => c.state === 'Z');
+  while (!zombie() && Date.now() < zUntil) await new Promise((r) => setTimeout(r, 20));
+  t.ok(zombie(), 'a zombie child');
+  t.same(policyCount(z.pid!), { processes: 1, idle: 0 }, 'only the live parent is counted');
+  const zExited = new Promise((r) => z.once('exit', r));
+  process.kill(-z.pid!, 'SIGKILL');
+  await zExited;
 });
 
 const mirrorRun = (target: string, round: number, tps: number, proxy: number, transactions: number, m: Partial<MirrorRunStats> | null): RunRecord => ({
