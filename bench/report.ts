@@ -343,6 +343,9 @@ function mirrorSection(r: BenchResult, L: string[]): void {
         : '– | – | – | – | – | – | – | – |'));
   }
   L.push('', 'ours = proxy + primary PostgreSQL + pgbench + kernel threads per transaction (the mirror PostgreSQL not included): where the primary is CPU-bound and the mirror has CPU of its own, throughput goes as its inverse.', '');
+  const errs = rows.filter((m) => m.mirror?.last_error);
+  for (const m of errs) L.push(`- round ${m.round}, ${m.target}: mirror ${m.mirror!.state_after || '?'}, last error: ${m.mirror!.last_error.replace(/\s+/g, ' ')}`);
+  if (errs.length) L.push('');
 }
 
 const ISSUE_TITLES: Record<number, string> = {

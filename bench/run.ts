@@ -403,7 +403,7 @@ async function main(): Promise<void> {
           priority: mirrorServer.priority, transactions: grew('transactions'), dropped: grew('dropped'), diverged: grew('diverged'),
           mirrored_share: sm.transactions > 0 ? r3(grew('transactions') / sm.transactions) : null,
           drain_s: mirrorAfter.drainS === null ? null : r1(mirrorAfter.drainS), queued_bytes_after: a.queued_bytes, peak_queued_bytes: a.peak_queued_bytes,
-          clients_skipped: grew('clients_skipped'), server_processes: p?.processes ?? null, server_processes_idle: p?.idle ?? null, postgres_cpu_us_per_tx: mirrorCpuUsPerTx,
+          clients_skipped: grew('clients_skipped'), state_after: a.states, last_error: a.last_error.slice(0, 300), server_processes: p?.processes ?? null, server_processes_idle: p?.idle ?? null, postgres_cpu_us_per_tx: mirrorCpuUsPerTx,
         };
       }
       return {
@@ -499,7 +499,7 @@ async function main(): Promise<void> {
                 (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '') +
                 (rec.lag_p99_ms !== null ? `, lag p99 ${rec.lag_p99_ms.toFixed(2)} ms${rec.kept_up ? '' : ' (did not keep up)'}` : '') +
                 (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%, hand-backs ${rec.handbacks_per_tx}/tx` : '') +
-                (rec.mirror ? `; mirror (${rec.mirror.priority}): ${rec.mirror.transactions} mirrored (${rec.mirror.mirrored_share === null ? '?' : (rec.mirror.mirrored_share * 100).toFixed(1) + '%'}), ${rec.mirror.dropped} dropped, ${rec.mirror.diverged} diverged, drained in ${rec.mirror.drain_s ?? 'not'} s, ${rec.mirror.server_processes_idle}/${rec.mirror.server_processes} processes at SCHED_IDLE, mirror PostgreSQL ${rec.mirror.postgres_cpu_us_per_tx} µs/tx` : '') +
+                (rec.mirror ? `; mirror (${rec.mirror.priority}): ${rec.mirror.transactions} mirrored (${rec.mirror.mirrored_share === null ? '?' : (rec.mirror.mirrored_share * 100).toFixed(1) + '%'}), ${rec.mirror.dropped} dropped, ${rec.mirror.diverged} diverged, drained in ${rec.mirror.drain_s ?? 'not'} s, ${rec.mirror.server_processes_idle}/${rec.mirror.server_processes} processes at SCHED_IDLE, mirror PostgreSQL ${rec.mirror.postgres_cpu_us_per_tx} µs/tx, state ${rec.mirror.state_after}${rec.mirror.last_error ? `, last error: ${rec.mirror.last_error}` : ''}` : '') +
                 (mirrorServers.has(t.label) && !rec.mirror ? '; mirror: SHOW MIRRORS not read' : '')
               : `FAILED: ${rec.error}`));
         }

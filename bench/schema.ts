@@ -71,6 +71,8 @@ export interface MirrorRunStats {
   queued_bytes_after: number; // at the last reading
   peak_queued_bytes: number; // SHOW MIRRORS' peak since the proxy started
   clients_skipped: number; // growth: clients not mirrored because pool_size was in use
+  state_after: string; // SHOW MIRRORS' state at the last reading (up, down, ...)
+  last_error: string; // SHOW MIRRORS' last_error then ('' if none)
   // The mirror PostgreSQL's processes seen during the run, and how many at SCHED_IDLE
   // (read from /proc/<pid>/sched at each progress line; the largest tree seen).
   server_processes: number | null;
@@ -256,7 +258,7 @@ const v2Check = obj({
 // The mirror rows' fields (optional: results from before them have none).
 const mirrorRunCheck = obj({
   priority: oneOf('normal', 'idle'), transactions: num, dropped: num, diverged: num, mirrored_share: numOrNull, drain_s: numOrNull,
-  queued_bytes_after: num, peak_queued_bytes: num, clients_skipped: num, server_processes: numOrNull, server_processes_idle: numOrNull, postgres_cpu_us_per_tx: numOrNull,
+  queued_bytes_after: num, peak_queued_bytes: num, clients_skipped: num, state_after: str, last_error: str, server_processes: numOrNull, server_processes_idle: numOrNull, postgres_cpu_us_per_tx: numOrNull,
 });
 const mirrorCellCheck = obj({
   priority: oneOf('normal', 'idle'), rounds: num, pgbench_transactions: num, transactions: num, dropped: num, diverged: num, mirrored_share: numOrNull,

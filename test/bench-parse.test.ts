@@ -403,7 +403,7 @@ const mirrorRun = (target: string, round: number, tps: number, proxy: number, tr
   window_s: 3, window_transactions: transactions, window_tps: tps, latency_p50_ms: 1, latency_p99_ms: 5, lag_p50_ms: null, lag_p99_ms: null, kept_up: null,
   cpu_s: { proxy: 1, postgres: 1, pgbench: 1, kernel: 0, ours: 3, machine: 4 }, cpu_us_per_tx: { proxy, postgres: 100, pgbench: 30, kernel: 5, ours: 165, machine: 200 },
   proxy_peak_rss_kib: 1, kernel_transactions: transactions, kernel_share: 1, kernel_handbacks: 0, handbacks_per_tx: 0,
-  ...(m === null ? {} : { mirror: { priority: 'idle', transactions, dropped: 0, diverged: 0, mirrored_share: 1, drain_s: 0.4, queued_bytes_after: 0, peak_queued_bytes: 4096, clients_skipped: 0, server_processes: 70, server_processes_idle: 70, postgres_cpu_us_per_tx: 90, ...m } }),
+  ...(m === null ? {} : { mirror: { priority: 'idle', transactions, dropped: 0, diverged: 0, mirrored_share: 1, drain_s: 0.4, queued_bytes_after: 0, peak_queued_bytes: 4096, clients_skipped: 0, state_after: 'up', last_error: '', server_processes: 70, server_processes_idle: 70, postgres_cpu_us_per_tx: 90, ...m } }),
 });
 
 t.test('mirror rows: counters over a cell, the two goals, the per-round table', async (t) => {
@@ -461,13 +461,15 @@ t.test('mirror rows: counters over a cell, the two goals, the per-round table', 
   r.runs = [
     mirrorRun('pgsplice-on', 1, 10000, 28, 40000, null), mirrorRun('pgsplice-on', 2, 8000, 30, 32000, null),
     mirrorRun('pgsplice-mirror', 1, 5800, 31, 23000, { priority: 'normal', transactions: 18400, dropped: 4600, mirrored_share: 0.8, server_processes_idle: 0 }),
-    mirrorRun('pgsplice-mirror-idle', 2, 7600, 33, 30000, { drain_s: null, transactions: 29000, mirrored_share: 0.967 }),
+    mirrorRun('pgsplice-mirror-idle', 2, 7600, 33, 30000, { drain_s: null, transactions: 29000, mirrored_share: 0.967, state_after: 'down', last_error: 'connect timeout' }),
   ];
   r.targets.push({ label: 'pgsplice-on', kind: 'pgsplice-on', status: 'ok', reason: null, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
   const md = markdownReport(r);
   t.match(md, /## Mirroring \(issue 15\)/);
   t.match(md, /\| 1 \| pgsplice-mirror \| 5,800 \| 10,000 \| 0\.58x \| 31\.0 \| 28\.0 \| 1\.11x \| 165\.0 \| 165\.0 \| 1\.00x \| 18,400 \| 23,000 \| 80\.0% \| 4,600 \| 0 \| 0\.4 \| 0\/70 \| 90\.0 \|/);
   t.match(md, /\| 2 \| pgsplice-mirror-idle \| 7,600 \| 8,000 \| 0\.95x \| 33\.0 \| 30\.0 \| 1\.10x \| 165\.0 \| 165\.0 \| 1\.00x \| 29,000 \| 30,000 \| 96\.7% \| 0 \| 0 \| \*\*not drained\*\* \| 70\/70 \|/, 'against round 2 of pgsplice-on; an undrained round says so');
+  t.match(md, /- round 2, pgsplice-mirror-idle: mirror down, last error: connect timeout/, 'the mirror\'s last error is shown');
+  t.notMatch(md, /round 1, pgsplice-mirror:/, 'none where there was none');
   t.notMatch(markdownReport(latestResult().result), /## Mirroring/, 'no section without mirror runs');
 
   // The schema: mirror fields are optional, checked when present.
