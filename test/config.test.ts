@@ -11,16 +11,9 @@ import {
   resolveDatabase,
 } from '../src/config/load';
 import { ConfigError, type Config } from '../src/config/types';
+import { MINIMAL_CONFIG } from './helpers/proxy';
 
-const MINIMAL = `listen: { host: 127.0.0.1, port: 6432 }
-pool_mode: transaction
-default_pool_size: 8
-bypass: off
-databases:
-  bench: { host: 127.0.0.1, port: 55432, dbname: bench }
-users:
-  bench: { password: bench }
-`;
+const MINIMAL = MINIMAL_CONFIG;
 
 t.test('the minimal generated file parses with the right values', async (t) => {
   const c = parseConfig(MINIMAL, 'min.yaml');

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy, runCli, runCliAsync, writeConfig, CLI, REPO_ROOT } from './helpers/proxy';
+import { startProxy, runCli, runCliAsync, writeConfig, CLI, REPO_ROOT, MINIMAL_CONFIG } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, psqlVia, withTimeout, sleep, waitUntil, backendCount, freePort } from './helpers/cluster';
 import { spawn } from 'node:child_process';
 
@@ -44,16 +44,7 @@ t.test('command line', async (t) => {
 });
 
 t.test('check command', async (t) => {
-  // The issue's minimal config, exactly as written.
-  const minimal = `listen: { host: 127.0.0.1, port: 6432 }
-pool_mode: transaction
-default_pool_size: 8
-bypass: off
-databases:
-  bench: { host: 127.0.0.1, port: 55432, dbname: bench }
-users:
-  bench: { password: bench }
-`;
+  const minimal = MINIMAL_CONFIG;
   const good = runCli(['check', '--config', writeConfig(minimal)]);
   t.equal(good.code, 0, `the minimal config is valid (${good.stderr})`);
   t.match(good.stdout + good.stderr, /config ok/, 'prints config ok');

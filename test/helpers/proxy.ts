@@ -50,6 +50,17 @@ export interface ProxyHandle {
   exited(): ExitStatus | undefined;
 }
 
+/** The issue's minimal config, exactly as written (config and lifecycle tests start from it). */
+export const MINIMAL_CONFIG = `listen: { host: 127.0.0.1, port: 6432 }
+pool_mode: transaction
+default_pool_size: 8
+bypass: off
+databases:
+  bench: { host: 127.0.0.1, port: 55432, dbname: bench }
+users:
+  bench: { password: bench }
+`;
+
 export function configText(config: object | string): string {
   return typeof config === 'string' ? config : YAML.stringify(config);
 }
