@@ -18,6 +18,7 @@ export function clockTicks(): number {
 export interface ProcStat {
   pid: number;
   comm: string;
+  state: string; // R, S, D, Z (zombie), X (dead), ...
   ppid: number;
   utime: number; // ticks
   stime: number;
@@ -45,6 +46,7 @@ export function parseProcStat(text: string): ProcStat | null {
   return {
     pid: Number(text.slice(0, open).trim()),
     comm: text.slice(open + 1, close),
+    state: rest[0],
     ppid: Number(rest[1]),
     utime: Number(rest[11]),
     stime: Number(rest[12]),
@@ -179,6 +181,7 @@ export interface CpuSnapshot {
   proxy: number | null;
   postgres: number | null;
   pgbench: number | null;
+  mirrorPostgres: number | null; // the mirror rows' mirror PostgreSQL (its tree), else null
   kernelThreads: number; // all kernel threads (children of kthreadd): kworkers, ksoftirqd, ...
 }
 
@@ -189,8 +192,13 @@ export function kernelThreadsCpuSeconds(table: ProcTable): number {
   return seconds;
 }
 
-export function snapshot(pids: { proxy?: number | null; postgres?: number | null; pgbench?: number | null }): CpuSnapshot {
+// withTable: for a caller that reads more from the same /proc pass (no second scan).
+export function snapshot(
+  pids: { proxy?: number | null; postgres?: number | null; pgbench?: number | null; mirrorPostgres?: number | null },
+  withTable?: (table: ProcTable) => void,
+): CpuSnapshot {
   const table = readProcTable();
+  withTable?.(table);
   return {
     atMs: Date.now(),
     kernelThreads: kernelThreadsCpuSeconds(table),
@@ -198,5 +206,30 @@ export function snapshot(pids: { proxy?: number | null; postgres?: number | null
     proxy: pids.proxy ? treeCpuSeconds(pids.proxy, table) : null,
     postgres: pids.postgres ? treeCpuSeconds(pids.postgres, table) : null,
     pgbench: pids.pgbench ? processCpuSeconds(pids.pgbench) : null,
+    mirrorPostgres: pids.mirrorPostgres ? treeCpuSeconds(pids.mirrorPostgres, table) : null,
   };
+}
+
+// A process and its live descendants, from one /proc pass.
+export function treePids(rootPid: number, table: ProcTable = readProcTable()): number[] {
+  const out = [rootPid];
+  for (let i = 0; i < out.length; i++) for (const c of table.get(out[i]) ?? []) if (!out.includes(c.pid)) out.push(c.pid);
+  return out;
+}
+
+// Linux scheduling policies by number (sched(7)), as /proc/<pid>/sched shows them.
+export const SCHED_POLICY_NAMES: Record<number, string> = { 0: 'normal', 1: 'fifo', 2: 'rr', 3: 'batch', 5: 'idle', 6: 'deadline' };
+export const SCHED_IDLE = 5;
+
+// The scheduling policy of a process ("policy : N" in /proc/<pid>/sched); null if gone.
+export function schedPolicy(pid: number): number | null {
+  try {
+    return parseSchedPolicy(fs.readFileSync(`/proc/${pid}/sched`, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+export function parseSchedPolicy(text: string): number | null {
+  const m = /^policy\s*:\s*(\d+)\s*$/m.exec(text);
+  return m ? Number(m[1]) : null;
 }

@@ -12,12 +12,14 @@ import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
 import { WORKLOADS, ZIPF_THETA, pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
 import { idleRun } from './idle';
 import { Inspector } from './inspector';
+import { MirrorPriority, MirrorServer, PolicyCount, policyCount, startMirrorServer } from './mirror-server';
 import { RATE_SETTLE_MS, keptUpWithRate, median, pgbenchVersion, percentile, readTxLogs, runPgbench, windowStartMs } from './pgbench';
-import { CpuSnapshot, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
+import { CpuSnapshot, ProcTable, peakRssKiB, pidAlive, postmasterPid, snapshot } from './proc';
 import { evaluateGoals, markdownReport, svgChart } from './report';
-import { BenchResult, CellSummary, CpuPerTx, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
+import { BenchResult, CellSummary, CpuPerTx, MirrorCellStats, MirrorRunStats, RunRecord, SCHEMA_ID, TargetRecord, validateResult } from './schema';
 import {
-  Backend, BUILTIN_TARGETS, RunningTarget, TargetKind, directTarget, kernelCounts, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo, startPgbouncer, startPgsplice,
+  Backend, BUILTIN_TARGETS, MIRROR_KINDS, MirrorCounters, RunningTarget, TargetKind, directTarget, kernelCounts, parseExtraTarget, pgbouncerVersion, pgspliceBypassInfo,
+  pgspliceMirrorCounters, startPgbouncer, startPgsplice,
 } from './targets';
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -100,13 +102,13 @@ async function main(): Promise<void> {
   fs.chmodSync(tmp, 0o755);
   const running: RunningTarget[] = [];
   let scratch: ScratchPostgres | null = null;
-  let mirrorPg: ScratchPostgres | null = null;
+  const mirrorServers = new Map<string, MirrorServer>(); // by target label
   let cleaning: Promise<void> | null = null;
   const cleanup = () =>
     (cleaning ??= (async () => {
       for (const t of running) await t.stop().catch(() => undefined);
       if (scratch) await scratch.destroy().catch(() => undefined);
-      if (mirrorPg) await mirrorPg.destroy().catch(() => undefined);
+      for (const m of mirrorServers.values()) await m.destroy().catch(() => undefined);
       if (!argv['keep-tmp']) fs.rmSync(tmp, { recursive: true, force: true });
     })());
   let aborting = false;
@@ -191,30 +193,34 @@ async function main(): Promise<void> {
         log(`target ${kind}: FAILED: ${reason}`);
       }
     }
-    // The mirror row (issue 15): pgsplice-on whose database names a second scratch
-    // PostgreSQL (same usertable) as its mirror. A proxy that does not know `mirrors:`
-    // refuses the config; the row then says so with the proxy's words.
+    // The mirror rows (issue 15): pgsplice-on whose database names a second scratch
+    // PostgreSQL (same usertable) as its mirror. pgsplice-mirror: that PostgreSQL on the
+    // same cores at equal priority (the goal's row); pgsplice-mirror-idle: at SCHED_IDLE,
+    // standing in for a mirror on another host (bench/mirror-server.ts). A proxy that does
+    // not know `mirrors:` refuses the config; the row then says so with the proxy's words.
     if (argv.mirror) {
-      const label = 'pgsplice-mirror';
-      try {
-        log('mirror: starting a second scratch PostgreSQL');
-        mirrorPg = await ScratchPostgres.create({ settings: PG_BENCH_SETTINGS });
-        mirrorPg.createUserAndDb('bench', 'bench', 'bench');
-        const m = mirrorPg;
-        for (const st of setupStatements(rows)) m.psql(st, 'bench');
-        m.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
-        // pool_size: every client of the largest cell is mirrored (the default 20 would skip most)
-        const mirrors = [{ host: '127.0.0.1', port: m.port, dbname: 'bench', user: 'bench', password: 'bench', pool_size: Math.max(64, ...clients) }];
-        const start = async () => startPgsplice({ dir: path.join(tmp, label), port: await freePort(), backend, poolSize, maxClientConn, bypass: 'on', mirrors, label });
-        const t = await start();
-        starters.set(label, start);
-        running.push(t);
-        targetRecords.push({ label, kind: 'pgsplice-mirror', status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note, peak_rss_kib: null, bypass_after: null });
-        log(`target ${label}: ${t.host}:${t.port} pid ${t.pid}, mirror PostgreSQL on port ${m.port}`);
-      } catch (e) {
-        const reason = `not available: ${(e as Error).message}`;
-        targetRecords.push({ label, kind: 'pgsplice-mirror', status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
-        log(`target ${label}: ${reason}`);
+      const rowsOf: Array<[string, TargetKind, MirrorPriority]> = [['pgsplice-mirror', 'pgsplice-mirror', 'normal'], ['pgsplice-mirror-idle', 'pgsplice-mirror-idle', 'idle']];
+      for (const [label, kind, priority] of rowsOf) {
+        try {
+          log(`${label}: starting a mirror PostgreSQL (${priority === 'idle' ? 'SCHED_IDLE' : 'normal'} CPU priority)`);
+          const m = await startMirrorServer({ settings: PG_BENCH_SETTINGS, rows, priority });
+          mirrorServers.set(label, m);
+          // pool_size: every client of the largest cell is mirrored (the default 20 would skip most)
+          const mirrors = [{ host: '127.0.0.1', port: m.pg.port, dbname: 'bench', user: 'bench', password: 'bench', pool_size: Math.max(64, ...clients) }];
+          const start = async () => startPgsplice({ dir: path.join(tmp, label), port: await freePort(), backend, poolSize, maxClientConn, bypass: 'on', mirrors, label, kind });
+          const t = await start();
+          starters.set(label, start);
+          running.push(t);
+          const note = priority === 'idle'
+            ? `mirror PostgreSQL at idle CPU priority (SCHED_IDLE${m.idleGroup ? `, in a CPU cgroup with ${m.idleGroup.knob}` : ''}), standing in for a mirror on another host`
+            : 'mirror PostgreSQL on the same cores at equal CPU priority';
+          targetRecords.push({ label, kind, status: 'ok', reason: null, host: t.host, port: t.port, pid: t.pid, note: t.note ? `${note}; ${t.note}` : note, peak_rss_kib: null, bypass_after: null });
+          log(`target ${label}: ${t.host}:${t.port} pid ${t.pid}, mirror PostgreSQL on port ${m.pg.port} (postmaster ${m.pmPid}, ${priority} priority${m.idleGroup ? `, cgroup ${m.idleGroup.dir} with ${m.idleGroup.knob}` : ''})`);
+        } catch (e) {
+          const reason = `not available: ${(e as Error).message}`;
+          targetRecords.push({ label, kind, status: 'failed', reason, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
+          log(`target ${label}: ${reason}`);
+        }
       }
     }
     for (const spec of argv.extra) {
@@ -244,17 +250,32 @@ async function main(): Promise<void> {
       const stormMode = modes.includes('extended') ? 'extended' : modes[0];
       cells.push({ workload: 'c', mode: stormMode, clients: argv['storm-clients'], connectPerTx: true, rateTps: null, duration: stormDuration, rounds });
     }
-    // The mirror target runs the cell its goal compares with pgsplice-on: YCSB C,
+    // The mirror targets run the cell their goals compare with pgsplice-on: YCSB C,
     // extended, 64 clients (or the first client count), saturated.
     const mirrorClients = clients.includes(64) ? 64 : clients[0];
     const runsCell = (label: string, c: Cell) =>
-      label !== 'pgsplice-mirror' || (c.workload === 'c' && c.mode === 'extended' && c.clients === mirrorClients && c.rateTps === null && !c.connectPerTx);
+      !mirrorServers.has(label) || (c.workload === 'c' && c.mode === 'extended' && c.clients === mirrorClients && c.rateTps === null && !c.connectPerTx);
     const scriptDirs = new Map<string, string[]>();
     for (const w of new Set(cells.map((c) => c.workload))) scriptDirs.set(w, pgbenchScriptArgs(path.join(tmp, 'scripts', w), w));
     const pairs = cells.flatMap((c) => running.filter((t) => runsCell(t.label, c)).map(() => c));
     const totalRuns = pairs.reduce((n, c) => n + c.rounds, 0);
     const estimate = pairs.reduce((s, c) => s + c.rounds * (c.duration + (c.connectPerTx ? 0 : Math.ceil(c.clients / 64)) + (c.rateTps ? RATE_SETTLE_MS / 1000 : 0) + 1.5), 0);
     log(`\n${cells.length} cells x ${running.length} targets, ${rounds} rounds = ${totalRuns} runs, about ${Math.ceil(estimate / 60)} min`);
+
+    // Polls SHOW MIRRORS until nothing is queued and the counters stood still for one poll
+    // (records still in the kernel's ring are not in queued_bytes yet), or the wait ends.
+    const drainMirror = async (admin: { host: string; port: number; user: string; password: string }): Promise<{ counters: MirrorCounters | null; drainS: number | null }> => {
+      const t0 = Date.now();
+      let prev: MirrorCounters | null = null;
+      for (;;) {
+        const c = await pgspliceMirrorCounters(admin);
+        if (!c) return { counters: prev, drainS: null };
+        if (c.queued_bytes === 0 && prev && prev.queued_bytes === 0 && c.transactions === prev.transactions && c.dropped === prev.dropped) return { counters: c, drainS: (Date.now() - t0) / 1000 };
+        if (Date.now() - t0 > MIRROR_DRAIN_WAIT_MS) return { counters: c, drainS: null };
+        prev = c;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
 
     let runNo = 0;
     const runs: RunRecord[] = [];
@@ -278,6 +299,18 @@ async function main(): Promise<void> {
         }
       };
       const kernelBefore = await kernelCount();
+      // The mirror rows: SHOW MIRRORS before and after (bench/mirror-server.ts), the mirror
+      // PostgreSQL's CPU, and its processes' scheduling policy during the run.
+      const mirrorServer = mirrorServers.get(t.label) ?? null;
+      const admin = { host: t.host, port: t.port, user: backend.user, password: backend.password };
+      const mirrorBefore = mirrorServer && !warmup ? await pgspliceMirrorCounters(admin) : null;
+      let policies: PolicyCount | null = null;
+      const readPolicies = mirrorServer
+        ? (table: ProcTable) => {
+            const n = policyCount(mirrorServer.pmPid, table, mirrorServer.idleGroup);
+            if (!policies || n.processes > policies.processes) policies = n;
+          }
+        : undefined;
       const run = await runPgbench({
         host: t.host, port: t.port, user: backend.user, password: backend.password, db: backend.db,
         scriptArgs: scriptDirs.get(c.workload)!, defines: { rows }, mode: c.mode as 'simple', clients: c.clients,
@@ -289,10 +322,13 @@ async function main(): Promise<void> {
         onProgress: (_at, line) => {
           const sec = Number(/^progress: ([\d.]+) s/.exec(line)?.[1] ?? NaN);
           if (warmup || !(sec < runSeconds - 0.5)) return;
-          snaps.push(snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid }));
+          snaps.push(snapshot({ proxy: t.pid, postgres: pmPid, pgbench: pgbenchPid, mirrorPostgres: mirrorServer?.pmPid }, readPolicies));
         },
       });
       const sm = run.summary;
+      // Before anything else runs: wait for the mirror to answer what was queued, so its
+      // counters are this run's and its replay does not run into the next measurement.
+      const mirrorAfter = mirrorServer ? await drainMirror(admin) : null;
       const kernelAfter = await kernelCount();
       // (A proxy restarted in between has smaller counters: no figure then.)
       const counted = kernelBefore && kernelAfter && kernelAfter.transactions >= kernelBefore.transactions && kernelAfter.handbacks >= kernelBefore.handbacks;
@@ -304,6 +340,7 @@ async function main(): Promise<void> {
       let p99: number | null = null;
       let lag50: number | null = null;
       let lag99: number | null = null;
+      let mirrorCpuUsPerTx: number | null = null;
       const cpuS: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       const perTx: CpuPerTx = { proxy: null, postgres: null, pgbench: null, kernel: null, ours: null, machine: null };
       // The window starts at the first reading after every client ran a transaction
@@ -332,6 +369,9 @@ async function main(): Promise<void> {
         // it is already charged to whichever task was running.
         cpuS.kernel = Math.max(0, l.kernelThreads - f.kernelThreads);
         cpuS.ours = (cpuS.proxy ?? 0) + (cpuS.postgres ?? 0) + (cpuS.pgbench ?? 0) + cpuS.kernel;
+        // (Not in `ours`: the rows compare the primary side; the mirror's CPU is shown apart.)
+        const mirrorCpu = d(f.mirrorPostgres, l.mirrorPostgres);
+        if (mirrorCpu !== null && tx.count > 0) mirrorCpuUsPerTx = r1((mirrorCpu * 1e6) / tx.count);
         for (const k of Object.keys(cpuS) as Array<keyof CpuPerTx>) {
           const v = cpuS[k];
           perTx[k] = v !== null && tx.count > 0 ? r1((v * 1e6) / tx.count) : null;
@@ -356,6 +396,18 @@ async function main(): Promise<void> {
       }
       const ms = (x: number | null) => (x === null || Number.isNaN(x) ? null : r3(x));
       const windowTps = windowS && windowTx !== null ? r1(windowTx / windowS) : null;
+      let mirror: MirrorRunStats | null = null;
+      if (mirrorServer && !warmup && mirrorBefore && mirrorAfter?.counters) {
+        const a = mirrorAfter.counters;
+        const p = policies as PolicyCount | null;
+        const grew = (k: 'transactions' | 'dropped' | 'diverged' | 'clients_skipped') => Math.max(0, a[k] - mirrorBefore[k]);
+        mirror = {
+          priority: mirrorServer.priority, transactions: grew('transactions'), dropped: grew('dropped'), diverged: grew('diverged'),
+          mirrored_share: sm.transactions > 0 ? r3(grew('transactions') / sm.transactions) : null,
+          drain_s: mirrorAfter.drainS === null ? null : r1(mirrorAfter.drainS), queued_bytes_after: a.queued_bytes, peak_queued_bytes: a.peak_queued_bytes,
+          clients_skipped: grew('clients_skipped'), state_after: a.states, last_error: a.last_error.slice(0, 300), server_processes: p?.processes ?? null, server_processes_idle: p?.idle ?? null, postgres_cpu_us_per_tx: mirrorCpuUsPerTx,
+        };
+      }
       return {
         target: t.label, workload: c.workload, mode: c.mode, clients: c.clients, round, connect_per_tx: c.connectPerTx, rate_tps: c.rateTps, ok,
         error: ok ? null : (problems.join('; ') || 'failed') + (t.pid ? ` [${t.label}${t.exitInfo() ? ` ${t.exitInfo()}` : ''} log: ${t.logTail().slice(-400)}]` : ''),
@@ -370,6 +422,7 @@ async function main(): Promise<void> {
         kernel_share: kernelTx !== null && sm.transactions > 0 ? r3(Math.min(1, kernelTx / sm.transactions)) : null,
         kernel_handbacks: handbacks,
         handbacks_per_tx: handbacks !== null && sm.transactions > 0 ? r3(handbacks / sm.transactions) : null,
+        ...(mirrorServer && !warmup ? { mirror } : {}),
       };
     };
 
@@ -447,7 +500,9 @@ async function main(): Promise<void> {
               ? `${String(Math.round(rec.tps!)).padStart(6)} tps  p50 ${rec.latency_p50_ms?.toFixed(2)} p99 ${rec.latency_p99_ms?.toFixed(2)} ms  machine ${rec.cpu_us_per_tx.machine} ours ${rec.cpu_us_per_tx.ours} µs/tx` +
                 (rec.cpu_us_per_tx.proxy !== null ? `, proxy ${rec.cpu_us_per_tx.proxy}` : '') +
                 (rec.lag_p99_ms !== null ? `, lag p99 ${rec.lag_p99_ms.toFixed(2)} ms${rec.kept_up ? '' : ' (did not keep up)'}` : '') +
-                (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%, hand-backs ${rec.handbacks_per_tx}/tx` : '')
+                (rec.kernel_share !== null ? `, kernel ${(rec.kernel_share * 100).toFixed(1)}%, hand-backs ${rec.handbacks_per_tx}/tx` : '') +
+                (rec.mirror ? `; mirror (${rec.mirror.priority}): ${rec.mirror.transactions} mirrored (${rec.mirror.mirrored_share === null ? '?' : (rec.mirror.mirrored_share * 100).toFixed(1) + '%'}), ${rec.mirror.dropped} dropped, ${rec.mirror.diverged} diverged, drained in ${rec.mirror.drain_s ?? 'not'} s, ${rec.mirror.server_processes_idle}/${rec.mirror.server_processes} processes at SCHED_IDLE, mirror PostgreSQL ${rec.mirror.postgres_cpu_us_per_tx} µs/tx, state ${rec.mirror.state_after}${rec.mirror.last_error ? `, last error: ${rec.mirror.last_error}` : ''}` : '') +
+                (mirrorServers.has(t.label) && !rec.mirror ? '; mirror: SHOW MIRRORS not read' : '')
               : `FAILED: ${rec.error}`));
         }
       }
@@ -493,6 +548,7 @@ async function main(): Promise<void> {
           },
           proxy_attributable_us_per_tx: null,
           proxy_attributable_ours_us_per_tx: null,
+          ...(mirrorServers.has(t.label) ? { mirror: mirrorCell(mirrorServers.get(t.label)!.priority, rs) } : {}),
         });
       }
     }
@@ -508,7 +564,7 @@ async function main(): Promise<void> {
       for (const label of running.map((x) => x.label)) {
         if (dead.has(label)) continue;
         const t = await ensureAlive(label);
-        if (!t || t.kind === 'direct' || t.kind === 'pgsplice-mirror') continue;
+        if (!t || t.kind === 'direct' || MIRROR_KINDS.includes(t.kind)) continue;
         log(`idle: opening ${idleClients} clients to ${t.label}`);
         // pgsplice: read after a full collection in the proxy (through its inspector), so
         // the figure is what the clients hold, not garbage or the young generation V8 grew
@@ -562,8 +618,28 @@ async function main(): Promise<void> {
   }
 }
 
+// How long a mirror row waits after a run for the mirror to answer what was queued.
+const MIRROR_DRAIN_WAIT_MS = 30_000;
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+// A mirror cell's rounds together (schema.ts MirrorCellStats): counters summed over the
+// rounds that read them, so a mirror that dropped most of the cell shows it.
+export function mirrorCell(priority: 'normal' | 'idle', rounds: RunRecord[]): MirrorCellStats | null {
+  const rs = rounds.filter((r) => r.mirror);
+  if (rs.length === 0) return null;
+  const sum = (f: (m: MirrorRunStats) => number) => rs.reduce((n, r) => n + f(r.mirror!), 0);
+  const pgbenchTx = rs.reduce((n, r) => n + r.transactions, 0);
+  const cpu = median(rs.map((r) => r.mirror!.postgres_cpu_us_per_tx).filter((x): x is number => x !== null));
+  const seen = rs.filter((r) => r.mirror!.server_processes);
+  return {
+    priority, rounds: rs.length, pgbench_transactions: pgbenchTx, transactions: sum((m) => m.transactions), dropped: sum((m) => m.dropped), diverged: sum((m) => m.diverged),
+    mirrored_share: pgbenchTx > 0 ? r3(sum((m) => m.transactions) / pgbenchTx) : null,
+    undrained_rounds: rs.filter((r) => r.mirror!.drain_s === null).length,
+    idle_verified: priority !== 'idle' ? null : seen.length === rs.length && seen.every((r) => r.mirror!.server_processes_idle === r.mirror!.server_processes),
+    postgres_cpu_us_per_tx: cpu === null ? null : r1(cpu),
+  };
+}
 
 if (require.main === module) {
   main().then(

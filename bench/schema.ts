@@ -52,6 +52,47 @@ export interface RunRecord {
   // waits for a server, named statements, ...) over the run, and per transaction.
   kernel_handbacks: number | null;
   handbacks_per_tx: number | null;
+  // The mirror rows only (absent or null elsewhere): what the mirror got of this run.
+  mirror?: MirrorRunStats | null;
+}
+
+// SHOW MIRRORS read before the run and again once the mirror answered everything queued
+// (or the wait ended), so a mirror that dropped or fell behind shows as such.
+export interface MirrorRunStats {
+  priority: 'normal' | 'idle'; // the mirror PostgreSQL's CPU scheduling (idle: SCHED_IDLE)
+  transactions: number; // growth of SHOW MIRRORS' transactions (answered by the mirror)
+  dropped: number;
+  diverged: number;
+  // transactions / pgbench's transactions of the run (the whole run, like the counters)
+  mirrored_share: number | null;
+  // seconds from pgbench's end until nothing was queued for the mirror; null: still
+  // queued when the wait ended (then transactions may grow later, outside the run)
+  drain_s: number | null;
+  queued_bytes_after: number; // at the last reading
+  peak_queued_bytes: number; // SHOW MIRRORS' peak since the proxy started
+  clients_skipped: number; // growth: clients not mirrored because pool_size was in use
+  state_after: string; // SHOW MIRRORS' state at the last reading (up, down, ...)
+  last_error: string; // SHOW MIRRORS' last_error then ('' if none)
+  // The mirror PostgreSQL's processes seen during the run, and how many at SCHED_IDLE
+  // (read from /proc/<pid>/sched at each progress line; the largest tree seen).
+  server_processes: number | null;
+  server_processes_idle: number | null;
+  // the mirror PostgreSQL's CPU over the measured window, per primary transaction
+  postgres_cpu_us_per_tx: number | null;
+}
+
+// A mirror cell's rounds together: sums of the counters, medians of the rest.
+export interface MirrorCellStats {
+  priority: 'normal' | 'idle';
+  rounds: number;
+  pgbench_transactions: number; // sum over the rounds with mirror counters
+  transactions: number;
+  dropped: number;
+  diverged: number;
+  mirrored_share: number | null; // transactions / pgbench_transactions
+  undrained_rounds: number; // rounds whose queue had not emptied when the wait ended
+  idle_verified: boolean | null; // idle rows: every process seen was at SCHED_IDLE in every round
+  postgres_cpu_us_per_tx: number | null; // median
 }
 
 export interface CellSummary {
@@ -76,6 +117,7 @@ export interface CellSummary {
   proxy_attributable_us_per_tx: number | null;
   // the same from `ours` (immune to other work on the machine)
   proxy_attributable_ours_us_per_tx: number | null;
+  mirror?: MirrorCellStats | null; // the mirror rows only
 }
 
 export interface TargetRecord {
@@ -213,11 +255,30 @@ const v2Check = obj({
   goals: arrayOf(obj({ issue: num })),
 });
 
+// The mirror rows' fields (optional: results from before them have none).
+const mirrorRunCheck = obj({
+  priority: oneOf('normal', 'idle'), transactions: num, dropped: num, diverged: num, mirrored_share: numOrNull, drain_s: numOrNull,
+  queued_bytes_after: num, peak_queued_bytes: num, clients_skipped: num, state_after: str, last_error: str, server_processes: numOrNull, server_processes_idle: numOrNull, postgres_cpu_us_per_tx: numOrNull,
+});
+const mirrorCellCheck = obj({
+  priority: oneOf('normal', 'idle'), rounds: num, pgbench_transactions: num, transactions: num, dropped: num, diverged: num, mirrored_share: numOrNull,
+  undrained_rounds: num, idle_verified: boolOrNull, postgres_cpu_us_per_tx: numOrNull,
+});
+const optional = (k: string, c: Check): Check => (v, at, e) => {
+  const o = v as Record<string, unknown>;
+  if (o[k] !== undefined && o[k] !== null) c(o[k], `${at}.${k}`, e);
+};
+
 // Returns the list of problems; empty when the value is a valid result.
 export function validateResult(v: unknown): string[] {
   const errs: string[] = [];
   resultCheck(v, '$', errs);
   if (errs.length === 0 && (v as BenchResult).schema === SCHEMA_ID) v2Check(v, '$', errs);
+  if (errs.length === 0) {
+    const r = v as BenchResult;
+    r.runs.forEach((x, i) => optional('mirror', mirrorRunCheck)(x, `$.runs[${i}]`, errs));
+    r.cells.forEach((x, i) => optional('mirror', mirrorCellCheck)(x, `$.cells[${i}]`, errs));
+  }
   if (errs.length === 0) {
     const r = v as BenchResult;
     const labels = new Set(r.targets.map((t) => t.label));

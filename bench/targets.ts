@@ -8,7 +8,11 @@ import * as path from 'node:path';
 import { Client } from 'pg';
 import { freePort } from '../scripts/scratch-postgres';
 
-export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'pgsplice-auto' | 'pgsplice-mirror' | 'extra';
+// pgsplice-mirror: bypass: on with one mirror PostgreSQL on the same cores at equal CPU
+// priority; pgsplice-mirror-idle: the same with the mirror PostgreSQL at SCHED_IDLE, so it
+// only gets CPU the primary side leaves (standing in for a mirror on another host).
+export type TargetKind = 'direct' | 'pgbouncer' | 'pgsplice-off' | 'pgsplice-on' | 'pgsplice-auto' | 'pgsplice-mirror' | 'pgsplice-mirror-idle' | 'extra';
+export const MIRROR_KINDS: TargetKind[] = ['pgsplice-mirror', 'pgsplice-mirror-idle'];
 export const BUILTIN_TARGETS: TargetKind[] = ['direct', 'pgbouncer', 'pgsplice-off', 'pgsplice-on', 'pgsplice-auto'];
 
 // A mirror PostgreSQL for pgsplice's `mirrors:` (a database's traffic sent to a second
@@ -260,18 +264,21 @@ export async function startPgsplice(o: {
   bypass: 'on' | 'off' | 'auto';
   mirrors?: MirrorSpec[];
   label?: string;
+  kind?: TargetKind;
   logLevel?: string;
   extraNodeArgs?: string[];
+  cli?: string; // another build's dist/src/cli.js (bench/build-ab.ts); this build's by default
 }): Promise<RunningTarget> {
   const label = o.label ?? `pgsplice-${o.bypass}`;
-  if (!fs.existsSync(PGSPLICE_CLI)) throw new TargetStartError(`${label}: ${PGSPLICE_CLI} does not exist (proxy not built)`);
+  const cli = o.cli ?? PGSPLICE_CLI;
+  if (!fs.existsSync(cli)) throw new TargetStartError(`${label}: ${cli} does not exist (proxy not built)`);
   fs.mkdirSync(o.dir, { recursive: true });
   const cfg = path.join(o.dir, `${label}.yaml`);
   fs.writeFileSync(cfg, pgspliceYaml(o));
   // The inspector listens on loopback and stays detached until the idle-clients run (the
   // last) asks for a collection; detached, it costs the proxy nothing measurable.
   const inspectPort = await freePort();
-  const nodeArgs = [...(o.extraNodeArgs ?? []), `--inspect=127.0.0.1:${inspectPort}`, PGSPLICE_CLI, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
+  const nodeArgs = [...(o.extraNodeArgs ?? []), `--inspect=127.0.0.1:${inspectPort}`, cli, '--config', cfg, '--log-level', o.logLevel ?? 'warn'];
   const { child, output, exitInfo } = await startServer({
     label, cmd: 'bash',
     args: ['-c', `ulimit -n ${fdLimit(o.maxClientConn)} 2>/dev/null; exec "$0" "$@"`, process.execPath, ...nodeArgs],
@@ -296,7 +303,7 @@ export async function startPgsplice(o: {
     }
   }
   return {
-    label, kind: o.mirrors?.length ? 'pgsplice-mirror' : `pgsplice-${o.bypass}`, host: '127.0.0.1', port: o.port,
+    label, kind: o.kind ?? (o.mirrors?.length ? 'pgsplice-mirror' : `pgsplice-${o.bypass}`), host: '127.0.0.1', port: o.port,
     pid: child.pid ?? null, inspectPort,
     note: said.length ? said[0].trim().slice(0, 300) : infoError ? `SHOW BYPASS failed: ${infoError.slice(0, 200)}` : info ? `SHOW BYPASS: loaded=${info.loaded ?? '?'}${info.reason ? `, reason: ${info.reason}` : ''}` : null,
     stop: () => stopChild(child, 'SIGINT'), logTail: () => tail(output(), 20), output, exitInfo,
@@ -354,4 +361,42 @@ export function kernelCounts(info: Record<string, string>): KernelCounts | null 
   let handbacks = 0;
   for (const [k, x] of Object.entries(info)) if (/^fallback_/.test(k) && Number.isFinite(Number(x))) handbacks += Number(x);
   return { transactions: v, handbacks };
+}
+
+// SHOW MIRRORS on pgsplice's admin console, the counters the bench reads (summed over the
+// mirrors, the bench configures one). null if it does not answer.
+export interface MirrorCounters {
+  mirrors: number; // rows
+  states: string; // each row's state, comma-separated
+  transactions: number; // answered by the mirror
+  dropped: number;
+  diverged: number;
+  queued_bytes: number;
+  peak_queued_bytes: number;
+  clients_mirrored: number;
+  clients_skipped: number;
+  lag_ms: number;
+  last_error: string;
+}
+export async function pgspliceMirrorCounters(o: { host: string; port: number; user: string; password: string }): Promise<MirrorCounters | null> {
+  const c = new Client({ host: o.host, port: o.port, user: o.user, password: o.password, database: 'pgsplice', connectionTimeoutMillis: 5000 });
+  c.on('error', () => undefined);
+  try {
+    await c.connect();
+    return mirrorCountersOf((await c.query('SHOW MIRRORS')).rows as Array<Record<string, unknown>>);
+  } catch {
+    return null;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+export function mirrorCountersOf(rows: Array<Record<string, unknown>>): MirrorCounters {
+  const sum = (k: string) => rows.reduce((n, r) => n + (Number(r[k]) || 0), 0);
+  return {
+    mirrors: rows.length, states: rows.map((r) => String(r.state)).join(','),
+    transactions: sum('transactions'), dropped: sum('dropped'), diverged: sum('diverged'), queued_bytes: sum('queued_bytes'),
+    peak_queued_bytes: Math.max(0, ...rows.map((r) => Number(r.peak_queued_bytes) || 0)), clients_mirrored: sum('clients_mirrored'),
+    clients_skipped: sum('clients_skipped'), lag_ms: Math.max(0, ...rows.map((r) => Number(r.lag_ms) || 0)),
+    last_error: rows.map((r) => String(r.last_error ?? '')).filter(Boolean).join('; '),
+  };
 }

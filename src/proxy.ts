@@ -23,6 +23,7 @@ import { PeerChannel, choosePeerIds, drainOthers, peerDir } from './workers/peer
 import { setLocalPeerId } from './workers/cancel-key';
 import { Listener, replaceUnixSocket, reusePortFd, stillOurs, temporaryUnixName } from './workers/listen';
 import { exitSoon } from './process/exit';
+import { withSharedReads } from './pooling/client-reads';
 
 export class Proxy {
   readonly pooler: Pooler;
@@ -131,7 +132,9 @@ export class Proxy {
   private listenOn(opts: net.ListenOptions, label: string): Promise<Listener> {
     return new Promise((resolve, reject) => {
       const tcp = opts.path === undefined;
-      const srv = net.createServer({ noDelay: true }, (sock) => {
+      // pauseOnConnect: nothing is read before withSharedReads gives the socket its reads
+      const srv = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
+        const sock = withSharedReads(accepted);
         if (tcp) applyTcpOptions(sock);
         this.pooler.accept(sock);
       });

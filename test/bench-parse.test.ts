@@ -6,10 +6,13 @@ import t from 'tap';
 import { slope } from '../bench/idle';
 import { parse as parseYaml } from 'yaml';
 import { RATE_SETTLE_MS, keptUpWithRate, median, parsePgbenchOutput, percentile, readTxLogs, windowStartMs } from '../bench/pgbench';
-import { parseMachineCpuLine, parseProcStat, runtimeSeconds, treeCpuSeconds } from '../bench/proc';
+import { spawn } from 'node:child_process';
+import { IdleCpuGroup, cpuControllerMount, makeIdleCpuGroup, parseCpuCgroup, policyCount, removeIdleCpuGroup, setIdlePriority } from '../bench/mirror-server';
+import { SCHED_IDLE, parseMachineCpuLine, parseProcStat, parseSchedPolicy, readProcTable, runtimeSeconds, schedPolicy, treeCpuSeconds } from '../bench/proc';
+import { mirrorCell } from '../bench/run';
 import { evaluateGoals, markdownReport, svgChart } from '../bench/report';
-import { BenchResult, CellSummary, SCHEMA_ID, SCHEMA_ID_V1, validateResult } from '../bench/schema';
-import { BUILTIN_TARGETS, kernelCounts, parseExtraTarget, pgbouncerIni, pgspliceYaml } from '../bench/targets';
+import { BenchResult, CellSummary, MirrorRunStats, RunRecord, SCHEMA_ID, SCHEMA_ID_V1, validateResult } from '../bench/schema';
+import { BUILTIN_TARGETS, kernelCounts, mirrorCountersOf, parseExtraTarget, pgbouncerIni, pgspliceYaml } from '../bench/targets';
 import { parseConfig } from '../src/config/load';
 import { parseXml } from '../bench/xml-lite';
 
@@ -140,7 +143,7 @@ t.test('the window of a fixed-rate run starts RATE_SETTLE_MS after the load bega
 
 t.test('/proc parsing', async (t) => {
   const st = parseProcStat('4242 (postgres: bench (x) idle) S 100 4242 4242 0 -1 4194560 1 0 0 0 17 5 3 2 20 0 1 0 123 0 0');
-  t.same(st, { pid: 4242, comm: 'postgres: bench (x) idle', ppid: 100, utime: 17, stime: 5, cutime: 3, cstime: 2 });
+  t.same(st, { pid: 4242, comm: 'postgres: bench (x) idle', state: 'S', ppid: 100, utime: 17, stime: 5, cutime: 3, cstime: 2 });
   const m = parseMachineCpuLine('cpu  1000 10 500 9000 50 5 20 1 0 0');
   t.equal(m.busy, (1000 + 10 + 500 + 5 + 20 + 1) / 100);
   t.equal(m.total, (1000 + 10 + 500 + 5 + 20 + 1 + 9000 + 50) / 100);
@@ -337,4 +340,162 @@ t.test('goals: met, missed, not measured', async (t) => {
   t.match(md, /\| 5,000 \| pgsplice-off \| 4,600 \| \*\*no\*\*/, 'the rate row says who did not keep up');
   t.match(md, /\*\*pgbouncer\*\*, C prepared 64 clients: pgbench: error: prepared statement "P_0" already exists/, 'a failed cell says why');
   t.equal(parseXml(svgChart(r)).name, 'svg');
+});
+
+t.test('SHOW MIRRORS: the counters the mirror rows read', async (t) => {
+  // A row as pgsplice-mirror-idle printed it after a run on this machine (int8 columns arrive as text).
+  const row = { database: 'bench', mirror: '127.0.0.1:38033/bench', state: 'up', clients: '0', queued_bytes: '0', peak_queued_bytes: '1048576', queue_bytes: '16777216',
+    transactions: '20385', dropped: '2642', diverged: '0', lag_ms: '3', clients_mirrored: '130', clients_skipped: '0', last_error: '', last_divergence: '' };
+  const c = mirrorCountersOf([row]);
+  t.same(c, { mirrors: 1, states: 'up', transactions: 20385, dropped: 2642, diverged: 0, queued_bytes: 0, peak_queued_bytes: 1048576, clients_mirrored: 130, clients_skipped: 0, lag_ms: 3, last_error: '' });
+  const two = mirrorCountersOf([row, { ...row, state: 'down', transactions: '5', dropped: '7', queued_bytes: '10', last_error: 'connection refused' }]);
+  t.equal(two.transactions, 20390, 'summed over mirrors');
+  t.equal(two.dropped, 2649);
+  t.equal(two.queued_bytes, 10);
+  t.equal(two.states, 'up,down');
+  t.equal(two.last_error, 'connection refused');
+  t.equal(mirrorCountersOf([]).transactions, 0, 'no mirror: zeros, and mirrors: 0 says so');
+});
+
+t.test('scheduling policy: SCHED_IDLE set on a process tree is inherited by what it forks later', async (t) => {
+  t.equal(parseSchedPolicy(fs.readFileSync('/proc/self/sched', 'utf8')), 0, 'this process runs SCHED_NORMAL');
+  t.equal(parseSchedPolicy('se.exec_start : 1.0\npolicy                                       :                    5\nprio : 120\n'), SCHED_IDLE);
+  t.equal(parseSchedPolicy('no such line'), null);
+  // A parent that has one child now and forks another after the policy is set, as the
+  // mirror postmaster forks backends for the proxy's mirror connections.
+  // (The second child is forked when the test writes a line: no timing.)
+  const sh = spawn('bash', ['-c', 'sleep 30 & read -r go; sleep 30 & wait'], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+  t.teardown(() => {
+    try {
+      process.kill(-sh.pid!, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  });
+  const until = Date.now() + 10_000;
+  while (policyCount(sh.pid!).processes < 2 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  // With autogroups on, SCHED_IDLE alone leaves a process that calls setsid() (every
+  // PostgreSQL backend) competing at nice 0: the bench puts the cluster in a CPU cgroup
+  // with cpu.idle too. Here as root with the cpu controller mounted, as the bench runs.
+  let group: IdleCpuGroup | null = null;
+  if (cpuControllerMount() && process.getuid?.() === 0) {
+    group = makeIdleCpuGroup(`pgsplice-bench-test-${process.pid}`);
+    t.match(group.knob, /^cpu\.(idle=1|shares=2|weight=1)$/);
+  }
+  t.same(policyCount(sh.pid!, undefined, group), { processes: 2, idle: 0 }, 'parent and first child, normal');
+  t.same(setIdlePriority(sh.pid!, group), { processes: 2, idle: 2 }, `chrt --idle on the tree${group ? ', moved into the group' : ''}`);
+  sh.stdin!.write('go\n');
+  const until2 = Date.now() + 10_000;
+  while (policyCount(sh.pid!).processes < 3 && Date.now() < until2) await new Promise((r) => setTimeout(r, 20));
+  t.same(policyCount(sh.pid!, undefined, group), { processes: 3, idle: 3 }, 'the child forked afterwards inherits SCHED_IDLE (and the group)');
+  t.equal(schedPolicy(sh.pid!), SCHED_IDLE);
+  t.equal(schedPolicy(process.pid), 0, 'the bench itself is untouched');
+  if (group) t.not(parseCpuCgroup(fs.readFileSync('/proc/self/cgroup', 'utf8')), group.relPath, 'nor moved');
+  // Stopped and reaped, the group is removed (as the bench does after the mirror cluster).
+  const exited = new Promise((r) => sh.once('exit', r));
+  process.kill(-sh.pid!, 'SIGKILL');
+  await exited;
+  if (group) {
+    await removeIdleCpuGroup(group);
+    t.notOk(fs.existsSync(group.dir), 'the group is gone');
+  }
+  t.equal(parseCpuCgroup('9:name=systemd:/\n2:cpuacct:/\n1:cpu:/pgsplice-bench-mirror-1-2\n0::/\n'), '/pgsplice-bench-mirror-1-2', 'v1: the cpu hierarchy, not cpuacct');
+  t.equal(parseCpuCgroup('0::/user.slice/x\n'), '/user.slice/x', 'v2 only');
+  t.same(cpuControllerMount('cgroup /sys/fs/cgroup/cpuacct cgroup rw,cpuacct 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n'), { dir: '/sys/fs/cgroup/cpu', version: 1 });
+  t.equal(cpuControllerMount('cgroup /sys/fs/cgroup/cpuacct cgroup rw,cpuacct 0 0\n'), null, 'cpuacct is not cpu');
+  // An exited child not yet reaped (a backend the postmaster has not reaped yet) is not
+  // counted: cgroup v1 shows it in the root group. Here the parent never reaps.
+  const z = spawn('bash', ['-c', 'sleep 0.05 & exec sleep 30'], { stdio: 'ignore', detached: true });
+  const zUntil = Date.now() + 10_000;
+  const zombie = () => (readProcTable().get(z.pid!) ?? []).some((c) => c.state === 'Z');
+  while (!zombie() && Date.now() < zUntil) await new Promise((r) => setTimeout(r, 20));
+  t.ok(zombie(), 'a zombie child');
+  t.same(policyCount(z.pid!), { processes: 1, idle: 0 }, 'only the live parent is counted');
+  const zExited = new Promise((r) => z.once('exit', r));
+  process.kill(-z.pid!, 'SIGKILL');
+  await zExited;
+});
+
+const mirrorRun = (target: string, round: number, tps: number, proxy: number, transactions: number, m: Partial<MirrorRunStats> | null): RunRecord => ({
+  target, workload: 'c', mode: 'extended', clients: 64, round, connect_per_tx: false, rate_tps: null, ok: true, error: null, tps, transactions, failed: 0, latency_avg_ms: 1,
+  window_s: 3, window_transactions: transactions, window_tps: tps, latency_p50_ms: 1, latency_p99_ms: 5, lag_p50_ms: null, lag_p99_ms: null, kept_up: null,
+  cpu_s: { proxy: 1, postgres: 1, pgbench: 1, kernel: 0, ours: 3, machine: 4 }, cpu_us_per_tx: { proxy, postgres: 100, pgbench: 30, kernel: 5, ours: 165, machine: 200 },
+  proxy_peak_rss_kib: 1, kernel_transactions: transactions, kernel_share: 1, kernel_handbacks: 0, handbacks_per_tx: 0,
+  ...(m === null ? {} : { mirror: { priority: 'idle', transactions, dropped: 0, diverged: 0, mirrored_share: 1, drain_s: 0.4, queued_bytes_after: 0, peak_queued_bytes: 4096, clients_skipped: 0, state_after: 'up', last_error: '', server_processes: 70, server_processes_idle: 70, postgres_cpu_us_per_tx: 90, ...m } }),
+});
+
+t.test('mirror rows: counters over a cell, the two goals, the per-round table', async (t) => {
+  // mirrorCell: sums over the rounds that have counters; a round that saw a process at
+  // another policy makes the cell unverified; one still queued is counted.
+  const cell = mirrorCell('idle', [
+    mirrorRun('pgsplice-mirror-idle', 1, 9000, 31, 30000, { transactions: 29000, dropped: 1000, mirrored_share: 0.967, postgres_cpu_us_per_tx: 80 }),
+    mirrorRun('pgsplice-mirror-idle', 2, 9100, 30, 31000, { transactions: 31000, diverged: 2, drain_s: null, postgres_cpu_us_per_tx: 100 }),
+  ])!;
+  t.same(cell, { priority: 'idle', rounds: 2, pgbench_transactions: 61000, transactions: 60000, dropped: 1000, diverged: 2, mirrored_share: 0.984, undrained_rounds: 1, idle_verified: true, postgres_cpu_us_per_tx: 90 });
+  t.equal(mirrorCell('idle', [mirrorRun('pgsplice-mirror-idle', 1, 9000, 31, 30000, { server_processes_idle: 69 })])!.idle_verified, false, 'one process not at SCHED_IDLE');
+  t.equal(mirrorCell('idle', [mirrorRun('pgsplice-mirror-idle', 1, 9000, 31, 30000, { server_processes: null, server_processes_idle: null })])!.idle_verified, false, 'never seen: not verified');
+  t.equal(mirrorCell('normal', [mirrorRun('pgsplice-mirror', 1, 9000, 31, 30000, { priority: 'normal', server_processes_idle: 0 })])!.idle_verified, null, 'equal priority: nothing to verify');
+  t.equal(mirrorCell('idle', [mirrorRun('pgsplice-mirror-idle', 1, 9000, 31, 30000, null)]), null, 'no counters read: no figures');
+
+  const { result } = latestResult();
+  const r: BenchResult = JSON.parse(JSON.stringify(result));
+  r.options.mirror = true;
+  r.machine.background_busy_cpus = 0;
+  const ext = (target: string, tps: number, proxy: number, mirror?: CellSummary['mirror']): CellSummary => ({
+    target, workload: 'c', mode: 'extended', clients: 64, connect_per_tx: false, rate_tps: null, rounds_ok: 2, error: null, tps, latency_p50_ms: 1, latency_p99_ms: 5,
+    lag_p50_ms: null, lag_p99_ms: null, kept_up: null, kernel_share: 1, handbacks_per_tx: 0, cpu_us_per_tx: { proxy, postgres: 100, pgbench: 30, kernel: 5, ours: 165, machine: 200 },
+    proxy_attributable_us_per_tx: null, proxy_attributable_ours_us_per_tx: null, ...(mirror ? { mirror } : {}),
+  });
+  const normal = { priority: 'normal' as const, rounds: 2, pgbench_transactions: 40000, transactions: 32000, dropped: 8000, diverged: 0, mirrored_share: 0.8, undrained_rounds: 0, idle_verified: null, postgres_cpu_us_per_tx: 110 };
+  r.targets = r.targets.filter((x) => !x.label.startsWith('pgsplice-mirror'));
+  for (const label of ['pgsplice-mirror', 'pgsplice-mirror-idle']) r.targets.push({ label, kind: label, status: 'ok', reason: null, host: '127.0.0.1', port: 1, pid: 1, note: null, peak_rss_kib: null, bypass_after: null });
+  const setCells = (idle: CellSummary['mirror']) => {
+    r.cells = [ext('pgsplice-on', 10000, 28), ext('pgsplice-mirror', 5800, 31), ext('pgsplice-mirror-idle', 9300, 32, idle)];
+    r.cells[1].mirror = normal;
+    return Object.fromEntries(evaluateGoals(r).map((x) => [x.id, x]));
+  };
+  let g = setCells({ ...cell, mirrored_share: 0.984 });
+  t.equal(g['i15-mirror-tps'].met, false, 'the co-located row: 5800 < 0.9 x 10000, judged as before');
+  t.equal(g['i15-mirror-tps'].measured, 0.58);
+  t.match(g['i15-mirror-tps'].detail, /^MISSED: 0\.58x.*32,000 of 40,000 transactions mirrored \(80\.0%\), 8,000 dropped, 0 diverged/);
+  t.match(g['i15-mirror-tps'].detail, /proxy CPU 31\.0 µs\/tx vs 28\.0 µs\/tx \(11%\)/);
+  t.match(g['i15-mirror-tps'].detail, /primary-side CPU \(ours\) 165\.0 µs\/tx vs 165\.0 µs\/tx \(0%\)/);
+  t.equal(g['i15-mirror-idle-tps'].met, true, '9300 >= 0.9 x 10000 with 98.4% mirrored');
+  t.match(g['i15-mirror-idle-tps'].detail, /^met: 0\.93x.*60,000 of 61,000 transactions mirrored \(98\.4%\), 1,000 dropped, 2 diverged, 1 round\(s\) still queued/);
+  g = setCells({ ...cell, transactions: 3000, dropped: 58000, mirrored_share: 0.049 });
+  t.equal(g['i15-mirror-idle-tps'].met, false, 'a mirror that dropped nearly everything does not meet the goal, whatever the throughput');
+  t.match(g['i15-mirror-idle-tps'].detail, /^MISSED: the mirror answered 4\.9% of the transactions \(< 90%\); throughput within the bound: 0\.93x/);
+  g = setCells({ ...cell, idle_verified: false });
+  t.equal(g['i15-mirror-idle-tps'].met, null, 'priority not verified: not measured');
+  t.match(g['i15-mirror-idle-tps'].detail, /not all seen at SCHED_IDLE/);
+  g = setCells(undefined);
+  t.equal(g['i15-mirror-idle-tps'].met, null, 'no counters: not measured');
+  r.targets = r.targets.filter((x) => x.label !== 'pgsplice-mirror-idle');
+  r.targets.push({ label: 'pgsplice-mirror-idle', kind: 'pgsplice-mirror-idle', status: 'failed', reason: 'not available: chrt --idle -p 0 1: Operation not permitted', host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
+  r.cells = r.cells.filter((c) => c.target !== 'pgsplice-mirror-idle');
+  t.match(Object.fromEntries(evaluateGoals(r).map((x) => [x.id, x]))['i15-mirror-idle-tps'].detail, /not measured: pgsplice-mirror-idle: not available: chrt/);
+
+  // The per-round table pairs each mirror run with pgsplice-on's run of the same round.
+  r.runs = [
+    mirrorRun('pgsplice-on', 1, 10000, 28, 40000, null), mirrorRun('pgsplice-on', 2, 8000, 30, 32000, null),
+    mirrorRun('pgsplice-mirror', 1, 5800, 31, 23000, { priority: 'normal', transactions: 18400, dropped: 4600, mirrored_share: 0.8, server_processes_idle: 0 }),
+    mirrorRun('pgsplice-mirror-idle', 2, 7600, 33, 30000, { drain_s: null, transactions: 29000, mirrored_share: 0.967, state_after: 'down', last_error: 'connect timeout' }),
+  ];
+  r.targets.push({ label: 'pgsplice-on', kind: 'pgsplice-on', status: 'ok', reason: null, host: null, port: null, pid: null, note: null, peak_rss_kib: null, bypass_after: null });
+  const md = markdownReport(r);
+  t.match(md, /## Mirroring \(issue 15\)/);
+  t.match(md, /\| 1 \| pgsplice-mirror \| 5,800 \| 10,000 \| 0\.58x \| 31\.0 \| 28\.0 \| 1\.11x \| 165\.0 \| 165\.0 \| 1\.00x \| 18,400 \| 23,000 \| 80\.0% \| 4,600 \| 0 \| 0\.4 \| 0\/70 \| 90\.0 \|/);
+  t.match(md, /\| 2 \| pgsplice-mirror-idle \| 7,600 \| 8,000 \| 0\.95x \| 33\.0 \| 30\.0 \| 1\.10x \| 165\.0 \| 165\.0 \| 1\.00x \| 29,000 \| 30,000 \| 96\.7% \| 0 \| 0 \| \*\*not drained\*\* \| 70\/70 \|/, 'against round 2 of pgsplice-on; an undrained round says so');
+  t.match(md, /- round 2, pgsplice-mirror-idle: mirror down, last error: connect timeout/, 'the mirror\'s last error is shown');
+  t.notMatch(md, /round 1, pgsplice-mirror:/, 'none where there was none');
+  t.notMatch(markdownReport(latestResult().result), /## Mirroring/, 'no section without mirror runs');
+
+  // The schema: mirror fields are optional, checked when present.
+  t.same(validateResult(r).filter((e) => e.includes('mirror')), []);
+  const bad = JSON.parse(JSON.stringify(r));
+  bad.runs[2].mirror.dropped = 'many';
+  bad.cells[1].mirror.idle_verified = 'yes';
+  const errs = validateResult(bad);
+  t.ok(errs.includes('$.runs[2].mirror.dropped: expected a number'), errs.join('; '));
+  t.ok(errs.includes('$.cells[1].mirror.idle_verified: expected a boolean or null'));
 });

@@ -2,12 +2,14 @@
 // read while nothing references the last one. These cases keep references past the read
 // (a client write the socket has not finished, a reply message gathered across reads,
 // many small replies interleaved with a large one) and check every byte the clients get.
+// Client sockets share one read buffer, copied out of at each read: requests in pieces
+// from several clients at once must reach the server as each client sent them.
 import t from 'tap';
 import * as crypto from 'node:crypto';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, withTimeout, sleep } from './helpers/cluster';
-import { login, query, summarize, simpleQuery } from './helpers/pgwire';
+import { login, query, summarize, simpleQuery, extendedQuery } from './helpers/pgwire';
 
 const md5 = (s: string): string => crypto.createHash('md5').update(s).digest('hex');
 
@@ -89,6 +91,38 @@ t.test('server read buffers', async (t) => {
         }
       }
       t.pass('200 pipelined replies of varying size, in order and whole');
+    });
+
+    t.test(`client requests in pieces, longer than a read, from several clients at once ${B}`, async (t) => {
+      // Client sockets all read into one shared buffer and copy each read out of it: every
+      // client's bytes must reach the server as sent, whatever the other clients' reads
+      // put into that buffer between two pieces of one message.
+      const sessions = await Promise.all(Array.from({ length: 6 }, () => login(proxy.port, { user: 'app', password: 'app-pw' })));
+      t.teardown(() => sessions.forEach((s) => s.conn.destroy()));
+      const payload = (k: number, i: number): string => crypto.createHash('sha512').update(`${k}/${i}`).digest('hex').repeat(1 + ((k * 7 + i * 13) % 12) * 120);
+      const rounds = 6; // per client: payloads of 128 B to ~180 KB (the shared buffer is 64 KiB)
+      const wrong: string[] = [];
+      await withTimeout(Promise.all(sessions.map(async (s, k) => {
+        const stream = Buffer.concat(Array.from({ length: rounds }, (_, i) => i % 2
+          ? extendedQuery('SELECT md5($1::text), length($1::text)', [payload(k, i)])
+          : query(`SELECT md5('${payload(k, i)}'), length('${payload(k, i)}')`)));
+        // written in pieces of 1 B to ~40 KB with pauses: the proxy reads each client in
+        // many reads, interleaved with the other clients' reads
+        for (let at = 0, step = 0; at < stream.length; step++) {
+          const len = step % 5 === 0 ? 1 + (step % 3) : 1 + ((k * 7919 + step * 104729) % 40000);
+          s.conn.write(stream.subarray(at, at + len));
+          at += len;
+          if (step % 3 === 0) await sleep(1);
+        }
+        for (let i = 0; i < rounds; i++) {
+          const r = summarize(await s.conn.readUntil('Z', 30000));
+          const p = payload(k, i);
+          if (r.errors.length || r.rows.length !== 1 || r.rows[0][0] !== md5(p) || r.rows[0][1] !== String(p.length)) {
+            wrong.push(`client ${k} request ${i}: ${JSON.stringify(r.errors[0] ?? r.rows).slice(0, 200)}`);
+          }
+        }
+      })), 120000, '6 clients writing in pieces');
+      t.same(wrong, [], `${sessions.length} clients x ${rounds} requests, each answered for the bytes it sent`);
     });
 
     t.test(`many clients at once through a small pool ${B}`, async (t) => {

@@ -1,0 +1,74 @@
+// Two builds of pgsplice side by side under the same load: pgbench YCSB C (extended, 64
+// clients, pool 16, `bypass: off`) against each, interleaved A B B A A B ... Reports tps
+// and proxy CPU µs per transaction (utime + stime from /proc) per side, each round and
+// the medians. For measuring a change to the user-space path before keeping it: build A
+// is a copy of dist/ from before the change (keep it under the worktree, e.g.
+// tmp/base/dist, so that it finds node_modules), B this build. Not part of `npm run bench`.
+//   node dist/bench/build-ab.js --a tmp/base/dist/src/cli.js [--b dist/src/cli.js]
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
+import { pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
+import { median, runPgbench } from './pgbench';
+import { snapshot } from './proc';
+import { startPgsplice, RunningTarget, PGSPLICE_CLI } from './targets';
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .option('a', { type: 'string', demandOption: true, describe: "build A's dist/src/cli.js" })
+    .option('b', { type: 'string', default: PGSPLICE_CLI, describe: "build B's dist/src/cli.js" })
+    .option('rounds', { type: 'number', default: 3 })
+    .option('duration', { type: 'number', default: 8 })
+    .option('clients', { type: 'number', default: 64 })
+    .option('mode', { choices: ['extended', 'simple'] as const, default: 'extended' as const })
+    .option('rows', { type: 'number', default: 10_000 })
+    .option('rate', { type: 'number', describe: 'pgbench --rate (tps): a fixed offered load instead of saturation' })
+    .strict().parse();
+  const pg = await ScratchPostgres.create({ settings: { max_connections: 300, jit: 'off' } });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-build-ab-'));
+  const targets: RunningTarget[] = [];
+  try {
+    pg.createUserAndDb('bench', 'bench', 'bench');
+    for (const st of setupStatements(argv.rows)) pg.psql(st, 'bench');
+    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
+    const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
+    for (const [label, cli] of [['A', path.resolve(argv.a)], ['B', path.resolve(argv.b)]]) {
+      targets.push(await startPgsplice({ dir: path.join(tmp, label), port: await freePort(), backend, poolSize: 16, maxClientConn: 1000, bypass: 'off', label, cli }));
+    }
+    const scriptArgs = pgbenchScriptArgs(path.join(tmp, 'scripts'), 'c');
+    const run = (t: RunningTarget, durationS: number) =>
+      runPgbench({ ...backend, port: t.port, scriptArgs, defines: { rows: argv.rows }, mode: argv.mode, clients: argv.clients, threads: 2, durationS, rateTps: argv.rate, logDir: path.join(tmp, 'log') });
+    for (const t of targets) await run(t, 3); // warm-up
+    const res = new Map<string, { tps: number[]; cpu: number[] }>(targets.map((t) => [t.label, { tps: [], cpu: [] }]));
+    for (let r = 0; r < argv.rounds; r++) {
+      for (const t of r % 2 === 0 ? targets : [...targets].reverse()) {
+        const s0 = snapshot({ proxy: t.pid });
+        const out = await run(t, argv.duration);
+        const s1 = snapshot({ proxy: t.pid });
+        const tx = out.summary.transactions;
+        const cpu = ((s1.proxy! - s0.proxy!) * 1e6) / tx;
+        res.get(t.label)!.tps.push(out.summary.tps ?? 0);
+        res.get(t.label)!.cpu.push(cpu);
+        console.log(`round ${r + 1} ${t.label}: ${Math.round(out.summary.tps ?? 0)} tps, proxy ${cpu.toFixed(1)} µs/tx`);
+      }
+    }
+    // The machine is shared: each round's pair ran at about the same time, so the
+    // difference within a pair is steadier than either side's numbers.
+    const a = res.get('A')!;
+    const b = res.get('B')!;
+    const diffs = a.cpu.map((x, i) => b.cpu[i]! - x);
+    console.log(`B - A per round: ${diffs.map((d) => d.toFixed(1)).join(' ')} µs/tx; median ${median(diffs)!.toFixed(1)}`);
+    for (const [label, e] of res) console.log(`${label}: median ${Math.round(median(e.tps)!)} tps, proxy ${median(e.cpu)!.toFixed(1)} µs/tx (${argv.rounds} x ${argv.duration} s, ${argv.mode}, ${argv.clients} clients${argv.rate ? `, --rate ${argv.rate}` : ''})`);
+  } finally {
+    for (const t of targets) await t.stop().catch(() => undefined);
+    await pg.destroy();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
