@@ -97,6 +97,29 @@ export class Inspector {
     return [...by.entries()].map(([what, e]) => ({ what, ...e })).sort((a, b) => b.bytes - a.bytes);
   }
 
+  // A CPU profile of `ms` milliseconds (sampled every intervalUs), summarised: self time
+  // per function (name, file:line), largest first, as shares of all samples.
+  async cpuProfileSummary(ms: number, intervalUs = 200): Promise<Array<{ what: string; share: number }>> {
+    await this.call('Profiler.enable');
+    await this.call('Profiler.setSamplingInterval', { interval: intervalUs });
+    await this.call('Profiler.start');
+    await new Promise((r) => setTimeout(r, ms));
+    const { profile } = await this.call('Profiler.stop');
+    await this.call('Profiler.disable');
+    const self = new Map<number, number>();
+    for (const id of profile.samples as number[]) self.set(id, (self.get(id) ?? 0) + 1);
+    const total = (profile.samples as number[]).length || 1;
+    const by = new Map<string, number>();
+    for (const n of profile.nodes as Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>) {
+      const c = self.get(n.id);
+      if (!c) continue;
+      const f = n.callFrame;
+      const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${f.lineNumber + 1}`;
+      by.set(key, (by.get(key) ?? 0) + c);
+    }
+    return [...by.entries()].map(([what, c]) => ({ what, share: c / total })).sort((a, b) => b.share - a.share);
+  }
+
   close(): void {
     this.ws.close();
   }
