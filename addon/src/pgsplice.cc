@@ -53,7 +53,24 @@ struct RingSub {
   Napi::FunctionReference cb;
   std::deque<std::vector<uint8_t>> pending;  // consumed, not yet delivered (in ring order)
   bool batch = false;  // deliver all pending records in one call (u32 length + bytes each)
+  // > 0: after a wake-up, records are consumed this many ms later, in one batch with
+  // those that arrive meanwhile (the poll is stopped until then): one wake-up per batch
+  // instead of one per record when the consumer keeps up.
+  uint32_t delay_ms = 0;
+  uv_timer_t* timer = nullptr;
+  int open_handles = 0;  // poll and timer not closed yet: the last close frees this
 };
+
+static void CloseRingHandle(uv_handle_t* h) {
+  RingSub* sub = static_cast<RingSub*>(h->data);
+  if (h->type == UV_TIMER)
+    delete reinterpret_cast<uv_timer_t*>(h);
+  else
+    delete reinterpret_cast<uv_poll_t*>(h);
+  if (--sub->open_handles > 0) return;
+  if (sub->rb) ring_buffer__free(sub->rb);
+  delete sub;
+}
 
 class Obj : public Napi::ObjectWrap<Obj> {
  public:
@@ -133,12 +150,11 @@ class Obj : public Napi::ObjectWrap<Obj> {
       s->cb.Reset();
       if (s->poll) {
         uv_poll_stop(s->poll);
-        uv_close(reinterpret_cast<uv_handle_t*>(s->poll), [](uv_handle_t* h) {
-          RingSub* sub = static_cast<RingSub*>(h->data);
-          if (sub->rb) ring_buffer__free(sub->rb);
-          delete reinterpret_cast<uv_poll_t*>(h);
-          delete sub;
-        });
+        if (s->timer) {
+          uv_timer_stop(s->timer);
+          uv_close(reinterpret_cast<uv_handle_t*>(s->timer), CloseRingHandle);
+        }
+        uv_close(reinterpret_cast<uv_handle_t*>(s->poll), CloseRingHandle);
       } else {
         if (s->rb) ring_buffer__free(s->rb);
         delete s;
@@ -355,6 +371,22 @@ class Obj : public Napi::ObjectWrap<Obj> {
   static void OnPoll(uv_poll_t* h, int status, int events) {
     RingSub* s = static_cast<RingSub*>(h->data);
     if (!s->owner || !s->rb) return;
+    if (s->timer) {
+      uv_poll_stop(s->poll);
+      uv_timer_start(s->timer, &Obj::OnDelay, s->delay_ms, 0);
+      return;
+    }
+    Consume(s);
+  }
+
+  static void OnDelay(uv_timer_t* t) {
+    RingSub* s = static_cast<RingSub*>(t->data);
+    if (!s->owner || !s->rb) return;
+    uv_poll_start(s->poll, UV_READABLE, &Obj::OnPoll);
+    Consume(s);
+  }
+
+  static void Consume(RingSub* s) {
     ring_buffer__consume(s->rb);
     if (s->pending.empty() || s->cb.IsEmpty()) {
       s->pending.clear();
@@ -456,7 +488,17 @@ class Obj : public Napi::ObjectWrap<Obj> {
     // onEvents(map, cb, true): cb gets every record consumed at once, each as a
     // little-endian u32 length and its bytes (one call per wake-up, not per record)
     s->batch = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+    s->open_handles = 1;
     subs_.push_back(s);
+    // onEvents(map, cb, batch, delayMs): consume delayMs after a wake-up (see RingSub)
+    if (info.Length() > 3 && info[3].IsNumber() && info[3].As<Napi::Number>().Uint32Value() > 0) {
+      s->delay_ms = info[3].As<Napi::Number>().Uint32Value();
+      s->timer = new uv_timer_t();
+      s->timer->data = s;
+      uv_timer_init(loop, s->timer);
+      uv_unref(reinterpret_cast<uv_handle_t*>(s->timer));
+      s->open_handles = 2;
+    }
     return env.Undefined();
   }
 

@@ -1041,6 +1041,7 @@ export class BypassController implements KernelHost {
       out.mirror_bytes = this.mirrorTotals.bytes;
       out.mirror_resyncs = this.mirrorTotals.resyncs;
       out.mirror_ignored = this.mirrorTotals.ignored;
+      out.mirror_batches = this.kernel?.mirrorBatches ?? 0;
     }
     return out;
   }
@@ -1059,7 +1060,8 @@ export class BypassController implements KernelHost {
         ['kernel_statement_rewrites', String(kc.statementRewrites)], ['kernel_held_for_waiters', String(kc.heldForWaiters)]);
       // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
       rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
-        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)]);
+        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)],
+        ['mirror_kernel_batches', String(this.kernel?.mirrorBatches ?? 0)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Which path serves each pool, and why (bypass: auto decides per pool).
       for (const pool of this.kpools.keys()) {

@@ -262,10 +262,12 @@ export interface MirrorRecord {
   data: Buffer;
 }
 
-export function decodeMirrorRecord(b: Buffer): MirrorRecord {
-  const r = readScalars(b, MIRROR_REC) as { conn: number; kind: number; len: number; seq: number; lostXacts: number };
-  const at = MIRROR_REC.data.offset;
-  return { conn: r.conn, kind: r.kind, seq: r.seq, lostXacts: r.lostXacts, data: b.subarray(at, Math.min(b.length, at + r.len)) };
+// The record at [base, base + size) of b (a drained batch of them): one view of b for its
+// data, none for the record itself (a batch holds a record per skb copied).
+export function decodeMirrorRecord(b: Buffer, base = 0, size = b.length - base): MirrorRecord {
+  const r = readScalars(b, MIRROR_REC, base) as { conn: number; kind: number; len: number; seq: number; lostXacts: number };
+  const at = base + MIRROR_REC.data.offset;
+  return { conn: r.conn, kind: r.kind, seq: r.seq, lostXacts: r.lostXacts, data: b.subarray(at, Math.min(base + size, at + r.len)) };
 }
 
 export interface MirrorState {

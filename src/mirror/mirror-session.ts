@@ -49,8 +49,9 @@ export interface MirrorLink {
 export interface MirroredClient {
   readonly database: string;
   readonly label: string;
-  // Its settings now (tracked in transaction mode: SETs read back at transaction ends).
-  readonly settings: ReadonlyMap<string, string>;
+  // Its settings now (tracked in transaction mode: SETs read back at transaction ends),
+  // as a Map that does not change afterwards (a change of the client's copies it first).
+  settingsSnapshot(): ReadonlyMap<string, string>;
   // What its servers are opened with (startup settings, application_name).
   readonly mirrorStartup: Record<string, string>;
   // Its named statements as the proxy tracks them in transaction mode: name -> the Parse
@@ -67,7 +68,9 @@ interface Unit {
   parts: Buffer[];
   bytes: number; // reserved in the mirror's queue
   lost: boolean; // did not fit: its transaction is dropped
-  text: string; // the statement, for the divergence report
+  text: string; // the statement, for the divergence report (or textMessage's)
+  // The kept Query or Parse whose text is the statement: decoded only for a report.
+  textMessage: Buffer | null;
   outcome: string[] | null; // the primary's answer
   statementOps: StatementOp[]; // its Parse/Close of named statements, applied when its transaction ends
 }
@@ -80,7 +83,7 @@ interface Txn {
   closedAt: number; // when the primary finished it
   answered: string[][]; // the mirror's outcomes, by unit
   sent: boolean; // written to the mirror connection
-  settings: Map<string, string>; // the client's settings when it began (for a setup before it)
+  settings: ReadonlyMap<string, string>; // the client's settings when it began (for a setup before it)
   afterGap: boolean; // transactions before it were dropped: the mirror session is set up first
 }
 
@@ -100,7 +103,14 @@ const NO_KERNEL = { serverPassed(): void {} }; // mirror connections never enter
 const COPY_FOLLOWERS = new Set<number>([Frontend.CopyData, Frontend.CopyDone, Frontend.CopyFail]);
 
 function newUnit(): Unit {
-  return { parts: [], bytes: 0, lost: false, text: '', outcome: null, statementOps: [] };
+  return { parts: [], bytes: 0, lost: false, text: '', textMessage: null, outcome: null, statementOps: [] };
+}
+
+// The statement of a unit, for the divergence report.
+function unitText(u: Unit): string {
+  if (u.text || !u.textMessage) return u.text;
+  const m = u.textMessage;
+  return m[0] === Frontend.Query ? m.toString('utf8', 5, Math.max(5, m.indexOf(0, 5))) : parseSql(m);
 }
 
 export class MirrorSession implements ServerPeer {
@@ -119,7 +129,7 @@ export class MirrorSession implements ServerPeer {
   private gap = false; // transactions were dropped (or a used connection lost) since the last queued one
   private used = false; // something was sent on the mirror connection: a setup resets it first
   // The client's settings when its current transaction began: what a setup before it applies.
-  private startSettings: Map<string, string> | null = null;
+  private startSettings: ReadonlyMap<string, string> | null = null;
   private stopped = false;
   private lost = false; // the kernel's copy of the client's streams has a hole (kernel-feed.ts)
   // When it was lost, the requests awaiting answers beyond the first: a pipelining client's
@@ -153,14 +163,15 @@ export class MirrorSession implements ServerPeer {
 
   private onRequest(type: number, body: Buffer): void {
     if (type === Frontend.Terminate) return;
-    if (!this.startSettings) this.startSettings = new Map(this.client.settings);
+    if (!this.startSettings) this.startSettings = this.client.settingsSnapshot();
     // COPY data follows the Query that started the COPY: it belongs to that unit.
     const last = this.sent[this.sent.length - 1];
     const unit = COPY_FOLLOWERS.has(type) && this.open.parts.length === 0 && last ? last : this.open;
     this.trackStatements(type, body, unit);
-    const raw = message(type, body);
+    let raw: Buffer | null = null;
     if (!unit.lost) {
-      if (this.mirror.reserve(raw.length)) {
+      if (this.mirror.reserve(5 + body.length)) {
+        raw = message(type, body);
         unit.parts.push(raw);
         unit.bytes += raw.length;
       } else {
@@ -168,9 +179,14 @@ export class MirrorSession implements ServerPeer {
         this.mirror.release(unit.bytes);
         unit.parts = [];
         unit.bytes = 0;
+        unit.textMessage = null;
       }
     }
-    if (!unit.text) unit.text = this.textOf(type, body);
+    if (!unit.text && !unit.textMessage) {
+      // A Query's or Parse's text is decoded when a report needs it, from the kept copy.
+      if (raw && hasText(type, body)) unit.textMessage = raw;
+      else unit.text = this.textOf(type, body);
+    }
     if (type === Frontend.Query || type === Frontend.Sync || type === Frontend.FunctionCall) {
       this.sent.push(this.open);
       this.open = newUnit();
@@ -198,6 +214,7 @@ export class MirrorSession implements ServerPeer {
 
   private trackStatements(type: number, body: Buffer, unit: Unit): void {
     if (type === Frontend.Parse) {
+      if (body[0] === 0) return; // the unnamed statement
       const r = new BodyReader(body);
       const name = r.cstring();
       if (!name) return;
@@ -232,7 +249,7 @@ export class MirrorSession implements ServerPeer {
   // The client's settings were read back after its transaction (transaction mode): a
   // transaction that began meanwhile and has not run yet starts from them.
   settingsLearned(): void {
-    if (this.startSettings && this.txnUnits.length === 0) this.startSettings = new Map(this.client.settings);
+    if (this.startSettings && this.txnUnits.length === 0) this.startSettings = this.client.settingsSnapshot();
   }
 
   // What the client was sent (the primary's answers, and the proxy's own), in order.
@@ -254,7 +271,7 @@ export class MirrorSession implements ServerPeer {
     const units = this.txnUnits;
     this.txnUnits = [];
     const bytes = units.reduce((n, u) => n + u.bytes, 0);
-    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? new Map(this.client.settings), afterGap: false };
+    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? this.client.settingsSnapshot(), afterGap: false };
     this.startSettings = null;
     if (units.some((u) => u.lost) || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
     txn.afterGap = this.gap;
@@ -349,7 +366,7 @@ export class MirrorSession implements ServerPeer {
 
   // Messages that give the mirror session the client's settings and named statements
   // (after a reset when the session was in use). Their answers are not compared.
-  private setup(reset: boolean, settings: Map<string, string>): Buffer[] {
+  private setup(reset: boolean, settings: ReadonlyMap<string, string>): Buffer[] {
     const out: Buffer[] = [];
     if (reset) {
       out.push(query('DISCARD ALL'));
@@ -428,8 +445,17 @@ export class MirrorSession implements ServerPeer {
     const i = firstDifference(primary, txn.answered);
     if (i < 0) return;
     m.diverged++;
-    const text = txn.units[i].text || txn.units.find((u) => u.text)?.text || '';
+    let text = unitText(txn.units[i]);
+    for (let k = 0; !text && k < txn.units.length; k++) text = unitText(txn.units[k]);
     m.divergences.report(text, primary[i], txn.answered[i] ?? []);
+  }
+
+  // Whether the mirror connection's last read is still referenced after onServerData:
+  // only by the framer, holding a message not complete yet (the outcome reader copies
+  // what it keeps). Otherwise the connection reads into the same buffer again instead of
+  // a new one per answer.
+  keepsServerBytes(): boolean {
+    return this.mirrorAnswers.buffered > 0;
   }
 
   onServerPieces(pieces: Buffer[], server: ServerConnection): void {
@@ -532,6 +558,15 @@ function statementNameOf(type: number, m: Buffer): string | null {
   return end > at ? m.toString('utf8', at, end) : null;
 }
 
+// Whether a Query or Parse (body) has a statement text that is not empty: what textOf
+// would find in it, without decoding it.
+function hasText(type: number, body: Buffer): boolean {
+  if (type === Frontend.Query) return body.length > 0 && body[0] !== 0;
+  if (type !== Frontend.Parse) return false;
+  const z = body.indexOf(0);
+  return z >= 0 && z + 1 < body.length && body[z + 1] !== 0;
+}
+
 // The query text of a Parse message (whole, with its header).
 function parseSql(m: Buffer): string {
   const r = new BodyReader(m.subarray(5));
@@ -541,7 +576,7 @@ function parseSql(m: Buffer): string {
 
 // SQL that gives a mirror session the client's settings (one Query: all or nothing).
 // role is set last, so that settings needing the session user's rights go first.
-function settingsSql(settings: Map<string, string>): string | null {
+function settingsSql(settings: ReadonlyMap<string, string>): string | null {
   const stmts: string[] = [];
   let role: string | null = null;
   for (const [k, v] of settings) {

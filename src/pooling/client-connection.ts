@@ -202,6 +202,13 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     return parseMessage(name, body.subarray(body.indexOf(0) + 1));
   }
 
+  // Its settings as they are now, for a mirror session to keep: the Map itself, marked
+  // shared so that a later change copies it first (no copy per mirrored transaction).
+  settingsSnapshot(): ReadonlyMap<string, string> {
+    this.settingsShared = true;
+    return this.settings;
+  }
+
   // What a mirror connection of this client is opened with: its startup settings, application_name.
   get mirrorStartup(): Record<string, string> {
     const out = poolStartup(startupSettings(this.startup));
