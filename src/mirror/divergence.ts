@@ -20,26 +20,27 @@ export class OutcomeReader {
 
   constructor(private readonly compare: MirrorCompare) {}
 
-  // Reads one server message; returns the unit's outcome at its ReadyForQuery.
-  onMessage(type: number, body: Buffer): Outcome | null {
+  // Reads one server message, its body at [start, end) of buf (src/protocol/walker.ts);
+  // returns the unit's outcome at its ReadyForQuery.
+  onMessage(type: number, buf: Buffer, start: number, end: number): Outcome | null {
     switch (type) {
       case Backend.DataRow:
-        if (this.compare === 'rows') (this.hash ??= crypto.createHash('sha1')).update(body);
+        if (this.compare === 'rows') (this.hash ??= crypto.createHash('sha1')).update(buf.subarray(start, end));
         return null;
       case Backend.CommandComplete:
         this.flushRows();
-        this.items.push(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+        this.items.push(buf.toString('utf8', start, Math.max(start, end - 1)));
         return null;
       case Backend.ErrorResponse:
         this.flushRows();
-        this.items.push(`ERROR ${parseErrorFields(body).C ?? '?'}`);
+        this.items.push(`ERROR ${parseErrorFields(buf.subarray(start, end)).C ?? '?'}`);
         return null;
       case Backend.EmptyQueryResponse:
         this.items.push('EMPTY');
         return null;
       case Backend.ReadyForQuery: {
         this.flushRows();
-        const out = { items: this.items, status: (body.length ? String.fromCharCode(body[0]) : 'I') as TxStatus };
+        const out = { items: this.items, status: (end > start ? String.fromCharCode(buf[start]) : 'I') as TxStatus };
         this.items = [];
         return out;
       }

@@ -20,7 +20,7 @@
 // kernel's copy lost) gets the statement prepared first, as the transaction-mode pool
 // prepares a statement on a server that lacks it.
 import { Frontend, MAX_MESSAGE_LENGTH, TxStatus } from '../protocol/constants';
-import { MessageFramer } from '../protocol/framer';
+import { MessageWalker } from '../protocol/walker';
 import { BodyReader, message, query } from '../protocol/messages';
 import { ServerConnection, type ServerPeer, type ServerTarget } from '../pooling/server-connection';
 import { log } from '../observe/log';
@@ -114,9 +114,13 @@ function unitText(u: Unit): string {
 }
 
 export class MirrorSession implements ServerPeer {
-  private readonly requests = new MessageFramer(MAX_MESSAGE_LENGTH);
-  private readonly answers = new MessageFramer(MAX_MESSAGE_LENGTH); // the primary's, as the client got them
-  private readonly mirrorAnswers = new MessageFramer(MAX_MESSAGE_LENGTH);
+  private readonly requests = new MessageWalker(MAX_MESSAGE_LENGTH);
+  private readonly answers = new MessageWalker(MAX_MESSAGE_LENGTH); // the primary's, as the client got them
+  private readonly mirrorAnswers = new MessageWalker(MAX_MESSAGE_LENGTH);
+  // The walkers' callbacks, made once (not a closure per chunk).
+  private readonly onRequestAt = (type: number, buf: Buffer, start: number, end: number): void => this.onRequest(type, buf, start, end);
+  private readonly onPrimaryAt = (type: number, buf: Buffer, start: number, end: number): void => this.onPrimaryAnswer(type, buf, start, end);
+  private readonly onMirrorAt = (type: number, buf: Buffer, start: number, end: number): boolean => this.onMirrorAnswer(type, buf, start, end);
   private readonly primaryOutcome: OutcomeReader;
   private readonly mirrorOutcome: OutcomeReader;
   private open = newUnit(); // messages since the last Query/Sync/FunctionCall
@@ -136,6 +140,7 @@ export class MirrorSession implements ServerPeer {
   // transactions that end in the hole, which the kernel counts as one (one release).
   private lostPipelined = 0;
   private closing = false; // the client left: finish what was sent, then close
+  private overAnswered = false; // the mirror answered more than it was sent (its connection is closed)
   // The client's named statements as of its last finished transaction: the Parse that
   // made each (sent again after a resync); and as of now, for the statement texts.
   private readonly statements = new Map<string, { parse: Buffer; sql: string }>();
@@ -157,21 +162,22 @@ export class MirrorSession implements ServerPeer {
   // Bytes the client sent, in order, as they reached the proxy.
   clientBytes(chunk: Buffer): void {
     if (this.stopped || this.lost) return;
-    this.requests.push(chunk);
-    for (let m = this.requests.next(); m; m = this.requests.next()) this.onRequest(m.type, m.body);
+    this.requests.push(chunk, this.onRequestAt);
   }
 
-  private onRequest(type: number, body: Buffer): void {
+  // One request, its body at [start, end) of buf: copied whole (header too) for the mirror.
+  private onRequest(type: number, buf: Buffer, start: number, end: number): void {
     if (type === Frontend.Terminate) return;
     if (!this.startSettings) this.startSettings = this.client.settingsSnapshot();
     // COPY data follows the Query that started the COPY: it belongs to that unit.
     const last = this.sent[this.sent.length - 1];
     const unit = COPY_FOLLOWERS.has(type) && this.open.parts.length === 0 && last ? last : this.open;
-    this.trackStatements(type, body, unit);
+    if (type === Frontend.Parse || type === Frontend.Close || type === Frontend.Query) this.trackStatements(type, buf.subarray(start, end), unit);
     let raw: Buffer | null = null;
     if (!unit.lost) {
-      if (this.mirror.reserve(5 + body.length)) {
-        raw = message(type, body);
+      if (this.mirror.reserve(5 + end - start)) {
+        raw = Buffer.allocUnsafe(5 + end - start);
+        buf.copy(raw, 0, start - 5, end);
         unit.parts.push(raw);
         unit.bytes += raw.length;
       } else {
@@ -184,8 +190,8 @@ export class MirrorSession implements ServerPeer {
     }
     if (!unit.text && !unit.textMessage) {
       // A Query's or Parse's text is decoded when a report needs it, from the kept copy.
-      if (raw && hasText(type, body)) unit.textMessage = raw;
-      else unit.text = this.textOf(type, body);
+      if (raw && hasText(type, buf, start, end)) unit.textMessage = raw;
+      else if (type === Frontend.Query || type === Frontend.Parse || (type === Frontend.Bind && namesStatement(buf, start, end))) unit.text = this.textOf(type, buf.subarray(start, end));
     }
     if (type === Frontend.Query || type === Frontend.Sync || type === Frontend.FunctionCall) {
       this.sent.push(this.open);
@@ -225,7 +231,7 @@ export class MirrorSession implements ServerPeer {
       const name = new BodyReader(body.subarray(1)).cstring();
       this.latest.delete(name);
       unit.statementOps.push({ del: name });
-    } else if (type === Frontend.Query) {
+    } else if (type === Frontend.Query && mayResetStatements(body, 0)) {
       const sql = new BodyReader(body).cstring();
       if (RESETS_STATEMENTS.test(sql)) {
         this.latest.clear();
@@ -255,16 +261,17 @@ export class MirrorSession implements ServerPeer {
   // What the client was sent (the primary's answers, and the proxy's own), in order.
   primaryBytes(chunk: Buffer): void {
     if (this.stopped || this.lost) return;
-    this.answers.push(chunk);
-    for (let m = this.answers.next(); m; m = this.answers.next()) {
-      const out = this.primaryOutcome.onMessage(m.type, m.body);
-      if (!out) continue;
-      const unit = this.sent.shift();
-      if (!unit) continue; // a ReadyForQuery of no request of the client's (none expected)
-      unit.outcome = out.items;
-      this.txnUnits.push(unit);
-      if (out.status === 'I') this.transactionEnded();
-    }
+    this.answers.push(chunk, this.onPrimaryAt);
+  }
+
+  private onPrimaryAnswer(type: number, buf: Buffer, start: number, end: number): void {
+    const out = this.primaryOutcome.onMessage(type, buf, start, end);
+    if (!out) return;
+    const unit = this.sent.shift();
+    if (!unit) return; // a ReadyForQuery of no request of the client's (none expected)
+    unit.outcome = out.items;
+    this.txnUnits.push(unit);
+    if (out.status === 'I') this.transactionEnded();
   }
 
   private transactionEnded(): void {
@@ -296,8 +303,8 @@ export class MirrorSession implements ServerPeer {
   streamResumed(transactions: number): void {
     if (this.stopped || !this.lost) return;
     this.lost = false;
-    this.requests.takeRest();
-    this.answers.takeRest();
+    this.requests.reset();
+    this.answers.reset();
     this.primaryOutcome.reset();
     this.mirror.dropped += BigInt(transactions + this.lostPipelined);
     this.lostPipelined = 0;
@@ -327,13 +334,15 @@ export class MirrorSession implements ServerPeer {
     if (this.link !== LinkState.Ready) return; // connecting: the queue waits (bounded by queue_bytes)
     const conn = this.conn!;
     const out: Buffer[] = [];
-    for (const txn of this.queue.splice(0)) {
+    const queue = this.queue;
+    this.queue = [];
+    for (const txn of queue) {
       if (txn.afterGap) out.push(...this.setup(this.used, txn.settings));
       this.used = true;
-      txn.units.forEach((u, i) => {
-        for (const part of u.parts) this.sendMessage(part, out);
+      for (let i = 0; i < txn.units.length; i++) {
+        for (const part of txn.units[i].parts) this.sendMessage(part, out);
         this.expected.push({ txn, unit: i });
-      });
+      }
       this.applyStatementOps(txn.units); // a setup after this one starts from here
       txn.sent = true;
     }
@@ -358,7 +367,7 @@ export class MirrorSession implements ServerPeer {
           this.mirrorHas.add(name);
         }
       }
-    } else if (type === Frontend.Query && RESETS_STATEMENTS.test(m.toString('utf8', 5, Math.min(m.length - 1, 5 + 64)))) {
+    } else if (type === Frontend.Query && mayResetStatements(m, 5) && RESETS_STATEMENTS.test(m.toString('utf8', 5, Math.min(m.length - 1, 5 + 64)))) {
       this.mirrorHas.clear();
     }
     out.push(m);
@@ -420,20 +429,26 @@ export class MirrorSession implements ServerPeer {
   // The mirror's answers.
   onServerData(chunk: Buffer, server: ServerConnection): void {
     if (server !== this.conn) return;
-    this.mirrorAnswers.push(chunk);
-    for (let m = this.mirrorAnswers.next(); m; m = this.mirrorAnswers.next()) {
-      const out = this.mirrorOutcome.onMessage(m.type, m.body);
-      if (!out) continue;
-      const e = this.expected.shift();
-      if (!e) {
-        server.close('mirror answered more than it was sent', false);
-        return;
-      }
-      if (!e.txn) continue;
-      e.txn.answered[e.unit] = out.items;
-      if (e.unit === e.txn.units.length - 1) this.mirrored(e.txn);
-    }
+    this.overAnswered = false;
+    this.mirrorAnswers.push(chunk, this.onMirrorAt);
+    if (this.overAnswered) return;
     if (this.closing) this.finish();
+  }
+
+  // One message of the mirror's; false once the connection is closed for answering too much.
+  private onMirrorAnswer(type: number, buf: Buffer, start: number, end: number): boolean {
+    const out = this.mirrorOutcome.onMessage(type, buf, start, end);
+    if (!out) return true;
+    const e = this.expected.shift();
+    if (!e) {
+      this.overAnswered = true;
+      this.conn!.close('mirror answered more than it was sent', false);
+      return false;
+    }
+    if (!e.txn) return true;
+    e.txn.answered[e.unit] = out.items;
+    if (e.unit === e.txn.units.length - 1) this.mirrored(e.txn);
+    return true;
   }
 
   private mirrored(txn: Txn): void {
@@ -479,7 +494,7 @@ export class MirrorSession implements ServerPeer {
     for (const e of this.expected) if (e.txn) inFlight.add(e.txn);
     this.expected = [];
     this.drop([...inFlight, ...this.queue.splice(0)]);
-    this.mirrorAnswers.takeRest();
+    this.mirrorAnswers.reset();
     this.mirrorOutcome.reset(); // forget a half-read answer
   }
 
@@ -543,6 +558,13 @@ export class MirrorSession implements ServerPeer {
 // A Query that drops the session's named statements.
 const RESETS_STATEMENTS = /^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$/i;
 
+// Whether a query text at buf[at...] may match RESETS_STATEMENTS: its first character
+// after white space is a D (most queries are not decoded to be tested).
+function mayResetStatements(buf: Buffer, at: number): boolean {
+  while (at < buf.length && (buf[at] === 0x20 || (buf[at] >= 0x09 && buf[at] <= 0x0d))) at++;
+  return buf[at] === 0x44 || buf[at] === 0x64;
+}
+
 // The named statement a Parse, Bind, Close or Describe message (whole, with its header)
 // is about; null for the unnamed statement, a portal, or a malformed message.
 function statementNameOf(type: number, m: Buffer): string | null {
@@ -560,11 +582,17 @@ function statementNameOf(type: number, m: Buffer): string | null {
 
 // Whether a Query or Parse (body) has a statement text that is not empty: what textOf
 // would find in it, without decoding it.
-function hasText(type: number, body: Buffer): boolean {
-  if (type === Frontend.Query) return body.length > 0 && body[0] !== 0;
+function hasText(type: number, buf: Buffer, start: number, end: number): boolean {
+  if (type === Frontend.Query) return end > start && buf[start] !== 0;
   if (type !== Frontend.Parse) return false;
-  const z = body.indexOf(0);
-  return z >= 0 && z + 1 < body.length && body[z + 1] !== 0;
+  const z = buf.indexOf(0, start);
+  return z >= 0 && z + 1 < end && buf[z + 1] !== 0;
+}
+
+// Whether a Bind (body at [start, end) of buf) names a statement (not the unnamed one).
+function namesStatement(buf: Buffer, start: number, end: number): boolean {
+  const z = buf.indexOf(0, start); // the end of the portal name
+  return z >= 0 && z + 1 < end && buf[z + 1] !== 0;
 }
 
 // The query text of a Parse message (whole, with its header).
