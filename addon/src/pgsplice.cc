@@ -53,6 +53,13 @@ struct RingSub {
   Napi::FunctionReference cb;
   std::deque<std::vector<uint8_t>> pending;  // consumed, not yet delivered (in ring order)
   bool batch = false;  // deliver all pending records in one call (u32 length + bytes each)
+  // batch mode: the records consumed and not yet delivered, as delivered (u32 length +
+  // bytes each), in one buffer reused from batch to batch (no allocation per record)
+  std::vector<uint8_t> batched;
+  // > 0: a record's bytes end at trim_hdr + its u16 length field at trim_len_off (the
+  // rest of a fixed-size reservation is not copied)
+  uint32_t trim_hdr = 0;
+  uint32_t trim_len_off = 0;
   // > 0: after a wake-up, records are consumed this many ms later, in one batch with
   // those that arrive meanwhile (the poll is stopped until then): one wake-up per batch
   // instead of one per record when the consumer keeps up.
@@ -364,6 +371,19 @@ class Obj : public Napi::ObjectWrap<Obj> {
   static int OnRecord(void* ctx, void* data, size_t size) {
     RingSub* s = static_cast<RingSub*>(ctx);
     const uint8_t* p = static_cast<const uint8_t*>(data);
+    if (s->trim_hdr && size >= s->trim_hdr && s->trim_len_off + 2 <= s->trim_hdr) {
+      uint16_t len;
+      memcpy(&len, p + s->trim_len_off, 2);
+      if (s->trim_hdr + len < size) size = s->trim_hdr + len;
+    }
+    if (s->batch) {
+      uint32_t n = size;
+      size_t at = s->batched.size();
+      s->batched.resize(at + 4 + n);
+      memcpy(s->batched.data() + at, &n, 4);
+      memcpy(s->batched.data() + at + 4, p, n);
+      return 0;
+    }
     s->pending.emplace_back(p, p + size);
     return 0;
   }
@@ -388,8 +408,9 @@ class Obj : public Napi::ObjectWrap<Obj> {
 
   static void Consume(RingSub* s) {
     ring_buffer__consume(s->rb);
-    if (s->pending.empty() || s->cb.IsEmpty()) {
+    if ((s->pending.empty() && s->batched.empty()) || s->cb.IsEmpty()) {
       s->pending.clear();
+      s->batched.clear();
       return;
     }
     Napi::Env env = s->cb.Env();
@@ -400,18 +421,10 @@ class Obj : public Napi::ObjectWrap<Obj> {
   // Delivers pending records one at a time from the front: a callback that drains the
   // same ring (drainEvents) continues the same queue, so records keep their ring order.
   static void Deliver(RingSub* s, Napi::Env env, bool make) {
-    if (s->batch && !s->pending.empty()) {
-      size_t total = 0;
-      for (auto& rec : s->pending) total += 4 + rec.size();
-      auto buf = Napi::Buffer<uint8_t>::New(env, total);
-      uint8_t* p = buf.Data();
-      for (auto& rec : s->pending) {
-        uint32_t n = rec.size();
-        memcpy(p, &n, 4);
-        memcpy(p + 4, rec.data(), n);
-        p += 4 + n;
-      }
-      s->pending.clear();
+    if (s->batch) {
+      if (s->batched.empty()) return;
+      auto buf = Napi::Buffer<uint8_t>::Copy(env, s->batched.data(), s->batched.size());
+      s->batched.clear();
       if (!make) {
         s->cb.Call(env.Global(), {buf});
         return;
@@ -490,6 +503,13 @@ class Obj : public Napi::ObjectWrap<Obj> {
     s->batch = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
     s->open_handles = 1;
     subs_.push_back(s);
+    // onEvents(map, cb, batch, delayMs, [hdrBytes, lenOffset]): records trimmed to their
+    // header + the u16 length at lenOffset (see RingSub)
+    if (info.Length() > 4 && info[4].IsArray()) {
+      Napi::Array t = info[4].As<Napi::Array>();
+      s->trim_hdr = t.Get(0u).As<Napi::Number>().Uint32Value();
+      s->trim_len_off = t.Get(1u).As<Napi::Number>().Uint32Value();
+    }
     // onEvents(map, cb, batch, delayMs): consume delayMs after a wake-up (see RingSub)
     if (info.Length() > 3 && info[3].IsNumber() && info[3].As<Napi::Number>().Uint32Value() > 0) {
       s->delay_ms = info[3].As<Napi::Number>().Uint32Value();

@@ -270,6 +270,11 @@ export function decodeMirrorRecord(b: Buffer, base = 0, size = b.length - base):
   return { conn: r.conn, kind: r.kind, seq: r.seq, lostXacts: r.lostXacts, data: b.subarray(at, Math.min(base + size, at + r.len)) };
 }
 
+// What of a record the ring's reader copies: its header, up to the data, and `len` bytes
+// of data (a record is a fixed-size reservation, mostly unused for a short chunk).
+if (MIRROR_REC.len.size !== 2) throw new Error('kernel ABI: pgs_mirror_rec.len is not a u16');
+export const MIRROR_REC_TRIM: [number, number] = [MIRROR_REC.data.offset, MIRROR_REC.len.offset];
+
 export interface MirrorState {
   lost: boolean;
   lostXacts: number;

@@ -102,7 +102,8 @@ interface BpfObject {
   progTestRun(prog: string, data: Buffer | null, ctx: Buffer | null): { retval: number; dataOut: Buffer | null; ctxOut: Buffer | null; duration: number };
   // batch: one call per wake-up with every record (u32 length + bytes each); delayMs: the
   // records are consumed that long after the wake-up, with those that arrive meanwhile.
-  onEvents(map: string, cb: (b: Buffer) => void, batch?: boolean, delayMs?: number): void;
+  // trim: [header bytes, offset of a u16 length]: a record is copied up to header + length.
+  onEvents(map: string, cb: (b: Buffer) => void, batch?: boolean, delayMs?: number, trim?: [number, number]): void;
   drainEvents(map: string): void;
   close(): void;
 }
@@ -200,7 +201,7 @@ export class KernelPath {
     }
     const kp = new KernelPath(addon, obj);
     obj.onEvents('events', (b) => kp.dispatch(b));
-    obj.onEvents('mirror_ring', (b) => kp.mirrorBatch(b), true, MIRROR_DRAIN_DELAY_MS);
+    obj.onEvents('mirror_ring', (b) => kp.mirrorBatch(b), true, MIRROR_DRAIN_DELAY_MS, abi.MIRROR_REC_TRIM);
     return kp;
   }
 

@@ -17,6 +17,9 @@ export enum MirrorState {
 }
 
 const BACKOFF_MIN_MS = 250;
+// How long transactions wait to be written to a mirror session's connection together
+// (MirrorSession.flush): one write per session per interval instead of one per transaction.
+export const FLUSH_MS = 10;
 const BACKOFF_MAX_MS = 10_000;
 
 export class Mirror {
@@ -34,6 +37,8 @@ export class Mirror {
   readonly divergences: DivergenceLog;
   private backoffMs = 0;
   private retryAt = 0;
+  private readonly toFlush = new Set<MirrorSession>();
+  private flushTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly database: string, // the config entry's name
@@ -62,6 +67,26 @@ export class Mirror {
 
   release(bytes: number): void {
     this.queuedBytes -= bytes;
+  }
+
+  flushSoon(session: MirrorSession): void {
+    this.toFlush.add(session);
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => this.flushAll(), FLUSH_MS);
+    this.flushTimer.unref();
+  }
+
+  private flushAll(): void {
+    this.flushTimer = null;
+    const sessions = [...this.toFlush];
+    this.toFlush.clear();
+    for (const s of sessions) {
+      try {
+        s.flush();
+      } catch (e) {
+        s.failWith(e); // ends that session, never the others
+      }
+    }
   }
 
   // Whether a new mirror connection may be tried now (not while backing off).
