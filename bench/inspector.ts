@@ -109,12 +109,18 @@ export class Inspector {
     const self = new Map<number, number>();
     for (const id of profile.samples as number[]) self.set(id, (self.get(id) ?? 0) + 1);
     const total = (profile.samples as number[]).length || 1;
+    type Node = { id: number; children?: number[]; callFrame: { functionName: string; url: string; lineNumber: number } };
+    const nodes = profile.nodes as Node[];
+    const parent = new Map<number, Node>();
+    for (const n of nodes) for (const c of n.children ?? []) parent.set(c, n);
+    const name = (n: Node) => `${n.callFrame.functionName || '(anonymous)'} ${n.callFrame.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${n.callFrame.lineNumber + 1}`;
     const by = new Map<string, number>();
-    for (const n of profile.nodes as Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>) {
+    for (const n of nodes) {
       const c = self.get(n.id);
       if (!c) continue;
-      const f = n.callFrame;
-      const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${f.lineNumber + 1}`;
+      // native code (no script): named by the function that called it
+      const p = !n.callFrame.url && parent.get(n.id);
+      const key = p ? `${name(n)} < ${name(p)}` : name(n);
       by.set(key, (by.get(key) ?? 0) + c);
     }
     return [...by.entries()].map(([what, c]) => ({ what, share: c / total })).sort((a, b) => b.share - a.share);
