@@ -200,14 +200,25 @@ t.test('SHOW BYPASS: the kernel transaction count and hand-backs', async (t) => 
   t.equal(kernelCounts({ loaded: 'yes' }), null, 'no such row');
 });
 
-function latestResult(): { file: string; result: BenchResult } {
-  const files = fs.readdirSync(RESULTS).filter((f) => /^\d{4}-\d\d-\d\dT[\d-]+Z\.json$/.test(f)).sort();
+// The committed results, newest first. A run may cover a subset of the targets
+// (--targets); the full checks below read the newest run that compared pgsplice's three
+// modes with PgBouncer and a fixed offered load, and every result must be valid.
+function committedResults(): { file: string; result: BenchResult }[] {
+  const files = fs.readdirSync(RESULTS).filter((f) => /^\d{4}-\d\d-\d\dT[\d-]+Z\.json$/.test(f)).sort().reverse();
   if (files.length === 0) throw new Error(`no result file in ${RESULTS}`);
-  const file = path.join(RESULTS, files[files.length - 1]);
-  return { file, result: JSON.parse(fs.readFileSync(file, 'utf8')) };
+  return files.map((f) => ({ file: path.join(RESULTS, f), result: JSON.parse(fs.readFileSync(path.join(RESULTS, f), 'utf8')) }));
+}
+const COMPARED = ['pgbouncer', 'pgsplice-off', 'pgsplice-on', 'pgsplice-auto'];
+function latestResult(): { file: string; result: BenchResult } {
+  const all = committedResults();
+  const full = all.find(({ result }) => COMPARED.every((l) => result.options.targets.includes(l)) && result.options.rate_tps.length > 0);
+  if (!full) throw new Error(`no committed result compares ${COMPARED.join(', ')} at a fixed rate`);
+  return full;
 }
 
 t.test('result schema: the newest committed result is valid', async (t) => {
+  const newest = committedResults()[0];
+  t.same(validateResult(newest.result), [], `${path.basename(newest.file)} (the newest) is valid`);
   const { file, result } = latestResult();
   t.same(validateResult(result), [], path.basename(file));
   t.ok(result.runs.length > 0, 'it has runs');
