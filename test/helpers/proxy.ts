@@ -165,9 +165,17 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
       check();
     });
 
+  // The timer is cleared once the proxy exits: a pending one would keep the test process
+  // alive for the rest of timeoutMs after its last test ended.
   const waitExit = async (timeoutMs = 10000): Promise<ExitStatus | undefined> => {
     if (exit) return exit;
-    return Promise.race([exitPromise, new Promise<undefined>((r) => setTimeout(() => r(undefined), timeoutMs))]);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), timeoutMs)));
+    try {
+      return await Promise.race([exitPromise, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   };
 
   const stop = async (signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10000): Promise<ExitStatus> => {
