@@ -5,7 +5,7 @@ import t from 'tap';
 import * as net from 'node:net';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, sleep, waitUntil, backendCount, freePort } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, pgConnectError, withTimeout, sleep, waitUntil, backendCount, freePort, maxBackendSampler } from './helpers/cluster';
 import { RawConn, startupMessage, parseFields } from './helpers/pgwire';
 import { kernelConfig, showBypass } from './helpers/kernel';
 
@@ -199,20 +199,14 @@ t.test('limits', async (t) => {
         ['default_pool_size: 3', { default_pool_size: 3 }, 3],
       ] as const) {
         const proxy = await startProxy(t, await proxyConfig(c, { bypass, query_wait_timeout: 30, server_idle_timeout: 600, ...overrides }));
+        const sampler = await maxBackendSampler(t, c);
         let max = 0;
-        const sampler = setInterval(() => {
-          try {
-            max = Math.max(max, servers());
-          } catch {
-            /* sampling */
-          }
-        }, 100);
         try {
           const clients = await Promise.all(Array.from({ length: 8 }, () => pgClient(t, proxy)));
           const rs = await withTimeout(Promise.all(clients.map((cl, i) => cl.query('SELECT pg_sleep(0.4), $1::int AS i', [i]))), 20000, 'eight clients');
           t.same(rs.map((r) => r.rows[0].i), [0, 1, 2, 3, 4, 5, 6, 7], `${label}: all 8 clients served`);
         } finally {
-          clearInterval(sampler);
+          max = await sampler.stop();
         }
         t.ok(max >= 1 && max <= cap, `${label}: at most ${cap} server connections (saw ${max})`);
         await proxy.stop('SIGINT');

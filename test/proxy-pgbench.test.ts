@@ -4,7 +4,7 @@
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, pgbenchInit, poolingConfig, run, libpqEnv, waitUntil, backendCount } from './helpers/cluster';
+import { startCluster, pgbenchInit, poolingConfig, run, libpqEnv, waitUntil, backendCount, maxBackendSampler } from './helpers/cluster';
 
 // pgbench's summary: processed and failed transaction counts.
 function pgbenchCounts(out: string): { processed: number; failed: number } {
@@ -50,18 +50,12 @@ t.test('pgbench through the proxy', async (t) => {
       t.equal(p.processed, 1600, 'prepared: every transaction done');
     });
     t.test(`pgbench -M extended -c 64 -j 2 -T 6 with default_pool_size 8 ${B}`, async (t) => {
+      const sampler = await maxBackendSampler(t, c, 'bench', 500);
       let maxServers = 0;
-      const sampler = setInterval(() => {
-        try {
-          maxServers = Math.max(maxServers, backendCount(c, 'bench'));
-        } catch {
-          /* sampling only */
-        }
-      }, 500);
       try {
         await bench(t, ['-M', 'extended', '-c', '64', '-j', '2', '-T', '6'], 'app', '64 clients', 'bench', 'bench-pw');
       } finally {
-        clearInterval(sampler);
+        maxServers = await sampler.stop();
       }
       t.ok(maxServers > 0 && maxServers <= 8, `64 clients served by at most 8 server connections: saw ${maxServers}`);
     });

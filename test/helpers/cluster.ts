@@ -220,6 +220,37 @@ export function backendCount(c: Cluster, user = APP_USER, where = 'true'): numbe
   return Number(c.pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${user}' AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (${where})`));
 }
 
+// The most server connections of a role seen at once while it runs, sampled every everyMs
+// over one superuser connection (the unix socket): unlike backendCount, a sample does not
+// block this process (a synchronous psql every 100 ms held up the clients under test).
+export async function maxBackendSampler(t: TeardownHost, c: Cluster, user = APP_USER, everyMs = 100): Promise<{ stop(): Promise<number> }> {
+  const su = new Client({ host: c.pg.socketDir, port: c.pg.port, user: c.pg.superuser, database: 'postgres' });
+  su.on('error', () => undefined);
+  t.teardown(() => su.end().catch(() => undefined));
+  await su.connect();
+  const sql = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'`;
+  let max = 0;
+  let sampling = true;
+  const loop = (async () => {
+    while (sampling) {
+      try {
+        max = Math.max(max, (await su.query(sql, [user])).rows[0].n);
+      } catch {
+        /* sampling only */
+      }
+      if (sampling) await sleep(everyMs);
+    }
+  })();
+  return {
+    stop: async () => {
+      sampling = false;
+      await loop;
+      await su.end().catch(() => undefined);
+      return max;
+    },
+  };
+}
+
 // Turns on TLS in a running cluster (ssl can change on reload): the server's key and
 // certificate, and optionally the CA whose client certificates it verifies (PostgreSQL
 // asks clients for a certificate only when ssl_ca_file is set). Files are PEM text.
