@@ -79,6 +79,11 @@ async function drained(proxy: ProxyHandle, database: string): Promise<Row> {
   }, 60000, `mirror of ${database} drained`, 250);
 }
 
+// How long the slow mirror takes per row. Long enough that the mirror falls far behind
+// the primary; short enough that draining what it was sent (up to queue_bytes, ~60 rows)
+// takes seconds, not half a minute.
+const SLOW_ROW_MS = 200;
+
 t.test('mirroring to a second cluster', async (t) => {
   const primary = await startCluster(t);
   const mirror = await startCluster(t);
@@ -88,8 +93,8 @@ t.test('mirroring to a second cluster', async (t) => {
   };
   both(`CREATE TABLE probe (id int, v text); CREATE TABLE div_probe (id int PRIMARY KEY, v int);
         CREATE TABLE slow_probe (id serial, pad text); GRANT ALL ON probe, div_probe, slow_probe, slow_probe_id_seq TO app`);
-  // On the mirror only: every row inserted into slow_probe takes 500 ms (a slow mirror).
-  mirror.sql(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+  // On the mirror only: every row inserted into slow_probe takes SLOW_ROW_MS (a slow mirror).
+  mirror.sql(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(${SLOW_ROW_MS / 1000}); RETURN NEW; END $$;
               CREATE TRIGGER slow BEFORE INSERT ON slow_probe FOR EACH ROW EXECUTE FUNCTION slow()`);
   const mirrorOf = (extra: Record<string, unknown> = {}) => ({
     host: '127.0.0.1', port: mirror.pg.port, dbname: 'app', user: 'app', password: 'app-pw', ...extra,
@@ -111,8 +116,7 @@ t.test('mirroring to a second cluster', async (t) => {
     });
     let proxy: ProxyHandle;
     t.before(async () => {
-      await pgbenchInit(primary);
-      await pgbenchInit(mirror);
+      await Promise.all([pgbenchInit(primary), pgbenchInit(mirror)]);
       both('TRUNCATE probe, div_probe, slow_probe; INSERT INTO div_probe SELECT g, 0 FROM generate_series(1, 10) g');
       proxy = await startProxy(t, cfg, { logLevel: 'info' });
     });
@@ -249,8 +253,8 @@ t.test('mirroring to a second cluster', async (t) => {
           await sleep(100);
         }
       })();
-      // 4 clients x 100 inserts of 1 kB: the mirror needs 500 ms per row (50 s per client's
-      // inserts), the primary far less.
+      // 4 clients x 100 inserts of 1 kB: the mirror needs SLOW_ROW_MS per row (20 s per
+      // client's inserts), the primary far less (under 1 s at load 3).
       const script = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-mirror-')), 'slow.sql');
       fs.writeFileSync(script, `INSERT INTO slow_probe (pad) VALUES ('${'x'.repeat(1000)}');\n`); // 1 kB requests
       const r = await run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '4', '-t', '100', '-f', script, 'app_slow'], {
@@ -271,7 +275,7 @@ t.test('mirroring to a second cluster', async (t) => {
       t.ok(dropped > 0, `transactions were dropped and counted: ${dropped} dropped, ${mirrored} mirrored`);
       t.equal(dropped + mirrored, 400, 'every transaction was mirrored or counted as dropped');
       t.equal(mirror.sql('SELECT count(*) FROM slow_probe'), String(mirrored), 'the mirror holds exactly the mirrored inserts');
-      t.ok(elapsed < 50000, `the primary did not wait for the mirror: 400 inserts through the proxy in ${elapsed} ms, the mirror needs >= 50000 ms for them`);
+      t.ok(elapsed < 100 * SLOW_ROW_MS, `the primary did not wait for the mirror: 400 inserts through the proxy in ${elapsed} ms, the mirror needs >= ${100 * SLOW_ROW_MS} ms for them`);
     });
 
     t.test(`a mirror stopped mid-run: the primary is unaffected, drops are counted, transactions stay whole ${B}`, async (t) => {

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import * as http from 'node:http';
 import { spawn, spawnSync } from 'node:child_process';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy, runCli, writeConfig, CLI } from './helpers/proxy';
+import { startProxy, runCli, writeConfig, cliCommand } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, psqlVia, sleep, waitUntil, freePort, run, APP_USER, APP_PASSWORD } from './helpers/cluster';
 import { kernelConfig, adminRows } from './helpers/kernel';
 
@@ -208,7 +208,7 @@ t.test('operations', async (t) => {
     // --quiet with a logfile: nothing on stderr, everything in the file.
     const q = path.join(dir, 'quiet.log');
     const cfgFile = writeConfig({ ...(await proxyConfig(c, { logfile: q })) }, dir);
-    const p = spawn(process.execPath, [CLI, '--config', cfgFile, '--quiet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(...cliCommand(['--config', cfgFile, '--quiet']), { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     p.stderr.on('data', (d) => (err += d));
     t.teardown(() => p.kill('SIGKILL'));
@@ -281,11 +281,11 @@ t.test('operations', async (t) => {
   t.test('tcp_keepcnt without the addon: a start-up error naming the key', async (t) => {
     const cfg = writeConfig(await proxyConfig(c, { bypass: 'off', tcp_keepcnt: 5, tcp_user_timeout: 1000 }));
     const env = { ...process.env, PGSPLICE_ADDON: '/nonexistent/pgsplice.node' };
-    const r = spawnSync(process.execPath, [CLI, '--config', cfg], { encoding: 'utf8', timeout: 30000, env });
+    const r = spawnSync(...cliCommand(['--config', cfg]), { encoding: 'utf8', timeout: 30000, env });
     t.not(r.status, 0, `it does not start (exit ${r.status})`);
     t.match(r.stderr, /tcp_keepcnt, tcp_user_timeout: .*needs the pgsplice addon/, 'the error names the keys and the addon');
     const zero = writeConfig(await proxyConfig(c, { bypass: 'off' }));
-    const started = spawn(process.execPath, [CLI, '--config', zero], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const started = spawn(...cliCommand(['--config', zero]), { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     started.stderr!.on('data', (d) => (out += d));
     await waitUntil(() => /started/.test(out) || started.exitCode !== null, 20000, 'start without the addon');

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy, runCli, runCliAsync, writeConfig, CLI, REPO_ROOT, MINIMAL_CONFIG } from './helpers/proxy';
+import { startProxy, runCli, runCliAsync, writeConfig, cliCommand, REPO_ROOT, MINIMAL_CONFIG } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, psqlVia, withTimeout, sleep, waitUntil, backendCount, freePort } from './helpers/cluster';
 import { spawn } from 'node:child_process';
 
@@ -91,7 +91,7 @@ t.test('running the proxy', async (t) => {
   t.test('start-up refuses a bad config and says why', async (t) => {
     const file = writeConfig({ ...(await proxyConfig(c)), pool_modee: 'transaction' });
     const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const p = spawn(process.execPath, [CLI, '--config', file], { cwd: REPO_ROOT });
+      const p = spawn(...cliCommand(['--config', file]), { cwd: REPO_ROOT });
       let out = '';
       p.stdout.on('data', (d) => (out += d));
       p.stderr.on('data', (d) => (out += d));

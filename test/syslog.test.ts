@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { BYPASS_MODES } from './helpers/modes';
-import { startProxy, writeConfig, CLI } from './helpers/proxy';
+import { startProxy, writeConfig, cliCommand } from './helpers/proxy';
 import { startCluster, proxyConfig, psqlVia, waitUntil } from './helpers/cluster';
 
 // A unix datagram listener (Node has none): python binds the path and prints each
@@ -77,7 +77,7 @@ t.test('syslog', async (t) => {
 
   t.test('syslog: true without the addon: a start-up error naming the key', async (t) => {
     const cfg = writeConfig(await proxyConfig(c, { bypass: 'off', syslog: true }));
-    const r = spawnSync(process.execPath, [CLI, '--config', cfg], { encoding: 'utf8', timeout: 30000, env: { ...process.env, PGSPLICE_ADDON: '/nonexistent/pgsplice.node' } });
+    const r = spawnSync(...cliCommand(['--config', cfg]), { encoding: 'utf8', timeout: 30000, env: { ...process.env, PGSPLICE_ADDON: '/nonexistent/pgsplice.node' } });
     t.equal(r.status, 1, 'exit 1');
     t.match(r.stderr, /syslog: .*needs the pgsplice addon/, r.stderr.trim());
   });

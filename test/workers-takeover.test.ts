@@ -23,10 +23,10 @@ t.test('takeover', async (t) => {
       const opts = { logLevel: 'info' as const, startTimeoutMs: 90000 };
       const old = await startProxy(t, cfg, opts);
 
-      // Long-lived connections on the old process (no -C): they must finish there. 12 s
+      // Long-lived connections on the old process (no -C): they must finish there. 6 s
       // outlasts the takeover on a quiet machine (~3 s); on a slow one the held sessions
       // below still span it.
-      const bench1 = run('pgbench', ['-n', '-c', '4', '-j', '2', '-T', '12', 'app'], { env: libpqEnv(old), timeoutMs: 120000 });
+      const bench1 = run('pgbench', ['-n', '-c', '4', '-j', '2', '-T', '6', 'app'], { env: libpqEnv(old), timeoutMs: 120000 });
       await waitUntil(async () => (await showOnce(old, 'CLIENTS')).rows.filter((r) => r.database === 'app').length === 4, 30000, 'pgbench connected to the old process');
       // And four sessions that run transactions until the test ends them, whatever the
       // machine's speed: they are on the old process for the whole takeover.

@@ -8,6 +8,22 @@ import YAML from 'yaml';
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
 
+// tap puts its process-info hook (@tapjs/processinfo: it records the files each node
+// process loads, for coverage, which is off here) into the NODE_OPTIONS of every program a
+// test starts, and adds it back to any env a spawn passes. In the proxy it cost ~0.5 s of
+// CPU per start and a module-loader thread. So node programs are started through env(1)
+// with NODE_OPTIONS minus that hook: the proxy runs as it does outside the tests. env
+// execs the program: the child's pid is the program's.
+export function withoutTapHook(command: string, args: string[]): [string, string[]] {
+  const options = (process.env.NODE_OPTIONS ?? '').split(/\s+/).filter((o) => o !== '' && !/@tapjs[\\/]processinfo/.test(o));
+  return ['env', [`NODE_OPTIONS=${options.join(' ')}`, command, ...args]];
+}
+
+// The proxy's command line (node dist/src/cli.js ARGS), without tap's hook.
+export function cliCommand(args: string[]): [string, string[]] {
+  return withoutTapHook(process.execPath, [CLI, ...args]);
+}
+
 // The subset of tap's Test the helpers use.
 export interface TeardownHost {
   teardown(fn: () => unknown): void;
@@ -79,7 +95,7 @@ export function requireCli(): void {
 // Runs the CLI to completion (check, --version, --help ...).
 export function runCli(args: string[], timeoutMs = 60000): { code: number | null; stdout: string; stderr: string } {
   requireCli();
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: timeoutMs });
+  const r = spawnSync(...cliCommand(args), { cwd: REPO_ROOT, encoding: 'utf8', timeout: timeoutMs });
   return { code: r.status, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }
 
@@ -87,7 +103,7 @@ export function runCli(args: string[], timeoutMs = 60000): { code: number | null
 export function runCliAsync(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   requireCli();
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(...cliCommand(args), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout!.on('data', (d) => (stdout += d));
@@ -114,8 +130,8 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   const args = ['--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
   const env = opts.env ? { ...process.env, ...opts.env } : process.env;
   const proc = opts.command
-    ? spawn(opts.command, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
-    : spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
+    ? spawn(...withoutTapHook(opts.command, args), { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
+    : spawn(...cliCommand(args), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
   running.add(proc);
   proc.once('exit', () => running.delete(proc));
   let log = '';
