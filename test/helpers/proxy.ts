@@ -13,15 +13,16 @@ export const CLI = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
 // test starts, and adds it back to any env a spawn passes. In the proxy it cost ~0.5 s of
 // CPU per start and a module-loader thread. So node programs are started through env(1)
 // with NODE_OPTIONS minus that hook: the proxy runs as it does outside the tests. env
-// execs the program: the child's pid is the program's.
-export function withoutTapHook(command: string, args: string[]): [string, string[]] {
-  const options = (process.env.NODE_OPTIONS ?? '').split(/\s+/).filter((o) => o !== '' && !/@tapjs[\\/]processinfo/.test(o));
+// execs the program: the child's pid is the program's. env: the environment the program
+// is given (its own NODE_OPTIONS, e.g. --inspect, are kept).
+export function withoutTapHook(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): [string, string[]] {
+  const options = (env.NODE_OPTIONS ?? '').split(/\s+/).filter((o) => o !== '' && !/@tapjs[\\/]processinfo/.test(o));
   return ['env', [`NODE_OPTIONS=${options.join(' ')}`, command, ...args]];
 }
 
 // The proxy's command line (node dist/src/cli.js ARGS), without tap's hook.
-export function cliCommand(args: string[]): [string, string[]] {
-  return withoutTapHook(process.execPath, [CLI, ...args]);
+export function cliCommand(args: string[], env: NodeJS.ProcessEnv = process.env): [string, string[]] {
+  return withoutTapHook(process.execPath, [CLI, ...args], env);
 }
 
 // The subset of tap's Test the helpers use.
@@ -130,8 +131,8 @@ export async function startProxy(t: TeardownHost, config: object | string, opts:
   const args = ['--config', configFile, '--log-level', opts.logLevel ?? 'debug', ...(opts.extraArgs ?? [])];
   const env = opts.env ? { ...process.env, ...opts.env } : process.env;
   const proc = opts.command
-    ? spawn(...withoutTapHook(opts.command, args), { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
-    : spawn(...cliCommand(args), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
+    ? spawn(...withoutTapHook(opts.command, args, env), { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env })
+    : spawn(...cliCommand(args, env), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env });
   running.add(proc);
   proc.once('exit', () => running.delete(proc));
   let log = '';
