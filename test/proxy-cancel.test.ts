@@ -5,7 +5,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, libpqEnv, withTimeout, sleep, waitUntil, backendCount } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, libpqEnv, withTimeout, sleep, waitUntil, backendCount, superuserClient } from './helpers/cluster';
 import { login, sendCancel, query, summarize } from './helpers/pgwire';
 
 t.test('cancel', async (t) => {
@@ -111,13 +111,22 @@ t.test('cancel', async (t) => {
 
     t.test(`cancel while waiting for a server ${B}`, async (t) => {
       // All 3 servers busy; a fourth client waits in the queue; cancelling it must not hit anyone else.
+      // The busy clients wait for an advisory lock this test holds: busy until it lets go,
+      // however long the machine takes to bring all three to the server (a pg_sleep(1.5)
+      // could end before a loaded machine saw the third start).
+      const lock = await superuserClient(t, c, c.db);
+      await lock.query('SELECT pg_advisory_lock(4242)');
       const busy = await Promise.all([0, 1, 2].map(() => pgClient(t, proxy)));
-      const bq = busy.map((cl) => cl.query('SELECT pg_sleep(1.5) AS s').then(() => 'ok', (e) => e.code));
-      await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_sleep(1.5)%' AND state = 'active'`) === 3, 5000, 'three busy');
+      const bq = busy.map((cl) => cl.query('SELECT pg_advisory_xact_lock(4242) AS s').then(() => 'ok', (e) => e.code));
+      await waitUntil(() => backendCount(c, 'app', `query LIKE '%pg_advisory_xact_lock(4242)%' AND state = 'active'`) === 3, 30000, 'three busy');
       const w = await pgClient(t, proxy);
       const wq = w.query('SELECT 42 AS x').then((r) => r.rows[0].x, (e) => e.code);
       await sleep(200);
       await sendCancel(proxy.port, w.processID!, w.secretKey!);
+      // A cancel sent on to a busy server would end its query: give it a second to land (or
+      // the waiting client its answer to the cancel) before the busy clients may finish.
+      await Promise.race([wq, sleep(1000)]);
+      await lock.query('SELECT pg_advisory_unlock(4242)');
       t.same(await withTimeout(Promise.all(bq), 10000, 'busy clients'), ['ok', 'ok', 'ok'], 'busy clients not cancelled');
       const wr = await withTimeout(wq, 10000, 'waiting client');
       t.ok(wr === 42 || wr === '57014', `the waiting client either runs or is cancelled cleanly (${wr})`);

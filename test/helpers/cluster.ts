@@ -220,14 +220,21 @@ export function backendCount(c: Cluster, user = APP_USER, where = 'true'): numbe
   return Number(c.pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE usename = '${user}' AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND (${where})`));
 }
 
+// A node-postgres connection as the superuser, directly over the unix socket (not through
+// the proxy), ended at teardown.
+export async function superuserClient(t: TeardownHost, c: Cluster, db = 'postgres'): Promise<Client> {
+  const su = new Client({ host: c.pg.socketDir, port: c.pg.port, user: c.pg.superuser, database: db });
+  su.on('error', () => undefined);
+  t.teardown(() => su.end().catch(() => undefined));
+  await su.connect();
+  return su;
+}
+
 // The most server connections of a role seen at once while it runs, sampled every everyMs
 // over one superuser connection (the unix socket): unlike backendCount, a sample does not
 // block this process (a synchronous psql every 100 ms held up the clients under test).
 export async function maxBackendSampler(t: TeardownHost, c: Cluster, user = APP_USER, everyMs = 100): Promise<{ stop(): Promise<number> }> {
-  const su = new Client({ host: c.pg.socketDir, port: c.pg.port, user: c.pg.superuser, database: 'postgres' });
-  su.on('error', () => undefined);
-  t.teardown(() => su.end().catch(() => undefined));
-  await su.connect();
+  const su = await superuserClient(t, c);
   const sql = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'`;
   let max = 0;
   let sampling = true;
