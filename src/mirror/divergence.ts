@@ -18,6 +18,7 @@ const MAX_CACHED_TAG = 64;
 
 export class OutcomeReader {
   private items: string[] = [];
+  private lastItems: string[] = []; // the last outcome returned: returned again for the same one
   private hash: crypto.Hash | null = null;
 
   constructor(private readonly compare: MirrorCompare) {}
@@ -42,9 +43,15 @@ export class OutcomeReader {
         return null;
       case Backend.ReadyForQuery: {
         this.flushRows();
-        const out = { items: this.items, status: (end > start ? String.fromCharCode(buf[start]) : 'I') as TxStatus };
-        this.items = [];
-        return out;
+        let items = this.items;
+        if (sameItems(items, this.lastItems)) {
+          items = this.lastItems; // shared: outcomes are never changed once returned
+          this.items.length = 0;
+        } else {
+          this.lastItems = items;
+          this.items = [];
+        }
+        return { items, status: (end > start ? String.fromCharCode(buf[start]) : 'I') as TxStatus };
       }
       default:
         return null;
@@ -81,14 +88,10 @@ export class OutcomeReader {
   }
 }
 
-// The index of the first unit whose outcomes differ, or -1.
-export function firstDifference(primary: string[][], mirror: string[][]): number {
-  for (let i = 0; i < primary.length; i++) {
-    const a = primary[i] ?? [];
-    const b = mirror[i] ?? [];
-    if (a.length !== b.length || a.some((x, j) => x !== b[j])) return i;
-  }
-  return -1;
+export function sameItems(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 const MAX_STATEMENT = 200; // characters of a statement in the log and in SHOW MIRRORS

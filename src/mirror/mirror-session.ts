@@ -24,7 +24,7 @@ import { MessageWalker } from '../protocol/walker';
 import { BodyReader, message, query } from '../protocol/messages';
 import { ServerConnection, type ServerPeer, type ServerTarget } from '../pooling/server-connection';
 import { log } from '../observe/log';
-import { OutcomeReader, firstDifference, type DivergenceLog } from './divergence';
+import { OutcomeReader, sameItems, type DivergenceLog } from './divergence';
 import type { MirrorCompare } from '../config/types';
 
 // What a session needs of its mirror (src/mirror/mirror.ts implements it): its queue
@@ -99,6 +99,8 @@ enum LinkState {
   Ready = 'ready',
 }
 
+const NO_ITEMS: string[] = [];
+const NO_OUTCOMES: string[][] = [];
 const NO_KERNEL = { serverPassed(): void {} }; // mirror connections never enter the kernel path
 const COPY_FOLLOWERS = new Set<number>([Frontend.CopyData, Frontend.CopyDone, Frontend.CopyFail]);
 
@@ -534,14 +536,21 @@ export class MirrorSession implements ServerPeer {
     m.release(txn.bytes);
     m.transactions++;
     m.lagMs = Date.now() - txn.closedAt;
-    const primary = txn.units.map((u) => u.outcome ?? []);
-    const answered = txn.answered ?? [];
-    const i = firstDifference(primary, answered);
+    const answered = txn.answered ?? NO_OUTCOMES;
+    const i = this.firstDifference(txn.units, answered);
     if (i < 0) return;
+    const primary = txn.units.map((u) => u.outcome ?? []);
     m.diverged++;
     let text = unitText(txn.units[i]);
     for (let k = 0; !text && k < txn.units.length; k++) text = unitText(txn.units[k]);
     m.divergences.report(text, primary[i], answered[i] ?? []);
+  }
+
+  // The index of the first unit whose answers differ, or -1 (firstDifference without an
+  // array of the primary's outcomes per transaction).
+  private firstDifference(units: Unit[], answered: string[][]): number {
+    for (let i = 0; i < units.length; i++) if (!sameItems(units[i].outcome ?? NO_ITEMS, answered[i] ?? NO_ITEMS)) return i;
+    return -1;
   }
 
   // Whether the mirror connection's last read is still referenced after onServerData:
