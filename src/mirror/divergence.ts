@@ -72,7 +72,13 @@ export class OutcomeReader {
   private lastTagLength = -1;
   private tag(buf: Buffer, start: number, end: number): string {
     const n = end - start;
-    if (n === this.lastTagLength && buf.compare(this.lastTagBytes, 0, n, start, end) === 0) return this.lastTag;
+    if (n === this.lastTagLength) {
+      // (a loop: a tag is a few bytes, less than the cost of a call into Buffer.compare)
+      const last = this.lastTagBytes;
+      let i = 0;
+      while (i < n && buf[start + i] === last[i]) i++;
+      if (i === n) return this.lastTag;
+    }
     this.lastTag = buf.toString('utf8', start, end);
     if (n <= MAX_CACHED_TAG) {
       buf.copy(this.lastTagBytes, 0, start, end);
