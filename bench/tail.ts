@@ -8,7 +8,8 @@
 // and for pgsplice, read in the proxy through its inspector without changing it: the
 // user-space waits for a server (Pool.giveToWaiter: how many, their percentiles), the
 // event-loop delay (a 1 ms timer) and the main thread's run-queue wait per wake-up
-// (/proc/<pid>/task/<pid>/schedstat), and the hand-backs (SHOW BYPASS) per transaction.
+// (/proc/<pid>/task/<pid>/schedstat), the hand-backs (SHOW BYPASS) per transaction, and
+// per request passed up: main-thread CPU and the control operations by op.
 // Not part of `npm run bench`.
 //   node dist/bench/tail.js [--a tmp/base/dist/src/cli.js] [--no-pgbouncer] [--rounds 2]
 import * as fs from 'node:fs';
@@ -96,9 +97,23 @@ const INSTALL_PROBE = `(() => {
   g.eld?.disable();
   g.eld = monitorEventLoopDelay({ resolution: 1 });
   g.eld.enable();
+  g.ops = {};
   if (!g.wrapped) {
     const orig = Pool.prototype.giveToWaiter;
     Pool.prototype.giveToWaiter = function (w, s, c) { globalThis.__tailProbe.waits.push(Date.now() - w.since); return orig.call(this, w, s, c); };
+    // control operations by op (the ctl/ctlRet of a build that has them), and map writes
+    const { KernelPath } = req(req('node:path').join(req('node:path').dirname(process.mainModule.filename), 'kernel', 'kernel-path.js'));
+    const { Op } = req(req('node:path').join(req('node:path').dirname(process.mainModule.filename), 'kernel', 'kernel-abi.js'));
+    const names = Object.fromEntries(Object.entries(Op).map(([k, v]) => [v, k]));
+    for (const m of ['ctl', 'ctlRet']) {
+      const f = KernelPath.prototype[m];
+      if (!f) continue;
+      KernelPath.prototype[m] = function (a) { const o = globalThis.__tailProbe.ops; const n = names[a.op] ?? a.op; o[n] = (o[n] ?? 0) + 1; return f.call(this, a); };
+    }
+    const sw = Pool.prototype.serviceWaiters;
+    Pool.prototype.serviceWaiters = function () { const o = globalThis.__tailProbe.ops; o.serviceWaiters = (o.serviceWaiters ?? 0) + 1; return sw.call(this); };
+    const sp = KernelPath.prototype.setPoolWaiters;
+    KernelPath.prototype.setPoolWaiters = function (kid, w) { const o = globalThis.__tailProbe.ops; o.setPoolWaiters = (o.setPoolWaiters ?? 0) + 1; return sp.call(this, kid, w); };
     g.wrapped = true;
   }
   return 'ok';
@@ -108,7 +123,7 @@ const READ_PROBE = `(() => {
   const w = g.waits.sort((a, b) => a - b);
   const q = (p) => w.length ? w[Math.min(w.length - 1, Math.ceil(p / 100 * w.length) - 1)] : 0;
   const r = { waits: w.length, waitMean: w.length ? w.reduce((a, b) => a + b, 0) / w.length : 0, waitP50: q(50), waitP90: q(90), waitP99: q(99),
-    eldP50: g.eld.percentile(50) / 1e6, eldP99: g.eld.percentile(99) / 1e6 };
+    eldP50: g.eld.percentile(50) / 1e6, eldP99: g.eld.percentile(99) / 1e6, ops: g.ops };
   g.eld.disable();
   return JSON.stringify(r);
 })()`;
@@ -175,6 +190,8 @@ async function main(): Promise<void> {
           const d = (k: string) => Number(b1[k] ?? 0) - Number(b0![k] ?? 0);
           const tx = out.summary.transactions;
           extra += `\n    waits ${p.waits} (${(p.waits / tx).toFixed(3)}/tx), wait ms mean ${p.waitMean.toFixed(1)} p50 ${p.waitP50} p90 ${p.waitP90} p99 ${p.waitP99}; event-loop delay p50 ${p.eldP50.toFixed(1)} p99 ${p.eldP99.toFixed(1)} ms; no_idle_server ${(d('fallback_no_idle_server') / tx).toFixed(3)}/tx, held_for_waiters ${(d('kernel_held_for_waiters') / tx).toFixed(3)}/tx`;
+          const passed = d('fallback_no_idle_server');
+          if (passed > 0) extra += `\n    per request passed up: main-thread CPU ${(((s1![0] - s0![0]) / 1e3) / passed).toFixed(0)} µs; control ops ${Object.entries(p.ops as Record<string, number>).sort((x, y) => y[1] - x[1]).map(([k, v]) => `${k} ${(v / passed).toFixed(2)}`).join(', ')}`;
         }
         console.log(`round ${r + 1} ${t.label} (load ${load.toFixed(1)}): ${Math.round(shape.tps)} tps, p50 ${shape.p50.toFixed(2)} p99 ${shape.p99.toFixed(2)} mean ${shape.meanMs.toFixed(2)} ms, per client max/min ${shape.perClientMaxMin.toFixed(2)}; slow 1%: half on ${shape.clientsForHalfOfSlow} clients, ${(shape.slowInBusiest5pct * 100).toFixed(0)}% in the busiest 5% of 100 ms windows${extra}`);
       }
