@@ -5,7 +5,8 @@
 // Needs root: a KernelPath that can't open fails the test with the reason.
 import t from 'tap';
 import * as net from 'net';
-import { KernelPath } from '../src/kernel/kernel-path';
+import * as path from 'path';
+import { KernelPath, loadAddon } from '../src/kernel/kernel-path';
 import { openKernelPath, socketPair, fdOf } from './helpers/kernel';
 import { Mode } from '../src/kernel/kernel-abi';
 import { message } from './helpers/pgwire';
@@ -599,6 +600,34 @@ if (kp) {
     t.equal(k.read(r.cid)!.mode, Mode.KERNEL, 'client stays in the kernel');
     t.equal(k.popIdle(r.pool), 0, 'nothing to pop');
     t.equal(k.counters().transactions - before.transactions, 1n, 'the transaction counted');
+  });
+
+  // KernelPath runs every control operation on one reused context buffer (runSyscall):
+  // each op must see only its own arguments and return only its own results.
+  t.test('control operations on the reused context: no result carries over', async (t) => {
+    const r = await rig(k);
+    t.teardown(() => r.close());
+    const c = k.read(r.cid)!;
+    t.equal(c.role, 'client');
+    t.equal(c.poolId, r.pool);
+    t.equal(k.read(424242), null, 'an absent id reads as absent right after a present one');
+    const s = k.read(r.sid)!;
+    t.equal(s.role, 'server', 'not the last read\'s role');
+    t.equal(s.peer, 0);
+    t.ok(k.serverToIdle(r.sid, 0n));
+    t.equal(k.takeBound(r.cid), 0, 'an unbound client has no server to take, whatever the last op returned');
+    t.equal(k.popIdle(r.pool), r.sid);
+    t.equal(k.popIdle(r.pool), 0, 'the last pop\'s id is not returned again');
+    t.equal(k.read(r.sid)!.mode, Mode.USER);
+    const addon = loadAddon();
+    const obj = addon.load(path.join(__dirname, '..', 'ebpf', 'pgsplice.bpf.o'));
+    try {
+      t.throws(() => obj.programFd('pgs_verdict'), /not a syscall program/, 'only syscall programs run in place');
+      t.throws(() => obj.programFd('no_such_program'), /no program named/);
+    } finally {
+      obj.close();
+    }
+    t.throws(() => obj.runSyscall(0, Buffer.alloc(8)), /closed/, 'a closed object runs nothing');
   });
 
   t.test('bad arguments', async (t) => {

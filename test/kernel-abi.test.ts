@@ -150,6 +150,13 @@ t.test('every encoder writes its fields at the BTF offsets and widths', async (t
     op: ENUMS.pgs_op.PGS_OP_BIND, id: 7, pool: 9, expected: 1n << 40n, written: 5n << 33n, sid: 0x80000001, out_in: 3, tail_in: 1,
   };
   for (const [c, v] of Object.entries(expect)) t.equal(btfRead(ctl, X, c), v, `ctl.${c}`);
+  // The reused context buffer (KernelPath.ctl): the last op's results are cleared, not
+  // read back as this op's arguments; ctlRetOf reads ret where decodeCtl does.
+  const reused = Buffer.alloc(X.size, 0xa5);
+  t.same(abi.encodeCtlInto(reused, { op: abi.Op.BIND, id: 7, pool: 9, expected: 1n << 40n, written: 5n << 33n, sid: 0x80000001, outIn: 3, tailIn: 1 }), ctl, 'encodeCtlInto over a used buffer = encodeCtl');
+  reused.writeInt32LE(-2, X.fields.ret.offset);
+  t.equal(abi.ctlRetOf(reused), -2);
+  t.equal(abi.ctlRetOf(reused), abi.decodeCtl(reused).ret, 'ctlRetOf agrees with decodeCtl');
 
   const T = STRUCTS.pgs_frame_test as Struct;
   const ft = abi.encodeFrameTest(abi.Role.SERVER);

@@ -216,7 +216,7 @@ t.test('mirroring to a second cluster', async (t) => {
     });
 
     t.test(`a row missing on the mirror is reported with its statement ${B}`, async (t) => {
-      mirror.sql('DELETE FROM div_probe WHERE id = 5');
+      mirror.sql('DELETE FROM div_probe WHERE id IN (5, 7)');
       const before = await mirrorRow(proxy, 'app');
       const by0 = await bypassCounters(proxy);
       const from = proxy.logs().length;
@@ -225,6 +225,9 @@ t.test('mirroring to a second cluster', async (t) => {
       try {
         const r = await c.query('UPDATE div_probe SET v = v + 1 WHERE id = 5');
         t.equal(r.rowCount, 1, 'the client gets the primary\'s answer (UPDATE 1)');
+        // the extended protocol (Parse, Bind, Describe, Execute, Sync, kept as one copy): the
+        // statement is read back from the Parse in it
+        t.equal((await c.query('UPDATE div_probe SET v = v + $1 WHERE id = 7', [1])).rowCount, 1);
         await c.query('UPDATE div_probe SET v = v + 1 WHERE id = 6'); // the same on both
       } finally {
         await c.end();
@@ -232,12 +235,13 @@ t.test('mirroring to a second cluster', async (t) => {
       const row = await drained(proxy, 'app');
       if (bypass === 'on') {
         const by = await bypassCounters(proxy);
-        t.ok(by.kernel_transactions - by0.kernel_transactions >= 1, `the updates were carried by the kernel (${by.kernel_transactions - by0.kernel_transactions} of 2)`);
+        t.ok(by.kernel_transactions - by0.kernel_transactions >= 1, `the updates were carried by the kernel (${by.kernel_transactions - by0.kernel_transactions} of 3)`);
       }
-      t.equal(Number(row.diverged) - Number(before.diverged), 1, 'one divergence counted');
-      t.match(row.last_divergence, /statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5; primary: UPDATE 1; mirror: UPDATE 0/, 'SHOW MIRRORS names the statement and both answers');
-      const line = await proxy.waitForLog(/mirror app -> .* diverged: statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5/, 10000, from);
+      t.equal(Number(row.diverged) - Number(before.diverged), 2, 'two divergences counted');
+      t.match(row.last_divergence, /statement: UPDATE div_probe SET v = v \+ \$1 WHERE id = 7; primary: UPDATE 1; mirror: UPDATE 0/, 'SHOW MIRRORS names the last statement and both answers');
+      const line = await proxy.waitForLog(/mirror app -> .* diverged: statement: UPDATE div_probe SET v = v \+ 1 WHERE id = 5; primary: UPDATE 1; mirror: UPDATE 0/, 10000, from);
       t.ok(line, 'the divergence is logged with the statement');
+      t.ok(await proxy.waitForLog(/mirror app -> .* diverged: statement: UPDATE div_probe SET v = v \+ \$1 WHERE id = 7; primary: UPDATE 1/, 10000, from), 'and the extended-protocol one');
       t.equal(mirror.sql('SELECT v FROM div_probe WHERE id = 6'), '1', 'the statement after it was mirrored');
     });
 

@@ -96,6 +96,8 @@ class Obj : public Napi::ObjectWrap<Obj> {
                            InstanceMethod("mapInfo", &Obj::MapInfo),
                            InstanceMethod("createInnerMap", &Obj::CreateInnerMap),
                            InstanceMethod("progTestRun", &Obj::ProgTestRun),
+                           InstanceMethod("programFd", &Obj::ProgramFd),
+                           InstanceMethod("runSyscall", &Obj::RunSyscall),
                            InstanceMethod("onEvents", &Obj::OnEvents),
                            InstanceMethod("drainEvents", &Obj::DrainEvents),
                            InstanceMethod("close", &Obj::Close),
@@ -315,6 +317,34 @@ class Obj : public Napi::ObjectWrap<Obj> {
     }
     inner_fds_.push_back(fd);
     return Napi::Number::New(env, fd);
+  }
+
+  // programFd(progName) -> the fd of a BPF_PROG_TYPE_SYSCALL program, for runSyscall.
+  Napi::Value ProgramFd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Check(env);
+    std::string pname = info[0].As<Napi::String>();
+    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
+    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    if (bpf_program__type(p) != BPF_PROG_TYPE_SYSCALL) throw Napi::Error::New(env, pname + " is not a syscall program");
+    return Napi::Number::New(env, bpf_program__fd(p));
+  }
+
+  // runSyscall(fd, ctx) -> retval: runs the syscall program of programFd() on ctx in place
+  // (the kernel writes the context back into ctx_in). The control operations run several
+  // times per request that waits for a server, on Node's one thread: no copies, no result
+  // object (progTestRun's cost more than the system call itself).
+  Napi::Value RunSyscall(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Check(env);
+    if (info.Length() < 2 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "runSyscall: program fd expected");
+    int fd = info[0].As<Napi::Number>().Int32Value();
+    auto ctx = Buf(info, 1, 0, "runSyscall ctx");
+    LIBBPF_OPTS(bpf_test_run_opts, o);
+    o.ctx_in = ctx.Data();
+    o.ctx_size_in = ctx.Length();
+    if (bpf_prog_test_run_opts(fd, &o)) throw Napi::Error::New(env, Errno("BPF_PROG_TEST_RUN", errno));
+    return Napi::Number::New(env, o.retval);
   }
 
   // progTestRun(progName, dataIn|null, ctxIn|null) -> {retval, dataOut, ctxOut, duration}

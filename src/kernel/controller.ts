@@ -442,8 +442,9 @@ export class BypassController implements KernelHost {
     if (!isTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
     // the kernel starts its tail counts at 0 here: an open extended batch stays in user space
     if (client.tracker.mixesProtocols) return false;
-    const kid = this.kidFor(pool, signature(client.settings));
-    if (kid === null || serverSignature(server) !== signature(client.settings)) return false;
+    const sig = signature(client.settings);
+    const kid = this.kidFor(pool, sig);
+    if (kid === null || serverSignature(server) !== sig) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
     if (!this.servers.has(skid(server))) {
       this.servers.set(skid(server), server);

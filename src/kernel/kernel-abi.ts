@@ -223,7 +223,14 @@ export interface CtlResult extends Omit<ConnState, 'ackedBase' | 'xactStart' | '
 }
 
 export function encodeCtl(a: CtlArgs): Buffer {
-  const b = Buffer.alloc(SIZEOF.ctl);
+  return encodeCtlInto(Buffer.alloc(SIZEOF.ctl), a);
+}
+
+// Into a buffer of SIZEOF.ctl bytes that is reused for every control operation (the
+// kernel writes the results back into it): zeroed first, so no result of the last one
+// is read as an argument.
+export function encodeCtlInto(b: Buffer, a: CtlArgs): Buffer {
+  b.fill(0);
   b.writeUInt32LE(a.op, CTL.op.offset);
   b.writeUInt32LE((a.id ?? 0) >>> 0, CTL.id.offset);
   b.writeUInt32LE((a.pool ?? 0) >>> 0, CTL.pool.offset);
@@ -237,6 +244,11 @@ export function encodeCtl(a: CtlArgs): Buffer {
 
 export function decodeCtl(b: Buffer): CtlResult {
   return withFrame<CtlResult>(b, CTL);
+}
+
+// Only the result code (ret) of a control operation: what every op but READ answers.
+export function ctlRetOf(b: Buffer): number {
+  return b.readInt32LE(CTL.ret.offset);
 }
 
 export interface KernelEventRaw {

@@ -100,6 +100,8 @@ interface BpfObject {
   mapInfo(map: string): { fd: number; type: number; keySize: number; valueSize: number; maxEntries: number };
   createInnerMap(outer: string, key: Buffer, type: number, keySize: number, valueSize: number, maxEntries: number): number;
   progTestRun(prog: string, data: Buffer | null, ctx: Buffer | null): { retval: number; dataOut: Buffer | null; ctxOut: Buffer | null; duration: number };
+  programFd(prog: string): number; // a BPF_PROG_TYPE_SYSCALL program's fd, for runSyscall
+  runSyscall(progFd: number, ctx: Buffer): number; // runs it on ctx in place; retval
   // batch: one call per wake-up with every record (u32 length + bytes each); delayMs: the
   // records are consumed that long after the wake-up, with those that arrive meanwhile.
   // trim: [header bytes, offset of a u16 length]: a record is copied up to header + length.
@@ -170,7 +172,9 @@ export class KernelPath {
   private constructor(
     private readonly addon: Addon,
     private readonly obj: BpfObject,
-  ) {}
+  ) {
+    this.ctlFd = obj.programFd('pgs_ctl');
+  }
 
   /** Load the BPF object and attach the verdict. Throws an Error saying why not.
    * mirrorRingBytes: the size of the ring mirrored traffic is copied into (ebpf/mirror.h;
@@ -209,12 +213,21 @@ export class KernelPath {
     if (this.closed) throw new Error('KernelPath is closed');
   }
 
+  // One control operation: run in place on one reused context buffer (runSyscall), as
+  // these run several times per request that waits for a server, on Node's one thread.
+  // ret: only the result code (every op but READ), without decoding the rest.
   private ctl(a: abi.CtlArgs): abi.CtlResult {
     this.check();
-    const r = this.obj.progTestRun('pgs_ctl', null, abi.encodeCtl(a));
-    if (!r.ctxOut) throw new Error('pgs_ctl returned no context');
-    return abi.decodeCtl(r.ctxOut);
+    this.obj.runSyscall(this.ctlFd, abi.encodeCtlInto(this.ctlBuf, a));
+    return abi.decodeCtl(this.ctlBuf);
   }
+  private ctlRet(a: abi.CtlArgs): number {
+    this.check();
+    this.obj.runSyscall(this.ctlFd, abi.encodeCtlInto(this.ctlBuf, a));
+    return abi.ctlRetOf(this.ctlBuf);
+  }
+  private readonly ctlBuf = Buffer.alloc(abi.SIZEOF.ctl);
+  private readonly ctlFd: number;
 
   private poolEntry(poolId: number): { mode: number; waiters: boolean; inflightLimit: bigint; idleCount: bigint } {
     const b = this.obj.mapLookup('pools', abi.u32(poolId));
@@ -433,32 +446,32 @@ export class KernelPath {
     // aboutToWrite: bytes user space writes right after the flip (the login response)
     const written = reg ? this.addon.tcpBytesWritten(reg.fd) + BigInt(aboutToWrite) : 0n;
     if (pool) this.checkPool(pool);
-    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written, pool }).ret === 1;
+    return this.ctlRet({ op: abi.Op.CLIENT_TO_KERNEL, id, expected: bytesReadSinceRegister, written, pool }) === 1;
   }
 
   /** KERNEL -> USER, only while unbound (true if the client is now USER and unbound). */
   clientToUser(id: number): boolean {
-    return this.ctl({ op: abi.Op.CLIENT_TO_USER, id }).ret === 1;
+    return this.ctlRet({ op: abi.Op.CLIENT_TO_USER, id }) === 1;
   }
 
   /** USER|n -> IDLE|n and push on its pool's idle stack (configurePool first). */
   serverToIdle(id: number, bytesReadSinceRegister: bigint, pool = 0): boolean {
     if (pool) this.checkPool(pool);
-    return this.ctl({ op: abi.Op.SERVER_TO_IDLE, id, expected: bytesReadSinceRegister, pool }).ret === 1;
+    return this.ctlRet({ op: abi.Op.SERVER_TO_IDLE, id, expected: bytesReadSinceRegister, pool }) === 1;
   }
 
   /** Take an idle server of the pool out of the kernel (IDLE -> USER); 0 if none. */
   popIdle(poolId: number): number {
     this.checkPool(poolId);
-    return Math.max(0, this.ctl({ op: abi.Op.POP_IDLE, pool: poolId }).ret);
+    return Math.max(0, this.ctlRet({ op: abi.Op.POP_IDLE, pool: poolId }));
   }
 
   /** Client died/timed out/handed over: unbind it and take its server (BOUND -> USER).
    * The client is USER afterwards. Returns the server id or 0. A client skb already in
    * its verdict may still reach the server: treat the server as dirty. */
   takeBound(clientId: number): number {
-    const r = this.ctl({ op: abi.Op.TAKE_BOUND, id: clientId });
-    return r.ret > 0 ? r.ret >>> 0 : 0;
+    const r = this.ctlRet({ op: abi.Op.TAKE_BOUND, id: clientId });
+    return r > 0 ? r >>> 0 : 0;
   }
 
   /** User space has a complete request of client id for server sid (USER, quiet, nothing
@@ -469,26 +482,26 @@ export class KernelPath {
     const reg = this.regs.get(id);
     const written = reg ? this.addon.tcpBytesWritten(reg.fd) : 0n;
     if (pool) this.checkPool(pool);
-    return this.ctl({ op: abi.Op.BIND, id, sid, expected: serverBytesRead, outIn: outstanding, tailIn: tailOpen ? 1 : 0, written, pool }).ret === 1;
+    return this.ctlRet({ op: abi.Op.BIND, id, sid, expected: serverBytesRead, outIn: outstanding, tailIn: tailOpen ? 1 : 0, written, pool }) === 1;
   }
 
   /** More request bytes of a bound client are about to be written to sid by user space:
    * count them first. False if the kernel released sid meanwhile (a new transaction). */
   addOutstanding(id: number, sid: number, delta: number, tailOpen: boolean): boolean {
-    return this.ctl({ op: abi.Op.ADD, id, sid, outIn: delta, tailIn: tailOpen ? 1 : 0 }).ret === 1;
+    return this.ctlRet({ op: abi.Op.ADD, id, sid, outIn: delta, tailIn: tailOpen ? 1 : 0 }) === 1;
   }
 
   /** RECONNECT: 'taken' if the server was idle in the kernel and is USER now (close it),
    * 'at_release' if it is bound: the kernel gives it to user space at its release
    * (event server_retired) instead of its idle stack; 'user' if user space owns it. */
   retire(id: number): 'taken' | 'at_release' | 'user' {
-    const r = this.ctl({ op: abi.Op.RETIRE, id }).ret;
+    const r = this.ctlRet({ op: abi.Op.RETIRE, id });
     return r === 1 ? 'taken' : r === 2 ? 'at_release' : 'user';
   }
 
   /** USER|n -> KERNEL|n keeping a binding made by bind() (or none). */
   clientToKernelBound(id: number, bytesReadSinceRegister: bigint): boolean {
-    return this.ctl({ op: abi.Op.CLIENT_TO_KERNEL_BOUND, id, expected: bytesReadSinceRegister }).ret === 1;
+    return this.ctlRet({ op: abi.Op.CLIENT_TO_KERNEL_BOUND, id, expected: bytesReadSinceRegister }) === 1;
   }
 
   /** True when every byte the kernel redirected to client id has reached its TCP send

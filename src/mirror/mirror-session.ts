@@ -24,7 +24,7 @@ import { MessageWalker } from '../protocol/walker';
 import { BodyReader, message, query } from '../protocol/messages';
 import { ServerConnection, type ServerPeer, type ServerTarget } from '../pooling/server-connection';
 import { log } from '../observe/log';
-import { OutcomeReader, firstDifference, type DivergenceLog } from './divergence';
+import { OutcomeReader, sameItems, type DivergenceLog } from './divergence';
 import type { MirrorCompare } from '../config/types';
 
 // What a session needs of its mirror (src/mirror/mirror.ts implements it): its queue
@@ -66,14 +66,18 @@ export interface MirroredClient {
 }
 
 interface Unit {
+  // The client's messages, whole: each part a copy of the messages that arrived together
+  // (one for a request that came in one read or ring record), not one copy per message.
   parts: Buffer[];
   bytes: number; // reserved in the mirror's queue
   lost: boolean; // did not fit: its transaction is dropped
-  text: string; // the statement, for the divergence report (or textMessage's)
-  // The kept Query or Parse whose text is the statement: decoded only for a report.
-  textMessage: Buffer | null;
+  text: string; // the statement, for the divergence report (or the kept message's)
+  // The kept Query or Parse whose text is the statement, at textAt of textPart: decoded
+  // only for a report.
+  textPart: Buffer | null;
+  textAt: number;
   outcome: string[] | null; // the primary's answer
-  statementOps: StatementOp[]; // its Parse/Close of named statements, applied when its transaction ends
+  statementOps: StatementOp[] | null; // its Parse/Close of named statements, applied when its transaction ends
 }
 
 type StatementOp = { set: string; parse: Buffer; sql: string } | { del: string } | { clear: true };
@@ -82,17 +86,12 @@ interface Txn {
   units: Unit[];
   bytes: number;
   closedAt: number; // when the primary finished it
-  answered: string[][]; // the mirror's outcomes, by unit
+  answered: string[][] | null; // the mirror's outcomes, by unit (made at its first answer)
   sent: boolean; // written to the mirror connection
   settings: ReadonlyMap<string, string>; // the client's settings when it began (for a setup before it)
   afterGap: boolean; // transactions before it were dropped: the mirror session is set up first
 }
 
-// Per ReadyForQuery the mirror owes: a unit of a transaction, or one of the session setup.
-interface Expected {
-  txn: Txn | null;
-  unit: number;
-}
 
 enum LinkState {
   None = 'none',
@@ -100,18 +99,21 @@ enum LinkState {
   Ready = 'ready',
 }
 
+const NO_ITEMS: string[] = [];
+const NO_OUTCOMES: string[][] = [];
 const NO_KERNEL = { serverPassed(): void {} }; // mirror connections never enter the kernel path
 const COPY_FOLLOWERS = new Set<number>([Frontend.CopyData, Frontend.CopyDone, Frontend.CopyFail]);
 
 function newUnit(): Unit {
-  return { parts: [], bytes: 0, lost: false, text: '', textMessage: null, outcome: null, statementOps: [] };
+  return { parts: [], bytes: 0, lost: false, text: '', textPart: null, textAt: 0, outcome: null, statementOps: null };
 }
 
 // The statement of a unit, for the divergence report.
 function unitText(u: Unit): string {
-  if (u.text || !u.textMessage) return u.text;
-  const m = u.textMessage;
-  return m[0] === Frontend.Query ? m.toString('utf8', 5, Math.max(5, m.indexOf(0, 5))) : parseSql(m);
+  if (u.text || !u.textPart) return u.text;
+  const m = u.textPart;
+  const at = u.textAt;
+  return m[at] === Frontend.Query ? m.toString('utf8', at + 5, Math.max(at + 5, m.indexOf(0, at + 5))) : parseSql(m, at);
 }
 
 export class MirrorSession implements ServerPeer {
@@ -128,7 +130,9 @@ export class MirrorSession implements ServerPeer {
   private sent: Unit[] = []; // complete units the primary has not answered yet
   private txnUnits: Unit[] = []; // answered units of the client's open transaction
   private queue: Txn[] = []; // whole transactions waiting for the mirror connection
-  private expected: Expected[] = [];
+  // Per ReadyForQuery the mirror owes, in order: the transaction whose next unit it answers,
+  // or null for one of a session setup (a transaction once per unit).
+  private expected: (Txn | null)[] = [];
   private link = LinkState.None;
   private conn: ServerConnection | null = null;
   private outbox: Buffer[] = []; // messages for the mirror connection, written by flush()
@@ -150,6 +154,14 @@ export class MirrorSession implements ServerPeer {
   // The named statements the mirror session has, as sent to it (setups, the client's
   // Parse and Close, and those prepared on demand).
   private readonly mirrorHas = new Set<string>();
+  // The client's messages not copied yet: [runStart, runEnd) of runBuf, consecutive messages
+  // of runUnit that arrived together, copied in one step when the unit closes or the chunk
+  // ends; runTextAt: where in the run the unit's statement text is (-1: not in it).
+  private runBuf: Buffer | null = null;
+  private runStart = 0;
+  private runEnd = 0;
+  private runUnit: Unit | null = null;
+  private runTextAt = -1;
 
   constructor(
     readonly mirror: MirrorLink,
@@ -164,40 +176,70 @@ export class MirrorSession implements ServerPeer {
   // Bytes the client sent, in order, as they reached the proxy.
   clientBytes(chunk: Buffer): void {
     if (this.stopped || this.lost) return;
-    this.requests.push(chunk, this.onRequestAt);
+    try {
+      this.requests.push(chunk, this.onRequestAt);
+    } finally {
+      this.copyRun(); // (the chunk may be a read buffer used again)
+    }
   }
 
-  // One request, its body at [start, end) of buf: copied whole (header too) for the mirror.
+  // One request, its body at [start, end) of buf: kept whole (header too) for the mirror,
+  // copied with the messages next to it (copyRun).
   private onRequest(type: number, buf: Buffer, start: number, end: number): void {
     if (type === Frontend.Terminate) return;
     if (!this.startSettings) this.startSettings = this.client.settingsSnapshot();
     // COPY data follows the Query that started the COPY: it belongs to that unit.
     const last = this.sent[this.sent.length - 1];
-    const unit = COPY_FOLLOWERS.has(type) && this.open.parts.length === 0 && last ? last : this.open;
-    if (type === Frontend.Parse || type === Frontend.Close || type === Frontend.Query) this.trackStatements(type, buf.subarray(start, end), unit);
-    let raw: Buffer | null = null;
+    const openEmpty = this.open.parts.length === 0 && this.runUnit !== this.open;
+    const unit = COPY_FOLLOWERS.has(type) && openEmpty && last ? last : this.open;
+    if (type === Frontend.Parse || type === Frontend.Close || type === Frontend.Query) this.trackStatements(type, buf, start, end, unit);
     if (!unit.lost) {
-      if (this.mirror.reserve(5 + end - start)) {
-        raw = Buffer.allocUnsafe(5 + end - start);
-        buf.copy(raw, 0, start - 5, end);
-        unit.parts.push(raw);
-        unit.bytes += raw.length;
-      } else {
-        unit.lost = true; // its transaction is dropped whole when it ends
-        this.mirror.release(unit.bytes);
-        unit.parts = [];
-        unit.bytes = 0;
-        unit.textMessage = null;
+      if (this.runUnit !== unit || this.runBuf !== buf || this.runEnd !== start - 5) {
+        this.copyRun();
+        this.runBuf = buf;
+        this.runStart = start - 5;
+        this.runUnit = unit;
       }
+      this.runEnd = end;
     }
-    if (!unit.text && !unit.textMessage) {
+    if (!unit.text && !unit.textPart && !(this.runUnit === unit && this.runTextAt >= 0)) {
       // A Query's or Parse's text is decoded when a report needs it, from the kept copy.
-      if (raw && hasText(type, buf, start, end)) unit.textMessage = raw;
+      if (!unit.lost && hasText(type, buf, start, end)) this.runTextAt = start - 5 - this.runStart;
       else if (type === Frontend.Query || type === Frontend.Parse || (type === Frontend.Bind && namesStatement(buf, start, end))) unit.text = this.textOf(type, buf.subarray(start, end));
     }
     if (type === Frontend.Query || type === Frontend.Sync || type === Frontend.FunctionCall) {
+      this.copyRun();
       this.sent.push(this.open);
       this.open = newUnit();
+    }
+  }
+
+  // Copies the run of messages gathered for a unit, in one step, if the mirror's queue has
+  // room; otherwise the unit's transaction is dropped whole when it ends.
+  private copyRun(): void {
+    const unit = this.runUnit;
+    const buf = this.runBuf;
+    const textAt = this.runTextAt;
+    this.runUnit = null;
+    this.runBuf = null;
+    this.runTextAt = -1;
+    if (!unit || !buf || unit.lost) return;
+    const n = this.runEnd - this.runStart;
+    if (!this.mirror.reserve(n)) {
+      unit.lost = true;
+      this.mirror.release(unit.bytes);
+      unit.parts = [];
+      unit.bytes = 0;
+      unit.textPart = null;
+      return;
+    }
+    const copy = Buffer.allocUnsafe(n);
+    buf.copy(copy, 0, this.runStart, this.runEnd);
+    unit.parts.push(copy);
+    unit.bytes += n;
+    if (textAt >= 0) {
+      unit.textPart = copy;
+      unit.textAt = textAt;
     }
   }
 
@@ -220,24 +262,26 @@ export class MirrorSession implements ServerPeer {
     return '';
   }
 
-  private trackStatements(type: number, body: Buffer, unit: Unit): void {
+  // (body at [start, end) of buf: looked at in place, a view made only for a named statement)
+  private trackStatements(type: number, buf: Buffer, start: number, end: number, unit: Unit): void {
     if (type === Frontend.Parse) {
-      if (body[0] === 0) return; // the unnamed statement
+      if (buf[start] === 0) return; // the unnamed statement
+      const body = buf.subarray(start, end);
       const r = new BodyReader(body);
       const name = r.cstring();
       if (!name) return;
       const sql = r.cstring();
       this.latest.set(name, sql);
-      unit.statementOps.push({ set: name, parse: message(type, body), sql });
-    } else if (type === Frontend.Close && body[0] === 0x53 /* S */) {
-      const name = new BodyReader(body.subarray(1)).cstring();
+      (unit.statementOps ??= []).push({ set: name, parse: message(type, body), sql });
+    } else if (type === Frontend.Close && buf[start] === 0x53 /* S */) {
+      const name = new BodyReader(buf.subarray(start + 1, end)).cstring();
       this.latest.delete(name);
-      unit.statementOps.push({ del: name });
-    } else if (type === Frontend.Query && mayResetStatements(body, 0)) {
-      const sql = new BodyReader(body).cstring();
+      (unit.statementOps ??= []).push({ del: name });
+    } else if (type === Frontend.Query && mayResetStatements(buf, start)) {
+      const sql = new BodyReader(buf.subarray(start, end)).cstring();
       if (RESETS_STATEMENTS.test(sql)) {
         this.latest.clear();
-        unit.statementOps.push({ clear: true });
+        (unit.statementOps ??= []).push({ clear: true });
       }
     }
   }
@@ -246,6 +290,7 @@ export class MirrorSession implements ServerPeer {
   // as each transaction is sent to the mirror or dropped).
   private applyStatementOps(units: Unit[]): void {
     for (const u of units) {
+      if (!u.statementOps) continue;
       for (const op of u.statementOps) {
         if ('set' in op) this.statements.set(op.set, { parse: op.parse, sql: op.sql });
         else if ('del' in op) this.statements.delete(op.del);
@@ -279,10 +324,15 @@ export class MirrorSession implements ServerPeer {
   private transactionEnded(): void {
     const units = this.txnUnits;
     this.txnUnits = [];
-    const bytes = units.reduce((n, u) => n + u.bytes, 0);
-    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: [], sent: false, settings: this.startSettings ?? this.client.settingsSnapshot(), afterGap: false };
+    let bytes = 0;
+    let lost = false;
+    for (const u of units) {
+      bytes += u.bytes;
+      lost ||= u.lost;
+    }
+    const txn: Txn = { units, bytes, closedAt: Date.now(), answered: null, sent: false, settings: this.startSettings ?? this.client.settingsSnapshot(), afterGap: false };
     this.startSettings = null;
-    if (units.some((u) => u.lost) || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
+    if (lost || (this.link === LinkState.None && !this.mirror.mayConnect())) return this.drop([txn]);
     txn.afterGap = this.gap;
     this.gap = false;
     this.queue.push(txn);
@@ -340,9 +390,9 @@ export class MirrorSession implements ServerPeer {
     for (const txn of queue) {
       if (txn.afterGap) out.push(...this.setup(this.used, txn.settings));
       this.used = true;
-      for (let i = 0; i < txn.units.length; i++) {
-        for (const part of txn.units[i].parts) this.sendMessage(part, out);
-        this.expected.push({ txn, unit: i });
+      for (const unit of txn.units) {
+        for (const part of unit.parts) this.sendPart(part, out);
+        this.expected.push(txn);
       }
       this.applyStatementOps(txn.units); // a setup after this one starts from here
       txn.sent = true;
@@ -362,27 +412,43 @@ export class MirrorSession implements ServerPeer {
     this.conn.write(out.length === 1 ? out[0] : Buffer.concat(out));
   }
 
-  // One of the client's messages toward the mirror, after a Parse of the named statement
-  // it uses when the mirror session lacks it; follows what the session has.
-  private sendMessage(m: Buffer, out: Buffer[]): void {
-    const type = m[0];
+  // A part of the client's messages toward the mirror (whole, as copied), with a Parse of
+  // a named statement one uses before it when the mirror session lacks it; follows what
+  // the session has. Sent as it is unless such a Parse goes in between.
+  private sendPart(p: Buffer, out: Buffer[]): void {
+    let from = 0;
+    for (let at = 0; at + 5 <= p.length; ) {
+      const end = at + 1 + p.readInt32BE(at + 1);
+      const parse = this.beforeMessage(p, at, end);
+      if (parse) {
+        if (at > from) out.push(p.subarray(from, at));
+        out.push(parse); // its ParseComplete is not compared (OutcomeReader skips it)
+        from = at;
+      }
+      at = end;
+    }
+    out.push(from === 0 ? p : p.subarray(from));
+  }
+
+  // The message at [at, end) of p as the mirror session gets it: what it does to the
+  // session's named statements; returns a Parse to send first when it uses one the
+  // session lacks.
+  private beforeMessage(p: Buffer, at: number, end: number): Buffer | null {
+    const type = p[at];
     if (type === Frontend.Bind || type === Frontend.Describe || type === Frontend.Parse || type === Frontend.Close) {
-      const name = statementNameOf(type, m);
-      if (name === null) {
-        // (not a named statement: a portal, or the unnamed statement)
-      } else if (type === Frontend.Parse) this.mirrorHas.add(name);
+      const name = statementNameOf(type, p, at, end);
+      if (name === null) return null; // (not a named statement: a portal, or the unnamed statement)
+      if (type === Frontend.Parse) this.mirrorHas.add(name);
       else if (type === Frontend.Close) this.mirrorHas.delete(name);
       else if (!this.mirrorHas.has(name)) {
         const parse = this.statements.get(name)?.parse ?? this.client.statementNow(name);
-        if (parse) {
-          out.push(parse); // its ParseComplete is not compared (OutcomeReader skips it)
-          this.mirrorHas.add(name);
-        }
+        if (parse) this.mirrorHas.add(name);
+        return parse;
       }
-    } else if (type === Frontend.Query && mayResetStatements(m, 5) && RESETS_STATEMENTS.test(m.toString('utf8', 5, Math.min(m.length - 1, 5 + 64)))) {
+    } else if (type === Frontend.Query && mayResetStatements(p, at + 5) && RESETS_STATEMENTS.test(p.toString('utf8', at + 5, Math.min(end - 1, at + 5 + 64)))) {
       this.mirrorHas.clear();
     }
-    out.push(m);
+    return null;
   }
 
   // Messages that give the mirror session the client's settings and named statements
@@ -391,13 +457,13 @@ export class MirrorSession implements ServerPeer {
     const out: Buffer[] = [];
     if (reset) {
       out.push(query('DISCARD ALL'));
-      this.expected.push({ txn: null, unit: 0 });
+      this.expected.push(null);
       this.mirrorHas.clear();
     }
     const sql = settingsSql(settings);
     if (sql) {
       out.push(query(sql));
-      this.expected.push({ txn: null, unit: 0 });
+      this.expected.push(null);
     }
     if (this.statements.size) {
       for (const [name, s] of this.statements) {
@@ -405,7 +471,7 @@ export class MirrorSession implements ServerPeer {
         this.mirrorHas.add(name);
       }
       out.push(message(Frontend.Sync, Buffer.alloc(0)));
-      this.expected.push({ txn: null, unit: 0 });
+      this.expected.push(null);
     }
     return out;
   }
@@ -452,15 +518,16 @@ export class MirrorSession implements ServerPeer {
   private onMirrorAnswer(type: number, buf: Buffer, start: number, end: number): boolean {
     const out = this.mirrorOutcome.onMessage(type, buf, start, end);
     if (!out) return true;
-    const e = this.expected.shift();
-    if (!e) {
+    if (this.expected.length === 0) {
       this.overAnswered = true;
       this.conn!.close('mirror answered more than it was sent', false);
       return false;
     }
-    if (!e.txn) return true;
-    e.txn.answered[e.unit] = out.items;
-    if (e.unit === e.txn.units.length - 1) this.mirrored(e.txn);
+    const txn = this.expected.shift();
+    if (!txn) return true; // (a setup's)
+    const answered = (txn.answered ??= []);
+    answered.push(out.items);
+    if (answered.length === txn.units.length) this.mirrored(txn);
     return true;
   }
 
@@ -469,13 +536,21 @@ export class MirrorSession implements ServerPeer {
     m.release(txn.bytes);
     m.transactions++;
     m.lagMs = Date.now() - txn.closedAt;
-    const primary = txn.units.map((u) => u.outcome ?? []);
-    const i = firstDifference(primary, txn.answered);
+    const answered = txn.answered ?? NO_OUTCOMES;
+    const i = this.firstDifference(txn.units, answered);
     if (i < 0) return;
+    const primary = txn.units.map((u) => u.outcome ?? []);
     m.diverged++;
     let text = unitText(txn.units[i]);
     for (let k = 0; !text && k < txn.units.length; k++) text = unitText(txn.units[k]);
-    m.divergences.report(text, primary[i], txn.answered[i] ?? []);
+    m.divergences.report(text, primary[i], answered[i] ?? []);
+  }
+
+  // The index of the first unit whose answers differ, or -1 (firstDifference without an
+  // array of the primary's outcomes per transaction).
+  private firstDifference(units: Unit[], answered: string[][]): number {
+    for (let i = 0; i < units.length; i++) if (!sameItems(units[i].outcome ?? NO_ITEMS, answered[i] ?? NO_ITEMS)) return i;
+    return -1;
   }
 
   // Whether the mirror connection's last read is still referenced after onServerData:
@@ -505,7 +580,7 @@ export class MirrorSession implements ServerPeer {
     if (!this.stopped && !this.closing) this.mirror.failed(`connection lost: ${reason}`);
     // What was sent and not answered is unconfirmed: counted as dropped.
     const inFlight = new Set<Txn>();
-    for (const e of this.expected) if (e.txn) inFlight.add(e.txn);
+    for (const t of this.expected) if (t) inFlight.add(t);
     this.expected = [];
     this.drop([...inFlight, ...this.queue.splice(0)]);
     this.mirrorAnswers.reset();
@@ -549,7 +624,7 @@ export class MirrorSession implements ServerPeer {
     this.stopped = true;
     this.freeGathered();
     const inFlight = new Set<Txn>();
-    for (const e of this.expected) if (e.txn) inFlight.add(e.txn);
+    for (const t of this.expected) if (t) inFlight.add(t);
     this.expected = [];
     this.drop([...inFlight, ...this.queue.splice(0)]);
     const conn = this.conn;
@@ -563,6 +638,9 @@ export class MirrorSession implements ServerPeer {
 
   // Frees the bytes of transactions the client had not finished.
   private freeGathered(): void {
+    this.runUnit = null;
+    this.runBuf = null;
+    this.runTextAt = -1;
     for (const u of [this.open, ...this.sent, ...this.txnUnits]) this.mirror.release(u.bytes);
     this.open = newUnit();
     this.sent = [];
@@ -580,19 +658,19 @@ function mayResetStatements(buf: Buffer, at: number): boolean {
   return buf[at] === 0x44 || buf[at] === 0x64;
 }
 
-// The named statement a Parse, Bind, Close or Describe message (whole, with its header)
-// is about; null for the unnamed statement, a portal, or a malformed message.
-function statementNameOf(type: number, m: Buffer): string | null {
-  let at = 5;
+// The named statement a Parse, Bind, Close or Describe message (whole, with its header, at
+// [start, end) of m) is about; null for the unnamed statement, a portal, or a malformed message.
+function statementNameOf(type: number, m: Buffer, start: number, end: number): string | null {
+  let at = start + 5;
   if (type === Frontend.Bind) {
     at = m.indexOf(0, at) + 1; // the portal name first
-    if (at === 0) return null;
+    if (at === 0 || at >= end) return null;
   } else if (type === Frontend.Close || type === Frontend.Describe) {
     if (m[at] !== 0x53 /* S */) return null;
     at++;
   }
-  const end = m.indexOf(0, at);
-  return end > at ? m.toString('utf8', at, end) : null;
+  const z = m.indexOf(0, at);
+  return z > at && z < end ? m.toString('utf8', at, z) : null;
 }
 
 // Whether a Query or Parse (body) has a statement text that is not empty: what textOf
@@ -610,9 +688,9 @@ function namesStatement(buf: Buffer, start: number, end: number): boolean {
   return z >= 0 && z + 1 < end && buf[z + 1] !== 0;
 }
 
-// The query text of a Parse message (whole, with its header).
-function parseSql(m: Buffer): string {
-  const r = new BodyReader(m.subarray(5));
+// The query text of a Parse message (whole, with its header, at `at` of m).
+function parseSql(m: Buffer, at = 0): string {
+  const r = new BodyReader(m.subarray(at + 5, at + 1 + m.readInt32BE(at + 1)));
   r.cstring();
   return r.cstring();
 }
