@@ -79,6 +79,26 @@ async function drained(proxy: ProxyHandle, database: string): Promise<Row> {
   }, 60000, `mirror of ${database} drained`, 250);
 }
 
+// While a client is still connected: waits until nothing is queued for the mirror and
+// neither the proxy's mirror counters nor the kernel ring's records move for 300 ms, so
+// that what the client sends next is copied into an empty ring (a busy machine drains it
+// late, and a ring still full would lose the next copies too).
+async function settled(proxy: ProxyHandle, database: string): Promise<void> {
+  const state = async () => {
+    const r = await mirrorRow(proxy, database);
+    const records = (await bypassCounters(proxy)).mirror_kernel_records ?? 0;
+    return r.queued_bytes === '0' ? `${r.transactions}/${r.dropped}/${records}` : null;
+  };
+  let last = await state();
+  await waitUntil(async () => {
+    await sleep(300);
+    const now = await state();
+    const same = now !== null && now === last;
+    last = now;
+    return same;
+  }, 60000, `mirror of ${database} settled`, 0);
+}
+
 // How long the slow mirror takes per row. Long enough that the mirror falls far behind
 // the primary; short enough that draining what it was sent (up to queue_bytes, ~60 rows)
 // takes seconds, not half a minute.
@@ -529,6 +549,7 @@ t.test('mirroring to a second cluster', async (t) => {
           t.equal(bad.length, 0, `round ${round}: every pipelined transaction succeeded on the primary`);
         }
         // then one at a time: mirrored again after the last loss
+        await settled(p2, 'app');
         for (let i = 0; i < 3; i++) {
           s.conn.write(insert(470 + i));
           sentTxns++;
