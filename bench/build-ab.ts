@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
-import { pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
+import { pgbenchScriptArgs, loadBenchDatabase } from '../scripts/ycsb';
 import { median, runPgbench } from './pgbench';
 import { snapshot } from './proc';
 import { startPgsplice, RunningTarget, PGSPLICE_CLI, pgspliceMirrorCounters, type MirrorCounters } from './targets';
@@ -44,10 +44,7 @@ async function main(): Promise<void> {
   const targets: RunningTarget[] = [];
   let mirror: MirrorServer | null = null;
   try {
-    pg.createUserAndDb('bench', 'bench', 'bench');
-    for (const st of setupStatements(argv.rows)) pg.psql(st, 'bench');
-    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
-    const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
+    const backend = loadBenchDatabase(pg, argv.rows);
     if (argv.mirror !== 'none') mirror = await startMirrorServer({ settings: PG_BENCH_SETTINGS, rows: argv.rows, priority: argv.mirror });
     const mirrors = mirror ? [{ host: '127.0.0.1', port: mirror.pg.port, dbname: 'bench', user: 'bench', password: 'bench', pool_size: Math.max(64, argv.clients) }] : undefined;
     for (const [label, cli] of [['A', path.resolve(argv.a)], ['B', path.resolve(argv.b)]]) {

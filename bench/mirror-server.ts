@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ScratchPostgres } from '../scripts/scratch-postgres';
-import { setupStatements } from '../scripts/ycsb';
+import { loadBenchDatabase } from '../scripts/ycsb';
 import { SCHED_IDLE, postmasterPid, readProcStat, readProcTable, schedPolicy, treePids } from './proc';
 
 export type MirrorPriority = 'normal' | 'idle';
@@ -156,9 +156,7 @@ export async function startMirrorServer(o: { settings: Record<string, string | n
   const pg = await ScratchPostgres.create({ settings: o.settings });
   let group: IdleCpuGroup | null = null;
   try {
-    pg.createUserAndDb('bench', 'bench', 'bench');
-    for (const st of setupStatements(o.rows)) pg.psql(st, 'bench');
-    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
+    loadBenchDatabase(pg, o.rows);
     const pmPid = postmasterPid(pg.dataDir);
     if (!pmPid) throw new Error('mirror PostgreSQL: no postmaster.pid');
     // After loading: the load runs at normal priority and is not measured.

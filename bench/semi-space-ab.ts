@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
-import { pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
+import { pgbenchScriptArgs, loadBenchDatabase } from '../scripts/ycsb';
 import { median, runPgbench } from './pgbench';
 import { snapshot } from './proc';
 import { startPgsplice, RunningTarget } from './targets';
@@ -28,10 +28,7 @@ async function main(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-semi-ab-'));
   const targets: RunningTarget[] = [];
   try {
-    pg.createUserAndDb('bench', 'bench', 'bench');
-    for (const st of setupStatements(argv.rows)) pg.psql(st, 'bench');
-    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
-    const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
+    const backend = loadBenchDatabase(pg, argv.rows);
     const sides: Array<{ label: string; args: string[] }> = [
       { label: 'default', args: [] },
       { label: `semi-${argv.semi}`, args: [`--max-semi-space-size=${argv.semi}`] },

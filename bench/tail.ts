@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { ScratchPostgres, freePort } from '../scripts/scratch-postgres';
-import { pgbenchScriptArgs, setupStatements } from '../scripts/ycsb';
+import { pgbenchScriptArgs, loadBenchDatabase } from '../scripts/ycsb';
 import { median, percentile, runPgbench } from './pgbench';
 import { startPgbouncer, startPgsplice, pgspliceBypassInfo, RunningTarget, PGSPLICE_CLI } from './targets';
 import { Inspector } from './inspector';
@@ -149,10 +149,7 @@ async function main(): Promise<void> {
   fs.chmodSync(tmp, 0o755); // PgBouncer runs as postgres
   const targets: RunningTarget[] = [];
   try {
-    pg.createUserAndDb('bench', 'bench', 'bench');
-    for (const st of setupStatements(argv.rows)) pg.psql(st, 'bench');
-    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
-    const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
+    const backend = loadBenchDatabase(pg, argv.rows);
     const builds: Array<[string, string]> = [['on', PGSPLICE_CLI]];
     if (argv.a) builds.unshift(['A', path.resolve(argv.a)]);
     for (const [label, cli] of builds) {

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { percentile, readTxLogs, runPgbench } from '../bench/pgbench';
 import { RunningTarget, pgspliceBypassInfo, pgspliceCounters, startPgsplice } from '../bench/targets';
 import { ScratchPostgres, freePort } from './scratch-postgres';
-import { WORKLOADS, pgbenchScriptArgs, setupStatements } from './ycsb';
+import { WORKLOADS, pgbenchScriptArgs, loadBenchDatabase } from './ycsb';
 
 const ROWS = 10_000;
 const CLIENTS = 32;
@@ -67,12 +67,9 @@ async function main(): Promise<void> {
   try {
     say('Starting a scratch PostgreSQL 15...');
     pg = await ScratchPostgres.create({ settings: { fsync: 'off', synchronous_commit: 'off', jit: 'off' } });
-    pg.createUserAndDb('bench', 'bench', 'bench');
-    for (const st of setupStatements(ROWS)) pg.psql(st, 'bench');
-    pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
+    const backend = loadBenchDatabase(pg, ROWS);
     say(`  PostgreSQL on 127.0.0.1:${pg.port}, YCSB usertable with ${ROWS.toLocaleString('en-US')} rows of 10 x 100-character fields.`);
 
-    const backend = { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
     say(`Starting pgsplice (transaction pooling, pool of ${POOL} server connections, bypass: auto)...`);
     proxy = await startPgsplice({ dir: tmp, port: await freePort(), backend, poolSize: POOL, maxClientConn: 1000, bypass: 'auto', label: 'pgsplice', logLevel: 'info' });
     const bypass = () => pgspliceBypassInfo({ host: proxy!.host, port: proxy!.port, user: 'bench', password: 'bench' }).catch(() => null);

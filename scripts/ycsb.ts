@@ -8,6 +8,7 @@
 // are not neighbours on the same index pages.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { ScratchPostgres } from './scratch-postgres';
 
 export const ZIPF_THETA = 1.001;
 export const FIELD_COUNT = 10;
@@ -27,6 +28,15 @@ export function loadTableSql(rows: number): string {
 // The SQL sequence that (re)creates and loads the table, for any SQL executor.
 export function setupStatements(rows: number): string[] {
   return ['DROP TABLE IF EXISTS usertable', createTableSql(), loadTableSql(rows), 'VACUUM ANALYZE usertable'];
+}
+
+// A scratch cluster's bench database: user, password and database `bench`, owning a
+// loaded usertable of `rows` rows. Returns how to reach it.
+export function loadBenchDatabase(pg: ScratchPostgres, rows: number): { host: string; port: number; user: string; password: string; db: string } {
+  pg.createUserAndDb('bench', 'bench', 'bench');
+  for (const st of setupStatements(rows)) pg.psql(st, 'bench');
+  pg.psql('ALTER TABLE usertable OWNER TO bench', 'bench');
+  return { host: '127.0.0.1', port: pg.port, user: 'bench', password: 'bench', db: 'bench' };
 }
 
 const KEY = `\\set k 1 + permute(random_zipfian(0, :rows - 1, ${ZIPF_THETA}), :rows, 5432)`;
