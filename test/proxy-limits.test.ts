@@ -141,13 +141,17 @@ t.test('limits', async (t) => {
       });
       const gatePort = await freePort();
       await new Promise<void>((r) => gate.listen(gatePort, '127.0.0.1', () => r()));
-      const timer = setTimeout(() => release('timeout'), 5000);
+      let timer: NodeJS.Timeout | undefined;
       t.teardown(() => {
         clearTimeout(timer);
         gate.close();
       });
       const cfg = await kernelConfig(c, bypass, { default_pool_size: N, min_pool_size: 0, databases: { app: { host: '127.0.0.1', port: gatePort, dbname: 'app' } } });
       const proxy = await startProxy(t, cfg);
+      // The gate's fallback, so a proxy that opens servers one at a time fails instead of
+      // hanging. Armed once the proxy is up: a start slower than 5 s on a busy machine
+      // (loading the kernel path) opened the gate before any login, and the check failed.
+      timer = setTimeout(() => release('timeout'), 5000);
       const clients = await Promise.all(Array.from({ length: N }, () => pgClient(t, proxy)));
       const rows = await withTimeout(Promise.all(clients.map((cl, i) => cl.query(`SELECT ${i} AS i, pg_sleep(0.2)`))), 20000, 'queries through the gate');
       t.same(rows.map((r) => r.rows[0].i), [0, 1, 2, 3], 'every client is answered');
