@@ -191,6 +191,15 @@ class Obj : public Napi::ObjectWrap<Obj> {
     return m;
   }
 
+  struct bpf_program* Program(const Napi::CallbackInfo& info, size_t i) {
+    Check(info.Env());
+    if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "program name expected");
+    std::string name = info[i].As<Napi::String>();
+    struct bpf_program* p = bpf_object__find_program_by_name(obj_, name.c_str());
+    if (!p) throw Napi::Error::New(info.Env(), "no program named " + name);
+    return p;
+  }
+
   static Napi::Buffer<uint8_t> Buf(const Napi::CallbackInfo& info, size_t i, size_t want, const char* what) {
     if (info.Length() <= i || !info[i].IsBuffer())
       throw Napi::TypeError::New(info.Env(), std::string(what) + ": Buffer expected");
@@ -213,10 +222,8 @@ class Obj : public Napi::ObjectWrap<Obj> {
   // attachSockmapVerdict(progName, mapName): libbpf 1.1 has no attach helper for this.
   Napi::Value AttachSockmapVerdict(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
-    std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_program* p = Program(info, 0);
+    std::string pname = bpf_program__name(p);
     struct bpf_map* m = Map(info, 1);
     int fd = bpf_link_create(bpf_program__fd(p), bpf_map__fd(m), BPF_SK_SKB_VERDICT, nullptr);
     if (fd < 0) throw Napi::Error::New(env, Errno("bpf_link_create(" + pname + ", BPF_SK_SKB_VERDICT)", errno));
@@ -322,11 +329,8 @@ class Obj : public Napi::ObjectWrap<Obj> {
   // programFd(progName) -> the fd of a BPF_PROG_TYPE_SYSCALL program, for runSyscall.
   Napi::Value ProgramFd(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
-    std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
-    if (bpf_program__type(p) != BPF_PROG_TYPE_SYSCALL) throw Napi::Error::New(env, pname + " is not a syscall program");
+    struct bpf_program* p = Program(info, 0);
+    if (bpf_program__type(p) != BPF_PROG_TYPE_SYSCALL) throw Napi::Error::New(env, std::string(bpf_program__name(p)) + " is not a syscall program");
     return Napi::Number::New(env, bpf_program__fd(p));
   }
 
@@ -351,10 +355,8 @@ class Obj : public Napi::ObjectWrap<Obj> {
   // For BPF_PROG_TYPE_SYSCALL the kernel writes the context back into ctx_in.
   Napi::Value ProgTestRun(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
-    std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_program* p = Program(info, 0);
+    std::string pname = bpf_program__name(p);
     std::vector<uint8_t> din, dout, cin, cout;
     if (info.Length() > 1 && info[1].IsBuffer()) {
       auto b = info[1].As<Napi::Buffer<uint8_t>>();

@@ -216,15 +216,16 @@ export class KernelPath {
   // One control operation: run in place on one reused context buffer (runSyscall), as
   // these run several times per request that waits for a server, on Node's one thread.
   // ret: only the result code (every op but READ), without decoding the rest.
-  private ctl(a: abi.CtlArgs): abi.CtlResult {
+  private runCtl(a: abi.CtlArgs): Buffer {
     this.check();
     this.obj.runSyscall(this.ctlFd, abi.encodeCtlInto(this.ctlBuf, a));
-    return abi.decodeCtl(this.ctlBuf);
+    return this.ctlBuf;
+  }
+  private ctl(a: abi.CtlArgs): abi.CtlResult {
+    return abi.decodeCtl(this.runCtl(a));
   }
   private ctlRet(a: abi.CtlArgs): number {
-    this.check();
-    this.obj.runSyscall(this.ctlFd, abi.encodeCtlInto(this.ctlBuf, a));
-    return abi.ctlRetOf(this.ctlBuf);
+    return abi.ctlRetOf(this.runCtl(a));
   }
   private readonly ctlBuf = Buffer.alloc(abi.SIZEOF.ctl);
   private readonly ctlFd: number;
