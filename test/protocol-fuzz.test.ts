@@ -12,9 +12,9 @@ import * as fs from 'node:fs';
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
+import { startCluster, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
 import { runFuzz, FuzzTarget, listening } from './helpers/fuzz';
-import { pgbenchCounts, rssKb } from './helpers/kernel';
+import { pgbenchCounts, rssKb, kernelConfig, adminRows, Row } from './helpers/kernel';
 import { login, simpleQuery } from './helpers/pgwire';
 
 const SECONDS = Number(process.env.PGSPLICE_FUZZ_SECONDS ?? 20);
@@ -43,8 +43,8 @@ t.test('protocol fuzz', async (t) => {
 
   for (const bypass of BYPASS_MODES) {
     t.test(`mutated sessions against the proxy while pgbench runs [bypass=${bypass}]`, async (t) => {
-      const cfg = await proxyConfig(c, {
-        bypass,
+      // kernelConfig: proxyConfig plus the admin user that describeHang below reads the proxy as.
+      const cfg = await kernelConfig(c, bypass, {
         default_pool_size: POOL,
         max_client_conn: 500,
         query_wait_timeout: 60,
@@ -56,7 +56,29 @@ t.test('protocol fuzz', async (t) => {
       });
       const proxy = await startProxy(t, cfg, { logLevel: 'info' });
       const pid = proxy.proc.pid!;
-      const target: FuzzTarget = { host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', databases: ['app', 'app_session'] };
+      // A hang seen once under load must explain itself: what the proxy, its log and
+      // PostgreSQL say of the hung client, its server and its pool, read before it closes.
+      const describeHang = async (clientPort: number): Promise<string> => {
+        const line = (r: Row) => Object.entries(r).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${v}`).join(' ');
+        const clients = await adminRows(proxy, 'SHOW CLIENTS', 5000);
+        const me = clients.find((r) => r.port === String(clientPort));
+        const servers = await adminRows(proxy, 'SHOW SERVERS', 5000);
+        const pools = await adminRows(proxy, 'SHOW POOLS', 5000);
+        const bypassRows = bypass === 'off' ? [] : await adminRows(proxy, 'SHOW BYPASS', 5000);
+        const backends = c.sql(`SELECT pid, state, wait_event, left(query, 60) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend'`);
+        const label = me ? `C-${me.id}` : `:${clientPort}`;
+        const logLines = proxy.logs().split('\n').filter((l) => l.includes(`${label} `) || l.includes(`:${clientPort} `)).slice(-20);
+        return [
+          `client: ${me ? line(me) : `no SHOW CLIENTS row for port ${clientPort}`}`,
+          `clients (${clients.length}): ${clients.map((r) => `C-${r.id}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}${r.wait !== '0' || r.wait_us !== '0' ? ` wait ${r.wait}s${r.wait_us}us` : ''}`).join(', ')}`,
+          `servers: ${servers.map((r) => `${r.ptr}:${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}`,
+          ...pools.map((r) => `pool: ${line(r)}`),
+          bypassRows.length ? `bypass: ${bypassRows.map((r) => `${r.key}=${r.value}`).join(' ')}` : '',
+          `backends: ${backends.trim().split('\n').join('; ')}`,
+          `log of ${label}:`, ...logLines,
+        ].filter(Boolean).join('\n    ');
+      };
+      const target: FuzzTarget = { host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', databases: ['app', 'app_session'], describeHang };
 
       // Baseline once the pool is warm: every server of the transaction pool opened.
       const warm = await run('pgbench', ['-n', '-M', 'extended', '-c', String(POOL), '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
@@ -91,7 +113,7 @@ t.test('protocol fuzz', async (t) => {
         for (const f of stats.stopped.inFlight) t.comment(`in flight when the proxy stopped (${stats.stopped.reason}): case ${f.index} (${f.label})\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}`);
       }
       for (const f of stats.failures.slice(0, 10)) {
-        t.fail(`case ${f.index} (${f.label}): ${f.failure}\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}`);
+        t.fail(`case ${f.index} (${f.label}): ${f.failure}\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}${f.diagnosis ? `\n  diagnosis:\n    ${f.diagnosis}` : ''}`);
       }
       t.equal(stats.failures.length, 0, `every fuzz client got replies, an error or a close (failures: ${stats.failures.length})`);
       t.equal(b.code, 0, `pgbench exits 0 (${b.stderr.slice(-800)})`);
