@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, withTimeout, sleep, waitUntil, freePort, Endpoint } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, withTimeout, sleep, waitUntil, freePort, run, Endpoint } from './helpers/cluster';
 
 const CLEAN_CODE = /^(08|57P0[1-3]|53300)/;
 const DISCONNECT = /terminat|ECONNRESET|EPIPE|closed|ended|not queryable|Connection terminated/i;
@@ -152,6 +152,37 @@ t.test('resilience', async (t) => {
       t.ok(e?.code ? CLEAN_CODE.test(e.code) : DISCONNECT.test(String(e?.message)), `clean error (${e?.code} ${e?.message})`);
       const next = await pgClient(t, proxy);
       t.same((await withTimeout(next.query('SELECT 7 AS x'), 10000, 'next client')).rows, [{ x: 7 }], 'other clients are served');
+    });
+
+    t.test(`a server lost while a client's settings are applied to it: the client gets another server ${B}`, async (t) => {
+      // One server, left by a client with other settings, so the next client's request
+      // first has its settings SET there. The backend is stopped, so the SET waits in its
+      // socket; then it is terminated: the SET fails because the server is gone, not
+      // because PostgreSQL refused it, and nothing of the client's ran there.
+      const p1 = await startProxy(t, await proxyConfig(c, { bypass, default_pool_size: 1 } as any));
+      const a = await pgClient(t, p1, { application_name: 'first' });
+      const pid = Number((await a.query('SELECT pg_backend_pid() AS p')).rows[0].p);
+      process.kill(pid, 'SIGSTOP');
+      t.teardown(() => {
+        try {
+          process.kill(pid, 'SIGCONT');
+        } catch {
+          /* gone */
+        }
+      });
+      const b = await pgClient(t, p1, { application_name: 'second' });
+      const q = b.query(`SELECT current_setting('application_name') AS n, pg_backend_pid() AS p`).then((r) => r, (e) => e);
+      // The SET has reached the stopped backend once its socket holds unread bytes.
+      const unread = () => run('ss', ['-Htn', 'state', 'established', `( sport = :${c.pg.port} )`]).then((r) => r.stdout.split('\n').some((l) => Number(l.trim().split(/\s+/)[0]) > 0));
+      let arrived = false;
+      await waitUntil(async () => (arrived = await unread()), 10000, 'the SET waits in the stopped backend').catch(() => undefined);
+      c.pg.psql(`SELECT pg_terminate_backend(${pid})`);
+      process.kill(pid, 'SIGCONT');
+      const r = await withTimeout(q, 20000, 'the request after its server was lost');
+      t.ok(arrived, 'the SET reached the stopped server before it was terminated');
+      t.same(r?.rows?.[0]?.n, 'second', `the request is answered with its own settings (${r?.message ?? 'ok'})`);
+      t.not(r?.rows?.[0]?.p, pid, 'by another server');
+      t.same(b.errors, [], 'the client connection was never dropped');
     });
 
     t.test(`unreachable, silent or garbage-speaking server: clean error, no hang, no crash ${B}`, async (t) => {

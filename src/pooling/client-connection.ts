@@ -816,11 +816,18 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
           this.attach(server);
         }),
         this.guard((e: Error) => {
+          const f = (e as { fields?: Record<string, string> }).fields ?? {};
+          if (!f.C || !server.isUsable) {
+            // The server was lost (closed before or while the SETs ran), not the SETs
+            // refused: nothing of this client's reached it, so another server serves it.
+            server.close(`applying a client's settings failed: ${e.message}`);
+            if (this.state === ClientState.Waiting) this.requestServer();
+            return;
+          }
           // One Query: the failed SETs changed nothing on the server, which stays clean.
           log.info(`${this.label} could not apply its settings on ${server.label}: ${e.message}`);
           this.pool!.release(server);
           if (this.state !== ClientState.Waiting) return;
-          const f = (e as { fields?: Record<string, string> }).fields ?? {};
           const failed = this.failFirstRequest({
             code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}`, detail: f.D, hint: f.H,
           });
