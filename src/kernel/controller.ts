@@ -664,24 +664,37 @@ export class BypassController implements KernelHost {
     if (this.handoffSettled(server)) return this.takePair(client, server, null, null, true);
     const done = waitUntil(() => this.handoffSettled(server), HANDOFF_SETTLE_MS).then((settled) => {
       this.settling.delete(server);
-      if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
-      if (!this.clients.has(clientId)) {
-        // The client left during the wait: its clean-up (clientClosed) took the server,
-        // unless the kernel still held it then.
-        this.closeOrphan(clientId, server, 'client left during a hand-over from the kernel');
+      try {
+        return this.finishHandoff(client, server, clientId, settled);
+      } catch (e) {
+        // (a promise continuation: no read's boundary is around it) the pair ends, nothing else
+        server.close(`internal error at a hand-over: ${(e as Error)?.message ?? String(e)}`, false);
+        client.failWith(e);
         return true;
       }
-      if (settled && this.takePair(client, server, null, null, true)) return true;
-      // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
-      k.takeBound(clientId);
-      server.leftKernel();
-      server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
-      client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
-      return true;
     });
     this.settling.set(server, done);
     server.holdInput(done.then(() => undefined));
     return done;
+  }
+
+  // A hand-over's end, once the kernel has finished with the server or the wait timed out.
+  private finishHandoff(client: ClientConnection, server: ServerConnection, clientId: number, settled: boolean): boolean {
+    const k = this.kernel!;
+    if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
+    if (!this.clients.has(clientId)) {
+      // The client left during the wait: its clean-up (clientClosed) took the server,
+      // unless the kernel still held it then.
+      this.closeOrphan(clientId, server, 'client left during a hand-over from the kernel');
+      return true;
+    }
+    if (settled && this.takePair(client, server, null, null, true)) return true;
+    // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
+    k.takeBound(clientId);
+    server.leftKernel();
+    server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
+    client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
+    return true;
   }
 
   // Hand-overs waiting for the kernel to finish with their server.

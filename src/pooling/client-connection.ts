@@ -912,11 +912,13 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // Reads none of the client's requests until `until` resolves (a hand-over of its
   // transaction from the kernel path is settling); they are kept in order and read then.
   holdInput(until: Promise<void>): void {
-    this.heldInput.start(this.socket, until, (held) => {
+    // (a promise continuation: its exceptions, such as a malformed message among the held
+    // bytes, end this client through its boundary as a read's would)
+    this.heldInput.start(this.socket, until, this.guard((held: Buffer[]) => {
       if (this.state === ClientState.Closed) return;
       this.socket.resume(); // before: reading them may pause it again (back-pressure)
       for (const chunk of held) if ((this.state as ClientState) !== ClientState.Closed) this.onRequestBytes(chunk);
-    });
+    }));
   }
   private readonly heldInput = new InputHold();
 
