@@ -129,7 +129,9 @@ t.test('protocol fuzz', async (t) => {
         const rssOk = await waitUntil(() => (rss1 = rssKb(pid)) <= rss0 + RSS_SLACK_KB, 15000, 'RSS back to baseline', 500).then(() => true, () => false);
         t.ok(rssOk, `RSS back to baseline: ${rss0} kB before, ${rss1} kB after (slack ${RSS_SLACK_KB} kB)`);
         const stuck = await waitUntil(() => backendCount(c, 'app', `state LIKE 'idle in transaction%' OR state = 'active'`) === 0, 15000, 'no backend busy').then(() => 0, () => backendCount(c, 'app', `state LIKE 'idle in transaction%' OR state = 'active'`));
-        t.equal(stuck, 0, 'no server left in a transaction or running');
+        // (if one is: what PostgreSQL and the proxy say of it)
+        const stuckWhy = stuck === 0 ? '' : `: ${c.sql(`SELECT pid, state, wait_event, xact_start IS NOT NULL, left(query, 60) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND (state LIKE 'idle in transaction%' OR state = 'active') AND pid <> pg_backend_pid()`).trim().split('\n').join('; ')}; proxy's servers: ${(await adminRows(proxy, 'SHOW SERVERS', 5000)).map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}`;
+        t.equal(stuck, 0, `no server left in a transaction or running${stuckWhy}`);
         // And a normal client is served at once.
         const after = await run('pgbench', ['-n', '-M', 'simple', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
         t.equal(pgbenchCounts(after.stdout).processed, 40, `a pgbench after the fuzz run completes (${after.stderr.slice(-300)})`);
