@@ -108,6 +108,10 @@ t.test('protocol fuzz', async (t) => {
       t.comment(`[bypass=${bypass}] cases per family: ${JSON.stringify(stats.labels)}`);
       t.equal(proxy.exited(), undefined, `the proxy is still running (exit: ${JSON.stringify(proxy.exited())}; log tail: ${proxy.exited() ? proxy.logs().slice(-1500) : '-'})`);
       t.ok(await listening(proxy.host, proxy.port), 'the proxy still accepts connections');
+      // An exception no connection's boundary caught is logged and survived, but it leaves
+      // that connection half-handled (a hang, at best): there must be none.
+      const escaped = proxy.logs().split('\n').filter((l) => /uncaught exception|unhandled promise rejection| internal error/.test(l));
+      t.same(escaped, [], 'no exception escaped a connection\'s error boundary');
       t.ok(stats.cases >= (ONLY_CASE !== undefined ? 1 : 20), `fuzz cases played: ${stats.cases}`);
       if (stats.stopped) {
         for (const f of stats.stopped.inFlight) t.comment(`in flight when the proxy stopped (${stats.stopped.reason}): case ${f.index} (${f.label})\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}`);
