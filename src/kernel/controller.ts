@@ -56,7 +56,9 @@ const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in th
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
 // Unix-socket clients stay in user space: the verdict programs are written for TCP.
-const isTcp = (c: ClientConnection): boolean => c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6';
+// (a destroyed socket's descriptor may be closed, or another socket's by now: the kernel
+// must not be given it, even before the connection's own close handler has run)
+const isTcp = (c: ClientConnection): boolean => !c.socket.destroyed && (c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6');
 
 // A stable name for a set of session settings.
 export function signature(settings: ReadonlyMap<string, string>): string {
@@ -433,7 +435,7 @@ export class BypassController implements KernelHost {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.destroyed || server.socket.writableLength > 0) return false;
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
