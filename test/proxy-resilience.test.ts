@@ -7,6 +7,7 @@ import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, withTimeout, sleep, waitUntil, freePort, run, Endpoint } from './helpers/cluster';
+import { Session, copyData, login, query, simpleQuery } from './helpers/pgwire';
 
 const CLEAN_CODE = /^(08|57P0[1-3]|53300)/;
 const DISCONNECT = /terminat|ECONNRESET|EPIPE|closed|ended|not queryable|Connection terminated/i;
@@ -183,6 +184,53 @@ t.test('resilience', async (t) => {
       t.same(r?.rows?.[0]?.n, 'second', `the request is answered with its own settings (${r?.message ?? 'ok'})`);
       t.not(r?.rows?.[0]?.p, pid, 'by another server');
       t.same(b.errors, [], 'the client connection was never dropped');
+    });
+
+    t.test(`a client that leaves inside a message: its server is closed, not cleaned ${B}`, async (t) => {
+      // The proxy's own clean-up query would be read as the rest of the message and the
+      // server would wait for more bytes forever, holding a pool slot. With one server in
+      // the pool the next client is served within seconds only if it was closed (and a
+      // new one opened), well before the clean-up deadline (10 s) would close it.
+      c.sql('CREATE TABLE IF NOT EXISTS copy_t (v int)');
+      c.sql('GRANT ALL ON copy_t TO app');
+      const p1 = await startProxy(t, await proxyConfig(c, { bypass, default_pool_size: 1, query_wait_timeout: 30 } as any));
+      const partial = (type: string, declared: number, body: string) => {
+        const b = Buffer.alloc(5);
+        b.write(type, 0, 'latin1');
+        b.writeInt32BE(declared, 1);
+        return Buffer.concat([b, Buffer.from(body, 'latin1')]);
+      };
+      const cases: { name: string; before: (s: Session) => Promise<void>; cut: Buffer }[] = [
+        {
+          // A COPY the server refused while the client still sends: the tracker does
+          // not count the CopyData that follows (its COPY was already answered).
+          name: 'a CopyData after its COPY failed',
+          before: async (s) => {
+            s.conn.write(query('COPY copy_t FROM STDIN'));
+            await s.conn.readUntil('G', 10000);
+            s.conn.write(copyData('not a number\n'));
+            await s.conn.readUntil('Z', 10000);
+          },
+          cut: partial('d', 4 + 100, 'abc'),
+        },
+        { name: 'a Parse inside a transaction', before: async (s) => void (await simpleQuery(s.conn, 'BEGIN')), cut: partial('P', 4 + 60, '\0SELECT ') },
+        { name: 'a Parse between transactions', before: async () => undefined, cut: partial('P', 4 + 60, '\0SELECT ') },
+      ];
+      for (const k of cases) {
+        const s = await login(p1.port, { user: 'app', password: 'app-pw', database: 'app' }, 30000);
+        await k.before(s);
+        s.conn.write(k.cut);
+        await sleep(200); // forwarded (or the kernel's to forward) before the client goes
+        s.conn.destroy();
+        const next = await pgClient(t, p1);
+        const started = Date.now();
+        const r = await withTimeout(next.query('SELECT 41 + 1 AS x').then((x) => x, (e) => e), 30000, `${k.name}: the next client`);
+        t.same(r?.rows, [{ x: 42 }], `${k.name}: the next client is served (${r?.message ?? 'ok'})`);
+        t.ok(Date.now() - started < 8000, `${k.name}: within ${Date.now() - started} ms, not after the clean-up deadline`);
+        await next.end();
+      }
+      const stuck = c.sql(`SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND (state = 'active' OR state LIKE 'idle in transaction%')`);
+      t.equal(stuck, '0', 'no server is left waiting inside a message');
     });
 
     t.test(`unreachable, silent or garbage-speaking server: clean error, no hang, no crash ${B}`, async (t) => {

@@ -558,7 +558,10 @@ export class BypassController implements KernelHost {
     if (!server) return;
     server.leftKernel();
     this.counters.serversFromKernel++;
-    const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
+    // (bytes the kernel forwarded that end inside a message would make the proxy's own
+    // query the rest of it: the server waits forever)
+    const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0
+      && before.frame.remaining === 0 && before.frame.hdrLen === 0;
     if (client.serverCloseReason) {
       server.close(client.serverCloseReason, false);
       return;

@@ -1136,7 +1136,9 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   leaveServer(server: ServerConnection): void {
     server.unlink();
     const pool = this.pool!;
-    const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
+    // (a stream that stopped inside a message, such as a CopyData after its COPY failed,
+    // which the tracker does not count, would make the proxy's own query the rest of it)
+    const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.scanner.atBoundary;
     if (this.serverCloseReason) {
       server.close(this.serverCloseReason, false);
       return;
