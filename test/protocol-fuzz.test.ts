@@ -12,9 +12,9 @@ import * as fs from 'node:fs';
 import t from 'tap';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy } from './helpers/proxy';
-import { startCluster, proxyConfig, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
+import { startCluster, pgbenchInit, run, libpqEnv, waitUntil, backendCount, sleep } from './helpers/cluster';
 import { runFuzz, FuzzTarget, listening } from './helpers/fuzz';
-import { pgbenchCounts, rssKb } from './helpers/kernel';
+import { pgbenchCounts, rssKb, kernelConfig, adminRows, Row } from './helpers/kernel';
 import { login, simpleQuery } from './helpers/pgwire';
 
 const SECONDS = Number(process.env.PGSPLICE_FUZZ_SECONDS ?? 20);
@@ -43,8 +43,8 @@ t.test('protocol fuzz', async (t) => {
 
   for (const bypass of BYPASS_MODES) {
     t.test(`mutated sessions against the proxy while pgbench runs [bypass=${bypass}]`, async (t) => {
-      const cfg = await proxyConfig(c, {
-        bypass,
+      // kernelConfig: proxyConfig plus the admin user that describeHang below reads the proxy as.
+      const cfg = await kernelConfig(c, bypass, {
         default_pool_size: POOL,
         max_client_conn: 500,
         query_wait_timeout: 60,
@@ -56,7 +56,29 @@ t.test('protocol fuzz', async (t) => {
       });
       const proxy = await startProxy(t, cfg, { logLevel: 'info' });
       const pid = proxy.proc.pid!;
-      const target: FuzzTarget = { host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', databases: ['app', 'app_session'] };
+      // A hang seen once under load must explain itself: what the proxy, its log and
+      // PostgreSQL say of the hung client, its server and its pool, read before it closes.
+      const describeHang = async (clientPort: number): Promise<string> => {
+        const line = (r: Row) => Object.entries(r).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${v}`).join(' ');
+        const clients = await adminRows(proxy, 'SHOW CLIENTS', 5000);
+        const me = clients.find((r) => r.port === String(clientPort));
+        const servers = await adminRows(proxy, 'SHOW SERVERS', 5000);
+        const pools = await adminRows(proxy, 'SHOW POOLS', 5000);
+        const bypassRows = bypass === 'off' ? [] : await adminRows(proxy, 'SHOW BYPASS', 5000);
+        const backends = c.sql(`SELECT pid, state, wait_event, left(query, 60) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend'`);
+        const label = me ? `C-${me.id}` : `:${clientPort}`;
+        const logLines = proxy.logs().split('\n').filter((l) => l.includes(`${label} `) || l.includes(`:${clientPort} `)).slice(-20);
+        return [
+          `client: ${me ? line(me) : `no SHOW CLIENTS row for port ${clientPort}`}`,
+          `clients (${clients.length}): ${clients.map((r) => `C-${r.id}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}${r.wait !== '0' || r.wait_us !== '0' ? ` wait ${r.wait}s${r.wait_us}us` : ''}`).join(', ')}`,
+          `servers: ${servers.map((r) => `${r.ptr}:${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}`,
+          ...pools.map((r) => `pool: ${line(r)}`),
+          bypassRows.length ? `bypass: ${bypassRows.map((r) => `${r.key}=${r.value}`).join(' ')}` : '',
+          `backends: ${backends.trim().split('\n').join('; ')}`,
+          `log of ${label}:`, ...logLines,
+        ].filter(Boolean).join('\n    ');
+      };
+      const target: FuzzTarget = { host: proxy.host, port: proxy.port, user: 'app', password: 'app-pw', databases: ['app', 'app_session'], describeHang };
 
       // Baseline once the pool is warm: every server of the transaction pool opened.
       const warm = await run('pgbench', ['-n', '-M', 'extended', '-c', String(POOL), '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
@@ -86,12 +108,16 @@ t.test('protocol fuzz', async (t) => {
       t.comment(`[bypass=${bypass}] cases per family: ${JSON.stringify(stats.labels)}`);
       t.equal(proxy.exited(), undefined, `the proxy is still running (exit: ${JSON.stringify(proxy.exited())}; log tail: ${proxy.exited() ? proxy.logs().slice(-1500) : '-'})`);
       t.ok(await listening(proxy.host, proxy.port), 'the proxy still accepts connections');
+      // An exception no connection's boundary caught is logged and survived, but it leaves
+      // that connection half-handled (a hang, at best): there must be none.
+      const escaped = proxy.logs().split('\n').filter((l) => /uncaught exception|unhandled promise rejection| internal error/.test(l));
+      t.same(escaped, [], 'no exception escaped a connection\'s error boundary');
       t.ok(stats.cases >= (ONLY_CASE !== undefined ? 1 : 20), `fuzz cases played: ${stats.cases}`);
       if (stats.stopped) {
         for (const f of stats.stopped.inFlight) t.comment(`in flight when the proxy stopped (${stats.stopped.reason}): case ${f.index} (${f.label})\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}`);
       }
       for (const f of stats.failures.slice(0, 10)) {
-        t.fail(`case ${f.index} (${f.label}): ${f.failure}\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}`);
+        t.fail(`case ${f.index} (${f.label}): ${f.failure}\n  replay: PGSPLICE_FUZZ_SEED=${SEED} PGSPLICE_FUZZ_CASE=${f.index} PGSPLICE_TEST_MODES=${bypass}\n  bytes: ${f.hex}${f.diagnosis ? `\n  diagnosis:\n    ${f.diagnosis}` : ''}`);
       }
       t.equal(stats.failures.length, 0, `every fuzz client got replies, an error or a close (failures: ${stats.failures.length})`);
       t.equal(b.code, 0, `pgbench exits 0 (${b.stderr.slice(-800)})`);
@@ -107,7 +133,9 @@ t.test('protocol fuzz', async (t) => {
         const rssOk = await waitUntil(() => (rss1 = rssKb(pid)) <= rss0 + RSS_SLACK_KB, 15000, 'RSS back to baseline', 500).then(() => true, () => false);
         t.ok(rssOk, `RSS back to baseline: ${rss0} kB before, ${rss1} kB after (slack ${RSS_SLACK_KB} kB)`);
         const stuck = await waitUntil(() => backendCount(c, 'app', `state LIKE 'idle in transaction%' OR state = 'active'`) === 0, 15000, 'no backend busy').then(() => 0, () => backendCount(c, 'app', `state LIKE 'idle in transaction%' OR state = 'active'`));
-        t.equal(stuck, 0, 'no server left in a transaction or running');
+        // (if one is: what PostgreSQL and the proxy say of it)
+        const stuckWhy = stuck === 0 ? '' : `: ${c.sql(`SELECT pid, state, wait_event, xact_start IS NOT NULL, left(query, 60) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND (state LIKE 'idle in transaction%' OR state = 'active') AND pid <> pg_backend_pid()`).trim().split('\n').join('; ')}; proxy's servers: ${(await adminRows(proxy, 'SHOW SERVERS', 5000)).map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}`;
+        t.equal(stuck, 0, `no server left in a transaction or running${stuckWhy}`);
         // And a normal client is served at once.
         const after = await run('pgbench', ['-n', '-M', 'simple', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
         t.equal(pgbenchCounts(after.stdout).processed, 40, `a pgbench after the fuzz run completes (${after.stderr.slice(-300)})`);

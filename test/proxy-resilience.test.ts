@@ -6,7 +6,8 @@ import * as net from 'node:net';
 import { Client } from 'pg';
 import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, ProxyHandle } from './helpers/proxy';
-import { startCluster, proxyConfig, pgClient, withTimeout, sleep, waitUntil, freePort, Endpoint } from './helpers/cluster';
+import { startCluster, proxyConfig, pgClient, withTimeout, sleep, waitUntil, freePort, run, Endpoint } from './helpers/cluster';
+import { Session, copyData, login, query, simpleQuery } from './helpers/pgwire';
 
 const CLEAN_CODE = /^(08|57P0[1-3]|53300)/;
 const DISCONNECT = /terminat|ECONNRESET|EPIPE|closed|ended|not queryable|Connection terminated/i;
@@ -152,6 +153,84 @@ t.test('resilience', async (t) => {
       t.ok(e?.code ? CLEAN_CODE.test(e.code) : DISCONNECT.test(String(e?.message)), `clean error (${e?.code} ${e?.message})`);
       const next = await pgClient(t, proxy);
       t.same((await withTimeout(next.query('SELECT 7 AS x'), 10000, 'next client')).rows, [{ x: 7 }], 'other clients are served');
+    });
+
+    t.test(`a server lost while a client's settings are applied to it: the client gets another server ${B}`, async (t) => {
+      // One server, left by a client with other settings, so the next client's request
+      // first has its settings SET there. The backend is stopped, so the SET waits in its
+      // socket; then it is terminated: the SET fails because the server is gone, not
+      // because PostgreSQL refused it, and nothing of the client's ran there.
+      const p1 = await startProxy(t, await proxyConfig(c, { bypass, default_pool_size: 1 } as any));
+      const a = await pgClient(t, p1, { application_name: 'first' });
+      const pid = Number((await a.query('SELECT pg_backend_pid() AS p')).rows[0].p);
+      process.kill(pid, 'SIGSTOP');
+      t.teardown(() => {
+        try {
+          process.kill(pid, 'SIGCONT');
+        } catch {
+          /* gone */
+        }
+      });
+      const b = await pgClient(t, p1, { application_name: 'second' });
+      const q = b.query(`SELECT current_setting('application_name') AS n, pg_backend_pid() AS p`).then((r) => r, (e) => e);
+      // The SET has reached the stopped backend once its socket holds unread bytes.
+      const unread = () => run('ss', ['-Htn', 'state', 'established', `( sport = :${c.pg.port} )`]).then((r) => r.stdout.split('\n').some((l) => Number(l.trim().split(/\s+/)[0]) > 0));
+      let arrived = false;
+      await waitUntil(async () => (arrived = await unread()), 10000, 'the SET waits in the stopped backend').catch(() => undefined);
+      c.pg.psql(`SELECT pg_terminate_backend(${pid})`);
+      process.kill(pid, 'SIGCONT');
+      const r = await withTimeout(q, 20000, 'the request after its server was lost');
+      t.ok(arrived, 'the SET reached the stopped server before it was terminated');
+      t.same(r?.rows?.[0]?.n, 'second', `the request is answered with its own settings (${r?.message ?? 'ok'})`);
+      t.not(r?.rows?.[0]?.p, pid, 'by another server');
+      t.same(b.errors, [], 'the client connection was never dropped');
+    });
+
+    t.test(`a client that leaves inside a message: its server is closed, not cleaned ${B}`, async (t) => {
+      // The proxy's own clean-up query would be read as the rest of the message and the
+      // server would wait for more bytes forever, holding a pool slot. With one server in
+      // the pool the next client is served within seconds only if it was closed (and a
+      // new one opened), well before the clean-up deadline (10 s) would close it.
+      c.sql('CREATE TABLE IF NOT EXISTS copy_t (v int)');
+      c.sql('GRANT ALL ON copy_t TO app');
+      const p1 = await startProxy(t, await proxyConfig(c, { bypass, default_pool_size: 1, query_wait_timeout: 30 } as any));
+      const partial = (type: string, declared: number, body: string) => {
+        const b = Buffer.alloc(5);
+        b.write(type, 0, 'latin1');
+        b.writeInt32BE(declared, 1);
+        return Buffer.concat([b, Buffer.from(body, 'latin1')]);
+      };
+      const cases: { name: string; before: (s: Session) => Promise<void>; cut: Buffer }[] = [
+        {
+          // A COPY the server refused while the client still sends: the tracker does
+          // not count the CopyData that follows (its COPY was already answered).
+          name: 'a CopyData after its COPY failed',
+          before: async (s) => {
+            s.conn.write(query('COPY copy_t FROM STDIN'));
+            await s.conn.readUntil('G', 10000);
+            s.conn.write(copyData('not a number\n'));
+            await s.conn.readUntil('Z', 10000);
+          },
+          cut: partial('d', 4 + 100, 'abc'),
+        },
+        { name: 'a Parse inside a transaction', before: async (s) => void (await simpleQuery(s.conn, 'BEGIN')), cut: partial('P', 4 + 60, '\0SELECT ') },
+        { name: 'a Parse between transactions', before: async () => undefined, cut: partial('P', 4 + 60, '\0SELECT ') },
+      ];
+      for (const k of cases) {
+        const s = await login(p1.port, { user: 'app', password: 'app-pw', database: 'app' }, 30000);
+        await k.before(s);
+        s.conn.write(k.cut);
+        await sleep(200); // forwarded (or the kernel's to forward) before the client goes
+        s.conn.destroy();
+        const next = await pgClient(t, p1);
+        const started = Date.now();
+        const r = await withTimeout(next.query('SELECT 41 + 1 AS x').then((x) => x, (e) => e), 30000, `${k.name}: the next client`);
+        t.same(r?.rows, [{ x: 42 }], `${k.name}: the next client is served (${r?.message ?? 'ok'})`);
+        t.ok(Date.now() - started < 8000, `${k.name}: within ${Date.now() - started} ms, not after the clean-up deadline`);
+        await next.end();
+      }
+      const stuck = c.sql(`SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND (state = 'active' OR state LIKE 'idle in transaction%')`);
+      t.equal(stuck, '0', 'no server is left waiting inside a message');
     });
 
     t.test(`unreachable, silent or garbage-speaking server: clean error, no hang, no crash ${B}`, async (t) => {

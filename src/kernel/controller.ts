@@ -56,7 +56,9 @@ const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in th
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
 // Unix-socket clients stay in user space: the verdict programs are written for TCP.
-const isTcp = (c: ClientConnection): boolean => c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6';
+// (a destroyed socket's descriptor may be closed, or another socket's by now: the kernel
+// must not be given it, even before the connection's own close handler has run)
+const isTcp = (c: ClientConnection): boolean => !c.socket.destroyed && (c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6');
 
 // A stable name for a set of session settings.
 export function signature(settings: ReadonlyMap<string, string>): string {
@@ -433,7 +435,7 @@ export class BypassController implements KernelHost {
   bindInKernel(client: ClientConnection, server: ServerConnection, request: Buffer[]): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.writableLength > 0) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || server.state !== ServerState.Idle || server.socket.destroyed || server.socket.writableLength > 0) return false;
     if (this.tlsBound(client, pool)) return false;
     if (this.keepsTls(server)) {
       this.tlsPools.add(pool);
@@ -556,7 +558,10 @@ export class BypassController implements KernelHost {
     if (!server) return;
     server.leftKernel();
     this.counters.serversFromKernel++;
-    const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0;
+    // (bytes the kernel forwarded that end inside a message would make the proxy's own
+    // query the rest of it: the server waits forever)
+    const quiet = before !== null && before.outstanding === 0 && before.tailOpen === 0
+      && before.frame.remaining === 0 && before.frame.hdrLen === 0;
     if (client.serverCloseReason) {
       server.close(client.serverCloseReason, false);
       return;
@@ -664,24 +669,37 @@ export class BypassController implements KernelHost {
     if (this.handoffSettled(server)) return this.takePair(client, server, null, null, true);
     const done = waitUntil(() => this.handoffSettled(server), HANDOFF_SETTLE_MS).then((settled) => {
       this.settling.delete(server);
-      if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
-      if (!this.clients.has(clientId)) {
-        // The client left during the wait: its clean-up (clientClosed) took the server,
-        // unless the kernel still held it then.
-        this.closeOrphan(clientId, server, 'client left during a hand-over from the kernel');
+      try {
+        return this.finishHandoff(client, server, clientId, settled);
+      } catch (e) {
+        // (a promise continuation: no read's boundary is around it) the pair ends, nothing else
+        server.close(`internal error at a hand-over: ${(e as Error)?.message ?? String(e)}`, false);
+        client.failWith(e);
         return true;
       }
-      if (settled && this.takePair(client, server, null, null, true)) return true;
-      // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
-      k.takeBound(clientId);
-      server.leftKernel();
-      server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
-      client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
-      return true;
     });
     this.settling.set(server, done);
     server.holdInput(done.then(() => undefined));
     return done;
+  }
+
+  // A hand-over's end, once the kernel has finished with the server or the wait timed out.
+  private finishHandoff(client: ClientConnection, server: ServerConnection, clientId: number, settled: boolean): boolean {
+    const k = this.kernel!;
+    if (server.state !== ServerState.Kernel) return true; // the server left meanwhile
+    if (!this.clients.has(clientId)) {
+      // The client left during the wait: its clean-up (clientClosed) took the server,
+      // unless the kernel still held it then.
+      this.closeOrphan(clientId, server, 'client left during a hand-over from the kernel');
+      return true;
+    }
+    if (settled && this.takePair(client, server, null, null, true)) return true;
+    // Not settled in time, or the kernel released the pair meanwhile: neither can go on.
+    k.takeBound(clientId);
+    server.leftKernel();
+    server.close(settled ? 'the kernel released this server during a hand-over' : 'the kernel did not finish with this server at a hand-over');
+    client.fatal({ code: SqlState.ConnectionFailure, message: 'server connection lost (hand-over)' });
+    return true;
   }
 
   // Hand-overs waiting for the kernel to finish with their server.

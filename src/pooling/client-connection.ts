@@ -816,11 +816,18 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
           this.attach(server);
         }),
         this.guard((e: Error) => {
+          const f = (e as { fields?: Record<string, string> }).fields ?? {};
+          if (!f.C || !server.isUsable) {
+            // The server was lost (closed before or while the SETs ran), not the SETs
+            // refused: nothing of this client's reached it, so another server serves it.
+            server.close(`applying a client's settings failed: ${e.message}`);
+            if (this.state === ClientState.Waiting) this.requestServer();
+            return;
+          }
           // One Query: the failed SETs changed nothing on the server, which stays clean.
           log.info(`${this.label} could not apply its settings on ${server.label}: ${e.message}`);
           this.pool!.release(server);
           if (this.state !== ClientState.Waiting) return;
-          const f = (e as { fields?: Record<string, string> }).fields ?? {};
           const failed = this.failFirstRequest({
             code: f.C ?? SqlState.ConnectionFailure, message: `could not apply session settings: ${f.M ?? e.message}`, detail: f.D, hint: f.H,
           });
@@ -905,11 +912,13 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // Reads none of the client's requests until `until` resolves (a hand-over of its
   // transaction from the kernel path is settling); they are kept in order and read then.
   holdInput(until: Promise<void>): void {
-    this.heldInput.start(this.socket, until, (held) => {
+    // (a promise continuation: its exceptions, such as a malformed message among the held
+    // bytes, end this client through its boundary as a read's would)
+    this.heldInput.start(this.socket, until, this.guard((held: Buffer[]) => {
       if (this.state === ClientState.Closed) return;
       this.socket.resume(); // before: reading them may pause it again (back-pressure)
       for (const chunk of held) if ((this.state as ClientState) !== ClientState.Closed) this.onRequestBytes(chunk);
-    });
+    }));
   }
   private readonly heldInput = new InputHold();
 
@@ -1127,7 +1136,9 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   leaveServer(server: ServerConnection): void {
     server.unlink();
     const pool = this.pool!;
-    const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen;
+    // (a stream that stopped inside a message, such as a CopyData after its COPY failed,
+    // which the tracker does not count, would make the proxy's own query the rest of it)
+    const quiet = this.tracker.outstanding === 0 && !this.tracker.tailOpen && this.scanner.atBoundary;
     if (this.serverCloseReason) {
       server.close(this.serverCloseReason, false);
       return;

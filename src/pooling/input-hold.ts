@@ -22,10 +22,12 @@ export class InputHold {
     if (this.held) return;
     this.held = [];
     socket.pause();
-    until.then(() => {
+    // Given back however `until` ends: a hold that never ended would leave the socket paused.
+    const end = (): void => {
       const held = this.held ?? [];
       this.held = null;
       release(held);
-    });
+    };
+    until.then(end, end);
   }
 }

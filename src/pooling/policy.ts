@@ -53,20 +53,31 @@ export interface CleanableServer {
   close(reason: string, graceful?: boolean): void;
 }
 
+// A server that has not finished being cleaned by then is closed: nobody waits for it,
+// and one stuck (whatever the cause) would hold a pool slot for good.
+export const CLEAN_DEADLINE_MS = 10_000;
+
 // Runs the steps, forgets what they undid (settings, prepared statements), then calls
-// done(); a server that fails a step is closed. wrap: the caller's error boundary.
+// done(); a server that fails a step, or does not finish within CLEAN_DEADLINE_MS, is
+// closed. wrap: the caller's error boundary.
 export function cleanServer<S extends CleanableServer>(
   server: S, steps: readonly string[], done: (server: S) => void, failure: string,
   wrap: <A extends unknown[]>(fn: (...a: A) => void) => (...a: A) => void = (fn) => fn,
 ): void {
   if (steps.length === 0) return done(server);
+  const deadline = setTimeout(() => server.close(`${failure}: no answer within ${CLEAN_DEADLINE_MS / 1000} s`, false), CLEAN_DEADLINE_MS);
+  deadline.unref();
   runEach(server, steps).then(
     wrap(() => {
+      clearTimeout(deadline);
       if (steps.some((s) => s !== 'ROLLBACK')) server.applied.clear();
       if (dropsStatements(steps)) server.statements.clear();
       done(server);
     }),
-    wrap((e: Error) => server.close(`${failure}: ${e.message}`)),
+    wrap((e: Error) => {
+      clearTimeout(deadline);
+      server.close(`${failure}: ${e.message}`);
+    }),
   );
 }
 

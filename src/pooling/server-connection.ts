@@ -315,11 +315,15 @@ export class ServerConnection extends EventEmitter {
     try {
       this.onData(chunk);
     } catch (e) {
-      const peer = this.peer;
-      if (peer?.failWith) peer.failWith(e);
-      else log.error(`${this.label} internal error: ${e instanceof Error ? e.stack : String(e)}`);
-      this.close(`internal error: ${(e as Error)?.message ?? String(e)}`, false);
+      this.failWith(e);
     }
+  }
+
+  private failWith(e: unknown): void {
+    const peer = this.peer;
+    if (peer?.failWith) peer.failWith(e);
+    else log.error(`${this.label} internal error: ${e instanceof Error ? e.stack : String(e)}`);
+    this.close(`internal error: ${(e as Error)?.message ?? String(e)}`, false);
   }
 
   private onData(chunk: Buffer): void {
@@ -338,7 +342,12 @@ export class ServerConnection extends EventEmitter {
   // stays paused afterwards: whoever adopted the server resumes it when it may be read.
   holdInput(until: Promise<void>): void {
     this.heldInput.start(this.socket, until, (held) => {
-      for (const chunk of held) if (!this.socket.destroyed) this.onBytes(chunk);
+      // (a promise continuation: the same boundary as a read)
+      try {
+        for (const chunk of held) if (!this.socket.destroyed) this.onBytes(chunk);
+      } catch (e) {
+        this.failWith(e);
+      }
     });
   }
   private readonly heldInput = new InputHold();

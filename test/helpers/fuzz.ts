@@ -137,6 +137,9 @@ export interface FuzzTarget {
   user: string;
   password: string;
   databases: string[]; // the first is the transaction pool
+  // Called on a hang while the hung connection is still open (its local port given): what
+  // the proxy says of it, so that a hang seen once under load explains itself.
+  describeHang?: (clientPort: number) => Promise<string>;
 }
 
 // ---- session grammar (after login) -------------------------------------------------
@@ -443,6 +446,7 @@ export type Verdict = 'replies' | 'error-close' | 'closed' | 'aborted' | 'login-
 export interface CaseResult {
   verdict?: Verdict;
   failure?: string; // set when the proxy misbehaved: a hang, garbage, refused connection
+  diagnosis?: string; // on a hang: target.describeHang's answer
   errorCodes: string[];
 }
 
@@ -616,6 +620,9 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
     res.failure = `runner error: ${(e as Error).stack ?? e}`;
     return res;
   } finally {
+    if (res.failure?.startsWith('hang') && target.describeHang && conn.sock.localPort !== undefined) {
+      res.diagnosis = await target.describeHang(conn.sock.localPort).catch((e) => `describeHang failed: ${(e as Error).message}`);
+    }
     conn.destroy();
   }
 }
@@ -627,7 +634,7 @@ export interface RunStats {
   verdicts: Record<string, number>;
   labels: Record<string, number>;
   errorCodes: Record<string, number>;
-  failures: { index: number; label: string; failure: string; hex: string }[];
+  failures: { index: number; label: string; failure: string; hex: string; diagnosis?: string }[];
   // When shouldStop fired (the proxy exited): why, and the cases in flight at that moment,
   // one of which is the culprit.
   stopped?: { reason: string; inFlight: { index: number; label: string; hex: string }[] };
@@ -670,7 +677,7 @@ export async function runFuzz(opts: {
       stats.labels[family] = (stats.labels[family] ?? 0) + 1;
       if (res.verdict) stats.verdicts[res.verdict] = (stats.verdicts[res.verdict] ?? 0) + 1;
       for (const code of res.errorCodes) stats.errorCodes[code] = (stats.errorCodes[code] ?? 0) + 1;
-      if (res.failure) stats.failures.push({ index, label: c.label, failure: res.failure, hex: caseHex(c) });
+      if (res.failure) stats.failures.push({ index, label: c.label, failure: res.failure, hex: caseHex(c), diagnosis: res.diagnosis });
     }
   };
   await Promise.all(Array.from({ length: opts.workers }, worker));
