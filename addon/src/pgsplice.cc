@@ -6,6 +6,7 @@
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <string.h>
+#include <algorithm>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -117,9 +118,35 @@ class Obj : public Napi::ObjectWrap<Obj> {
       obj_ = nullptr;
       throw Napi::Error::New(env, Errno("bpf_object__open_file(" + path + ")", err) + "\n" + LogTail());
     }
-    // load(path, { mapSizes: { name: entries } }): sizes set before the maps are created
+    // load(path, { mapSizes: { name: entries }, programs: [names] }): sizes set before the
+    // maps are created; programs: the only programs loaded (default all). The verifier's
+    // work is most of a load's cost, and a program that is never run need not be verified.
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object opts = info[1].As<Napi::Object>();
+      if (opts.Has("programs") && opts.Get("programs").IsArray()) {
+        Napi::Array want = opts.Get("programs").As<Napi::Array>();
+        std::vector<std::string> names;
+        for (uint32_t i = 0; i < want.Length(); i++) {
+          if (!want.Get(i).IsString()) {
+            bpf_object__close(obj_);
+            obj_ = nullptr;
+            throw Napi::TypeError::New(env, "load: programs must be program names");
+          }
+          names.push_back(want.Get(i).As<Napi::String>());
+        }
+        for (const std::string& n : names) {
+          if (!bpf_object__find_program_by_name(obj_, n.c_str())) {
+            bpf_object__close(obj_);
+            obj_ = nullptr;
+            throw Napi::Error::New(env, "no program named " + n + " in " + path);
+          }
+        }
+        struct bpf_program* p;
+        bpf_object__for_each_program(p, obj_) {
+          bool keep = std::find(names.begin(), names.end(), bpf_program__name(p)) != names.end();
+          bpf_program__set_autoload(p, keep);
+        }
+      }
       if (opts.Has("mapSizes") && opts.Get("mapSizes").IsObject()) {
         Napi::Object sizes = opts.Get("mapSizes").As<Napi::Object>();
         Napi::Array names = sizes.GetPropertyNames();
@@ -191,6 +218,15 @@ class Obj : public Napi::ObjectWrap<Obj> {
     return m;
   }
 
+  // A program by name that was loaded (not left out by load's programs option).
+  struct bpf_program* Prog(Napi::Env env, const std::string& pname) {
+    Check(env);
+    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
+    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    if (bpf_program__fd(p) < 0) throw Napi::Error::New(env, "program " + pname + " was not loaded (load's programs option)");
+    return p;
+  }
+
   static Napi::Buffer<uint8_t> Buf(const Napi::CallbackInfo& info, size_t i, size_t want, const char* what) {
     if (info.Length() <= i || !info[i].IsBuffer())
       throw Napi::TypeError::New(info.Env(), std::string(what) + ": Buffer expected");
@@ -215,8 +251,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     Napi::Env env = info.Env();
     Check(env);
     std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_program* p = Prog(env, pname);
     struct bpf_map* m = Map(info, 1);
     int fd = bpf_link_create(bpf_program__fd(p), bpf_map__fd(m), BPF_SK_SKB_VERDICT, nullptr);
     if (fd < 0) throw Napi::Error::New(env, Errno("bpf_link_create(" + pname + ", BPF_SK_SKB_VERDICT)", errno));
@@ -324,8 +359,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     Napi::Env env = info.Env();
     Check(env);
     std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_program* p = Prog(env, pname);
     if (bpf_program__type(p) != BPF_PROG_TYPE_SYSCALL) throw Napi::Error::New(env, pname + " is not a syscall program");
     return Napi::Number::New(env, bpf_program__fd(p));
   }
@@ -353,8 +387,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     Napi::Env env = info.Env();
     Check(env);
     std::string pname = info[0].As<Napi::String>();
-    struct bpf_program* p = bpf_object__find_program_by_name(obj_, pname.c_str());
-    if (!p) throw Napi::Error::New(env, "no program named " + pname);
+    struct bpf_program* p = Prog(env, pname);
     std::vector<uint8_t> din, dout, cin, cout;
     if (info.Length() > 1 && info[1].IsBuffer()) {
       auto b = info[1].As<Napi::Buffer<uint8_t>>();
