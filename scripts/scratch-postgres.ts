@@ -57,9 +57,10 @@ function asPgUser(cmd: string, args: string[]): [string, string[]] {
 // kind is initdb'ed into a template under the temp directory and every cluster after it
 // is a copy (~0.1 s). The template is built under a private name and renamed into place,
 // so concurrent test processes never see a half-written one.
-function copyInitdbTemplate(bin: string, superuser: string, password: string, dataDir: string, owner?: ScratchOptions['owner']): void {
+// passwordEncryption: how the owner's password is stored (the cluster's password_encryption).
+function copyInitdbTemplate(bin: string, superuser: string, password: string, dataDir: string, owner?: ScratchOptions['owner'], passwordEncryption = 'scram-sha-256'): void {
   const version = execFileSync(path.join(bin, 'initdb'), ['--version'], { encoding: 'utf8' }).trim();
-  const ownerKey = owner ? [owner.user, owner.password, owner.db] : [];
+  const ownerKey = owner ? [owner.user, owner.password, owner.db, passwordEncryption] : [];
   const key = createHash('sha256').update([version, bin, superuser, password, ...ownerKey].join('\0')).digest('hex').slice(0, 16);
   const template = path.join(os.tmpdir(), `pgsplice-initdb-${key}`);
   if (!fs.existsSync(path.join(template, 'PG_VERSION'))) {
@@ -75,9 +76,10 @@ function copyInitdbTemplate(bin: string, superuser: string, password: string, da
       ]);
       execFileSync(c, a, { stdio: 'pipe' });
       if (owner) {
-        // Single-user mode: no server to start, one statement per line on stdin. The
-        // password is stored as a SCRAM verifier (password_encryption's default).
-        const [sc, sa] = asPgUser(path.join(bin, 'postgres'), ['--single', '-D', path.join(work, 'data'), '-c', 'fsync=off', 'postgres']);
+        // Single-user mode: no server to start, one statement per line on stdin.
+        const [sc, sa] = asPgUser(path.join(bin, 'postgres'), [
+          '--single', '-D', path.join(work, 'data'), '-c', 'fsync=off', '-c', `password_encryption=${passwordEncryption}`, 'postgres',
+        ]);
         const sql = `CREATE ROLE ${ident(owner.user)} LOGIN PASSWORD ${literal(owner.password)}\nCREATE DATABASE ${ident(owner.db)} OWNER ${ident(owner.user)}\n`;
         // It reports a failed statement on stderr and still exits 0.
         const r = spawnSync(sc, sa, { input: sql, encoding: 'utf8' });
@@ -129,7 +131,9 @@ export class ScratchPostgres {
     const pg = new ScratchPostgres(dir, port, superuser, password);
     const bin = pgBinDir();
     if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
-    copyInitdbTemplate(bin, superuser, password, pg.dataDir, opts.owner);
+    // (a settings value is written as postgresql.conf has it: quoted strings)
+    const passwordEncryption = String(opts.settings?.password_encryption ?? 'scram-sha-256').replace(/^'|'$/g, '');
+    copyInitdbTemplate(bin, superuser, password, pg.dataDir, opts.owner, passwordEncryption);
     const hba = opts.hbaMethod ?? 'scram-sha-256';
     fs.writeFileSync(
       path.join(pg.dataDir, 'pg_hba.conf'),
