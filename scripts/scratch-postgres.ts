@@ -1,7 +1,7 @@
 // A throw-away PostgreSQL cluster on a free port: initdb, SCRAM auth, started and
 // stopped by the caller. Used by the tests, the demo and the benchmark, so each
 // starts from a known server without touching the machine's own clusters.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -36,7 +36,15 @@ export interface ScratchOptions {
   // Authentication for TCP connections in pg_hba.conf.
   hbaMethod?: 'scram-sha-256' | 'md5' | 'trust';
   log?: (line: string) => void;
+  // A login role (SCRAM password) and a database it owns, made once in the initdb
+  // template: each cluster copied from it has them, instead of two more psql runs and a
+  // CREATE DATABASE (~0.5 s of CPU and ~1 s per cluster) on every start.
+  owner?: { user: string; password: string; db: string };
 }
+
+// SQL string literal and identifier quoting for the few statements made here.
+const literal = (s: string) => `'${s.replace(/'/g, "''")}'`;
+const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
 // PostgreSQL refuses to run as root: run its programs as the 'postgres' OS user then.
 function asPgUser(cmd: string, args: string[]): [string, string[]] {
@@ -49,9 +57,11 @@ function asPgUser(cmd: string, args: string[]): [string, string[]] {
 // kind is initdb'ed into a template under the temp directory and every cluster after it
 // is a copy (~0.1 s). The template is built under a private name and renamed into place,
 // so concurrent test processes never see a half-written one.
-function copyInitdbTemplate(bin: string, superuser: string, password: string, dataDir: string): void {
+// passwordEncryption: how the owner's password is stored (the cluster's password_encryption).
+function copyInitdbTemplate(bin: string, superuser: string, password: string, dataDir: string, owner?: ScratchOptions['owner'], passwordEncryption = 'scram-sha-256'): void {
   const version = execFileSync(path.join(bin, 'initdb'), ['--version'], { encoding: 'utf8' }).trim();
-  const key = createHash('sha256').update([version, bin, superuser, password].join('\0')).digest('hex').slice(0, 16);
+  const ownerKey = owner ? [owner.user, owner.password, owner.db, passwordEncryption] : [];
+  const key = createHash('sha256').update([version, bin, superuser, password, ...ownerKey].join('\0')).digest('hex').slice(0, 16);
   const template = path.join(os.tmpdir(), `pgsplice-initdb-${key}`);
   if (!fs.existsSync(path.join(template, 'PG_VERSION'))) {
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pgsplice-initdb-build-'));
@@ -65,6 +75,16 @@ function copyInitdbTemplate(bin: string, superuser: string, password: string, da
         '-E', 'UTF8', '--locale=C', '--no-sync',
       ]);
       execFileSync(c, a, { stdio: 'pipe' });
+      if (owner) {
+        // Single-user mode: no server to start, one statement per line on stdin.
+        const [sc, sa] = asPgUser(path.join(bin, 'postgres'), [
+          '--single', '-D', path.join(work, 'data'), '-c', 'fsync=off', '-c', `password_encryption=${passwordEncryption}`, 'postgres',
+        ]);
+        const sql = `CREATE ROLE ${ident(owner.user)} LOGIN PASSWORD ${literal(owner.password)}\nCREATE DATABASE ${ident(owner.db)} OWNER ${ident(owner.user)}\n`;
+        // It reports a failed statement on stderr and still exits 0.
+        const r = spawnSync(sc, sa, { input: sql, encoding: 'utf8' });
+        if (r.status !== 0 || /\b(ERROR|FATAL):/.test(r.stderr)) throw new Error(`making ${owner.user} and ${owner.db} in the initdb template: ${r.stderr || r.error}`);
+      }
       try {
         fs.renameSync(path.join(work, 'data'), template);
       } catch (e) {
@@ -111,7 +131,9 @@ export class ScratchPostgres {
     const pg = new ScratchPostgres(dir, port, superuser, password);
     const bin = pgBinDir();
     if (process.getuid && process.getuid() === 0) execFileSync('chown', ['-R', 'postgres:postgres', dir]);
-    copyInitdbTemplate(bin, superuser, password, pg.dataDir);
+    // (a settings value is written as postgresql.conf has it: quoted strings)
+    const passwordEncryption = String(opts.settings?.password_encryption ?? 'scram-sha-256').replace(/^'|'$/g, '');
+    copyInitdbTemplate(bin, superuser, password, pg.dataDir, opts.owner, passwordEncryption);
     const hba = opts.hbaMethod ?? 'scram-sha-256';
     fs.writeFileSync(
       path.join(pg.dataDir, 'pg_hba.conf'),
@@ -172,8 +194,8 @@ export class ScratchPostgres {
 
   // Creates a login role with a SCRAM password and a database it owns.
   createUserAndDb(user: string, password: string, db = user): void {
-    this.psql(`CREATE ROLE "${user}" LOGIN PASSWORD '${password.replace(/'/g, "''")}'`);
-    this.psql(`CREATE DATABASE "${db}" OWNER "${user}"`);
+    this.psql(`CREATE ROLE ${ident(user)} LOGIN PASSWORD ${literal(password)}`);
+    this.psql(`CREATE DATABASE ${ident(db)} OWNER ${ident(user)}`);
   }
 
   async destroy(): Promise<void> {

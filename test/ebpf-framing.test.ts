@@ -39,7 +39,7 @@ const fixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'fra
   cases: Case[];
 };
 
-const kp = openKernelPath(t);
+const kp = openKernelPath(t, { frameTest: true });
 
 if (kp) {
   const k = kp;

@@ -58,7 +58,7 @@ const S = () => msg('S');
 const be = (type: string, body = Buffer.alloc(0)) => msg(type, body);
 const Z = (status: string) => be('Z', Buffer.from(status));
 
-const kp = openKernelPath(t);
+const kp = openKernelPath(t, { frameTest: true });
 
 if (kp) {
   const k = kp;

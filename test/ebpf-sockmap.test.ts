@@ -49,6 +49,7 @@ const settle = (ms = 50) => new Promise((r) => setTimeout(r, ms));
 
 
 const kp = openKernelPath(t);
+const BPF_OBJ = path.join(__dirname, '..', 'ebpf', 'pgsplice.bpf.o');
 
 let nextId = 1000;
 interface Rig {
@@ -620,7 +621,7 @@ if (kp) {
     t.equal(k.popIdle(r.pool), 0, 'the last pop\'s id is not returned again');
     t.equal(k.read(r.sid)!.mode, Mode.USER);
     const addon = loadAddon();
-    const obj = addon.load(path.join(__dirname, '..', 'ebpf', 'pgsplice.bpf.o'));
+    const obj = addon.load(BPF_OBJ, { programs: ['pgs_verdict', 'pgs_ctl'] });
     try {
       t.throws(() => obj.programFd('pgs_verdict'), /not a syscall program/, 'only syscall programs run in place');
       t.throws(() => obj.programFd('no_such_program'), /no program named/);
@@ -628,6 +629,22 @@ if (kp) {
       obj.close();
     }
     t.throws(() => obj.runSyscall(0, Buffer.alloc(8)), /closed/, 'a closed object runs nothing');
+  });
+
+  // The proxy loads (and so has the kernel verify) only the programs it runs: not the tc
+  // framing wrapper, which only the framing tests run.
+  t.test("load's programs option: only the named programs are loaded", async (t) => {
+    t.throws(() => k.frameChunks('client', [Buffer.from('Q')]), /frameTest: true/, 'a KernelPath opened as the proxy opens it has no framing wrapper');
+    const addon = loadAddon();
+    const obj = addon.load(BPF_OBJ, { programs: ['pgs_ctl'] });
+    try {
+      t.ok(obj.programFd('pgs_ctl') > 0, 'the named program is loaded');
+      t.throws(() => obj.progTestRun('pgs_frame_test', Buffer.alloc(64), null), /pgs_frame_test was not loaded/, 'the others are not');
+      t.throws(() => obj.attachSockmapVerdict('pgs_verdict', 'socks'), /pgs_verdict was not loaded/);
+    } finally {
+      obj.close();
+    }
+    t.throws(() => addon.load(BPF_OBJ, { programs: ['pgs_ctl', 'no_such_program'] }), /no program named no_such_program/, 'an unknown name is refused');
   });
 
   t.test('bad arguments', async (t) => {

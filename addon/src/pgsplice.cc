@@ -6,6 +6,7 @@
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <string.h>
+#include <algorithm>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -117,9 +118,35 @@ class Obj : public Napi::ObjectWrap<Obj> {
       obj_ = nullptr;
       throw Napi::Error::New(env, Errno("bpf_object__open_file(" + path + ")", err) + "\n" + LogTail());
     }
-    // load(path, { mapSizes: { name: entries } }): sizes set before the maps are created
+    // load(path, { mapSizes: { name: entries }, programs: [names] }): sizes set before the
+    // maps are created; programs: the only programs loaded (default all). The verifier's
+    // work is most of a load's cost, and a program that is never run need not be verified.
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object opts = info[1].As<Napi::Object>();
+      if (opts.Has("programs") && opts.Get("programs").IsArray()) {
+        Napi::Array want = opts.Get("programs").As<Napi::Array>();
+        std::vector<std::string> names;
+        for (uint32_t i = 0; i < want.Length(); i++) {
+          if (!want.Get(i).IsString()) {
+            bpf_object__close(obj_);
+            obj_ = nullptr;
+            throw Napi::TypeError::New(env, "load: programs must be program names");
+          }
+          names.push_back(want.Get(i).As<Napi::String>());
+        }
+        for (const std::string& n : names) {
+          if (!bpf_object__find_program_by_name(obj_, n.c_str())) {
+            bpf_object__close(obj_);
+            obj_ = nullptr;
+            throw Napi::Error::New(env, "no program named " + n + " in " + path);
+          }
+        }
+        struct bpf_program* p;
+        bpf_object__for_each_program(p, obj_) {
+          bool keep = std::find(names.begin(), names.end(), bpf_program__name(p)) != names.end();
+          bpf_program__set_autoload(p, keep);
+        }
+      }
       if (opts.Has("mapSizes") && opts.Get("mapSizes").IsObject()) {
         Napi::Object sizes = opts.Get("mapSizes").As<Napi::Object>();
         Napi::Array names = sizes.GetPropertyNames();
@@ -197,6 +224,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
     std::string name = info[i].As<Napi::String>();
     struct bpf_program* p = bpf_object__find_program_by_name(obj_, name.c_str());
     if (!p) throw Napi::Error::New(info.Env(), "no program named " + name);
+    if (bpf_program__fd(p) < 0) throw Napi::Error::New(info.Env(), "program " + name + " was not loaded (load's programs option)");
     return p;
   }
 

@@ -24,9 +24,8 @@ export interface Cluster {
 }
 
 export async function startCluster(t: TeardownHost, opts: Parameters<typeof ScratchPostgres.create>[0] = {}): Promise<Cluster> {
-  const pg = await ScratchPostgres.create(opts);
+  const pg = await ScratchPostgres.create({ owner: { user: APP_USER, password: APP_PASSWORD, db: APP_DB }, ...opts });
   t.teardown(() => pg.destroy());
-  pg.createUserAndDb(APP_USER, APP_PASSWORD, APP_DB);
   return {
     pg,
     user: APP_USER,

@@ -201,9 +201,10 @@ export async function transitSnapshot(pgPort: number, proxyPort: number): Promis
 }
 
 // Opens the kernel path for a test file, or fails the file with the reason (needs root).
-export function openKernelPath(t: { fail(msg: string): unknown; teardown(fn: () => void): unknown }): KernelPath | null {
+// frameTest: also load the tc framing wrapper (KernelPath.frameChunks).
+export function openKernelPath(t: { fail(msg: string): unknown; teardown(fn: () => void): unknown }, opts: { frameTest?: boolean } = {}): KernelPath | null {
   try {
-    const k = KernelPath.open();
+    const k = KernelPath.open(opts);
     t.teardown(() => k.close());
     return k;
   } catch (e) {
