@@ -58,7 +58,7 @@ export function tailShape(all: Tx[]): TailShape {
   for (const t of all) if (!firstEnd.has(t.client) || t.endMs < firstEnd.get(t.client)!) firstEnd.set(t.client, t.endMs);
   const from = Math.max(...firstEnd.values());
   const txs = all.filter((t) => t.endMs > from);
-  const to = Math.max(...txs.map((t) => t.endMs));
+  const to = txs.reduce((m, t) => Math.max(m, t.endMs), -Infinity); // (a spread of ~10^5 values overflows the stack)
   const lat = Float64Array.from(txs.map((t) => t.latUs)).sort();
   const p99 = percentile(lat, 99)!;
   const slow = txs.filter((t) => t.latUs >= p99);
