@@ -126,20 +126,22 @@ class Obj : public Napi::ObjectWrap<Obj> {
       if (opts.Has("programs") && opts.Get("programs").IsArray()) {
         Napi::Array want = opts.Get("programs").As<Napi::Array>();
         std::vector<std::string> names;
+        std::string bad;
         for (uint32_t i = 0; i < want.Length(); i++) {
           if (!want.Get(i).IsString()) {
-            bpf_object__close(obj_);
-            obj_ = nullptr;
-            throw Napi::TypeError::New(env, "load: programs must be program names");
+            bad = "load: programs must be program names";
+            break;
           }
           names.push_back(want.Get(i).As<Napi::String>());
-        }
-        for (const std::string& n : names) {
-          if (!bpf_object__find_program_by_name(obj_, n.c_str())) {
-            bpf_object__close(obj_);
-            obj_ = nullptr;
-            throw Napi::Error::New(env, "no program named " + n + " in " + path);
+          if (!bpf_object__find_program_by_name(obj_, names.back().c_str())) {
+            bad = "no program named " + names.back() + " in " + path;
+            break;
           }
+        }
+        if (!bad.empty()) {
+          bpf_object__close(obj_);
+          obj_ = nullptr;
+          throw Napi::Error::New(env, bad);
         }
         struct bpf_program* p;
         bpf_object__for_each_program(p, obj_) {

@@ -55,10 +55,10 @@ const MAX_SETTINGS_PER_POOL = 8; // distinct settings sets per pool served in th
 // Kernel conn ids: clients use their id, servers a disjoint range.
 const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 
-// Unix-socket clients stay in user space: the verdict programs are written for TCP.
-// (a destroyed socket's descriptor may be closed, or another socket's by now: the kernel
-// must not be given it, even before the connection's own close handler has run)
-const isTcp = (c: ClientConnection): boolean => !c.socket.destroyed && (c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6');
+// Unix-socket clients stay in user space: the verdict programs are written for TCP. A
+// destroyed socket's descriptor may be closed, or another socket's by now: the kernel
+// must not be given it, even before the connection's own close handler has run.
+const liveTcp = (c: ClientConnection): boolean => !c.socket.destroyed && (c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6');
 
 // A stable name for a set of session settings.
 export function signature(settings: ReadonlyMap<string, string>): string {
@@ -402,7 +402,7 @@ export class BypassController implements KernelHost {
   offerClient(client: ClientConnection, aboutToWrite: number): boolean {
     const k = this.kernel;
     const pool = client.pool;
-    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || client.isAdmin || !isTcp(client)) return false;
+    if (!k || !pool || !this.kpools.has(pool) || this.userPools.has(pool) || client.isAdmin || !liveTcp(client)) return false;
     if (this.tlsBound(client, pool)) return false;
     if (client.state !== ClientState.Idle || !client.quiet || this.refreshes.has(client.id) || client.rewriter?.session.pinned) return false;
     if (client.socket.writableLength > 0) {
@@ -441,7 +441,7 @@ export class BypassController implements KernelHost {
       this.tlsPools.add(pool);
       return false;
     }
-    if (!isTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
+    if (!liveTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
     // the kernel starts its tail counts at 0 here: an open extended batch stays in user space
     if (client.tracker.mixesProtocols) return false;
     const sig = signature(client.settings);
