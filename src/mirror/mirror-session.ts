@@ -163,12 +163,16 @@ export class MirrorSession implements ServerPeer {
   private runUnit: Unit | null = null;
   private runTextAt = -1;
 
+  // What this session compares, for its life (a reload's new compare applies to new sessions).
+  readonly compare: MirrorCompare;
+
   constructor(
     readonly mirror: MirrorLink,
     private readonly client: MirroredClient,
   ) {
-    this.primaryOutcome = new OutcomeReader(mirror.config.compare);
-    this.mirrorOutcome = new OutcomeReader(mirror.config.compare);
+    this.compare = mirror.config.compare;
+    this.primaryOutcome = new OutcomeReader(this.compare);
+    this.mirrorOutcome = new OutcomeReader(this.compare);
   }
 
   // ---- the client's side (called on the client's path: copies and counts only) ----
