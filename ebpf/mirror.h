@@ -19,7 +19,12 @@
  * with the next one's) but at the end of that transaction. When a release finds no room
  * for its RESYNC, the copy waits at that end (LOST_AT_END) and the first request of the
  * next transaction writes it before its own copy. A RESYNC is reserved before the state
- * goes clean, so that every record copied after it follows it in the ring. */
+ * goes clean, so that every record copied after it follows it in the ring.
+ *
+ * Wake-ups: a record committed while the consumer has not reached it wakes nobody (the
+ * kernel wakes the consumer only for the record it is waiting at), so a discarded record
+ * must wake like a submitted one: with BPF_RB_NO_WAKEUP, records committed behind it by
+ * another CPU would wait in the ring for the next synchronous drain. */
 #ifndef PGS_MIRROR_H
 #define PGS_MIRROR_H
 
@@ -69,12 +74,14 @@ enum pgs_mirror_resynced {
  * sees the copy clean follows the record in the ring. */
 static __always_inline int pgs_mirror_resync(struct pgs_mirror_state *st, __u32 conn, __u32 from)
 {
-	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+	/* the header alone: the smallest record, the likeliest to fit in a ring that just
+	 * had no room for a copy */
+	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_HDR, 0);
 
 	if (!r)
 		return PGS_MIRROR_RESYNC_NO_ROOM;
 	if (__sync_val_compare_and_swap(&st->lost, from, PGS_MIRROR_CLEAN) != from) {
-		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(r, 0);
 		return PGS_MIRROR_RESYNC_MOVED;
 	}
 	r->conn = conn;
@@ -110,7 +117,7 @@ static __always_inline long pgs_mirror_emit(struct pgs_mirror_ctx *m)
 	/* n is 1..LARGE-HDR; said so the verifier sees it */
 	if (n < 1 || n > PGS_MIRROR_LARGE - PGS_MIRROR_HDR ||
 	    bpf_skb_load_bytes(m->skb, m->off, r->data, n)) {
-		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(r, 0);
 		m->failed = 1;
 		return 1;
 	}

@@ -173,6 +173,20 @@ export class BypassController implements KernelHost {
     f.beforeUserBytes(() => k.mirrorState(client.id)?.lost ?? false);
   }
 
+  // Mirrored clients whose sessions await the primary's answers with no record for a
+  // janitor tick: a lost copy whose RESYNC waits for the client's next transaction is seen
+  // now (a map lookup each), and what the sessions hold for it is dropped and counted.
+  private quietMirrorFeeds(): void {
+    const k = this.kernel!;
+    for (const client of this.clients.values()) {
+      if (!client.mirrors.length) continue;
+      const f = this.mirrorFeeds.get(client);
+      if (!f || !f.quietWhileAwaiting()) continue;
+      k.drainMirror();
+      f.checkKernelLoss(() => k.mirrorState(client.id)?.lost ?? false);
+    }
+  }
+
   // The client is idle in user space, nothing in flight either way: a clean boundary of
   // both streams, where a lost copy starts again (the kernel copies nothing of it now).
   private resumeMirrorAtIdle(client: ClientConnection): void {
@@ -890,6 +904,7 @@ export class BypassController implements KernelHost {
     this.sampleStats();
     if (this.status.mode === 'auto') this.autoStep(now);
     this.kernelClientTimeouts(now);
+    this.quietMirrorFeeds();
     // A server marked for a cancel whose release event was lost (ring buffer full).
     // One closed meanwhile (its client timed out, the kernel's pair taken) is forgotten.
     for (const x of [...this.retireMarked]) {

@@ -309,6 +309,11 @@ export class MirrorSession implements ServerPeer {
     if (this.startSettings && this.txnUnits.length === 0) this.startSettings = this.client.settingsSnapshot();
   }
 
+  // Whether requests of the client are taken and their answers from the primary not all seen.
+  awaitsPrimary(): boolean {
+    return !this.stopped && !this.lost && this.sent.length > 0;
+  }
+
   // What the client was sent (the primary's answers, and the proxy's own), in order.
   primaryBytes(chunk: Buffer): void {
     if (this.stopped || this.lost) return;
