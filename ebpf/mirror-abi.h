@@ -20,6 +20,14 @@ enum pgs_mirror_kind {
 				 * transactions ended since the loss */
 };
 
+/* What of the server's replies is copied (pgs_mirror_state.replies). */
+enum pgs_mirror_replies {
+	PGS_MIRROR_REPLIES_WHOLE = 0, /* every byte (compare: rows hashes the DataRows) */
+	PGS_MIRROR_REPLIES_TAGS = 1,  /* only CommandComplete, ErrorResponse, EmptyQueryResponse
+				       * and ReadyForQuery, plus any message that crosses an skb
+				       * edge: all that compare: tags reads */
+};
+
 /* A record of mirror_ring: a header, then len bytes of one skb (a chunk of it). seq counts
  * the records of one client and kind (REQUEST, REPLY) from 0; a record the ring had no room
  * for is never written, and none of that client's follow until its RESYNC. */
@@ -39,6 +47,8 @@ struct pgs_mirror_state {
 	__u32 lost;       /* enum pgs_mirror_lost (mirror.h): nonzero while nothing is copied */
 	__u32 lost_xacts; /* transactions that ended while lost */
 	__u64 lost_records; /* skbs not copied since the start (SHOW BYPASS mirror_lost) */
+	__u32 replies;      /* enum pgs_mirror_replies, set by user space at registration */
+	__u32 pad;
 };
 
 #endif

@@ -19,7 +19,12 @@
  * with the next one's) but at the end of that transaction. When a release finds no room
  * for its RESYNC, the copy waits at that end (LOST_AT_END) and the first request of the
  * next transaction writes it before its own copy. A RESYNC is reserved before the state
- * goes clean, so that every record copied after it follows it in the ring. */
+ * goes clean, so that every record copied after it follows it in the ring.
+ *
+ * Wake-ups: a record committed while the consumer has not reached it wakes nobody (the
+ * kernel wakes the consumer only for the record it is waiting at), so a discarded record
+ * must wake like a submitted one: with BPF_RB_NO_WAKEUP, records committed behind it by
+ * another CPU would wait in the ring for the next synchronous drain. */
 #ifndef PGS_MIRROR_H
 #define PGS_MIRROR_H
 
@@ -43,8 +48,10 @@ struct pgs_mirror_ctx {
 	struct pgs_mirror_state *st;
 	__u32 conn;
 	__u32 kind;
-	__u32 off;
 	__u32 len;
+	__u32 off;    /* the bytes to copy next: [off, end) of the skb */
+	__u32 end;
+	__u32 walk;   /* PGS_MIRROR_REPLIES_TAGS: the next message to look at; len when done */
 	__u32 failed;
 };
 
@@ -67,12 +74,14 @@ enum pgs_mirror_resynced {
  * sees the copy clean follows the record in the ring. */
 static __always_inline int pgs_mirror_resync(struct pgs_mirror_state *st, __u32 conn, __u32 from)
 {
-	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
+	/* the header alone: the smallest record, the likeliest to fit in a ring that just
+	 * had no room for a copy */
+	struct pgs_mirror_rec *r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_HDR, 0);
 
 	if (!r)
 		return PGS_MIRROR_RESYNC_NO_ROOM;
 	if (__sync_val_compare_and_swap(&st->lost, from, PGS_MIRROR_CLEAN) != from) {
-		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(r, 0);
 		return PGS_MIRROR_RESYNC_MOVED;
 	}
 	r->conn = conn;
@@ -84,16 +93,12 @@ static __always_inline int pgs_mirror_resync(struct pgs_mirror_state *st, __u32 
 	return PGS_MIRROR_RESYNC_WRITTEN;
 }
 
-/* One record: the next chunk of the skb. */
-static long pgs_mirror_chunk(__u32 i, void *ctx)
+/* One record: the next chunk of [off, end). */
+static __always_inline long pgs_mirror_emit(struct pgs_mirror_ctx *m)
 {
-	struct pgs_mirror_ctx *m = ctx;
 	struct pgs_mirror_rec *r;
-	__u32 left, n;
+	__u32 left = m->end - m->off, n;
 
-	if (m->off >= m->len)
-		return 1;
-	left = m->len - m->off;
 	if (left <= PGS_MIRROR_SMALL - PGS_MIRROR_HDR) {
 		r = bpf_ringbuf_reserve(&mirror_ring, PGS_MIRROR_SMALL, 0);
 		n = left;
@@ -112,7 +117,7 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 	/* n is 1..LARGE-HDR; said so the verifier sees it */
 	if (n < 1 || n > PGS_MIRROR_LARGE - PGS_MIRROR_HDR ||
 	    bpf_skb_load_bytes(m->skb, m->off, r->data, n)) {
-		bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+		bpf_ringbuf_discard(r, 0);
 		m->failed = 1;
 		return 1;
 	}
@@ -129,12 +134,66 @@ static long pgs_mirror_chunk(__u32 i, void *ctx)
 	return 0;
 }
 
+/* What compare: tags reads of a reply (src/mirror/divergence.ts). */
+static __always_inline int pgs_mirror_kept(__u8 type)
+{
+	return type == 'C' || type == 'E' || type == 'I' || type == 'Z';
+}
+
+/* One bpf_loop step: a record of the bytes to copy, or (PGS_MIRROR_REPLIES_TAGS) a look at
+ * the next message, which joins them if kept. A message that crosses the skb's end is
+ * always kept, whatever its type: the next skb's verdict (or user space, which copies
+ * everything) sees only its rest, so the copied stream stays whole messages. */
+static long pgs_mirror_step(__u32 i, void *ctx)
+{
+	struct pgs_mirror_ctx *m = ctx;
+	__u32 mlen, next;
+	__u8 h[5];
+
+	if (m->walk >= m->len) {
+		if (m->off >= m->end)
+			return 1;
+		return pgs_mirror_emit(m);
+	}
+	next = m->len;
+	if (m->len - m->walk >= 5) {
+		if (bpf_skb_load_bytes(m->skb, m->walk, h, 5)) {
+			m->failed = 1;
+			return 1;
+		}
+		mlen = ((__u32)h[1] << 24) | ((__u32)h[2] << 16) | ((__u32)h[3] << 8) | h[4];
+		if (mlen < 4 || mlen > 0x3fffffff) { /* the verdict's framing refused these already */
+			m->failed = 1;
+			return 1;
+		}
+		if (mlen < m->len - m->walk) {
+			next = m->walk + 1 + mlen;
+			if (!pgs_mirror_kept(h[0])) {
+				m->walk = next;
+				return 0;
+			}
+		}
+	}
+	/* kept: it extends the bytes to copy, or starts anew once they are copied */
+	if (m->end != m->walk) {
+		if (m->off < m->end)
+			return pgs_mirror_emit(m);
+		m->off = m->walk;
+	}
+	m->end = next;
+	m->walk = next;
+	return 0;
+}
+
 /* Copies the skb the verdict is about to redirect for mirrored client conn (kind REQUEST
  * from its own verdict, REPLY from its server's). edge: for a REPLY, this skb ended a
  * transaction and released the server, the point where a lost copy starts again; for a
- * REQUEST, it is the first of a transaction (its client was unbound). Global, so that
- * the verifier checks it once, not once per caller state. */
-__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 edge)
+ * REQUEST, it is the first of a transaction (its client was unbound). carried: for a
+ * REPLY, where the message carried in from the previous skb ends (0 if none, len if it
+ * goes on past this one); the next message starts there. Global, so that the verifier
+ * checks it once, not once per caller state. */
+__attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn, __u32 kind, __u32 edge,
+					      __u32 carried)
 {
 	struct pgs_mirror_ctx m = {};
 	struct pgs_mirror_state *st;
@@ -163,10 +222,19 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 		m.conn = conn;
 		m.kind = kind;
 		m.len = skb->len;
+		m.end = m.len;
+		m.walk = m.len;
+		if (kind == PGS_MIRROR_REPLY && st->replies == PGS_MIRROR_REPLIES_TAGS) {
+			/* the carried message's rest is copied, then the kept messages */
+			m.end = carried < m.len ? carried : m.len;
+			m.walk = m.end;
+		}
 		if (m.len > PGS_MIRROR_CHUNKS * (PGS_MIRROR_LARGE - PGS_MIRROR_HDR))
 			m.failed = 1;
-		else
-			bpf_loop(PGS_MIRROR_CHUNKS, pgs_mirror_chunk, &m, 0);
+		else /* steps: one per message, one per record, one per gap between kept runs */
+			bpf_loop(2 * (m.len / 5) + PGS_MIRROR_CHUNKS + 8, pgs_mirror_step, &m, 0);
+		if (m.off < m.end || m.walk < m.len)
+			m.failed = 1; /* bound hit: impossible by the count above */
 		if (!m.failed)
 			goto end;
 		/* (a verdict of the other direction may have marked it lost meanwhile) */

@@ -22,7 +22,8 @@ struct pgs_fctx {
 	__u32 n_err_tail;   /* server: ErrorResponses after the last Z of this skb */
 	__u32 ext_open;     /* client: P/B/D/E/C since the last S/Q/F, the previous skbs' included */
 	__u32 mixed;        /* client: non-zero if a Query/FunctionCall followed an open P/B/D/E/C */
-	__u32 insp_from;    /* client: first header that starts in this skb (inspection) */
+	__u32 insp_from;    /* first header that starts in this skb (client: inspection; server:
+			     * where the mirror's copy of a reply looks from) */
 	__u8 insp_carried;  /* client: type of a header carried in from the previous skb */
 	__u8 have_sfq;
 	__u8 first_type;    /* type of a message whose header starts at base, else 0 */

@@ -362,7 +362,7 @@ static __always_inline int client_verdict(struct __sk_buff *skb, __u32 cid, stru
 	/* the mirror gets the client's bytes as sent: copied before the names are rewritten;
 	 * fresh: the first request of a transaction (mirror.h) */
 	if (c->mirror)
-		pgs_mirror_copy(skb, cid, PGS_MIRROR_REQUEST, fresh);
+		pgs_mirror_copy(skb, cid, PGS_MIRROR_REQUEST, fresh, 0);
 	/* Committed to this server: only now may the skb carry its names */
 	if (nm.n)
 		stat_add(PGS_ST_STMT_REWRITES, pgs_stmt_rewrite(skb, &nm));
@@ -569,8 +569,9 @@ static __always_inline int server_verdict(struct __sk_buff *skb, __u32 sid, stru
 		stat_add(PGS_ST_DROPPED_CLIENT_GONE, 1);
 		return SK_DROP; /* the client is gone: nobody is owed these bytes */
 	}
+	/* (insp_from: where the message carried in from the previous skb ends) */
 	if (c->mirror)
-		pgs_mirror_copy(skb, cid, PGS_MIRROR_REPLY, action != 0);
+		pgs_mirror_copy(skb, cid, PGS_MIRROR_REPLY, action != 0, fc.insp_from);
 	__sync_fetch_and_add(&c->redirected, len);
 	if (ps)
 		ps->server_bytes += len;

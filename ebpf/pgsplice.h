@@ -289,6 +289,7 @@ struct pgs_abi {
 	struct pgs_frame_test frame_test;
 	enum pgs_mirror_limits mirror_limits;
 	enum pgs_mirror_kind mirror_kind;
+	enum pgs_mirror_replies mirror_replies;
 	struct pgs_mirror_rec mirror_rec;
 	struct pgs_mirror_state mirror_state;
 };

@@ -17,12 +17,13 @@ import { log } from '../observe/log';
 import { isTlsSocket } from '../auth/tls';
 import type { ConnRead, KernelCounters, KernelEvent, KernelPath as KernelPathType } from './kernel-path';
 import { KernelPoolStats } from './pool-stats';
-import { ConnFlags, Mode, STMT_NAME_MAX } from './kernel-abi';
+import { ConnFlags, MirrorReplies, Mode, STMT_NAME_MAX } from './kernel-abi';
 import { parseServerName, type ClientStatementObserver } from '../session/statement-names';
 import { waitUntil } from './settle';
 import { AutoBypass, AutoState, AutoVerdict, autoTimingFromEnv } from '../pooling/bypass-auto';
 import { FeedState, KernelMirrorFeed, type KernelMirrorTotals } from '../mirror/kernel-feed';
 import type { MirrorRecord } from './kernel-abi';
+import type { MirrorSession } from '../mirror/mirror-session';
 
 // Opens the kernel path per the bypass setting: the controller when it loads, else user
 // space only. 'on' throws when it cannot load. config: the running config (reload changes it);
@@ -172,6 +173,20 @@ export class BypassController implements KernelHost {
     f.beforeUserBytes(() => k.mirrorState(client.id)?.lost ?? false);
   }
 
+  // Mirrored clients whose sessions await the primary's answers with no record for a
+  // janitor tick: a lost copy whose RESYNC waits for the client's next transaction is seen
+  // now (a map lookup each), and what the sessions hold for it is dropped and counted.
+  private quietMirrorFeeds(): void {
+    const k = this.kernel!;
+    for (const client of this.clients.values()) {
+      if (!client.mirrors.length) continue;
+      const f = this.mirrorFeeds.get(client);
+      if (!f || !f.quietWhileAwaiting()) continue;
+      k.drainMirror();
+      f.checkKernelLoss(() => k.mirrorState(client.id)?.lost ?? false);
+    }
+  }
+
   // The client is idle in user space, nothing in flight either way: a clean boundary of
   // both streams, where a lost copy starts again (the kernel copies nothing of it now).
   private resumeMirrorAtIdle(client: ClientConnection): void {
@@ -313,7 +328,7 @@ export class BypassController implements KernelHost {
     const isServer = conn instanceof ServerConnection;
     const id = isServer ? skid(conn) : conn.id;
     if (isServer) k.registerServer(id, fd, kid);
-    else k.registerClient(id, fd, kid, conn.mirrors.length > 0); // mirrored: the verdicts copy its traffic
+    else k.registerClient(id, fd, kid, mirrorReplies(conn.mirrors)); // mirrored: the verdicts copy its traffic
     this.mirrorStatements(conn);
     if (isServer) this.writtenAtHome.set(conn, BigInt(conn.socket.bytesWritten));
     conn.bytesRead = 0;
@@ -889,6 +904,7 @@ export class BypassController implements KernelHost {
     this.sampleStats();
     if (this.status.mode === 'auto') this.autoStep(now);
     this.kernelClientTimeouts(now);
+    this.quietMirrorFeeds();
     // A server marked for a cancel whose release event was lost (ring buffer full).
     // One closed meanwhile (its client timed out, the kernel's pair taken) is forgotten.
     for (const x of [...this.retireMarked]) {
@@ -1100,4 +1116,12 @@ export class BypassController implements KernelHost {
     this.kernel?.close();
     this.kernel = null;
   }
+}
+
+// What the kernel copies of a mirrored client's replies: only what compare: tags reads if
+// every session of the client reads no more (a session keeps its compare mode for life,
+// and a client's list of sessions only shrinks); null if the client is not mirrored.
+function mirrorReplies(sessions: readonly MirrorSession[]): number | null {
+  if (!sessions.length) return null;
+  return sessions.every((m) => m.compare === 'tags') ? MirrorReplies.TAGS : MirrorReplies.WHOLE;
 }

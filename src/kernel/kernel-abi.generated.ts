@@ -84,6 +84,7 @@ export const ENUMS = {
     PGS_MIRROR_CHUNKS: 64,
   },
   pgs_mirror_kind: { PGS_MIRROR_REQUEST: 1, PGS_MIRROR_REPLY: 2, PGS_MIRROR_RESYNC: 3 },
+  pgs_mirror_replies: { PGS_MIRROR_REPLIES_WHOLE: 0, PGS_MIRROR_REPLIES_TAGS: 1 },
   bpf_map_type: { BPF_MAP_TYPE_STACK: 23 },
 } as const;
 
@@ -100,7 +101,7 @@ export const STRUCTS = {
   pgs_ctl: { size: 120, fields: { op: { offset: 0, size: 4, kind: "u" }, id: { offset: 4, size: 4, kind: "u" }, pool: { offset: 8, size: 4, kind: "u" }, ret: { offset: 12, size: 4, kind: "s" }, expected: { offset: 16, size: 8, kind: "u" }, word: { offset: 24, size: 8, kind: "u" }, peer: { offset: 32, size: 4, kind: "u" }, outstanding: { offset: 36, size: 4, kind: "u" }, tail_open: { offset: 40, size: 4, kind: "u" }, flags: { offset: 44, size: 4, kind: "u" }, role: { offset: 48, size: 4, kind: "u" }, pool_id: { offset: 52, size: 4, kind: "u" }, frame: { offset: 56, size: 12, kind: "struct", type: "pgs_frame" }, redirected: { offset: 72, size: 8, kind: "u" }, written: { offset: 80, size: 8, kind: "u" }, sid: { offset: 88, size: 4, kind: "u" }, out_in: { offset: 92, size: 4, kind: "u" }, tail_in: { offset: 96, size: 4, kind: "u" }, pad_in: { offset: 100, size: 4, kind: "u" }, tail_msgs: { offset: 104, size: 4, kind: "u" }, tail_answered: { offset: 108, size: 4, kind: "u" }, applying: { offset: 112, size: 4, kind: "u" }, pad_out: { offset: 116, size: 4, kind: "u" } } },
   pgs_frame_test: { size: 144, fields: { frame: { offset: 0, size: 12, kind: "struct", type: "pgs_frame" }, role: { offset: 12, size: 4, kind: "u" }, n_sync: { offset: 16, size: 4, kind: "u" }, n_query: { offset: 20, size: 4, kind: "u" }, n_func: { offset: 24, size: 4, kind: "u" }, n_z: { offset: 28, size: 4, kind: "u" }, n_param: { offset: 32, size: 4, kind: "u" }, n_msgs: { offset: 36, size: 4, kind: "u" }, n_term: { offset: 40, size: 4, kind: "u" }, errors: { offset: 44, size: 4, kind: "u" }, last_tail: { offset: 48, size: 4, kind: "u" }, z_status: { offset: 52, size: 64, kind: "array" }, inspect: { offset: 116, size: 4, kind: "u" }, tail_msgs: { offset: 120, size: 4, kind: "u" }, tail_answered: { offset: 124, size: 4, kind: "u" }, n_names: { offset: 128, size: 4, kind: "u" }, name_off: { offset: 132, size: 4, kind: "u" }, name_len: { offset: 136, size: 4, kind: "u" }, pad_names: { offset: 140, size: 4, kind: "u" } } },
   pgs_mirror_rec: { size: 16, fields: { conn: { offset: 0, size: 4, kind: "u" }, kind: { offset: 4, size: 2, kind: "u" }, len: { offset: 6, size: 2, kind: "u" }, seq: { offset: 8, size: 4, kind: "u" }, lost_xacts: { offset: 12, size: 4, kind: "u" }, data: { offset: 16, size: 0, kind: "array" } } },
-  pgs_mirror_state: { size: 24, fields: { seq_request: { offset: 0, size: 4, kind: "u" }, seq_reply: { offset: 4, size: 4, kind: "u" }, lost: { offset: 8, size: 4, kind: "u" }, lost_xacts: { offset: 12, size: 4, kind: "u" }, lost_records: { offset: 16, size: 8, kind: "u" } } },
+  pgs_mirror_state: { size: 32, fields: { seq_request: { offset: 0, size: 4, kind: "u" }, seq_reply: { offset: 4, size: 4, kind: "u" }, lost: { offset: 8, size: 4, kind: "u" }, lost_xacts: { offset: 12, size: 4, kind: "u" }, lost_records: { offset: 16, size: 8, kind: "u" }, replies: { offset: 24, size: 4, kind: "u" }, pad: { offset: 28, size: 4, kind: "u" } } },
 } as const;
 
 /** The BPF maps: map type, max entries, key and value types (C struct name, or u32/u64...). */
@@ -111,7 +112,7 @@ export const MAPS = {
   idle: { type: 12, maxEntries: 256, key: "u32", keySize: 4 },
   insp_state: { type: 6, maxEntries: 2, key: "u32", keySize: 4, value: "pgs_insp_slot", valueSize: 120 },
   mirror_ring: { type: 27, maxEntries: 4194304 },
-  mirror_state: { type: 1, maxEntries: 65536, key: "u32", keySize: 4, value: "pgs_mirror_state", valueSize: 24 },
+  mirror_state: { type: 1, maxEntries: 65536, key: "u32", keySize: 4, value: "pgs_mirror_state", valueSize: 32 },
   pool_stats: { type: 6, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool_stats", valueSize: 48 },
   pools: { type: 2, maxEntries: 256, key: "u32", keySize: 4, value: "pgs_pool", valueSize: 24 },
   sock_ids: { type: 1, maxEntries: 65536, key: "u64", keySize: 8, value: "u32", valueSize: 4 },

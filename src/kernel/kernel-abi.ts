@@ -261,6 +261,8 @@ export interface KernelEventRaw {
 // ---- mirroring from the kernel path (ebpf/mirror.h) ----
 
 export const MirrorKind = strip(ENUMS.pgs_mirror_kind, 'PGS_MIRROR_');
+/** What of a mirrored client's replies the server's verdict copies (ebpf/mirror-abi.h). */
+export const MirrorReplies = strip(ENUMS.pgs_mirror_replies, 'PGS_MIRROR_REPLIES_');
 export const MIRROR_RING_BYTES = ENUMS.pgs_mirror_limits.PGS_MIRROR_RING_BYTES;
 const MIRROR_REC = STRUCTS.pgs_mirror_rec.fields;
 const MIRROR_STATE = STRUCTS.pgs_mirror_state.fields;
@@ -299,6 +301,13 @@ export function decodeMirrorState(b: Buffer): MirrorState {
 }
 
 export const SIZEOF_MIRROR_STATE = STRUCTS.pgs_mirror_state.size;
+
+/** A new client's state: nothing copied or lost yet; replies: a MirrorReplies value. */
+export function encodeMirrorState(replies: number): Buffer {
+  const out = Buffer.alloc(SIZEOF_MIRROR_STATE);
+  out.writeUInt32LE(replies, MIRROR_STATE.replies.offset);
+  return out;
+}
 
 /** The state with lost and lost_xacts cleared (user space counted them), seqs kept. */
 export function mirrorStateResumed(b: Buffer): Buffer {

@@ -314,10 +314,13 @@ export class KernelPath {
   }
 
   /** Mode USER, counters 0. Drain the socket (read to EAGAIN) before: bytes already
-   * queued when a socket is inserted are not seen by the verdict. */
-  registerClient(id: number, fd: number, poolId: number, mirror = false): void {
+   * queued when a socket is inserted are not seen by the verdict.
+   * mirrorReplies: for a mirrored client, what of its replies the verdicts copy (a
+   * MirrorReplies value); null if it is not mirrored. */
+  registerClient(id: number, fd: number, poolId: number, mirrorReplies: number | null = null): void {
+    const mirror = mirrorReplies !== null;
     // mirror state first: a verdict that sees conn.mirror finds it (ebpf/mirror.h)
-    if (mirror) this.obj.mapUpdate('mirror_state', abi.u32(id), Buffer.alloc(abi.SIZEOF_MIRROR_STATE));
+    if (mirror) this.obj.mapUpdate('mirror_state', abi.u32(id), abi.encodeMirrorState(mirrorReplies));
     try {
       this.register(id, fd, poolId, abi.Role.CLIENT, mirror);
     } catch (e) {

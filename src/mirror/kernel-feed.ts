@@ -35,6 +35,8 @@ export class KernelMirrorFeed {
   private readonly next = [0, 0]; // expected seq of REQUEST, REPLY records
   private skippedUserBytes = false; // while lost, user space had bytes of its own for the sessions
   private pendingTransactions = 0; // lost ones a RESYNC reported that was not trusted
+  private records = 0; // delivered to this feed
+  private recordsAtTick = -1; // as of the last janitor tick (quietWhileAwaiting)
 
   constructor(
     private readonly sessions: () => readonly MirrorSession[],
@@ -42,6 +44,7 @@ export class KernelMirrorFeed {
   ) {}
 
   record(r: MirrorRecord): void {
+    this.records++;
     if (r.kind === MirrorKind.RESYNC) {
       if (!this.skippedUserBytes) return this.resume(r.lostXacts);
       this.lose();
@@ -68,8 +71,26 @@ export class KernelMirrorFeed {
   // User space is about to feed the sessions bytes of its own (after draining the ring);
   // kernelLost: the kernel's state says the copy is lost (read only while clean).
   beforeUserBytes(kernelLost: () => boolean): void {
-    if (this.state === FeedState.Clean && kernelLost()) this.lose();
+    this.checkKernelLoss(kernelLost);
     if (this.state === FeedState.Lost) this.skippedUserBytes = true;
+  }
+
+  // Asked once a second (the janitor): whether the sessions await answers of the primary
+  // and no record came since the last tick. A copy lost at a transaction's end whose
+  // RESYNC did not fit in the ring is reported only when the client's next transaction
+  // starts (ebpf/mirror.h, LOST_AT_END); a client that goes quiet meanwhile would keep its
+  // last units, and their queue_bytes, until then.
+  quietWhileAwaiting(): boolean {
+    const quiet = this.records === this.recordsAtTick;
+    this.recordsAtTick = this.records;
+    return quiet && this.state === FeedState.Clean && this.sessions().some((m) => m.awaitsPrimary());
+  }
+
+  // The kernel's state says the copy is lost (kernelLost, read while clean): the sessions
+  // drop what they gathered now; the RESYNC still comes, and is trusted (no user-space
+  // bytes were skipped).
+  checkKernelLoss(kernelLost: () => boolean): void {
+    if (this.state === FeedState.Clean && kernelLost()) this.lose();
   }
 
   // Bytes of the client's streams are missing: its sessions stop taking any.

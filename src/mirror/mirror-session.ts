@@ -163,12 +163,16 @@ export class MirrorSession implements ServerPeer {
   private runUnit: Unit | null = null;
   private runTextAt = -1;
 
+  // What this session compares, for its life (a reload's new compare applies to new sessions).
+  readonly compare: MirrorCompare;
+
   constructor(
     readonly mirror: MirrorLink,
     private readonly client: MirroredClient,
   ) {
-    this.primaryOutcome = new OutcomeReader(mirror.config.compare);
-    this.mirrorOutcome = new OutcomeReader(mirror.config.compare);
+    this.compare = mirror.config.compare;
+    this.primaryOutcome = new OutcomeReader(this.compare);
+    this.mirrorOutcome = new OutcomeReader(this.compare);
   }
 
   // ---- the client's side (called on the client's path: copies and counts only) ----
@@ -303,6 +307,11 @@ export class MirrorSession implements ServerPeer {
   // transaction that began meanwhile and has not run yet starts from them.
   settingsLearned(): void {
     if (this.startSettings && this.txnUnits.length === 0) this.startSettings = this.client.settingsSnapshot();
+  }
+
+  // Whether requests of the client are taken and their answers from the primary not all seen.
+  awaitsPrimary(): boolean {
+    return !this.stopped && !this.lost && this.sent.length > 0;
   }
 
   // What the client was sent (the primary's answers, and the proxy's own), in order.
