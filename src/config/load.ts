@@ -143,6 +143,9 @@ export function defaultSettings(): Settings {
   return out as unknown as Settings;
 }
 
+/** listen.unix_socket_mode when unset: PgBouncer's. */
+export const DEFAULT_UNIX_SOCKET_MODE = 0o777;
+
 const LISTEN_KEYS: Record<keyof ListenConfig, Kind> = {
   host: str, // '' = no TCP listener
   port,
