@@ -420,6 +420,16 @@ t.test('admin console', async (t) => {
         const r = await pg.query(cmd);
         t.same(r.fields.map((f) => f.name).sort(), [...documented].sort(), `${cmd}: ${documented.join(', ')}`);
       }
+      // The commands: SHOW HELP's list against the section headings and the commands table.
+      const help = (await adminRun(proxy, 'SHOW HELP')).stderr;
+      const helpShows = (help.match(/SHOW ([A-Z_|]+)/g) ?? []).flatMap((m) => m.slice(5).split('|'));
+      const helpVerbs = help.split('\n').filter((l) => !/NOTICE:/.test(l)).map((l) => l.replace(/^\s*(DETAIL:)?\s*/, '').split(' ')[0]!)
+        .filter((v) => /^[A-Z_]+$/.test(v) && v !== 'SHOW');
+      const adminMd = readDoc('docs/admin.md');
+      const docShows = [...adminMd.matchAll(/^### (SHOW .*)$/gm)].flatMap((m) => m[1]!.replace(/SHOW /g, '').split(/,\s*|\s+and\s+/));
+      t.same([...new Set(helpShows)].sort(), [...new Set(docShows)].sort(), 'SHOW HELP lists the SHOW commands the docs have a section for');
+      const docVerbs = tableRows(section(adminMd, 'Commands (admin_users only)')).map((r) => backticked(r[0]!)[0]!.split(' ')[0]!);
+      t.same([...new Set(helpVerbs)].sort(), [...new Set(docVerbs)].sort(), 'and the commands the docs list');
       // SHOW MIRRORS is prose: each column it returns is named there.
       const mirrors = section(section(readDoc('docs/admin.md'), 'SHOW commands'), 'SHOW MIRRORS');
       const named = backticked(mirrors);
