@@ -116,3 +116,28 @@ t.test('every number in the README\'s benchmark section cites a bench/results fi
     for (const f of cited) t.ok(existsSync(join(ROOT, f)), `${f} exists`);
   }
 });
+
+t.test('docs/architecture.md and the README\'s layout name every folder of src/', async (t) => {
+  const folders = readdirSync(join(ROOT, 'src'), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => `${d.name}/`).sort();
+  const arch = section(readDoc('docs/architecture.md'), 'Architecture');
+  const table = tableRows(arch).flatMap((r) => backticked(r[0]!)).filter((w) => w.endsWith('/'));
+  t.same([...table].sort(), folders, 'the architecture table has a row per folder');
+  const layout = section(readDoc('README.md'), 'Layout');
+  for (const f of folders) t.ok(backticked(layout).includes(f), `README's layout names src/${f}`);
+  for (const w of backticked(layout).filter((w) => /^[a-z-]+\/$/.test(w) && !['src/', 'ebpf/', 'addon/', 'test/', 'bench/', 'benchbase-configs/', 'scripts/'].includes(w))) {
+    t.ok(folders.includes(w), `README's layout: src/${w} exists`);
+  }
+});
+
+t.test('the source, test and script files the README and docs name exist', async (t) => {
+  let n = 0;
+  for (const file of DOCS) {
+    for (const m of readDoc(file).matchAll(/(?<![\w/.-])((?:src|test|ebpf|addon|scripts|bench|packaging|examples)\/[\w./-]*\.(?:ts|c|h|js|mjs|sh|json|yaml|conf|service|gyp|cc))\b/g)) {
+      const p = m[1]!;
+      if (/FILE|NAME/.test(p)) continue; // placeholders such as test/FILE.test.ts
+      n++;
+      t.ok(existsSync(join(ROOT, p)), `${file}: ${p}`);
+    }
+  }
+  t.ok(n > 30, `checked ${n} paths`);
+});
