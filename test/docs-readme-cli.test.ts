@@ -141,3 +141,11 @@ t.test('the source, test and script files the README and docs name exist', async
   }
   t.ok(n > 30, `checked ${n} paths`);
 });
+
+t.test('every PGSPLICE_ environment variable the proxy reads is documented', async (t) => {
+  const r = await run('grep', ['-rhoE', 'PGSPLICE_[A-Z_]+', join(ROOT, 'src')], { timeoutMs: 30000 });
+  const used = [...new Set(r.stdout.split('\n').filter((v) => v !== ''))].sort();
+  t.ok(used.includes('PGSPLICE_ADDON') && used.length >= 4, `found ${used.join(', ')}`);
+  const docs = DOCS.map(readDoc).join('\n');
+  for (const v of used) t.match(docs, new RegExp(`\`${v}[=\`]`), `${v} documented`);
+});
