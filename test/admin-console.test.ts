@@ -430,6 +430,14 @@ t.test('admin console', async (t) => {
       t.same([...new Set(helpShows)].sort(), [...new Set(docShows)].sort(), 'SHOW HELP lists the SHOW commands the docs have a section for');
       const docVerbs = tableRows(section(adminMd, 'Commands (admin_users only)')).map((r) => backticked(r[0]!)[0]!.split(' ')[0]!);
       t.same([...new Set(helpVerbs)].sort(), [...new Set(docVerbs)].sort(), 'and the commands the docs list');
+      // SHOW BYPASS: each row is named in its section (fallback_<reason> and pool <user>@<db> by pattern).
+      const bypassDoc = backticked(section(section(adminMd, 'SHOW commands'), 'SHOW BYPASS'));
+      for (const row of (await pg.query('SHOW BYPASS')).rows) {
+        const key = row.key as string;
+        const named = bypassDoc.includes(key) || (key.startsWith('fallback_') && bypassDoc.includes('fallback_<reason>'))
+          || (key.startsWith('pool ') && bypassDoc.includes('pool <user>@<db>'));
+        t.ok(named, `SHOW BYPASS row ${key} documented`);
+      }
       // SHOW MIRRORS is prose: each column it returns is named there.
       const mirrors = section(section(readDoc('docs/admin.md'), 'SHOW commands'), 'SHOW MIRRORS');
       const named = backticked(mirrors);
