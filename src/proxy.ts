@@ -7,7 +7,7 @@ import { ClientState } from './pooling/client-connection';
 import { openKernelHost } from './kernel/controller';
 import type { KernelHost } from './pooling/kernel-host';
 import type { Config } from './config/types';
-import { changesNeedingRestart } from './config/load';
+import { DEFAULT_UNIX_SOCKET_MODE, changesNeedingRestart } from './config/load';
 import { trackExtraParameters } from './session/session-parameters';
 import { applyTcpOptions, configureTcp } from './pooling/tcp-options';
 import { log } from './observe/log';
@@ -106,7 +106,7 @@ export class Proxy {
           /* none */
         }
         const l = await this.listenOn({ path: tmp }, file);
-        fs.chmodSync(tmp, this.config.listen.unix_socket_mode ?? 0o777);
+        fs.chmodSync(tmp, this.config.listen.unix_socket_mode ?? DEFAULT_UNIX_SOCKET_MODE);
         l.unixFile = file;
         l.unixIno = replaceUnixSocket(tmp, file);
       } else {
@@ -116,7 +116,7 @@ export class Proxy {
           /* none */
         }
         await this.listenOn({ path: file }, file);
-        fs.chmodSync(file, this.config.listen.unix_socket_mode ?? 0o777);
+        fs.chmodSync(file, this.config.listen.unix_socket_mode ?? DEFAULT_UNIX_SOCKET_MODE);
       }
     }
     this.state = ProxyState.Running;

@@ -11,6 +11,7 @@ import { BYPASS_MODES } from './helpers/modes';
 import { startProxy, configText, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgClient, pgConnectError, run, libpqEnv, waitUntil, sleep, Cluster } from './helpers/cluster';
 import { adminRows as consoleRows, Row } from './helpers/kernel';
+import { readDoc, section, tableRows, backticked } from './helpers/docs';
 import { login, extendedQuery, simpleQuery, summarize, RawConn, startupMessage, query } from './helpers/pgwire';
 
 const ADMIN = { user: 'admin', password: 'admin-pw' };
@@ -49,6 +50,41 @@ function baseConfig(c: Cluster, port: number, bypass: string, extra: Record<stri
 }
 
 const num = (s: string | undefined) => Number(s ?? 'NaN');
+
+// docs/admin.md's column lists: [SHOW command, its columns], from each section's table of
+// columns (first cells, `a`, `b` splitting into a and b) or its first backticked list.
+function documentedShowColumns(): Array<[string, string[]]> {
+  const shows = section(readDoc('docs/admin.md'), 'SHOW commands');
+  const fromTable = (title: string) => tableRows(section(shows, title)).flatMap((r) => backticked(r[0]!));
+  // The section's first backticked list (`a, b, c` or `a | b`), else its first backticked word.
+  const fromList = (title: string) => {
+    const words = backticked(section(shows, title));
+    return (words.find((w) => /[,|]/.test(w)) ?? words[0]!).split(/[\s,|]+/).filter((w) => w !== '');
+  };
+  const clients = fromTable('SHOW CLIENTS and SHOW SERVERS');
+  // "`SHOW X` returns ... `a | b`" in the section that describes several commands.
+  const fromSentence = (cmd: string) => {
+    const m = new RegExp(`\`${cmd}\` returns[^\`]*\`([^\`]+)\``).exec(section(shows, 'SHOW VERSION, LISTS, STATE, HELP'));
+    return m ? m[1]!.split(/[\s,|]+/) : [];
+  };
+  return [
+    ['SHOW POOLS', fromTable('SHOW POOLS')],
+    ['SHOW STATS', fromTable('SHOW STATS')],
+    ['SHOW CLIENTS', clients],
+    ['SHOW SERVERS', clients],
+    ['SHOW STATS_TOTALS', fromList('SHOW STATS_TOTALS, SHOW STATS_AVERAGES')],
+    ['SHOW STATS_AVERAGES', fromList('SHOW STATS_TOTALS, SHOW STATS_AVERAGES')],
+    ['SHOW TOTALS', fromList('SHOW TOTALS')],
+    ['SHOW DATABASES', fromList('SHOW DATABASES')],
+    ['SHOW USERS', fromList('SHOW USERS')],
+    ['SHOW CONFIG', fromList('SHOW CONFIG')],
+    ['SHOW LISTS', fromSentence('SHOW LISTS')],
+    ['SHOW STATE', fromSentence('SHOW STATE')],
+    ['SHOW BYPASS', fromList('SHOW BYPASS')],
+    ['SHOW SUMMARY', fromList('SHOW SUMMARY')],
+    ['SHOW VERSION', fromSentence('SHOW VERSION')],
+  ];
+}
 
 t.test('admin console', async (t) => {
   const c = await startCluster(t);
@@ -376,6 +412,42 @@ t.test('admin console', async (t) => {
       // Wrong password to the console: 28P01 as anywhere else.
       const wrong = await pgConnectError(proxy, { database: 'pgsplice', user: ADMIN.user, password: 'nope' });
       t.equal(wrong.code, '28P01');
+    });
+
+    t.test(`every SHOW answers with the columns docs/admin.md lists ${B}`, async (t) => {
+      const pg = await pgClient(t, proxy, { database: 'pgsplice', user: ADMIN.user, password: ADMIN.password });
+      for (const [cmd, documented] of documentedShowColumns()) {
+        const r = await pg.query(cmd);
+        t.same(r.fields.map((f) => f.name).sort(), [...documented].sort(), `${cmd}: ${documented.join(', ')}`);
+      }
+      // The commands: SHOW HELP's list against the section headings and the commands table.
+      const help = (await adminRun(proxy, 'SHOW HELP')).stderr;
+      const helpShows = (help.match(/SHOW ([A-Z_|]+)/g) ?? []).flatMap((m) => m.slice(5).split('|'));
+      const helpVerbs = help.split('\n').filter((l) => !/NOTICE:/.test(l)).map((l) => l.replace(/^\s*(DETAIL:)?\s*/, '').split(' ')[0]!)
+        .filter((v) => /^[A-Z_]+$/.test(v) && v !== 'SHOW');
+      const adminMd = readDoc('docs/admin.md');
+      const docShows = [...adminMd.matchAll(/^### (SHOW .*)$/gm)].flatMap((m) => m[1]!.replace(/SHOW /g, '').split(/,\s*|\s+and\s+/));
+      t.same([...new Set(helpShows)].sort(), [...new Set(docShows)].sort(), 'SHOW HELP lists the SHOW commands the docs have a section for');
+      const docVerbs = tableRows(section(adminMd, 'Commands (admin_users only)')).map((r) => backticked(r[0]!)[0]!.split(' ')[0]!);
+      t.same([...new Set(helpVerbs)].sort(), [...new Set(docVerbs)].sort(), 'and the commands the docs list');
+      // SHOW BYPASS: each row is named in its section (fallback_<reason> and pool <user>@<db> by pattern).
+      const bypassDoc = backticked(section(section(adminMd, 'SHOW commands'), 'SHOW BYPASS'));
+      for (const row of (await pg.query('SHOW BYPASS')).rows) {
+        const key = row.key as string;
+        const named = bypassDoc.includes(key) || (key.startsWith('fallback_') && bypassDoc.includes('fallback_<reason>'))
+          || (key.startsWith('pool ') && bypassDoc.includes('pool <user>@<db>'));
+        t.ok(named, `SHOW BYPASS row ${key} documented`);
+      }
+      // SHOW MIRRORS is prose: each column it returns is named there.
+      const mirrors = section(section(readDoc('docs/admin.md'), 'SHOW commands'), 'SHOW MIRRORS');
+      const named = backticked(mirrors);
+      for (const f of (await pg.query('SHOW MIRRORS')).fields) t.ok(named.includes(f.name), `SHOW MIRRORS: ${f.name} documented`);
+      // SHOW CONFIG: a row per key docs/config.md documents, with the loader's default.
+      const conf = new Map((await pg.query('SHOW CONFIG')).rows.map((r) => [r.key as string, r]));
+      t.equal(conf.get('listen.unix_socket_mode')?.default, '0777', 'listen.unix_socket_mode default');
+      t.equal(conf.get('session_state.listen')?.default, 'pin', 'session_state.* defaults');
+      t.equal(conf.get('session_state.parameters')?.default, 'track');
+      t.ok(conf.has('metrics.host') && conf.has('metrics.port'), 'metrics.*');
     });
 
     t.test(`extended protocol refused with 0A000, session stays usable ${B}`, async (t) => {

@@ -10,6 +10,8 @@ import { Pooler } from '../src/pooling/pooler';
 import { UserSpaceOnly } from '../src/pooling/kernel-host';
 import { MetricsServer } from '../src/observe/prometheus';
 import type { ProxyControl } from '../src/admin/console';
+import { FALLBACK_NAMES } from '../src/kernel/kernel-abi';
+import { readDoc, section, tableRows, backticked } from './helpers/docs';
 
 interface Sample {
   name: string;
@@ -70,6 +72,25 @@ function has(s: Scrape, name: string): boolean {
   return s.samples.some((x) => x.name === name);
 }
 
+// docs/metrics.md's families by type (from the section a table is in, or its type column),
+// and its kernel counters with when they are there ('always' or 'loaded'), the fallback
+// reasons spelled out from the kernel's own list.
+function documentedMetrics(): { families: Map<string, string>; kernel: Array<[string, string]> } {
+  const md = readDoc('docs/metrics.md');
+  const families = new Map<string, string>();
+  for (const [title, type] of [['Pools (gauges)', 'gauge'], ['Traffic (counters)', 'counter'], ['Latency (histograms)', 'histogram'], ['Mirrors', '']]) {
+    for (const row of tableRows(section(md, title))) for (const name of backticked(row[0]!)) families.set(name, type || row[1]!);
+  }
+  const kernel: Array<[string, string]> = [];
+  for (const row of tableRows(section(md, 'Kernel path'))) {
+    for (const name of backticked(row[0]!)) {
+      if (!name.includes('<reason>')) kernel.push([name, row[1]!]);
+      else for (const r of Object.values(FALLBACK_NAMES)) kernel.push([name.replace('<reason>', r), row[1]!]);
+    }
+  }
+  return { families, kernel };
+}
+
 async function scrape(url: string): Promise<Scrape> {
   // One retry: a kept-alive connection may be closed by the server (keepAliveTimeout) just as fetch reuses it.
   const res = await fetch(url).catch(() => fetch(url));
@@ -120,6 +141,15 @@ t.test('prometheus endpoint', async (t) => {
         t.ok(s.help.get(name), `${name} has HELP`);
       }
       t.equal(s.samples.find((x) => x.name === 'pgsplice_info')?.value, 1);
+      // docs/metrics.md: each family it lists has the documented type, no pgsplice_ family is
+      // left out, and the kernel counters are the documented ones (bypass on: the kernel path loaded).
+      const docs = documentedMetrics();
+      for (const [name, type] of docs.families) t.equal(s.types.get(name), type, `documented ${name}: a ${type}`);
+      for (const name of s.types.keys()) {
+        if (name.startsWith('pgsplice_') && !name.startsWith('pgsplice_kernel_')) t.ok(docs.families.has(name), `${name} is documented`);
+      }
+      const kernel = [...s.types.keys()].filter((n) => n.startsWith('pgsplice_kernel_')).sort();
+      t.same(kernel, docs.kernel.filter(([, when]) => when === 'always' || bypass === 'on').map(([n]) => n).sort(), 'the documented kernel counters');
       const other = await fetch(`http://127.0.0.1:${mport}/nothing`);
       t.equal(other.status, 404);
     });
@@ -198,6 +228,12 @@ t.test('prometheus endpoint', async (t) => {
     xacts = 9n;
     s = parseExposition(await m.text());
     t.equal(sum(s, 'pgsplice_kernel_transactions_total'), 9, 'follows the kernel counter');
+  });
+
+  t.test('docs/metrics.md lists every fallback reason of the kernel, and only those', async (t) => {
+    const para = section(readDoc('docs/metrics.md'), 'Kernel path').split('The fallback reasons:')[1]!.split('What each reason means')[0]!;
+    const named = backticked(para).filter((w) => /^[a-z_]+$/.test(w));
+    t.same([...named].sort(), Object.values(FALLBACK_NAMES).sort());
   });
 
   t.test('metrics are off unless configured', async (t) => {

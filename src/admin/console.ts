@@ -12,7 +12,7 @@ import { Frontend, SqlState } from '../protocol/constants';
 import type { ErrorFields } from '../protocol/messages';
 import type { Config } from '../config/types';
 import { ConfigError } from '../config/types';
-import { RESTART_KEYS, applySetting, defaultSettings, describeConfig } from '../config/load';
+import { DEFAULT_SESSION_STATE, DEFAULT_UNIX_SOCKET_MODE, RESTART_KEYS, applySetting, defaultSettings, describeConfig } from '../config/load';
 import { Cell, ResultSet, columns, commandComplete, emptyQueryResponse, error, notice, ready } from './result-set';
 import { Command, CommandSyntaxError, parseCommand, splitStatements } from './parse';
 import { StatsAverager, Totals, addTotals, databaseTotals, zeroTotals } from '../observe/stats';
@@ -640,8 +640,11 @@ class AdminSession {
   private showConfig(): Buffer {
     const cfg = this.pooler.config;
     const defs = defaultSettings() as unknown as Record<string, unknown>;
-    const defaults: Record<string, string> = { 'listen.host': '127.0.0.1', 'listen.port': '6432', 'listen.unix_socket_dir': '' };
+    const defaults: Record<string, string> = {
+      'listen.host': '127.0.0.1', 'listen.port': '6432', 'listen.unix_socket_dir': '', 'listen.unix_socket_mode': `0${DEFAULT_UNIX_SOCKET_MODE.toString(8)}`,
+    };
     for (const [k, v] of Object.entries(defs)) defaults[k] = Array.isArray(v) ? v.join(',') : String(v);
+    for (const [k, v] of Object.entries(DEFAULT_SESSION_STATE)) defaults[`session_state.${k}`] = v;
     const rs = new ResultSet(columns('key', 'value', 'default', 'changeable'));
     for (const [k, v] of describeConfig(cfg)) rs.add([k, v, defaults[k] ?? '', RESTART_KEYS.includes(k) ? 'no' : 'yes']);
     rs.add(['metrics.host', cfg.metrics?.host ?? '', '', 'no']);

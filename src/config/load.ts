@@ -43,7 +43,7 @@ import {
 // ---------------------------------------------------------------------------------
 // Schema
 
-type Kind =
+export type Kind =
   | { t: 'string'; nonEmpty?: boolean }
   | { t: 'int'; min: number; max?: number; pow2?: boolean } // pow2: a power of two (then min, a page, makes it a page multiple)
   | { t: 'duration' }
@@ -143,6 +143,9 @@ export function defaultSettings(): Settings {
   return out as unknown as Settings;
 }
 
+/** listen.unix_socket_mode when unset: PgBouncer's. */
+export const DEFAULT_UNIX_SOCKET_MODE = 0o777;
+
 const LISTEN_KEYS: Record<keyof ListenConfig, Kind> = {
   host: str, // '' = no TCP listener
   port,
@@ -203,7 +206,25 @@ export const DEFAULT_SESSION_STATE: SessionStatePolicies = {
   parameters: 'track', listen: 'pin', advisory_locks: 'pin', temp_tables: 'pin', prepared_sql: 'pin', hold_cursors: 'pin',
 };
 
-const TOP_KEYS = ['listen', 'databases', 'users', 'metrics', 'session_state', 'hba', ...Object.keys(SETTINGS)];
+/** Every key the loader accepts, by section, with its value kind (and, for the top-level
+ * settings, its default): what docs/config.md documents, checked by test/docs-config.test.ts. */
+export function configSchema() {
+  return {
+    settings: Object.fromEntries(Object.entries(SETTINGS).map(([k, v]) => [k, { kind: v.kind, def: v.def as unknown }])),
+    sections: SECTIONS,
+    listen: LISTEN_KEYS as Record<string, Kind>,
+    database: DATABASE_KEYS as Record<string, Kind>,
+    mirror: MIRROR_KEYS as Record<string, Kind>, // and sample, a fraction checked apart
+    mirrorKeys: MIRROR_KEY_NAMES,
+    user: USER_KEYS as Record<string, Kind>,
+    metrics: METRICS_KEYS as Record<string, Kind>,
+    session_state: SESSION_STATE_KEYS as Record<string, Kind>,
+  };
+}
+
+// The top-level keys that hold a section or list rather than one setting.
+const SECTIONS = ['listen', 'databases', 'users', 'metrics', 'session_state', 'hba'] as const;
+const TOP_KEYS = [...SECTIONS, ...Object.keys(SETTINGS)];
 
 const HBA_ENTRY_KEYS = ['type', 'database', 'user', 'address', 'method'];
 
@@ -213,7 +234,6 @@ const MOVED: Record<string, string> = {
   listen_port: 'listen.port',
   unix_socket_dir: 'listen.unix_socket_dir',
   pool_size: 'default_pool_size (or databases.<name>.pool_size)',
-  auth_file: 'users.<name>.password',
 };
 
 /** Database names the admin console answers to; a real database may not use them. */

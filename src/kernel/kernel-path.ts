@@ -129,7 +129,7 @@ const FRAME_TEST_PROGRAM = 'pgs_frame_test';
 const ADDON_REL = path.join('addon', 'build', 'Release', 'pgsplice.node');
 const OBJ_REL = path.join('ebpf', 'pgsplice.bpf.o');
 
-// Works from src/bypass (ts) and dist/src/bypass (compiled): walk up to the repo root.
+// Works from src/kernel (ts) and dist/src/kernel (compiled): walk up to the repo root.
 function findUp(rel: string): string | null {
   let dir = __dirname;
   for (let i = 0; i < 6; i++) {
