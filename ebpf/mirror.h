@@ -41,6 +41,14 @@ struct {
 	__type(value, struct pgs_mirror_state);
 } mirror_state SEC(".maps");
 
+/* Copies lost since the load, over all mirrored clients: the object's only global
+ * variable, so at offset 0 of its .bss, which user space reads mapped (the addon's
+ * globalU64) before it feeds a session bytes of its own. While it has not moved since a
+ * client was last seen clean, that client's copy is not lost and no map lookup is needed.
+ * Counted after the client's `lost` is set, so a reader that sees the old count saw a
+ * clean state before the loss. */
+volatile __u64 pgs_mirror_losses;
+
 #define PGS_MIRROR_HDR ((__u32)sizeof(struct pgs_mirror_rec))
 
 struct pgs_mirror_ctx {
@@ -238,7 +246,8 @@ __attribute__((noinline)) int pgs_mirror_copy(struct __sk_buff *skb, __u32 conn,
 		if (!m.failed)
 			goto end;
 		/* (a verdict of the other direction may have marked it lost meanwhile) */
-		__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_CLEAN, PGS_MIRROR_LOST);
+		if (__sync_val_compare_and_swap(&st->lost, PGS_MIRROR_CLEAN, PGS_MIRROR_LOST) == PGS_MIRROR_CLEAN)
+			__sync_fetch_and_add(&pgs_mirror_losses, 1);
 	}
 	__sync_fetch_and_add(&st->lost_records, 1);
 end:

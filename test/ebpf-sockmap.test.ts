@@ -631,6 +631,21 @@ if (kp) {
     t.throws(() => obj.runSyscall(0, Buffer.alloc(8)), /closed/, 'a closed object runs nothing');
   });
 
+  // The count of lost mirror copies is read from libbpf's mapping of the .bss, in bounds only.
+  t.test('globalU64: the mapped .bss, read in bounds, not after close', async (t) => {
+    t.equal(k.mirrorLosses(), 0, 'no copy lost (no client mirrored)');
+    const addon = loadAddon();
+    const obj = addon.load(BPF_OBJ, { programs: ['pgs_ctl'] });
+    try {
+      t.equal(obj.globalU64(0), 0, 'pgs_mirror_losses starts at 0');
+      t.throws(() => obj.globalU64(8), /outside the \.bss of 8 bytes/, 'past the end is refused');
+      t.throws(() => obj.globalU64(4), /outside/, 'an unaligned read is refused');
+    } finally {
+      obj.close();
+    }
+    t.throws(() => obj.globalU64(0), /closed/, 'a closed object reads nothing');
+  });
+
   // The proxy loads (and so has the kernel verify) only the programs it runs: not the tc
   // framing wrapper, which only the framing tests run.
   t.test("load's programs option: only the named programs are loaded", async (t) => {

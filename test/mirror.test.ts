@@ -543,6 +543,8 @@ t.test('mirroring to a second cluster', async (t) => {
         const by = await bypassCounters(p2);
         t.comment(`${B} tiny ring: dropped ${dropped}, resyncs +${by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs}, kernel transactions +${by.kernel_transactions - by0!.kernel_transactions}, hand-overs +${by.user_handoffs - by0!.user_handoffs}, mirrored small: ${small}`);
         t.ok(by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs >= 2, 'both losses were seen and resynced at a transaction boundary');
+        t.ok(by.mirror_kernel_losses - by0!.mirror_kernel_losses >= by.mirror_kernel_resyncs - by0!.mirror_kernel_resyncs,
+          `the kernel counted each loss (${by.mirror_kernel_losses - by0!.mirror_kernel_losses}) as it happened`);
         t.ok(by.user_handoffs - by0!.user_handoffs >= 1, 'the SET LOCAL transaction was handed over to user space after its copy was lost');
         t.ok(dropped >= 2, `the transactions that did not fit were dropped and counted (${dropped})`);
         t.equal(ids('id IN (310, 330, 331)'), '', 'none of them reached the mirror: dropped whole');

@@ -6,6 +6,7 @@
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <algorithm>
 #include <linux/sockios.h>
 #include <netinet/in.h>
@@ -101,6 +102,7 @@ class Obj : public Napi::ObjectWrap<Obj> {
                            InstanceMethod("runSyscall", &Obj::RunSyscall),
                            InstanceMethod("onEvents", &Obj::OnEvents),
                            InstanceMethod("drainEvents", &Obj::DrainEvents),
+                           InstanceMethod("globalU64", &Obj::GlobalU64),
                            InstanceMethod("close", &Obj::Close),
                        });
   }
@@ -178,6 +180,8 @@ class Obj : public Napi::ObjectWrap<Obj> {
 
  private:
   struct bpf_object* obj_ = nullptr;
+  const uint8_t* bss_ = nullptr;  // our read-only mapping of the .bss map (globalU64), unmapped with obj_
+  size_t bss_size_ = 0;
   std::vector<int> links_;
   std::vector<int> inner_fds_;
   std::vector<RingSub*> subs_;
@@ -203,6 +207,12 @@ class Obj : public Napi::ObjectWrap<Obj> {
     links_.clear();
     for (int fd : inner_fds_) close(fd);
     inner_fds_.clear();
+    if (bss_) {
+      size_t page = sysconf(_SC_PAGESIZE);
+      munmap(const_cast<uint8_t*>(bss_), (bss_size_ + page - 1) / page * page);
+    }
+    bss_ = nullptr;
+    bss_size_ = 0;
     if (obj_) bpf_object__close(obj_);
     obj_ = nullptr;
   }
@@ -529,6 +539,37 @@ class Obj : public Napi::ObjectWrap<Obj> {
       Deliver(s, env, false);
     }
     return env.Undefined();
+  }
+
+  // globalU64(offset): the u64 at offset of the object's .bss (its global variables),
+  // read through a mapping of the map (libbpf 1.1 maps the live map only for skeletons;
+  // its own copy is the initial image): no system call. JavaScript never holds the
+  // mapping itself, which goes with close().
+  Napi::Value GlobalU64(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Check(env);
+    if (!bss_) {
+      struct bpf_map* m;
+      bpf_object__for_each_map(m, obj_) {
+        const char* n = bpf_map__name(m);
+        size_t nl = strlen(n);
+        if (bpf_map__is_internal(m) && nl >= 4 && strcmp(n + nl - 4, ".bss") == 0) {
+          size_t size = bpf_map__value_size(m);
+          size_t page = sysconf(_SC_PAGESIZE);
+          void* p = mmap(nullptr, (size + page - 1) / page * page, PROT_READ, MAP_SHARED, bpf_map__fd(m), 0);
+          if (p == MAP_FAILED) throw Napi::Error::New(env, Errno("mmap .bss", errno));
+          bss_ = static_cast<const uint8_t*>(p);
+          bss_size_ = size;
+          break;
+        }
+      }
+      if (!bss_) throw Napi::Error::New(env, "the object has no .bss");
+    }
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "globalU64(offset: number)");
+    uint32_t off = info[0].As<Napi::Number>().Uint32Value();
+    if (off % 8 || off + 8 > bss_size_) throw Napi::RangeError::New(env, "globalU64: offset " + std::to_string(off) + " outside the .bss of " + std::to_string(bss_size_) + " bytes");
+    uint64_t v = __atomic_load_n(reinterpret_cast<const uint64_t*>(bss_ + off), __ATOMIC_ACQUIRE);
+    return Napi::Number::New(env, static_cast<double>(v));
   }
 
   // onEvents(mapName, cb): a RINGBUF consumer woken by libuv (no polling).

@@ -170,7 +170,19 @@ export class BypassController implements KernelHost {
     const f = this.mirrorFeeds.get(client);
     if (!k || !f) return;
     k.drainMirror();
-    f.beforeUserBytes(() => k.mirrorState(client.id)?.lost ?? false);
+    f.beforeUserBytes(() => this.kernelLost(client, f));
+  }
+
+  // Whether the kernel's copy of the client is lost: a map lookup only if some copy was
+  // lost since this one was last read clean (the count is read first: the kernel counts a
+  // loss after marking it).
+  private kernelLost(client: ClientConnection, f: KernelMirrorFeed): boolean {
+    const k = this.kernel!;
+    const losses = k.mirrorLosses();
+    if (losses === f.cleanAtLosses) return false;
+    const lost = k.mirrorState(client.id)?.lost ?? false;
+    if (!lost) f.cleanAtLosses = losses;
+    return lost;
   }
 
   // Mirrored clients whose sessions await the primary's answers with no record for a
@@ -183,7 +195,7 @@ export class BypassController implements KernelHost {
       const f = this.mirrorFeeds.get(client);
       if (!f || !f.quietWhileAwaiting()) continue;
       k.drainMirror();
-      f.checkKernelLoss(() => k.mirrorState(client.id)?.lost ?? false);
+      f.checkKernelLoss(() => this.kernelLost(client, f));
     }
   }
 
@@ -1075,6 +1087,7 @@ export class BypassController implements KernelHost {
       out.mirror_records = this.mirrorTotals.records;
       out.mirror_bytes = this.mirrorTotals.bytes;
       out.mirror_resyncs = this.mirrorTotals.resyncs;
+      out.mirror_losses = this.kernel?.mirrorLosses() ?? 0;
       out.mirror_ignored = this.mirrorTotals.ignored;
       out.mirror_batches = this.kernel?.mirrorBatches ?? 0;
     }
@@ -1095,7 +1108,8 @@ export class BypassController implements KernelHost {
         ['kernel_statement_rewrites', String(kc.statementRewrites)], ['kernel_held_for_waiters', String(kc.heldForWaiters)]);
       // Mirrored clients' traffic the verdicts copied (docs/mirroring.md).
       rows.push(['mirror_kernel_records', String(this.mirrorTotals.records)], ['mirror_kernel_bytes', String(this.mirrorTotals.bytes)],
-        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)],
+        ['mirror_kernel_resyncs', String(this.mirrorTotals.resyncs)], ['mirror_kernel_losses', String(this.kernel?.mirrorLosses() ?? 0)],
+        ['mirror_kernel_ignored', String(this.mirrorTotals.ignored)],
         ['mirror_kernel_batches', String(this.kernel?.mirrorBatches ?? 0)]);
       for (const [r, v] of Object.entries(kc.fallbacks)) rows.push([`fallback_${r}`, String(v)]);
       // Which path serves each pool, and why (bypass: auto decides per pool).

@@ -107,6 +107,7 @@ interface BpfObject {
   // trim: [header bytes, offset of a u16 length]: a record is copied up to header + length.
   onEvents(map: string, cb: (b: Buffer) => void, batch?: boolean, delayMs?: number, trim?: [number, number]): void;
   drainEvents(map: string): void;
+  globalU64(offset: number): number;
   close(): void;
 }
 
@@ -361,6 +362,12 @@ export class KernelPath {
     } finally {
       this.deliveringMirror = false;
     }
+  }
+
+  /** Copies lost since the load, over all mirrored clients (ebpf/mirror.h
+   * pgs_mirror_losses, read mapped: no system call). */
+  mirrorLosses(): number {
+    return this.closed ? 0 : this.obj.globalU64(0);
   }
 
   /** A mirrored client's copy state: lost = the kernel stopped copying it after a record

@@ -35,6 +35,9 @@ export class KernelMirrorFeed {
   private readonly next = [0, 0]; // expected seq of REQUEST, REPLY records
   private skippedUserBytes = false; // while lost, user space had bytes of its own for the sessions
   private pendingTransactions = 0; // lost ones a RESYNC reported that was not trusted
+  // The kernel's count of lost copies (all clients) when this client's copy was last read
+  // clean: while the count stays there, it is still clean (controller.kernelLost).
+  cleanAtLosses = -1;
   private records = 0; // delivered to this feed
   private recordsAtTick = -1; // as of the last janitor tick (quietWhileAwaiting)
 
