@@ -10,7 +10,7 @@ import type { Totals } from '../observe/stats';
 import {
   BypassStatus, KernelHost, UserPathCounters, UserSpaceOnly, flatUserCounters, statusRows, zeroUserPathCounters,
 } from '../pooling/kernel-host';
-import { TRACKED_PARAMETERS, serverSettings } from '../session/session-parameters';
+import { TRACKED_PARAMETERS, serverSettings, settingsSignature } from '../session/session-parameters';
 import { anyClientTimeout, cleanServer, clientTimeout, idleServerVerdict, stepsOnLeave } from '../pooling/policy';
 import { SqlState } from '../protocol/constants';
 import { log } from '../observe/log';
@@ -62,13 +62,10 @@ const skid = (s: ServerConnection): number => 0x40000000 + s.id;
 const liveTcp = (c: ClientConnection): boolean => !c.socket.destroyed && (c.socket.remoteFamily === 'IPv4' || c.socket.remoteFamily === 'IPv6');
 
 // A stable name for a set of session settings.
-export function signature(settings: ReadonlyMap<string, string>): string {
-  return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
-}
 
 // The settings a server has now: the tracked reported ones, its startup settings and what the proxy SET on it.
 function serverSignature(server: ServerConnection): string {
-  return signature(serverSettings(server));
+  return settingsSignature(serverSettings(server));
 }
 
 const fdOf = (sock: unknown): number | null => {
@@ -437,7 +434,7 @@ export class BypassController implements KernelHost {
       client.socket.once('drain', () => this.offerClient(client, 0));
       return false;
     }
-    const kid = this.kidFor(pool, signature(client.settings));
+    const kid = this.kidFor(pool, client.settingsSignature);
     if (kid === null) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);
     const move = this.home(client, kid);
@@ -471,7 +468,7 @@ export class BypassController implements KernelHost {
     if (!liveTcp(client) || client.socket.writableLength > 0 || client.tracker.outstanding === 0) return false;
     // the kernel starts its tail counts at 0 here: an open extended batch stays in user space
     if (client.tracker.mixesProtocols) return false;
-    const sig = signature(client.settings);
+    const sig = client.settingsSignature;
     const kid = this.kidFor(pool, sig);
     if (kid === null || serverSignature(server) !== sig) return false;
     if (!this.clients.has(client.id)) this.clients.set(client.id, client);

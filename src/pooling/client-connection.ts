@@ -18,7 +18,7 @@ import { TransactionTracker } from '../session/transaction-tracker';
 import { ServerConnection, ServerPeer } from './server-connection';
 import { Pool, PoolError, type PoolWaiter } from './pool';
 import {
-  RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSql, startupSettings,
+  RESET_SESSION, TRACKED_PARAMETERS, canonicalName, isReported, needsReset, poolStartup, recordApplied, settingsSignature, settingsSql, startupSettings,
 } from '../session/session-parameters';
 import { runEach } from './server-reset';
 import { cleanServer, clientTimeout, stepsAtTransactionEnd, stepsOnLeave, type TimeoutVerdict } from './policy';
@@ -138,6 +138,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
   // written only through setSetting/deleteSetting, which copy it first.
   settings: ReadonlyMap<string, string> = NO_SETTINGS;
   private settingsShared = true;
+  private signature: string | null = null; // settingsSignature, until the settings change
   private startupNames: Set<string> | null = null; // settings the client sent at startup (session mode)
   readonly cancelPid: number;
   readonly cancelKey: number;
@@ -582,6 +583,7 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
       if (session) (this.startupNames ??= new Set()).add(k);
     }
     this.settings = sharedSettings(this.pool ?? this.host, settings);
+    this.signature = null;
     this.startup = NO_STARTUP; // login is over: nothing reads the startup packet again
     this.appName = this.settings.get('application_name') ?? '';
     const pool = this.pool;
@@ -1044,7 +1046,14 @@ export class ClientConnection implements ServerPeer, PoolWaiter, Guarded {
     if (this.settings.has(k)) this.ownSettings().delete(k);
   }
 
+  // Its settings as one string (the kernel path's pools are split by it): worked out once
+  // per change of its settings, not at each hand-over.
+  get settingsSignature(): string {
+    return (this.signature ??= settingsSignature(this.settings));
+  }
+
   private ownSettings(): Map<string, string> {
+    this.signature = null; // (the caller changes them next)
     if (this.settingsShared) {
       this.settings = new Map(this.settings);
       this.settingsShared = false;

@@ -79,6 +79,12 @@ const startupByTarget = new WeakMap<object, Map<string, string>>();
 
 // The settings a server has now: the tracked reported ones, its startup settings and
 // what the proxy SET on it (the kernel path pairs clients and servers by these).
+// Settings as one string, the same for the same settings in any order: the kernel path
+// keeps one pool (idle stack) per distinct string, so a kernel-bound pair always agrees.
+export function settingsSignature(settings: ReadonlyMap<string, string>): string {
+  return JSON.stringify([...settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+}
+
 export function serverSettings(server: ServerConnection): Map<string, string> {
   const m = new Map<string, string>();
   for (const k of TRACKED_PARAMETERS) {
