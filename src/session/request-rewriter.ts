@@ -198,7 +198,7 @@ export class RequestRewriter {
         const end = isDescribe ? ReplyEnd.Describe : ReplyEnd.CloseComplete;
         if (kind !== 0x53 || name === '' || this.opts.maxPreparedStatements === 0) {
           if (!isDescribe && kind === 0x53 && name) {
-            this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
+            this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.deleteNamed(name) });
           } else this.pass(server, end);
           out.push(...raw());
           return;
@@ -243,9 +243,9 @@ export class RequestRewriter {
       this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.deallocated(dealloc.name, dealloc.entry, server) });
       return;
     }
-    this.session.began(effects);
+    const base = this.session.began(effects);
     out.push(...raw());
-    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server) });
+    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base) });
   }
 
   private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
@@ -261,16 +261,16 @@ export class RequestRewriter {
         this.ensurePrepared(dealloc.entry, server, out);
         rest = Buffer.concat([Buffer.from(`DEALLOCATE "${dealloc.entry.serverName}"\0`), p.rest.subarray(p.rest.indexOf(0) + 1)]);
         this.unnamed = { effects: [], onTag: this.deallocated(dealloc.name, dealloc.entry, server) };
-      } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
+      } else this.unnamed = { effects: usable, onTag: undefined }; // its confirmation is made per Bind
       if (refused || dealloc) out.push(parseMessage('', rest));
       else out.push(...raw());
       this.pass(server, ReplyEnd.ParseComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
-      this.session.protocolNamed.add(p.name); // stays on this server: the client keeps it
+      this.session.addNamed(p.name); // stays on this server: the client keeps it
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.protocolNamed.delete(p.name) });
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.deleteNamed(p.name) });
       return;
     }
     if (this.statements.has(p.name)) {
@@ -304,8 +304,8 @@ export class RequestRewriter {
   private onBind(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
     const at = bindStatement(body);
     if (at.name === '') {
-      this.bound = this.unnamed;
-      this.session.began(this.bound.effects);
+      const u = this.unnamed;
+      this.bound = u.effects.length ? { effects: u.effects, onTag: this.confirm(u.effects, server, this.session.began(u.effects)) } : u;
       out.push(...raw());
       this.pass(server, ReplyEnd.BindComplete);
       return;
@@ -319,8 +319,7 @@ export class RequestRewriter {
     const entry = this.statements.get(at.name);
     if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
     this.ensurePrepared(entry, server, out);
-    this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
-    this.session.began(entry.effects);
+    this.bound = entry.effects.length ? { effects: entry.effects, onTag: this.confirm(entry.effects, server, this.session.began(entry.effects)) } : NOTHING_BOUND;
     out.push(bindWithStatement(body, at, entry.serverName));
     this.pass(server, ReplyEnd.BindComplete);
   }
@@ -376,10 +375,12 @@ export class RequestRewriter {
     };
   }
 
-  // Applies what a statement's CommandComplete tags confirm.
-  private confirm(effects: SessionEffect[], server: ServerConnection): TagHandler {
+  // Applies what a statement's CommandComplete tags confirm; `base` is the mark began()
+  // gave this sending of it.
+  private confirm(effects: SessionEffect[], server: ServerConnection, base: number): TagHandler {
+    const done: boolean[] = [];
     return (tag) => {
-      this.session.confirmed(effects, tag);
+      this.session.confirmed(effects, tag, base, done);
       if (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL') {
         this.clearStatements(); // PostgreSQL drops the session's protocol-level statements too
         server.statements.clear();
