@@ -710,7 +710,7 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
     if (alive) {
       const leak = foreignState(state, Buffer.concat(sent));
       if (leak) {
-        res.failure = leak;
+        res.failure = `${leak} (database ${c.database})`;
         return res;
       }
     }
