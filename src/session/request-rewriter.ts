@@ -38,6 +38,8 @@ const PARSE_COMPLETE = complete('1');
 const CLOSE_COMPLETE = complete('3');
 
 type TagHandler = ((tag: string) => void) | undefined;
+// The statements of the client and of its server when a DISCARD ALL / DEALLOCATE ALL was sent.
+interface StatementsBefore { readonly client: [string, ClientStatement][]; readonly server: string[] }
 // What the unnamed statement (or the bound portal) does to the session: replaced, never changed.
 interface Bound { readonly effects: SessionEffect[]; readonly onTag: TagHandler }
 const NOTHING_BOUND: Bound = Object.freeze({ effects: [], onTag: undefined });
@@ -245,7 +247,7 @@ export class RequestRewriter {
     }
     const base = this.session.began(effects);
     out.push(...raw());
-    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base) });
+    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base, this.dropsStatements(effects, server)) });
   }
 
   private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
@@ -305,7 +307,7 @@ export class RequestRewriter {
     const at = bindStatement(body);
     if (at.name === '') {
       const u = this.unnamed;
-      this.bound = u.effects.length ? { effects: u.effects, onTag: this.confirm(u.effects, server, this.session.began(u.effects)) } : u;
+      this.bound = u.effects.length ? { effects: u.effects, onTag: this.confirm(u.effects, server, this.session.began(u.effects), this.dropsStatements(u.effects, server)) } : u;
       out.push(...raw());
       this.pass(server, ReplyEnd.BindComplete);
       return;
@@ -319,7 +321,9 @@ export class RequestRewriter {
     const entry = this.statements.get(at.name);
     if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
     this.ensurePrepared(entry, server, out);
-    this.bound = entry.effects.length ? { effects: entry.effects, onTag: this.confirm(entry.effects, server, this.session.began(entry.effects)) } : NOTHING_BOUND;
+    this.bound = entry.effects.length
+      ? { effects: entry.effects, onTag: this.confirm(entry.effects, server, this.session.began(entry.effects), this.dropsStatements(entry.effects, server)) }
+      : NOTHING_BOUND;
     out.push(bindWithStatement(body, at, entry.serverName));
     this.pass(server, ReplyEnd.BindComplete);
   }
@@ -377,15 +381,24 @@ export class RequestRewriter {
 
   // Applies what a statement's CommandComplete tags confirm; `base` is the mark began()
   // gave this sending of it.
-  private confirm(effects: SessionEffect[], server: ServerConnection, base: number): TagHandler {
+  private confirm(effects: SessionEffect[], server: ServerConnection, base: number, dropped?: StatementsBefore): TagHandler {
     const done: boolean[] = [];
     return (tag) => {
       this.session.confirmed(effects, tag, base, done);
-      if (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL') {
-        this.clearStatements(); // PostgreSQL drops the session's protocol-level statements too
-        server.statements.clear();
+      if (dropped && (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL')) {
+        // PostgreSQL drops the session's protocol-level statements too: those that existed
+        // when it was sent. One the client parsed behind it (before this reply) stays, for
+        // the client and in what the proxy knows the server has.
+        for (const [name, entry] of dropped.client) if (this.statements.get(name) === entry) this.dropStatement(name);
+        for (const name of dropped.server) server.statements.delete(name);
       }
     };
+  }
+
+  // What DISCARD ALL / DEALLOCATE ALL among these effects will drop: the statements now.
+  private dropsStatements(effects: SessionEffect[], server: ServerConnection): StatementsBefore | undefined {
+    if (!effects.some((e) => e.kind === 'discard_all' || (e.kind === 'deallocate' && e.name === null))) return undefined;
+    return { client: [...this.statements], server: server.statements.snapshot() };
   }
 }
 
