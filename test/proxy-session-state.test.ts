@@ -195,6 +195,11 @@ print(json.dumps(out))
         ['LISTEN c2', 'UNLISTEN *', 'LISTEN c2'],
         ['PREPARE p1 AS SELECT 1', 'DEALLOCATE p1', 'PREPARE p1 AS SELECT 2'],
         ['SELECT pg_advisory_lock(77)', 'SELECT pg_advisory_unlock_all(); SELECT pg_advisory_lock(77)'],
+        // an unlock releases its own key only: one of a key not held (false, a WARNING) or of
+        // a shared lock the client does not have releases nothing
+        ['SELECT pg_advisory_lock(91)', 'SELECT pg_advisory_unlock(92)'],
+        ['SELECT pg_advisory_lock(93)', 'SELECT pg_advisory_unlock_shared(93)'],
+        ['SELECT pg_advisory_lock(94); SELECT 1; SELECT 2', 'SELECT pg_advisory_lock(95); SELECT pg_advisory_unlock(94); SELECT 3'],
         ['BEGIN; DECLARE k CURSOR WITH HOLD FOR SELECT 1; CLOSE k; DECLARE k CURSOR WITH HOLD FOR SELECT 2; COMMIT'],
       ];
       for (const request of requests) {

@@ -31,7 +31,7 @@ export class SessionState {
   // The maps are made at their first entry: most clients never need one. Values are marks.
   private listening: Map<string, number> | null = null;
   private allListening = -1; // mark of a LISTEN on a channel we could not name; -1: none
-  private advisoryLocks: number[] | null = null; // marks of the session locks taken, oldest first
+  private advisoryLocks: { at: number; key: string }[] | null = null; // session locks taken, oldest first
   private tempTables = -1;
   private sqlPrepared: Map<string, number> | null = null;
   private holdCursors: Map<string, number> | null = null;
@@ -118,7 +118,7 @@ export class SessionState {
           else this.allListening = at;
           break;
         case 'advisory_lock':
-          for (let n = 0; n < e.delta; n++) (this.advisoryLocks ??= []).push(at);
+          for (let n = 0; n < e.delta; n++) (this.advisoryLocks ??= []).push({ at, key: e.key });
           break;
         case 'temp_table':
           this.tempTables = at;
@@ -146,11 +146,16 @@ export class SessionState {
       if ((e.kind === 'advisory_lock' && e.delta < 0) || e.kind === 'advisory_unlock_all') {
         if (!tag.startsWith('SELECT')) continue;
         done[i] = true;
-        const locks = this.advisoryLocks;
-        if (!locks) continue;
-        // oldest first: the locks made before this unlock are at the front
-        let n = e.kind === 'advisory_unlock_all' ? locks.length : -e.delta;
-        while (n-- > 0 && locks.length && locks[0] < at) locks.shift();
+        if (!this.advisoryLocks) continue;
+        if (e.kind === 'advisory_unlock_all') {
+          this.advisoryLocks = this.advisoryLocks.filter((l) => l.at > at);
+          continue;
+        }
+        // the oldest lock of the same key (mode and literal arguments) taken before it
+        for (let n = -e.delta; n > 0; n--) {
+          const i = this.advisoryLocks.findIndex((l) => l.at < at && l.key === e.key);
+          if (i >= 0) this.advisoryLocks.splice(i, 1);
+        }
         continue;
       }
       const tags = REMOVAL_TAGS[e.kind];
@@ -185,7 +190,7 @@ export class SessionState {
   private clearBefore(at: number): void {
     dropBefore(this.listening, at);
     if (this.allListening < at) this.allListening = -1;
-    if (this.advisoryLocks) this.advisoryLocks = this.advisoryLocks.filter((m) => m > at);
+    if (this.advisoryLocks) this.advisoryLocks = this.advisoryLocks.filter((l) => l.at > at);
     if (this.tempTables < at) this.tempTables = -1;
     dropBefore(this.sqlPrepared, at);
     dropBefore(this.holdCursors, at);
