@@ -237,7 +237,9 @@ export const SESSION_UNITS: Record<string, UnitGen> = {
   // A random key: a fixed one would make the pinned fuzz clients wait on each other.
   'advisory-lock': (r) => {
     const key = r.int(1, 1e9);
-    return [query(`SELECT pg_advisory_lock(${key})`), ...(r.chance(0.5) ? [query(r.pick([`SELECT pg_advisory_unlock(${key})`, 'SELECT pg_advisory_unlock_all()']))] : [])];
+    // unlocks of another key or mode release nothing: the client must stay pinned
+    const unlock = r.pick([`SELECT pg_advisory_unlock(${key})`, `SELECT pg_advisory_unlock(${key + 1})`, `SELECT pg_advisory_unlock_shared(${key})`, 'SELECT pg_advisory_unlock_all()']);
+    return [query(`SELECT pg_advisory_lock(${key})`), ...(r.chance(0.5) ? [query(unlock)] : [])];
   },
   'discard-all': () => [query('DISCARD ALL')],
   // A named statement used again in a later transaction (on another server, in transaction
