@@ -201,6 +201,10 @@ print(json.dumps(out))
         ['SELECT pg_advisory_lock(93)', 'SELECT pg_advisory_unlock_shared(93)'],
         ['SELECT pg_advisory_lock(94); SELECT 1; SELECT 2', 'SELECT pg_advisory_lock(95); SELECT pg_advisory_unlock(94); SELECT 3'],
         ['BEGIN; DECLARE k CURSOR WITH HOLD FOR SELECT 1; CLOSE k; DECLARE k CURSOR WITH HOLD FOR SELECT 2; COMMIT'],
+        // UNLISTEN and DISCARD TEMP are undone when their transaction rolls back
+        ['CREATE TEMP TABLE tr (x int)', 'BEGIN', 'DISCARD TEMP', 'ROLLBACK'],
+        ['LISTEN c3', 'BEGIN', 'UNLISTEN c3', 'ROLLBACK'],
+        ['LISTEN c4', 'UNLISTEN c4; SELECT 1/0'],
       ];
       for (const request of requests) {
         const a = await connect();
@@ -209,7 +213,8 @@ print(json.dumps(out))
           a.conn.write(Buffer.concat(request.map((sql) => query(sql))));
           for (const sql of request) {
             const r = summarize(await a.conn.readUntil('Z', 15000));
-            t.same(r.errors, [], `${sql}: no error`);
+            if (sql.includes('1/0')) t.equal(r.errors[0]?.C, '22012', `${sql}: division by zero`);
+            else t.same(r.errors, [], `${sql}: no error`);
           }
           t.not(await one(a, LEFT), '0', `${request.join(' / ')}: the state is there`);
           const waited = one(b, LEFT);

@@ -11,7 +11,7 @@ import {
 } from './prepared-statements';
 import { SessionEffect, classifySql, mayAffectSession, splitStatements } from './sql-classifier';
 import { ClientStatementObserver, kernelNameFor, serverNameFor } from './statement-names';
-import { SessionState } from './session-state';
+import { HeldRemovals, SessionState } from './session-state';
 import type { ServerConnection } from '../pooling/server-connection';
 import type { SessionStatePolicies } from '../config/types';
 
@@ -247,7 +247,11 @@ export class RequestRewriter {
     }
     const base = this.session.began(effects);
     out.push(...raw());
-    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base, this.dropsStatements(effects, server)) });
+    const held = effects.some((e) => e.kind === 'unlisten' || e.kind === 'discard_temp') ? new HeldRemovals() : undefined;
+    this.expect(server, {
+      end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base, this.dropsStatements(effects, server), held),
+      ...(held ? { onError: () => { held.failed = true; }, onReady: (status: number) => held.settle(status) } : {}),
+    });
   }
 
   private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
@@ -381,10 +385,11 @@ export class RequestRewriter {
 
   // Applies what a statement's CommandComplete tags confirm; `base` is the mark began()
   // gave this sending of it.
-  private confirm(effects: SessionEffect[], server: ServerConnection, base: number, dropped?: StatementsBefore): TagHandler {
+  private confirm(effects: SessionEffect[], server: ServerConnection, base: number, dropped?: StatementsBefore, held?: HeldRemovals): TagHandler {
     const done: boolean[] = [];
     return (tag) => {
-      this.session.confirmed(effects, tag, base, done);
+      held?.onTag(tag);
+      this.session.confirmed(effects, tag, base, done, held);
       if (dropped && (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL')) {
         // PostgreSQL drops the session's protocol-level statements too: those that existed
         // when it was sent. One the client parsed behind it (before this reply) stays, for

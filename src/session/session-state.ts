@@ -138,7 +138,9 @@ export class SessionState {
   // statement's CommandComplete tag), so a failed UNLISTEN never unpins; each at most once
   // (`done`, one flag per effect, kept by the caller for the request), and only to state
   // made before it (`base` from began()).
-  confirmed(effects: SessionEffect[], tag: string, base: number, done: boolean[]): void {
+  // UNLISTEN and DISCARD TEMP are undone if their transaction rolls back: with `held` (a
+  // simple Query, whose ReadyForQuery tells) they take effect only once it committed.
+  confirmed(effects: SessionEffect[], tag: string, base: number, done: boolean[], held?: HeldRemovals): void {
     for (let i = 0; i < effects.length; i++) {
       if (done[i]) continue;
       const e = effects[i];
@@ -162,12 +164,18 @@ export class SessionState {
       if (!tags || !tags.some((t) => tag === t)) continue;
       done[i] = true;
       switch (e.kind) {
-        case 'unlisten':
-          if (e.channel === null) {
-            dropBefore(this.listening, at);
-            if (this.allListening < at) this.allListening = -1;
-          } else if ((this.listening?.get(e.channel) ?? at) < at) this.listening!.delete(e.channel);
+        case 'unlisten': {
+          const channel = e.channel;
+          const apply = () => {
+            if (channel === null) {
+              dropBefore(this.listening, at);
+              if (this.allListening < at) this.allListening = -1;
+            } else if ((this.listening?.get(channel) ?? at) < at) this.listening!.delete(channel);
+          };
+          if (held) held.later.push(apply);
+          else apply();
           break;
+        }
         case 'deallocate':
           if (e.name === null) dropBefore(this.sqlPrepared, at);
           else if ((this.sqlPrepared?.get(e.name) ?? at) < at) this.sqlPrepared!.delete(e.name);
@@ -176,9 +184,12 @@ export class SessionState {
           if (e.name === null) dropBefore(this.holdCursors, at);
           else if ((this.holdCursors?.get(e.name) ?? at) < at) this.holdCursors!.delete(e.name);
           break;
-        case 'discard_temp':
-          if (this.tempTables < at) this.tempTables = -1;
+        case 'discard_temp': {
+          const apply = () => { if (this.tempTables < at) this.tempTables = -1; };
+          if (held) held.later.push(apply);
+          else apply();
           break;
+        }
         case 'discard_all':
           this.clearBefore(at);
           break;
@@ -196,6 +207,21 @@ export class SessionState {
     dropBefore(this.holdCursors, at);
     if (this.pinnedParameters < at) this.pinnedParameters = -1;
     dropBefore(this.named, at);
+  }
+}
+
+// Removals of a Query that wait for its transaction's outcome.
+export class HeldRemovals {
+  later: (() => void)[] = [];
+  failed = false; // an error, ROLLBACK or PREPARE TRANSACTION in the Query's reply
+  onTag(tag: string): void {
+    if (tag.startsWith('ROLLBACK') || tag === 'PREPARE TRANSACTION') this.failed = true;
+  }
+  // The Query's ReadyForQuery: 'I' with no failure means its transaction committed. Inside
+  // a block ('T', 'E') the outcome comes later: the state is kept (the client stays pinned).
+  settle(status: number): void {
+    if (status === 0x49 /* I */ && !this.failed) for (const f of this.later) f();
+    this.later = [];
   }
 }
 
