@@ -91,7 +91,9 @@ t.test('protocol fuzz', async (t) => {
       const rss0 = rssKb(pid);
 
       // pgbench on the same transaction pool for the whole fuzz run.
-      const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '2', '-T', String(SECONDS + 2), 'app'], { env: libpqEnv(proxy), timeoutMs: (SECONDS + 120) * 1000 });
+      // Killed well inside the test's own timeout, so that a stuck pgbench is reported with
+      // the fuzz failures instead of the whole test timing out silently.
+      const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '2', '-T', String(SECONDS + 2), 'app'], { env: libpqEnv(proxy), timeoutMs: (SECONDS + 60) * 1000 });
       const stats = await runFuzz({
         seed: SEED,
         seconds: SECONDS,
@@ -101,7 +103,15 @@ t.test('protocol fuzz', async (t) => {
         onlyCase: ONLY_CASE,
         shouldStop: () => (proxy.exited() ? 'proxy exited' : undefined),
       });
-      const b = await bench;
+      // pgbench late: say what its clients, their servers and PostgreSQL wait on, while they still do.
+      let b = await Promise.race([bench, sleep((SECONDS + 40) * 1000).then(() => undefined)]);
+      if (!b) {
+        const servers = await adminRows(proxy, 'SHOW SERVERS', 5000).catch(() => [] as Row[]);
+        const clients = await adminRows(proxy, 'SHOW CLIENTS', 5000).catch(() => [] as Row[]);
+        const backends = c.sql(`SELECT pid, state, wait_event_type, wait_event, pg_blocking_pids(pid), xact_start IS NOT NULL, left(query, 70) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND pid <> pg_backend_pid()`);
+        t.fail(`pgbench still running ${SECONDS + 40} s after it started (${stats.cases} fuzz cases, ${stats.failures.length} failures)\n  clients: ${clients.map((r) => `C-${r.id}:${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}\n  servers: ${servers.map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}\n  backends: ${backends.trim().split('\n').join('; ')}`);
+        b = await bench;
+      }
       const counts = pgbenchCounts(b.stdout);
 
       t.comment(`[bypass=${bypass}] seed ${SEED}: ${stats.cases} cases; verdicts ${JSON.stringify(stats.verdicts)}; SQLSTATEs ${JSON.stringify(stats.errorCodes)}`);
