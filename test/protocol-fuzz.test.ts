@@ -91,7 +91,9 @@ t.test('protocol fuzz', async (t) => {
       const rss0 = rssKb(pid);
 
       // pgbench on the same transaction pool for the whole fuzz run.
-      const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '2', '-T', String(SECONDS + 2), 'app'], { env: libpqEnv(proxy), timeoutMs: (SECONDS + 120) * 1000 });
+      // Killed well inside the test's own timeout, so that a stuck pgbench is reported with
+      // the fuzz failures instead of the whole test timing out silently.
+      const bench = run('pgbench', ['-n', '-M', 'extended', '-c', '4', '-j', '2', '-T', String(SECONDS + 2), 'app'], { env: libpqEnv(proxy), timeoutMs: (SECONDS + 60) * 1000 });
       const stats = await runFuzz({
         seed: SEED,
         seconds: SECONDS,
@@ -101,7 +103,17 @@ t.test('protocol fuzz', async (t) => {
         onlyCase: ONLY_CASE,
         shouldStop: () => (proxy.exited() ? 'proxy exited' : undefined),
       });
-      const b = await bench;
+      // pgbench late: say what its clients, their servers and PostgreSQL wait on, while they still do.
+      let late: NodeJS.Timeout | undefined;
+      let b = await Promise.race([bench, new Promise<undefined>((resolve) => { late = setTimeout(resolve, 40000); })]);
+      clearTimeout(late);
+      if (!b) {
+        const servers = await adminRows(proxy, 'SHOW SERVERS', 5000).catch(() => [] as Row[]);
+        const clients = await adminRows(proxy, 'SHOW CLIENTS', 5000).catch(() => [] as Row[]);
+        const backends = c.sql(`SELECT pid, state, wait_event_type, wait_event, pg_blocking_pids(pid), xact_start IS NOT NULL, left(query, 70) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND pid <> pg_backend_pid()`);
+        t.fail(`pgbench still running 40 s after the fuzz ended (${stats.cases} fuzz cases, ${stats.failures.length} failures)\n  clients: ${clients.map((r) => `C-${r.id}:${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}\n  servers: ${servers.map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}\n  backends: ${backends.trim().split('\n').join('; ')}`);
+        b = await bench;
+      }
       const counts = pgbenchCounts(b.stdout);
 
       t.comment(`[bypass=${bypass}] seed ${SEED}: ${stats.cases} cases; verdicts ${JSON.stringify(stats.verdicts)}; SQLSTATEs ${JSON.stringify(stats.errorCodes)}`);
@@ -136,6 +148,11 @@ t.test('protocol fuzz', async (t) => {
         // (if one is: what PostgreSQL and the proxy say of it)
         const stuckWhy = stuck === 0 ? '' : `: ${c.sql(`SELECT pid, state, wait_event, xact_start IS NOT NULL, left(query, 60) FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend' AND (state LIKE 'idle in transaction%' OR state = 'active') AND pid <> pg_backend_pid()`).trim().split('\n').join('; ')}; proxy's servers: ${(await adminRows(proxy, 'SHOW SERVERS', 5000)).map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}:${r.state}${r.link ? `->${r.link}` : ''}/${r.path}`).join(', ')}`;
         t.equal(stuck, 0, `no server left in a transaction or running${stuckWhy}`);
+        // A server the proxy is resetting or preparing ('used': its own query in flight) for
+        // 15 s after the run is a lost pool slot, even when PostgreSQL shows its backend idle.
+        let used: Row[] = [];
+        const usedOk = await waitUntil(async () => (used = (await adminRows(proxy, 'SHOW SERVERS', 5000)).filter((r) => r.state === 'used')).length === 0, 15000, 'no server left used', 500).then(() => true, () => false);
+        t.ok(usedOk, `no server left 'used' (the proxy's own query unanswered)${usedOk ? '' : `: ${used.map((r) => `${r.ptr}(pid ${r.remote_pid}):${r.database}`).join(', ')}; backends: ${c.sql(`SELECT pid, state, left(query, 60) FROM pg_stat_activity WHERE pid IN (${used.map((r) => Number(r.remote_pid) || 0).join(',')})`).trim().split('\n').join('; ')}`}`);
         // And a normal client is served at once.
         const after = await run('pgbench', ['-n', '-M', 'simple', '-c', '2', '-j', '2', '-t', '20', 'app'], { env: libpqEnv(proxy), timeoutMs: 60000 });
         t.equal(pgbenchCounts(after.stdout).processed, 40, `a pgbench after the fuzz run completes (${after.stderr.slice(-300)})`);

@@ -8,7 +8,7 @@ import { startProxy, ProxyHandle } from './helpers/proxy';
 import { startCluster, proxyConfig, pgbenchInit, poolingDatabases, run, libpqEnv } from './helpers/cluster';
 import { checkJdbcRun, haveJdbc, runJdbcClient } from './helpers/jdbc';
 import { pgbenchCounts } from './helpers/kernel';
-import { login, parse, bind, execute, sync, message, describePortal, summarize, simpleQuery, Session } from './helpers/pgwire';
+import { login, parse, bind, execute, sync, message, describePortal, summarize, simpleQuery, query, Session } from './helpers/pgwire';
 
 
 
@@ -143,6 +143,35 @@ t.test('prepared statements in transaction mode', async (t) => {
       } finally {
         a.conn.destroy();
         b.conn.destroy();
+      }
+    });
+
+    // DISCARD ALL / DEALLOCATE ALL drop what was prepared before them, not a statement the
+    // client parsed behind them before their reply came: the client keeps it, and the
+    // proxy still knows the server has it (else another client's Parse of the same SQL was
+    // sent again and failed with 42P05, an error that client never caused).
+    t.test(`a statement parsed behind DISCARD ALL / DEALLOCATE ALL in one request stays ${B}`, async (t) => {
+      for (const reset of ['DISCARD ALL', 'DEALLOCATE ALL']) {
+        const a = await login(proxy.port, { user: 'app', password: 'app-pw', database: 'app_one' });
+        const b = await login(proxy.port, { user: 'app', password: 'app-pw', database: 'app_one' });
+        try {
+          await round(a, parse('old', 'SELECT 1'));
+          const sql = reset === 'DISCARD ALL' ? 'SELECT $1::int + 100' : 'SELECT $1::int + 200';
+          a.conn.write(Buffer.concat([query(reset), parse('k1', sql, [23]), bind('', 'k1', ['1']), execute(), sync()]));
+          const first = summarize([...(await a.conn.readUntil('Z', 15000)), ...(await a.conn.readUntil('Z', 15000))]);
+          t.same(first.errors, [], `${reset} then Parse/Bind/Execute: no error`);
+          let r = await round(a, bind('', 'k1', ['2']), execute());
+          t.same(r.errors, [], `${reset}: a's statement parsed behind it still exists for a`);
+          t.same(r.rows, [[reset === 'DISCARD ALL' ? '102' : '202']], `${reset}: its result`);
+          r = await round(a, bind('', 'old', []), execute());
+          t.equal(r.errors[0]?.C, '26000', `${reset}: the statement prepared before it is gone`);
+          r = await round(b, parse('k2', sql, [23]), bind('', 'k2', ['3']), execute());
+          t.same(r.errors, [], `${reset}: b prepares the same SQL on the same server without an error`);
+          t.same(r.rows, [[reset === 'DISCARD ALL' ? '103' : '203']], `${reset}: b's result`);
+        } finally {
+          a.conn.destroy();
+          b.conn.destroy();
+        }
       }
     });
 

@@ -78,6 +78,18 @@ t.test('classifySql', async (t) => {
   for (const [sql, want] of CASES) t.equal(kinds(sql), want, JSON.stringify(sql));
 });
 
+// An unlock releases only a lock of its own key: the key is the mode and the literal arguments.
+t.test('advisory lock keys', async (t) => {
+  const keys = (sql: string): string => classifySql(sql).map((e) => (e.kind === 'advisory_lock' ? `${e.delta}/${e.key}` : e.kind)).join(' ');
+  t.equal(keys('SELECT pg_advisory_lock(42)'), '1/x:42');
+  t.equal(keys('SELECT pg_advisory_unlock( 1 , -2 )'), '-1/x:1,-2');
+  t.equal(keys('SELECT pg_try_advisory_lock_shared(7), pg_advisory_unlock_shared(7)'), '1/s:7 -1/s:7');
+  t.equal(keys('SELECT pg_advisory_lock($1)'), '1/x:?', 'a parameter: not a literal');
+  t.equal(keys('SELECT pg_advisory_lock(id) FROM t'), '1/x:?', 'a column');
+  t.equal(keys("SELECT pg_advisory_lock(hashtext('a'))"), '1/x:?', 'an expression');
+  t.equal(keys('SELECT pg_advisory_lock(1 + 1)'), '1/x:?', 'arithmetic');
+});
+
 t.test('mayAffectSession never misses a statement with an effect', async (t) => {
   // (text the lexer cannot follow is a syntax error on the server anyway)
   for (const [sql, want] of CASES) if (want && !sql.includes("'unterminated")) t.ok(mayAffectSession(sql), JSON.stringify(sql));

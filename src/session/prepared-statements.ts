@@ -131,4 +131,9 @@ export class ServerStatementCache {
   clear(): void {
     for (const n of [...this.names.keys()]) this.delete(n);
   }
+
+  // The names now, for forgetting exactly these later (DISCARD ALL's reply).
+  snapshot(): string[] {
+    return [...this.names.keys()];
+  }
 }

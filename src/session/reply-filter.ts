@@ -35,6 +35,9 @@ export interface Expectation {
   onDone?: () => void; // the request took effect
   onFail?: () => void; // it failed or the server skipped it
   onTag?: (tag: string) => void; // each CommandComplete tag of its reply
+  // A Query's reply (end Ready): an ErrorResponse inside it, and its ReadyForQuery's status
+  onError?: () => void;
+  onReady?: (status: number) => void;
 }
 
 const c = (ch: string): number => ch.charCodeAt(0);
@@ -91,7 +94,7 @@ export class ReplyFilter {
   // Queues what the reply to a request written now looks like. Synthetic replies that
   // are due at once are returned for the caller to send.
   expect(e: Expectation): Buffer[] {
-    if (e.action === ReplyAction.Pass && e.end !== ReplyEnd.Finals && !e.onDone && !e.onFail && !e.onTag) {
+    if (e.action === ReplyAction.Pass && e.end !== ReplyEnd.Finals && !e.onDone && !e.onFail && !e.onTag && !e.onReady) {
       this.expectPass(e.end, e.sync);
       return NOTHING;
     }
@@ -117,7 +120,10 @@ export class ReplyFilter {
     if (h === undefined) return NOTHING;
     const end = endOf(h);
     if (type === Backend.ErrorResponse) {
-      if (end === ReplyEnd.Ready) return NOTHING; // part of a Query's reply, or a Sync's
+      if (end === ReplyEnd.Ready) { // part of a Query's reply, or a Sync's
+        if (typeof h !== 'number') h.onError?.();
+        return NOTHING;
+      }
       const out: Buffer[] = [];
       if (typeof h !== 'number' && h.action === ReplyAction.ErrorAs && h.reply) out.push(h.reply);
       this.pop(false);
@@ -125,6 +131,7 @@ export class ReplyFilter {
       return this.drainInto(out);
     }
     if (typeof h !== 'number' && type === c('C') && h.onTag && body) h.onTag(body.toString('utf8', 0, Math.max(0, body.length - 1)));
+    if (typeof h !== 'number' && type === Backend.ReadyForQuery && h.onReady && body) h.onReady(body[0]);
     if (end === ReplyEnd.Finals) {
       const f = h as Expectation;
       if (FINAL_TYPES.has(type) && --f.count! <= 0) this.pop(true);

@@ -11,7 +11,7 @@ import {
 } from './prepared-statements';
 import { SessionEffect, classifySql, mayAffectSession, splitStatements } from './sql-classifier';
 import { ClientStatementObserver, kernelNameFor, serverNameFor } from './statement-names';
-import { SessionState } from './session-state';
+import { HeldRemovals, SessionState } from './session-state';
 import type { ServerConnection } from '../pooling/server-connection';
 import type { SessionStatePolicies } from '../config/types';
 
@@ -38,6 +38,8 @@ const PARSE_COMPLETE = complete('1');
 const CLOSE_COMPLETE = complete('3');
 
 type TagHandler = ((tag: string) => void) | undefined;
+// The statements of the client and of its server when a DISCARD ALL / DEALLOCATE ALL was sent.
+interface StatementsBefore { readonly client: [string, ClientStatement][]; readonly server: string[] }
 // What the unnamed statement (or the bound portal) does to the session: replaced, never changed.
 interface Bound { readonly effects: SessionEffect[]; readonly onTag: TagHandler }
 const NOTHING_BOUND: Bound = Object.freeze({ effects: [], onTag: undefined });
@@ -198,7 +200,7 @@ export class RequestRewriter {
         const end = isDescribe ? ReplyEnd.Describe : ReplyEnd.CloseComplete;
         if (kind !== 0x53 || name === '' || this.opts.maxPreparedStatements === 0) {
           if (!isDescribe && kind === 0x53 && name) {
-            this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.protocolNamed.delete(name) });
+            this.expect(server, { end, action: ReplyAction.Pass, onDone: () => this.session.deleteNamed(name) });
           } else this.pass(server, end);
           out.push(...raw());
           return;
@@ -243,9 +245,13 @@ export class RequestRewriter {
       this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.deallocated(dealloc.name, dealloc.entry, server) });
       return;
     }
-    this.session.began(effects);
+    const base = this.session.began(effects);
     out.push(...raw());
-    this.expect(server, { end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server) });
+    const held = effects.some((e) => e.kind === 'unlisten' || e.kind === 'discard_temp') ? new HeldRemovals() : undefined;
+    this.expect(server, {
+      end: ReplyEnd.Ready, action: ReplyAction.Pass, onTag: this.confirm(effects, server, base, this.dropsStatements(effects, server), held),
+      ...(held ? { onError: () => { held.failed = true; }, onReady: (status: number) => held.settle(status) } : {}),
+    });
   }
 
   private onParse(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
@@ -261,16 +267,16 @@ export class RequestRewriter {
         this.ensurePrepared(dealloc.entry, server, out);
         rest = Buffer.concat([Buffer.from(`DEALLOCATE "${dealloc.entry.serverName}"\0`), p.rest.subarray(p.rest.indexOf(0) + 1)]);
         this.unnamed = { effects: [], onTag: this.deallocated(dealloc.name, dealloc.entry, server) };
-      } else this.unnamed = { effects: usable, onTag: usable.length ? this.confirm(usable, server) : undefined };
+      } else this.unnamed = { effects: usable, onTag: undefined }; // its confirmation is made per Bind
       if (refused || dealloc) out.push(parseMessage('', rest));
       else out.push(...raw());
       this.pass(server, ReplyEnd.ParseComplete);
       return;
     }
     if (this.opts.maxPreparedStatements === 0) {
-      this.session.protocolNamed.add(p.name); // stays on this server: the client keeps it
+      this.session.addNamed(p.name); // stays on this server: the client keeps it
       out.push(...raw());
-      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.protocolNamed.delete(p.name) });
+      this.expect(server, { end: ReplyEnd.ParseComplete, action: ReplyAction.Pass, onFail: () => this.session.deleteNamed(p.name) });
       return;
     }
     if (this.statements.has(p.name)) {
@@ -304,8 +310,8 @@ export class RequestRewriter {
   private onBind(body: Buffer, server: ServerConnection, out: Buffer[], raw: () => Buffer[]): void {
     const at = bindStatement(body);
     if (at.name === '') {
-      this.bound = this.unnamed;
-      this.session.began(this.bound.effects);
+      const u = this.unnamed;
+      this.bound = u.effects.length ? { effects: u.effects, onTag: this.confirm(u.effects, server, this.session.began(u.effects), this.dropsStatements(u.effects, server)) } : u;
       out.push(...raw());
       this.pass(server, ReplyEnd.BindComplete);
       return;
@@ -319,8 +325,9 @@ export class RequestRewriter {
     const entry = this.statements.get(at.name);
     if (!entry) return this.failWith(server, out, SqlState.InvalidSqlStatementName, `prepared statement "${at.name}" does not exist`);
     this.ensurePrepared(entry, server, out);
-    this.bound = { effects: entry.effects, onTag: entry.effects.length ? this.confirm(entry.effects, server) : undefined };
-    this.session.began(entry.effects);
+    this.bound = entry.effects.length
+      ? { effects: entry.effects, onTag: this.confirm(entry.effects, server, this.session.began(entry.effects), this.dropsStatements(entry.effects, server)) }
+      : NOTHING_BOUND;
     out.push(bindWithStatement(body, at, entry.serverName));
     this.pass(server, ReplyEnd.BindComplete);
   }
@@ -376,15 +383,27 @@ export class RequestRewriter {
     };
   }
 
-  // Applies what a statement's CommandComplete tags confirm.
-  private confirm(effects: SessionEffect[], server: ServerConnection): TagHandler {
+  // Applies what a statement's CommandComplete tags confirm; `base` is the mark began()
+  // gave this sending of it.
+  private confirm(effects: SessionEffect[], server: ServerConnection, base: number, dropped?: StatementsBefore, held?: HeldRemovals): TagHandler {
+    const done: boolean[] = [];
     return (tag) => {
-      this.session.confirmed(effects, tag);
-      if (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL') {
-        this.clearStatements(); // PostgreSQL drops the session's protocol-level statements too
-        server.statements.clear();
+      held?.onTag(tag);
+      this.session.confirmed(effects, tag, base, done, held);
+      if (dropped && (tag === 'DEALLOCATE ALL' || tag === 'DISCARD ALL')) {
+        // PostgreSQL drops the session's protocol-level statements too: those that existed
+        // when it was sent. One the client parsed behind it (before this reply) stays, for
+        // the client and in what the proxy knows the server has.
+        for (const [name, entry] of dropped.client) if (this.statements.get(name) === entry) this.dropStatement(name);
+        for (const name of dropped.server) server.statements.delete(name);
       }
     };
+  }
+
+  // What DISCARD ALL / DEALLOCATE ALL among these effects will drop: the statements now.
+  private dropsStatements(effects: SessionEffect[], server: ServerConnection): StatementsBefore | undefined {
+    if (!effects.some((e) => e.kind === 'discard_all' || (e.kind === 'deallocate' && e.name === null))) return undefined;
+    return { client: [...this.statements], server: server.statements.snapshot() };
   }
 }
 

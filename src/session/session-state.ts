@@ -21,20 +21,29 @@ const REMOVAL_TAGS: Record<string, string[]> = {
   discard_temp: ['DISCARD TEMP'],
 };
 
+// Every effect that adds state is stamped with a mark, in the order the client sent it;
+// a removal takes away only what was stamped before it. A client may send LISTEN c;
+// UNLISTEN c; LISTEN c (in one Query, or in Queries sent before the first reply): the
+// UNLISTEN confirmed last must not unpin it, or its server goes to another client with
+// the channel, temp table or lock still on it.
 export class SessionState {
-  // The sets are made at their first entry: most clients never need one.
-  private listening: Set<string> | null = null;
-  private allListening = false; // a LISTEN on a channel we could not name
-  private advisoryLocks = 0;
-  private tempTables = false;
-  private sqlPrepared: Set<string> | null = null;
-  private holdCursors: Set<string> | null = null;
-  private pinnedParameters = false;
-  private named: Set<string> | null = null;
+  private mark = 0;
+  // The maps are made at their first entry: most clients never need one. Values are marks.
+  private listening: Map<string, number> | null = null;
+  private allListening = -1; // mark of a LISTEN on a channel we could not name; -1: none
+  private advisoryLocks: { at: number; key: string }[] | null = null; // session locks taken, oldest first
+  private tempTables = -1;
+  private sqlPrepared: Map<string, number> | null = null;
+  private holdCursors: Map<string, number> | null = null;
+  private pinnedParameters = -1;
+  private named: Map<string, number> | null = null;
   private pending: Set<string> | null = null;
   // Named statements passed through (max_prepared_statements 0).
-  get protocolNamed(): Set<string> {
-    return (this.named ??= new Set());
+  addNamed(name: string): void {
+    (this.named ??= new Map()).set(name, this.mark++);
+  }
+  deleteNamed(name: string): void {
+    this.named?.delete(name);
   }
   // Parameters to read back before the server is given up.
   get pendingParameters(): Set<string> {
@@ -50,10 +59,10 @@ export class SessionState {
   // Reasons the client keeps its server now (SHOW CLIENTS), empty when it need not.
   get pins(): PinReason[] {
     const out: PinReason[] = [];
-    if (this.pinnedParameters) out.push('parameters');
-    if (this.listening?.size || this.allListening) out.push('listen');
-    if (this.advisoryLocks > 0) out.push('advisory_locks');
-    if (this.tempTables) out.push('temp_tables');
+    if (this.pinnedParameters >= 0) out.push('parameters');
+    if (this.listening?.size || this.allListening >= 0) out.push('listen');
+    if (this.advisoryLocks?.length) out.push('advisory_locks');
+    if (this.tempTables >= 0) out.push('temp_tables');
     if (this.sqlPrepared?.size) out.push('prepared_sql');
     if (this.holdCursors?.size) out.push('hold_cursors');
     if (this.named?.size) out.push('prepared_statements');
@@ -61,8 +70,8 @@ export class SessionState {
   }
 
   get pinned(): boolean {
-    return this.pinnedParameters || (this.listening?.size ?? 0) > 0 || this.allListening || this.advisoryLocks > 0 || this.tempTables
-      || (this.sqlPrepared?.size ?? 0) > 0 || (this.holdCursors?.size ?? 0) > 0 || (this.named?.size ?? 0) > 0;
+    return this.pinnedParameters >= 0 || (this.listening?.size ?? 0) > 0 || this.allListening >= 0 || (this.advisoryLocks?.length ?? 0) > 0
+      || this.tempTables >= 0 || (this.sqlPrepared?.size ?? 0) > 0 || (this.holdCursors?.size ?? 0) > 0 || (this.named?.size ?? 0) > 0;
   }
 
   // Whether DEALLOCATE of this name is for a statement prepared with SQL PREPARE.
@@ -83,11 +92,16 @@ export class SessionState {
   }
 
   // Effects that add state: applied when the statement is sent (pinning early is safe).
-  began(effects: SessionEffect[]): void {
-    for (const e of effects) {
+  // Returns the mark of effects[0] (effects[i] has mark + i), which confirmed() is given.
+  began(effects: SessionEffect[]): number {
+    const base = this.mark;
+    this.mark += effects.length;
+    for (let i = 0; i < effects.length; i++) {
+      const e = effects[i];
+      const at = base + i;
       switch (e.kind) {
         case 'parameter':
-          if (this.policies.parameters === 'pin') this.pinnedParameters = true;
+          if (this.policies.parameters === 'pin') this.pinnedParameters = at;
           else for (const n of e.names) (this.pending ??= new Set()).add(n);
           break;
         case 'reset_all':
@@ -97,72 +111,122 @@ export class SessionState {
           this.resetAll = true;
           break;
         case 'other':
-          this.pinnedParameters = true; // an extent we cannot track
+          this.pinnedParameters = at; // an extent we cannot track
           break;
         case 'listen':
-          if (e.channel) (this.listening ??= new Set()).add(e.channel);
-          else this.allListening = true;
+          if (e.channel) (this.listening ??= new Map()).set(e.channel, at);
+          else this.allListening = at;
           break;
         case 'advisory_lock':
-          if (e.delta > 0) this.advisoryLocks += e.delta;
+          for (let n = 0; n < e.delta; n++) (this.advisoryLocks ??= []).push({ at, key: e.key });
           break;
         case 'temp_table':
-          this.tempTables = true;
+          this.tempTables = at;
           break;
         case 'prepare':
-          (this.sqlPrepared ??= new Set()).add(e.name);
+          (this.sqlPrepared ??= new Map()).set(e.name, at);
           break;
         case 'hold_cursor':
-          (this.holdCursors ??= new Set()).add(e.name);
+          (this.holdCursors ??= new Map()).set(e.name, at);
           break;
       }
     }
+    return base;
   }
 
   // Effects that remove state: applied only once the server confirms them (the
-  // statement's CommandComplete tag), so a failed UNLISTEN never unpins.
-  confirmed(effects: SessionEffect[], tag: string): void {
-    for (const e of effects) {
+  // statement's CommandComplete tag), so a failed UNLISTEN never unpins; each at most once
+  // (`done`, one flag per effect, kept by the caller for the request), and only to state
+  // made before it (`base` from began()).
+  // UNLISTEN and DISCARD TEMP are undone if their transaction rolls back: with `held` (a
+  // simple Query, whose ReadyForQuery tells) they take effect only once it committed.
+  confirmed(effects: SessionEffect[], tag: string, base: number, done: boolean[], held?: HeldRemovals): void {
+    for (let i = 0; i < effects.length; i++) {
+      if (done[i]) continue;
+      const e = effects[i];
+      const at = base + i;
+      if ((e.kind === 'advisory_lock' && e.delta < 0) || e.kind === 'advisory_unlock_all') {
+        if (!tag.startsWith('SELECT')) continue;
+        done[i] = true;
+        if (!this.advisoryLocks) continue;
+        if (e.kind === 'advisory_unlock_all') {
+          this.advisoryLocks = this.advisoryLocks.filter((l) => l.at > at);
+          continue;
+        }
+        // the oldest lock of the same key (mode and literal arguments) taken before it
+        for (let n = -e.delta; n > 0; n--) {
+          const i = this.advisoryLocks.findIndex((l) => l.at < at && l.key === e.key);
+          if (i >= 0) this.advisoryLocks.splice(i, 1);
+        }
+        continue;
+      }
       const tags = REMOVAL_TAGS[e.kind];
-      if (e.kind === 'advisory_lock' && e.delta < 0) this.advisoryLocks = Math.max(0, this.advisoryLocks + e.delta);
-      else if (e.kind === 'advisory_unlock_all') this.advisoryLocks = 0;
       if (!tags || !tags.some((t) => tag === t)) continue;
+      done[i] = true;
       switch (e.kind) {
-        case 'unlisten':
-          if (e.channel === null) {
-            this.listening?.clear();
-            this.allListening = false;
-          } else this.listening?.delete(e.channel);
+        case 'unlisten': {
+          const channel = e.channel;
+          const apply = () => {
+            if (channel === null) {
+              dropBefore(this.listening, at);
+              if (this.allListening < at) this.allListening = -1;
+            } else if ((this.listening?.get(channel) ?? at) < at) this.listening!.delete(channel);
+          };
+          if (held) held.later.push(apply);
+          else apply();
           break;
+        }
         case 'deallocate':
-          if (e.name === null) this.sqlPrepared?.clear();
-          else this.sqlPrepared?.delete(e.name);
+          if (e.name === null) dropBefore(this.sqlPrepared, at);
+          else if ((this.sqlPrepared?.get(e.name) ?? at) < at) this.sqlPrepared!.delete(e.name);
           break;
         case 'close_cursor':
-          if (e.name === null) this.holdCursors?.clear();
-          else this.holdCursors?.delete(e.name);
+          if (e.name === null) dropBefore(this.holdCursors, at);
+          else if ((this.holdCursors?.get(e.name) ?? at) < at) this.holdCursors!.delete(e.name);
           break;
-        case 'discard_temp':
-          this.tempTables = false;
+        case 'discard_temp': {
+          const apply = () => { if (this.tempTables < at) this.tempTables = -1; };
+          if (held) held.later.push(apply);
+          else apply();
           break;
+        }
         case 'discard_all':
-          this.clearAll();
+          this.clearBefore(at);
           break;
       }
     }
   }
 
-  // The server session was reset (DISCARD ALL): nothing is left on it.
-  clearAll(): void {
-    this.listening?.clear();
-    this.allListening = false;
-    this.advisoryLocks = 0;
-    this.tempTables = false;
-    this.sqlPrepared?.clear();
-    this.holdCursors?.clear();
-    this.pinnedParameters = false;
-    this.named?.clear();
+  // The server session was reset (DISCARD ALL) at `at`: nothing made before it is left.
+  private clearBefore(at: number): void {
+    dropBefore(this.listening, at);
+    if (this.allListening < at) this.allListening = -1;
+    if (this.advisoryLocks) this.advisoryLocks = this.advisoryLocks.filter((l) => l.at > at);
+    if (this.tempTables < at) this.tempTables = -1;
+    dropBefore(this.sqlPrepared, at);
+    dropBefore(this.holdCursors, at);
+    if (this.pinnedParameters < at) this.pinnedParameters = -1;
+    dropBefore(this.named, at);
   }
+}
+
+// Removals of a Query that wait for its transaction's outcome.
+export class HeldRemovals {
+  later: (() => void)[] = [];
+  failed = false; // an error, ROLLBACK or PREPARE TRANSACTION in the Query's reply
+  onTag(tag: string): void {
+    if (tag.startsWith('ROLLBACK') || tag === 'PREPARE TRANSACTION') this.failed = true;
+  }
+  // The Query's ReadyForQuery: 'I' with no failure means its transaction committed. Inside
+  // a block ('T', 'E') the outcome comes later: the state is kept (the client stays pinned).
+  settle(status: number): void {
+    if (status === 0x49 /* I */ && !this.failed) for (const f of this.later) f();
+    this.later = [];
+  }
+}
+
+function dropBefore(m: Map<string, number> | null, at: number): void {
+  if (m) for (const [k, v] of m) if (v < at) m.delete(k);
 }
 
 function reasonOf(e: SessionEffect): PinReason | null {

@@ -13,7 +13,9 @@ export type SessionEffect =
   | { kind: 'discard_temp' }
   | { kind: 'listen'; channel: string }
   | { kind: 'unlisten'; channel: string | null } // null: UNLISTEN *
-  | { kind: 'advisory_lock'; delta: number } // +1 per lock taken, -1 per unlock
+  // +1 per lock taken, -1 per unlock; key: the lock's mode and literal arguments ('x:42',
+  // 's:1,2'), or its mode and '?' when they are not literals ($1, an expression)
+  | { kind: 'advisory_lock'; delta: number; key: string }
   | { kind: 'advisory_unlock_all' }
   | { kind: 'temp_table' }
   | { kind: 'prepare'; name: string }
@@ -178,6 +180,22 @@ function parameterNames(toks: Token[], from: number): string[] | 'all' | null {
 const ADVISORY_LOCKS = new Set(['pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared']);
 const ADVISORY_UNLOCKS = new Set(['pg_advisory_unlock', 'pg_advisory_unlock_shared']);
 
+// Which lock an advisory lock function names: its mode (exclusive or shared: an unlock
+// releases only its own mode) and its arguments when they are integer literals. An unlock
+// releases only a lock of the same key, so pg_advisory_unlock(2) never unpins a client that
+// holds lock 1.
+function advisoryKey(fn: string, toks: Token[], from: number): string {
+  const mode = fn.endsWith('_shared') ? 's' : 'x';
+  let args = '';
+  for (let j = from; j < toks.length; j++) {
+    const v = toks[j].v;
+    if (v === ')' && toks[j].t === 'punct') return `${mode}:${args}`;
+    if (toks[j].t === 'punct' ? v !== ',' : toks[j].t !== 'other' || !/^-?\d+$|^-$/.test(v)) break;
+    args += v;
+  }
+  return `${mode}:?`;
+}
+
 // Effects of one statement's tokens.
 function classifyStatement(toks: Token[]): SessionEffect[] {
   const out: SessionEffect[] = [];
@@ -246,8 +264,8 @@ function classifyStatement(toks: Token[]): SessionEffect[] {
       out.push({ kind: 'temp_table' });
     }
     if (toks[k + 1]?.v !== '(') continue; // the rest are function calls
-    if (ADVISORY_LOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: 1 });
-    else if (ADVISORY_UNLOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: -1 });
+    if (ADVISORY_LOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: 1, key: advisoryKey(t.v, toks, k + 2) });
+    else if (ADVISORY_UNLOCKS.has(t.v)) out.push({ kind: 'advisory_lock', delta: -1, key: advisoryKey(t.v, toks, k + 2) });
     else if (t.v === 'pg_advisory_unlock_all') out.push({ kind: 'advisory_unlock_all' });
     else if (t.v === 'dblink_connect' || t.v === 'dblink_connect_u') out.push({ kind: 'other', what: 'dblink_connect' });
     else if (t.v === 'set_config') {

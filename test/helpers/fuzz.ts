@@ -28,7 +28,9 @@ import {
   sslRequest,
   gssencRequest,
   cancelRequest,
+  sendCancel,
   parseFields,
+  parseDataRow,
   SSL_REQUEST_CODE,
   GSSENC_REQUEST_CODE,
   CANCEL_REQUEST_CODE,
@@ -97,6 +99,8 @@ const encode = (f: Frame): Buffer => Buffer.concat([Buffer.from([f.type]), int32
 
 // Backend message types a client may legitimately receive.
 const BACKEND_TYPES = new Set('RKSZECDTIGHWvNAtn123sdcV'.split(''));
+// Backend messages that may arrive between any two others, unasked.
+const ASYNC_TYPES = 'ANS';
 
 // ---- what a case is ---------------------------------------------------------------
 
@@ -122,6 +126,8 @@ export interface FuzzCase {
   abortWithReset: boolean;
   // Delivery: chunk sizes and pauses between writes.
   chunking: 'whole' | 'messages' | 'random';
+  // Session: a CancelRequest with the session's own key this long after the bytes start.
+  cancelAfterMs?: number;
 }
 
 export type Step =
@@ -208,6 +214,51 @@ export const SESSION_UNITS: Record<string, UnitGen> = {
   ],
   'empty-sync': () => [sync()],
   'terminate': () => [terminate()],
+  // Session state a real client leaves behind (docs/transaction-mode.md): tracked, pinned or
+  // reset by the proxy. Leaked to pgbench's servers, search_path or read-only would fail its
+  // transactions; leaked to another fuzz client, the liveness probe's state check sees it.
+  'session-set': (r) => [
+    query(
+      r.pick([
+        'SET search_path = fuzz_nowhere',
+        'SET default_transaction_read_only = on',
+        "SET statement_timeout = '30s'",
+        "SELECT set_config('search_path', 'fuzz_nowhere', false)",
+        'BEGIN; SET LOCAL search_path = fuzz_nowhere; SELECT 1; COMMIT',
+        'RESET ALL',
+        'RESET search_path',
+      ]),
+    ),
+  ],
+  'listen': (r) => [query(r.pick(['LISTEN fuzz_ch', "NOTIFY fuzz_ch, 'x'", 'UNLISTEN fuzz_ch', 'UNLISTEN *', "LISTEN fuzz_ch; NOTIFY fuzz_ch, 'me'"]))],
+  'sql-prepare': (r) => [query('PREPARE fzq AS SELECT 1'), query('EXECUTE fzq'), ...(r.chance(0.5) ? [query(r.pick(['DEALLOCATE fzq', 'DEALLOCATE ALL']))] : [])],
+  'hold-cursor': (r) => [query('DECLARE fzc CURSOR WITH HOLD FOR SELECT generate_series(1, 5)'), query('FETCH 2 FROM fzc'), ...(r.chance(0.5) ? [query(r.pick(['CLOSE fzc', 'CLOSE ALL']))] : [])],
+  'temp-table': (r) => [query('CREATE TEMP TABLE IF NOT EXISTS fz_tmp (v int)'), query('INSERT INTO fz_tmp VALUES (1)'), ...(r.chance(0.5) ? [query('DISCARD TEMP')] : [])],
+  // A random key: a fixed one would make the pinned fuzz clients wait on each other.
+  'advisory-lock': (r) => {
+    const key = r.int(1, 1e9);
+    // unlocks of another key or mode release nothing: the client must stay pinned
+    const unlock = r.pick([`SELECT pg_advisory_unlock(${key})`, `SELECT pg_advisory_unlock(${key + 1})`, `SELECT pg_advisory_unlock_shared(${key})`, 'SELECT pg_advisory_unlock_all()']);
+    return [query(`SELECT pg_advisory_lock(${key})`), ...(r.chance(0.5) ? [query(unlock)] : [])];
+  },
+  'discard-all': () => [query('DISCARD ALL')],
+  // A named statement used again in a later transaction (on another server, in transaction
+  // mode: the proxy prepares it there first), then closed or re-parsed (42P05).
+  'named-reuse': (r) => [
+    parse('fzr', 'SELECT $1::int * 2'),
+    bind('', 'fzr', ['21']),
+    execute('', 0),
+    sync(),
+    query('SELECT 1'),
+    bind('', 'fzr', [String(r.int(0, 99))]),
+    execute('', 0),
+    r.chance(0.5) ? message('C', Buffer.concat([Buffer.from('S'), cstr('fzr')])) : parse('fzr', 'SELECT 2'),
+    sync(),
+  ],
+  // COPY through the extended protocol: CopyData after Execute, ended by CopyDone and Sync.
+  'extended-copy': (r) => [parse('', 'COPY fuzz_t FROM STDIN'), bind('', '', []), execute('', 0), copyData(`${r.int(0, 9)}\n`), r.chance(0.8) ? copyDone() : copyFail('fuzz'), sync()],
+  // Long enough for the case's CancelRequest (FuzzCase.cancelAfterMs) to find it running.
+  'slow-query': (r) => (r.chance(0.5) ? [query('SELECT pg_sleep(0.3)')] : [parse('', 'SELECT pg_sleep(0.3)'), bind('', '', []), execute('', 0), sync()]),
 };
 
 // Every state a session can be left in answers this: Sync ends an extended-protocol error or
@@ -431,7 +482,9 @@ export function buildCase(seed: number, index: number, target: FuzzTarget): Fuzz
   let bytes: Buffer;
   if ('raw' in m) bytes = m.raw;
   else bytes = Buffer.concat([...m.frames.map(encode), ...(m.ending === 'await' ? TAIL() : [])]);
-  return { index, seed, phase: 'session', label: `session:${unitNames.join('+')} / mutate:${mutationName}`, database, steps: [send(bytes)], ending: m.ending, abortWithReset, chunking };
+  const cancelAfterMs = r.chance(0.15) ? r.int(0, 400) : undefined;
+  const label = `session:${unitNames.join('+')} / mutate:${mutationName}${cancelAfterMs !== undefined ? ' +cancel' : ''}`;
+  return { index, seed, phase: 'session', label, database, steps: [send(bytes)], ending: m.ending, abortWithReset, chunking, cancelAfterMs };
 }
 
 // The bytes a case sends, for the failure report (hex, bounded).
@@ -451,6 +504,30 @@ export interface CaseResult {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// The liveness probe also reads the session state its server carries. State the case itself
+// did not create (its bytes lack the word that creates it) came from another client: a leak.
+const PROBE_SQL =
+  "SELECT 'fuzz-alive', current_setting('search_path'), current_setting('default_transaction_read_only'), " +
+  '(SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()), ' +
+  '(SELECT count(*) FROM pg_catalog.pg_listening_channels()), ' +
+  '(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), ' +
+  '(SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable), ' +
+  "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())";
+const PROBE_STATE: { what: string; col: number; clean: (v: string | null) => boolean; word: RegExp }[] = [
+  { what: 'search_path', col: 1, clean: (v) => v === '"$user", public', word: /search_path/i },
+  { what: 'default_transaction_read_only', col: 2, clean: (v) => v === 'off', word: /read_only/i },
+  { what: 'temporary tables', col: 3, clean: (v) => v === '0', word: /temp/i },
+  { what: 'LISTEN', col: 4, clean: (v) => v === '0', word: /listen/i },
+  { what: 'SQL prepared statements', col: 5, clean: (v) => v === '0', word: /prepare/i },
+  { what: 'WITH HOLD cursors', col: 6, clean: (v) => v === '0', word: /hold/i },
+  { what: 'advisory locks', col: 7, clean: (v) => v === '0', word: /advisory/i },
+];
+export function foreignState(row: (string | null)[], sent: Buffer): string | undefined {
+  const text = sent.toString('latin1');
+  const leaks = PROBE_STATE.filter((p) => !p.clean(row[p.col]) && !p.word.test(text)).map((p) => `${p.what}=${row[p.col]}`);
+  return leaks.length ? `session state this client never created: ${leaks.join(', ')}` : undefined;
+}
 
 // Splits bytes into writes as the case's delivery says.
 function deliveries(r: Rng, bytes: Buffer, chunking: FuzzCase['chunking']): Buffer[] {
@@ -480,10 +557,12 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
   const res: CaseResult = { errorCodes: [] };
   const r = new Rng(c.seed ^ c.index ^ 0x5bd1e995); // delivery randomness, also fixed per case
   let conn: RawConn;
+  let sessionKey: { pid: number; secret: number } | undefined;
   if (c.phase === 'session') {
     try {
       const s = await login(target.port, { user: target.user, password: target.password, database: c.database, host: target.host }, timeoutMs);
       conn = s.conn;
+      sessionKey = { pid: s.pid, secret: s.secret };
     } catch (e) {
       // A refused login is an answer (pool limits, timeouts under load); a refused connect is not.
       const msg = String((e as Error).message ?? e);
@@ -500,7 +579,13 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
     }
   }
   const received: Msg[] = [];
+  let cancelled: Promise<void> = Promise.resolve();
   try {
+    if (c.cancelAfterMs !== undefined && c.phase === 'session') {
+      const key = sessionKey;
+      // Its own key only: a cancel that reached another client would fail pgbench's transactions.
+      cancelled = sleep(c.cancelAfterMs).then(() => (key ? sendCancel(target.port, key.pid, key.secret, target.host) : undefined)).catch(() => undefined);
+    }
     const sent: Buffer[] = [];
     for (const step of c.steps) {
       if (step.kind === 'send') {
@@ -562,12 +647,19 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
       return res;
     }
     // 'await': messages until the connection closes or goes quiet after a ReadyForQuery.
+    // NotificationResponse, NoticeResponse and ParameterStatus may come at any time (a
+    // LISTENing client gets the NOTIFYs of every other client): they neither end nor extend
+    // the session's replies.
     const deadline = Date.now() + timeoutMs;
+    let lastReply = '';
     for (;;) {
-      const quietMs = received.length && received[received.length - 1].type === 'Z' ? 300 : Math.max(1, deadline - Date.now());
+      const quietMs = lastReply === 'Z' ? 300 : Math.max(1, deadline - Date.now());
       const m = await conn.readMessage(quietMs).catch(() => undefined);
       if (m) {
         received.push(m);
+        if (ASYNC_TYPES.includes(m.type)) {
+          if (Date.now() <= deadline + 5000) continue;
+        } else lastReply = m.type;
         if (m.type === 'E') res.errorCodes.push(parseFields(m.body).C ?? '?');
         if (Date.now() > deadline + 5000) {
           res.failure = `still receiving ${timeoutMs + 5000} ms later (a loop?)`;
@@ -583,7 +675,7 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
         else res.verdict = res.errorCodes.length ? 'error-close' : 'closed';
         return res;
       }
-      if (received.length && received[received.length - 1].type === 'Z') break;
+      if (lastReply === 'Z') break;
       res.failure = `hang: neither ReadyForQuery nor a close within ${timeoutMs} ms (received ${received.map((x) => x.type).join('').slice(-60) || 'nothing'})`;
       return res;
     }
@@ -592,18 +684,37 @@ export async function playCase(c: FuzzCase, target: FuzzTarget, timeoutMs: numbe
       res.failure = bad;
       return res;
     }
+    // The case's own CancelRequest must be done before the probe, or it could cancel the probe.
+    await cancelled;
     // Liveness probe: a connection the proxy kept must still be served correctly.
-    conn.write(Buffer.concat([query('ROLLBACK'), query("SELECT 'fuzz-alive'")]));
-    // Read up to the probe's own ReadyForQuery: on a loaded machine the session's last
-    // replies can still arrive after the 300 ms of quiet above, ahead of the probe's.
     const probe: Msg[] = [];
     let alive = false;
-    for (;;) {
-      const m = await conn.readMessage(timeoutMs).catch(() => undefined);
-      if (!m) break;
-      probe.push(m);
-      if (m.type === 'D' && m.body.includes(Buffer.from('fuzz-alive'))) alive = true;
-      else if (m.type === 'Z' && alive) break;
+    let state: (string | null)[] = [];
+    for (let attempt = 0; attempt < 2 && !alive && !conn.closed; attempt++) {
+      conn.write(Buffer.concat([query('ROLLBACK'), query(PROBE_SQL)]));
+      // Read up to the probe's own ReadyForQuery: on a loaded machine the session's last
+      // replies can still arrive after the 300 ms of quiet above, ahead of the probe's.
+      let cancelledProbe = false;
+      for (;;) {
+        const m = await conn.readMessage(timeoutMs).catch(() => undefined);
+        if (!m) break;
+        probe.push(m);
+        if (m.type === 'D' && m.body.includes(Buffer.from('fuzz-alive'))) {
+          alive = true;
+          state = parseDataRow(m.body);
+        } else if (m.type === 'E' && c.cancelAfterMs !== undefined && /due to user request/.test(parseFields(m.body).M ?? '')) cancelledProbe = true;
+        else if (m.type === 'Z' && (alive || cancelledProbe)) break;
+      }
+      // Once more only if the case's own cancel, arriving late at PostgreSQL, hit the probe
+      // (or the session's own cancelled statement was answered late: the retry is harmless).
+      if (!cancelledProbe) break;
+    }
+    if (alive) {
+      const leak = foreignState(state, Buffer.concat(sent));
+      if (leak) {
+        res.failure = `${leak} (database ${c.database})`;
+        return res;
+      }
     }
     if (!alive && !conn.closed) {
       res.failure = `liveness probe failed after the session: got ${probe.map((m) => m.type + (m.type === 'E' ? `(${parseFields(m.body).C} ${parseFields(m.body).M})` : '')).join(' ') || 'nothing'}`;
