@@ -170,7 +170,7 @@ export class SessionState {
             if (channel === null) {
               dropBefore(this.listening, at);
               if (this.allListening < at) this.allListening = -1;
-            } else if ((this.listening?.get(channel) ?? at) < at) this.listening!.delete(channel);
+            } else dropOneBefore(this.listening, channel, at);
           };
           if (held) held.later.push(apply);
           else apply();
@@ -178,11 +178,11 @@ export class SessionState {
         }
         case 'deallocate':
           if (e.name === null) dropBefore(this.sqlPrepared, at);
-          else if ((this.sqlPrepared?.get(e.name) ?? at) < at) this.sqlPrepared!.delete(e.name);
+          else dropOneBefore(this.sqlPrepared, e.name, at);
           break;
         case 'close_cursor':
           if (e.name === null) dropBefore(this.holdCursors, at);
-          else if ((this.holdCursors?.get(e.name) ?? at) < at) this.holdCursors!.delete(e.name);
+          else dropOneBefore(this.holdCursors, e.name, at);
           break;
         case 'discard_temp': {
           const apply = () => { if (this.tempTables < at) this.tempTables = -1; };
@@ -227,6 +227,12 @@ export class HeldRemovals {
 
 function dropBefore(m: Map<string, number> | null, at: number): void {
   if (m) for (const [k, v] of m) if (v < at) m.delete(k);
+}
+
+// The one entry `key`, if it was made before `at`.
+function dropOneBefore(m: Map<string, number> | null, key: string, at: number): void {
+  const v = m?.get(key);
+  if (v !== undefined && v < at) m!.delete(key);
 }
 
 function reasonOf(e: SessionEffect): PinReason | null {
