@@ -93,6 +93,10 @@ function parseDataRow(body: Buffer): string[] {
   return out;
 }
 
+// How long a query of the proxy's own (settings, a reset, a read-back, a check) may wait
+// for its answer before its server is closed.
+export const INTERNAL_DEADLINE_MS = 10_000;
+
 export class ServerConnection extends EventEmitter {
   readonly id = nextServerId++;
   private readonly lifecycle = new StateOf(`S-${this.id}`, SERVER_MOVES, ServerState.Connecting); // checked moves only
@@ -452,12 +456,21 @@ export class ServerConnection extends EventEmitter {
     const prev = this.state;
     this.lifecycle.to(ServerState.Internal);
     return new Promise<void>((resolve, reject) => {
+      // A query of the proxy's own that gets no answer (a server left inside a message,
+      // whatever the cause) would hold the server, and whoever waits for it, for good:
+      // past the deadline the server is closed and the caller learns it is lost.
+      const deadline = setTimeout(() => this.close(`the proxy's own query got no answer within ${INTERNAL_DEADLINE_MS / 1000} s`, false), INTERNAL_DEADLINE_MS);
+      deadline.unref();
       this.internal = {
         resolve: () => {
+          clearTimeout(deadline);
           this.lifecycle.to(prev === ServerState.Active ? ServerState.Active : ServerState.Idle);
           resolve();
         },
-        reject,
+        reject: (e: Error) => {
+          clearTimeout(deadline);
+          reject(e);
+        },
       };
       this.socket.write(messages);
     });
